@@ -1,0 +1,335 @@
+"""The FLUX.2 protocol as data: models, requests, validation, statuses and cost.
+
+Pure: no I/O. The client, the server and the session all read their rules here, so a
+rule lives in one place. Adding a model is one entry in ``MODELS``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from flux_nb.errors import ValidationError
+
+# Where the BFL cloud lives; regional hosts pin data residency.
+BFL_HOSTS: dict[str, str] = {
+    "global": "https://api.bfl.ai",
+    "eu": "https://api.eu.bfl.ai",
+    "us": "https://api.us.bfl.ai",
+}
+DEFAULT_MODEL = "flux-2-klein-4b"
+KEY_HEADER = "x-key"
+KEY_ENV = "BFL_API_KEY"
+
+# Size rules shared by every FLUX.2 endpoint.
+MIN_SIDE = 64
+SIDE_STEP = 16
+MAX_PIXELS = 4 * 1024 * 1024
+DEFAULT_SIDE = 1024
+# One megapixel as the pricing counts it: a 1024x1024 image is 1 MP.
+PIXELS_PER_MP = 1024 * 1024
+
+SAFETY_RANGE = (0, 5)
+DEFAULT_SAFETY = 2
+OUTPUT_FORMATS = ("jpeg", "png", "webp")
+DEFAULT_FORMAT = "jpeg"
+WEBHOOK_URL_MAX = 2083
+SEED_RANGE = (0, 2**63 - 1)
+PROMPT_MAX = 32_000
+# The API's limit of tasks in flight per key; a task counts until it finishes.
+MAX_ACTIVE_TASKS = 24
+# Delivery URLs expire this long after the result is ready.
+DELIVERY_TTL_SECONDS = 600.0
+
+
+class Status(StrEnum):
+    """Task statuses the API reports. Any other value means "still running"."""
+
+    PENDING = "Pending"
+    READY = "Ready"
+    ERROR = "Error"
+    REQUEST_MODERATED = "Request Moderated"
+    CONTENT_MODERATED = "Content Moderated"
+    TASK_NOT_FOUND = "Task not found"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not Status.PENDING
+
+
+FINAL_STATUSES = frozenset(s.value for s in Status if s.is_final)
+
+
+def parse_status(value: str | None) -> Status:
+    """Map a status string to ``Status``; unknown values count as still pending."""
+    try:
+        return Status(value or "")
+    except ValueError:
+        return Status.PENDING
+
+
+@dataclass(frozen=True)
+class NumberField:
+    """An extra numeric field one model takes (flex's steps and guidance)."""
+
+    name: str
+    kind: type[int] | type[float]
+    minimum: float
+    maximum: float
+    default: float
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One FLUX.2 endpoint: its path, reference-image limit, prices and extra fields."""
+
+    name: str
+    max_images: int
+    first_mp_credits: float
+    extra_mp_credits: float
+    extra_fields: tuple[NumberField, ...] = ()
+
+    @property
+    def path(self) -> str:
+        return f"/v1/{self.name}"
+
+    def image_fields(self) -> list[str]:
+        """The payload keys for reference images: input_image, input_image_2, ..."""
+        return ["input_image"] + [f"input_image_{i}" for i in range(2, self.max_images + 1)]
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("flux-2-klein-4b", 4, 1.4, 0.1),
+        ModelSpec("flux-2-klein-9b", 4, 1.5, 0.2),
+        ModelSpec("flux-2-pro", 8, 3.0, 1.5),
+        ModelSpec("flux-2-max", 8, 7.0, 3.0),
+        ModelSpec(
+            "flux-2-flex",
+            8,
+            5.0,
+            5.0,
+            (
+                NumberField("steps", int, 1, 50, 50),
+                NumberField("guidance", float, 1.5, 10.0, 4.5),
+            ),
+        ),
+    )
+}
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of a registered model, or a ValidationError listing the known ones."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        known = ", ".join(MODELS)
+        raise ValidationError(f"model {name!r} is not a FLUX.2 model flux_nb knows (known: {known})") from None
+
+
+def nearest_sides(value: int) -> tuple[int, int]:
+    """The valid sides just below and just above ``value``."""
+    low = max(MIN_SIDE, value // SIDE_STEP * SIDE_STEP)
+    return low, low + SIDE_STEP
+
+
+def check_side(name: str, value: object) -> int:
+    """Validate one of width/height and return it as an int."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be a whole number of pixels, got {value!r}")
+    if value < MIN_SIDE:
+        raise ValidationError(f"{name} {value} is below the minimum of {MIN_SIDE} pixels")
+    if value % SIDE_STEP:
+        low, high = nearest_sides(value)
+        raise ValidationError(f"{name} {value} is not a multiple of {SIDE_STEP} (try {low} or {high})")
+    return value
+
+
+def check_size(width: int | None, height: int | None) -> None:
+    """Validate width and height, alone and together (at most 4 MP)."""
+    if width is not None:
+        check_side("width", width)
+    if height is not None:
+        check_side("height", height)
+    w = width if width is not None else DEFAULT_SIDE
+    h = height if height is not None else DEFAULT_SIDE
+    if w * h > MAX_PIXELS:
+        raise ValidationError(
+            f"size {w}x{h} is {w * h / 1e6:.2f} megapixels; the API allows at most "
+            f"{MAX_PIXELS / 1e6:.2f} (4 MP), e.g. 2048x2048 or 2560x1632"
+        )
+
+
+def aspect_size(aspect: str, megapixels: float = 1.0) -> tuple[int, int]:
+    """A valid (width, height) near ``megapixels`` for an aspect like "16:9" or "1.5"."""
+    try:
+        if ":" in aspect:
+            a, b = (float(part) for part in aspect.split(":", 1))
+            ratio = a / b
+        else:
+            ratio = float(aspect)
+    except (ValueError, ZeroDivisionError):
+        raise ValidationError(f"aspect {aspect!r} is not a ratio like 16:9 or 1.5") from None
+    if not math.isfinite(ratio) or not 1 / 16 <= ratio <= 16:
+        raise ValidationError(f"aspect {aspect!r} must be between 1:16 and 16:1")
+    pixels = megapixels * PIXELS_PER_MP
+    width = max(MIN_SIDE, round(math.sqrt(pixels * ratio) / SIDE_STEP) * SIDE_STEP)
+    height = max(MIN_SIDE, round(math.sqrt(pixels / ratio) / SIDE_STEP) * SIDE_STEP)
+    check_size(width, height)
+    return width, height
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse "1024x768" into a validated (width, height)."""
+    parts = text.lower().replace("*", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValidationError(f"size {text!r} is not of the form WIDTHxHEIGHT, e.g. 1024x768")
+    width, height = int(parts[0]), int(parts[1])
+    check_size(width, height)
+    return width, height
+
+
+def megapixels(width: int, height: int) -> float:
+    return width * height / PIXELS_PER_MP
+
+
+def estimate_cost(model: str, width: int, height: int, input_megapixels: float = 0.0) -> float:
+    """Credits a request should cost: first MP + further output MP + input MP.
+
+    >>> estimate_cost("flux-2-klein-4b", 1024, 1024)
+    1.4
+    """
+    spec = model_spec(model)
+    out_mp = megapixels(width, height)
+    credits = spec.first_mp_credits + (max(0.0, out_mp - 1.0) + input_megapixels) * spec.extra_mp_credits
+    return round(credits, 4)
+
+
+@dataclass(frozen=True)
+class FluxRequest:
+    """What we send: one FLUX.2 request, its images already encoded (URL or base64).
+
+    ``width``/``height`` of ``None`` are sent as absent, never as 0.
+    """
+
+    prompt: str
+    model: str = DEFAULT_MODEL
+    images: tuple[str, ...] = ()
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    safety_tolerance: int = DEFAULT_SAFETY
+    output_format: str = DEFAULT_FORMAT
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    steps: int | None = None
+    guidance: float | None = None
+
+    def validate(self) -> FluxRequest:
+        """Check every rule; raise ValidationError naming the field, else return self."""
+        spec = model_spec(self.model)
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValidationError("prompt is empty: describe the image you want")
+        if len(self.prompt) > PROMPT_MAX:
+            raise ValidationError(f"prompt is {len(self.prompt)} characters; at most {PROMPT_MAX} are accepted")
+        if len(self.images) > spec.max_images:
+            raise ValidationError(
+                f"{len(self.images)} reference images given; {self.model} takes at most {spec.max_images}"
+            )
+        if self.seed is not None:
+            if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+                raise ValidationError(f"seed must be a whole number, got {self.seed!r}")
+            if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+                raise ValidationError(f"seed {self.seed} is out of range ({SEED_RANGE[0]} to 2**63-1)")
+        check_size(self.width, self.height)
+        low, high = SAFETY_RANGE
+        if isinstance(self.safety_tolerance, bool) or not isinstance(self.safety_tolerance, int):
+            raise ValidationError(f"safety_tolerance must be a whole number from {low} to {high}")
+        if not low <= self.safety_tolerance <= high:
+            raise ValidationError(
+                f"safety_tolerance {self.safety_tolerance} is out of range ({low} strictest to {high} most permissive)"
+            )
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ValidationError(
+                f"output_format {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}"
+            )
+        self._validate_webhook()
+        self._validate_extra_fields(spec)
+        return self
+
+    def _validate_webhook(self) -> None:
+        if self.webhook_url is None:
+            if self.webhook_secret is not None:
+                raise ValidationError("webhook_secret was given without a webhook_url")
+            return
+        url = self.webhook_url
+        if not 1 <= len(url) <= WEBHOOK_URL_MAX:
+            raise ValidationError(f"webhook_url must be 1 to {WEBHOOK_URL_MAX} characters, got {len(url)}")
+        if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1]) == 0:
+            raise ValidationError(f"webhook_url {url!r} must be an http(s) URL")
+
+    def _validate_extra_fields(self, spec: ModelSpec) -> None:
+        allowed = {f.name: f for f in spec.extra_fields}
+        for name in ("steps", "guidance"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            rule = allowed.get(name)
+            if rule is None:
+                takers = [m.name for m in MODELS.values() if any(f.name == name for f in m.extra_fields)]
+                raise ValidationError(f"{name} is not a setting of {self.model} (only of {', '.join(takers)})")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValidationError(f"{name} must be a number, got {value!r}")
+            if rule.kind is int and not float(value).is_integer():
+                raise ValidationError(f"{name} must be a whole number, got {value!r}")
+            if not rule.minimum <= value <= rule.maximum:
+                raise ValidationError(f"{name} {value} is out of range ({rule.minimum:g} to {rule.maximum:g})")
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON body to POST; unset fields are left out."""
+        spec = model_spec(self.model)
+        body: dict[str, Any] = {"prompt": self.prompt}
+        for key, image in zip(spec.image_fields(), self.images, strict=False):
+            body[key] = image
+        optional = {
+            "seed": self.seed,
+            "width": self.width,
+            "height": self.height,
+            "webhook_url": self.webhook_url,
+            "webhook_secret": self.webhook_secret,
+            "steps": self.steps,
+            "guidance": self.guidance,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        body["safety_tolerance"] = self.safety_tolerance
+        body["output_format"] = self.output_format
+        return body
+
+    def with_(self, **changes: Any) -> FluxRequest:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def describe(self) -> dict[str, Any]:
+        """The request's fields for display and history; images and secrets left out."""
+        data = asdict(self)
+        data.pop("images")
+        data.pop("webhook_secret")
+        data["image_count"] = len(self.images)
+        return data
+
+
+def output_size(request: FluxRequest, first_input_size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The size the API will render: as asked, else the first reference's size, else 1024x1024."""
+    if request.width is not None and request.height is not None:
+        return request.width, request.height
+    if first_input_size is not None and request.width is None and request.height is None:
+        w, h = first_input_size
+        scale = min(1.0, math.sqrt(PIXELS_PER_MP / max(1, w * h)))
+        return (
+            max(MIN_SIDE, int(w * scale) // SIDE_STEP * SIDE_STEP),
+            max(MIN_SIDE, int(h * scale) // SIDE_STEP * SIDE_STEP),
+        )
+    return request.width or DEFAULT_SIDE, request.height or DEFAULT_SIDE
