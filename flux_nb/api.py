@@ -253,9 +253,7 @@ class FluxRequest:
                 f"safety_tolerance {self.safety_tolerance} is out of range ({low} strictest to {high} most permissive)"
             )
         if self.output_format not in OUTPUT_FORMATS:
-            raise ValidationError(
-                f"output_format {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}"
-            )
+            raise ValidationError(f"output_format {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
         self._validate_webhook()
         self._validate_extra_fields(spec)
         return self

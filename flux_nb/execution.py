@@ -1,0 +1,269 @@
+"""The life of one request: cache lookup, record, send, wait, download, store.
+
+A record is written before the request is sent and completed when it ends, so a crash
+or a kernel restart loses nothing; ``resume`` finishes what is still pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flux_nb.api import FluxRequest
+from flux_nb.backend import Backend
+from flux_nb.client import AsyncFluxClient, Task, TaskResult
+from flux_nb.errors import FluxError, FluxTimeout, ModeratedError, UnknownOutcomeError
+from flux_nb.images import ImageInput
+from flux_nb.result import Result
+from flux_nb.store import HistoryStore, Record, RecordStatus, request_key
+
+# Events go to the caller as (kind, args): ("progress", (index, status, fraction)) or ("finished", (index, result)).
+Emit = Callable[[str, tuple[Any, ...]], None]
+
+
+@dataclass
+class PreparedRequest:
+    """A validated, priced request with its encoded inputs, ready to send."""
+
+    request: FluxRequest
+    inputs: tuple[ImageInput, ...]
+    estimated_cost: float
+    tag: str | None = None
+    fresh: bool = False
+    replay_of: str | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_hashes(self) -> list[str]:
+        return [i.sha256 for i in self.inputs]
+
+    @classmethod
+    def from_record(cls, record: Record) -> PreparedRequest:
+        """The request of a record, without its images (enough to describe and display it)."""
+        request = FluxRequest(
+            prompt=record.prompt,
+            model=record.model,
+            seed=record.seed,
+            width=record.width,
+            height=record.height,
+            safety_tolerance=record.safety_tolerance,
+            output_format=record.output_format,
+        )
+        return cls(request, (), record.estimated_cost or 0.0, tag=record.tag)
+
+
+@dataclass
+class DisplaySettings:
+    thumbnail_size: int = 384
+    thumbnail_format: str = "jpeg"
+
+
+def record_status_for(exc: FluxError) -> RecordStatus:
+    if isinstance(exc, ModeratedError):
+        return RecordStatus.MODERATED
+    if isinstance(exc, UnknownOutcomeError):
+        return RecordStatus.UNKNOWN
+    return RecordStatus.FAILED
+
+
+class Executor:
+    """Runs prepared requests against one backend, keeping the history true at every step."""
+
+    def __init__(
+        self,
+        client: AsyncFluxClient,
+        backend: Backend,
+        store: HistoryStore,
+        *,
+        notebook: str = "",
+        cache: bool = True,
+        display: DisplaySettings | None = None,
+        on_spent: Callable[[float], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.backend = backend
+        self.store = store
+        self.notebook = notebook
+        self.cache = cache
+        self.display = display or DisplaySettings()
+        self._on_spent = on_spent
+
+    def cached(self, prepared: PreparedRequest) -> Record | None:
+        """The stored record answering this request, if the cache may be used."""
+        if not self.cache or prepared.fresh:
+            return None
+        return self.store.find_cached(request_key(prepared.request, self.backend.label, prepared.input_hashes))
+
+    async def run_batch(self, batch: list[PreparedRequest], emit: Emit) -> list[Result]:
+        return list(await asyncio.gather(*(self.execute(i, p, emit) for i, p in enumerate(batch))))
+
+    async def execute(self, index: int, prepared: PreparedRequest, emit: Emit) -> Result:
+        """Run one request end to end; errors come back inside the result."""
+        hit = self.cached(prepared)
+        if hit is not None:
+            return self._finished(emit, index, self.result_from_record(hit, prepared, cached=True))
+        for image in prepared.inputs:
+            self.store.save_input(image)
+        record_id = self.store.create(
+            prepared.request,
+            backend=self.backend.label,
+            endpoint=self.backend.base_url,
+            notebook=self.notebook,
+            input_hashes=prepared.input_hashes,
+            estimated_cost=prepared.estimated_cost,
+            tag=prepared.tag,
+            replay_of=prepared.replay_of,
+        )
+        started = time.time()
+        submitted: list[Task] = []
+
+        def on_submitted(task: Task) -> None:
+            submitted.append(task)
+            self.store.mark_submitted(
+                record_id,
+                task_id=task.id,
+                polling_url=task.polling_url,
+                cost=task.cost,
+                input_mp=task.input_mp,
+                output_mp=task.output_mp,
+                submitted_at=task.submitted_at,
+            )
+            emit("progress", (index, "Submitted", 0.0))
+
+        def on_progress(task: Task, status: str, fraction: float | None) -> None:
+            emit("progress", (index, status, fraction))
+
+        try:
+            outcome = await self.client.generate(prepared.request, on_submitted=on_submitted, on_progress=on_progress)
+        except asyncio.CancelledError:
+            if not submitted:
+                self.fail(record_id, UnknownOutcomeError("cancelled while the submit was in flight"))
+            raise
+        except FluxError as exc:
+            return self._finished(emit, index, self.failed(record_id, prepared, exc, bool(submitted), started))
+        return self._finished(emit, index, self.store_outcome(record_id, prepared, outcome, started))
+
+    async def resume_batch(self, records: list[Record], emit: Emit) -> list[Result]:
+        return list(await asyncio.gather(*(self.resume(i, r, emit) for i, r in enumerate(records))))
+
+    async def resume(self, index: int, record: Record, emit: Emit) -> Result:
+        """Finish a record whose task was submitted earlier, from its stored polling URL."""
+        prepared = PreparedRequest.from_record(record)
+        task = Task(
+            id=record.task_id or "",
+            polling_url=record.polling_url or "",
+            model=record.model,
+            submitted_at=record.submitted_at or record.created_at,
+            cost=record.cost,
+            input_mp=record.input_mp,
+            output_mp=record.output_mp,
+        )
+        started = record.created_at
+        try:
+            outcome = await self.client.resume(task)
+        except FluxError as exc:
+            result = self.failed(record.record_id, prepared, exc, True, started)
+        else:
+            result = self.store_outcome(record.record_id, prepared, outcome, started)
+        return self._finished(emit, index, result)
+
+    @staticmethod
+    def _finished(emit: Emit, index: int, result: Result) -> Result:
+        emit("finished", (index, result))
+        return result
+
+    def store_outcome(self, record_id: str, prepared: PreparedRequest, outcome: TaskResult, started: float) -> Result:
+        cost = outcome.task.cost if outcome.task.cost is not None else prepared.estimated_cost
+        elapsed = outcome.finished_at - started
+        path = self.store.mark_ready(
+            record_id,
+            image=outcome.image,
+            ext=outcome.format or prepared.request.output_format,
+            width=outcome.width,
+            height=outcome.height,
+            ready_at=outcome.ready_at,
+            finished_at=outcome.finished_at,
+            duration_s=elapsed,
+            engine=outcome.engine,
+            result_seed=outcome.seed,
+            cost=cost,
+        )
+        if self._on_spent is not None:
+            self._on_spent(cost)
+        return self.result(
+            record_id,
+            prepared,
+            "ready",
+            size=(outcome.width, outcome.height),
+            path=path,
+            cost=cost,
+            elapsed=elapsed,
+            task_id=outcome.task.id,
+            engine=outcome.engine,
+        )
+
+    def failed(
+        self, record_id: str, prepared: PreparedRequest, exc: FluxError, submitted: bool, started: float
+    ) -> Result:
+        """Record a failure; a task that merely timed out stays "submitted", for resume."""
+        status = (
+            RecordStatus.SUBMITTED.value if isinstance(exc, FluxTimeout) and submitted else self.fail(record_id, exc)
+        )
+        return self.result(record_id, prepared, status, error=exc, elapsed=time.time() - started)
+
+    def fail(self, record_id: str, exc: FluxError) -> str:
+        status = record_status_for(exc)
+        self.store.mark_failed(
+            record_id, status=status, error_kind=exc.kind, error=exc.one_line(), finished_at=time.time()
+        )
+        return status.value
+
+    def result(
+        self,
+        record_id: str,
+        prepared: PreparedRequest,
+        status: str,
+        *,
+        size: tuple[int, int] | None = None,
+        **fields: Any,
+    ) -> Result:
+        request = prepared.request
+        width, height = size or (request.width, request.height)
+        return Result(
+            record_id=record_id,
+            status=status,
+            prompt=request.prompt,
+            model=request.model,
+            seed=request.seed if request.seed is not None else 0,
+            width=width,
+            height=height,
+            estimated_cost=prepared.estimated_cost,
+            billed=self.backend.billed,
+            tag=prepared.tag,
+            labels=prepared.labels,
+            thumbnail_size=self.display.thumbnail_size,
+            thumbnail_format=self.display.thumbnail_format,
+            **fields,
+        )
+
+    def result_from_record(self, record: Record, prepared: PreparedRequest | None = None, *, cached: bool) -> Result:
+        """A Result for a stored record (a cache hit, or an old record shown beside its replay)."""
+        prepared = prepared or PreparedRequest.from_record(record)
+        size = (record.out_width, record.out_height) if record.out_width and record.out_height else None
+        error = FluxError(record.error) if record.error else None
+        return self.result(
+            record.record_id,
+            prepared,
+            record.status,
+            size=size,
+            path=record.image_file,
+            cost=0.0 if cached else record.cost,
+            elapsed=record.duration_s,
+            cached=cached,
+            task_id=record.task_id,
+            engine=record.engine,
+            error=error,
+        )

@@ -1,0 +1,411 @@
+"""``Flux``: the session behind the magic, the panel and the Python API.
+
+It holds the defaults (as traitlets, so ``%config Flux.budget = 20`` works), picks the
+backend, validates and prices every request before anything is sent, records each one
+in the history before sending it, and runs batches concurrently on a private loop.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+from traitlets import Bool, Enum, Float, Int, Unicode, observe
+from traitlets.config import Configurable
+
+from flux_nb import api
+from flux_nb.api import FluxRequest
+from flux_nb.backend import Backend, resolve_backend
+from flux_nb.client import AsyncFluxClient
+from flux_nb.errors import BudgetError, ValidationError
+from flux_nb.execution import DisplaySettings, Emit, Executor, PreparedRequest
+from flux_nb.images import ImageInput, prepare_images
+from flux_nb.result import Result, SweepResult
+from flux_nb.runner import LoopRunner
+from flux_nb.store import HistoryStore, Record
+from flux_nb.sweep import Axis, expand
+
+# Seeds drawn client-side stay within 32 bits: easy to read, type and share.
+SEED_DRAW_LIMIT = 2**32
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(SEED_DRAW_LIMIT)
+
+
+def notebook_name(namespace: dict[str, Any] | None = None) -> str:
+    """The notebook's name where the environment exposes it (JupyterLab, VS Code)."""
+    if namespace and isinstance(namespace.get("__vsc_ipynb_file__"), str):
+        return os.path.basename(namespace["__vsc_ipynb_file__"])
+    for var in ("JPY_SESSION_NAME", "FLUX_NB_NOTEBOOK"):
+        if os.environ.get(var):
+            return os.path.basename(os.environ[var])
+    return ""
+
+
+class BatchObserver(Protocol):
+    """Receives a batch's events, on the caller's thread."""
+
+    def started(self, batch: Sequence[PreparedRequest]) -> None: ...
+    def progress(self, index: int, status: str, fraction: float | None) -> None: ...
+    def finished(self, index: int, result: Result) -> None: ...
+
+
+def _is_prepared(images: Any) -> bool:
+    return isinstance(images, tuple) and all(isinstance(i, ImageInput) for i in images)
+
+
+class Flux(Configurable):
+    """A FLUX.2 session: defaults, backend, history, budget.
+
+    >>> flux = Flux()                                  # doctest: +SKIP
+    >>> flux.generate("a lighthouse at dusk", seed=42)  # doctest: +SKIP
+    """
+
+    model = Unicode(api.DEFAULT_MODEL, help="FLUX.2 model used when none is given.").tag(config=True)
+    default_width = Int(None, allow_none=True, help="Width when none is given (None lets the API choose).").tag(
+        config=True
+    )
+    default_height = Int(None, allow_none=True, help="Height when none is given (None lets the API choose).").tag(
+        config=True
+    )
+    safety_tolerance = Int(api.DEFAULT_SAFETY, help="Moderation strictness, 0 (strict) to 5.").tag(config=True)
+    output_format = Enum(list(api.OUTPUT_FORMATS), api.DEFAULT_FORMAT, help="Image format the API returns.").tag(
+        config=True
+    )
+    history_dir = Unicode(".flux", help="Folder of the history database and image files.").tag(config=True)
+    max_concurrency = Int(api.MAX_ACTIVE_TASKS, help="Tasks in flight at once (the API allows 24 per key).").tag(
+        config=True
+    )
+    budget = Float(None, allow_none=True, help="Credits this session may spend; None for no limit.").tag(config=True)
+    thumbnail_size = Int(384, help="Longest side, in pixels, of the thumbnails shown in notebooks.").tag(config=True)
+    thumbnail_format = Enum(["jpeg", "webp"], "jpeg", help="Format of notebook thumbnails.").tag(config=True)
+    endpoint = Unicode("", help="Server base URL; empty: BFL cloud with a key, else the local server.").tag(config=True)
+    region = Enum(list(api.BFL_HOSTS), "global", help="BFL cloud region: global, eu or us.").tag(config=True)
+    task_timeout = Float(600.0, help="Seconds to wait for one task before leaving it to resume.").tag(config=True)
+    cache = Bool(True, help="Answer a request identical to a stored one from the history, for free.").tag(config=True)
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        api_key: str | None = None,
+        history_dir: str | os.PathLike[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if endpoint is not None:
+            self.endpoint = endpoint
+        if history_dir is not None:
+            self.history_dir = os.fspath(history_dir)
+        self._api_key = api_key if api_key is not None else os.environ.get(api.KEY_ENV) or None
+        self._runner = LoopRunner()
+        self._executor: Executor | None = None
+        self._backend: Backend | None = None
+        self._store: HistoryStore | None = None
+        self._spent = 0.0
+        self._listeners: list[Callable[[], None]] = []
+        #: Makes the observer ``sweep`` reports to (the magic installs a live display).
+        self.observer_factory: Callable[[], BatchObserver] | None = None
+        self.notebook = notebook_name()
+
+    def __repr__(self) -> str:
+        where = self._backend.base_url if self._backend else (self.endpoint or "auto")
+        key = "set" if self._api_key else "none"
+        return f"Flux(endpoint={where!r}, model={self.model!r}, history_dir={self.history_dir!r}, key={key})"
+
+    # -- configuration changes drop what depended on them --------------------------------------
+
+    @observe("endpoint", "region", "max_concurrency", "task_timeout")
+    def _connection_changed(self, change: dict[str, Any]) -> None:
+        self._reset(backend=True)
+
+    @observe("history_dir", "cache", "thumbnail_size", "thumbnail_format")
+    def _settings_changed(self, change: dict[str, Any]) -> None:
+        if change["name"] == "history_dir":
+            self._store = None
+        self._reset(backend=False)
+
+    def login(self, api_key: str) -> None:
+        """Use ``api_key`` from now on; it is kept in memory only."""
+        if not api_key or not api_key.strip():
+            raise ValidationError("the API key is empty")
+        self._api_key = api_key.strip()
+        self._reset(backend=True)
+
+    def _reset(self, *, backend: bool) -> None:
+        """Drop the executor (and the backend choice) so the next request uses the new settings."""
+        executor, self._executor = self._executor, None
+        if backend:
+            self._backend = None
+        if executor is not None:
+            self._runner.submit(executor.client.aclose())
+
+    @property
+    def backend(self) -> Backend:
+        """Where requests go (resolved on first use; may start the embedded server)."""
+        if self._backend is None:
+            self._backend = resolve_backend(self.endpoint or None, self._api_key, self.region)
+        return self._backend
+
+    @property
+    def store(self) -> HistoryStore:
+        if self._store is None:
+            self._store = HistoryStore(Path(self.history_dir))
+        return self._store
+
+    @property
+    def executor(self) -> Executor:
+        """Runs requests against the backend (built on first use, rebuilt after config changes)."""
+        if self._executor is None:
+            backend = self.backend
+            client = AsyncFluxClient(
+                self._api_key if not backend.label.startswith("local:") else None,
+                backend.base_url,
+                max_active=self.max_concurrency,
+                task_timeout=self.task_timeout,
+            )
+            self._executor = Executor(
+                client,
+                backend,
+                self.store,
+                notebook=self.notebook,
+                cache=self.cache,
+                display=DisplaySettings(self.thumbnail_size, self.thumbnail_format),
+                on_spent=self._add_spent,
+            )
+        self._executor.notebook = self.notebook
+        return self._executor
+
+    def _add_spent(self, credits: float) -> None:
+        self._spent += credits
+
+    # -- building requests ---------------------------------------------------------------------
+
+    def prepare(
+        self,
+        prompt: str,
+        *,
+        seed: int | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        images: Any = None,
+        safety_tolerance: int | None = None,
+        output_format: str | None = None,
+        model: str | None = None,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        steps: int | None = None,
+        guidance: float | None = None,
+        tag: str | None = None,
+        fresh: bool = False,
+        labels: dict[str, Any] | None = None,
+    ) -> PreparedRequest:
+        """Validate and price one request without sending it; draws a seed when none is given."""
+        inputs = self.prepare_images(images)
+        request = FluxRequest(
+            prompt=prompt,
+            model=model or self.model,
+            images=tuple(i.value for i in inputs),
+            seed=draw_seed() if seed is None else seed,
+            width=width if width is not None else self.default_width,
+            height=height if height is not None else self.default_height,
+            safety_tolerance=self.safety_tolerance if safety_tolerance is None else safety_tolerance,
+            output_format=output_format or self.output_format,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            steps=steps,
+            guidance=guidance,
+        ).validate()
+        first_size = inputs[0].size if inputs else None
+        out_w, out_h = api.output_size(request, first_size)
+        estimate = api.estimate_cost(request.model, out_w, out_h, sum(i.megapixels for i in inputs))
+        return PreparedRequest(request, inputs, estimate, tag=tag, fresh=fresh, labels=dict(labels or {}))
+
+    def check_budget(self, batch: Sequence[PreparedRequest]) -> None:
+        """Refuse, before anything is sent, a batch whose estimate would pass the budget."""
+        if self.budget is None:
+            return
+        executor = self.executor
+        estimate = sum(p.estimated_cost for p in batch if executor.cached(p) is None)
+        if self._spent + estimate > self.budget + 1e-9:
+            raise BudgetError(
+                f"estimated cost {estimate:.2f} credits for {len(batch)} request(s) would pass the budget: "
+                f"{self._spent:.2f} of {self.budget:.2f} spent"
+            )
+
+    # -- running -------------------------------------------------------------------------------
+
+    def generate(self, prompt: str, **fields: Any) -> Result:
+        """Generate one image; raises its FluxError if it fails (the record is kept).
+
+        Takes the fields of ``prepare``: seed, width, height, images, safety_tolerance,
+        output_format, model, webhook_url, webhook_secret, steps, guidance, tag, fresh.
+
+        >>> flux.generate("a red fox in snow", seed=42, width=768, height=512)  # doctest: +SKIP
+        """
+        return self.run([self.prepare(prompt, **fields)])[0].raise_for_error()
+
+    async def agenerate(self, prompt: str, **fields: Any) -> Result:
+        """Async twin of ``generate``, for ``await`` in notebook cells and async code."""
+        batch = [self.prepare(prompt, **fields)]
+        self.check_budget(batch)
+        executor = self.executor
+        try:
+            results = await self._runner.wrap(executor.run_batch(batch, _no_emit))
+        finally:
+            self._notify()
+        return results[0].raise_for_error()
+
+    def sweep(self, prompt: str | Sequence[str], *, images: Any = None, **fields: Any) -> SweepResult:
+        """Generate every combination of the list-valued fields, concurrently; shows as a grid.
+
+        >>> flux.sweep("a lighthouse", seed=[1, 2, 3], width=[512, 1024])  # doctest: +SKIP
+        """
+        axes = [Axis("prompt", tuple(prompt) if isinstance(prompt, (list, tuple)) else (prompt,))]
+        base: dict[str, Any] = {}
+        for name, value in fields.items():
+            if isinstance(value, (list, tuple, range)):
+                axes.append(Axis(name, tuple(value)))
+            else:
+                base[name] = value
+        inputs = self.prepare_images(images)
+        batch = [self.prepare(**{**p.fields, "images": inputs}, labels=p.labels) for p in expand(base, axes)]
+        return SweepResult(self.run(batch, observer=self.observer_factory() if self.observer_factory else None))
+
+    def prepare_images(self, images: Any) -> tuple[ImageInput, ...]:
+        """Encode and check reference images once (e.g. for every request of a sweep)."""
+        return images if _is_prepared(images) else prepare_images(images)
+
+    def run(self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None) -> list[Result]:
+        """Run prepared requests concurrently; failures come back as results with ``error`` set."""
+        batch = list(batch)
+        self.check_budget(batch)
+        executor = self.executor
+        if observer is not None:
+            observer.started(batch)
+        try:
+            return self._relay(lambda emit: executor.run_batch(batch, emit), observer)
+        finally:
+            self._notify()
+
+    def _relay(
+        self, start: Callable[[Emit], Coroutine[Any, Any, list[Result]]], observer: BatchObserver | None
+    ) -> list[Result]:
+        """Run a batch on the private loop and relay its events to ``observer`` on this thread."""
+        events: queue.SimpleQueue[tuple[str, tuple[Any, ...]]] = queue.SimpleQueue()
+        future = self._runner.submit(start(lambda kind, args: events.put((kind, args))))
+        try:
+            while True:
+                try:
+                    kind, args = events.get(timeout=0.05)
+                except queue.Empty:
+                    if future.done() and events.empty():
+                        break
+                    continue
+                if observer is not None:
+                    try:
+                        getattr(observer, kind)(*args)
+                    except Exception:  # a display failure must never break generation
+                        observer = None
+            return future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+    # -- replay and resume ---------------------------------------------------------------------
+
+    def record(self, record_id: str) -> Record:
+        """The history record ``record_id``."""
+        record = self.store.get(record_id)
+        if record is None:
+            raise ValidationError(f"no history record {record_id!r} in {self.history_dir}")
+        return record
+
+    def result_of(self, record_id: str) -> Result:
+        """A stored record as a Result (its image from disk)."""
+        return self.executor.result_from_record(self.record(record_id), cached=False)
+
+    def rebuild(self, record_id: str, *, fresh: bool = True) -> PreparedRequest:
+        """The exact request of a record, reference images restored from the store."""
+        record = self.record(record_id)
+        images: list[Any] = []
+        for digest in record.input_hashes:
+            try:
+                images.append(self.store.load_input(digest))
+            except KeyError:
+                raise ValidationError(
+                    f"record {record.record_id} used reference image {digest[:12]} which is no longer stored"
+                ) from None
+        prepared = self.prepare(
+            record.prompt,
+            seed=record.seed,
+            width=record.width,
+            height=record.height,
+            images=images or None,
+            safety_tolerance=record.safety_tolerance,
+            output_format=record.output_format,
+            model=record.model,
+            steps=record.steps,
+            guidance=record.guidance,
+            tag=record.tag,
+            fresh=fresh,
+        )
+        prepared.replay_of = record.record_id
+        return prepared
+
+    def replay(self, record_id: str, *, fresh: bool = True) -> Result:
+        """Run a recorded request again, exactly (a new record pointing back to the old one)."""
+        return self.run([self.rebuild(record_id, fresh=fresh)])[0]
+
+    def resume(self, observer: BatchObserver | None = None) -> list[Result]:
+        """Finish tasks left pending by a crash or a restart, while their polling URLs still work."""
+        records = self.store.resumable()
+        if not records:
+            return []
+        executor = self.executor
+        if observer is not None:
+            observer.started([PreparedRequest.from_record(r) for r in records])
+        try:
+            return self._relay(lambda emit: executor.resume_batch(records, emit), observer)
+        finally:
+            self._notify()
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every request or batch ends (e.g. to refresh ``flux_history``)."""
+        self._listeners.append(callback)
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            try:
+                callback()
+            except Exception:  # a listener must never break generation
+                pass
+
+    # -- history -------------------------------------------------------------------------------
+
+    def history(self) -> pd.DataFrame:
+        """Every recorded request, one row each, as a pandas DataFrame."""
+        return self.store.to_frame()
+
+    def spent(self) -> float:
+        """Credits spent by this session so far (billed or, on a local server, would-be)."""
+        return self._spent
+
+    def close(self) -> None:
+        """Close the HTTP client and stop the private loop."""
+        if self._executor is not None:
+            self._runner.run(self._executor.client.aclose())
+            self._executor = None
+        self._runner.close()
+
+
+def _no_emit(kind: str, args: tuple[Any, ...]) -> None:
+    return None
+
+
+__all__ = ["BatchObserver", "Flux", "PreparedRequest", "draw_seed", "notebook_name"]
