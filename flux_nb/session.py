@@ -7,6 +7,7 @@ in the history before sending it, and runs batches concurrently on a private loo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import secrets
@@ -381,10 +382,8 @@ class Flux(Configurable):
 
     def _notify(self) -> None:
         for callback in self._listeners:
-            try:
+            with contextlib.suppress(Exception):  # a listener must never break generation
                 callback()
-            except Exception:  # a listener must never break generation
-                pass
 
     # -- history -------------------------------------------------------------------------------
 

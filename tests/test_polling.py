@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from flux_nb.polling import FIRST_POLL_UNKNOWN, MAX_INTERVAL, DurationModel, PollPlan
@@ -45,7 +47,7 @@ def test_a_task_slower_than_expected_is_polled_with_growing_gaps() -> None:
     plan = PollPlan(expected=1.0, jitter=0.0)
     gaps = [plan.next_delay(1.0 + i, None) for i in range(20)]
     assert gaps[0] == pytest.approx(0.05)
-    assert all(b >= a for a, b in zip(gaps, gaps[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(gaps))
     assert gaps[-1] == MAX_INTERVAL
 
 
