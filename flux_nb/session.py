@@ -12,6 +12,7 @@ import os
 import queue
 import secrets
 from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -294,6 +295,18 @@ class Flux(Configurable):
         finally:
             self._notify()
 
+    def start(self, batch: Sequence[PreparedRequest], on_event: Emit) -> Future[list[Result]]:
+        """Run a batch without blocking the caller (for widgets); ``on_event`` runs on flux_nb's loop thread.
+
+        Cancelling the future stops waiting: submitted records stay pending, for ``resume``.
+        """
+        batch = list(batch)
+        self.check_budget(batch)
+        executor = self.executor
+        future = self._runner.submit(executor.run_batch(batch, on_event))
+        future.add_done_callback(lambda _: self._notify())
+        return future
+
     def _relay(
         self, start: Callable[[Emit], Coroutine[Any, Any, list[Result]]], observer: BatchObserver | None
     ) -> list[Result]:
@@ -384,6 +397,12 @@ class Flux(Configurable):
         for callback in self._listeners:
             with contextlib.suppress(Exception):  # a listener must never break generation
                 callback()
+
+    def panel(self) -> Any:
+        """The clickable panel on this session (ipywidgets); display it in a cell."""
+        from flux_nb.panel import Panel
+
+        return Panel(self)
 
     # -- history -------------------------------------------------------------------------------
 

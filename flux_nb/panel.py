@@ -1,0 +1,315 @@
+"""The ipywidgets panel: FLUX.2 for people who would rather click than type.
+
+It runs on the same session, history and cache as the magic. Work runs on flux_nb's own
+loop, so the kernel stays responsive; widget updates are made from that loop's thread.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import ipywidgets as w
+
+from flux_nb import api
+from flux_nb.errors import FluxError, ValidationError
+from flux_nb.images import ImageInput, prepare_image, thumbnail
+from flux_nb.result import Result
+from flux_nb.session import Flux, draw_seed
+
+SIZE_PRESETS: dict[str, tuple[int, int] | None] = {
+    "1:1 · 1024×1024": (1024, 1024),
+    "4:3 · 1184×880": api.aspect_size("4:3"),
+    "3:4 · 880×1184": api.aspect_size("3:4"),
+    "16:9 · 1360×768": api.aspect_size("16:9"),
+    "9:16 · 768×1360": api.aspect_size("9:16"),
+    "3:2 · 1248×832": api.aspect_size("3:2"),
+    "2:3 · 832×1248": api.aspect_size("2:3"),
+    "512×512 (fast drafts)": (512, 512),
+    "custom": None,
+}
+MAX_SLOTS = 4
+GALLERY_THUMB = 224
+
+
+@dataclass
+class Slot:
+    """One reference image slot: the prepared image and its widget."""
+
+    image: ImageInput
+    widget: w.Widget
+
+
+class Panel(w.VBox):
+    """A generation panel bound to a ``Flux`` session; display it in a cell.
+
+    >>> flux.panel()  # doctest: +SKIP
+    """
+
+    def __init__(self, session: Flux, **kwargs: Any) -> None:
+        self.session = session
+        self._future: Future[list[Result]] | None = None
+        self._started = 0.0
+        self._slots: list[Slot] = []
+        self._results: list[Result] = []
+        self._build()
+        super().__init__(children=self._layout(), **kwargs)
+        self.add_class("flux-panel")
+        self._refresh_size()
+        self._refresh_cost()
+
+    # -- building ------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        s = self.session
+        self.prompt = w.Textarea(placeholder="Describe the image…", layout=w.Layout(width="100%", height="80px"))
+        self.prompt.add_class("flux-prompt")
+        self.model = w.Dropdown(options=list(api.MODELS), value=s.model, description="Model")
+        self.seed = w.IntText(value=draw_seed(), description="Seed", layout=w.Layout(width="220px"))
+        self.random_seed = w.Button(icon="random", tooltip="New random seed", layout=w.Layout(width="40px"))
+        self.lock_seed = w.Checkbox(value=False, description="Keep seed", indent=False)
+        self.size = w.Dropdown(options=list(SIZE_PRESETS), value="1:1 · 1024×1024", description="Size")
+        self.width = w.BoundedIntText(
+            value=1024, min=16, max=8192, step=16, description="W", layout=w.Layout(width="140px")
+        )
+        self.height = w.BoundedIntText(
+            value=1024, min=16, max=8192, step=16, description="H", layout=w.Layout(width="140px")
+        )
+        self.size_note = w.HTML()
+        self.safety = w.IntSlider(value=s.safety_tolerance, min=0, max=5, description="Safety")
+        self.format = w.ToggleButtons(options=list(api.OUTPUT_FORMATS), value=s.output_format)
+        self.count = w.IntSlider(value=1, min=1, max=8, description="Images")
+        self.upload = w.FileUpload(accept="image/*", multiple=True, description="Add reference")
+        self.slots_box = w.HBox()
+        self.generate = w.Button(description="Generate", button_style="primary", icon="magic")
+        self.generate.add_class("flux-generate")
+        self.cancel = w.Button(description="Cancel", disabled=True, icon="stop")
+        self.status = w.HTML(value="Ready.")
+        self.status.add_class("flux-status")
+        self.error = w.HTML()
+        self.error.add_class("flux-error")
+        self.cost = w.HTML()
+        self.gallery = w.HBox(layout=w.Layout(flex_flow="row wrap"))
+        self.gallery.add_class("flux-gallery")
+
+        self.random_seed.on_click(lambda _: setattr(self.seed, "value", draw_seed()))
+        self.size.observe(lambda _: self._refresh_size(), "value")
+        self.width.observe(lambda _: self._refresh_size(), "value")
+        self.height.observe(lambda _: self._refresh_size(), "value")
+        self.upload.observe(self._on_upload, "value")
+        self.generate.on_click(lambda _: self.submit())
+        self.cancel.on_click(lambda _: self.stop())
+
+    def _layout(self) -> list[w.Widget]:
+        return [
+            self.prompt,
+            w.HBox([self.model, self.seed, self.random_seed, self.lock_seed]),
+            w.HBox([self.size, self.width, self.height, self.size_note]),
+            w.HBox([self.safety, self.format]),
+            w.HBox([self.upload, self.count]),
+            self.slots_box,
+            w.HBox([self.generate, self.cancel, self.status]),
+            self.error,
+            self.cost,
+            self.gallery,
+        ]
+
+    # -- form state ----------------------------------------------------------------------------
+
+    def _refresh_size(self) -> None:
+        preset = SIZE_PRESETS[self.size.value]
+        custom = preset is None
+        self.width.disabled = self.height.disabled = not custom
+        if preset is not None and (self.width.value, self.height.value) != preset:
+            self.width.value, self.height.value = preset
+        try:
+            api.check_size(self.width.value, self.height.value)
+        except ValidationError as exc:
+            self.size_note.value = f'<span style="color:#b00020">{html.escape(str(exc))}</span>'
+            self.generate.disabled = True
+            return
+        mp = api.megapixels(self.width.value, self.height.value)
+        self.size_note.value = f'<span style="color:#666">{mp:.2f} MP</span>'
+        self.generate.disabled = self._future is not None
+
+    def _on_upload(self, change: dict[str, Any]) -> None:
+        for item in change["new"] or ():
+            self._add_reference(bytes(item["content"]), item.get("name", "upload"))
+        self.upload.value = ()
+
+    def add_reference(self, image: Any) -> None:
+        """Add a reference image (a path, bytes, PIL image, array or Result) to the next request."""
+        self._add_reference(image.image if isinstance(image, Result) else image, "reference")
+
+    def _add_reference(self, obj: Any, name: str) -> None:
+        try:
+            if len(self._slots) >= MAX_SLOTS:
+                raise ValidationError(f"at most {MAX_SLOTS} reference images; remove one first")
+            prepared = prepare_image(obj, name)
+        except FluxError as exc:
+            self._show_error(exc)
+            return
+        preview = w.Image(value=_thumb_bytes(prepared), format="jpeg", layout=w.Layout(max_width="96px"))
+        remove = w.Button(description="remove", layout=w.Layout(width="96px"))
+        box = w.VBox([preview, remove])
+        box.add_class("flux-slot")
+        slot = Slot(prepared, box)
+        remove.on_click(lambda _: self._remove_slot(slot))
+        self._slots.append(slot)
+        self.slots_box.children = [s.widget for s in self._slots]
+        self.error.value = ""
+
+    def _remove_slot(self, slot: Slot) -> None:
+        self._slots = [s for s in self._slots if s is not slot]
+        self.slots_box.children = [s.widget for s in self._slots]
+
+    # -- generating ----------------------------------------------------------------------------
+
+    def submit(self) -> None:
+        """Validate the form and start generating; a second click while busy does nothing."""
+        if self._future is not None:
+            return
+        self.error.value = ""
+        try:
+            batch = self._batch()
+            self.generate.disabled, self.cancel.disabled = True, False
+            self._started = time.monotonic()
+            self._pending = len(batch)
+            self._set_status(f"queued {len(batch)} request(s)…")
+            self._future = self.session.start(batch, self._on_event)
+        except FluxError as exc:
+            self._show_error(exc)
+            self._idle()
+            return
+        self._future.add_done_callback(self._on_done)
+
+    def _batch(self) -> list[Any]:
+        if not self.prompt.value.strip():
+            raise ValidationError("the prompt is empty: describe the image you want")
+        base_seed = self.seed.value
+        inputs = tuple(s.image for s in self._slots)
+        batch = [
+            self.session.prepare(
+                self.prompt.value,
+                seed=base_seed + i,
+                width=self.width.value,
+                height=self.height.value,
+                images=inputs,
+                safety_tolerance=self.safety.value,
+                output_format=self.format.value,
+                model=self.model.value,
+                tag="panel",
+            )
+            for i in range(self.count.value)
+        ]
+        if not self.lock_seed.value:
+            self.seed.value = draw_seed()
+        return batch
+
+    def _on_event(self, kind: str, args: tuple[Any, ...]) -> None:
+        elapsed = time.monotonic() - self._started
+        if kind == "progress":
+            _, status, fraction = args
+            stage = {"Submitted": "queued", "Downloading": "downloading"}.get(status, "generating")
+            pct = f" {fraction * 100:.0f}%" if isinstance(fraction, float) and 0 < fraction < 1 else ""
+            self._set_status(f"{stage}{pct} · {elapsed:.1f} s")
+        elif kind == "finished":
+            self._add_result(args[1])
+
+    def _on_done(self, future: Future[list[Result]]) -> None:
+        if future.cancelled():
+            self._set_status("cancelled: submitted requests are kept as pending (%flux resume finishes them)")
+        elif future.exception() is not None:
+            self._show_error(future.exception())
+        else:
+            results = future.result()
+            failed = sum(not r.ok for r in results)
+            took = time.monotonic() - self._started
+            self._set_status(
+                f"done: {len(results) - failed} image(s){f', {failed} failed' if failed else ''} · {took:.1f} s"
+            )
+        self._idle()
+        self._refresh_cost()
+
+    def stop(self) -> None:
+        """Stop waiting for the current request(s); the records stay pending for resume."""
+        if self._future is not None:
+            self._future.cancel()
+
+    def _idle(self) -> None:
+        self._future = None
+        self.cancel.disabled = True
+        self._refresh_size()
+
+    # -- gallery -------------------------------------------------------------------------------
+
+    def _add_result(self, result: Result) -> None:
+        self._results.insert(0, result)
+        if not result.ok:
+            self._show_error(result.error or FluxError(f"request ended with status {result.status}"))
+            return
+        image = w.Image(value=_result_thumb(result), format="jpeg", layout=w.Layout(max_width=f"{GALLERY_THUMB}px"))
+        image.add_class("flux-result-image")
+        caption = w.HTML(f'<div class="flux-caption" style="font-size:12px">{html.escape(_caption(result))}</div>')
+        remix = w.Button(description="Remix", tooltip="Load these settings into the form", layout=w.Layout(width="48%"))
+        remix.add_class("flux-remix")
+        reuse = w.Button(description="Use as reference", layout=w.Layout(width="48%"))
+        reuse.add_class("flux-reuse")
+        remix.on_click(lambda _: self.remix(result))
+        reuse.on_click(lambda _: self.add_reference(result))
+        card = w.VBox(
+            [image, caption, w.HBox([remix, reuse])], layout=w.Layout(width=f"{GALLERY_THUMB + 16}px", margin="4px")
+        )
+        card.add_class("flux-card")
+        self.gallery.children = (card, *self.gallery.children)
+
+    def remix(self, result: Result) -> None:
+        """Load a result's settings back into the form."""
+        self.prompt.value = result.prompt
+        self.model.value = result.model
+        self.seed.value = result.seed
+        self.lock_seed.value = True
+        if result.width and result.height:
+            preset = next((k for k, v in SIZE_PRESETS.items() if v == (result.width, result.height)), "custom")
+            self.size.value = preset
+            self.width.value, self.height.value = result.width, result.height
+        self._set_status(f"loaded the settings of {result.record_id}")
+
+    # -- status --------------------------------------------------------------------------------
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = f"<span>{html.escape(text)}</span>"
+
+    def _show_error(self, exc: BaseException) -> None:
+        text = exc.one_line() if isinstance(exc, FluxError) else f"unexpected error: {exc}"
+        self.error.value = f'<div style="color:#b00020">⚠ {html.escape(text)}</div>'
+
+    def _refresh_cost(self) -> None:
+        spent = self.session.spent()
+        budget = self.session.budget
+        limit = f" of {budget:.2f} budget" if budget is not None else ""
+        self.cost.value = f'<span style="color:#444">Credits spent: {spent:.2f}{limit}</span>'
+
+
+def _caption(result: Result) -> str:
+    cost = "cached" if result.cached else f"{result.cost or 0:.2f} cr"
+    took = f"{result.elapsed:.1f} s" if result.elapsed is not None else ""
+    return f"seed {result.seed} · {result.width}×{result.height} · {cost} · {took}"
+
+
+def _result_thumb(result: Result) -> bytes:
+    return thumbnail(result.image, GALLERY_THUMB * 2, "jpeg")
+
+
+def _thumb_bytes(image: ImageInput) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    if image.data is None:
+        return b""
+    with Image.open(BytesIO(image.data)) as opened:
+        return thumbnail(opened, 192, "jpeg")

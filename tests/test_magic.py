@@ -1,0 +1,263 @@
+"""The %%flux and %flux magics, driven through a real IPython shell against a local server."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from PIL import Image
+
+from flux_nb.result import Result, SweepResult
+from flux_nb.session import Flux
+
+
+@pytest.fixture
+def ipython(server: Any, history_dir: Path) -> Any:
+    """A fresh IPython shell with flux_nb loaded, pointed at the test server and a temporary history."""
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "flux_nb")
+    session = shell.user_ns["flux"]
+    session.endpoint = server.url
+    session.history_dir = str(history_dir)
+    shell.user_ns["flux_history"] = session.history()
+    yield shell
+    session.close()
+    InteractiveShell.clear_instance()
+
+
+def run(shell: InteractiveShell, code: str) -> tuple[Any, Any]:
+    """Run a cell; return (execution result, captured output)."""
+    with capture_output() as captured:
+        outcome = shell.run_cell(code)
+    return outcome, captured
+
+
+def html_of(captured: Any) -> str:
+    parts = [o.data.get("text/html", "") for o in captured.outputs]
+    return "\n".join(p for p in parts if p)
+
+
+def session_of(shell: InteractiveShell) -> Flux:
+    return shell.user_ns["flux"]
+
+
+def records(shell: InteractiveShell) -> pd.DataFrame:
+    return session_of(shell).history()
+
+
+def test_load_ext_registers_magics_session_and_history(ipython: InteractiveShell) -> None:
+    assert "flux" in ipython.magics_manager.magics["cell"]
+    assert "flux" in ipython.magics_manager.magics["line"]
+    assert isinstance(ipython.user_ns["flux"], Flux)
+    assert isinstance(ipython.user_ns["flux_history"], pd.DataFrame)
+    assert ipython.user_ns["flux_history"].empty
+
+
+def test_cell_magic_generates_and_shows_the_image_with_its_caption(ipython: InteractiveShell, server: Any) -> None:
+    outcome, captured = run(ipython, "%%flux --seed 42 --size 512x384 -o pic\na lighthouse at dusk")
+    assert outcome.success
+    html = html_of(captured)
+    assert "seed 42" in html and "512×384" in html
+    result = ipython.user_ns["pic"]
+    assert isinstance(result, Result) and result.ok
+    assert result.image.size == (512, 384)
+    thumb = html.split('src="data:image/jpeg;base64,', 1)[1].split('"', 1)[0]
+    assert max(Image.open(io.BytesIO(base64.b64decode(thumb))).size) <= session_of(ipython).thumbnail_size
+    history = ipython.user_ns["flux_history"]
+    assert len(history) == 1 and history.iloc[0]["status"] == "ready" and history.iloc[0]["seed"] == 42
+    assert server.stats()["submits"] == 1
+
+
+def test_short_options_and_format(ipython: InteractiveShell) -> None:
+    outcome, _ = run(ipython, "%%flux -s 7 -W 256 -H 320 --format png -t study -o pic\na cat")
+    assert outcome.success
+    result = ipython.user_ns["pic"]
+    assert (result.seed, result.width, result.height, result.tag) == (7, 256, 320, "study")
+    assert result.path.suffix == ".png"
+
+
+def test_aspect_picks_a_valid_size_near_one_megapixel(ipython: InteractiveShell) -> None:
+    run(ipython, "%%flux --seed 1 --aspect 16:9 -o pic\na field")
+    width, height = ipython.user_ns["pic"].image.size
+    assert width % 16 == 0 and height % 16 == 0
+    assert abs(width / height - 16 / 9) < 0.03
+    assert 0.9 < width * height / 1024**2 < 1.1
+
+
+def test_templates_fill_from_the_namespace_and_keep_double_braces(ipython: InteractiveShell) -> None:
+    ipython.user_ns["animal"] = "otter"
+    run(ipython, "%%flux --seed 3 --size 256x256 -o pic\na {animal} with {{braces}}")
+    assert ipython.user_ns["pic"].prompt == "a otter with {braces}"
+
+
+def test_unknown_template_name_is_a_clear_error_and_sends_nothing(ipython: InteractiveShell, server: Any) -> None:
+    outcome, captured = run(ipython, "%%flux --seed 3\na {undefined_thing}")
+    text = html_of(captured) + captured.stdout
+    assert "undefined_thing" in text and "not defined" in text
+    assert "Traceback" not in text
+    assert server.stats()["submits"] == 0
+    assert records(ipython).empty
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("--width 1000", "not a multiple of 16"),
+        ("--width 32", "below the minimum"),
+        ("--size 3000x3000", "megapixels"),
+        ("--size big", "WIDTHxHEIGHT"),
+        ("--aspect 0:1", "aspect"),
+        ("--safety 9", "safety_tolerance 9"),
+        ("--seed -5", "seed"),
+        ("--seed 5:1", "seed"),
+        ("--seed abc", "seed"),
+        ("--model flux-3-imaginary", "flux-3-imaginary"),
+        ("--steps 10", "steps is not a setting of flux-2-klein-4b"),
+        ("--model flux-2-flex --steps 99", "steps 99"),
+        ("--image /no/such/file.png", "no file"),
+        ("-i a -i b -i c -i d -i e", "at most 4"),
+        ("--size 512x512 --width 512", "either --size"),
+        ("--webhook ftp://example", "webhook_url"),
+        ("--seed 1 extra words", "unexpected words"),
+    ],
+)
+def test_bad_options_give_one_clear_line_and_send_nothing(
+    ipython: InteractiveShell, server: Any, tmp_path: Path, line: str, expected: str
+) -> None:
+    for name in "abcde":
+        Image.new("RGB", (64, 64), "red").save(tmp_path / f"{name}.png")
+    ipython.run_cell(f"import os; os.chdir({str(tmp_path)!r})")
+    outcome, captured = run(ipython, f"%%flux {line}\na harbour")
+    text = html_of(captured) + captured.stdout + captured.stderr
+    assert expected in text, text
+    assert "Traceback" not in text
+    assert server.stats()["submits"] == 0
+    assert records(ipython).empty
+
+
+def test_unknown_option_is_a_usage_error(ipython: InteractiveShell, server: Any) -> None:
+    outcome, captured = run(ipython, "%%flux --sead 4\na harbour")
+    assert not outcome.success or "unrecognized" in captured.stderr + captured.stdout
+    assert server.stats()["submits"] == 0
+
+
+def test_sweep_over_seeds_prompts_and_models_runs_every_combination(ipython: InteractiveShell, server: Any) -> None:
+    cell = "%%flux --seed 1:3 --model flux-2-klein-4b,flux-2-pro --size 256x256 -o sweep\na boat\n---\na car"
+    outcome, captured = run(ipython, cell)
+    assert outcome.success
+    sweep = ipython.user_ns["sweep"]
+    assert isinstance(sweep, SweepResult) and len(sweep) == 12
+    combos = {(r.labels["prompt"], r.labels["seed"], r.labels["model"]) for r in sweep}
+    assert len(combos) == 12
+    assert all(r.ok for r in sweep)
+    assert server.stats()["submits"] == 12
+    assert "<img" in html_of(captured)
+    frame = ipython.user_ns["flux_history"]
+    assert sorted(frame["model"].unique()) == ["flux-2-klein-4b", "flux-2-pro"]
+
+
+def test_size_lists_sweep_width_and_height_together(ipython: InteractiveShell) -> None:
+    run(ipython, "%%flux --seed 1 --size 256x256,384x256 -o sweep\na kite")
+    sizes = sorted(r.image.size for r in ipython.user_ns["sweep"])
+    assert sizes == [(256, 256), (384, 256)]
+
+
+def test_reference_images_from_variables_paths_and_results(ipython: InteractiveShell, tmp_path: Path) -> None:
+    path = tmp_path / "ref.png"
+    Image.new("RGB", (128, 128), (200, 30, 30)).save(path)
+    ipython.user_ns["ref_pil"] = Image.new("RGB", (96, 96), (30, 200, 30))
+    run(ipython, "%%flux --seed 5 --size 256x256 -o base\na bowl")
+    outcome, _ = run(ipython, f"%%flux --seed 5 --size 256x256 -i ref_pil -i {path} -i base -o edit\nmake it blue")
+    assert outcome.success
+    edit = ipython.user_ns["edit"]
+    assert edit.ok
+    row = records(ipython).set_index("record_id").loc[edit.record_id]
+    assert len(row["input_hashes"]) == 3
+
+
+def test_cache_answers_identical_requests_and_fresh_sends_again(ipython: InteractiveShell, server: Any) -> None:
+    cell = "%%flux --seed 9 --size 256x256 -o pic\na quiet lake"
+    run(ipython, cell)
+    first = ipython.user_ns["pic"]
+    _, captured = run(ipython, cell)
+    second = ipython.user_ns["pic"]
+    assert second.cached and second.record_id == first.record_id
+    assert "cached" in html_of(captured)
+    assert server.stats()["submits"] == 1
+    run(ipython, cell.replace("-o pic", "-o pic --fresh"))
+    assert not ipython.user_ns["pic"].cached
+    assert server.stats()["submits"] == 2
+    assert ipython.user_ns["pic"].path.read_bytes() == first.path.read_bytes()
+
+
+def test_budget_refuses_before_sending(ipython: InteractiveShell, server: Any) -> None:
+    run(ipython, "%config Flux.budget = 3.0")
+    outcome, captured = run(ipython, "%%flux --seed 1:4 --size 512x512\na hill")
+    text = html_of(captured) + captured.stdout
+    assert "budget" in text and "5.60" in text
+    assert server.stats()["submits"] == 0
+    assert records(ipython).empty
+    run(ipython, "%%flux --seed 1:2 --size 512x512\na hill")
+    assert server.stats()["submits"] == 2
+
+
+def test_replay_is_byte_identical_on_the_preview_engine(ipython: InteractiveShell, tmp_path: Path) -> None:
+    ipython.user_ns["ref"] = Image.new("RGB", (80, 120), (10, 90, 200))
+    run(ipython, "%%flux --seed 21 --size 256x256 -i ref -o pic\na tower")
+    old = ipython.user_ns["pic"]
+    outcome, captured = run(ipython, f"%flux replay {old.record_id}")
+    assert outcome.success
+    html = html_of(captured)
+    assert "identical" in html.lower()
+    frame = records(ipython)
+    replay = frame[frame["replay_of"] == old.record_id]
+    assert len(replay) == 1
+    assert Path(replay.iloc[0]["image_path"]).read_bytes() == old.path.read_bytes()
+
+
+def test_history_cost_and_grid_line_magics(ipython: InteractiveShell, tmp_path: Path) -> None:
+    run(ipython, "%%flux --seed 1,2 --size 256x256\na cup\n---\na pot")
+    _, captured = run(ipython, "%flux history 3")
+    assert html_of(captured).count("<tr") == 4  # header + 3 rows
+    _, captured = run(ipython, "%flux cost")
+    assert "flux-2-klein-4b" in html_of(captured) and "5.60" in html_of(captured)
+    target = tmp_path / "grid.png"
+    outcome, captured = run(ipython, f'%flux grid --x seed --y prompt --where "width == 256" --save {target}')
+    assert outcome.success
+    assert Image.open(target).size[0] > 2 * 128
+    _, captured = run(ipython, '%flux grid --x seed --where "no_such_column == 1"')
+    assert "no_such_column" in html_of(captured) + captured.stdout
+
+
+def test_unknown_line_command_is_a_clear_error(ipython: InteractiveShell) -> None:
+    _, captured = run(ipython, "%flux frobnicate")
+    assert "unknown %flux command 'frobnicate'" in html_of(captured) + captured.stdout
+
+
+def test_config_changes_reach_the_session(ipython: InteractiveShell) -> None:
+    run(
+        ipython,
+        "%config Flux.default_width = 320\n%config Flux.default_height = 256\n%config Flux.model = 'flux-2-klein-9b'",
+    )
+    run(ipython, "%%flux --seed 2 -o pic\na desk")
+    pic = ipython.user_ns["pic"]
+    assert pic.image.size == (320, 256) and pic.model == "flux-2-klein-9b"
+
+
+def test_python_api_errors_show_as_one_line(ipython: InteractiveShell) -> None:
+    outcome, captured = run(ipython, "flux.generate('a tree', width=1001)")
+    text = html_of(captured) + captured.stdout + captured.stderr
+    assert "width 1001 is not a multiple of 16 (try 992 or 1008)" in text
+    assert "Traceback" not in text
+
+
+def test_history_variable_refreshes_after_python_api_calls(ipython: InteractiveShell) -> None:
+    run(ipython, "r = flux.generate('a tree', seed=1, width=256, height=256)")
+    assert len(ipython.user_ns["flux_history"]) == 1
