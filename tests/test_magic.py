@@ -98,7 +98,7 @@ def test_templates_fill_from_the_namespace_and_keep_double_braces(ipython: Inter
 
 
 def test_unknown_template_name_is_a_clear_error_and_sends_nothing(ipython: InteractiveShell, server: Any) -> None:
-    outcome, captured = run(ipython, "%%flux --seed 3\na {undefined_thing}")
+    _outcome, captured = run(ipython, "%%flux --seed 3\na {undefined_thing}")
     text = html_of(captured) + captured.stdout
     assert "undefined_thing" in text and "not defined" in text
     assert "Traceback" not in text
@@ -134,7 +134,7 @@ def test_bad_options_give_one_clear_line_and_send_nothing(
     for name in "abcde":
         Image.new("RGB", (64, 64), "red").save(tmp_path / f"{name}.png")
     ipython.run_cell(f"import os; os.chdir({str(tmp_path)!r})")
-    outcome, captured = run(ipython, f"%%flux {line}\na harbour")
+    _outcome, captured = run(ipython, f"%%flux {line}\na harbour")
     text = html_of(captured) + captured.stdout + captured.stderr
     assert expected in text, text
     assert "Traceback" not in text
@@ -199,7 +199,7 @@ def test_cache_answers_identical_requests_and_fresh_sends_again(ipython: Interac
 
 def test_budget_refuses_before_sending(ipython: InteractiveShell, server: Any) -> None:
     run(ipython, "%config Flux.budget = 3.0")
-    outcome, captured = run(ipython, "%%flux --seed 1:4 --size 512x512\na hill")
+    _outcome, captured = run(ipython, "%%flux --seed 1:4 --size 512x512\na hill")
     text = html_of(captured) + captured.stdout
     assert "budget" in text and "5.60" in text
     assert server.stats()["submits"] == 0
@@ -252,7 +252,7 @@ def test_config_changes_reach_the_session(ipython: InteractiveShell) -> None:
 
 
 def test_python_api_errors_show_as_one_line(ipython: InteractiveShell) -> None:
-    outcome, captured = run(ipython, "flux.generate('a tree', width=1001)")
+    _outcome, captured = run(ipython, "flux.generate('a tree', width=1001)")
     text = html_of(captured) + captured.stdout + captured.stderr
     assert "width 1001 is not a multiple of 16 (try 992 or 1008)" in text
     assert "Traceback" not in text

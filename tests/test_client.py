@@ -1,0 +1,316 @@
+"""AsyncFluxClient over real HTTP on 127.0.0.1: the local server, and a scripted one for faults."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from flux_nb.api import FluxRequest
+from flux_nb.client import AsyncFluxClient, RetryPolicy, Task
+from flux_nb.errors import (
+    AuthError,
+    CreditsError,
+    DeliveryError,
+    FluxTimeout,
+    ModeratedError,
+    RateLimitError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TransportError,
+    UnknownOutcomeError,
+    ValidationError,
+)
+from flux_nb.images import prepare_image
+from tests.scripted import ScriptedApi, Step, png_bytes
+
+FAST_RETRY = RetryPolicy(attempts=4, rate_limit_attempts=60, base_delay=0.01, max_delay=0.05)
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedApi]:
+    api = ScriptedApi().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture
+def image_site(tmp_path: Path) -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 serving reference images from tmp_path."""
+    Image.new("RGB", (160, 96), (250, 200, 0)).save(tmp_path / "ref.png")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+async def test_text_to_image_in_jpeg_png_and_webp(server: Any) -> None:
+    async with AsyncFluxClient(None, server.url) as client:
+        for fmt, pil_name in (("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")):
+            result = await client.generate(
+                FluxRequest("a lighthouse", seed=3, width=320, height=192, output_format=fmt)
+            )
+            image = decode(result.image)
+            assert image.format == pil_name
+            assert (result.width, result.height) == (320, 192) == image.size
+            assert result.task.id and result.task.polling_url.startswith(server.url)
+            assert result.seed == 3 and result.engine == "preview"
+            assert result.task.cost == pytest.approx(1.4)
+            assert result.finished_at >= result.ready_at >= result.task.submitted_at
+
+
+async def test_editing_with_one_and_four_references_of_every_kind(server: Any, tmp_path: Path, image_site: str) -> None:
+    path = tmp_path / "a.png"
+    Image.new("RGB", (128, 128), (200, 0, 0)).save(path)
+    raw = io.BytesIO()
+    Image.new("RGB", (96, 64), (0, 200, 0)).save(raw, "JPEG")
+    refs = [
+        prepare_image(path),
+        prepare_image(raw.getvalue()),
+        prepare_image(Image.new("RGBA", (64, 64), (0, 0, 200, 128))),
+        prepare_image(f"{image_site}/ref.png"),
+    ]
+    async with AsyncFluxClient(None, server.url) as client:
+        plain = await client.generate(FluxRequest("a bowl", seed=9, width=256, height=256))
+        one = await client.generate(FluxRequest("a bowl", seed=9, width=256, height=256, images=(refs[0].value,)))
+        four = await client.generate(
+            FluxRequest("a bowl", seed=9, width=256, height=256, images=tuple(r.value for r in refs))
+        )
+    assert refs[3].is_url and refs[3].value.startswith("http://127.0.0.1")
+    assert len({plain.image, one.image, four.image}) == 3
+    assert four.task.input_mp and four.task.input_mp > 0
+
+
+async def test_without_a_size_an_edit_takes_the_first_reference_size(server: Any) -> None:
+    ref = prepare_image(Image.new("RGB", (640, 480), "white"))
+    async with AsyncFluxClient(None, server.url) as client:
+        result = await client.generate(FluxRequest("an edit", seed=1, images=(ref.value,)))
+    assert (result.width, result.height) == (640, 480)
+
+
+async def test_same_request_gives_identical_bytes_and_another_seed_differs(server: Any) -> None:
+    async with AsyncFluxClient(None, server.url) as client:
+        a = await client.generate(FluxRequest("a fox", seed=1, width=256, height=256))
+        b = await client.generate(FluxRequest("a fox", seed=1, width=256, height=256))
+        c = await client.generate(FluxRequest("a fox", seed=2, width=256, height=256))
+    assert a.image == b.image
+    assert a.image != c.image
+
+
+BAD_REQUESTS = [
+    (FluxRequest(""), "prompt is empty"),
+    (FluxRequest("x", width=1000), "not a multiple of 16"),
+    (FluxRequest("x", height=48), "below the minimum"),
+    (FluxRequest("x", width=4096, height=2048), "at most"),
+    (FluxRequest("x", seed=-1), "seed -1 is out of range"),
+    (FluxRequest("x", seed=2**64), "out of range"),
+    (FluxRequest("x", safety_tolerance=6), "safety_tolerance 6"),
+    (FluxRequest("x", output_format="gif"), "output_format 'gif'"),
+    (FluxRequest("x", images=("a",) * 5), "takes at most 4"),
+    (FluxRequest("x", model="flux-2-pro", images=("a",) * 9), "takes at most 8"),
+    (FluxRequest("x", model="flux-9"), "model 'flux-9'"),
+    (FluxRequest("x", webhook_url="ftp://x"), "http(s) URL"),
+    (FluxRequest("x", webhook_url="https://h/" + "a" * 2100), "1 to 2083"),
+    (FluxRequest("x", webhook_secret="s"), "without a webhook_url"),
+    (FluxRequest("x", steps=4), "not a setting of flux-2-klein-4b"),
+    (FluxRequest("x", model="flux-2-flex", steps=0), "steps 0 is out of range"),
+    (FluxRequest("x", model="flux-2-flex", guidance=11.0), "guidance 11.0 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("request_", "message"), BAD_REQUESTS, ids=[m for _, m in BAD_REQUESTS])
+async def test_every_validation_rule_is_enforced_before_any_http_request(request_: FluxRequest, message: str) -> None:
+    sent: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(500))
+    async with AsyncFluxClient("k", "http://127.0.0.1:9", transport=transport) as client:
+        with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            await client.generate(request_)
+    assert sent == []
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(400, ValidationError), (422, ValidationError), (401, AuthError), (403, AuthError), (402, CreditsError)],
+)
+async def test_http_errors_map_to_their_types_without_retrying(scripted: ScriptedApi, status: int, error: type) -> None:
+    scripted.submits.append(Step(status, {"detail": [{"loc": ["body", "width"], "msg": "bad width"}]}))
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY) as client:
+        with pytest.raises(error) as caught:
+            await client.generate(FluxRequest("x", seed=1))
+    assert scripted.submit_count == 1
+    if status == 422:
+        assert "width: bad width" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "text"),
+    [
+        ({"status": "Error", "details": {"error": "GPU fell over"}}, TaskFailedError, "GPU fell over"),
+        ({"status": "Request Moderated", "details": {"Moderation Reasons": ["Sexual"]}}, ModeratedError, "request"),
+        ({"status": "Content Moderated"}, ModeratedError, "generated image"),
+        ({"status": "Task not found"}, TaskNotFoundError, "unknown"),
+    ],
+)
+async def test_final_statuses_map_to_their_types(scripted: ScriptedApi, answer: dict, error: type, text: str) -> None:
+    scripted.polls.append(Step(body={"id": "t", "result": None, **answer}))
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY) as client:
+        with pytest.raises(error, match=text):
+            await client.generate(FluxRequest("x", seed=1))
+
+
+async def test_unknown_statuses_count_as_still_running(scripted: ScriptedApi) -> None:
+    for status in ("Pending", "Reasoning", "Generating"):
+        scripted.polls.append(Step(body={"id": "t", "status": status, "progress": 0.5}))
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY) as client:
+        client.durations.observe("flux-2-klein-4b@1.0", 0.01)
+        result = await client.generate(FluxRequest("x", seed=1))
+    assert result.polls == 4 and scripted.poll_count == 4
+
+
+async def test_429_and_5xx_on_submit_are_retried_honouring_retry_after(scripted: ScriptedApi) -> None:
+    scripted.submits.extend([Step(429, {"detail": "busy"}, headers={"Retry-After": "0.2"}), Step(503, {})])
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY) as client:
+        started = asyncio.get_running_loop().time()
+        await client.generate(FluxRequest("x", seed=1))
+        waited = asyncio.get_running_loop().time() - started
+    assert scripted.submit_count == 3
+    assert waited >= 0.2
+
+
+async def test_persistent_429_ends_in_rate_limit_error(scripted: ScriptedApi) -> None:
+    scripted.submits.extend([Step(429, {"detail": "busy"})] * 5)
+    policy = RetryPolicy(attempts=3, rate_limit_attempts=5, base_delay=0.001, max_delay=0.01)
+    async with AsyncFluxClient("k", scripted.url, retry=policy) as client:
+        with pytest.raises(RateLimitError):
+            await client.generate(FluxRequest("x", seed=1))
+    assert scripted.submit_count == 5
+
+
+async def test_a_submit_whose_answer_is_lost_is_never_resent(scripted: ScriptedApi) -> None:
+    scripted.submits.append(Step(delay=2.0))
+    timeout = httpx.Timeout(connect=2.0, read=0.3, write=2.0, pool=2.0)
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY, timeout=timeout) as client:
+        with pytest.raises(UnknownOutcomeError, match="may have created a task"):
+            await client.generate(FluxRequest("x", seed=1))
+    await asyncio.sleep(2.0)
+    assert scripted.submit_count == 1
+
+
+async def test_a_refused_connection_is_retried_then_reported() -> None:
+    async with AsyncFluxClient("k", "http://127.0.0.1:9", retry=FAST_RETRY) as client:
+        with pytest.raises(TransportError, match="could not reach"):
+            await client.generate(FluxRequest("x", seed=1))
+
+
+async def test_polls_survive_transient_5xx(scripted: ScriptedApi) -> None:
+    scripted.polls.extend([Step(500, {}), Step(502, {})])
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY) as client:
+        result = await client.generate(FluxRequest("x", seed=1))
+    assert decode(result.image).size == (64, 48)
+    assert scripted.poll_count == 3
+
+
+async def test_a_corrupt_download_is_retried_and_never_returned(scripted: ScriptedApi) -> None:
+    good = png_bytes()
+    scripted.downloads.extend([Step(body=good[: len(good) // 2]), Step(body=b"not an image")])
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY) as client:
+        result = await client.generate(FluxRequest("x", seed=1))
+    assert result.image == good
+    assert scripted.download_count == 3
+
+
+async def test_always_corrupt_downloads_end_in_delivery_error(scripted: ScriptedApi) -> None:
+    scripted.downloads.extend([Step(body=b"garbage")] * 10)
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError, match="corrupt"):
+            await client.generate(FluxRequest("x", seed=1))
+
+
+async def test_the_key_goes_to_the_api_but_never_to_delivery_urls(scripted: ScriptedApi) -> None:
+    async with AsyncFluxClient("secret-key-123", scripted.url, retry=FAST_RETRY) as client:
+        await client.generate(FluxRequest("x", seed=1))
+        assert "secret-key-123" not in repr(client)
+    assert scripted.seen_keys[:2] == ["secret-key-123", "secret-key-123"]
+    assert scripted.seen_keys[-1] is None
+
+
+async def test_sixty_tasks_against_a_24_task_limit_all_finish(server_factory: Any) -> None:
+    server = server_factory(latency=0.3, max_active=24)
+    async with AsyncFluxClient(None, server.url, max_active=60, retry=FAST_RETRY) as client:
+        results = await asyncio.gather(
+            *(client.generate(FluxRequest("a sweep", seed=i, width=128, height=128)) for i in range(60))
+        )
+    stats = server.stats()
+    assert len({r.task.id for r in results}) == 60
+    assert stats["peak_active"] <= 24
+    assert stats["rejected"] > 0  # the server did answer 429 and the client kept going
+
+
+async def test_client_side_limit_keeps_the_server_under_its_limit(server_factory: Any) -> None:
+    server = server_factory(latency=0.2, max_active=24)
+    async with AsyncFluxClient(None, server.url, max_active=24) as client:
+        await asyncio.gather(*(client.generate(FluxRequest("a", seed=i, width=64, height=64)) for i in range(48)))
+    stats = server.stats()
+    assert stats["peak_active"] == 24 and stats["rejected"] == 0 and stats["submits"] == 48
+
+
+async def test_an_expired_delivery_url_is_a_clear_delivery_error(server_factory: Any) -> None:
+    server = server_factory(delivery_ttl=0.2)
+    async with AsyncFluxClient(None, server.url) as client:
+        task = await client.submit(FluxRequest("late", seed=1, width=64, height=64))
+        answer, _ = await client.wait(task)
+        await asyncio.sleep(0.4)
+        with pytest.raises(DeliveryError, match="expired"):
+            await client.download(answer["result"]["sample"])
+
+
+async def test_an_unknown_task_id_is_task_not_found(server: Any) -> None:
+    task = Task(id="nope", polling_url=f"{server.url}/v1/get_result?id=nope", model="flux-2-klein-4b", submitted_at=0)
+    async with AsyncFluxClient(None, server.url) as client:
+        with pytest.raises(TaskNotFoundError):
+            await client.resume(task)
+
+
+async def test_a_task_slower_than_the_task_timeout_times_out(server_factory: Any) -> None:
+    server = server_factory(latency=3.0)
+    async with AsyncFluxClient(None, server.url, task_timeout=0.3) as client:
+        with pytest.raises(FluxTimeout, match="not ready after 0.3 s"):
+            await client.generate(FluxRequest("slow", seed=1, width=64, height=64))
+
+
+async def test_polling_learns_durations_and_uses_progress(server_factory: Any) -> None:
+    server = server_factory(latency=0.5)
+    async with AsyncFluxClient(None, server.url) as client:
+        results = [await client.generate(FluxRequest("p", seed=i, width=64, height=64)) for i in range(4)]
+    assert all(r.polls <= 5 for r in results)
+    assert results[-1].polls <= 3  # the learned duration lands the first poll near the finish
+    assert client.durations.expected("flux-2-klein-4b@0.0") == pytest.approx(0.5, abs=0.15)
+
+
+async def test_keys_are_checked_when_the_server_requires_them(server_factory: Any) -> None:
+    server = server_factory(api_keys=frozenset({"good-key"}))
+    async with AsyncFluxClient(None, server.url) as client:
+        with pytest.raises(AuthError):
+            await client.generate(FluxRequest("x", seed=1, width=64, height=64))
+    async with AsyncFluxClient("wrong", server.url) as client:
+        with pytest.raises(AuthError):
+            await client.generate(FluxRequest("x", seed=1, width=64, height=64))
+    async with AsyncFluxClient("good-key", server.url) as client:
+        assert (await client.generate(FluxRequest("x", seed=1, width=64, height=64))).width == 64
+        assert await client.credits() > 0
