@@ -137,7 +137,7 @@ def prepare_image(obj: Any, name: str = "image") -> ImageInput:
         return _from_bytes(_encode_png(obj), name)
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return _from_bytes(bytes(obj), name)
-    if isinstance(obj, str) and "://" in obj[:12] or isinstance(obj, str) and obj.startswith(("javascript:", "data:")):
+    if isinstance(obj, str) and ("://" in obj[:12] or obj.startswith(("javascript:", "data:"))):
         return _from_url(obj, name)
     if isinstance(obj, (str, os.PathLike)):
         return _from_path(Path(obj), name)
