@@ -49,7 +49,7 @@ class ImageInput:
         return f"ImageInput({self.format}, {self.size[0]}x{self.size[1]}, sha256={self.sha256[:12]})"  # type: ignore[index]
 
 
-def _open_checked(data: bytes, name: str) -> Image.Image:
+def open_image(data: bytes, name: str) -> Image.Image:
     """Decode fully (so truncated files fail), inside the decompression-bomb limit."""
     try:
         with warnings.catch_warnings():
@@ -76,7 +76,7 @@ def _encode_png(image: Image.Image) -> bytes:
 def _from_bytes(data: bytes, name: str) -> ImageInput:
     if not data:
         raise ValidationError(f"{name}: empty bytes are not an image")
-    image = _open_checked(data, name)
+    image = open_image(data, name)
     fmt = PASSTHROUGH_FORMATS.get(image.format or "")
     if fmt is None:
         data, fmt = _encode_png(image), "png"

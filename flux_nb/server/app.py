@@ -1,0 +1,219 @@
+"""The local server's HTTP face: the BFL routes over the task table.
+
+Request models are built from ``flux_nb.api.MODELS``, so every registered model has a
+route, invalid bodies get FastAPI's 422, and the OpenAPI schema is accurate.
+"""
+
+import base64
+import binascii
+import re
+from typing import Annotated, Any, Literal
+
+import httpx
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from flux_nb import api
+from flux_nb.errors import ValidationError
+from flux_nb.images import open_image
+from flux_nb.server.config import ServerConfig
+from flux_nb.server.engines import RenderJob, get_engine
+from flux_nb.server.tasks import MEDIA_TYPES, TaskTable, TooManyActiveTasks
+
+TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+class SubmitBody(BaseModel):
+    """Fields every FLUX.2 endpoint shares; per-model subclasses add images and extras."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=api.PROMPT_MAX)
+    seed: int | None = Field(None, ge=api.SEED_RANGE[0], le=api.SEED_RANGE[1])
+    width: int | None = Field(None, ge=api.MIN_SIDE, multiple_of=api.SIDE_STEP)
+    height: int | None = Field(None, ge=api.MIN_SIDE, multiple_of=api.SIDE_STEP)
+    safety_tolerance: int = Field(api.DEFAULT_SAFETY, ge=api.SAFETY_RANGE[0], le=api.SAFETY_RANGE[1])
+    output_format: Literal["jpeg", "png", "webp"] = api.DEFAULT_FORMAT
+    webhook_url: str | None = Field(None, min_length=1, max_length=api.WEBHOOK_URL_MAX, pattern=r"^https?://.+")
+    webhook_secret: str | None = None
+
+    @model_validator(mode="after")
+    def _size_within_limit(self) -> "SubmitBody":
+        try:
+            api.check_size(self.width, self.height)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+def body_model(spec: api.ModelSpec) -> type[SubmitBody]:
+    """The request body model of one endpoint."""
+    fields: dict[str, Any] = {name: (str | None, None) for name in spec.image_fields()}
+    for extra in spec.extra_fields:
+        kind = int if extra.kind is int else float
+        fields[extra.name] = (kind | None, Field(None, ge=extra.minimum, le=extra.maximum))
+    name = "".join(part.capitalize() for part in spec.name.split("-")) + "Request"
+    return create_model(name, __base__=SubmitBody, **fields)
+
+
+class SubmitAnswer(BaseModel):
+    id: str
+    polling_url: str | None = None
+    status: str | None = None
+    webhook_url: str | None = None
+    cost: float | None = None
+    input_mp: float | None = None
+    output_mp: float | None = None
+
+
+class ResultAnswer(BaseModel):
+    id: str
+    status: str
+    result: dict[str, Any] | None = None
+    progress: float | None = None
+    details: dict[str, Any] | None = None
+    preview: dict[str, Any] | None = None
+
+
+def field_error(field: str, message: str) -> HTTPException:
+    """A 422 in FastAPI's own shape, for checks made after parsing (reference images)."""
+    return HTTPException(422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
+
+
+async def load_reference(field: str, value: str, config: ServerConfig) -> Image.Image:
+    """Decode a reference image given as base64 (raw or data: URI) or fetch it from an http(s) URL."""
+    if value.startswith(("http://", "https://")):
+        data = await fetch_reference(field, value, config)
+    else:
+        payload = value.split(",", 1)[1] if value.startswith("data:") else value
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise field_error(field, "not base64 image data nor an http(s) URL") from None
+    try:
+        return open_image(data, field).convert("RGB")
+    except ValidationError as exc:
+        raise field_error(field, str(exc)) from None
+
+
+async def fetch_reference(field: str, url: str, config: ServerConfig) -> bytes:
+    """GET a reference image with a timeout and a size limit."""
+    try:
+        async with httpx.AsyncClient(timeout=config.fetch_timeout, follow_redirects=True, max_redirects=3) as client:
+            async with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise field_error(field, f"fetching {url} answered HTTP {response.status_code}")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > config.fetch_max_bytes:
+                        raise field_error(field, f"image at {url} is over {config.fetch_max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise field_error(field, f"could not fetch {url}: {type(exc).__name__}") from None
+
+
+def create_app(config: ServerConfig | None = None) -> FastAPI:
+    """The local BFL-compatible server as an ASGI app."""
+    config = config or ServerConfig()
+    table = TaskTable(config, get_engine(config.engine))
+    app = FastAPI(title="flux_nb local server", summary="Speaks the BFL FLUX.2 protocol, offline.")
+    app.state.table = table
+
+    def check_key(x_key: Annotated[str | None, Header()] = None) -> None:
+        if not config.api_keys:
+            return
+        if not x_key:
+            raise HTTPException(401, detail="missing x-key header")
+        if x_key not in config.api_keys:
+            raise HTTPException(403, detail="invalid key")
+
+    def base_url(request: Request) -> str:
+        return (config.public_url or str(request.base_url)).rstrip("/")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > config.max_body_bytes:
+            return JSONResponse({"detail": f"request body over {config.max_body_bytes} bytes"}, status_code=413)
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    def submit_route(spec: api.ModelSpec, model: type[SubmitBody]) -> Any:
+        async def submit(body: model, request: Request) -> SubmitAnswer:  # type: ignore[valid-type]
+            references = [
+                await load_reference(name, value, config)
+                for name in spec.image_fields()
+                if (value := getattr(body, name)) is not None
+            ]
+            width, height = api.output_size(
+                api.FluxRequest(body.prompt, width=body.width, height=body.height),
+                references[0].size if references else None,
+            )
+            extra = {f.name: getattr(body, f.name) for f in spec.extra_fields if getattr(body, f.name) is not None}
+            job = RenderJob(body.prompt, body.seed or 0, width, height, spec.name, tuple(references), extra)
+            input_mp = sum(api.megapixels(*r.size) for r in references)
+            try:
+                task = table.submit(
+                    spec.name,
+                    job,
+                    output_format=body.output_format,
+                    input_mp=input_mp,
+                    webhook_url=body.webhook_url,
+                    webhook_secret=body.webhook_secret,
+                    base_url=base_url(request),
+                )
+            except TooManyActiveTasks as exc:
+                raise HTTPException(429, detail=str(exc), headers={"Retry-After": f"{config.retry_after:g}"}) from None
+            answer = SubmitAnswer(id=task.id, cost=task.cost, input_mp=task.input_mp, output_mp=task.output_mp)
+            if body.webhook_url:
+                answer.status, answer.webhook_url = task.status, body.webhook_url
+            else:
+                answer.polling_url = f"{base_url(request)}/v1/get_result?id={task.id}"
+            return answer
+
+        return submit
+
+    for spec in api.MODELS.values():
+        app.post(
+            spec.path,
+            response_model=SubmitAnswer,
+            response_model_exclude_none=True,
+            dependencies=[Depends(check_key)],
+            name=f"submit_{spec.name}",
+            summary=f"Submit a {spec.name} request",
+        )(submit_route(spec, body_model(spec)))
+
+    @app.get("/v1/get_result", response_model=ResultAnswer, dependencies=[Depends(check_key)])
+    async def get_result(id: str, request: Request) -> ResultAnswer:
+        task = table.get(id)
+        if task is None:
+            return ResultAnswer(id=id, status=api.Status.TASK_NOT_FOUND.value)
+        return ResultAnswer(**table.answer(task, base_url(request)))
+
+    @app.get("/delivery/{token}/sample.{ext}", response_class=Response)
+    async def delivery(token: str, ext: str) -> Response:
+        if not TOKEN_PATTERN.match(token) or ext not in MEDIA_TYPES:
+            raise HTTPException(404, detail="not found")
+        task = table.delivery(token)
+        if task is None or task.image is None or task.output_format != ext:
+            raise HTTPException(404, detail="this delivery URL has expired or never existed")
+        return Response(task.image, media_type=MEDIA_TYPES[ext])
+
+    @app.get("/v1/credits", dependencies=[Depends(check_key)])
+    async def credits() -> dict[str, float]:
+        return {"credits": 1_000_000.0}
+
+    @app.get("/_flux/stats")
+    async def stats() -> dict[str, Any]:
+        return table.snapshot()
+
+    return app

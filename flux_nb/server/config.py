@@ -1,0 +1,24 @@
+"""Settings of the local BFL-compatible server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flux_nb.api import DELIVERY_TTL_SECONDS, MAX_ACTIVE_TASKS
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the local server behaves; the defaults mirror the BFL API."""
+
+    latency: float = 0.0  # simulated generation seconds (the engine's own time overlaps it)
+    max_active: int = MAX_ACTIVE_TASKS  # in-flight tasks per server before 429
+    delivery_ttl: float = DELIVERY_TTL_SECONDS  # sample URLs expire this long after Ready
+    api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)  # empty: no key check
+    engine: str = "preview"
+    public_url: str | None = None  # base of polling and delivery URLs (default: the request's)
+    max_body_bytes: int = 64 * 1024 * 1024
+    fetch_timeout: float = 10.0  # reference images given by URL
+    fetch_max_bytes: int = 32 * 1024 * 1024
+    retry_after: float = 1.0  # seconds, sent with 429
+    task_ttl: float = 3600.0  # finished tasks are forgotten after this long

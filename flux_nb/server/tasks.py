@@ -1,0 +1,239 @@
+"""The local server's core, free of HTTP: tasks, rendering, delivery tokens and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from flux_nb import api
+from flux_nb.server.config import ServerConfig
+from flux_nb.server.engines import Engine, RenderJob
+from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook
+
+MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
+
+
+class TooManyActiveTasks(Exception):
+    """The server already runs ``max_active`` tasks (answered with 429)."""
+
+
+@dataclass
+class ServerTask:
+    """One task on the local server."""
+
+    id: str
+    model: str
+    job: RenderJob
+    output_format: str
+    cost: float
+    input_mp: float
+    output_mp: float
+    submitted_at: float
+    base_url: str = ""
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+    status: str = api.Status.PENDING.value
+    started_at: float | None = None
+    ready_at: float | None = None
+    image: bytes | None = None
+    token: str | None = None
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == api.Status.PENDING.value
+
+
+@dataclass
+class Statistics:
+    """Counters for tests and benchmarks (served at ``/_flux/stats``)."""
+
+    submits: int = 0
+    rejected: int = 0
+    polls: int = 0
+    downloads: int = 0
+    ready: int = 0
+    failed: int = 0
+    active: int = 0
+    peak_active: int = 0
+    webhooks_sent: int = 0
+    ready_times: dict[str, float] = field(default_factory=dict)
+
+
+def encode(image: Image.Image, output_format: str) -> bytes:
+    """Encode deterministically in the requested format."""
+    buffer = io.BytesIO()
+    if output_format == "png":
+        image.save(buffer, "PNG", compress_level=1)
+    elif output_format == "webp":
+        image.save(buffer, "WEBP", quality=90, method=2)
+    else:
+        image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+class TaskTable:
+    """Accepts tasks up to ``max_active``, renders them on worker threads, hands out results."""
+
+    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+        self.config = config
+        self.engine = engine
+        self.tasks: dict[str, ServerTask] = {}
+        self.tokens: dict[str, tuple[str, float]] = {}
+        self.stats = Statistics()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def submit(
+        self,
+        model: str,
+        job: RenderJob,
+        *,
+        output_format: str,
+        input_mp: float,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        base_url: str = "",
+    ) -> ServerTask:
+        """Accept a task and start rendering it; raises TooManyActiveTasks at the limit."""
+        self._forget_old()
+        if self.stats.active >= self.config.max_active:
+            self.stats.rejected += 1
+            raise TooManyActiveTasks(f"more than {self.config.max_active} active tasks")
+        output_mp = round(api.megapixels(job.width, job.height), 4)
+        task = ServerTask(
+            id=str(uuid.uuid4()),
+            model=model,
+            job=job,
+            output_format=output_format,
+            cost=api.estimate_cost(model, job.width, job.height, input_mp),
+            input_mp=round(input_mp, 4),
+            output_mp=output_mp,
+            submitted_at=time.monotonic(),
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
+            base_url=base_url,
+        )
+        self.tasks[task.id] = task
+        self.stats.submits += 1
+        self.stats.active += 1
+        self.stats.peak_active = max(self.stats.peak_active, self.stats.active)
+        runner = asyncio.get_running_loop().create_task(self._run(task))
+        self._background.add(runner)
+        runner.add_done_callback(self._background.discard)
+        return task
+
+    async def _run(self, task: ServerTask) -> None:
+        task.started_at = time.time()
+        try:
+            image = await asyncio.to_thread(self.engine.render, task.job)
+            data = await asyncio.to_thread(encode, image, task.output_format)
+            remaining = task.submitted_at + self.config.latency - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+        except Exception as exc:  # an engine failure ends the task with status Error
+            task.status, task.error = api.Status.ERROR.value, f"{type(exc).__name__}: {exc}"
+            self.stats.failed += 1
+        else:
+            task.image, task.token = data, secrets.token_urlsafe(24)
+            task.status, task.ready_at = api.Status.READY.value, time.time()
+            self.tokens[task.token] = (task.id, time.monotonic() + self.config.delivery_ttl)
+            self.stats.ready += 1
+            self.stats.ready_times[task.id] = task.ready_at
+        finally:
+            self.stats.active -= 1
+        if task.webhook_url:
+            await self._send_webhook(task)
+
+    def get(self, task_id: str) -> ServerTask | None:
+        self.stats.polls += 1
+        return self.tasks.get(task_id)
+
+    def progress(self, task: ServerTask) -> float | None:
+        if not task.active:
+            return 1.0 if task.status == api.Status.READY.value else None
+        if self.config.latency <= 0:
+            return None
+        return min(0.99, (time.monotonic() - task.submitted_at) / self.config.latency)
+
+    def delivery(self, token: str) -> ServerTask | None:
+        """The task behind a delivery token, while the token is valid."""
+        entry = self.tokens.get(token)
+        if entry is None:
+            return None
+        task_id, expires = entry
+        if time.monotonic() > expires:
+            self.tokens.pop(token, None)
+            return None
+        self.stats.downloads += 1
+        return self.tasks.get(task_id)
+
+    def answer(self, task: ServerTask, base_url: str) -> dict[str, Any]:
+        """The get_result answer for a task, BFL-shaped."""
+        result = None
+        if task.status == api.Status.READY.value and task.token:
+            result = {
+                "sample": f"{base_url}/delivery/{task.token}/sample.{task.output_format}",
+                "prompt": task.job.prompt,
+                "seed": task.job.seed,
+                "width": task.job.width,
+                "height": task.job.height,
+                "start_time": task.started_at,
+                "end_time": task.ready_at,
+                "duration": (task.ready_at or 0) - (task.started_at or 0),
+            }
+        details: dict[str, Any] = {"engine": self.engine.name}
+        if task.error:
+            details["error"] = task.error
+        return {
+            "id": task.id,
+            "status": task.status,
+            "result": result,
+            "progress": self.progress(task),
+            "details": details,
+            "preview": None,
+        }
+
+    async def _send_webhook(self, task: ServerTask) -> None:
+        body = json.dumps(self.answer(task, task.base_url)).encode()
+        headers = {"content-type": "application/json"}
+        if task.webhook_secret:
+            headers[SIGNATURE_HEADER] = sign_webhook(body, task.webhook_secret)
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as client:
+                await client.post(task.webhook_url or "", content=body, headers=headers)
+            self.stats.webhooks_sent += 1
+        except httpx.HTTPError:
+            pass  # a receiver that is down does not fail the task
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        expired = [t.id for t in self.tasks.values() if not t.active and now - t.submitted_at > self.config.task_ttl]
+        for task_id in expired:
+            task = self.tasks.pop(task_id)
+            if task.token:
+                self.tokens.pop(task.token, None)
+            self.stats.ready_times.pop(task_id, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        stats = self.stats
+        return {
+            "submits": stats.submits,
+            "rejected": stats.rejected,
+            "polls": stats.polls,
+            "downloads": stats.downloads,
+            "ready": stats.ready,
+            "failed": stats.failed,
+            "active": stats.active,
+            "peak_active": stats.peak_active,
+            "webhooks_sent": stats.webhooks_sent,
+            "ready_times": dict(stats.ready_times),
+        }

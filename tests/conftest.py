@@ -1,0 +1,37 @@
+"""Shared fixtures: local servers on free loopback ports, and temporary history folders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flux_nb.server import EmbeddedServer, ServerConfig
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., EmbeddedServer]]:
+    """Start local servers with ServerConfig options; all are stopped after the test."""
+    started: list[EmbeddedServer] = []
+
+    def start(**options: Any) -> EmbeddedServer:
+        server = EmbeddedServer(ServerConfig(**options)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(server_factory: Callable[..., EmbeddedServer]) -> EmbeddedServer:
+    """A local preview server with no simulated latency."""
+    return server_factory()
+
+
+@pytest.fixture
+def history_dir(tmp_path: Path) -> Path:
+    return tmp_path / "history"
