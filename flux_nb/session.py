@@ -410,6 +410,10 @@ class Flux(Configurable):
         """Every recorded request, one row each, as a pandas DataFrame."""
         return self.store.to_frame()
 
+    def cost(self) -> pd.DataFrame:
+        """Credits by model: in this notebook and in the whole history (ready records only)."""
+        return self.store.spent(self.notebook or None)
+
     def spent(self) -> float:
         """Credits spent by this session so far (billed or, on a local server, would-be)."""
         return self._spent

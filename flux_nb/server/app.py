@@ -102,17 +102,17 @@ async def load_reference(field: str, value: str, config: ServerConfig) -> Image.
 async def fetch_reference(field: str, url: str, config: ServerConfig) -> bytes:
     """GET a reference image with a timeout and a size limit."""
     try:
-        async with httpx.AsyncClient(timeout=config.fetch_timeout, follow_redirects=True, max_redirects=3) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise field_error(field, f"fetching {url} answered HTTP {response.status_code}")
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > config.fetch_max_bytes:
-                        raise field_error(field, f"image at {url} is over {config.fetch_max_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
+        client = httpx.AsyncClient(timeout=config.fetch_timeout, follow_redirects=True, max_redirects=3)
+        async with client, client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise field_error(field, f"fetching {url} answered HTTP {response.status_code}")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > config.fetch_max_bytes:
+                    raise field_error(field, f"image at {url} is over {config.fetch_max_bytes} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
     except httpx.HTTPError as exc:
         raise field_error(field, f"could not fetch {url}: {type(exc).__name__}") from None
 
