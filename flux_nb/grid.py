@@ -164,11 +164,6 @@ class Grid:
         alt = html.escape(self.title or "comparison grid")
         return f'<img class="flux-grid" src="data:image/jpeg;base64,{data}" alt="{alt}" style="max-width:100%"/>'
 
-    def _repr_png_(self) -> bytes:
-        buffer = io.BytesIO()
-        self.image.save(buffer, "PNG")
-        return buffer.getvalue()
-
 
 class GridPages(list[Grid]):
     """One grid per value of the Z axis."""

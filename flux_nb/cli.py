@@ -1,0 +1,125 @@
+"""``flux-nb``: run the local server, generate from a shell, read the history."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Sequence
+
+from flux_nb.errors import FluxError
+
+SERVER_KEYS_ENV = "FLUX_NB_SERVER_KEYS"
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the local BFL-compatible server in the foreground."""
+    import uvicorn
+
+    from flux_nb.server import ServerConfig, create_app
+
+    keys = frozenset(k.strip() for k in os.environ.get(SERVER_KEYS_ENV, "").split(",") if k.strip())
+    if args.require_key and not keys:
+        print(f"flux-nb serve: --require-key needs the accepted keys in {SERVER_KEYS_ENV}", file=sys.stderr)
+        return 2
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"flux-nb serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
+    config = ServerConfig(
+        latency=args.latency,
+        max_active=args.max_active,
+        delivery_ttl=args.delivery_ttl,
+        api_keys=keys if args.require_key else frozenset(),
+        engine=args.engine,
+        public_url=args.public_url,
+    )
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    port = sock.getsockname()[1]
+    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
+    print(
+        f"flux_nb local server on http://{host}:{port} (engine {args.engine}, latency {args.latency:g} s)", flush=True
+    )
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", access_log=False))
+    server.run(sockets=[sock])
+    return 0
+
+
+def generate(args: argparse.Namespace) -> int:
+    """Generate one image and copy it to --out (or print where it is stored)."""
+    from flux_nb.display import caption
+    from flux_nb.session import Flux
+
+    flux = Flux(endpoint=args.endpoint, history_dir=args.history_dir)
+    try:
+        result = flux.generate(
+            args.prompt, seed=args.seed, width=args.width, height=args.height, model=args.model, images=args.image
+        )
+    finally:
+        flux.close()
+    path = result.path
+    if args.out and path is not None:
+        path = shutil.copyfile(path, args.out)
+    print(f"{path}  ({caption(result)})")
+    return 0
+
+
+def history(args: argparse.Namespace) -> int:
+    """Print the most recent history rows."""
+    from flux_nb.store import HistoryStore
+
+    frame = HistoryStore(args.history_dir).to_frame()
+    columns = ["record_id", "created_at", "status", "model", "seed", "out_width", "out_height", "cost", "prompt"]
+    if frame.empty:
+        print(f"no history in {args.history_dir}")
+        return 0
+    print(frame[columns].tail(args.n).to_string(index=False, max_colwidth=50))
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    parser = argparse.ArgumentParser(prog="flux-nb", description="FLUX.2 image generation: server, client, history.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("serve", help="run the local BFL-compatible server")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8800, help="port (0 picks a free one)")
+    p.add_argument("--latency", type=float, default=0.0, help="simulated generation seconds")
+    p.add_argument("--max-active", type=int, default=24, help="in-flight tasks before 429")
+    p.add_argument("--delivery-ttl", type=float, default=600.0, help="seconds a sample URL stays valid")
+    p.add_argument("--engine", default="preview", help="image engine (preview)")
+    p.add_argument("--require-key", action="store_true", help=f"accept only the keys listed in {SERVER_KEYS_ENV}")
+    p.add_argument("--public-url", help="base URL written into polling and delivery URLs")
+
+    g = commands.add_parser("generate", help="generate one image")
+    g.add_argument("prompt")
+    g.add_argument("-s", "--seed", type=int)
+    g.add_argument("-W", "--width", type=int)
+    g.add_argument("-H", "--height", type=int)
+    g.add_argument("-m", "--model")
+    g.add_argument("-i", "--image", action="append", help="reference image path or URL (repeatable)")
+    g.add_argument("-o", "--out", help="copy the image here")
+    g.add_argument("--endpoint", help="server base URL (default: BFL cloud with BFL_API_KEY, else local)")
+    g.add_argument("--history-dir", default=".flux")
+
+    h = commands.add_parser("history", help="show recent requests")
+    h.add_argument("-n", type=int, default=20, help="rows to show")
+    h.add_argument("--history-dir", default=".flux")
+    return parser, {"serve": serve, "generate": generate, "history": history}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return handlers[args.command](args)
+    except FluxError as exc:
+        print(f"flux-nb: {exc.one_line()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

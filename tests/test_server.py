@@ -1,0 +1,242 @@
+"""The local server over real HTTP: protocol shape, validation, limits, delivery, keys, webhooks."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from PIL import Image
+
+from flux_nb.api import MODELS
+from flux_nb.server import EmbeddedServer
+from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook, verify_webhook
+
+
+def png_b64(size: tuple[int, int] = (64, 64), color: str = "red") -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def wait_ready(client: httpx.Client, polling_url: str, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = client.get(polling_url).json()
+        if answer["status"] != "Pending":
+            return answer
+        time.sleep(0.02)
+    raise AssertionError("task did not finish")
+
+
+@pytest.fixture
+def http() -> httpx.Client:
+    with httpx.Client(timeout=10) as client:
+        yield client
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_registered_model_submits_polls_and_delivers(
+    server: EmbeddedServer, http: httpx.Client, model: str
+) -> None:
+    answer = http.post(f"{server.url}/v1/{model}", json={"prompt": "a kettle", "seed": 5, "width": 128, "height": 96})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert set(body) == {"id", "polling_url", "cost", "input_mp", "output_mp"}
+    assert body["polling_url"] == f"{server.url}/v1/get_result?id={body['id']}"
+    result = wait_ready(http, body["polling_url"])
+    assert result["status"] == "Ready" and result["details"]["engine"] == "preview"
+    assert result["result"]["seed"] == 5 and result["result"]["prompt"] == "a kettle"
+    image = http.get(result["result"]["sample"])
+    assert image.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(image.content)).size == (128, 96)
+
+
+def test_cost_and_megapixels_follow_the_pricing_formula(server: EmbeddedServer, http: httpx.Client) -> None:
+    body = {"prompt": "x", "width": 2048, "height": 1024, "input_image": png_b64((1024, 1024))}
+    answer = http.post(f"{server.url}/v1/flux-2-klein-4b", json=body).json()
+    assert answer["output_mp"] == pytest.approx(2.0)
+    assert answer["input_mp"] == pytest.approx(1.0)
+    assert answer["cost"] == pytest.approx(1.4 + 0.1 + 0.1)
+    pro = http.post(f"{server.url}/v1/flux-2-pro", json={"prompt": "x", "width": 1024, "height": 1024}).json()
+    assert pro["cost"] == pytest.approx(3.0)
+
+
+def test_unknown_task_is_task_not_found(server: EmbeddedServer, http: httpx.Client) -> None:
+    answer = http.get(f"{server.url}/v1/get_result", params={"id": "no-such-task"})
+    assert answer.status_code == 200 and answer.json()["status"] == "Task not found"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": "x", "width": 1000}, "width"),
+        ({"prompt": "x", "width": 32}, "width"),
+        ({"prompt": "x", "height": 3000, "width": 3008}, None),
+        ({"prompt": "x", "safety_tolerance": 9}, "safety_tolerance"),
+        ({"prompt": "x", "output_format": "gif"}, "output_format"),
+        ({"prompt": ""}, "prompt"),
+        ({"seed": 3}, "prompt"),
+        ({"prompt": "x", "input_image_5": png_b64()}, "input_image_5"),
+        ({"prompt": "x", "webhook_url": "ftp://nowhere"}, "webhook_url"),
+        ({"prompt": "x", "steps": 4}, "steps"),
+        ({"prompt": "x", "input_image": "%%% not base64"}, "input_image"),
+        ({"prompt": "x", "input_image": base64.b64encode(b"plain text, no image").decode()}, "input_image"),
+    ],
+)
+def test_invalid_bodies_get_422_in_fastapi_shape(
+    server: EmbeddedServer, http: httpx.Client, body: dict, field: str | None
+) -> None:
+    answer = http.post(f"{server.url}/v1/flux-2-klein-4b", json=body)
+    assert answer.status_code == 422
+    detail = answer.json()["detail"]
+    assert isinstance(detail, list) and all({"loc", "msg", "type"} <= set(d) for d in detail)
+    if field is not None:
+        assert any(field in d["loc"] for d in detail), detail
+    assert server.stats()["submits"] == 0
+
+
+def test_flex_takes_steps_and_guidance_in_range(server: EmbeddedServer, http: httpx.Client) -> None:
+    ok = http.post(f"{server.url}/v1/flux-2-flex", json={"prompt": "x", "steps": 20, "guidance": 3.5})
+    assert ok.status_code == 200
+    bad = http.post(f"{server.url}/v1/flux-2-flex", json={"prompt": "x", "steps": 51})
+    assert bad.status_code == 422
+
+
+def test_keys_are_required_when_configured(server_factory: Any, http: httpx.Client) -> None:
+    server = server_factory(api_keys=frozenset({"k1"}))
+    url = f"{server.url}/v1/flux-2-klein-4b"
+    assert http.post(url, json={"prompt": "x"}).status_code == 401
+    assert http.post(url, json={"prompt": "x"}, headers={"x-key": "nope"}).status_code == 403
+    assert http.post(url, json={"prompt": "x"}, headers={"x-key": "k1"}).status_code == 200
+    assert http.get(f"{server.url}/v1/credits").status_code == 401
+
+
+def test_the_active_limit_answers_429_with_retry_after(server_factory: Any, http: httpx.Client) -> None:
+    server = server_factory(latency=2.0, max_active=3)
+    url = f"{server.url}/v1/flux-2-klein-4b"
+    codes = [http.post(url, json={"prompt": "x", "width": 64, "height": 64}) for _ in range(5)]
+    assert [c.status_code for c in codes] == [200, 200, 200, 429, 429]
+    assert codes[3].headers["retry-after"] == "1"
+    stats = server.stats()
+    assert stats["active"] == 3 and stats["peak_active"] == 3 and stats["rejected"] == 2
+
+
+def test_progress_rises_while_pending(server_factory: Any, http: httpx.Client) -> None:
+    server = server_factory(latency=0.6)
+    body = http.post(f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "width": 64, "height": 64}).json()
+    first = http.get(body["polling_url"]).json()
+    time.sleep(0.3)
+    second = http.get(body["polling_url"]).json()
+    assert first["status"] == second["status"] == "Pending"
+    assert 0 <= first["progress"] < second["progress"] < 1
+    assert wait_ready(http, body["polling_url"])["progress"] == 1.0
+
+
+def test_delivery_urls_expire_and_reject_traversal(server_factory: Any, http: httpx.Client) -> None:
+    server = server_factory(delivery_ttl=0.3)
+    body = http.post(f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "width": 64, "height": 64}).json()
+    sample = wait_ready(http, body["polling_url"])["result"]["sample"]
+    assert http.get(sample).status_code == 200
+    time.sleep(0.4)
+    assert http.get(sample).status_code == 404
+    for path in (
+        "/delivery/..%2F..%2Fetc%2Fpasswd/sample.jpeg",
+        "/delivery/short/sample.jpeg",
+        "/delivery/../v1/credits",
+    ):
+        assert http.get(f"{server.url}{path}").status_code == 404
+
+
+def test_oversized_bodies_are_refused_with_413(server_factory: Any, http: httpx.Client) -> None:
+    server = server_factory(max_body_bytes=10_000)
+    answer = http.post(f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x" * 20_000})
+    assert answer.status_code == 413
+    assert server.stats()["submits"] == 0
+
+
+def test_reference_images_by_base64_data_uri_and_url(server: EmbeddedServer, http: httpx.Client) -> None:
+    site = FastAPI()
+
+    @site.get("/ref.png")
+    async def ref() -> Any:
+        from fastapi.responses import Response
+
+        return Response(base64.b64decode(png_b64((200, 100), "blue")), media_type="image/png")
+
+    with EmbeddedServer(app=site) as images:
+        body = {
+            "prompt": "edit",
+            "input_image": png_b64((300, 200), "green"),
+            "input_image_2": "data:image/png;base64," + png_b64(),
+            "input_image_3": f"{images.url}/ref.png",
+        }
+        answer = http.post(f"{server.url}/v1/flux-2-klein-4b", json=body)
+        assert answer.status_code == 200, answer.text
+        result = wait_ready(http, answer.json()["polling_url"])
+        missing = http.post(
+            f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "input_image": f"{images.url}/none"}
+        )
+    assert (result["result"]["width"], result["result"]["height"]) == (288, 192)  # the first reference's size
+    assert missing.status_code == 422 and "404" in missing.text
+
+
+def test_webhooks_are_signed_and_verifiable(server: EmbeddedServer, http: httpx.Client) -> None:
+    received: list[tuple[bytes, str | None]] = []
+    receiver = FastAPI()
+
+    @receiver.post("/hook")
+    async def hook(request: Request) -> dict[str, bool]:
+        received.append((await request.body(), request.headers.get(SIGNATURE_HEADER)))
+        return {"ok": True}
+
+    with EmbeddedServer(app=receiver) as hooks:
+        body = {"prompt": "x", "width": 64, "height": 64, "webhook_url": f"{hooks.url}/hook", "webhook_secret": "s3"}
+        answer = http.post(f"{server.url}/v1/flux-2-klein-4b", json=body).json()
+        assert "polling_url" not in answer and answer["webhook_url"] == f"{hooks.url}/hook"
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.02)
+    raw, signature = received[0]
+    assert json.loads(raw)["status"] == "Ready" and json.loads(raw)["id"] == answer["id"]
+    assert verify_webhook(raw, signature, "s3")
+    assert not verify_webhook(raw, signature, "wrong-secret")
+    assert not verify_webhook(raw.replace(b"Ready", b"Error"), signature, "s3")
+    assert not verify_webhook(raw, None, "s3")
+    assert signature == sign_webhook(raw, "s3")
+    assert http.get(f"{server.url}/v1/get_result", params={"id": answer["id"]}).json()["status"] == "Ready"
+
+
+def test_openapi_schema_lists_every_model_route(server: EmbeddedServer, http: httpx.Client) -> None:
+    schema = http.get(f"{server.url}/openapi.json").json()
+    for spec in MODELS.values():
+        assert spec.path in schema["paths"]
+    klein = schema["components"]["schemas"]["Flux2Klein4bRequest"]["properties"]
+    assert "input_image_4" in klein and "input_image_5" not in klein
+    assert klein["width"]["anyOf"][0]["multipleOf"] == 16
+
+
+def test_cli_serve_binds_loopback_and_serves(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flux_nb", "serve", "--port", "0", "--latency", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert "http://127.0.0.1:" in line, line
+        url = line.split("http://", 1)[1].split()[0]
+        answer = httpx.post(f"http://{url}/v1/flux-2-klein-4b", json={"prompt": "cli", "width": 64, "height": 64})
+        assert answer.status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
