@@ -148,7 +148,7 @@ def test_delivery_urls_expire_and_reject_traversal(server_factory: Any, http: ht
     for path in (
         "/delivery/..%2F..%2Fetc%2Fpasswd/sample.jpeg",
         "/delivery/short/sample.jpeg",
-        "/delivery/../v1/credits",
+        "/delivery/%2e%2e%2f%2e%2e%2fhistory.sqlite/sample.jpeg",
     ):
         assert http.get(f"{server.url}{path}").status_code == 404
 
