@@ -99,11 +99,6 @@ class Flux(Configurable):
         history_dir: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        if endpoint is not None:
-            self.endpoint = endpoint
-        if history_dir is not None:
-            self.history_dir = os.fspath(history_dir)
         self._api_key = api_key if api_key is not None else os.environ.get(api.KEY_ENV) or None
         self._runner = LoopRunner()
         self._executor: Executor | None = None
@@ -114,6 +109,11 @@ class Flux(Configurable):
         #: Makes the observer ``sweep`` reports to (the magic installs a live display).
         self.observer_factory: Callable[[], BatchObserver] | None = None
         self.notebook = notebook_name()
+        super().__init__(**kwargs)
+        if endpoint is not None:
+            self.endpoint = endpoint
+        if history_dir is not None:
+            self.history_dir = os.fspath(history_dir)
 
     def __repr__(self) -> str:
         where = self._backend.base_url if self._backend else (self.endpoint or "auto")

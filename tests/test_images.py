@@ -99,7 +99,7 @@ def test_repr_is_short() -> None:
     ],
 )
 def test_bad_inputs_name_the_argument_and_the_problem(value: object, message: str) -> None:
-    with pytest.raises(ValidationError, match="^images\\[1\\]") as caught:
+    with pytest.raises(ValidationError, match=r"^images\[1\]") as caught:
         prepare_images([png(), value])
     assert message in str(caught.value)
 

@@ -65,7 +65,11 @@ def test_a_record_is_written_before_sending_and_completed_after(history_dir: Pat
 def test_history_survives_reopening_from_another_process(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
     record_id = create(store)
-    code = f"from flux_nb.store import HistoryStore; r = HistoryStore({str(history_dir)!r}).get({record_id!r}); print(r.prompt, r.status)"
+    code = (
+        "from flux_nb.store import HistoryStore\n"
+        f"r = HistoryStore({str(history_dir)!r}).get({record_id!r})\n"
+        "print(r.prompt, r.status)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "a cat pending"
 

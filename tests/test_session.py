@@ -1,0 +1,211 @@
+"""The Flux session end to end over real HTTP: generate, sweep, history, cache, budget, replay, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from flux_nb import Flux
+from flux_nb.backend import resolve_backend
+from flux_nb.errors import AuthError, BudgetError, ValidationError
+from flux_nb.result import SweepResult
+from flux_nb.store import HistoryStore
+
+
+@pytest.fixture
+def flux(server: Any, history_dir: Path) -> Flux:
+    session = Flux(endpoint=server.url, history_dir=history_dir)
+    yield session
+    session.close()
+
+
+def test_generate_returns_an_image_on_disk_with_its_metadata(flux: Flux, server: Any) -> None:
+    result = flux.generate("a lighthouse", seed=42, width=512, height=384)
+    assert result.ok and result.status == "ready"
+    assert result.image.size == (512, 384)
+    assert result.path.exists() and result.path.is_relative_to(Path(flux.history_dir).resolve())
+    assert (result.seed, result.cost, result.engine) == (42, pytest.approx(1.4), "preview")
+    assert result.task_id and result.elapsed is not None and result.elapsed > 0
+    assert not result.billed
+    assert server.stats()["submits"] == 1
+
+
+def test_a_seed_is_always_sent_and_recorded(flux: Flux) -> None:
+    result = flux.generate("no seed given", width=64, height=64)
+    row = flux.history().iloc[-1]
+    assert isinstance(result.seed, int) and row["seed"] == result.seed == row["result_seed"]
+
+
+def test_history_is_written_at_submit_and_survives_the_process(flux: Flux, history_dir: Path) -> None:
+    result = flux.generate("a cat", seed=1, width=64, height=64, tag="t1")
+    code = textwrap.dedent(f"""
+        from flux_nb.store import HistoryStore
+        frame = HistoryStore({str(history_dir)!r}).to_frame()
+        row = frame.iloc[0]
+        print(len(frame), row.record_id, row.status, row.tag, row.out_width)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", result.record_id, "ready", "t1", "64"]
+
+
+async def test_agenerate_awaits_without_blocking_the_callers_loop(flux: Flux) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.005)
+
+    ticking = asyncio.create_task(ticker())
+    result = await flux.agenerate("async", seed=3, width=64, height=64)
+    ticking.cancel()
+    assert result.ok and ticks > 0
+
+
+def test_sync_generate_works_inside_a_running_loop(flux: Flux) -> None:
+    async def cell() -> bool:
+        return flux.generate("inside a loop", seed=4, width=64, height=64).ok
+
+    assert asyncio.run(cell())
+
+
+def test_sweep_expands_every_axis_and_labels_results(flux: Flux, server: Any) -> None:
+    sweep = flux.sweep(["a", "b"], seed=[1, 2, 3], width=[64, 128], height=64)
+    assert isinstance(sweep, SweepResult) and len(sweep) == 12 and not sweep.failed
+    assert {(r.labels["prompt"], r.labels["seed"], r.labels["width"]) for r in sweep} == {
+        (p, s, w) for p in "ab" for s in (1, 2, 3) for w in (64, 128)
+    }
+    pages = sweep.grid()  # seed across, prompt down, one page per width
+    assert [page.title for page in pages] == ["width: 64", "width: 128"]
+    assert all(len(page.cells) == 6 and all(page.cells.values()) for page in pages)
+    assert server.stats()["submits"] == 12
+
+
+def test_cache_answers_identical_requests_for_free(flux: Flux, server: Any) -> None:
+    first = flux.generate("cached", seed=5, width=64, height=64)
+    again = flux.generate("cached", seed=5, width=64, height=64)
+    fresh = flux.generate("cached", seed=5, width=64, height=64, fresh=True)
+    assert again.cached and again.record_id == first.record_id and again.cost == 0
+    assert not fresh.cached and fresh.record_id != first.record_id
+    assert server.stats()["submits"] == 2
+    assert len(flux.history()) == 2
+
+
+def test_budget_refuses_a_sweep_before_anything_is_sent(flux: Flux, server: Any) -> None:
+    flux.budget = 5.0
+    with pytest.raises(BudgetError, match=r"estimated cost 7\.00 credits for 5 request"):
+        flux.sweep("x", seed=[1, 2, 3, 4, 5], width=64, height=64)
+    assert server.stats()["submits"] == 0 and flux.history().empty
+    flux.sweep("x", seed=[1, 2, 3], width=64, height=64)
+    with pytest.raises(BudgetError, match=r"4\.20 of 5\.00 spent"):
+        flux.generate("one more", seed=9, width=64, height=64)
+    flux.generate("x", seed=1, width=64, height=64)  # a cache hit costs nothing, so it passes
+
+
+def test_bad_input_raises_before_sending_and_records_nothing(flux: Flux, server: Any) -> None:
+    for kwargs in (
+        {"width": 100},
+        {"seed": -1},
+        {"images": ["/nope.png"]},
+        {"model": "flux-3"},
+        {"safety_tolerance": 7},
+    ):
+        with pytest.raises(ValidationError):
+            flux.generate("x", **kwargs)
+    assert server.stats()["submits"] == 0 and flux.history().empty
+
+
+def test_replay_rebuilds_the_exact_request_with_its_images(flux: Flux, tmp_path: Path) -> None:
+    ref = tmp_path / "ref.png"
+    Image.new("RGB", (96, 64), (0, 120, 240)).save(ref)
+    old = flux.generate("an edit", seed=8, width=128, height=128, images=[ref])
+    ref.unlink()  # the store keeps its own copy
+    new = flux.replay(old.record_id)
+    assert new.record_id != old.record_id and new.path.read_bytes() == old.path.read_bytes()
+    row = flux.history().set_index("record_id").loc[new.record_id]
+    assert row["replay_of"] == old.record_id and len(row["input_hashes"]) == 1
+
+
+def test_unknown_record_is_a_clear_error(flux: Flux) -> None:
+    with pytest.raises(ValidationError, match="no history record 'nope'"):
+        flux.replay("nope")
+
+
+def test_backend_choice() -> None:
+    assert resolve_backend(None, "key-123").label == "bfl"
+    assert resolve_backend(None, "key-123", "eu").base_url == "https://api.eu.bfl.ai"
+    with pytest.raises(AuthError, match="needs an API key"):
+        resolve_backend("https://api.bfl.ai", None)
+    with pytest.raises(ValidationError, match="http"):
+        resolve_backend("localhost:8800", None)
+    assert resolve_backend("http://127.0.0.1:8800", None).label == "endpoint:127.0.0.1:8800"
+
+
+def test_without_a_key_the_embedded_server_starts_once(history_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT")}
+    code = textwrap.dedent(f"""
+        from flux_nb import Flux
+        a, b = Flux(history_dir={str(history_dir)!r}), Flux(history_dir={str(history_dir)!r})
+        print(a.generate("one", seed=1, width=64, height=64).engine)
+        print(b.generate("two", seed=1, width=64, height=64).engine)
+        print(a.backend.base_url == b.backend.base_url)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    lines = out.strip().splitlines()
+    assert sum("using the local preview server at http://127.0.0.1:" in line for line in lines) == 1
+    assert lines[-3:] == ["preview", "preview", "True"]
+
+
+def test_repr_never_shows_the_key() -> None:
+    flux = Flux(api_key="sk-very-secret-0001")
+    assert "sk-very-secret-0001" not in repr(flux) and "key=set" in repr(flux)
+
+
+SWEEPER = """
+import sys
+from flux_nb import Flux
+flux = Flux(endpoint=sys.argv[1], history_dir=sys.argv[2])
+flux.sweep("a long sweep", seed=list(range(30)), width=64, height=64)
+"""
+
+
+def test_resume_finishes_every_task_after_a_kill_9(server_factory: Any, history_dir: Path) -> None:
+    server = server_factory(latency=1.5, max_active=24)
+    proc = subprocess.Popen([sys.executable, "-c", SWEEPER, server.url, str(history_dir)])
+    store = HistoryStore(history_dir) if history_dir.exists() else None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if history_dir.exists():
+            store = store or HistoryStore(history_dir)
+            if len(store.resumable()) >= 20:
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert store is not None and store.integrity_check()
+    before = store.to_frame()
+    assert len(before) >= 20 and (before["status"] == "ready").sum() < len(before)
+    submitted = set(before.loc[before["status"] == "submitted", "record_id"])
+    code = (
+        f"from flux_nb import Flux\nflux = Flux(endpoint={server.url!r}, history_dir={str(history_dir)!r})\n"
+        "print(len(flux.resume()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out.strip()) == len(submitted)
+    after = HistoryStore(history_dir).to_frame().set_index("record_id")
+    assert all(after.loc[r, "status"] == "ready" for r in submitted)
+    assert all(Path(after.loc[r, "image_path"]).exists() for r in submitted)
+    assert server.stats()["submits"] == len(before) - (before["status"] == "pending").sum()
+    assert isinstance(after, pd.DataFrame)
