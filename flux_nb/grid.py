@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -173,7 +174,7 @@ class GridPages(list[Grid]):
         target = Path(path)
         saved = []
         for page in self:
-            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in page.title)[:60]
+            safe = re.sub(r"[^\w.-]+", "_", page.title).strip("_")[:60]
             saved.append(page.save(target.with_name(f"{target.stem}_{safe}{target.suffix or '.png'}")))
         return saved
 
