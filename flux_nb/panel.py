@@ -82,7 +82,10 @@ class Panel(w.VBox):
         self.safety = w.IntSlider(value=s.safety_tolerance, min=0, max=5, description="Safety")
         self.format = w.ToggleButtons(options=list(api.OUTPUT_FORMATS), value=s.output_format)
         self.count = w.IntSlider(value=1, min=1, max=8, description="Images")
-        self.upload = w.FileUpload(accept="image/*", multiple=True, description="Add reference")
+        self.upload = w.FileUpload(
+            accept="image/*", multiple=True, description="Reference", layout=w.Layout(width="auto")
+        )
+        self.upload.add_class("flux-upload")
         self.slots_box = w.HBox()
         self.generate = w.Button(description="Generate", button_style="primary", icon="magic")
         self.generate.add_class("flux-generate")
@@ -253,10 +256,13 @@ class Panel(w.VBox):
             return
         image = w.Image(value=_result_thumb(result), format="jpeg", layout=w.Layout(max_width=f"{GALLERY_THUMB}px"))
         image.add_class("flux-result-image")
-        caption = w.HTML(f'<div class="flux-caption" style="font-size:12px">{html.escape(_caption(result))}</div>')
+        caption = w.HTML(
+            f'<div class="flux-caption" style="font-size:11px;line-height:1.3">{html.escape(_caption(result))}</div>',
+            layout=w.Layout(width=f"{GALLERY_THUMB}px"),
+        )
         remix = w.Button(description="Remix", tooltip="Load these settings into the form", layout=w.Layout(width="48%"))
         remix.add_class("flux-remix")
-        reuse = w.Button(description="Use as reference", layout=w.Layout(width="48%"))
+        reuse = w.Button(description="Edit this", tooltip="Use as a reference image", layout=w.Layout(width="48%"))
         reuse.add_class("flux-reuse")
         remix.on_click(lambda _: self.remix(result))
         reuse.on_click(lambda _: self.add_reference(result))
@@ -295,7 +301,7 @@ class Panel(w.VBox):
 
 
 def _caption(result: Result) -> str:
-    cost = "cached" if result.cached else f"{result.cost or 0:.2f} cr"
+    cost = "cached" if result.cached else f"{result.cost or 0:.2f} credits"
     took = f"{result.elapsed:.1f} s" if result.elapsed is not None else ""
     return f"seed {result.seed} · {result.width}×{result.height} · {cost} · {took}"
 
