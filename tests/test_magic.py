@@ -261,3 +261,22 @@ def test_python_api_errors_show_as_one_line(ipython: InteractiveShell) -> None:
 def test_history_variable_refreshes_after_python_api_calls(ipython: InteractiveShell) -> None:
     run(ipython, "r = flux.generate('a tree', seed=1, width=256, height=256)")
     assert len(ipython.user_ns["flux_history"]) == 1
+
+
+def test_login_keeps_the_key_in_memory_only(ipython: InteractiveShell, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": "sk-login-test-7788")
+    _, captured = run(ipython, "%flux login")
+    assert "key set" in captured.stdout and "sk-login-test-7788" not in captured.stdout
+    session = session_of(ipython)
+    assert "sk-login-test-7788" not in repr(session)
+    run(ipython, "%%flux --seed 1 --size 64x64\nafter login")
+    stored = b"".join(p.read_bytes() for p in Path(session.history_dir).rglob("*") if p.is_file())
+    assert b"sk-login-test-7788" not in stored
+
+
+def test_terminal_ipython_prints_saved_paths(ipython: InteractiveShell) -> None:
+    ipython.display_formatter.active_types = ["text/plain"]
+    _, captured = run(ipython, "%%flux --seed 4 --size 64x64 -o pic\na terminal picture")
+    assert captured.stdout.startswith(f"saved {ipython.user_ns['pic'].path} (seed 4 · 64×64")
+    _, captured = run(ipython, "%%flux --width 99\nbad")
+    assert captured.stdout.strip() == "flux_nb: width 99 is not a multiple of 16 (try 96 or 112)"
