@@ -297,13 +297,17 @@ class AsyncFluxClient:
                 continue
             if response.status_code >= 500:
                 failures += 1
-                if failures >= self.retry.attempts:
-                    raise error_for_response(response)
-                await asyncio.sleep(self.retry.delay(failures, _retry_after(response)))
+                await self._retry_or_raise(failures, response)
                 continue
             if response.is_error:
                 raise error_for_response(response)
             return self._task_from_answer(response, request)
+
+    async def _retry_or_raise(self, failures: int, response: httpx.Response) -> None:
+        """Wait before trying a transient (429/5xx) answer again, or raise its error when out of tries."""
+        if failures >= self.retry.attempts:
+            raise error_for_response(response)
+        await asyncio.sleep(self.retry.delay(failures, _retry_after(response)))
 
     def _task_from_answer(self, response: httpx.Response, request: FluxRequest) -> Task:
         try:
@@ -340,9 +344,7 @@ class AsyncFluxClient:
                 raise TaskNotFoundError(f"task {task.id} is unknown to the API (expired or never created)")
             if response.status_code == 429 or response.status_code >= 500:
                 failures += 1
-                if failures >= self.retry.attempts:
-                    raise error_for_response(response)
-                await asyncio.sleep(self.retry.delay(failures, _retry_after(response)))
+                await self._retry_or_raise(failures, response)
                 continue
             if response.is_error:
                 raise error_for_response(response)

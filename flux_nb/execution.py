@@ -43,15 +43,7 @@ class PreparedRequest:
     @classmethod
     def from_record(cls, record: Record) -> PreparedRequest:
         """The request of a record, without its images (enough to describe and display it)."""
-        request = FluxRequest(
-            prompt=record.prompt,
-            model=record.model,
-            seed=record.seed,
-            width=record.width,
-            height=record.height,
-            safety_tolerance=record.safety_tolerance,
-            output_format=record.output_format,
-        )
+        request = FluxRequest(**record.request_fields())
         return cls(request, (), record.estimated_cost or 0.0, tag=record.tag)
 
 

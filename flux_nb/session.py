@@ -355,20 +355,7 @@ class Flux(Configurable):
                 raise ValidationError(
                     f"record {record.record_id} used reference image {digest[:12]} which is no longer stored"
                 ) from None
-        prepared = self.prepare(
-            record.prompt,
-            seed=record.seed,
-            width=record.width,
-            height=record.height,
-            images=images or None,
-            safety_tolerance=record.safety_tolerance,
-            output_format=record.output_format,
-            model=record.model,
-            steps=record.steps,
-            guidance=record.guidance,
-            tag=record.tag,
-            fresh=fresh,
-        )
+        prepared = self.prepare(**record.request_fields(), images=images or None, tag=record.tag, fresh=fresh)
         prepared.replay_of = record.record_id
         return prepared
 

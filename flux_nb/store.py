@@ -141,6 +141,11 @@ class Record:
     result_seed: int | None
     root: Path | None = None
 
+    def request_fields(self) -> dict[str, Any]:
+        """The fields that rebuild this record's request (reference images aside)."""
+        names = ("prompt", "model", "seed", "width", "height", "safety_tolerance", "output_format", "steps", "guidance")
+        return {name: getattr(self, name) for name in names}
+
     @property
     def image_file(self) -> Path | None:
         """The absolute path of the result image, if there is one."""

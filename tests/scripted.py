@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from PIL import Image
+
+from flux_nb.server import EmbeddedServer
 
 
 @dataclass
@@ -50,8 +49,7 @@ class ScriptedApi:
         self.image = png_bytes()
         self.url = ""
         self.app = self._build()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: EmbeddedServer | None = None
 
     def _build(self) -> FastAPI:
         app = FastAPI()
@@ -93,21 +91,10 @@ class ScriptedApi:
         return {"id": task_id, "status": "Ready", "result": result, "progress": 1.0, "details": {"engine": "scripted"}}
 
     def start(self) -> ScriptedApi:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not (self._server.started and self._server.servers):
-            if time.monotonic() > deadline:
-                raise RuntimeError("scripted server did not start")
-            time.sleep(0.01)
-        port = self._server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._server = EmbeddedServer(app=self.app).start()
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._server.stop()
