@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Callable, Sequence
 
@@ -14,11 +13,31 @@ from flux_nb.errors import FluxError
 SERVER_KEYS_ENV = "FLUX_NB_SERVER_KEYS"
 
 
+def announcing_server() -> type:
+    """A uvicorn Server that prints its URL once it listens (port 0 picks a free one)."""
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        def __init__(self, config: uvicorn.Config, note: str) -> None:
+            super().__init__(config)
+            self.note = note
+
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            host = f"[{host}]" if ":" in host else host
+            print(f"flux_nb local server on http://{host}:{port} {self.note}", flush=True)
+
+    return AnnouncingServer
+
+
 def serve(args: argparse.Namespace) -> int:
     """Run the local BFL-compatible server in the foreground."""
     import uvicorn
 
     from flux_nb.server import ServerConfig, create_app
+
+    AnnouncingServer = announcing_server()
 
     keys = frozenset(k.strip() for k in os.environ.get(SERVER_KEYS_ENV, "").split(",") if k.strip())
     if args.require_key and not keys:
@@ -34,18 +53,11 @@ def serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         public_url=args.public_url,
     )
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
-    sock.listen(2048)
-    port = sock.getsockname()[1]
-    host = f"[{args.host}]" if family == socket.AF_INET6 else args.host
-    print(
-        f"flux_nb local server on http://{host}:{port} (engine {args.engine}, latency {args.latency:g} s)", flush=True
+    server = AnnouncingServer(
+        uvicorn.Config(create_app(config), host=args.host, port=args.port, log_level="warning", access_log=False),
+        f"(engine {args.engine}, latency {args.latency:g} s)",
     )
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", access_log=False))
-    server.run(sockets=[sock])
+    server.run()
     return 0
 
 

@@ -410,7 +410,8 @@ class AsyncFluxClient:
                 await asyncio.sleep(self.retry.delay(attempt, _retry_after(response)))
                 continue
             try:
-                return response.content, decode_output(response.content)
+                # Decoding releases the GIL: off the loop, it does not hold up other tasks' polls.
+                return response.content, await asyncio.to_thread(decode_output, response.content)
             except DeliveryError as exc:
                 last = exc
                 if attempt + 1 >= attempts:

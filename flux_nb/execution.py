@@ -97,24 +97,14 @@ class Executor:
         hit = self.cached(prepared)
         if hit is not None:
             return self._finished(emit, index, self.result_from_record(hit, prepared, cached=True))
-        for image in prepared.inputs:
-            self.store.save_input(image)
-        record_id = self.store.create(
-            prepared.request,
-            backend=self.backend.label,
-            endpoint=self.backend.base_url,
-            notebook=self.notebook,
-            input_hashes=prepared.input_hashes,
-            estimated_cost=prepared.estimated_cost,
-            tag=prepared.tag,
-            replay_of=prepared.replay_of,
-        )
+        record_id = await asyncio.to_thread(self._record, prepared)
         started = time.time()
         submitted: list[Task] = []
 
-        def on_submitted(task: Task) -> None:
+        async def on_submitted(task: Task) -> None:
             submitted.append(task)
-            self.store.mark_submitted(
+            await asyncio.to_thread(
+                self.store.mark_submitted,
                 record_id,
                 task_id=task.id,
                 polling_url=task.polling_url,
@@ -135,8 +125,25 @@ class Executor:
                 self.fail(record_id, UnknownOutcomeError("cancelled while the submit was in flight"))
             raise
         except FluxError as exc:
-            return self._finished(emit, index, self.failed(record_id, prepared, exc, bool(submitted), started))
-        return self._finished(emit, index, self.store_outcome(record_id, prepared, outcome, started))
+            failed = await asyncio.to_thread(self.failed, record_id, prepared, exc, bool(submitted), started)
+            return self._finished(emit, index, failed)
+        stored = await asyncio.to_thread(self.store_outcome, record_id, prepared, outcome, started)
+        return self._finished(emit, index, stored)
+
+    def _record(self, prepared: PreparedRequest) -> str:
+        """Keep the inputs and write the pending record: before anything is sent."""
+        for image in prepared.inputs:
+            self.store.save_input(image)
+        return self.store.create(
+            prepared.request,
+            backend=self.backend.label,
+            endpoint=self.backend.base_url,
+            notebook=self.notebook,
+            input_hashes=prepared.input_hashes,
+            estimated_cost=prepared.estimated_cost,
+            tag=prepared.tag,
+            replay_of=prepared.replay_of,
+        )
 
     async def resume_batch(self, records: list[Record], emit: Emit) -> list[Result]:
         return list(await asyncio.gather(*(self.resume(i, r, emit) for i, r in enumerate(records))))
@@ -157,9 +164,9 @@ class Executor:
         try:
             outcome = await self.client.resume(task)
         except FluxError as exc:
-            result = self.failed(record.record_id, prepared, exc, True, started)
+            result = await asyncio.to_thread(self.failed, record.record_id, prepared, exc, True, started)
         else:
-            result = self.store_outcome(record.record_id, prepared, outcome, started)
+            result = await asyncio.to_thread(self.store_outcome, record.record_id, prepared, outcome, started)
         return self._finished(emit, index, result)
 
     @staticmethod

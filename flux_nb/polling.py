@@ -18,9 +18,17 @@ BACKOFF_FACTOR = 1.5
 MAX_INTERVAL = 10.0
 MIN_INTERVAL = 0.01
 # Near the expected finish, polls are this fraction of the expected duration apart.
-DENSE_FRACTION = 0.05
+DENSE_FRACTION = 0.03
+# Aim at this fraction of the estimated time left (see _aim).
+AIM_FRACTION = 0.9
 # Progress readings this early are too noisy to extrapolate from.
 MIN_ELAPSED_FOR_PROGRESS = 0.05
+
+
+def _aim(remaining: float, dense: float) -> float:
+    """Sleep until a little before the estimated finish: estimates err both ways, and arriving
+    one dense step early costs a cheap poll while arriving late costs the user time."""
+    return max(dense, min(remaining * AIM_FRACTION, remaining - dense))
 
 
 class DurationModel:
@@ -53,18 +61,19 @@ class PollPlan:
     polls: int = 0
     _overdue_polls: int = field(default=0, repr=False)
     _last_pending: float = field(default=0.0, repr=False)
+    _last_progress: tuple[float, float] | None = field(default=None, repr=False)
 
     def next_delay(self, elapsed: float, progress: float | None) -> float:
         """Seconds to sleep before the next poll, given the latest answer."""
         self.polls += 1
         self._last_pending = elapsed
         remaining = self._remaining(elapsed, progress)
-        if remaining is not None and remaining > MIN_INTERVAL:
+        dense = self._dense(elapsed)
+        if remaining is not None and remaining > dense:
             self._overdue_polls = 0
-            return min(remaining, MAX_INTERVAL)
+            return min(_aim(remaining, dense), MAX_INTERVAL)
         if self.expected is not None or remaining is not None:
-            scale = self.expected if self.expected is not None else max(elapsed, MIN_INTERVAL)
-            delay = max(MIN_INTERVAL, DENSE_FRACTION * scale) * BACKOFF_FACTOR**self._overdue_polls
+            delay = dense * BACKOFF_FACTOR**self._overdue_polls
             self._overdue_polls += 1
         else:
             delay = FIRST_POLL_UNKNOWN * BACKOFF_FACTOR ** max(0, self.polls - 1)
@@ -74,15 +83,25 @@ class PollPlan:
         """Seconds to wait after submitting, before the first poll."""
         if self.expected is None:
             return FIRST_POLL_UNKNOWN
-        return max(0.0, self.expected)
+        return _aim(self.expected, self._dense(self.expected))
+
+    def _dense(self, elapsed: float) -> float:
+        """The gap between polls near the expected finish."""
+        scale = self.expected if self.expected is not None else max(elapsed, MIN_INTERVAL)
+        return max(MIN_INTERVAL, DENSE_FRACTION * scale)
 
     def finished_estimate(self, elapsed: float) -> float:
         """The best estimate of when the task really finished: between the last two polls."""
         return (self._last_pending + elapsed) / 2 if self.polls else elapsed
 
     def _remaining(self, elapsed: float, progress: float | None) -> float | None:
-        if progress is not None and 0.0 < progress < 1.0 and elapsed >= MIN_ELAPSED_FOR_PROGRESS:
-            return elapsed * (1.0 - progress) / progress
+        if progress is not None and 0.0 < progress < 1.0:
+            previous, self._last_progress = self._last_progress, (elapsed, progress)
+            if previous is not None and progress > previous[1] and elapsed > previous[0]:
+                # Two readings give the rate whatever the offset between our clock and the server's.
+                return (1.0 - progress) * (elapsed - previous[0]) / (progress - previous[1])
+            if elapsed >= MIN_ELAPSED_FOR_PROGRESS:
+                return elapsed * (1.0 - progress) / progress
         if self.expected is not None:
             return self.expected - elapsed
         return None

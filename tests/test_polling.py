@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from flux_nb.polling import FIRST_POLL_UNKNOWN, MAX_INTERVAL, DurationModel, PollPlan
+from flux_nb.polling import DENSE_FRACTION, FIRST_POLL_UNKNOWN, MAX_INTERVAL, DurationModel, PollPlan
 
 
 def simulate(plan: PollPlan, duration: float, progress_reported: bool) -> tuple[float, int]:
@@ -46,7 +46,7 @@ def test_learned_duration_alone_notices_quickly(duration: float) -> None:
 def test_a_task_slower_than_expected_is_polled_with_growing_gaps() -> None:
     plan = PollPlan(expected=1.0, jitter=0.0)
     gaps = [plan.next_delay(1.0 + i, None) for i in range(20)]
-    assert gaps[0] == pytest.approx(0.05)
+    assert gaps[0] == pytest.approx(DENSE_FRACTION)
     assert all(b >= a for a, b in itertools.pairwise(gaps))
     assert gaps[-1] == MAX_INTERVAL
 
