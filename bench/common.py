@@ -18,9 +18,21 @@ import httpx
 def server_process(latency: float = 0.0, max_active: int = 24) -> Iterator[str]:
     """``flux-nb serve`` on a free loopback port in a child process (so it never shares our GIL)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flux_nb", "serve", "--port", "0", "--latency", str(latency),
-         "--max-active", str(max_active)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "flux_nb",
+            "serve",
+            "--port",
+            "0",
+            "--latency",
+            str(latency),
+            "--max-active",
+            str(max_active),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         line = proc.stdout.readline() if proc.stdout else ""

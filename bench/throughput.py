@@ -96,7 +96,8 @@ def blackforest_python() -> Path | None:
         venv.create(env_dir, with_pip=True)
         install = subprocess.run(
             [str(python), "-m", "pip", "install", "-q", f"blackforest=={BLACKFOREST_VERSION}"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if install.returncode != 0:
             print(f"  (blackforest {BLACKFOREST_VERSION} could not be installed: {install.stderr.strip()[-200:]})")

@@ -377,7 +377,7 @@ class AsyncFluxClient:
             raw_status = answer.get("status")
             status = parse_status(raw_status)
             if status is Status.READY:
-                self.durations.observe(key, plan.finished_estimate(elapsed))
+                self.durations.observe(key, plan.finished_estimate(elapsed), upper_bound=plan.bound_only)
                 return answer, plan.polls + 1
             if status is not Status.PENDING:
                 raise _error_for_status(task, status, answer)

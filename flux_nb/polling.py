@@ -12,11 +12,11 @@ import statistics
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 
-# With nothing known, BFL's integration notes suggest starting near 0.5 s and backing off to 10 s.
-FIRST_POLL_UNKNOWN = 0.25
+# With nothing known: one early poll (its progress reading sets the schedule), then back off to 10 s.
+FIRST_POLL_UNKNOWN = 0.1
 BACKOFF_FACTOR = 1.5
 MAX_INTERVAL = 10.0
-MIN_INTERVAL = 0.01
+MIN_INTERVAL = 0.002
 # Near the expected finish, polls are this fraction of the expected duration apart.
 DENSE_FRACTION = 0.03
 # Aim at this fraction of the estimated time left (see _aim).
@@ -37,9 +37,16 @@ class DurationModel:
     def __init__(self, window: int = 32) -> None:
         self._recent: dict[str, deque[float]] = defaultdict(lambda: deque(maxlen=window))
 
-    def observe(self, key: str, seconds: float) -> None:
-        if seconds >= 0:
-            self._recent[key].append(seconds)
+    def observe(self, key: str, seconds: float, *, upper_bound: bool = False) -> None:
+        """Record a duration; an upper bound also drops the recent durations above it."""
+        if seconds < 0:
+            return
+        recent = self._recent[key]
+        if upper_bound and any(d > seconds for d in recent):
+            kept = [d for d in recent if d <= seconds]
+            recent.clear()
+            recent.extend(kept)
+        recent.append(seconds)
 
     def expected(self, key: str) -> float | None:
         """The median of recent durations for ``key``, or None when nothing is known."""
@@ -90,9 +97,18 @@ class PollPlan:
         scale = self.expected if self.expected is not None else max(elapsed, MIN_INTERVAL)
         return max(MIN_INTERVAL, DENSE_FRACTION * scale)
 
+    @property
+    def bound_only(self) -> bool:
+        """True when the task was Ready at the first poll: its duration is only known as "at most"."""
+        return self.polls == 0
+
     def finished_estimate(self, elapsed: float) -> float:
-        """The best estimate of when the task really finished: between the last two polls."""
-        return (self._last_pending + elapsed) / 2 if self.polls else elapsed
+        """The best estimate of when the task really finished: between the last two polls.
+
+        Ready at the very first poll only says "at most ``elapsed``": halving it lets the
+        learned duration shrink towards the truth instead of locking onto our own first guess.
+        """
+        return (self._last_pending + elapsed) / 2 if self.polls else elapsed / 2
 
     def _remaining(self, elapsed: float, progress: float | None) -> float | None:
         if progress is not None and 0.0 < progress < 1.0:

@@ -313,14 +313,16 @@ class Flux(Configurable):
         """Run a batch on the private loop and relay its events to ``observer`` on this thread."""
         events: queue.SimpleQueue[tuple[str, tuple[Any, ...]]] = queue.SimpleQueue()
         future = self._runner.submit(start(lambda kind, args: events.put((kind, args))))
+        future.add_done_callback(lambda _: events.put(("done", ())))
         try:
+            # The timeout only keeps Ctrl-C responsive; events and the end arrive through the queue.
             while True:
                 try:
-                    kind, args = events.get(timeout=0.05)
+                    kind, args = events.get(timeout=0.5)
                 except queue.Empty:
-                    if future.done() and events.empty():
-                        break
                     continue
+                if kind == "done":
+                    break
                 if observer is not None:
                     try:
                         getattr(observer, kind)(*args)

@@ -80,3 +80,21 @@ def test_jitter_spreads_long_backoff_gaps_only() -> None:
         else:
             assert len(seen) > 1
             assert all(0.9 * expected <= d <= 1.1 * expected for d in seen)
+
+
+def test_ready_at_the_first_poll_lets_the_learned_duration_shrink() -> None:
+    model = DurationModel()
+    for _ in range(8):
+        plan = PollPlan(expected=model.expected("k"), jitter=0.0)
+        elapsed = plan.first_delay()
+        estimate = plan.finished_estimate(max(elapsed, 0.004))  # the task really takes 4 ms
+        model.observe("k", estimate, upper_bound=plan.bound_only)
+    assert model.expected("k") < 0.02
+
+
+def test_an_upper_bound_drops_longer_durations() -> None:
+    model = DurationModel()
+    for seconds in (1.0, 1.2, 0.9):
+        model.observe("k", seconds)
+    model.observe("k", 0.5, upper_bound=True)
+    assert model.expected("k") == 0.5

@@ -66,6 +66,7 @@ class Statistics:
     active: int = 0
     peak_active: int = 0
     webhooks_sent: int = 0
+    submitted_times: dict[str, float] = field(default_factory=dict)
     ready_times: dict[str, float] = field(default_factory=dict)
 
 
@@ -124,6 +125,7 @@ class TaskTable:
         )
         self.tasks[task.id] = task
         self.stats.submits += 1
+        self.stats.submitted_times[task.id] = time.time()
         self.stats.active += 1
         self.stats.peak_active = max(self.stats.peak_active, self.stats.active)
         runner = asyncio.get_running_loop().create_task(self._run(task))
@@ -222,6 +224,7 @@ class TaskTable:
             if task.token:
                 self.tokens.pop(task.token, None)
             self.stats.ready_times.pop(task_id, None)
+            self.stats.submitted_times.pop(task_id, None)
 
     def snapshot(self) -> dict[str, Any]:
         stats = self.stats
@@ -235,5 +238,6 @@ class TaskTable:
             "active": stats.active,
             "peak_active": stats.peak_active,
             "webhooks_sent": stats.webhooks_sent,
+            "submitted_times": dict(stats.submitted_times),
             "ready_times": dict(stats.ready_times),
         }
