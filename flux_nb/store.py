@@ -410,7 +410,7 @@ class HistoryStore:
             frame[column] = frame[column].astype("Int64")
         for column in FLOAT_COLUMNS:
             frame[column] = frame[column].astype("Float64")
-        frame["input_hashes"] = [json.loads(text) for text in frame["input_hashes"]]
+        frame["input_hashes"] = [[] if text == "[]" else json.loads(text) for text in frame["input_hashes"]]
         root = str(self.root) + os.sep
         frame["image_path"] = (root + frame["image_path"].astype("string")).astype("string")
         text_columns = [c for c in COLUMNS if c not in (*TIME_COLUMNS, *INT_COLUMNS, *FLOAT_COLUMNS, "input_hashes")]
