@@ -36,6 +36,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flux_nb.server import ServerConfig, create_app
+    from flux_nb.server.faults import FaultPlan
 
     AnnouncingServer = announcing_server()
 
@@ -52,6 +53,7 @@ def serve(args: argparse.Namespace) -> int:
         api_keys=keys if args.require_key else frozenset(),
         engine=args.engine,
         public_url=args.public_url,
+        faults=FaultPlan.parse(args.faults, args.fault_seed),
     )
     server = AnnouncingServer(
         uvicorn.Config(create_app(config), host=args.host, port=args.port, log_level="warning", access_log=False),
@@ -106,6 +108,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument("--engine", default="preview", help="image engine (preview)")
     p.add_argument("--require-key", action="store_true", help=f"accept only the keys listed in {SERVER_KEYS_ENV}")
     p.add_argument("--public-url", help="base URL written into polling and delivery URLs")
+    p.add_argument(
+        "--faults",
+        default="",
+        help="inject faults, e.g. 'submit_5xx=0.2,poll_5xx=0.2,drop_after=0.05,storm_429=#3|#4' (see server/faults.py)",
+    )
+    p.add_argument("--fault-seed", type=int, default=0, help="seed that makes injected faults repeatable")
 
     g = commands.add_parser("generate", help="generate one image")
     g.add_argument("prompt")

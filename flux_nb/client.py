@@ -46,6 +46,8 @@ from flux_nb.polling import DurationModel, PollPlan
 # Faults where the request cannot have reached the server: always safe to retry.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None)
+# Times an expired delivery URL is answered by asking the task for its result again.
+DELIVERY_REPOLLS = 2
 # Below uvicorn's 5 s keep-alive, so an idle pooled connection is dropped by us first.
 KEEPALIVE_EXPIRY = 4.0
 
@@ -239,21 +241,27 @@ class AsyncFluxClient:
         self, task: Task, answer: dict[str, Any], polls: int, on_progress: ProgressCallback | None
     ) -> TaskResult:
         ready_at = time.time()
-        result = answer.get("result") or {}
-        sample = result.get("sample") if isinstance(result, dict) else None
-        if not sample:
-            raise DeliveryError(f"task {task.id} is Ready but its answer has no sample URL")
         if on_progress:
             await _maybe_await(on_progress(task, "Downloading", 1.0))
-        data, image = await self.download(str(sample))
+        for attempt in range(DELIVERY_REPOLLS + 1):
+            try:
+                data, image = await self.download(_sample_url(task, answer))
+                break
+            except DeliveryError as exc:
+                # An expired sample URL is not the end of a paid image: ask the task again for one.
+                if not exc.expired or attempt == DELIVERY_REPOLLS:
+                    raise
+                answer = await self.poll(task)
+                polls += 1
         details = answer.get("details") or {}
+        result = answer.get("result") or {}
         return TaskResult(
             task=task,
             image=data,
             width=image.width,
             height=image.height,
             format=(image.format or "").lower(),
-            seed=result.get("seed"),
+            seed=result.get("seed") if isinstance(result, dict) else None,
             ready_at=ready_at,
             finished_at=time.time(),
             polls=polls,
@@ -404,6 +412,7 @@ class AsyncFluxClient:
                 raise DeliveryError(
                     f"the image's delivery URL answered {response.status_code}: it has expired or never existed",
                     hint="delivery URLs live 10 minutes; generate again (with the same seed)",
+                    expired=True,
                 )
             if response.is_error:
                 last = DeliveryError(f"downloading the image failed with HTTP {response.status_code}")
@@ -424,6 +433,14 @@ class AsyncFluxClient:
         if response.is_error:
             raise error_for_response(response)
         return float(response.json().get("credits", 0.0))
+
+
+def _sample_url(task: Task, answer: dict[str, Any]) -> str:
+    result = answer.get("result") or {}
+    sample = result.get("sample") if isinstance(result, dict) else None
+    if not sample or parse_status(answer.get("status")) is not Status.READY:
+        raise DeliveryError(f"task {task.id} is Ready but its answer has no sample URL")
+    return str(sample)
 
 
 def _error_for_status(task: Task, status: Status, answer: dict[str, Any]) -> FluxError:

@@ -124,3 +124,7 @@ class UnknownOutcomeError(TransportError):
 
 class DeliveryError(FluxError):
     """The finished image could not be downloaded or decoded."""
+
+    def __init__(self, message: str, *, hint: str | None = None, expired: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.expired = expired

@@ -21,6 +21,7 @@ from flux_nb.errors import ValidationError
 from flux_nb.images import open_image
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.engines import RenderJob, get_engine
+from flux_nb.server.faults import FaultCounter, FaultMiddleware
 from flux_nb.server.tasks import MEDIA_TYPES, TaskTable, TooManyActiveTasks
 
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -120,9 +121,13 @@ async def fetch_reference(field: str, url: str, config: ServerConfig) -> bytes:
 def create_app(config: ServerConfig | None = None) -> FastAPI:
     """The local BFL-compatible server as an ASGI app."""
     config = config or ServerConfig()
-    table = TaskTable(config, get_engine(config.engine))
+    faults = FaultCounter(config.faults)
+    table = TaskTable(config, get_engine(config.engine), faults)
     app = FastAPI(title="flux_nb local server", summary="Speaks the BFL FLUX.2 protocol, offline.")
     app.state.table = table
+    app.state.public_url = config.public_url
+    if config.faults.active:
+        app.add_middleware(FaultMiddleware, counter=faults)
 
     def check_key(x_key: Annotated[str | None, Header()] = None) -> None:
         if not config.api_keys:
@@ -133,7 +138,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise HTTPException(403, detail="invalid key")
 
     def base_url(request: Request) -> str:
-        return (config.public_url or str(request.base_url)).rstrip("/")
+        return (app.state.public_url or str(request.base_url)).rstrip("/")
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Response:

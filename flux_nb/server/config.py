@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flux_nb.api import DELIVERY_TTL_SECONDS, MAX_ACTIVE_TASKS
+from flux_nb.server.faults import FaultPlan
 
 
 @dataclass(frozen=True)
@@ -22,3 +23,4 @@ class ServerConfig:
     fetch_max_bytes: int = 32 * 1024 * 1024
     retry_after: float = 1.0  # seconds, sent with 429
     task_ttl: float = 3600.0  # finished tasks are forgotten after this long
+    faults: FaultPlan = field(default_factory=FaultPlan)  # nothing injected by default

@@ -8,6 +8,7 @@ import json
 import secrets
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from PIL import Image
 from flux_nb import api
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.engines import Engine, RenderJob
+from flux_nb.server.faults import FaultCounter
 from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
@@ -66,6 +68,8 @@ class Statistics:
     active: int = 0
     peak_active: int = 0
     webhooks_sent: int = 0
+    charged: int = 0
+    requests_seen: Counter[str] = field(default_factory=Counter)  # tasks created per distinct request
     submitted_times: dict[str, float] = field(default_factory=dict)
     ready_times: dict[str, float] = field(default_factory=dict)
 
@@ -85,9 +89,10 @@ def encode(image: Image.Image, output_format: str) -> bytes:
 class TaskTable:
     """Accepts tasks up to ``max_active``, renders them on worker threads, hands out results."""
 
-    def __init__(self, config: ServerConfig, engine: Engine) -> None:
+    def __init__(self, config: ServerConfig, engine: Engine, faults: FaultCounter | None = None) -> None:
         self.config = config
         self.engine = engine
+        self.faults = faults or FaultCounter(config.faults)
         self.tasks: dict[str, ServerTask] = {}
         self.tokens: dict[str, tuple[str, float]] = {}
         self.stats = Statistics()
@@ -125,6 +130,7 @@ class TaskTable:
         )
         self.tasks[task.id] = task
         self.stats.submits += 1
+        self.stats.requests_seen[f"{model}|{job.prompt}|{job.seed}|{job.width}x{job.height}"] += 1
         self.stats.submitted_times[task.id] = time.time()
         self.stats.active += 1
         self.stats.peak_active = max(self.stats.peak_active, self.stats.active)
@@ -141,19 +147,39 @@ class TaskTable:
             remaining = task.submitted_at + self.config.latency - time.monotonic()
             if remaining > 0:
                 await asyncio.sleep(remaining)
+            outcome = self._injected_outcome()
+            if outcome is None:
+                self._mark_ready(task, data)
+            else:
+                task.status, task.error = outcome
+                self.stats.failed += 1
         except Exception as exc:  # an engine failure ends the task with status Error
             task.status, task.error = api.Status.ERROR.value, f"{type(exc).__name__}: {exc}"
             self.stats.failed += 1
-        else:
-            task.image, task.token = data, secrets.token_urlsafe(24)
-            task.status, task.ready_at = api.Status.READY.value, time.time()
-            self.tokens[task.token] = (task.id, time.monotonic() + self.config.delivery_ttl)
-            self.stats.ready += 1
-            self.stats.ready_times[task.id] = task.ready_at
         finally:
             self.stats.active -= 1
         if task.webhook_url:
             await self._send_webhook(task)
+
+    def _mark_ready(self, task: ServerTask, data: bytes) -> None:
+        task.image, task.token = data, secrets.token_urlsafe(24)
+        task.status, task.ready_at = api.Status.READY.value, time.time()
+        self.tokens[task.token] = (task.id, time.monotonic() + self.config.delivery_ttl)
+        self.stats.ready += 1
+        self.stats.charged += 1
+        self.stats.ready_times[task.id] = task.ready_at
+
+    def _injected_outcome(self) -> tuple[str, str] | None:
+        """A failed or moderated ending drawn from the fault plan, if any (never charged)."""
+        number = self.faults.next_number("task")
+        for name, status in (
+            ("task_error", api.Status.ERROR),
+            ("request_moderated", api.Status.REQUEST_MODERATED),
+            ("content_moderated", api.Status.CONTENT_MODERATED),
+        ):
+            if self.faults.fires(name, number):
+                return status.value, f"injected {name}"
+        return None
 
     def get(self, task_id: str) -> ServerTask | None:
         self.stats.polls += 1
@@ -238,6 +264,10 @@ class TaskTable:
             "active": stats.active,
             "peak_active": stats.peak_active,
             "webhooks_sent": stats.webhooks_sent,
+            "charged": stats.charged,
+            "most_tasks_for_one_request": max(stats.requests_seen.values(), default=0),
+            "faults_fired": dict(self.faults.fired),
+            "requests_by_route": dict(self.faults.numbers),
             "submitted_times": dict(stats.submitted_times),
             "ready_times": dict(stats.ready_times),
         }
