@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 from nbconvert import HTMLExporter
 
 
-def run_notebook(source: Path, out_dir: Path, timeout: int = 600) -> tuple[Path, Path]:
+def run_notebook(source: Path, out_dir: Path, timeout: int = 600, allow_errors: bool = False) -> tuple[Path, Path]:
     """Execute ``source`` in ``out_dir``; return the paths of the executed notebook and its HTML."""
     out_dir.mkdir(parents=True, exist_ok=True)
     notebook = nbformat.read(source, as_version=4)
@@ -27,7 +27,11 @@ def run_notebook(source: Path, out_dir: Path, timeout: int = 600) -> tuple[Path,
     os.environ["FLUX_NB_NOTEBOOK"] = source.name
     try:
         NotebookClient(
-            notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(out_dir)}}
+            notebook,
+            timeout=timeout,
+            kernel_name="python3",
+            allow_errors=allow_errors,
+            resources={"metadata": {"path": str(out_dir)}},
         ).execute()
     finally:
         if env_name is None:

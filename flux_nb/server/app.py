@@ -141,7 +141,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return (app.state.public_url or str(request.base_url)).rstrip("/")
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
+    async def count_and_limit(request: Request, call_next: Any) -> Response:
+        table.stats.http_requests[f"{request.method} {request.url.path.split('/')[1]}"] += 1
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > config.max_body_bytes:
             return JSONResponse({"detail": f"request body over {config.max_body_bytes} bytes"}, status_code=413)

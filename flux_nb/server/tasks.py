@@ -69,6 +69,7 @@ class Statistics:
     peak_active: int = 0
     webhooks_sent: int = 0
     charged: int = 0
+    http_requests: Counter[str] = field(default_factory=Counter)  # by method and first path part
     requests_seen: Counter[str] = field(default_factory=Counter)  # tasks created per distinct request
     submitted_times: dict[str, float] = field(default_factory=dict)
     ready_times: dict[str, float] = field(default_factory=dict)
@@ -268,6 +269,7 @@ class TaskTable:
             "most_tasks_for_one_request": max(stats.requests_seen.values(), default=0),
             "faults_fired": dict(self.faults.fired),
             "requests_by_route": dict(self.faults.numbers),
+            "http_requests": dict(stats.http_requests),
             "submitted_times": dict(stats.submitted_times),
             "ready_times": dict(stats.ready_times),
         }

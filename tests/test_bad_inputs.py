@@ -1,0 +1,177 @@
+"""A catalogue of bad input across the magic, the Python API and the panel: each gets a clear error
+naming the problem, sends nothing, and leaves the history as it was."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+from PIL import Image
+
+from flux_nb import Flux
+from flux_nb.errors import FluxError
+from flux_nb.panel import Panel
+
+
+@pytest.fixture
+def setup(server: Any, history_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A session with one record already in its history, files to point at, and the server."""
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "ok.png")
+    (tmp_path / "notes.png").write_text("this is text, not a picture")
+    (tmp_path / "folder").mkdir()
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20_000, 15_000)).save(bomb)  # 300 MP, over Pillow's decompression-bomb limit
+    flux = Flux(endpoint=server.url, history_dir=history_dir)
+    flux.generate("already recorded", seed=1, width=64, height=64)
+    before = (server.stats()["http_requests"].copy(), len(flux.history()))
+    yield flux, server, before
+    flux.close()
+
+
+def assert_nothing_sent(flux: Flux, server: Any, before: tuple[dict, int]) -> None:
+    assert server.stats()["http_requests"] == before[0]
+    assert len(flux.history()) == before[1]
+
+
+PYTHON_API = [
+    ({"width": 1000}, "width 1000 is not a multiple of 16 (try 992 or 1008)"),
+    ({"height": 48}, "height 48 is below the minimum of 64"),
+    ({"width": 4096, "height": 4096}, "4 MP"),
+    ({"width": "512"}, "whole number of pixels"),
+    ({"seed": -3}, "seed -3 is out of range"),
+    ({"seed": 2**70}, "out of range"),
+    ({"seed": 1.5}, "seed must be a whole number"),
+    ({"safety_tolerance": 6}, "safety_tolerance 6 is out of range"),
+    ({"output_format": "gif"}, "output_format 'gif'"),
+    ({"model": "flux-3-pro"}, "model 'flux-3-pro' is not a FLUX.2 model"),
+    ({"images": ["ok.png"] * 5}, "5 reference images given; flux-2-klein-4b takes at most 4"),
+    ({"images": ["missing.png"]}, "images[0]: no file at 'missing.png'"),
+    ({"images": ["notes.png"]}, "not a readable image"),
+    ({"images": ["folder"]}, "is a folder"),
+    ({"images": ["bomb.png"]}, "too large to decode safely"),
+    ({"images": ["ftp://example.com/a.png"]}, "not an http(s) URL"),
+    ({"images": ["https:///nohost.png"]}, "has no host"),
+    ({"images": [b""]}, "empty bytes"),
+    ({"images": [np.zeros((4, 4, 7), dtype=np.uint8)]}, "is not HxW"),
+    ({"images": [object()]}, "object is not an image"),
+    ({"webhook_url": "mailto:x@y"}, "webhook_url"),
+    ({"webhook_secret": "s"}, "webhook_secret was given without a webhook_url"),
+    ({"steps": 10}, "steps is not a setting of flux-2-klein-4b"),
+    ({"model": "flux-2-flex", "guidance": 20.0}, "guidance 20.0 is out of range"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), PYTHON_API, ids=[m[:40] for _, m in PYTHON_API])
+def test_python_api(setup: Any, fields: dict[str, Any], message: str) -> None:
+    flux, server, before = setup
+    with pytest.raises(FluxError) as caught:
+        flux.generate("a bad request", **fields)
+    assert message in caught.value.one_line()
+    assert_nothing_sent(flux, server, before)
+
+
+def test_empty_prompt_and_budget_overrun(setup: Any) -> None:
+    flux, server, before = setup
+    with pytest.raises(FluxError, match="prompt is empty"):
+        flux.generate("   ")
+    flux.budget = 2.0
+    with pytest.raises(FluxError, match=r"would pass the budget: 1\.40 of 2\.00 spent"):
+        flux.sweep("over budget", seed=[1, 2], width=64, height=64)
+    assert_nothing_sent(flux, server, before)
+
+
+def test_absent_key_with_the_cloud_endpoint(setup: Any) -> None:
+    flux, server, before = setup
+    cloud = Flux(endpoint="https://api.bfl.ai", api_key="", history_dir=flux.history_dir)
+    with pytest.raises(FluxError, match="needs an API key and none is set"):
+        cloud.generate("no key", seed=1)
+    assert_nothing_sent(flux, server, before)
+
+
+MAGIC = [
+    ("%%flux --seed 1:0\nx", "runs backwards"),
+    ("%%flux --seed one\nx", "'one' is not a whole number"),
+    ("%%flux --size 1000x1000\nx", "not a multiple of 16"),
+    ("%%flux --size huge\nx", "WIDTHxHEIGHT"),
+    ("%%flux --aspect 0:0\nx", "aspect"),
+    ("%%flux --aspect 100:1\nx", "between 1:16 and 16:1"),
+    ("%%flux --seed 0:5000\nx", "more than 1000 values"),
+    ("%%flux --seed 0:99 --width 64,128,192,256,320,384,448,512,576,640,704\nx", "1100 combinations"),
+    ("%%flux -i not_defined_and_not_a_file\nx", "no file at"),
+    ("%%flux\na {not_defined}", "{not_defined} is not defined"),
+    ("%%flux --model flux-2-pro,flux-9\nx", "model 'flux-9'"),
+    ("%%flux --seed 1\n---\n\n---", "holds no prompt"),
+    ("%%flux --size 512x512 -W 512\nx", "either --size/--aspect or --width/--height"),
+    ("%flux replay no-such-record", "no history record 'no-such-record'"),
+    ("%flux history many", "one number of rows"),
+    ("%flux grid --x colour", "'colour' is not a column"),
+    ("%flux teleport", "unknown %flux command 'teleport'"),
+]
+
+
+@pytest.mark.parametrize(("cell", "message"), MAGIC, ids=[m[:40] for _, m in MAGIC])
+def test_magic(setup: Any, cell: str, message: str) -> None:
+    flux, server, before = setup
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "flux_nb")
+        session = shell.user_ns["flux"]
+        session.endpoint, session.history_dir = server.url, flux.history_dir
+        with capture_output() as captured:
+            shell.run_cell(cell)
+        shown = html.unescape("".join(o.data.get("text/html", "") for o in captured.outputs)) + captured.stdout
+        assert message in shown and "Traceback" not in shown
+        session.close()
+    finally:
+        InteractiveShell.clear_instance()
+    assert_nothing_sent(flux, server, before)
+
+
+def test_unknown_magic_option_is_a_usage_error(setup: Any) -> None:
+    flux, server, before = setup
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "flux_nb")
+        with capture_output() as captured:
+            shell.run_cell("%%flux --colour red\nx")
+        assert "unrecognized arguments: --colour" in captured.stderr + captured.stdout
+    finally:
+        InteractiveShell.clear_instance()
+    assert_nothing_sent(flux, server, before)
+
+
+def test_panel_empty_prompt(setup: Any) -> None:
+    flux, server, before = setup
+    panel = Panel(flux)
+    panel.submit()
+    assert "the prompt is empty" in html.unescape(panel.error.value)
+    assert_nothing_sent(flux, server, before)
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [(b"not an image", "not a readable image"), ("notes.png", "not a readable image"), (42, "int is not an image")],
+)
+def test_panel_bad_references_are_refused_when_added(setup: Any, reference: Any, message: str) -> None:
+    flux, server, before = setup
+    panel = Panel(flux)
+    panel.add_reference(reference)
+    assert message in html.unescape(panel.error.value) and panel._slots == []
+    assert_nothing_sent(flux, server, before)
+
+
+def test_panel_custom_size_is_refused_live(setup: Any) -> None:
+    flux, server, before = setup
+    panel = Panel(flux)
+    panel.size.value = "custom"
+    panel.width.value, panel.height.value = 3008, 3008
+    assert panel.generate.disabled and "4 MP" in html.unescape(panel.size_note.value)
+    assert_nothing_sent(flux, server, before)

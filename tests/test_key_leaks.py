@@ -1,0 +1,139 @@
+"""A unique API key is planted and then searched for everywhere it must never appear."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import traceback
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from flux_nb import Flux
+from flux_nb.api import FluxRequest
+from flux_nb.client import AsyncFluxClient, RetryPolicy
+from flux_nb.errors import FluxError
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = f"bfl-canary-{uuid.uuid4().hex}"
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def logs() -> Iterator[Collect]:
+    handler = Collect()
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s %(exc_info)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
+def keyed_server(server_factory: Any) -> Any:
+    return server_factory(api_keys=frozenset({KEY}))
+
+
+def files_under(folder: Path) -> Iterator[bytes]:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            yield path.read_bytes()
+
+
+def test_the_key_is_nowhere_in_history_reprs_errors_or_logs(
+    keyed_server: Any, history_dir: Path, logs: Collect
+) -> None:
+    flux = Flux(endpoint=keyed_server.url, api_key=KEY, history_dir=history_dir)
+    seen: list[str] = [repr(flux)]
+    result = flux.generate("a canary", seed=1, width=64, height=64)
+    sweep = flux.sweep("canaries", seed=[1, 2], width=64, height=64, fresh=True)
+    seen += [repr(result), repr(sweep), repr(flux.executor), repr(flux.executor.client), repr(flux.backend)]
+    seen += [str(result._repr_mimebundle_()), str(sweep._repr_mimebundle_())]
+    seen.append(flux.history().to_csv())
+    for bad in ({"width": 1000}, {"images": ["/no/such.png"]}):
+        try:
+            flux.generate("bad", **bad)
+        except FluxError as exc:
+            seen.append(library_frames(exc))
+    flux.endpoint = "http://127.0.0.1:9"  # unreachable: a transport error, raised from deep in the client
+    flux.login(KEY)
+    flux.executor.client.retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
+    failed = flux.run([flux.prepare("unreachable", seed=3, width=64, height=64)])[0]
+    seen.append(library_frames(failed.error))
+    flux.close()
+    seen.append(repr(FluxRequest("x", webhook_url="https://h", webhook_secret=KEY)))
+    seen += logs.lines
+    assert logs.lines, "logging was not captured"
+    for text in seen:
+        assert KEY not in text
+    for data in files_under(history_dir):
+        assert KEY.encode() not in data
+
+
+def library_frames(error: BaseException) -> str:
+    """The traceback of flux_nb's own frames, with every local variable's repr."""
+    frames = traceback.StackSummary.extract(traceback.walk_tb(error.__traceback__), capture_locals=True)
+    return "".join(traceback.format_list([f for f in frames if "/flux_nb/" in f.filename])) + str(error)
+
+
+async def test_a_wrong_key_error_does_not_echo_the_key(keyed_server: Any) -> None:
+    async with AsyncFluxClient(f"wrong-{KEY}", keyed_server.url, retry=RetryPolicy(attempts=1)) as client:
+        with pytest.raises(FluxError) as caught:
+            await client.generate(FluxRequest("x", seed=1, width=64, height=64))
+    text = library_frames(caught.value)
+    assert "client.py" in text and KEY not in text and "refused the key" in text
+
+
+def test_a_saved_notebook_never_holds_the_key(keyed_server: Any, tmp_path: Path, logs: Collect) -> None:
+    spec = importlib.util.spec_from_file_location("notebook_runner", ROOT / "notebooks" / "run.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    cells = [
+        new_code_cell("%load_ext flux_nb"),
+        new_code_cell("%%flux --seed 5 --size 64x64 -o pic\na canary in a notebook"),
+        new_code_cell("flux"),
+        new_code_cell("pic"),
+        new_code_cell("%flux history"),
+        new_code_cell("%%flux --width 1000\nbad"),
+        new_code_cell("%xmode Verbose\nflux.generate('bad again', width=77)"),
+        new_code_cell("flux_history.to_dict('records')"),
+    ]
+    source = tmp_path / "canary.ipynb"
+    nbformat.write(
+        new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}), source
+    )
+    env = {"BFL_API_KEY": KEY, "FLUX_NB_ENDPOINT": keyed_server.url}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        executed, page = runner.run_notebook(source, tmp_path / "out", allow_errors=True)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    notebook_text = executed.read_text()
+    assert "canary in a notebook" in notebook_text and "seed 5" in notebook_text  # it did run, with the key
+    assert KEY not in notebook_text and KEY not in page.read_text()
+    for data in files_under(tmp_path / "out" / ".flux"):
+        assert KEY.encode() not in data
+    assert keyed_server.stats()["ready"] == 1
+    assert all(KEY not in line for line in logs.lines)
