@@ -240,3 +240,40 @@ def test_cli_serve_binds_loopback_and_serves(tmp_path: Any) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_reference_fetches_are_limited(server_factory: Any, http: httpx.Client) -> None:
+    import asyncio as _asyncio
+
+    from fastapi.responses import Response as _Response
+
+    site = FastAPI()
+
+    @site.get("/big.png")
+    async def big() -> Any:
+        return _Response(b"\x89PNG" + b"0" * 50_000, media_type="image/png")
+
+    @site.get("/slow.png")
+    async def slow() -> Any:
+        await _asyncio.sleep(2)
+        return _Response(base64.b64decode(png_b64()), media_type="image/png")
+
+    with EmbeddedServer(app=site) as images:
+        server = server_factory(fetch_max_bytes=10_000, fetch_timeout=0.3)
+        locked = server_factory(outbound_hosts=frozenset({"localhost"}))
+        url = "/v1/flux-2-klein-4b"
+        cases = [
+            (server, f"{images.url}/big.png", "over 10000 bytes"),
+            (server, f"{images.url}/slow.png", "could not fetch"),
+            (server, "ftp://127.0.0.1/x.png", "not base64 image data nor an http(s) URL"),
+            (locked, f"{images.url}/big.png", "'127.0.0.1' is not allowed"),
+        ]
+        for target, reference, message in cases:
+            answer = http.post(f"{target.url}{url}", json={"prompt": "x", "input_image": reference})
+            assert answer.status_code == 422 and message in answer.text, (reference, answer.text)
+
+
+def test_the_embedded_server_listens_on_loopback_only(server: EmbeddedServer) -> None:
+    assert server.host == "127.0.0.1"
+    listening = server._server.servers[0].sockets[0].getsockname()[0]  # type: ignore[union-attr]
+    assert listening == "127.0.0.1"

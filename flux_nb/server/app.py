@@ -8,6 +8,7 @@ import base64
 import binascii
 import re
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -102,8 +103,11 @@ async def load_reference(field: str, value: str, config: ServerConfig) -> Image.
 
 async def fetch_reference(field: str, url: str, config: ServerConfig) -> bytes:
     """GET a reference image with a timeout and a size limit."""
+    if not config.allows_outbound(url):
+        raise field_error(field, f"fetching {urlsplit(url).hostname!r} is not allowed by this server")
     try:
-        client = httpx.AsyncClient(timeout=config.fetch_timeout, follow_redirects=True, max_redirects=3)
+        # No redirects: a redirect could lead past the outbound host list.
+        client = httpx.AsyncClient(timeout=config.fetch_timeout, follow_redirects=False)
         async with client, client.stream("GET", url) as response:
             if response.status_code != 200:
                 raise field_error(field, f"fetching {url} answered HTTP {response.status_code}")

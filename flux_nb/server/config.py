@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from flux_nb.api import DELIVERY_TTL_SECONDS, MAX_ACTIVE_TASKS
 from flux_nb.server.faults import FaultPlan
@@ -24,3 +25,12 @@ class ServerConfig:
     retry_after: float = 1.0  # seconds, sent with 429
     task_ttl: float = 3600.0  # finished tasks are forgotten after this long
     faults: FaultPlan = field(default_factory=FaultPlan)  # nothing injected by default
+    # Hosts the server may contact (reference-image URLs, webhooks); None allows any host.
+    outbound_hosts: frozenset[str] | None = None
+
+    def allows_outbound(self, url: str) -> bool:
+        """May the server contact this URL? Only http(s), and only listed hosts when a list is set."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        return self.outbound_hosts is None or parts.hostname in self.outbound_hosts

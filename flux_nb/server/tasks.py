@@ -232,6 +232,8 @@ class TaskTable:
         }
 
     async def _send_webhook(self, task: ServerTask) -> None:
+        if not self.config.allows_outbound(task.webhook_url or ""):
+            return
         body = json.dumps(self.answer(task, task.base_url)).encode()
         headers = {"content-type": "application/json"}
         if task.webhook_secret:
