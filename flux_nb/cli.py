@@ -52,15 +52,34 @@ def serve(args: argparse.Namespace) -> int:
         delivery_ttl=args.delivery_ttl,
         api_keys=keys if args.require_key else frozenset(),
         engine=args.engine,
+        engine_options=engine_options(args),
         public_url=args.public_url,
         faults=FaultPlan.parse(args.faults, args.fault_seed),
     )
+    try:
+        app = create_app(config)
+    except RuntimeError as exc:  # the engine cannot run here: say what to install
+        print(f"flux-nb serve: {exc}", file=sys.stderr)
+        return 2
     server = AnnouncingServer(
-        uvicorn.Config(create_app(config), host=args.host, port=args.port, log_level="warning", access_log=False),
+        uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False),
         f"(engine {args.engine}, latency {args.latency:g} s)",
     )
     server.run()
     return 0
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, object]:
+    """The diffusers options given on the command line."""
+    options = {
+        "model": args.model,
+        "device": args.device,
+        "dtype": args.dtype,
+        "cpu_offload": args.cpu_offload or None,
+        "compile": args.compile or None,
+        "steps": args.steps,
+    }
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -105,7 +124,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument("--latency", type=float, default=0.0, help="simulated generation seconds")
     p.add_argument("--max-active", type=int, default=24, help="in-flight tasks before 429")
     p.add_argument("--delivery-ttl", type=float, default=600.0, help="seconds a sample URL stays valid")
-    p.add_argument("--engine", default="preview", help="image engine (preview)")
+    p.add_argument("--engine", default="preview", choices=["preview", "diffusers"], help="image engine")
+    p.add_argument(
+        "--model", help="diffusers engine: Hub id or local folder (default black-forest-labs/FLUX.2-klein-4B)"
+    )
+    p.add_argument("--device", help="diffusers engine: cuda, cuda:1, cpu (default: cuda when available)")
+    p.add_argument("--dtype", help="diffusers engine: bfloat16 (default on GPU), float16, float32")
+    p.add_argument("--cpu-offload", action="store_true", help="diffusers engine: one component on the GPU at a time")
+    p.add_argument("--compile", action="store_true", help="diffusers engine: torch.compile the transformer blocks")
+    p.add_argument("--steps", type=int, help="diffusers engine: inference steps (default 4, for distilled klein)")
     p.add_argument("--require-key", action="store_true", help=f"accept only the keys listed in {SERVER_KEYS_ENV}")
     p.add_argument("--public-url", help="base URL written into polling and delivery URLs")
     p.add_argument(

@@ -21,7 +21,7 @@ from flux_nb import api
 from flux_nb.errors import ValidationError
 from flux_nb.images import open_image
 from flux_nb.server.config import ServerConfig
-from flux_nb.server.engines import RenderJob, get_engine
+from flux_nb.server.engines import Engine, RenderJob, get_engine
 from flux_nb.server.faults import FaultCounter, FaultMiddleware
 from flux_nb.server.tasks import MEDIA_TYPES, TaskTable, TooManyActiveTasks
 
@@ -122,11 +122,11 @@ async def fetch_reference(field: str, url: str, config: ServerConfig) -> bytes:
         raise field_error(field, f"could not fetch {url}: {type(exc).__name__}") from None
 
 
-def create_app(config: ServerConfig | None = None) -> FastAPI:
-    """The local BFL-compatible server as an ASGI app."""
+def create_app(config: ServerConfig | None = None, engine: Engine | None = None) -> FastAPI:
+    """The local BFL-compatible server as an ASGI app (``engine`` overrides ``config.engine``)."""
     config = config or ServerConfig()
     faults = FaultCounter(config.faults)
-    table = TaskTable(config, get_engine(config.engine), faults)
+    table = TaskTable(config, engine or get_engine(config.engine, config.engine_options), faults)
     app = FastAPI(title="flux_nb local server", summary="Speaks the BFL FLUX.2 protocol, offline.")
     app.state.table = table
     app.state.public_url = config.public_url

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from flux_nb.api import DELIVERY_TTL_SECONDS, MAX_ACTIVE_TASKS
@@ -18,6 +19,7 @@ class ServerConfig:
     delivery_ttl: float = DELIVERY_TTL_SECONDS  # sample URLs expire this long after Ready
     api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)  # empty: no key check
     engine: str = "preview"
+    engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. model, device, dtype for diffusers
     public_url: str | None = None  # base of polling and delivery URLs (default: the request's)
     max_body_bytes: int = 64 * 1024 * 1024
     fetch_timeout: float = 10.0  # reference images given by URL

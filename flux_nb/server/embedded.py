@@ -18,11 +18,13 @@ class EmbeddedServer:
     ...     print(server.url)
     """
 
-    def __init__(self, config: ServerConfig | None = None, *, app: Any = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, config: ServerConfig | None = None, *, app: Any = None, engine: Any = None, host: str = "127.0.0.1"
+    ) -> None:
         from flux_nb.server.app import create_app
 
         self.config = config or ServerConfig()
-        self.app = app if app is not None else create_app(self.config)
+        self.app = app if app is not None else create_app(self.config, engine)
         self.host = host
         self.port = 0
         self._server: uvicorn.Server | None = None

@@ -143,7 +143,8 @@ class TaskTable:
     async def _run(self, task: ServerTask) -> None:
         task.started_at = time.time()
         try:
-            image = await asyncio.to_thread(self.engine.render, task.job)
+            loop = asyncio.get_running_loop()
+            image = await loop.run_in_executor(getattr(self.engine, "executor", None), self.engine.render, task.job)
             data = await asyncio.to_thread(encode, image, task.output_format)
             remaining = task.submitted_at + self.config.latency - time.monotonic()
             if remaining > 0:

@@ -22,17 +22,24 @@ class RenderJob:
 
 
 class Engine(Protocol):
-    """Renders one job to a PIL image. Called on a worker thread."""
+    """Renders one job to a PIL image, on a worker thread (the engine's own ``executor``, if it has one)."""
 
     name: str
 
     def render(self, job: RenderJob) -> Image.Image: ...
 
 
-def get_engine(name: str) -> Engine:
-    """The engine called ``name``; a clear error lists the known ones."""
+ENGINES = ("preview", "diffusers")
+
+
+def get_engine(name: str, options: dict[str, Any] | None = None) -> Engine:
+    """The engine called ``name``, built with ``options``; a clear error lists the known ones."""
     if name == "preview":
         from flux_nb.server.engines.preview import PreviewEngine
 
         return PreviewEngine()
-    raise ValueError(f"unknown engine {name!r} (known: preview)")
+    if name == "diffusers":
+        from flux_nb.server.engines.diffusers import DiffusersEngine, DiffusersOptions
+
+        return DiffusersEngine(DiffusersOptions(**(options or {})))
+    raise ValueError(f"unknown engine {name!r} (known: {', '.join(ENGINES)})")

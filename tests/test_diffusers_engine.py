@@ -1,0 +1,181 @@
+"""The diffusers engine end to end, on a tiny randomly initialised FLUX.2 [klein] built offline.
+
+Skipped, with the reason, when the [local] extra (torch, diffusers, transformers) is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from flux_nb.api import FluxRequest
+from flux_nb.client import AsyncFluxClient
+from flux_nb.images import prepare_image
+from flux_nb.server import EmbeddedServer, ServerConfig
+
+
+def test_the_base_install_never_imports_torch() -> None:
+    code = (
+        "import sys, flux_nb, flux_nb.magic, flux_nb.server.app\n"
+        "flux_nb.server.app.create_app()\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+pytest.importorskip("torch", reason="the [local] extra is not installed (pip install 'flux-nb[local]')")
+pytest.importorskip("diffusers", reason="the [local] extra is not installed (pip install 'flux-nb[local]')")
+
+from flux_nb.server.engines.diffusers import DiffusersEngine, DiffusersOptions, EngineUnavailable  # noqa: E402
+from tests.tiny_klein import save_tiny_pipeline  # noqa: E402
+
+pytestmark = pytest.mark.local
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-klein"))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model: Path) -> DiffusersEngine:
+    return DiffusersEngine(DiffusersOptions(model=str(tiny_model), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def server(engine: DiffusersEngine) -> Iterator[EmbeddedServer]:
+    with EmbeddedServer(ServerConfig(engine="diffusers"), engine=engine) as running:
+        yield running
+
+
+def generate(server: EmbeddedServer, request: FluxRequest) -> Any:
+    async def run() -> Any:
+        async with AsyncFluxClient(None, server.url) as client:
+            return await client.generate(request)
+
+    return asyncio.run(run())
+
+
+def count_image_tokens(engine: DiffusersEngine) -> list[int]:
+    """What the transformer receives: the number of image tokens of each call."""
+    seen: list[int] = []
+    engine.pipeline.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["hidden_states"].shape[1]), with_kwargs=True
+    )
+    return seen
+
+
+def test_text_to_image_through_the_server(server: EmbeddedServer) -> None:
+    result = generate(server, FluxRequest("a red fox", seed=1, width=64, height=64, output_format="png"))
+    assert (result.width, result.height) == (64, 64) and result.engine == "diffusers"
+    assert Image.open(io.BytesIO(result.image)).format == "PNG"
+
+
+def test_width_and_height_are_honoured(server: EmbeddedServer) -> None:
+    result = generate(server, FluxRequest("a tall kite", seed=2, width=64, height=128))
+    assert (result.width, result.height) == (64, 128)
+
+
+def test_same_seed_same_image_other_seed_other_image(server: EmbeddedServer) -> None:
+    def png(seed: int) -> bytes:
+        return generate(server, FluxRequest("determinism", seed=seed, width=64, height=64, output_format="png")).image
+
+    first, again, other = png(7), png(7), png(8)
+    assert first == again and first != other
+
+
+def test_editing_feeds_both_references_to_the_transformer(server: EmbeddedServer, engine: DiffusersEngine) -> None:
+    tokens = count_image_tokens(engine)
+    refs = [prepare_image(Image.new("RGB", (64, 64), c)).value for c in ("red", "blue")]
+    generate(server, FluxRequest("plain", seed=3, width=64, height=64))
+    plain = tokens[-1]
+    result = generate(server, FluxRequest("an edit", seed=3, width=64, height=64, images=tuple(refs)))
+    assert result.width == 64
+    assert plain == 256 and tokens[-1] == 256 * 3  # the image's own tokens, then 256 per reference
+
+
+def test_requests_run_one_at_a_time_in_arrival_order(
+    server: EmbeddedServer, engine: DiffusersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, most, order = 0, 0, []
+    render = engine.render
+
+    def watched(job: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        order.append(job.seed)
+        try:
+            return render(job)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(engine, "render", watched)
+
+    async def many() -> list[Any]:
+        async with AsyncFluxClient(None, server.url) as client:
+            tasks = []
+            for seed in range(5):
+                tasks.append(asyncio.create_task(client.generate(FluxRequest("q", seed=seed, width=64, height=64))))
+                await asyncio.sleep(0.02)  # arrive in a known order
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(many())
+    assert len({r.task.id for r in results}) == 5
+    assert most == 1 and order == [0, 1, 2, 3, 4]
+
+
+def test_missing_weights_say_what_to_download(tmp_path: Path) -> None:
+    with pytest.raises(EngineUnavailable, match="Download them first"):
+        DiffusersEngine(DiffusersOptions(model=str(tmp_path / "no-weights-here"), device="cpu"))
+
+
+def test_asking_for_a_missing_gpu_says_so() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(EngineUnavailable, match="no CUDA GPU"):
+        DiffusersEngine(DiffusersOptions(device="cuda"))
+
+
+def test_serve_command_loads_the_engine(tiny_model: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flux_nb",
+            "serve",
+            "--port",
+            "0",
+            "--engine",
+            "diffusers",
+            "--model",
+            str(tiny_model),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert "engine diffusers" in line, line
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert f"loading {tiny_model}" in err and "ready in" in err
