@@ -1,0 +1,119 @@
+"""FLUX.2 [klein] on a GPU: the diffusers pipeline called directly beside the same through flux_nb.
+
+Needs a CUDA GPU, the [local] extra and the weights (``huggingface-cli download
+black-forest-labs/FLUX.2-klein-4B``); anywhere else it says it is skipping and exits 0.
+
+    python -m bench.gpu_engine [--model ID_OR_FOLDER] [--images 8] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SIZE = 1024
+
+
+def skip_reason() -> str | None:
+    if not all(importlib.util.find_spec(m) for m in ("torch", "diffusers", "transformers")):
+        return "the [local] extra is not installed"
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU on this machine"
+    return None
+
+
+def direct(engine: Any, count: int) -> list[float]:
+    """Seconds per image calling the pipeline directly, one after another."""
+    import torch
+
+    times = []
+    for seed in range(count):
+        started = time.perf_counter()
+        engine.pipeline(
+            prompt="a lighthouse on a cliff at dusk",
+            height=SIZE,
+            width=SIZE,
+            num_inference_steps=engine.options.steps,
+            guidance_scale=engine.options.guidance,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        )
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def through_flux_nb(engine: Any, count: int) -> tuple[list[float], float]:
+    """Seconds per single image, and wall seconds for a sweep of ``count``, through server and client."""
+    from flux_nb.api import FluxRequest
+    from flux_nb.client import AsyncFluxClient
+    from flux_nb.server import EmbeddedServer, ServerConfig
+
+    async def run(url: str) -> tuple[list[float], float]:
+        async with AsyncFluxClient(None, url) as client:
+            singles = []
+            for seed in range(count):
+                started = time.perf_counter()
+                await client.generate(
+                    FluxRequest("a lighthouse on a cliff at dusk", seed=seed, width=SIZE, height=SIZE)
+                )
+                singles.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await asyncio.gather(
+                *(client.generate(FluxRequest("a sweep", seed=s, width=SIZE, height=SIZE)) for s in range(count))
+            )
+            return singles, time.perf_counter() - started
+
+    with EmbeddedServer(ServerConfig(engine="diffusers"), engine=engine) as server:
+        return asyncio.run(run(server.url))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="black-forest-labs/FLUX.2-klein-4B")
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--json", type=Path, default=Path(__file__).with_name("gpu_results.json"))
+    args = parser.parse_args(argv)
+    reason = skip_reason()
+    if reason:
+        print(f"bench.gpu_engine: skipping: {reason}")
+        return 0
+    from flux_nb.server.engines.diffusers import DiffusersEngine, DiffusersOptions
+
+    engine = DiffusersEngine(DiffusersOptions(model=args.model, compile=args.compile))
+    direct(engine, 2)  # warm up (and compile)
+    plain = direct(engine, args.images)
+    singles, sweep_wall = through_flux_nb(engine, args.images)
+    results: dict[str, Any] = {
+        "size": SIZE,
+        "compile": args.compile,
+        "direct_s_per_image": statistics.median(plain),
+        "flux_nb_s_per_image": statistics.median(singles),
+        "flux_nb_sweep_images_per_s": args.images / sweep_wall,
+        "direct_images_per_s": 1 / statistics.median(plain),
+    }
+    results["single_overhead_ratio"] = results["flux_nb_s_per_image"] / results["direct_s_per_image"]
+    print(f"direct pipeline       {results['direct_s_per_image']:.3f} s/image")
+    print(
+        f"through flux_nb       {results['flux_nb_s_per_image']:.3f} s/image "
+        f"({results['single_overhead_ratio']:.3f}x, goal <= 1.05x)"
+    )
+    print(
+        f"sweep through flux_nb {results['flux_nb_sweep_images_per_s']:.2f} images/s "
+        f"(direct {results['direct_images_per_s']:.2f})"
+    )
+    args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
