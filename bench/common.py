@@ -49,21 +49,22 @@ def server_stats(url: str) -> dict[str, Any]:
     return httpx.get(f"{url}/_flux/stats", timeout=10).json()
 
 
-def rss_mb() -> float:
-    """Resident memory of this process now, in MB."""
+def _status_mb(field: str) -> float:
     with open(f"/proc/{os.getpid()}/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def rss_mb() -> float:
+    """Resident memory of this process now, in MB."""
+    return _status_mb("VmRSS")
 
 
 def peak_rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    """The most resident memory this process has had, in MB."""
+    return _status_mb("VmHWM")
 
 
 def percentile(values: list[float], fraction: float) -> float:

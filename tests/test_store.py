@@ -29,6 +29,23 @@ def create(store: HistoryStore, prompt: str = "a cat", seed: int = 1, **options:
     return store.create(request, input_hashes=[], estimated_cost=1.4, **{**defaults, **options})
 
 
+def complete(store: HistoryStore, record_id: str, color: str = "red", cost: float | None = None) -> Path:
+    """Mark a record ready with a small JPEG."""
+    return store.mark_ready(
+        record_id,
+        image=jpeg(color),
+        ext="jpeg",
+        width=32,
+        height=16,
+        ready_at=2.0,
+        finished_at=3.0,
+        duration_s=1.0,
+        engine="preview",
+        result_seed=1,
+        cost=cost,
+    )
+
+
 def test_a_record_is_written_before_sending_and_completed_after(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
     record_id = create(store)
@@ -44,18 +61,7 @@ def test_a_record_is_written_before_sending_and_completed_after(history_dir: Pat
         submitted_at=1.0,
     )
     assert [r.record_id for r in store.resumable()] == [record_id]
-    path = store.mark_ready(
-        record_id,
-        image=jpeg(),
-        ext="jpeg",
-        width=32,
-        height=16,
-        ready_at=2.0,
-        finished_at=2.5,
-        duration_s=1.5,
-        engine="preview",
-        result_seed=1,
-    )
+    path = complete(store, record_id)
     assert path.read_bytes() == jpeg() and path.name == f"{sha256_hex(jpeg())}.jpeg"
     record = store.get(record_id)
     assert record.status == "ready" and record.image_file == path and record.cost == 1.4
@@ -77,19 +83,7 @@ def test_history_survives_reopening_from_another_process(history_dir: Path) -> N
 def test_frame_columns_and_dtypes(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
     ready = create(store, tag="t")
-    store.mark_ready(
-        ready,
-        image=jpeg(),
-        ext="jpeg",
-        width=32,
-        height=16,
-        ready_at=2.0,
-        finished_at=3.0,
-        duration_s=1.0,
-        engine="preview",
-        result_seed=1,
-        cost=1.4,
-    )
+    complete(store, ready, cost=1.4)
     failed = create(store, seed=2)
     store.mark_failed(failed, status=RecordStatus.MODERATED, error_kind="ModeratedError", error="no", finished_at=4.0)
     frame = store.to_frame()
@@ -114,18 +108,7 @@ def test_cache_lookup_needs_a_ready_record_whose_file_exists(history_dir: Path) 
     key = request_key(request, "local:preview", [])
     record_id = create(store)
     assert store.find_cached(key) is None
-    path = store.mark_ready(
-        record_id,
-        image=jpeg(),
-        ext="jpeg",
-        width=32,
-        height=16,
-        ready_at=1,
-        finished_at=1,
-        duration_s=0,
-        engine=None,
-        result_seed=None,
-    )
+    path = complete(store, record_id)
     assert store.find_cached(key).record_id == record_id
     path.unlink()
     assert store.find_cached(key) is None
@@ -158,19 +141,7 @@ def test_spent_counts_ready_records_only(history_dir: Path) -> None:
     for i, status in enumerate(["ready", "ready", "failed", "moderated"]):
         record_id = create(store, seed=i, notebook="a.ipynb" if i else "b.ipynb")
         if status == "ready":
-            store.mark_ready(
-                record_id,
-                image=jpeg(str(["red", "blue"][i])),
-                ext="jpeg",
-                width=1,
-                height=1,
-                ready_at=1,
-                finished_at=1,
-                duration_s=0,
-                engine=None,
-                result_seed=i,
-                cost=1.4,
-            )
+            complete(store, record_id, color=["red", "blue"][i], cost=1.4)
         else:
             store.mark_failed(record_id, status=RecordStatus(status), error_kind="X", error="e", finished_at=1)
     spent = store.spent("a.ipynb").set_index("model").loc["flux-2-klein-4b"]
