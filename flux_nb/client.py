@@ -199,7 +199,13 @@ class AsyncFluxClient:
             auth=self._auth,
             timeout=timeout,
             transport=transport,
-            limits=httpx.Limits(max_connections=max_active + 8, keepalive_expiry=KEEPALIVE_EXPIRY),
+            # A poll and a download per active task can be in flight at once; keep them all alive,
+            # or every burst pays for new TCP connections (httpx keeps only 20 by default).
+            limits=httpx.Limits(
+                max_connections=2 * max_active + 8,
+                max_keepalive_connections=2 * max_active + 8,
+                keepalive_expiry=KEEPALIVE_EXPIRY,
+            ),
             headers={"accept": "application/json", "user-agent": "flux-nb"},
         )
 
