@@ -142,7 +142,6 @@ class FluxMagics(Magics):
             display(outcome)
         if args.out:
             ns[args.out] = outcome
-        self._refresh_history()
 
     def _axes(self, args: argparse.Namespace, prompts: list[str]) -> list[Axis]:
         axes = [Axis("prompt", tuple(prompts))]
@@ -199,14 +198,12 @@ class FluxMagics(Magics):
         old = session.result_of(rest[0])
         new = session.replay(rest[0])
         display(HTML(side_by_side_html(old, new, f"record {old.record_id}", f"replay {new.record_id}")))
-        self._refresh_history()
         return None
 
     def _cmd_resume(self, rest: list[str]) -> None:
         results = self.session.resume(BatchProgress())
         if not results:
             print("flux_nb: nothing to resume: no task is pending")
-        self._refresh_history()
 
     def _cmd_cost(self, rest: list[str]) -> None:
         display(HTML(cost_html(self.session.cost())))
@@ -245,9 +242,6 @@ class FluxMagics(Magics):
         panel = Panel(self.session)
         display(panel)
         return None
-
-    def _refresh_history(self) -> None:
-        self.shell.user_ns[HISTORY_VARIABLE] = self.session.history()
 
 
 def axes_vary(axes: list[Axis]) -> bool:
