@@ -236,12 +236,8 @@ class FluxMagics(Magics):
         self.session.login(key)
         print("flux_nb: key set for this session (not saved anywhere)")
 
-    def _cmd_panel(self, rest: list[str]) -> Any:
-        from flux_nb.panel import Panel
-
-        panel = Panel(self.session)
-        display(panel)
-        return None
+    def _cmd_panel(self, rest: list[str]) -> None:
+        display(self.session.panel())
 
 
 def axes_vary(axes: list[Axis]) -> bool:
@@ -266,5 +262,6 @@ def load_ipython_extension(ipython: Any) -> None:
     if existing is None or isinstance(existing, Flux):
         ipython.push({SESSION_VARIABLE: session})
     ipython.set_custom_exc((FluxError,), _show_flux_error)
+    session.observer_factory = BatchProgress  # flux.sweep(...) shows live progress too
     session.add_listener(lambda: ipython.user_ns.__setitem__(HISTORY_VARIABLE, session.history()))
     ipython.user_ns[HISTORY_VARIABLE] = session.history()
