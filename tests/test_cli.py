@@ -1,0 +1,76 @@
+"""The flux-nb command: generate from a shell, read the history, refuse to serve without keys."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+def flux_nb(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT")}
+    return subprocess.run(
+        [sys.executable, "-m", "flux_nb", *args], cwd=cwd, capture_output=True, text=True, env={**base, **(env or {})}
+    )
+
+
+def test_generate_copies_the_image_and_history_lists_it(server: Any, tmp_path: Path) -> None:
+    out = flux_nb(
+        "generate",
+        "a kite over the dunes",
+        "--seed",
+        "3",
+        "-W",
+        "128",
+        "-H",
+        "96",
+        "-o",
+        "kite.jpeg",
+        "--endpoint",
+        server.url,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("kite.jpeg  (seed 3 · 128×96 · flux-2-klein-4b")
+    assert Image.open(tmp_path / "kite.jpeg").size == (128, 96)
+    history = flux_nb("history", "-n", "5", cwd=tmp_path)
+    assert history.returncode == 0 and "a kite over the dunes" in history.stdout and "ready" in history.stdout
+
+
+def test_generate_with_bad_input_is_one_line_and_exit_1(server: Any, tmp_path: Path) -> None:
+    out = flux_nb("generate", "x", "-W", "100", "--endpoint", server.url, cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "flux-nb: width 100 is not a multiple of 16 (try 96 or 112)"
+    assert server.stats()["http_requests"] == {}
+
+
+def test_history_of_an_empty_folder(tmp_path: Path) -> None:
+    out = flux_nb("history", "--history-dir", "nothing-here", cwd=tmp_path)
+    assert out.returncode == 0 and "no history in nothing-here" in out.stdout
+
+
+def test_serve_require_key_refuses_to_start_without_keys(tmp_path: Path) -> None:
+    out = flux_nb("serve", "--port", "0", "--require-key", cwd=tmp_path, env={"FLUX_NB_SERVER_KEYS": ""})
+    assert out.returncode == 2 and "FLUX_NB_SERVER_KEYS" in out.stderr
+
+
+def test_serve_with_an_unavailable_engine_says_why(tmp_path: Path) -> None:
+    out = flux_nb(
+        "serve",
+        "--port",
+        "0",
+        "--engine",
+        "diffusers",
+        "--model",
+        str(tmp_path / "none"),
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 2
+    assert "flux-nb serve:" in out.stderr and ("Download them first" in out.stderr or "pip install" in out.stderr)
