@@ -145,10 +145,14 @@ class FluxMagics(Magics):
 
     def _axes(self, args: argparse.Namespace, prompts: list[str]) -> list[Axis]:
         axes = [Axis("prompt", tuple(prompts))]
-        numeric = {"seed": args.seed, "safety_tolerance": args.safety, "steps": args.steps}
-        for name, raw in numeric.items():
+        numeric = {
+            "seed": ("--seed", args.seed),
+            "safety_tolerance": ("--safety", args.safety),
+            "steps": ("--steps", args.steps),
+        }
+        for name, (option, raw) in numeric.items():
             if raw is not None:
-                axes.append(Axis(name, tuple(parse_numbers(raw, name))))
+                axes.append(Axis(name, tuple(parse_numbers(raw, option))))
         if args.guidance is not None:
             axes.append(Axis("guidance", tuple(parse_floats(args.guidance, "guidance"))))
         if args.size is not None or args.aspect is not None:

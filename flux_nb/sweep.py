@@ -1,17 +1,20 @@
 """Sweeps: expand axes (seeds, prompts, sizes, models, any field) into requests, keeping labels.
 
-Pure: no I/O. Ranges are inclusive ("1:4" is 1, 2, 3, 4), as artists count, with an
-optional step ("0:1024:256").
+Pure: no I/O. Number options read the way artists count: ranges are inclusive ("1:4" is
+1, 2, 3, 4, not Python's 1, 2, 3), take an optional step ("0:1024:256" is 0, 256, 512, 768,
+1024) and mix with lists ("1,5:7" is 1, 5, 6, 7).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from flux_nb.errors import ValidationError
 
+# Request fields a sweep can vary; "size" holds (width, height) pairs and sets both.
 AXIS_FIELDS = (
     "prompt",
     "seed",
@@ -28,63 +31,85 @@ AXIS_FIELDS = (
 MAX_VALUES = 1000
 MAX_COMBINATIONS = 1024
 PROMPT_SEPARATOR = "---"
+# Joins the names of axes folded into one grid axis: "model+steps" labels pages by both.
+COMBINED = "+"
+# Float ranges end on their END despite rounding: 2:3:0.1 includes 3.0.
+_EPSILON = 1e-9
 
 
 @dataclass(frozen=True)
 class Axis:
-    """One swept field and its values."""
+    """One swept field and its values, e.g. ``Axis("seed", (1, 2, 3))``."""
 
     name: str
     values: tuple[Any, ...]
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", tuple(self.values))
+
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One combination: the request fields, and the axis values that label it."""
+    """One combination: the request fields, and the axis values that label it (in axis order)."""
 
     fields: dict[str, Any]
     labels: dict[str, Any]
 
 
+def _option(name: str) -> str:
+    return name if name.startswith("-") else f"--{name}"
+
+
 def _number(text: str, name: str, kind: type[int] | type[float]) -> int | float:
+    what = "a whole number" if kind is int else "a number"
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise ValidationError(f"--{name}: {text!r} is not {what}") from None
+        raise ValidationError(f"{_option(name)}: {text!r} is not {what}") from None
+    if not math.isfinite(value):
+        raise ValidationError(f"{_option(name)}: {text!r} is not {what}")
+    return value
+
+
+def _range(part: str, name: str, kind: type[int] | type[float], room: int, text: str) -> list[Any]:
+    option = _option(name)
+    pieces = [p.strip() for p in part.split(":")]
+    if len(pieces) not in (2, 3):
+        raise ValidationError(f"{option} range {part!r} must be START:END or START:END:STEP")
+    start, end = _number(pieces[0], name, kind), _number(pieces[1], name, kind)
+    step = _number(pieces[2], name, kind) if len(pieces) == 3 else 1
+    if step <= 0:
+        raise ValidationError(f"{option} range {part!r} needs a positive step (END is included: 0:1024:256)")
+    if end < start:
+        raise ValidationError(f"{option} range {part!r} runs backwards (write {pieces[1]}:{pieces[0]})")
+    count = int((end - start) / step + _EPSILON) + 1
+    if count > room:
+        raise ValidationError(f"{option} {text!r} gives more than {MAX_VALUES} values; narrow the range or raise STEP")
+    return [start + i * step for i in range(count)]
 
 
 def _parse(text: str, name: str, kind: type[int] | type[float]) -> list[Any]:
-    values: list[Any] = []
+    option = _option(name)
     parts = [p.strip() for p in str(text).split(",")]
     if not any(parts):
-        raise ValidationError(f"--{name} is empty: give a value, a list (1,2,3) or a range (1:8)")
+        raise ValidationError(f"{option} is empty: give a value (42), a list (1,2,3) or a range (1:8)")
+    values: list[Any] = []
     for part in parts:
         if not part:
-            raise ValidationError(f"--{name} {text!r} has an empty item")
-        if ":" in part[1:]:
-            pieces = part.split(":")
-            if len(pieces) not in (2, 3):
-                raise ValidationError(f"--{name} range {part!r} must be START:END or START:END:STEP")
-            start, end = _number(pieces[0], name, kind), _number(pieces[1], name, kind)
-            step = _number(pieces[2], name, kind) if len(pieces) == 3 else 1
-            if step <= 0:
-                raise ValidationError(f"--{name} range {part!r} needs a positive step")
-            if end < start:
-                raise ValidationError(f"--{name} range {part!r} runs backwards (write {pieces[1]}:{pieces[0]})")
-            count = int((end - start) / step) + 1
-            if len(values) + count > MAX_VALUES:
-                raise ValidationError(f"--{name} {text!r} gives more than {MAX_VALUES} values")
-            values.extend(start + i * step for i in range(count))
+            raise ValidationError(f"{option} {text!r} has an empty item between commas")
+        if ":" in part[1:]:  # a leading "-" is a sign, not a range
+            values += _range(part, name, kind, MAX_VALUES - len(values), text)
         else:
             values.append(_number(part, name, kind))
-    if len(values) > MAX_VALUES:
-        raise ValidationError(f"--{name} {text!r} gives more than {MAX_VALUES} values")
+        if len(values) > MAX_VALUES:
+            raise ValidationError(f"{option} {text!r} gives more than {MAX_VALUES} values")
     return values
 
 
 def parse_numbers(text: str, name: str) -> list[int]:
     """Whole numbers from "42", "1,2,3", "1:4" (inclusive), "0:1024:256", or a mix "1,5:7".
+
+    ``name`` is the option, used in error messages ("seed" reads as ``--seed``).
 
     >>> parse_numbers("1,5:7", "seed")
     [1, 5, 6, 7]
@@ -93,47 +118,65 @@ def parse_numbers(text: str, name: str) -> list[int]:
 
 
 def parse_floats(text: str, name: str) -> list[float]:
-    """Numbers like ``parse_numbers``, decimals allowed: "2.5,3.5" or "2:4:0.5"."""
-    return [round(v, 6) for v in _parse(text, name, float)]
+    """Numbers like ``parse_numbers``, decimals allowed: "2.5,3.5" or "2:4:0.5".
+
+    >>> parse_floats("2:3:0.5", "guidance")
+    [2.0, 2.5, 3.0]
+    """
+    return [round(float(v), 6) for v in _parse(text, name, float)]
 
 
 def split_prompts(body: str) -> list[str]:
-    """Prompts separated by a line holding only ``---``."""
+    """Prompts in one cell body, separated by a line holding only ``---``; each stripped.
+
+    >>> split_prompts("a fox\\n---\\na hare")
+    ['a fox', 'a hare']
+    """
     chunks: list[list[str]] = [[]]
     for line in body.splitlines():
         if line.strip() == PROMPT_SEPARATOR:
             chunks.append([])
         else:
             chunks[-1].append(line)
-    prompts = ["\n".join(chunk).strip() for chunk in chunks]
-    prompts = [p for p in prompts if p]
+    prompts = [p for p in ("\n".join(chunk).strip() for chunk in chunks) if p]
     if not prompts:
         raise ValidationError("the cell holds no prompt: write what the image should show")
     return prompts
 
 
-def expand(base: dict[str, Any], axes: list[Axis], limit: int = MAX_COMBINATIONS) -> list[SweepPoint]:
-    """Every combination of the axes (the first axis varies slowest) over the base fields."""
+def _check_axes(axes: list[Axis], limit: int) -> None:
     names = [axis.name for axis in axes]
     for axis in axes:
         if axis.name not in AXIS_FIELDS:
             raise ValidationError(f"cannot sweep {axis.name!r}: sweepable fields are {', '.join(AXIS_FIELDS)}")
         if not axis.values:
             raise ValidationError(f"axis {axis.name!r} has no values")
-    duplicated = {n for n in names if names.count(n) > 1}
+    duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise ValidationError(f"axis {', '.join(sorted(duplicated))} is given twice")
-    total = 1
-    for axis in axes:
-        total *= len(axis.values)
+        raise ValidationError(f"axis {', '.join(duplicated)} is given twice; merge its values into one list")
+    if "size" in names and ("width" in names or "height" in names):
+        raise ValidationError("sweep either size or width/height, not both (size sets width and height)")
+    for size in next((a.values for a in axes if a.name == "size"), ()):
+        if not (isinstance(size, (tuple, list)) and len(size) == 2):
+            raise ValidationError(f"size {size!r} must be a (width, height) pair like (1024, 768)")
+    total = math.prod(len(axis.values) for axis in axes)
     if total > limit:
         raise ValidationError(f"the sweep has {total} combinations; at most {limit} run at once (split it up)")
+
+
+def expand(base: dict[str, Any], axes: list[Axis], limit: int = MAX_COMBINATIONS) -> list[SweepPoint]:
+    """Every combination of the axes over the base fields; the first axis varies slowest.
+
+    >>> [p.labels for p in expand({}, [Axis("prompt", ("a", "b")), Axis("seed", (1, 2))])]
+    [{'prompt': 'a', 'seed': 1}, {'prompt': 'a', 'seed': 2}, {'prompt': 'b', 'seed': 1}, {'prompt': 'b', 'seed': 2}]
+    """
+    _check_axes(axes, limit)
+    names = [axis.name for axis in axes]
     points = []
     for combination in itertools.product(*(axis.values for axis in axes)):
         fields = dict(base)
-        labels: dict[str, Any] = {}
-        for name, value in zip(names, combination, strict=True):
-            labels[name] = value
+        labels = dict(zip(names, combination, strict=True))
+        for name, value in labels.items():
             if name == "size":
                 fields["width"], fields["height"] = value
             else:
@@ -143,21 +186,31 @@ def expand(base: dict[str, Any], axes: list[Axis], limit: int = MAX_COMBINATIONS
 
 
 def grid_axes(labels: list[dict[str, Any]]) -> tuple[str | None, str | None, str | None]:
-    """Pick grid axes from the varying labels: seed across when it varies, then in order."""
-    order: list[str] = []
-    for label in labels:
-        for name in label:
-            if name not in order:
-                order.append(name)
-    varying = [n for n in order if len({_hashable(lab.get(n)) for lab in labels}) > 1]
+    """Grid axes (x, y, z) from a sweep's labels: only varying axes count.
+
+    Seed goes across when it varies (seeds compare best side by side); the other varying
+    axes follow in sweep order: x, then y, then z. A fourth and later axis fold into z,
+    named "a+b" (``grid`` pages by the pair).
+
+    >>> grid_axes([{"prompt": p, "seed": s} for p in "ab" for s in (1, 2)])
+    ('seed', 'prompt', None)
+    """
+    order = list(dict.fromkeys(name for label in labels for name in label))
+    varying = [n for n in order if len({_key(label.get(n)) for label in labels}) > 1]
     if "seed" in varying:
         varying.remove("seed")
         varying.insert(0, "seed")
-    x = varying[0] if varying else None
-    y = varying[1] if len(varying) > 1 else None
-    z = varying[2] if len(varying) > 2 else None
+    x, y, *rest = [*varying, None, None]
+    z = COMBINED.join(n for n in rest if n) or None
     return x, y, z
 
 
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+def _key(value: Any) -> Any:
+    """A hashable stand-in for a label value (lists of images included)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_key(v) for v in value)
+    try:
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value

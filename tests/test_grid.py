@@ -1,38 +1,64 @@
-"""Comparison grids: layout, labels, aspect ratios, failures, pages, accessor. Pure PIL, no server."""
+"""Comparison grids: layout, labels, aspect ratios, failures, pages, display, accessor. Pure PIL, no server."""
 
 from __future__ import annotations
 
+import base64
+import io
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 
 import flux_nb.grid  # noqa: F401  (registers the DataFrame accessor)
-from flux_nb.errors import ValidationError
-from flux_nb.grid import CELL_BACKGROUND, GAP, grid
+from flux_nb.errors import ModeratedError, ValidationError
+from flux_nb.grid import (
+    BACKGROUND,
+    CELL_BACKGROUND,
+    DISPLAY_MAX_WIDTH,
+    FAILED,
+    GAP,
+    LABEL_FONT,
+    LINE,
+    Grid,
+    GridPages,
+    grid,
+    wrap_text,
+)
 from flux_nb.result import Result
 
 COLOURS = [(220, 20, 20), (20, 180, 20), (20, 20, 220), (230, 200, 0), (200, 0, 200), (0, 200, 200)]
+PROMPTS = ("a cat", "a dog")
+SEEDS = (1, 2, 3)
+CELLS = [(p, s) for p in PROMPTS for s in SEEDS]  # row i of ``frame`` is CELLS[i], coloured COLOURS[i]
+
+
+def image_file(tmp_path: Path, name: str, size: tuple[int, int], colour: tuple[int, ...], mode: str = "RGB") -> str:
+    path = tmp_path / name
+    Image.new(mode, size, colour).save(path)
+    return str(path)
 
 
 def frame(tmp_path: Path, sizes: dict[int, tuple[int, int]] | None = None) -> pd.DataFrame:
+    """Six ready records, two prompts by three seeds, each a solid colour, shaped like history."""
     rows = []
-    for i, (prompt, seed) in enumerate((p, s) for p in ("a cat", "a dog") for s in (1, 2, 3)):
+    for i, (prompt, seed) in enumerate(CELLS):
         size = (sizes or {}).get(i, (64, 64))
-        path = tmp_path / f"{i}.png"
-        Image.new("RGB", size, COLOURS[i]).save(path)
         rows.append(
             {
                 "record_id": f"r{i}",
                 "prompt": prompt,
                 "seed": seed,
-                "status": "ready",
-                "error": None,
-                "image_path": str(path),
                 "width": size[0],
                 "height": size[1],
-                "model": "m",
+                "model": "flux-2-klein-4b",
+                "status": "ready",
+                "error": None,
+                "image_path": image_file(tmp_path, f"{i}.png", size, COLOURS[i]),
+                "out_width": size[0],
+                "out_height": size[1],
+                "tag": None,
             }
         )
     return pd.DataFrame(rows)
@@ -42,41 +68,80 @@ def centre(image: Image.Image, box: tuple[int, int, int, int]) -> tuple[int, ...
     return image.getpixel(((box[0] + box[2]) // 2, (box[1] + box[3]) // 2))
 
 
-def test_every_cell_holds_its_image_in_order(tmp_path: Path) -> None:
+def colours_in(page: Grid, key: tuple[object, object]) -> set[tuple[int, ...]]:
+    return {colour for _, colour in page.image.crop(page.cell_boxes[key]).getcolors(1_000_000)}
+
+
+def extent(page: Grid, key: tuple[object, object], colour: tuple[int, ...]) -> tuple[int, int]:
+    """Width and height of the pixels of ``colour`` inside one cell."""
+    crop = page.image.crop(page.cell_boxes[key])
+    points = [(x, y) for x in range(crop.width) for y in range(crop.height) if crop.getpixel((x, y)) == colour]
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    return max(xs) - min(xs) + 1, max(ys) - min(ys) + 1
+
+
+def test_every_cell_holds_its_own_image(tmp_path: Path) -> None:
     page = grid(frame(tmp_path), x="seed", y="prompt", cell=100)
-    assert list(dict.fromkeys(k[0] for k in page.cells)) == [1, 2, 3]
-    for i, (prompt, seed) in enumerate((p, s) for p in ("a cat", "a dog") for s in (1, 2, 3)):
+    assert isinstance(page, Grid) and (page.x, page.y) == ("seed", "prompt")
+    for i, (prompt, seed) in enumerate(CELLS):
         assert centre(page.image, page.cell_boxes[(seed, prompt)]) == COLOURS[i]
         assert page.cells[(seed, prompt)] == f"r{i}"
 
 
 def test_canvas_size_follows_the_counts(tmp_path: Path) -> None:
-    page = grid(frame(tmp_path), x="seed", y="prompt", cell=100)
-    label_w = 100
-    assert page.image.width == label_w + 3 * (100 + GAP) + GAP
-    first = page.cell_boxes[(1, "a cat")]
-    second_row = page.cell_boxes[(1, "a dog")]
-    assert second_row[1] - first[1] == 100 + GAP
-    assert page.image.height == second_row[3] + GAP
+    cell = 100
+    page = grid(frame(tmp_path), x="seed", y="prompt", cell=cell)
+    title_h, header_h = LINE + 2 * GAP, LINE + GAP  # one caption line, one header line
+    assert page.image.size == (cell + 3 * (cell + GAP) + GAP, title_h + header_h + 2 * (cell + GAP) + GAP)
+    first, right, below = page.cell_boxes[(1, "a cat")], page.cell_boxes[(2, "a cat")], page.cell_boxes[(1, "a dog")]
+    assert first == (cell + GAP, title_h + header_h + GAP, 2 * cell + GAP, title_h + header_h + GAP + cell)
+    assert right[0] - first[0] == below[1] - first[1] == cell + GAP
+
+
+def test_without_y_there_is_no_row_label_column(tmp_path: Path) -> None:
+    page = grid(frame(tmp_path).head(3), x="seed", cell=80)
+    assert page.image.width == 3 * (80 + GAP) + GAP
+    assert page.cell_boxes[(1, None)][0] == GAP
+    assert not any(key.startswith("y:") for key in page.label_boxes)
 
 
 def test_labels_sit_above_columns_and_left_of_rows(tmp_path: Path) -> None:
     page = grid(frame(tmp_path), x="seed", y="prompt", cell=100)
-    column = page.label_boxes["x:2"]
-    cell = page.cell_boxes[(2, "a cat")]
-    assert column[0] == cell[0] and column[3] <= cell[1]
-    row = page.label_boxes["y:a dog"]
-    assert row[2] <= page.cell_boxes[(1, "a dog")][0] and row[1] == page.cell_boxes[(1, "a dog")][1]
+    for seed in SEEDS:
+        header, cell = page.label_boxes[f"x:{seed}"], page.cell_boxes[(seed, "a cat")]
+        assert (header[0], header[2]) == (cell[0], cell[2]) and header[3] <= cell[1]
+    for prompt in PROMPTS:
+        label, cell = page.label_boxes[f"y:{prompt}"], page.cell_boxes[(1, prompt)]
+        assert label[2] <= cell[0] and (label[1], label[3]) == (cell[1], cell[3])
+    assert page.label_boxes["title"][3] <= page.label_boxes["x:1"][1]
 
 
-def test_aspect_ratio_is_kept(tmp_path: Path) -> None:
+def test_labels_are_drawn_as_text(tmp_path: Path) -> None:
+    page = grid(frame(tmp_path), x="seed", y="prompt", cell=100)
+    for key in ("title", "x:2", "y:a dog"):
+        colours = {c for _, c in page.image.crop(page.label_boxes[key]).getcolors(1_000_000)}
+        assert len(colours - {BACKGROUND}) > 1  # antialiased glyphs on white
+
+
+def test_a_wide_image_keeps_its_aspect_ratio(tmp_path: Path) -> None:
     page = grid(frame(tmp_path, {0: (200, 100)}), x="seed", y="prompt", cell=100)
-    left, top, right, bottom = page.cell_boxes[(1, "a cat")]
-    crop = page.image.crop((left, top, right, bottom))
-    coloured = [(x, y) for x in range(crop.width) for y in range(crop.height) if crop.getpixel((x, y)) == COLOURS[0]]
-    width = max(x for x, _ in coloured) - min(x for x, _ in coloured) + 1
-    height = max(y for _, y in coloured) - min(y for _, y in coloured) + 1
-    assert (width, height) == (100, 50)
+    assert extent(page, (1, "a cat"), COLOURS[0]) == (100, 50)
+    assert centre(page.image, page.cell_boxes[(1, "a cat")]) == COLOURS[0]
+    box = page.cell_boxes[(1, "a cat")]
+    assert page.image.getpixel((box[0] + 50, box[1] + 5)) == CELL_BACKGROUND  # band above the image
+
+
+def test_small_and_tall_images_are_fitted_to_the_cell(tmp_path: Path) -> None:
+    page = grid(frame(tmp_path, {0: (32, 16), 1: (50, 200)}), x="seed", y="prompt", cell=100)
+    assert extent(page, (1, "a cat"), COLOURS[0]) == (100, 50)
+    assert extent(page, (2, "a cat"), COLOURS[1]) == (25, 100)
+
+
+def test_transparent_images_show_the_cell_background(tmp_path: Path) -> None:
+    data = frame(tmp_path)
+    data.loc[0, "image_path"] = image_file(tmp_path, "clear.png", (64, 64), (255, 0, 0, 0), mode="RGBA")
+    page = grid(data, x="seed", y="prompt", cell=100)
+    assert centre(page.image, page.cell_boxes[(1, "a cat")]) == CELL_BACKGROUND
 
 
 def test_failed_and_missing_cells_are_marked(tmp_path: Path) -> None:
@@ -84,12 +149,47 @@ def test_failed_and_missing_cells_are_marked(tmp_path: Path) -> None:
     data.loc[1, ["status", "error", "image_path"]] = ["moderated", "the generated image was moderated", None]
     data = data.drop(index=5)
     page = grid(data, x="seed", y="prompt", cell=120)
-    for key in ((2, "a cat"), (3, "a dog")):
-        crop = page.image.crop(page.cell_boxes[key])
-        colours = {c for _, c in crop.getcolors(100_000)}
+    failed, missing = colours_in(page, (2, "a cat")), colours_in(page, (3, "a dog"))
+    for colours in (failed, missing):
         assert CELL_BACKGROUND in colours and len(colours) > 2  # background plus drawn text
         assert not colours & set(COLOURS)
-    assert page.cells[(3, "a dog")] is None
+    assert FAILED in failed and FAILED not in missing  # a failure reads in red, "missing" in grey
+    assert page.cells[(2, "a cat")] == "r1" and page.cells[(3, "a dog")] is None
+
+
+def test_a_ready_record_whose_file_is_gone_is_marked_not_fatal(tmp_path: Path) -> None:
+    data = frame(tmp_path)
+    Path(data.loc[2, "image_path"]).unlink()
+    data.loc[3, "image_path"] = image_file(tmp_path, "junk.png", (1, 1), (0, 0, 0))
+    Path(data.loc[3, "image_path"]).write_bytes(b"not an image")
+    page = grid(data, x="seed", y="prompt", cell=100)
+    assert FAILED in colours_in(page, (3, "a cat")) and FAILED in colours_in(page, (1, "a dog"))
+
+
+def test_the_newest_of_several_records_fills_a_cell(tmp_path: Path) -> None:
+    data = frame(tmp_path)
+    again = data.iloc[[0]].assign(record_id="newer", image_path=image_file(tmp_path, "n.png", (64, 64), (9, 9, 9)))
+    page = grid(pd.concat([data, again], ignore_index=True), x="seed", y="prompt", cell=64)
+    assert page.cells[(1, "a cat")] == "newer"
+    assert centre(page.image, page.cell_boxes[(1, "a cat")]) == (9, 9, 9)
+
+
+def test_values_are_ordered_naturally(tmp_path: Path) -> None:
+    data = pd.concat([frame(tmp_path)] * 2, ignore_index=True)
+    data["seed"] = [10, 9, 100, 2, 10, 9, 1, 1, 1, 1, 1, 1]
+    data["prompt"] = ["zebra", "apple", "mango", "zebra", "apple", None] * 2
+    page = grid(data, x="seed", y="prompt", cell=40)
+    assert list(dict.fromkeys(k[0] for k in page.cells)) == [1, 2, 9, 10, 100]
+    assert list(dict.fromkeys(k[1] for k in page.cells)) == ["zebra", "apple", "mango", None]
+
+
+def test_history_dtypes_with_missing_values_work(tmp_path: Path) -> None:
+    data = frame(tmp_path).astype({"seed": "Int64", "prompt": "string", "status": "string", "image_path": "string"})
+    data.loc[4, ["status", "image_path", "error"]] = ["failed", pd.NA, "Task failed: out of memory"]
+    page = grid(data, x="seed", y="prompt", cell=64)
+    assert centre(page.image, page.cell_boxes[(1, "a cat")]) == COLOURS[0]
+    assert FAILED in colours_in(page, (2, "a dog"))
+    assert all(type(k[0]) is int for k in page.cells)
 
 
 def test_long_prompts_wrap_and_grow_the_header(tmp_path: Path) -> None:
@@ -97,42 +197,112 @@ def test_long_prompts_wrap_and_grow_the_header(tmp_path: Path) -> None:
     short = grid(data, x="prompt", y="seed", cell=100)
     data["prompt"] = data["prompt"] + " sitting on a windowsill in the late afternoon sun, oil painting"
     tall = grid(data, x="prompt", y="seed", cell=100)
-    assert tall.cell_boxes[(data.prompt[0], 1)][1] > short.cell_boxes[("a cat", 1)][1]
+    grown = tall.cell_boxes[(data.prompt[0], 1)][1] - short.cell_boxes[("a cat", 1)][1]
+    assert grown > 0 and grown % LINE == 0
+    assert tall.image.height == short.image.height + grown
+    header = tall.label_boxes[f"x:{data.prompt[0]}"]
+    assert header[2] - header[0] == 100  # a header stays within its column
 
 
-def test_z_makes_one_page_per_value_and_saves_each(tmp_path: Path) -> None:
-    data = frame(tmp_path)
-    pages = grid(data, x="seed", z="prompt", cell=64)
+def test_z_makes_one_page_per_value(tmp_path: Path) -> None:
+    pages = grid(frame(tmp_path), x="seed", z="prompt", cell=64)
+    assert isinstance(pages, GridPages) and len(pages) == 2
     assert [p.title for p in pages] == ["prompt: a cat", "prompt: a dog"]
+    assert [(p.z, p.z_value) for p in pages] == [("prompt", "a cat"), ("prompt", "a dog")]
+    assert centre(pages[1].image, pages[1].cell_boxes[(3, None)]) == COLOURS[5]
+    assert "<img" in pages._repr_html_() and pages._repr_html_().count("<img") == 2
+
+
+def test_z_pages_save_one_png_each_named_by_value(tmp_path: Path) -> None:
+    pages = grid(frame(tmp_path), x="seed", z="prompt", cell=64)
     saved = pages.save(tmp_path / "out" / "grid.png")
     assert [p.name for p in saved] == ["grid_prompt_a_cat.png", "grid_prompt_a_dog.png"]
-    assert all(Image.open(p).format == "PNG" for p in saved)
+    for path, page in zip(saved, pages, strict=True):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size == page.image.size
 
 
-def test_save_and_html(tmp_path: Path) -> None:
+def test_a_folded_z_axis_pages_by_value_pairs(tmp_path: Path) -> None:
+    data = frame(tmp_path)
+    data["model"] = ["pro", "pro", "pro", "max", "max", "max"]
+    pages = grid(data, x="seed", z="prompt+model", cell=64)
+    assert [p.title for p in pages] == ["prompt: a cat · model: pro", "prompt: a dog · model: max"]
+
+
+def test_save_writes_the_full_size_png(tmp_path: Path) -> None:
     page = grid(frame(tmp_path), x="seed", y="prompt")
-    target = page.save(tmp_path / "g.png")
-    assert Image.open(target).size == page.image.size
-    assert page._repr_html_().startswith('<img class="flux-grid" src="data:image/jpeg;base64,')
+    target = page.save(tmp_path / "nested" / "g.png")
+    with Image.open(target) as image:
+        assert image.format == "PNG" and image.size == page.image.size
+        assert image.convert("RGB").getpixel((0, 0)) == BACKGROUND
+
+
+def test_html_shows_a_jpeg_scaled_down_for_display(tmp_path: Path) -> None:
+    data = pd.concat([frame(tmp_path)] * 2, ignore_index=True).assign(seed=range(12))
+    page = grid(data, x="seed", cell=160)
+    assert page.image.width > DISPLAY_MAX_WIDTH
+    markup = page._repr_html_()
+    encoded = re.search(r'src="data:image/jpeg;base64,([^"]+)"', markup)
+    assert encoded and 'alt="x: seed"' in markup
+    with Image.open(io.BytesIO(base64.b64decode(encoded.group(1)))) as shown:
+        assert shown.width == DISPLAY_MAX_WIDTH
+        assert shown.height == round(page.image.height * DISPLAY_MAX_WIDTH / page.image.width)
+
+
+def test_the_title_can_be_chosen(tmp_path: Path) -> None:
+    page = grid(frame(tmp_path), x="seed", y="prompt", title="Seeds & prompts")
+    assert page.title == "Seeds & prompts" and 'alt="Seeds &amp; prompts"' in page._repr_html_()
 
 
 def test_dataframe_accessor(tmp_path: Path) -> None:
-    assert frame(tmp_path).flux.grid(x="seed", y="prompt").cells[(1, "a cat")] == "r0"
+    page = frame(tmp_path).flux.grid(x="seed", y="prompt", cell=64)
+    assert page.cells[(1, "a cat")] == "r0"
+    assert len(frame(tmp_path).flux.grid(x="seed", z="prompt")) == 2
 
 
 def test_from_results_using_their_labels(tmp_path: Path) -> None:
     results = []
     for i, size in enumerate(((64, 64), (96, 64))):
-        path = tmp_path / f"{i}.png"
-        Image.new("RGB", size, COLOURS[i]).save(path)
+        path = Path(image_file(tmp_path, f"{i}.png", size, COLOURS[i]))
         results.append(Result(f"r{i}", "ready", "p", "m", 1, size[0], size[1], path=path, labels={"size": size}))
-    page = grid(results, x="size")
+    page = grid(results, x="size", cell=96)
     assert list(page.cells) == [((64, 64), None), ((96, 64), None)]
-    assert page.label_boxes.keys() == {"x:64×64", "x:96×64"}
+    assert {"x:64×64", "x:96×64"} <= page.label_boxes.keys()
+    assert [centre(page.image, page.cell_boxes[key]) for key in page.cells] == COLOURS[:2]
+
+
+def test_from_results_with_a_failure_and_attribute_axes(tmp_path: Path) -> None:
+    ok = Result("r0", "ready", "p", "m", 1, 64, 64, path=Path(image_file(tmp_path, "0.png", (64, 64), COLOURS[0])))
+    ok.engine = "preview"
+    moderated = ModeratedError("output moderated", status="Content Moderated")
+    failed = Result("r1", "moderated", "p", "m", 2, 64, 64, error=moderated, engine="preview")
+    page = grid([ok, failed], x="seed", y="engine", cell=100)
+    assert page.cells == {(1, "preview"): "r0", (2, "preview"): "r1"}
+    assert centre(page.image, page.cell_boxes[(1, "preview")]) == COLOURS[0]
+    assert FAILED in colours_in(page, (2, "preview"))
 
 
 def test_unknown_axis_and_empty_data_are_clear_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="'colour' is not a column"):
+    with pytest.raises(ValidationError, match="grid axis 'colour' is not a column") as caught:
         grid(frame(tmp_path), x="colour")
+    assert "seed" in str(caught.value)
     with pytest.raises(ValidationError, match="no rows"):
         grid(frame(tmp_path).iloc[0:0], x="seed")
+    with pytest.raises(ValidationError, match="grid axes must differ"):
+        grid(frame(tmp_path), x="seed", y="seed")
+    with pytest.raises(ValidationError, match="takes a DataFrame or a list of Results"):
+        grid(["not a result"], x="seed")
+
+
+def test_wrapped_text_fits_its_width_and_marks_a_cut_off_end() -> None:
+    text = "a lighthouse on a cliff at dusk " * 6 + "supercalifragilisticexpialidocious" * 3
+    lines = wrap_text(text, 120, max_lines=50)
+    font = ImageFont.load_default(size=LABEL_FONT)
+    assert len(lines) > 6 and all(font.getlength(line) <= 120 for line in lines)
+    assert " ".join(lines).replace(" ", "") == text.replace(" ", "")  # nothing lost, long words cut
+    short = wrap_text(text, 120, max_lines=3)
+    assert len(short) == 3 and short[-1].endswith("…") and font.getlength(short[-1]) <= 120
+
+
+def test_characters_the_bundled_font_lacks_are_folded_not_boxed() -> None:
+    assert wrap_text("café über 512×256 — 中", 1000) == ["cafe uber 512x256 - ?"]

@@ -65,3 +65,12 @@ def test_engine_is_registered_by_name() -> None:
         assert "preview" in str(exc)
     else:
         raise AssertionError("unknown engine accepted")
+
+
+def test_captions_fold_characters_the_font_lacks() -> None:
+    from flux_nb.fonts import drawable
+
+    assert drawable("café × 2 — ok") == "cafe x 2 - ok"
+    assert drawable("中") == "?"
+    folded, exact = render(prompt="a café"), render(prompt="a cafe")
+    assert folded.size == exact.size  # renders without error; the caption reads "a cafe"

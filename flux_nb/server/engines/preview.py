@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
-from functools import lru_cache
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
+from flux_nb import fonts
 from flux_nb.server.engines import RenderJob
 
 WORK_SCALE = 4  # render at 1/4 size, then upscale: the shapes are soft anyway
 BLOBS = 7
-
-
-@lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
 
 
 def _digest(*parts: object) -> bytes:
@@ -73,14 +68,14 @@ def _stamp(canvas: Image.Image, prompt: str, seed: int) -> None:
     """The honest mark: "preview" in a corner, and the prompt's start along the bottom."""
     draw = ImageDraw.Draw(canvas)
     size = max(10, min(canvas.width, canvas.height) // 32)
-    font = _font(size)
+    font = fonts.font(size)
     label = "preview"
     box = draw.textbbox((0, 0), label, font=font)
     pad = size // 2
     x0, y0 = canvas.width - (box[2] - box[0]) - 3 * pad, pad
     draw.rounded_rectangle((x0, y0, canvas.width - pad, y0 + (box[3] - box[1]) + 2 * pad), radius=pad, fill=(0, 0, 0))
     draw.text((x0 + pad, y0 + pad - box[1]), label, fill=(255, 255, 255), font=font)
-    caption = f"{prompt[:60]}{'…' if len(prompt) > 60 else ''} · seed {seed}"
+    caption = fonts.drawable(f"{prompt[:60]}{'...' if len(prompt) > 60 else ''} · seed {seed}")
     draw.text((pad + 1, canvas.height - size - pad + 1), caption, fill=(0, 0, 0), font=font)
     draw.text((pad, canvas.height - size - pad), caption, fill=(255, 255, 255), font=font)
 
