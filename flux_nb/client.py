@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from flux_nb.answers import error_for_response, error_for_status, retry_after
 from flux_nb.api import (
     BFL_HOSTS,
     KEY_HEADER,
@@ -27,14 +28,9 @@ from flux_nb.api import (
     parse_status,
 )
 from flux_nb.errors import (
-    AuthError,
-    CreditsError,
     DeliveryError,
     FluxError,
     FluxTimeout,
-    ModeratedError,
-    RateLimitError,
-    TaskFailedError,
     TaskNotFoundError,
     TransportError,
     UnknownOutcomeError,
@@ -122,45 +118,6 @@ class TaskResult:
 
 ProgressCallback = Callable[[Task, str, float | None], Awaitable[None] | None]
 SubmittedCallback = Callable[[Task], Awaitable[None] | None]
-
-
-def error_for_response(response: httpx.Response) -> FluxError:
-    """The typed error for an HTTP error answer, with the API's own words."""
-    code = response.status_code
-    detail = _detail_text(response)
-    if code in (400, 422):
-        return ValidationError(f"the API rejected the request: {detail}")
-    if code in (401, 403):
-        return AuthError(f"the API refused the key (HTTP {code}): {detail}")
-    if code == 402:
-        return CreditsError(f"out of credits (HTTP 402): {detail}")
-    if code == 429:
-        return RateLimitError(f"too many active tasks (HTTP 429): {detail}")
-    return TransportError(f"HTTP {code} from {response.request.url.host}: {detail}")
-
-
-def _detail_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200] or response.reason_phrase
-    detail = body.get("detail", body) if isinstance(body, dict) else body
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if isinstance(item, dict):
-                loc = ".".join(str(p) for p in item.get("loc", []) if p != "body")
-                parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg", "")))
-        return "; ".join(parts) or str(detail)
-    return str(detail)[:300]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:
@@ -307,7 +264,7 @@ class AsyncFluxClient:
                 rate_limited += 1
                 if rate_limited >= self.retry.rate_limit_attempts:
                     raise error_for_response(response)
-                await asyncio.sleep(self.retry.delay(min(rate_limited, 5), _retry_after(response)))
+                await asyncio.sleep(self.retry.delay(min(rate_limited, 5), retry_after(response)))
                 continue
             if response.status_code >= 500:
                 failures += 1
@@ -321,7 +278,7 @@ class AsyncFluxClient:
         """Wait before trying a transient (429/5xx) answer again, or raise its error when out of tries."""
         if failures >= self.retry.attempts:
             raise error_for_response(response)
-        await asyncio.sleep(self.retry.delay(failures, _retry_after(response)))
+        await asyncio.sleep(self.retry.delay(failures, retry_after(response)))
 
     def _task_from_answer(self, response: httpx.Response, request: FluxRequest) -> Task:
         try:
@@ -394,7 +351,7 @@ class AsyncFluxClient:
                 self.durations.observe(key, plan.finished_estimate(elapsed), upper_bound=plan.bound_only)
                 return answer, plan.polls + 1
             if status is not Status.PENDING:
-                raise _error_for_status(task, status, answer)
+                raise error_for_status(task.id, status, answer)
             progress = answer.get("progress")
             progress = float(progress) if isinstance(progress, (int, float)) else None
             if on_progress:
@@ -422,7 +379,7 @@ class AsyncFluxClient:
                 )
             if response.is_error:
                 last = DeliveryError(f"downloading the image failed with HTTP {response.status_code}")
-                await asyncio.sleep(self.retry.delay(attempt, _retry_after(response)))
+                await asyncio.sleep(self.retry.delay(attempt, retry_after(response)))
                 continue
             try:
                 # Decoding releases the GIL: off the loop, it does not hold up other tasks' polls.
@@ -449,20 +406,6 @@ def _sample_url(task: Task, answer: dict[str, Any]) -> str:
     return str(sample)
 
 
-def _error_for_status(task: Task, status: Status, answer: dict[str, Any]) -> FluxError:
-    details = answer.get("details") or {}
-    if status in (Status.REQUEST_MODERATED, Status.CONTENT_MODERATED):
-        reasons = details.get("Moderation Reasons") if isinstance(details, dict) else None
-        reasons = [str(r) for r in reasons] if isinstance(reasons, list) else []
-        which = "the request" if status is Status.REQUEST_MODERATED else "the generated image"
-        because = f": {', '.join(reasons)}" if reasons else ""
-        return ModeratedError(f"{which} was moderated{because} (not charged)", status=status.value, reasons=reasons)
-    if status is Status.TASK_NOT_FOUND:
-        return TaskNotFoundError(f"task {task.id} is unknown to the API (expired or never created)")
-    message = details.get("error") if isinstance(details, dict) else None
-    return TaskFailedError(f"task {task.id} failed{': ' + str(message) if message else ''}")
-
-
 def _duration_key(task: Task) -> str:
     size = f"{round(task.output_mp or 1.0, 1)}"
     return f"{task.model}@{size}"
@@ -473,4 +416,4 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-__all__ = ["AsyncFluxClient", "RetryPolicy", "Task", "TaskResult", "error_for_response"]
+__all__ = ["AsyncFluxClient", "RetryPolicy", "Task", "TaskResult"]
