@@ -8,6 +8,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 
+from flux_nb import api
 from flux_nb.errors import FluxError
 
 SERVER_KEYS_ENV = "FLUX_NB_SERVER_KEYS"
@@ -122,8 +123,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8800, help="port (0 picks a free one)")
     p.add_argument("--latency", type=float, default=0.0, help="simulated generation seconds")
-    p.add_argument("--max-active", type=int, default=24, help="in-flight tasks before 429")
-    p.add_argument("--delivery-ttl", type=float, default=600.0, help="seconds a sample URL stays valid")
+    p.add_argument("--max-active", type=int, default=api.MAX_ACTIVE_TASKS, help="in-flight tasks before 429")
+    p.add_argument(
+        "--delivery-ttl", type=float, default=api.DELIVERY_TTL_SECONDS, help="seconds a sample URL stays valid"
+    )
     p.add_argument("--engine", default="preview", choices=["preview", "diffusers"], help="image engine")
     p.add_argument(
         "--model", help="diffusers engine: Hub id or local folder (default black-forest-labs/FLUX.2-klein-4B)"

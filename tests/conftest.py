@@ -22,8 +22,8 @@ def server_factory() -> Iterator[Callable[..., EmbeddedServer]]:
         return server
 
     yield start
-    for server in started:
-        server.stop()
+    for server in started:  # each finishes shutting down in the background while the next test runs
+        server.stop(wait=False)
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 import time
+import zlib
 from typing import Any
 
 import httpx
@@ -77,7 +79,8 @@ def test_unknown_task_is_task_not_found(server: EmbeddedServer, http: httpx.Clie
     [
         ({"prompt": "x", "width": 1000}, "width"),
         ({"prompt": "x", "width": 32}, "width"),
-        ({"prompt": "x", "height": 3000, "width": 3008}, None),
+        ({"prompt": "x", "width": 3000, "height": 3000}, "width"),
+        ({"prompt": "x", "width": 3008, "height": 3008}, None),
         ({"prompt": "x", "safety_tolerance": 9}, "safety_tolerance"),
         ({"prompt": "x", "output_format": "gif"}, "output_format"),
         ({"prompt": ""}, "prompt"),
@@ -98,6 +101,8 @@ def test_invalid_bodies_get_422_in_fastapi_shape(
     assert isinstance(detail, list) and all({"loc", "msg", "type"} <= set(d) for d in detail)
     if field is not None:
         assert any(field in d["loc"] for d in detail), detail
+    else:
+        assert "4 MP" in detail[0]["msg"], detail  # the model-level rule: at most 4 megapixels in total
     assert server.stats()["submits"] == 0
 
 
@@ -115,6 +120,12 @@ def test_keys_are_required_when_configured(server_factory: Any, http: httpx.Clie
     assert http.post(url, json={"prompt": "x"}, headers={"x-key": "nope"}).status_code == 403
     assert http.post(url, json={"prompt": "x"}, headers={"x-key": "k1"}).status_code == 200
     assert http.get(f"{server.url}/v1/credits").status_code == 401
+    poll = f"{server.url}/v1/get_result?id=x"
+    assert http.get(poll).status_code == 401
+    assert http.get(poll, headers={"x-key": "nope"}).status_code == 403
+    refused = http.get(f"{server.url}/v1/credits", headers={"x-key": "not-the-key-123"})
+    assert refused.status_code == 403 and "not-the-key-123" not in refused.text
+    assert http.get(f"{server.url}/v1/credits", headers={"x-key": "k1"}).json()["credits"] > 0
 
 
 def test_the_active_limit_answers_429_with_retry_after(server_factory: Any, http: httpx.Client) -> None:
@@ -157,7 +168,19 @@ def test_oversized_bodies_are_refused_with_413(server_factory: Any, http: httpx.
     server = server_factory(max_body_bytes=10_000)
     answer = http.post(f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x" * 20_000})
     assert answer.status_code == 413
-    assert server.stats()["submits"] == 0
+
+    def chunks() -> Any:  # no Content-Length: the body is counted as it arrives
+        yield b'{"prompt": "'
+        for _ in range(20):
+            yield b"x" * 1000
+        yield b'"}'
+
+    url, json_type = f"{server.url}/v1/flux-2-klein-4b", {"content-type": "application/json"}
+    chunked = http.post(url, content=chunks(), headers=json_type)
+    assert chunked.status_code == 413 and "10000 bytes" in chunked.json()["detail"]
+    small = http.post(url, content=iter([b'{"prompt": "ok"}']), headers=json_type)
+    assert small.status_code == 200
+    assert server.stats()["submits"] == 1
 
 
 def test_reference_images_by_base64_data_uri_and_url(server: EmbeddedServer, http: httpx.Client) -> None:
@@ -175,6 +198,7 @@ def test_reference_images_by_base64_data_uri_and_url(server: EmbeddedServer, htt
             "input_image": png_b64((300, 200), "green"),
             "input_image_2": "data:image/png;base64," + png_b64(),
             "input_image_3": f"{images.url}/ref.png",
+            "input_image_4": base64.encodebytes(base64.b64decode(png_b64((90, 90)))).decode(),  # wrapped at 76
         }
         answer = http.post(f"{server.url}/v1/flux-2-klein-4b", json=body)
         assert answer.status_code == 200, answer.text
@@ -183,6 +207,7 @@ def test_reference_images_by_base64_data_uri_and_url(server: EmbeddedServer, htt
             f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "input_image": f"{images.url}/none"}
         )
     assert (result["result"]["width"], result["result"]["height"]) == (288, 192)  # the first reference's size
+    assert answer.json()["input_mp"] == pytest.approx(round((300 * 200 + 64 * 64 + 200 * 100 + 90 * 90) / 2**20, 4))
     assert missing.status_code == 422 and "404" in missing.text
 
 
@@ -255,7 +280,7 @@ def test_reference_fetches_are_limited(server_factory: Any, http: httpx.Client) 
 
     @site.get("/slow.png")
     async def slow() -> Any:
-        await _asyncio.sleep(2)
+        await _asyncio.sleep(0.8)  # past fetch_timeout; the image server waits for it when stopping
         return _Response(base64.b64decode(png_b64()), media_type="image/png")
 
     with EmbeddedServer(app=site) as images:
@@ -277,3 +302,57 @@ def test_the_embedded_server_listens_on_loopback_only(server: EmbeddedServer) ->
     assert server.host == "127.0.0.1"
     listening = server._server.servers[0].sockets[0].getsockname()[0]  # type: ignore[union-attr]
     assert listening == "127.0.0.1"
+
+
+def test_a_request_without_seed_gets_a_reported_seed_that_replays(server: EmbeddedServer, http: httpx.Client) -> None:
+    url = f"{server.url}/v1/flux-2-klein-4b"
+    body = {"prompt": "a quiet harbour", "width": 64, "height": 64, "output_format": "png"}
+    first = wait_ready(http, http.post(url, json=body).json()["polling_url"])["result"]
+    second = wait_ready(http, http.post(url, json=body).json()["polling_url"])["result"]
+    assert first["seed"] != second["seed"]  # random, like BFL (2**32 choices)
+    replay = wait_ready(http, http.post(url, json={**body, "seed": first["seed"]}).json()["polling_url"])["result"]
+    assert http.get(replay["sample"]).content == http.get(first["sample"]).content
+
+
+def test_tasks_are_ready_no_earlier_than_the_latency_and_stats_count(server_factory: Any, http: httpx.Client) -> None:
+    server = server_factory(latency=0.3)
+    url = f"{server.url}/v1/flux-2-klein-4b"
+    ids = [http.post(url, json={"prompt": f"p{i}", "width": 64, "height": 64}).json()["id"] for i in range(3)]
+    assert server.stats()["active"] == 3
+    results = [wait_ready(http, f"{server.url}/v1/get_result?id={task_id}") for task_id in ids]
+    assert all(r["status"] == "Ready" for r in results)
+    stats = http.get(f"{server.url}/_flux/stats").json()
+    assert stats == server.stats() | {"http_requests": stats["http_requests"]}
+    assert (stats["submits"], stats["ready"], stats["active"], stats["peak_active"]) == (3, 3, 0, 3)
+    assert stats["polls"] >= 3
+    for task_id in ids:
+        assert stats["ready_times"][task_id] - stats["submitted_times"][task_id] >= 0.3
+
+
+def test_public_url_is_the_base_of_polling_and_delivery_urls(server_factory: Any, http: httpx.Client) -> None:
+    server = server_factory(public_url="https://flux.example.org/")
+    answer = http.post(f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "width": 64, "height": 64}).json()
+    assert answer["polling_url"] == f"https://flux.example.org/v1/get_result?id={answer['id']}"
+    result = wait_ready(http, f"{server.url}/v1/get_result?id={answer['id']}")["result"]
+    assert result["sample"].startswith("https://flux.example.org/delivery/")
+    assert http.get(result["sample"].replace("https://flux.example.org", server.url)).status_code == 200
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims a size (no pixel data): enough for Pillow's decompression-bomb check."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_decompression_bombs_are_refused_naming_the_field(server: EmbeddedServer, http: httpx.Client) -> None:
+    for side in (12_000, 40_000):  # over Pillow's limit (a warning there), and over twice it (an error)
+        bomb = base64.b64encode(png_header_only(side, side)).decode()
+        answer = http.post(f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "input_image_2": bomb})
+        assert answer.status_code == 422
+        detail = answer.json()["detail"][0]
+        assert detail["loc"] == ["body", "input_image_2"] and "too large" in detail["msg"], detail
+    assert server.stats()["submits"] == 0

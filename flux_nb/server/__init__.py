@@ -1,13 +1,25 @@
 """flux_nb's local server: the BFL FLUX.2 protocol on your own machine."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.embedded import EmbeddedServer
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from flux_nb.server.engines import Engine
 
 __all__ = ["EmbeddedServer", "ServerConfig", "create_app"]
 
 
-def create_app(config: ServerConfig | None = None, engine: object = None):  # type: ignore[no-untyped-def]
-    """The ASGI app (imported lazily: FastAPI loads only when a server is made)."""
+def create_app(config: ServerConfig | None = None, engine: Engine | None = None) -> FastAPI:
+    """The ASGI app (``engine`` overrides ``config.engine``); FastAPI loads only when a server is made.
+
+    >>> app = create_app(ServerConfig(latency=0.5))  # doctest: +SKIP
+    """
     from flux_nb.server.app import create_app as build
 
-    return build(config, engine)  # type: ignore[arg-type]
+    return build(config, engine)

@@ -7,6 +7,7 @@ route, invalid bodies get FastAPI's 422, and the OpenAPI schema is accurate.
 import base64
 import binascii
 import re
+import secrets
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -16,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flux_nb import api
 from flux_nb.errors import ValidationError
@@ -92,6 +93,7 @@ async def load_reference(field: str, value: str, config: ServerConfig) -> Image.
         data = await fetch_reference(field, value, config)
     else:
         payload = value.split(",", 1)[1] if value.startswith("data:") else value
+        payload = "".join(payload.split())  # line-wrapped base64 (as `base64` prints it) is still base64
         try:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
@@ -124,20 +126,40 @@ async def fetch_reference(field: str, url: str, config: ServerConfig) -> bytes:
 
 
 class CountAndLimit:
-    """Pure ASGI middleware: counts requests by route and refuses bodies over the size limit (413)."""
+    """Pure ASGI middleware: counts requests by route and refuses bodies over the size limit (413).
+
+    A declared Content-Length over the limit is refused before the body is read; a body sent
+    without one (chunked) is counted as it arrives and refused once it passes the limit.
+    """
 
     def __init__(self, app: ASGIApp, table: TaskTable, max_body_bytes: int) -> None:
         self.app, self.table, self.max_body_bytes = app, table, max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.table.stats.http_requests[f"{scope['method']} {scope['path'].split('/')[1]}"] += 1
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_body_bytes:
-                detail = {"detail": f"request body over {self.max_body_bytes} bytes"}
-                await JSONResponse(detail, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.table.stats.http_requests[f"{scope['method']} {scope['path'].split('/')[1]}"] += 1
+        too_large = f"request body over {self.max_body_bytes} bytes"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit():
+            if int(length) > self.max_body_bytes:
+                await JSONResponse({"detail": too_large}, status_code=413)(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                # FastAPI lets an HTTPException raised while reading the body through to its handler.
+                raise HTTPException(413, detail=too_large)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def create_app(config: ServerConfig | None = None, engine: Engine | None = None) -> FastAPI:
@@ -181,7 +203,9 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
                 references[0].size if references else None,
             )
             extra = {f.name: getattr(body, f.name) for f in spec.extra_fields if getattr(body, f.name) is not None}
-            job = RenderJob(body.prompt, body.seed or 0, width, height, spec.name, tuple(references), extra)
+            # Like BFL, a request without a seed gets a random one, reported in the result.
+            seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
+            job = RenderJob(body.prompt, seed, width, height, spec.name, tuple(references), extra)
             input_mp = sum(api.megapixels(*r.size) for r in references)
             try:
                 task = table.submit(

@@ -50,10 +50,11 @@ class EmbeddedServer:
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop serving; with ``wait=False``, return at once while uvicorn shuts down (about 0.2 s)."""
         if self._server is not None:
             self._server.should_exit = True
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(timeout=5)
 
     def stats(self) -> dict[str, Any]:
