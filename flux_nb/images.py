@@ -1,35 +1,52 @@
-"""Images in and out: anything image-like to what the API accepts, and checks on what comes back."""
+"""Images in and out: anything image-like to what the API accepts, and checks on what comes back.
+
+A reference image becomes an ``ImageInput``: an http(s) URL passed on as given, or the image's
+bytes as raw base64. Files already in a format the API takes (PNG, JPEG, WebP) are sent as
+they are; everything else is decoded and re-encoded as PNG. Every image is decoded fully
+before it is accepted, so no credits go to a request the API would refuse.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 from PIL import Image
 
 from flux_nb.errors import DeliveryError, ValidationError
 
 # Formats the API takes as they are; anything else is re-encoded as PNG.
 PASSTHROUGH_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+THUMBNAIL_FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+PIXELS_PER_MP = 1024 * 1024
+# A URI scheme of two or more letters: "C:/x.png" (a Windows drive) stays a path.
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
+_DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+_FIX = "use a PNG, JPEG or WebP image"
 
 
 def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of ``data`` as 64 hex digits: how images are named in the history."""
     return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
 class ImageInput:
-    """A reference image ready for the payload: a URL as given, or base64 of the image bytes.
+    """A reference image ready for the payload: a URL as given, or raw base64 of the image bytes.
 
-    ``sha256`` identifies it in the history: the hash of the bytes, or of ``"url:" + URL``
-    for a URL (whose content the API fetches, and we never see).
+    ``sha256`` names it in the history: the hash of the bytes, or, for a URL (whose content
+    the API fetches and flux_nb never sees), the hash of ``"url:" + URL``.
     """
 
     value: str
@@ -41,90 +58,153 @@ class ImageInput:
 
     @property
     def megapixels(self) -> float:
-        return self.size[0] * self.size[1] / (1024 * 1024) if self.size else 0.0
+        """Width x height in megapixels as the API prices them (0.0 when unknown, as for URLs)."""
+        return self.size[0] * self.size[1] / PIXELS_PER_MP if self.size else 0.0
 
     def __repr__(self) -> str:
         if self.is_url:
-            return f"ImageInput(url={self.value!r})"
-        return f"ImageInput({self.format}, {self.size[0]}x{self.size[1]}, sha256={self.sha256[:12]})"  # type: ignore[index]
+            return f"ImageInput(url={_shorten(self.value)!r})"
+        size = f"{self.size[0]}x{self.size[1]}" if self.size else "size unknown"
+        return f"ImageInput({self.format or 'image'} {size}, sha256={self.sha256[:12]}…)"
 
 
-def open_image(data: bytes, name: str) -> Image.Image:
-    """Decode fully (so truncated files fail), inside the decompression-bomb limit."""
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def open_image(data: bytes, name: str, subject: str = "the data") -> Image.Image:
+    """Decode ``data`` fully (so truncated files fail), within Pillow's decompression-bomb limit.
+
+    Raises ValidationError naming ``name`` (the argument) and ``subject`` (what was read).
+    """
     try:
         with warnings.catch_warnings():
+            # Pillow only warns between the limit and twice the limit; here both are refused.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ValidationError(f"{name}: image is too large to decode safely ({exc})") from None
+        found = _BOMB_PIXELS.search(str(exc))
+        pixels = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise ValidationError(
+            f"{name}: {subject} is too large to decode safely: {pixels}, over Pillow's limit of "
+            f"{Image.MAX_IMAGE_PIXELS or 0:,} (PIL.Image.MAX_IMAGE_PIXELS); downscale it first"
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise ValidationError(f"{name}: {subject} is not a readable image (unknown format); {_FIX}") from None
     except Exception as exc:
-        raise ValidationError(f"{name}: not a readable image ({type(exc).__name__}: {exc})") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ValidationError(f"{name}: {subject} is not a readable image ({reason}); {_FIX}") from None
     if image.width == 0 or image.height == 0:
-        raise ValidationError(f"{name}: image has zero size")
+        raise ValidationError(f"{name}: {subject} has zero size")
     return image
 
 
 def _encode_png(image: Image.Image) -> bytes:
-    if image.mode not in ("RGB", "RGBA", "L"):
-        image = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+    """PNG bytes in a mode every decoder takes: RGB, RGBA or L."""
+    if image.mode.startswith("I;16"):
+        # convert() would clip 16-bit tones to white; keep the top 8 bits instead.
+        image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+    elif image.mode not in ("RGB", "RGBA", "L"):
+        has_alpha = "A" in image.getbands() or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
 
 
-def _from_bytes(data: bytes, name: str) -> ImageInput:
-    if not data:
-        raise ValidationError(f"{name}: empty bytes are not an image")
-    image = open_image(data, name)
+def _from_pil(image: Image.Image, name: str) -> ImageInput:
+    if image.width == 0 or image.height == 0:
+        raise ValidationError(f"{name}: the image has zero size ({image.width}x{image.height})")
+    data = _encode_png(image)
+    return ImageInput(base64.b64encode(data).decode("ascii"), sha256_hex(data), data, image.size, "png")
+
+
+def _from_bytes(data: bytes, name: str, subject: str) -> ImageInput:
+    image = open_image(data, name, subject)
     fmt = PASSTHROUGH_FORMATS.get(image.format or "")
-    if fmt is None:
-        data, fmt = _encode_png(image), "png"
+    if fmt is None or image.mode == "CMYK":  # CMYK JPEGs decode differently from one library to the next
+        return _from_pil(image, name)
     return ImageInput(base64.b64encode(data).decode("ascii"), sha256_hex(data), data, image.size, fmt)
 
 
 def _from_url(url: str, name: str) -> ImageInput:
+    shown = _shorten(url)
+    if _DATA_URI.match(url):
+        try:
+            data = base64.b64decode(url.split(",", 1)[1], validate=True)
+        except (binascii.Error, ValueError):
+            raise ValidationError(f"{name}: data URI {shown!r} does not hold valid base64") from None
+        return _from_bytes(data, name, "the data URI")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValidationError(f"{name}: {url[:80]!r} is not an http(s) URL")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValidationError(
+            f"{name}: {shown!r} is not an http(s) URL; the API fetches only http:// and https:// "
+            "addresses (pass a local file as a path)"
+        )
     if not parts.hostname:
-        raise ValidationError(f"{name}: URL {url[:80]!r} has no host")
+        raise ValidationError(f"{name}: URL {shown!r} has no host (expected e.g. https://example.com/cat.png)")
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        raise ValidationError(f"{name}: URL {shown!r} contains spaces or control characters; percent-encode them")
+    try:
+        _ = parts.port  # urlsplit checks the port only when asked
+    except ValueError:
+        raise ValidationError(f"{name}: URL {shown!r} has an invalid port") from None
     return ImageInput(url, sha256_hex(f"url:{url}".encode()), is_url=True)
 
 
 def _from_path(path: Path, name: str) -> ImageInput:
+    shown = str(path)
     path = path.expanduser()
     if not path.exists():
-        raise ValidationError(f"{name}: no file at {str(path)!r}")
+        where = "" if path.is_absolute() else f" (relative to {os.getcwd()})"
+        raise ValidationError(f"{name}: no file at {shown!r}{where}; check the path, or pass an http(s) URL")
     if path.is_dir():
-        raise ValidationError(f"{name}: {str(path)!r} is a folder, not an image file")
+        raise ValidationError(f"{name}: {shown!r} is a folder, not an image file")
+    if not path.is_file():
+        raise ValidationError(f"{name}: {shown!r} is not a regular file")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ValidationError(f"{name}: cannot read {str(path)!r} ({exc.strerror})") from None
-    return _from_bytes(data, f"{name} ({path.name})")
+        raise ValidationError(f"{name}: cannot read {shown!r} ({exc.strerror or exc}); check its permissions") from None
+    if not data:
+        raise ValidationError(f"{name}: {shown!r} is an empty file (0 bytes), not an image")
+    return _from_bytes(data, name, repr(shown))
 
 
-def _from_array(array: Any, name: str) -> ImageInput:
-    import numpy as np
-
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
-        raise ValidationError(f"{name}: array of shape {array.shape} is not HxW, HxWx3 or HxWx4")
+def _from_array(array: np.ndarray, name: str) -> ImageInput:
+    shape = tuple(array.shape)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and shape[2] not in (1, 3, 4)):
+        hint = " (channels first? try array.transpose(1, 2, 0))" if array.ndim == 3 and shape[0] in (3, 4) else ""
+        raise ValidationError(f"{name}: array of shape {shape} is not HxW, HxWx3 or HxWx4{hint}")
     if array.size == 0:
-        raise ValidationError(f"{name}: array is empty")
+        raise ValidationError(f"{name}: array of shape {shape} is empty (zero size)")
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
             raise ValidationError(f"{name}: float array holds NaN or infinity")
+        low, high = float(array.min()), float(array.max())
+        if low < -1e-6 or high > 1 + 1e-6:
+            raise ValidationError(
+                f"{name}: float array values run from {low:g} to {high:g}; floats must be in 0..1 "
+                "(divide by 255, or pass a uint8 array)"
+            )
         array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
     elif array.dtype != np.uint8:
-        raise ValidationError(f"{name}: array dtype {array.dtype} must be uint8 or float in 0..1")
-    if array.ndim == 3 and array.shape[2] == 1:
+        raise ValidationError(f"{name}: array dtype {array.dtype} is not supported; use uint8 (0..255) or float (0..1)")
+    if array.ndim == 3 and shape[2] == 1:
         array = array[:, :, 0]
-    return _from_bytes(_encode_png(Image.fromarray(array)), name)
+    return _from_pil(Image.fromarray(np.ascontiguousarray(array)), name)
+
+
+def _looks_like_url(text: str) -> bool:
+    """A scheme ("https:", "ftp:", "javascript:") that is not the start of an existing file name."""
+    return bool(_SCHEME.match(text)) and ("://" in text or not Path(text).expanduser().exists())
 
 
 def prepare_image(obj: Any, name: str = "image") -> ImageInput:
     """Turn a path, URL, bytes, PIL image or NumPy array into an ``ImageInput``.
+
+    ``name`` is how errors refer to the argument (e.g. ``images[2]``).
 
     >>> prepare_image("https://example.com/cat.png").is_url
     True
@@ -132,16 +212,17 @@ def prepare_image(obj: Any, name: str = "image") -> ImageInput:
     if isinstance(obj, ImageInput):
         return obj
     if isinstance(obj, Image.Image):
-        if obj.width == 0 or obj.height == 0:
-            raise ValidationError(f"{name}: image has zero size")
-        return _from_bytes(_encode_png(obj), name)
+        return _from_pil(obj, name)
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        return _from_bytes(bytes(obj), name)
-    if isinstance(obj, str) and ("://" in obj[:12] or obj.startswith(("javascript:", "data:"))):
+        data = bytes(obj)
+        if not data:
+            raise ValidationError(f"{name}: empty bytes are not an image")
+        return _from_bytes(data, name, "the data")
+    if isinstance(obj, str) and _looks_like_url(obj):
         return _from_url(obj, name)
     if isinstance(obj, (str, os.PathLike)):
         return _from_path(Path(obj), name)
-    if type(obj).__module__ == "numpy" and hasattr(obj, "ndim"):
+    if isinstance(obj, np.ndarray):
         return _from_array(obj, name)
     raise ValidationError(
         f"{name}: {type(obj).__name__} is not an image; use a path, an http(s) URL, bytes, a PIL image or a NumPy array"
@@ -149,7 +230,11 @@ def prepare_image(obj: Any, name: str = "image") -> ImageInput:
 
 
 def prepare_images(objs: Any, name: str = "images") -> tuple[ImageInput, ...]:
-    """Prepare zero or more reference images; each error names its position (images[2])."""
+    """Prepare zero (None), one, or a list/tuple of reference images; errors name each as images[i].
+
+    >>> prepare_images(None)
+    ()
+    """
     if objs is None:
         return ()
     if not isinstance(objs, (list, tuple)):
@@ -158,22 +243,39 @@ def prepare_images(objs: Any, name: str = "images") -> tuple[ImageInput, ...]:
 
 
 def decode_output(data: bytes) -> Image.Image:
-    """Decode a downloaded result completely, or raise DeliveryError (corrupt or truncated)."""
+    """Decode a downloaded result completely (every pixel), or raise DeliveryError."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
+    except Image.UnidentifiedImageError:
+        raise DeliveryError(f"downloaded image is corrupt or truncated: unknown format ({len(data)} bytes)") from None
     except Exception as exc:
         raise DeliveryError(f"downloaded image is corrupt or truncated: {type(exc).__name__}: {exc}") from None
     return image
 
 
 def thumbnail(image: Image.Image, max_side: int, format: str = "jpeg", quality: int = 80) -> bytes:
-    """A compact thumbnail (JPEG or WebP) whose longest side is ``max_side``."""
-    thumb = image if image.mode in ("RGB", "L") else image.convert("RGB")
+    """A compact JPEG or WebP whose longest side is at most ``max_side`` (aspect kept, never enlarged).
+
+    >>> len(thumbnail(Image.new("RGB", (800, 600)), 64)) < 2000
+    True
+    """
+    pil_format = THUMBNAIL_FORMATS.get(format.lower())
+    if pil_format is None:
+        raise ValueError(f"thumbnail format {format!r} is not one of jpeg, webp")
+    if max_side < 1:
+        raise ValueError(f"thumbnail max_side must be at least 1, got {max_side}")
+    has_alpha = "A" in image.getbands() or "transparency" in image.info
+    thumb = image if image.mode in ("RGB", "L") else image.convert("RGBA" if has_alpha else "RGB")
     scale = max_side / max(thumb.size)
     if scale < 1:
         size = (max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale)))
         thumb = thumb.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    if pil_format == "JPEG" and thumb.mode == "RGBA":
+        # JPEG has no alpha: lay transparent parts on white rather than letting them turn black.
+        canvas = Image.new("RGB", thumb.size, "white")
+        canvas.paste(thumb, mask=thumb.getchannel("A"))
+        thumb = canvas
     buffer = io.BytesIO()
-    thumb.save(buffer, format.upper(), quality=quality)
+    thumb.save(buffer, pil_format, quality=quality)
     return buffer.getvalue()

@@ -2,7 +2,12 @@
 
 A record is written before its request is sent and completed when it ends, so a crash
 loses nothing. Several threads and several processes (two notebooks) may write the same
-folder at once. Images are files named by their SHA-256; the database holds their paths.
+folder at once: each thread has its own connection, writes are short IMMEDIATE
+transactions, and a writer waits (and retries) while another holds the lock.
+
+    <folder>/history.sqlite                  the ``records`` table
+    <folder>/images/<sha[:2]>/<sha>.<ext>    result images, named by their SHA-256
+    <folder>/inputs/<sha>.<ext>              reference images (``.url`` holds a URL's text)
 """
 
 from __future__ import annotations
@@ -11,94 +16,66 @@ import contextlib
 import hashlib
 import json
 import os
+import random
+import re
 import sqlite3
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from flux_nb.api import FluxRequest
 from flux_nb.images import ImageInput, sha256_hex
 
 DATABASE = "history.sqlite"
-BUSY_TIMEOUT_MS = 30_000
+# SQLite's own wait for a lock; then, for the few cases where it answers "locked" at once, we retry this long.
+BUSY_TIMEOUT_S = 30.0
+LOCK_RETRY_S = 30.0
+
+T = TypeVar("T")
 
 
 class RecordStatus(StrEnum):
-    PENDING = "pending"  # written, not yet sent (or sent with no answer yet)
+    """Where a record stands. ``pending`` and ``submitted`` may still change; the rest are final."""
+
+    PENDING = "pending"  # written before the request is sent
     SUBMITTED = "submitted"  # the API gave a task id; resumable from its polling URL
     READY = "ready"
     FAILED = "failed"
-    MODERATED = "moderated"
+    MODERATED = "moderated"  # not charged
     UNKNOWN = "unknown"  # the submit's outcome is unknown: never resent blindly
     CANCELLED = "cancelled"
 
 
-COLUMNS: dict[str, str] = {
-    "record_id": "TEXT PRIMARY KEY",
-    "created_at": "REAL NOT NULL",
-    "updated_at": "REAL NOT NULL",
-    "notebook": "TEXT",
-    "backend": "TEXT",
-    "endpoint": "TEXT",
-    "model": "TEXT NOT NULL",
-    "prompt": "TEXT NOT NULL",
-    "seed": "INTEGER",
-    "width": "INTEGER",
-    "height": "INTEGER",
-    "safety_tolerance": "INTEGER",
-    "output_format": "TEXT",
-    "steps": "INTEGER",
-    "guidance": "REAL",
-    "webhook_url": "TEXT",
-    "input_hashes": "TEXT NOT NULL DEFAULT '[]'",
-    "request_key": "TEXT",
-    "tag": "TEXT",
-    "replay_of": "TEXT",
-    "status": "TEXT NOT NULL",
-    "task_id": "TEXT",
-    "polling_url": "TEXT",
-    "estimated_cost": "REAL",
-    "cost": "REAL",
-    "input_mp": "REAL",
-    "output_mp": "REAL",
-    "submitted_at": "REAL",
-    "ready_at": "REAL",
-    "finished_at": "REAL",
-    "duration_s": "REAL",
-    "error_kind": "TEXT",
-    "error": "TEXT",
-    "image_path": "TEXT",
-    "image_sha256": "TEXT",
-    "out_width": "INTEGER",
-    "out_height": "INTEGER",
-    "engine": "TEXT",
-    "result_seed": "INTEGER",
-}
-TIME_COLUMNS = ["created_at", "updated_at", "submitted_at", "ready_at", "finished_at"]
-INT_COLUMNS = ["seed", "width", "height", "safety_tolerance", "steps", "out_width", "out_height", "result_seed"]
-FLOAT_COLUMNS = ["guidance", "estimated_cost", "cost", "input_mp", "output_mp", "duration_s"]
+# The request fields that shape the image: the cache key and a replay are built from these.
+KEY_FIELDS = ("prompt", "model", "seed", "width", "height", "safety_tolerance", "output_format", "steps", "guidance")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def request_key(request: FluxRequest, backend: str, input_hashes: list[str]) -> str:
-    """The cache key of a request: every field that shapes the image, and the backend."""
-    fields_ = request.describe()
-    for private in ("webhook_url", "image_count"):
-        fields_.pop(private, None)
-    canonical = json.dumps({**fields_, "inputs": input_hashes, "backend": backend}, sort_keys=True)
+def request_key(request: FluxRequest, backend: str, input_hashes: Sequence[str]) -> str:
+    """The cache key of a request: the fields that shape the image, the inputs' hashes and the backend.
+
+    Leaves out the webhook (where a result goes, not what it is) and the endpoint URL, whose
+    port changes whenever the embedded server starts.
+    """
+    values: dict[str, Any] = {name: getattr(request, name) for name in KEY_FIELDS}
+    if values["guidance"] is not None:
+        values["guidance"] = float(values["guidance"])  # guidance=5 and guidance=5.0 are one request
+    canonical = json.dumps({**values, "inputs": list(input_hashes), "backend": backend}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class Record:
-    """One history row."""
+    """One history row, as stored; ``root`` is the history folder that paths are relative to."""
 
     record_id: str
     created_at: float
@@ -143,8 +120,7 @@ class Record:
 
     def request_fields(self) -> dict[str, Any]:
         """The fields that rebuild this record's request (reference images aside)."""
-        names = ("prompt", "model", "seed", "width", "height", "safety_tolerance", "output_format", "steps", "guidance")
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in KEY_FIELDS}
 
     @property
     def image_file(self) -> Path | None:
@@ -152,105 +128,160 @@ class Record:
         return self.root / self.image_path if self.image_path and self.root else None
 
 
+# The table mirrors ``Record``: one column per field, its SQL type read from the annotation.
+_SQL_TYPES = {
+    "str": "TEXT NOT NULL",
+    "str | None": "TEXT",
+    "int | None": "INTEGER",
+    "float": "REAL NOT NULL",
+    "float | None": "REAL",
+    "list[str]": "TEXT NOT NULL DEFAULT '[]'",
+}
 _RECORD_FIELDS = [f.name for f in fields(Record) if f.name != "root"]
+COLUMNS: dict[str, str] = {f.name: _SQL_TYPES[str(f.type)] for f in fields(Record) if f.name != "root"}
+COLUMNS["record_id"] = "TEXT PRIMARY KEY"
+INDEXED = ("request_key", "status", "created_at")
+TIME_COLUMNS = ["created_at", "updated_at", "submitted_at", "ready_at", "finished_at"]
+INT_COLUMNS = [name for name, kind in COLUMNS.items() if kind.startswith("INTEGER")]
+FLOAT_COLUMNS = [name for name, kind in COLUMNS.items() if kind.startswith("REAL") and name not in TIME_COLUMNS]
+
+
+def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes (BUSY_RECOVERY, ...) share the low byte
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
+
+
+def _retrying(work: Callable[[], T]) -> T:
+    """Run ``work``; run it again, with jittered backoff, while another connection holds a lock."""
+    deadline = time.monotonic() + LOCK_RETRY_S
+    delay = 0.005
+    while True:
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            if not _is_lock_error(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (1 + random.random()))
+        delay = min(delay * 2, 0.25)
+
+
+def _write_file(target: Path, data: bytes) -> None:
+    """Write atomically (temp file, fsync, rename): a crash never leaves half a file under the final name."""
+    if target.exists():  # content-addressed: the same name holds the same bytes
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temp, 0o644)  # mkstemp makes files private; history files are shared like any others
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
 
 
 class HistoryStore:
-    """The history folder: ``history.sqlite``, ``images/`` and ``inputs/``."""
+    """The history folder: ``history.sqlite`` (WAL), ``images/`` (results) and ``inputs/`` (references).
+
+    >>> store = HistoryStore(".flux")  # doctest: +SKIP
+    >>> store.to_frame().tail()  # doctest: +SKIP
+    """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.root = Path(directory).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / DATABASE
         self._local = threading.local()
-        with self._write() as db:
-            columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
-            db.execute(f"CREATE TABLE IF NOT EXISTS records ({columns})")
-            for column in ("request_key", "status", "created_at"):
-                db.execute(f"CREATE INDEX IF NOT EXISTS records_{column} ON records ({column})")
+        self._write(self._create_schema)
 
     def __repr__(self) -> str:
         return f"HistoryStore({str(self.root)!r})"
 
+    @staticmethod
+    def _create_schema(db: sqlite3.Connection) -> None:
+        columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+        db.execute(f"CREATE TABLE IF NOT EXISTS records ({columns})")
+        for column in INDEXED:
+            db.execute(f"CREATE INDEX IF NOT EXISTS records_{column} ON records ({column})")
+
     # -- connections ---------------------------------------------------------------------------
 
     def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            self._local.db = db
+        """This thread's connection (a forked child opens its own: SQLite handles must not cross a fork)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or self._local.pid != os.getpid():
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            _retrying(lambda: db.execute("PRAGMA journal_mode = WAL"))
+            db.execute("PRAGMA synchronous = NORMAL")  # in WAL: durable at checkpoints, never corrupt
+            self._local.db, self._local.pid = db, os.getpid()
         return db
 
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """A short IMMEDIATE transaction, retried while another writer holds the lock."""
-        db = self._db()
-        for attempt in range(50):
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                time.sleep(min(0.5, 0.01 * 2**attempt))
-        else:
-            db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one short IMMEDIATE transaction (write lock taken up front), retried when locked."""
 
-    def _update(self, record_id: str, **values: Any) -> None:
-        values["updated_at"] = time.time()
+        def attempt() -> T:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+            return result
+
+        return _retrying(attempt)
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return _retrying(lambda: self._db().execute(sql, params).fetchall())
+
+    def _update(self, record_id: str, values: dict[str, Any], keep: tuple[str, ...] = ()) -> None:
+        """Set ``values`` on a record, unless its status is in ``keep``; KeyError if there is no such record."""
+        values = {**values, "updated_at": time.time()}
         assignments = ", ".join(f"{name} = ?" for name in values)
-        with self._write() as db:
-            db.execute(f"UPDATE records SET {assignments} WHERE record_id = ?", [*values.values(), record_id])
+
+        def work(db: sqlite3.Connection) -> None:
+            row = db.execute("SELECT status FROM records WHERE record_id = ?", (record_id,)).fetchone()
+            if row is None:
+                raise KeyError(record_id)
+            if row[0] not in keep:
+                db.execute(f"UPDATE records SET {assignments} WHERE record_id = ?", [*values.values(), record_id])
+
+        self._write(work)
 
     # -- files ---------------------------------------------------------------------------------
 
-    def _write_file(self, target: Path, data: bytes) -> None:
-        """Write atomically: a crash never leaves half a file under the final name."""
-        if target.exists():
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-            os.replace(temp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-
     def save_image(self, data: bytes, ext: str) -> tuple[str, str]:
         """Store a result image by content hash; returns (path relative to the folder, sha256)."""
+        ext = ext.lower().lstrip(".").replace("jpg", "jpeg")
+        if not ext.isalnum():
+            raise ValueError(f"image extension {ext!r} is not a plain file extension such as jpeg")
         digest = sha256_hex(data)
-        relative = f"images/{digest[:2]}/{digest}.{ext.lower().replace('jpg', 'jpeg')}"
-        self._write_file(self.root / relative, data)
+        relative = f"images/{digest[:2]}/{digest}.{ext}"
+        _write_file(self.root / relative, data)
         return relative, digest
 
     def save_input(self, image: ImageInput) -> None:
         """Keep a reference image (or a URL's text) so its record can be replayed exactly."""
         if image.is_url:
-            self._write_file(self.root / "inputs" / f"{image.sha256}.url", image.value.encode())
+            _write_file(self.root / "inputs" / f"{image.sha256}.url", image.value.encode())
         elif image.data is not None:
-            self._write_file(self.root / "inputs" / f"{image.sha256}.{image.format or 'png'}", image.data)
+            _write_file(self.root / "inputs" / f"{image.sha256}.{image.format or 'png'}", image.data)
 
     def load_input(self, sha256: str) -> bytes | str:
-        """A stored reference image's bytes (or its URL); KeyError when it is not stored."""
-        for candidate in sorted((self.root / "inputs").glob(f"{sha256}.*")):
-            if candidate.suffix == ".url":
-                return candidate.read_text()
-            return candidate.read_bytes()
+        """A stored reference image's bytes, or the URL (a str) for a URL input; KeyError when not stored."""
+        if _SHA256.fullmatch(sha256):
+            for candidate in sorted((self.root / "inputs").glob(f"{sha256}.*")):
+                return candidate.read_text() if candidate.suffix == ".url" else candidate.read_bytes()
         raise KeyError(sha256)
 
-    # -- records -------------------------------------------------------------------------------
+    # -- writing records -----------------------------------------------------------------------
 
     def create(
         self,
@@ -264,60 +295,49 @@ class HistoryStore:
         tag: str | None = None,
         replay_of: str | None = None,
     ) -> str:
-        """Write a pending record before the request is sent; returns its id."""
-        record_id = uuid.uuid4().hex[:12]
+        """Write a pending record before the request is sent; returns its id (12 hex digits)."""
         now = time.time()
-        row = {
-            "record_id": record_id,
-            "created_at": now,
-            "updated_at": now,
-            "notebook": notebook,
-            "backend": backend,
-            "endpoint": endpoint,
-            "model": request.model,
-            "prompt": request.prompt,
-            "seed": request.seed,
-            "width": request.width,
-            "height": request.height,
-            "safety_tolerance": request.safety_tolerance,
-            "output_format": request.output_format,
-            "steps": request.steps,
-            "guidance": request.guidance,
-            "webhook_url": request.webhook_url,
-            "input_hashes": json.dumps(input_hashes),
-            "request_key": request_key(request, backend, input_hashes),
-            "tag": tag,
-            "replay_of": replay_of,
-            "status": RecordStatus.PENDING.value,
-            "estimated_cost": estimated_cost,
-        }
-        with self._write() as db:
-            db.execute(
-                f"INSERT INTO records ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
-            )
-        return record_id
+        row: dict[str, Any] = {name: getattr(request, name) for name in KEY_FIELDS}
+        row.update(
+            record_id=uuid.uuid4().hex[:12],
+            created_at=now,
+            updated_at=now,
+            notebook=notebook,
+            backend=backend,
+            endpoint=endpoint,
+            webhook_url=request.webhook_url,
+            input_hashes=json.dumps(list(input_hashes)),
+            request_key=request_key(request, backend, input_hashes),
+            tag=tag,
+            replay_of=replay_of,
+            status=RecordStatus.PENDING.value,
+            estimated_cost=estimated_cost,
+        )
+        sql = f"INSERT INTO records ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+
+        def insert(db: sqlite3.Connection) -> None:
+            while db.execute("SELECT 1 FROM records WHERE record_id = ?", (row["record_id"],)).fetchone():
+                row["record_id"] = uuid.uuid4().hex[:12]  # 48 random bits: rare, but a clash must not lose a row
+            db.execute(sql, list(row.values()))
+
+        self._write(insert)
+        return str(row["record_id"])
 
     def mark_submitted(
         self,
         record_id: str,
         *,
         task_id: str,
-        polling_url: str,
+        polling_url: str | None,
         cost: float | None,
         input_mp: float | None,
         output_mp: float | None,
         submitted_at: float,
     ) -> None:
-        self._update(
-            record_id,
-            status=RecordStatus.SUBMITTED.value,
-            task_id=task_id,
-            polling_url=polling_url,
-            cost=cost,
-            input_mp=input_mp,
-            output_mp=output_mp,
-            submitted_at=submitted_at,
-        )
+        """The API accepted the request: keep its task id and polling URL, so ``resume`` can finish it."""
+        values = {"task_id": task_id, "polling_url": polling_url, "cost": cost, "input_mp": input_mp}
+        values.update(status=RecordStatus.SUBMITTED.value, output_mp=output_mp, submitted_at=submitted_at)
+        self._update(record_id, values, keep=(RecordStatus.READY,))
 
     def mark_ready(
         self,
@@ -334,102 +354,109 @@ class HistoryStore:
         result_seed: int | None,
         cost: float | None = None,
     ) -> Path:
-        """Store the image, then complete the record; returns the image's absolute path."""
+        """Store the image by hash, then complete the record; returns the image's absolute path."""
         relative, digest = self.save_image(image, ext)
-        values: dict[str, Any] = {
-            "status": RecordStatus.READY.value,
-            "image_path": relative,
-            "image_sha256": digest,
-            "out_width": width,
-            "out_height": height,
-            "ready_at": ready_at,
-            "finished_at": finished_at,
-            "duration_s": duration_s,
-            "engine": engine,
-            "result_seed": result_seed,
-            "error_kind": None,
-            "error": None,
-        }
+        values: dict[str, Any] = dict(status=RecordStatus.READY.value, image_path=relative, image_sha256=digest)
+        values.update(out_width=width, out_height=height, ready_at=ready_at, finished_at=finished_at)
+        values.update(duration_s=duration_s, engine=engine, result_seed=result_seed, error_kind=None, error=None)
         if cost is not None:
             values["cost"] = cost
-        self._update(record_id, **values)
+        self._update(record_id, values)
         return self.root / relative
 
     def mark_failed(
         self, record_id: str, *, status: RecordStatus, error_kind: str, error: str, finished_at: float
     ) -> None:
-        self._update(record_id, status=status.value, error_kind=error_kind, error=error, finished_at=finished_at)
+        """End a record without an image. A record already ready stays ready (another process finished it)."""
+        values = {"status": RecordStatus(status).value, "error_kind": error_kind, "error": error}
+        self._update(record_id, {**values, "finished_at": finished_at}, keep=(RecordStatus.READY,))
 
-    def _records(self, where: str, params: tuple[Any, ...] = ()) -> list[Record]:
-        cursor = self._db().execute(f"SELECT {', '.join(_RECORD_FIELDS)} FROM records {where}", params)
+    # -- reading records -----------------------------------------------------------------------
+
+    def _records(self, where: str, params: Sequence[Any] = ()) -> list[Record]:
+        rows = self._read(f"SELECT {', '.join(_RECORD_FIELDS)} FROM records {where}", params)
         records = []
-        for row in cursor.fetchall():
+        for row in rows:
             values = dict(zip(_RECORD_FIELDS, row, strict=True))
             values["input_hashes"] = json.loads(values["input_hashes"] or "[]")
             records.append(Record(**values, root=self.root))
         return records
 
     def get(self, record_id: str) -> Record | None:
-        """A record by id, or by a unique prefix of it."""
+        """A record by id, or by a unique prefix of it; None when there is no such record."""
         found = self._records("WHERE record_id = ?", (record_id,))
         if not found and record_id:
-            found = self._records("WHERE record_id LIKE ? LIMIT 2", (f"{record_id}%",))
-            found = found if len(found) == 1 else []
-        return found[0] if found else None
+            found = self._records("WHERE substr(record_id, 1, ?) = ? LIMIT 2", (len(record_id), record_id))
+        return found[0] if len(found) == 1 else None
 
     def resumable(self) -> list[Record]:
-        """Records whose task was submitted and has not ended: ``resume`` can finish them."""
-        return self._records("WHERE status = ? AND polling_url IS NOT NULL ORDER BY created_at", ("submitted",))
+        """Submitted records with a polling URL, oldest first: ``resume`` can finish them."""
+        where = "WHERE status = ? AND polling_url IS NOT NULL ORDER BY created_at, rowid"
+        return self._records(where, (RecordStatus.SUBMITTED.value,))
 
     def unsent(self) -> list[Record]:
-        """Records written but with no task id: sent with no answer, or never sent."""
-        return self._records("WHERE status = ? ORDER BY created_at", ("pending",))
+        """Records still pending, oldest first: never sent, or sent with no answer yet."""
+        return self._records("WHERE status = ? ORDER BY created_at, rowid", (RecordStatus.PENDING.value,))
 
     def find_cached(self, key: str) -> Record | None:
         """The newest ready record with this request key whose image file still exists."""
-        for record in self._records("WHERE request_key = ? AND status = 'ready' ORDER BY created_at DESC", (key,)):
-            if record.image_file is not None and record.image_file.exists():
+        where = "WHERE request_key = ? AND status = ? ORDER BY created_at DESC, rowid DESC"
+        for record in self._records(where, (key, RecordStatus.READY.value)):
+            if record.image_file is not None and record.image_file.is_file():
                 return record
         return None
 
     def count(self) -> int:
-        return int(self._db().execute("SELECT COUNT(*) FROM records").fetchone()[0])
+        """How many records the history holds."""
+        return int(self._read("SELECT COUNT(*) FROM records")[0][0])
 
     def integrity_check(self) -> bool:
-        return self._db().execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        """True when SQLite finds the database sound (``PRAGMA integrity_check``)."""
+        return self._read("PRAGMA integrity_check")[0][0] == "ok"
 
     # -- frames --------------------------------------------------------------------------------
 
     def to_frame(self) -> pd.DataFrame:
-        """Every record as a typed DataFrame, oldest first; ``image_path`` made absolute."""
-        cursor = self._db().execute(f"SELECT {', '.join(COLUMNS)} FROM records ORDER BY created_at, rowid")
-        frame = pd.DataFrame.from_records(cursor.fetchall(), columns=list(COLUMNS))
-        for column in TIME_COLUMNS:
-            frame[column] = pd.to_datetime(frame[column].astype("Float64"), unit="s", utc=True)
-        for column in INT_COLUMNS:
-            frame[column] = frame[column].astype("Int64")
-        for column in FLOAT_COLUMNS:
-            frame[column] = frame[column].astype("Float64")
-        frame["input_hashes"] = [[] if text == "[]" else json.loads(text) for text in frame["input_hashes"]]
-        root = str(self.root) + os.sep
-        frame["image_path"] = (root + frame["image_path"].astype("string")).astype("string")
-        text_columns = [c for c in COLUMNS if c not in (*TIME_COLUMNS, *INT_COLUMNS, *FLOAT_COLUMNS, "input_hashes")]
-        for column in text_columns:
-            frame[column] = frame[column].astype("string")
+        """Every record as a typed DataFrame, oldest first; ``image_path`` made absolute.
+
+        Built column by column from one SELECT: integers go straight to Int64 (a float detour
+        would round 64-bit seeds), times to UTC datetimes, text to the ``string`` dtype.
+        """
+        rows = self._read(f"SELECT {', '.join(COLUMNS)} FROM records ORDER BY created_at, rowid")
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(COLUMNS)
+        data: dict[str, Any] = {}
+        for name, values in zip(COLUMNS, columns, strict=True):
+            if name in TIME_COLUMNS:
+                seconds = np.array(values, dtype=float)  # None becomes NaN, then NaT
+                data[name] = pd.to_datetime(seconds, unit="s", utc=True).as_unit("ns")
+            elif name in INT_COLUMNS:
+                data[name] = pd.array(values, dtype="Int64")
+            elif name in FLOAT_COLUMNS:
+                data[name] = pd.array(np.array(values, dtype=float), dtype="Float64")
+            elif name == "input_hashes":
+                hashes = json.loads("[" + ",".join(values) + "]")  # one parse for every row
+                data[name] = np.fromiter(hashes, dtype=object, count=len(hashes))  # a list per row, never 2-D
+            else:
+                data[name] = pd.array(values, dtype="string")
+        frame = pd.DataFrame(data, copy=False)
+        frame["image_path"] = str(self.root) + os.sep + frame["image_path"]
         return frame
 
     def spent(self, notebook: str | None = None) -> pd.DataFrame:
-        """Credits by model for ready records: in ``notebook`` (if given) and in the whole history."""
+        """Credits by model and backend over ready records (failed and moderated ones are not charged).
+
+        A record's credits are the cost the API reported, else its estimate. With ``notebook``,
+        ``notebook_requests`` and ``notebook_credits`` count that notebook's share.
+        """
         query = """
             SELECT model, backend,
-                   SUM(CASE WHEN notebook = ? THEN 1 ELSE 0 END), SUM(CASE WHEN notebook = ? THEN cost ELSE 0 END),
-                   COUNT(*), SUM(cost)
-            FROM records WHERE status = 'ready' GROUP BY model, backend ORDER BY model
+                   SUM(notebook IS ?), TOTAL(CASE WHEN notebook IS ? THEN COALESCE(cost, estimated_cost) END),
+                   COUNT(*), TOTAL(COALESCE(cost, estimated_cost))
+            FROM records WHERE status = ? GROUP BY model, backend ORDER BY model, backend
         """
-        rows = self._db().execute(query, (notebook, notebook)).fetchall()
-        frame = pd.DataFrame(
-            rows, columns=["model", "backend", "notebook_requests", "notebook_credits", "requests", "credits"]
-        )
+        rows = self._read(query, (notebook, notebook, RecordStatus.READY.value))
+        names = ["model", "backend", "notebook_requests", "notebook_credits", "requests", "credits"]
+        frame = pd.DataFrame(rows, columns=names)
         frame["billed"] = frame["backend"] == "bfl"
         if notebook is None:
             frame = frame.drop(columns=["notebook_requests", "notebook_credits"])
