@@ -118,6 +118,7 @@ class TaskResult:
 
 ProgressCallback = Callable[[Task, str, float | None], Awaitable[None] | None]
 SubmittedCallback = Callable[[Task], Awaitable[None] | None]
+SendingCallback = Callable[[], Awaitable[None] | None]
 
 
 async def _maybe_await(value: Awaitable[None] | None) -> None:
@@ -184,12 +185,18 @@ class AsyncFluxClient:
         self,
         request: FluxRequest,
         *,
+        on_sending: SendingCallback | None = None,
         on_submitted: SubmittedCallback | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> TaskResult:
-        """Submit, wait for Ready and download the image, holding one active slot meanwhile."""
+        """Submit, wait for Ready and download the image, holding one active slot meanwhile.
+
+        ``on_sending`` runs once a slot is free, just before the submit goes out (to record that
+        from now on the request may reach the API); ``on_submitted`` once the API gave a task.
+        """
         request.validate()
         async with self.active_slot():
+            await _maybe_await(on_sending() if on_sending else None)
             task = await self.submit(request)
             await _maybe_await(on_submitted(task) if on_submitted else None)
             answer, polls = await self.wait(task, on_progress=on_progress)

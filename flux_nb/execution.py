@@ -92,14 +92,24 @@ class Executor:
     async def run_batch(self, batch: list[PreparedRequest], emit: Emit) -> list[Result]:
         return list(await asyncio.gather(*(self.execute(i, p, emit) for i, p in enumerate(batch))))
 
-    async def execute(self, index: int, prepared: PreparedRequest, emit: Emit) -> Result:
-        """Run one request end to end; errors come back inside the result."""
-        hit = self.cached(prepared)
-        if hit is not None:
-            return self._finished(emit, index, self.result_from_record(hit, prepared, cached=True))
-        record_id = await asyncio.to_thread(self._record, prepared)
+    async def execute(self, index: int, prepared: PreparedRequest, emit: Emit, record_id: str | None = None) -> Result:
+        """Run one request end to end; errors come back inside the result.
+
+        ``record_id`` sends an existing, never-sent record (left pending by a crash) instead of a new one.
+        """
+        if record_id is None:
+            hit = self.cached(prepared)
+            if hit is not None:
+                return self._finished(emit, index, self.result_from_record(hit, prepared, cached=True))
+            record_id = await asyncio.to_thread(self._record, prepared)
         started = time.time()
         submitted: list[Task] = []
+
+        sending: list[bool] = []
+
+        async def on_sending() -> None:
+            await asyncio.to_thread(self.store.mark_sending, record_id)
+            sending.append(True)
 
         async def on_submitted(task: Task) -> None:
             submitted.append(task)
@@ -119,9 +129,19 @@ class Executor:
             emit("progress", (index, status, fraction))
 
         try:
-            outcome = await self.client.generate(prepared.request, on_submitted=on_submitted, on_progress=on_progress)
+            outcome = await self.client.generate(
+                prepared.request, on_sending=on_sending, on_submitted=on_submitted, on_progress=on_progress
+            )
         except asyncio.CancelledError:
-            if not submitted:
+            if not sending:
+                self.store.mark_failed(
+                    record_id,
+                    status=RecordStatus.CANCELLED,
+                    error_kind="cancelled",
+                    error="cancelled before it was sent; nothing was charged",
+                    finished_at=time.time(),
+                )
+            elif not submitted:
                 self.fail(record_id, UnknownOutcomeError("cancelled while the submit was in flight"))
             raise
         except FluxError as exc:
@@ -145,8 +165,16 @@ class Executor:
             replay_of=prepared.replay_of,
         )
 
-    async def resume_batch(self, records: list[Record], emit: Emit) -> list[Result]:
-        return list(await asyncio.gather(*(self.resume(i, r, emit) for i, r in enumerate(records))))
+    async def resume_batch(
+        self, records: list[Record], emit: Emit, unsent: dict[str, PreparedRequest] | None = None
+    ) -> list[Result]:
+        """Finish submitted ``records`` and send ``unsent`` ones (record id -> request), all at once."""
+        finishing = [self.resume(i, r, emit) for i, r in enumerate(records)]
+        sending = [
+            self.execute(len(records) + i, prepared, emit, record_id=record_id)
+            for i, (record_id, prepared) in enumerate((unsent or {}).items())
+        ]
+        return list(await asyncio.gather(*finishing, *sending))
 
     async def resume(self, index: int, record: Record, emit: Emit) -> Result:
         """Finish a record whose task was submitted earlier, from its stored polling URL."""

@@ -92,7 +92,11 @@ class FluxMagics(Magics):
     @argument("-t", "--tag", help="free label stored in the history")
     @argument("--fresh", action="store_true", help="send even if an identical request is in the history cache")
     @argument("--webhook", help="URL the API posts the finished task to")
-    @argument("command", nargs="*", help="line magic: history [N] | replay ID | resume | cost | grid | login | panel")
+    @argument(
+        "command",
+        nargs="*",
+        help="line magic: history [N] | replay ID | resume [--unsent] | cost | grid | login | panel",
+    )
     @line_cell_magic
     def flux(self, line: str, cell: str | None = None) -> Any:
         """Generate FLUX.2 images with the cell body as the prompt.
@@ -101,7 +105,7 @@ class FluxMagics(Magics):
         the prompt is filled from the notebook's variables. Any list or range sweeps: every
         combination is generated concurrently and shown as a labelled grid.
 
-        Line forms: ``%flux history [N]``, ``%flux replay ID``, ``%flux resume``,
+        Line forms: ``%flux history [N]``, ``%flux replay ID``, ``%flux resume [--unsent]``,
         ``%flux cost``, ``%flux grid --x FIELD --y FIELD [--z FIELD] [--where EXPR]``,
         ``%flux login``, ``%flux panel``.
         """
@@ -205,9 +209,20 @@ class FluxMagics(Magics):
         return None
 
     def _cmd_resume(self, rest: list[str]) -> None:
-        results = self.session.resume(BatchProgress())
-        if not results:
+        if rest not in ([], ["--unsent"]):
+            raise ValidationError(f"%flux resume takes no argument but --unsent, got {' '.join(rest)!r}")
+        results = self.session.resume(BatchProgress(), unsent=bool(rest))
+        unknown = sum(r.status == "unknown" for r in results)
+        unsent = len(self.session.unsent())
+        if not results and not unsent:
             print("flux_nb: nothing to resume: no task is pending")
+        if unknown:
+            print(
+                f"flux_nb: {unknown} submit(s) were cut off mid-send: they may have created a task, "
+                "so they are marked unknown and not resent (%flux replay ID sends one again on purpose)"
+            )
+        if unsent:
+            print(f"flux_nb: {unsent} request(s) were never sent before their process stopped: %flux resume --unsent")
 
     def _cmd_cost(self, rest: list[str]) -> None:
         display(HTML(cost_html(self.session.cost())))

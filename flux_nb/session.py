@@ -11,6 +11,7 @@ import contextlib
 import os
 import queue
 import secrets
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -29,7 +30,7 @@ from flux_nb.execution import DisplaySettings, Emit, Executor, PreparedRequest
 from flux_nb.images import ImageInput, prepare_images
 from flux_nb.result import Result, SweepResult
 from flux_nb.runner import LoopRunner
-from flux_nb.store import HistoryStore, Record
+from flux_nb.store import HistoryStore, Record, RecordStatus
 from flux_nb.sweep import Axis, expand
 
 # Seeds drawn client-side stay within 32 bits: easy to read, type and share.
@@ -365,18 +366,45 @@ class Flux(Configurable):
         """Run a recorded request again, exactly (a new record pointing back to the old one)."""
         return self.run([self.rebuild(record_id, fresh=fresh)])[0]
 
-    def resume(self, observer: BatchObserver | None = None) -> list[Result]:
-        """Finish tasks left pending by a crash or a restart, while their polling URLs still work."""
-        records = self.store.resumable()
-        if not records:
-            return []
+    def resume(self, observer: BatchObserver | None = None, *, unsent: bool = False) -> list[Result]:
+        """Finish what a crash or a restart left open; one result per record settled.
+
+        Submitted tasks are finished from their polling URLs while those still work. A submit
+        cut off mid-send is marked ``unknown`` (it may have created a task, so it is never
+        resent on its own). Requests that were never sent are sent only with ``unsent=True``.
+        """
+        orphans = self.store.orphans()
+        cut_off = [r for r in orphans if r.status == RecordStatus.SENDING]
+        for record in cut_off:
+            self.store.mark_failed(
+                record.record_id,
+                status=RecordStatus.UNKNOWN,
+                error_kind="unknown_outcome",
+                error="its process stopped while the submit was in flight: it may have created (and been charged "
+                "for) a task, so it is not resent; check the dashboard, or replay it on purpose",
+                finished_at=time.time(),
+            )
         executor = self.executor
+        settled = [executor.result_from_record(self.record(r.record_id), cached=False) for r in cut_off]
+        records = self.store.resumable()
+        resend: dict[str, PreparedRequest] = {}
+        if unsent:
+            resend = {r.record_id: self.rebuild(r.record_id) for r in orphans if r.status == RecordStatus.PENDING}
+            for prepared in resend.values():
+                prepared.replay_of = None  # sent under its own record, not as a replay
+        if not records and not resend:
+            return settled
+        self.check_budget(list(resend.values()))
         if observer is not None:
-            observer.started([PreparedRequest.from_record(r) for r in records])
+            observer.started([PreparedRequest.from_record(r) for r in records] + list(resend.values()))
         try:
-            return self._relay(lambda emit: executor.resume_batch(records, emit), observer)
+            return settled + self._relay(lambda emit: executor.resume_batch(records, emit, resend), observer)
         finally:
             self._notify()
+
+    def unsent(self) -> list[Record]:
+        """Requests a crash or a restart left unsent (``resume(unsent=True)`` sends them)."""
+        return [r for r in self.store.orphans() if r.status == RecordStatus.PENDING]
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every request or batch ends (e.g. to refresh ``flux_history``)."""

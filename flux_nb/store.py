@@ -18,6 +18,7 @@ import json
 import os
 import random
 import re
+import socket
 import sqlite3
 import tempfile
 import threading
@@ -43,10 +44,32 @@ LOCK_RETRY_S = 30.0
 T = TypeVar("T")
 
 
+def process_owner() -> str:
+    """This process, as a record's ``owner``: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_is_gone(owner: str | None) -> bool:
+    """True when ``owner`` is a process of this host that no longer runs (other hosts: not known, False)."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
 class RecordStatus(StrEnum):
     """Where a record stands. ``pending`` and ``submitted`` may still change; the rest are final."""
 
-    PENDING = "pending"  # written before the request is sent
+    PENDING = "pending"  # written before the request is sent (waiting for a free slot)
+    SENDING = "sending"  # the submit is going out: if its process dies now, the outcome is unknown
     SUBMITTED = "submitted"  # the API gave a task id; resumable from its polling URL
     READY = "ready"
     FAILED = "failed"
@@ -97,6 +120,7 @@ class Record:
     request_key: str | None
     tag: str | None
     replay_of: str | None
+    owner: str | None  # "host:pid" of the process that sends it: tells a crashed run's rows from a live one's
     status: str
     task_id: str | None
     polling_url: str | None
@@ -205,6 +229,10 @@ class HistoryStore:
     def _create_schema(db: sqlite3.Connection) -> None:
         columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
         db.execute(f"CREATE TABLE IF NOT EXISTS records ({columns})")
+        existing = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+        for name, kind in COLUMNS.items():
+            if name not in existing:  # a history written by an older flux_nb: add the new, nullable columns
+                db.execute(f"ALTER TABLE records ADD COLUMN {name} {kind.replace(' NOT NULL', '')}")
         for column in INDEXED:
             db.execute(f"CREATE INDEX IF NOT EXISTS records_{column} ON records ({column})")
 
@@ -310,6 +338,7 @@ class HistoryStore:
             request_key=request_key(request, backend, input_hashes),
             tag=tag,
             replay_of=replay_of,
+            owner=process_owner(),
             status=RecordStatus.PENDING.value,
             estimated_cost=estimated_cost,
         )
@@ -322,6 +351,11 @@ class HistoryStore:
 
         self._write(insert)
         return str(row["record_id"])
+
+    def mark_sending(self, record_id: str) -> None:
+        """The submit is about to go out: from now on a crash leaves its outcome unknown."""
+        values = {"status": RecordStatus.SENDING.value, "owner": process_owner()}
+        self._update(record_id, values, keep=tuple(s for s in RecordStatus if s != RecordStatus.PENDING))
 
     def mark_submitted(
         self,
@@ -394,9 +428,14 @@ class HistoryStore:
         where = "WHERE status = ? AND polling_url IS NOT NULL ORDER BY created_at, rowid"
         return self._records(where, (RecordStatus.SUBMITTED.value,))
 
-    def unsent(self) -> list[Record]:
-        """Records still pending, oldest first: never sent, or sent with no answer yet."""
-        return self._records("WHERE status = ? ORDER BY created_at, rowid", (RecordStatus.PENDING.value,))
+    def orphans(self) -> list[Record]:
+        """Pending and sending records whose process has died (a crash, a kernel restart), oldest first.
+
+        A pending one was never sent; a sending one may have created a task: its outcome is unknown.
+        """
+        where = "WHERE status IN (?, ?) ORDER BY created_at, rowid"
+        found = self._records(where, (RecordStatus.PENDING.value, RecordStatus.SENDING.value))
+        return [r for r in found if owner_is_gone(r.owner)]
 
     def find_cached(self, key: str) -> Record | None:
         """The newest ready record with this request key whose image file still exists."""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from PIL import Image
 
+from flux_nb import store as store_module
 from flux_nb.result import Result, SweepResult
 from flux_nb.session import Flux
 
@@ -280,3 +284,26 @@ def test_terminal_ipython_prints_saved_paths(ipython: InteractiveShell) -> None:
     assert captured.stdout.startswith(f"saved {ipython.user_ns['pic'].path} (seed 4 · 64×64")
     _, captured = run(ipython, "%%flux --width 99\nbad")
     assert captured.stdout.strip() == "flux_nb: width 99 is not a multiple of 16 (try 96 or 112)"
+
+
+def test_resume_settles_what_a_dead_process_left_open(ipython: InteractiveShell, server: Any) -> None:
+    session = session_of(ipython)
+    never_sent = session.prepare("never sent", seed=5, width=64, height=64)
+    cut_off = session.prepare("cut off", seed=6, width=64, height=64)
+    ids = [session.executor._record(p) for p in (never_sent, cut_off)]
+    session.store.mark_sending(ids[1])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with sqlite3.connect(session.store.path) as db:
+        db.execute("UPDATE records SET owner = ?", (f"{store_module.socket.gethostname()}:{int(dead.stdout)}",))
+    _, captured = run(ipython, "%flux resume")
+    assert "1 submit(s) were cut off mid-send" in captured.stdout
+    assert "1 request(s) were never sent before their process stopped: %flux resume --unsent" in captured.stdout
+    assert server.stats()["submits"] == 0
+    assert session.record(ids[1]).status == "unknown" and session.record(ids[0]).status == "pending"
+    _, captured = run(ipython, "%flux resume --unsent")
+    assert "were never sent" not in captured.stdout and server.stats()["submits"] == 1
+    record = session.record(ids[0])
+    assert record.status == "ready" and record.image_file is not None and record.image_file.is_file()
+    assert list(ipython.user_ns["flux_history"].sort_values("seed")["status"]) == ["ready", "unknown"]
+    _, captured = run(ipython, "%flux resume")
+    assert "nothing to resume" in captured.stdout

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 from PIL import Image
 
@@ -195,17 +194,55 @@ def test_resume_finishes_every_task_after_a_kill_9(server_factory: Any, history_
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert store is not None and store.integrity_check()
-    before = store.to_frame()
-    assert len(before) >= 20 and (before["status"] == "ready").sum() < len(before)
-    submitted = set(before.loc[before["status"] == "submitted", "record_id"])
+    before = store.to_frame().set_index("record_id")
+    assert len(before) == 30 and (before["status"] == "ready").sum() < len(before)
+    by_status = {s: set(before.index[before["status"] == s]) for s in ("pending", "sending", "submitted")}
+    assert len(by_status["submitted"]) >= 20 and len(by_status["pending"]) >= 6  # 24 slots for 30 requests
+    # What the server saw: every submitted record, maybe some of those cut off mid-send, never a pending one.
+    seen = {int(key.rsplit("|", 2)[1]) for key in server.stats()["requests_seen"]}
+    seeds = before["seed"].astype(int)
+    assert set(seeds[list(by_status["submitted"])]) <= seen
+    assert not set(seeds[list(by_status["pending"])]) & seen
+    assert {r.record_id for r in store.orphans()} == by_status["pending"] | by_status["sending"]
     code = (
         f"from flux_nb import Flux\nflux = Flux(endpoint={server.url!r}, history_dir={str(history_dir)!r})\n"
-        "print(len(flux.resume()))"
+        "results = flux.resume()\nprint(sorted(r.status for r in results), len(flux.unsent()))\n"
+        "print(sorted(r.status for r in flux.resume(unsent=True)), len(flux.unsent()))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert int(out.strip()) == len(submitted)
+    first, second = out.strip().splitlines()
+    n_pending = len(by_status["pending"])
+    resumed = ["ready"] * len(by_status["submitted"]) + ["unknown"] * len(by_status["sending"])
+    assert first == f"{sorted(resumed)} {n_pending}"
+    assert second == f"{['ready'] * n_pending} 0"
     after = HistoryStore(history_dir).to_frame().set_index("record_id")
-    assert all(after.loc[r, "status"] == "ready" for r in submitted)
-    assert all(Path(after.loc[r, "image_path"]).exists() for r in submitted)
-    assert server.stats()["submits"] == len(before) - (before["status"] == "pending").sum()
-    assert isinstance(after, pd.DataFrame)
+    assert len(after) == 30 and after.loc[list(by_status["sending"]), "status"].eq("unknown").all()
+    finished = by_status["submitted"] | by_status["pending"]
+    assert after.loc[list(finished), "status"].eq("ready").all()
+    assert all(Path(p).exists() for p in after.loc[list(finished), "image_path"])
+    # Nothing was sent twice: one task per record that reached the server.
+    assert server.stats()["most_tasks_for_one_request"] == 1
+
+
+def test_cancelling_a_batch_tells_never_sent_requests_from_submitted_ones(
+    server_factory: Any, history_dir: Path
+) -> None:
+    server = server_factory(latency=3.0)
+    flux = Flux(endpoint=server.url, history_dir=history_dir, max_concurrency=1)
+    try:
+        batch = [flux.prepare("queued", seed=s, width=64, height=64) for s in range(3)]
+        future = flux.start(batch, lambda kind, args: None)
+        deadline = time.monotonic() + 10
+        while not flux.store.resumable() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        future.cancel()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (flux.history()["status"] == "pending").any():
+            time.sleep(0.02)
+        frame = flux.history().sort_values("seed")
+        assert list(frame["status"]) == ["submitted", "cancelled", "cancelled"]
+        assert frame["error"].iloc[1] == "cancelled before it was sent; nothing was charged"
+        assert server.stats()["submits"] == 1
+        assert [r.status for r in flux.resume()] == ["ready"] and flux.unsent() == []
+    finally:
+        flux.close()

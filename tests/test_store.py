@@ -105,9 +105,11 @@ def test_a_record_is_written_before_sending_with_every_request_field(history_dir
 def test_submitted_then_ready_completes_the_row_and_keeps_the_image_by_hash(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
     record_id = create(store)
-    assert [r.record_id for r in store.unsent()] == [record_id] and store.resumable() == []
+    assert store.get(record_id).status == "pending" and store.resumable() == []  # type: ignore[union-attr]
+    store.mark_sending(record_id)
+    assert store.get(record_id).status == "sending" and store.resumable() == []  # type: ignore[union-attr]
     submit(store, record_id)
-    assert [r.record_id for r in store.resumable()] == [record_id] and store.unsent() == []
+    assert [r.record_id for r in store.resumable()] == [record_id]
     path = complete(store, record_id)
     digest = sha256_hex(jpeg())
     assert path == history_dir.resolve() / "images" / digest[:2] / f"{digest}.jpeg"
@@ -118,7 +120,7 @@ def test_submitted_then_ready_completes_the_row_and_keeps_the_image_by_hash(hist
     assert record.cost == 1.4  # from the submit answer, since mark_ready got none
     assert (record.out_width, record.out_height, record.engine, record.duration_s) == (32, 16, "preview", 1.0)
     assert record.updated_at >= record.created_at
-    assert store.resumable() == [] and store.unsent() == []
+    assert store.resumable() == [] and store.orphans() == []
     assert not list(history_dir.rglob(".tmp-*"))
 
 
@@ -171,14 +173,37 @@ def test_lookup_by_id_or_unique_prefix(history_dir: Path) -> None:
     assert store.get("zzzz") is None and store.get("") is None and store.get("%") is None
 
 
-def test_unsent_and_resumable(history_dir: Path) -> None:
+def test_orphans_and_resumable(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
-    pending, submitted, no_url, done = (create(store, seed=i) for i in range(4))
+    pending, sending, submitted, no_url, done = (create(store, seed=i) for i in range(5))
+    store.mark_sending(sending)
     submit(store, submitted)
     submit(store, no_url, polling_url=None)
     complete(store, done)
-    assert [r.record_id for r in store.unsent()] == [pending]
+    store.mark_sending(done)  # a finished record never goes back
+    assert store.get(done).status == "ready"  # type: ignore[union-attr]
     assert [r.record_id for r in store.resumable()] == [submitted]
+    assert store.orphans() == []  # this process still runs: its open records are its own
+    # The same rows, written by a process that has died since.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owner = f"{store_module.socket.gethostname()}:{int(dead.stdout)}"
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE records SET owner = ?", (owner,))
+    assert [(r.record_id, r.status) for r in store.orphans()] == [(pending, "pending"), (sending, "sending")]
+    with sqlite3.connect(store.path) as db:  # another host's process: its liveness is not known here
+        db.execute("UPDATE records SET owner = 'elsewhere:1'")
+    assert store.orphans() == []
+
+
+def test_a_history_from_before_the_owner_column_gains_it(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    record_id = create(store)
+    with sqlite3.connect(store.path) as db:
+        db.execute("ALTER TABLE records DROP COLUMN owner")
+    reopened = HistoryStore(history_dir)
+    record = reopened.get(record_id)
+    assert record is not None and record.owner is None and record.status == "pending"
+    assert reopened.get(create(reopened)).owner == store_module.process_owner()  # type: ignore[union-attr]
 
 
 # -- files ------------------------------------------------------------------------------------

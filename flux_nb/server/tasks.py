@@ -270,6 +270,7 @@ class TaskTable:
             "webhooks_sent": stats.webhooks_sent,
             "charged": stats.charged,
             "most_tasks_for_one_request": max(stats.requests_seen.values(), default=0),
+            "requests_seen": dict(stats.requests_seen),
             "faults_fired": dict(self.faults.fired),
             "requests_by_route": dict(self.faults.numbers),
             "http_requests": dict(stats.http_requests),
