@@ -28,6 +28,11 @@ class Backend:
     def is_local(self) -> bool:
         return not self.billed
 
+    @property
+    def is_embedded(self) -> bool:
+        """The preview server this process started itself (it takes no key)."""
+        return self.label.startswith("local:")
+
 
 def is_bfl_host(url: str) -> bool:
     host = urlsplit(url).hostname or ""

@@ -30,8 +30,11 @@ from flux_nb.execution import DisplaySettings, Emit, Executor, PreparedRequest
 from flux_nb.images import ImageInput, prepare_images
 from flux_nb.result import Result, SweepResult
 from flux_nb.runner import LoopRunner
-from flux_nb.store import HistoryStore, Record, RecordStatus
+from flux_nb.store import HistoryStore, Record, RecordStatus, process_owner
 from flux_nb.sweep import Axis, expand
+
+#: The key for a non-BFL endpoint (a local server started with keys, a gateway).
+ENDPOINT_KEY_ENV = "FLUX_NB_API_KEY"
 
 # Seeds drawn client-side stay within 32 bits: easy to read, type and share.
 SEED_DRAW_LIMIT = 2**32
@@ -100,6 +103,11 @@ class Flux(Configurable):
         history_dir: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
+        if api_key is None and os.environ.get(ENDPOINT_KEY_ENV):
+            api_key = os.environ[ENDPOINT_KEY_ENV]
+        # BFL_API_KEY is a BFL key: it goes to BFL hosts only. A key for another endpoint is given
+        # explicitly (api_key=, %flux login) or in FLUX_NB_API_KEY.
+        self._key_given = api_key is not None
         self._api_key = api_key if api_key is not None else os.environ.get(api.KEY_ENV) or None
         self._runner = LoopRunner()
         self._executor: Executor | None = None
@@ -138,6 +146,7 @@ class Flux(Configurable):
         if not api_key or not api_key.strip():
             raise ValidationError("the API key is empty")
         self._api_key = api_key.strip()
+        self._key_given = True
         self._reset(backend=True)
 
     def _reset(self, *, backend: bool) -> None:
@@ -167,7 +176,7 @@ class Flux(Configurable):
         if self._executor is None:
             backend = self.backend
             client = AsyncFluxClient(
-                self._api_key if not backend.label.startswith("local:") else None,
+                self._api_key if backend.billed or (self._key_given and not backend.is_embedded) else None,
                 backend.base_url,
                 max_active=self.max_concurrency,
                 task_timeout=self.task_timeout,
@@ -428,8 +437,10 @@ class Flux(Configurable):
         return self.store.to_frame()
 
     def cost(self) -> pd.DataFrame:
-        """Credits by model: in this notebook and in the whole history (ready records only)."""
-        return self.store.spent(self.notebook or None)
+        """Credits by model: in this notebook (this kernel, where its name is not known) and in all."""
+        if self.notebook:
+            return self.store.spent(self.notebook)
+        return self.store.spent(owner=process_owner())
 
     def spent(self) -> float:
         """Credits spent by this session so far (billed or, on a local server, would-be)."""

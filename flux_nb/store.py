@@ -481,22 +481,24 @@ class HistoryStore:
         frame["image_path"] = str(self.root) + os.sep + frame["image_path"]
         return frame
 
-    def spent(self, notebook: str | None = None) -> pd.DataFrame:
+    def spent(self, notebook: str | None = None, *, owner: str | None = None) -> pd.DataFrame:
         """Credits by model and backend over ready records (failed and moderated ones are not charged).
 
-        A record's credits are the cost the API reported, else its estimate. With ``notebook``,
-        ``notebook_requests`` and ``notebook_credits`` count that notebook's share.
+        A record's credits are the cost the API reported, else its estimate. With ``notebook``
+        (or, where the notebook's name is not known, ``owner``: this process), ``notebook_requests``
+        and ``notebook_credits`` count that notebook's share.
         """
-        query = """
+        column, value = ("notebook", notebook) if notebook is not None else ("owner", owner)
+        query = f"""
             SELECT model, backend,
-                   SUM(notebook IS ?), TOTAL(CASE WHEN notebook IS ? THEN COALESCE(cost, estimated_cost) END),
+                   SUM({column} IS ?), TOTAL(CASE WHEN {column} IS ? THEN COALESCE(cost, estimated_cost) END),
                    COUNT(*), TOTAL(COALESCE(cost, estimated_cost))
             FROM records WHERE status = ? GROUP BY model, backend ORDER BY model, backend
         """
-        rows = self._read(query, (notebook, notebook, RecordStatus.READY.value))
+        rows = self._read(query, (value, value, RecordStatus.READY.value))
         names = ["model", "backend", "notebook_requests", "notebook_credits", "requests", "credits"]
         frame = pd.DataFrame(rows, columns=names)
         frame["billed"] = frame["backend"] == "bfl"
-        if notebook is None:
+        if value is None:
             frame = frame.drop(columns=["notebook_requests", "notebook_credits"])
         return frame

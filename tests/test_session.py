@@ -246,3 +246,25 @@ def test_cancelling_a_batch_tells_never_sent_requests_from_submitted_ones(
         assert [r.status for r in flux.resume()] == ["ready"] and flux.unsent() == []
     finally:
         flux.close()
+
+
+def test_the_bfl_key_from_the_environment_never_goes_to_another_endpoint(
+    server_factory: Any, history_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = server_factory(api_keys=frozenset({"bfl-key-0001", "gateway-key-0002"}))
+    monkeypatch.setenv("BFL_API_KEY", "bfl-key-0001")
+    monkeypatch.delenv("FLUX_NB_API_KEY", raising=False)
+    withheld = Flux(endpoint=server.url, history_dir=history_dir)
+    explicit = Flux(endpoint=server.url, history_dir=history_dir, api_key="gateway-key-0002")
+    monkeypatch.setenv("FLUX_NB_API_KEY", "gateway-key-0002")
+    from_env = Flux(endpoint=server.url, history_dir=history_dir)
+    try:
+        with pytest.raises(AuthError):
+            withheld.generate("no key for you", seed=1, width=64, height=64)
+        assert server.stats()["submits"] == 0
+        assert explicit.generate("explicit", seed=2, width=64, height=64).status == "ready"
+        assert from_env.generate("from env", seed=3, width=64, height=64).status == "ready"
+        assert server.stats()["submits"] == 2
+    finally:
+        for flux in (withheld, explicit, from_env):
+            flux.close()

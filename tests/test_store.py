@@ -371,6 +371,11 @@ def test_spent_counts_ready_records_by_model_and_never_failed_or_moderated(histo
     assert klein["notebook_requests"] == 2 and klein["notebook_credits"] == pytest.approx(2.8)
     assert spent.loc["flux-2-pro", "credits"] == pytest.approx(4.5) and spent.loc["flux-2-pro", "billed"]
     assert list(store.spent().columns) == ["model", "backend", "requests", "credits", "billed"]
+    # Where the notebook's name is not known, "this notebook" is this process's records.
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE records SET owner = 'elsewhere:1' WHERE notebook = 'a.ipynb'")
+    mine = store.spent(owner=store_module.process_owner()).set_index("model").loc["flux-2-klein-4b"]
+    assert mine["notebook_requests"] == 1 and mine["notebook_credits"] == pytest.approx(1.4)
 
 
 # -- many writers -----------------------------------------------------------------------------
