@@ -26,6 +26,11 @@ def error_for_response(response: httpx.Response) -> FluxError:
     detail = detail_text(response)
     if code in (400, 422):
         return ValidationError(f"the API rejected the request: {detail}")
+    if code == 413:
+        return ValidationError(
+            f"the request is too large for the API (HTTP 413): {detail}",
+            hint="downscale the reference images (or pass them as URLs) and send it again",
+        )
     if code in (401, 403):
         return AuthError(f"the API refused the key (HTTP {code}): {detail}")
     if code == 402:

@@ -72,7 +72,7 @@ class RetryPolicy:
     """Exponential backoff with full jitter, honouring ``Retry-After``."""
 
     attempts: int = 6
-    rate_limit_attempts: int = 40
+    rate_limit_attempts: int = 40  # submits only: a poll answered 429 is repeated until the task's deadline
     base_delay: float = 0.25
     max_delay: float = 10.0
 
@@ -306,9 +306,14 @@ class AsyncFluxClient:
             output_mp=body.get("output_mp"),
         )
 
-    async def poll(self, task: Task) -> dict[str, Any]:
-        """GET the task's status once (retrying transient faults: a poll is always safe)."""
-        failures = 0
+    async def poll(self, task: Task, *, deadline: float | None = None) -> dict[str, Any]:
+        """GET the task's status once (retrying transient faults: a poll is always safe).
+
+        A 429 is retried (honouring ``Retry-After``) until ``deadline`` (``time.monotonic()``;
+        default: ``task_timeout`` from now), then ends in FluxTimeout: the task itself is not lost.
+        """
+        deadline = time.monotonic() + self.task_timeout if deadline is None else deadline
+        failures = rate_limited = 0
         while True:
             try:
                 response = await self._http.get(task.polling_url)
@@ -320,7 +325,11 @@ class AsyncFluxClient:
                 continue
             if response.status_code == 404:
                 raise TaskNotFoundError(f"task {task.id} is unknown to the API (expired or never created)")
-            if response.status_code == 429 or response.status_code >= 500:
+            if response.status_code == 429:
+                rate_limited += 1
+                await self._wait_out_poll_429(task, response, rate_limited, deadline)
+                continue
+            if response.status_code >= 500:
                 failures += 1
                 await self._retry_or_raise(failures, response)
                 continue
@@ -336,6 +345,13 @@ class AsyncFluxClient:
                 continue
             return answer if isinstance(answer, dict) else {}
 
+    async def _wait_out_poll_429(self, task: Task, response: httpx.Response, times: int, deadline: float) -> None:
+        """Sleep before polling again after a 429 (backoff, at least ``Retry-After``), or time out at the deadline."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FluxTimeout(f"task {task.id} could not be polled before its deadline: the API kept answering 429")
+        await asyncio.sleep(min(self.retry.delay(min(times, 5), retry_after(response)), left))
+
     async def wait(self, task: Task, *, on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], int]:
         """Poll until the task is Ready (returns the answer and the poll count) or raise why not."""
         key = _duration_key(task)
@@ -345,7 +361,7 @@ class AsyncFluxClient:
         await asyncio.sleep(min(plan.first_delay(), self.task_timeout))
         while True:
             try:
-                answer = await self.poll(task)
+                answer = await self.poll(task, deadline=deadline)
             except TransportError:
                 if time.monotonic() >= deadline:
                     raise

@@ -15,7 +15,13 @@ from typing import Any
 from flux_nb.api import FluxRequest
 from flux_nb.backend import Backend
 from flux_nb.client import AsyncFluxClient, Task, TaskResult
-from flux_nb.errors import FluxError, FluxTimeout, ModeratedError, UnknownOutcomeError
+from flux_nb.errors import (
+    FluxError,
+    ModeratedError,
+    TaskFailedError,
+    TaskNotFoundError,
+    UnknownOutcomeError,
+)
 from flux_nb.images import ImageInput
 from flux_nb.result import Result
 from flux_nb.store import HistoryStore, Record, RecordStatus, request_key
@@ -53,6 +59,22 @@ class DisplaySettings:
     thumbnail_format: str = "jpeg"
 
 
+# The task's own final outcomes: anything else after the API gave a task id leaves it to resume.
+FINAL_OUTCOMES = (ModeratedError, TaskFailedError, TaskNotFoundError)
+RESUME_HINT = "the task was accepted and is kept as submitted: %flux resume (or flux.resume()) finishes it"
+
+
+def is_final(exc: FluxError) -> bool:
+    """True when ``exc`` is the task's real outcome (moderated, failed, unknown id), not a fault on the way."""
+    return isinstance(exc, FINAL_OUTCOMES)
+
+
+def with_resume_hint(exc: FluxError) -> FluxError:
+    """Point ``exc``'s hint at ``%flux resume``: running the cell again would pay for a second task."""
+    exc.hint = RESUME_HINT
+    return exc
+
+
 def record_status_for(exc: FluxError) -> RecordStatus:
     if isinstance(exc, ModeratedError):
         return RecordStatus.MODERATED
@@ -84,8 +106,11 @@ class Executor:
         self._on_spent = on_spent
 
     def cached(self, prepared: PreparedRequest) -> Record | None:
-        """The stored record answering this request, if the cache may be used."""
-        if not self.cache or prepared.fresh:
+        """The stored record answering this request, if the cache may be used.
+
+        Never for a request with a ``webhook_url``: its sender wants the webhook to fire.
+        """
+        if not self.cache or prepared.fresh or prepared.request.webhook_url:
             return None
         return self.store.find_cached(request_key(prepared.request, self.backend.label, prepared.input_hashes))
 
@@ -235,10 +260,14 @@ class Executor:
     def failed(
         self, record_id: str, prepared: PreparedRequest, exc: FluxError, submitted: bool, started: float
     ) -> Result:
-        """Record a failure; a task that merely timed out stays "submitted", for resume."""
-        status = (
-            RecordStatus.SUBMITTED.value if isinstance(exc, FluxTimeout) and submitted else self.fail(record_id, exc)
-        )
+        """Record a failure. Once the API gave a task id, only the task's own final outcome ends the
+        record: after a timeout, a lost poll or a failed download it stays "submitted", for resume."""
+        if submitted and not is_final(exc):
+            status = RecordStatus.SUBMITTED.value
+            exc = with_resume_hint(exc)
+            self.store.note_error(record_id, error_kind=exc.kind, error=exc.one_line())
+        else:
+            status = self.fail(record_id, exc)
         return self.result(record_id, prepared, status, error=exc, elapsed=time.time() - started)
 
     def fail(self, record_id: str, exc: FluxError) -> str:

@@ -405,6 +405,10 @@ class HistoryStore:
         values = {"status": RecordStatus(status).value, "error_kind": error_kind, "error": error}
         self._update(record_id, {**values, "finished_at": finished_at}, keep=(RecordStatus.READY,))
 
+    def note_error(self, record_id: str, *, error_kind: str, error: str) -> None:
+        """Keep why an open record is still open (e.g. its download failed: resume will finish it)."""
+        self._update(record_id, {"error_kind": error_kind, "error": error}, keep=(RecordStatus.READY,))
+
     # -- reading records -----------------------------------------------------------------------
 
     def _records(self, where: str, params: Sequence[Any] = ()) -> list[Record]:

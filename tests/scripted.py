@@ -45,6 +45,7 @@ class ScriptedApi:
         self.submit_count = 0
         self.poll_count = 0
         self.download_count = 0
+        self.poll_ids: list[str] = []
         self.seen_keys: list[str | None] = []
         self.image = png_bytes()
         self.url = ""
@@ -66,6 +67,7 @@ class ScriptedApi:
         @app.get("/v1/get_result")
         async def poll(id: str, request: Request) -> Response:
             self.poll_count += 1
+            self.poll_ids.append(id)
             self.seen_keys.append(request.headers.get("x-key"))
             step = self.polls.popleft() if self.polls else Step()
             await asyncio.sleep(step.delay)

@@ -146,7 +146,14 @@ async def test_every_validation_rule_is_enforced_before_any_http_request(request
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(400, ValidationError), (422, ValidationError), (401, AuthError), (403, AuthError), (402, CreditsError)],
+    [
+        (400, ValidationError),
+        (413, ValidationError),
+        (422, ValidationError),
+        (401, AuthError),
+        (403, AuthError),
+        (402, CreditsError),
+    ],
 )
 async def test_http_errors_map_to_their_types_without_retrying(scripted: ScriptedApi, status: int, error: type) -> None:
     scripted.submits.append(Step(status, {"detail": [{"loc": ["body", "width"], "msg": "bad width"}]}))
@@ -224,6 +231,58 @@ async def test_polls_survive_transient_5xx(scripted: ScriptedApi) -> None:
         result = await client.generate(FluxRequest("x", seed=1))
     assert decode(result.image).size == (64, 48)
     assert scripted.poll_count == 3
+
+
+async def test_polls_answered_429_keep_polling_honouring_retry_after(scripted: ScriptedApi) -> None:
+    # More 429s than FAST_RETRY.attempts: a poll is a GET, it is waited out, never given up on.
+    scripted.polls.extend([Step(429, {"detail": "slow down"}, headers={"Retry-After": "0.1"})] * 6)
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY) as client:
+        started = asyncio.get_running_loop().time()
+        result = await client.generate(FluxRequest("x", seed=1))
+        waited = asyncio.get_running_loop().time() - started
+    assert decode(result.image).size == (64, 48)
+    assert scripted.submit_count == 1 and scripted.poll_count == 7
+    assert waited >= 0.6
+
+
+async def test_a_poll_429_storm_past_the_task_deadline_is_a_timeout(scripted: ScriptedApi) -> None:
+    scripted.polls.extend([Step(429, {"detail": "slow down"}, headers={"Retry-After": "0.05"})] * 200)
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY, task_timeout=0.5) as client:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(FluxTimeout, match="kept answering 429"):
+            await client.generate(FluxRequest("x", seed=1))
+        waited = asyncio.get_running_loop().time() - started
+    assert 0.5 <= waited < 2.0
+    assert scripted.submit_count == 1 and scripted.poll_count > FAST_RETRY.attempts
+
+
+async def test_a_413_is_a_validation_error_with_a_downscaling_hint(server_factory: Any) -> None:
+    server = server_factory(max_body_bytes=4096)
+    noise = Image.effect_noise((256, 256), 64).convert("RGB")
+    reference = prepare_image(noise)
+    async with AsyncFluxClient(None, server.url, retry=FAST_RETRY) as client:
+        with pytest.raises(ValidationError, match="HTTP 413") as caught:
+            await client.generate(FluxRequest("an edit", seed=1, images=(reference.value,)))
+    assert "downscale the reference images" in caught.value.one_line()
+    assert server.stats()["http_requests"]["POST v1"] == 1  # never retried
+
+
+async def test_a_submit_answer_without_polling_url_falls_back_to_get_result(scripted: ScriptedApi) -> None:
+    hook = "https://hooks.example/flux"
+    scripted.submits.append(Step(body={"id": "wh-1", "status": "Pending", "webhook_url": hook, "cost": 1.4}))
+    async with AsyncFluxClient("k", scripted.url + "/", retry=FAST_RETRY) as client:
+        result = await client.generate(FluxRequest("x", seed=1, webhook_url=hook))
+    assert result.task.polling_url == f"{scripted.url}/v1/get_result?id=wh-1"
+    assert result.task.cost == pytest.approx(1.4)
+    assert scripted.poll_ids == ["wh-1"] and decode(result.image).size == (64, 48)
+
+
+async def test_a_download_failing_after_ready_ends_in_delivery_error(scripted: ScriptedApi) -> None:
+    scripted.downloads.extend([Step(503)] * 10)
+    async with AsyncFluxClient("k", scripted.url, retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError, match="HTTP 503"):
+            await client.generate(FluxRequest("x", seed=1))
+    assert scripted.submit_count == 1 and scripted.download_count == FAST_RETRY.attempts
 
 
 async def test_a_corrupt_download_is_retried_and_never_returned(scripted: ScriptedApi) -> None:

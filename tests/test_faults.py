@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.server
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +20,10 @@ from PIL import Image
 from flux_nb import Flux
 from flux_nb.api import FluxRequest
 from flux_nb.client import AsyncFluxClient, RetryPolicy
-from flux_nb.errors import DeliveryError, UnknownOutcomeError
+from flux_nb.errors import DeliveryError, FluxTimeout, UnknownOutcomeError
 from flux_nb.server import EmbeddedServer
 from flux_nb.server.faults import Fault, FaultPlan
+from tests.scripted import ScriptedApi, Step
 
 FAST = RetryPolicy(attempts=8, rate_limit_attempts=80, base_delay=0.02, max_delay=0.2)
 
@@ -63,9 +70,13 @@ def test_a_300_request_sweep_under_mixed_faults_loses_nothing(server_factory: An
         data = Path(path).read_bytes()
         assert hashlib.sha256(data).hexdigest() == digest
         Image.open(path).load()
-    ended = frame[frame["status"] != "ready"]
+    ended = frame[~frame["status"].isin(["ready", "submitted"])]
     assert set(ended["status"]) <= {"failed", "moderated", "unknown"}
     assert ended["error"].notna().all() and (ended["error"].str.len() > 0).all()
+    # A paid task whose delivery kept failing stays resumable, and its result says why.
+    for result in sweep:
+        if result.status == "submitted":
+            assert result.error is not None and "%flux resume" in (result.error_message or "")
 
     # Nothing paid for is lost: every task the server finished and the client knows of is stored.
     tasks = server.app.state.table.tasks  # read past the injected faults
@@ -149,3 +160,138 @@ def test_task_failures_and_moderation_are_recorded_and_not_charged(server_factor
     assert "injected task_error" in results[0].error_message and "not charged" in results[1].error_message
     assert server.stats()["charged"] == 1
     assert flux.cost()["credits"].sum() == pytest.approx(1.4)
+
+
+def flux_for(url: str, history_dir: Path, **options: Any) -> Flux:
+    """A Flux session on ``url`` whose client retries quickly."""
+    flux = Flux(endpoint=url, history_dir=history_dir, **options)
+    flux.executor.client.retry = FAST
+    return flux
+
+
+async def test_a_poll_429_storm_is_waited_out(server_factory: Any) -> None:
+    # More 429s than FAST.attempts: a poll is a GET, so it is repeated until the task's deadline.
+    server = server_factory(faults=FaultPlan(poll_429=Fault(on=frozenset(range(1, 15)))))
+    async with AsyncFluxClient(None, server.url, retry=FAST) as client:
+        result = await client.generate(FluxRequest("storm", seed=1, width=64, height=64))
+    assert result.width == 64 and result.polls == 1
+    stats = server.stats()
+    assert stats["faults_fired"] == {"poll_429": 14}
+    assert stats["submits"] == 1 and stats["requests_by_route"]["poll"] == 15
+
+
+def test_rate_limited_polls_never_fail_a_paid_task(server_factory: Any, history_dir: Path) -> None:
+    server = server_factory(faults=FaultPlan(poll_429=Fault(on=frozenset(range(1, 13)))))
+    flux = flux_for(server.url, history_dir, cache=False)
+    try:
+        result = flux.run([flux.prepare("limited", seed=1, width=64, height=64)])[0]
+    finally:
+        flux.close()
+    assert result.status == "ready", result.error_message
+    assert list(flux.history()["status"]) == ["ready"]
+
+
+def test_polls_rate_limited_past_the_deadline_stay_submitted_then_resume(
+    server_factory: Any, history_dir: Path
+) -> None:
+    server = server_factory(faults=FaultPlan(poll_429=Fault(on=frozenset(range(1, 31)))))
+    flux = flux_for(server.url, history_dir, cache=False, task_timeout=0.5)
+    try:
+        first = flux.run([flux.prepare("limited", seed=2, width=64, height=64)])[0]
+        assert first.status == "submitted" and isinstance(first.error, FluxTimeout)
+        assert "%flux resume" in (first.error_message or "")
+        assert list(flux.history()["status"]) == ["submitted"]
+        flux.task_timeout = 30.0
+        flux.executor.client.retry = FAST
+        resumed = flux.resume()
+    finally:
+        flux.close()
+    assert [r.status for r in resumed] == ["ready"] and resumed[0].record_id == first.record_id
+    assert list(flux.history()["status"]) == ["ready"]
+    assert server.stats()["submits"] == 1
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedApi]:
+    api = ScriptedApi().start()
+    yield api
+    api.stop()
+
+
+def test_a_download_failing_after_ready_stays_submitted_then_resumes(scripted: ScriptedApi, history_dir: Path) -> None:
+    scripted.downloads.extend([Step(503)] * FAST.attempts)
+    flux = flux_for(scripted.url, history_dir, cache=False)
+    try:
+        first = flux.run([flux.prepare("paid", seed=3, width=64, height=64)])[0]
+        assert first.status == "submitted" and isinstance(first.error, DeliveryError)
+        assert "HTTP 503" in (first.error_message or "") and "%flux resume" in (first.error_message or "")
+        assert list(flux.history()["status"]) == ["submitted"]
+        assert "HTTP 503" in flux.history()["error"].iloc[0]  # why it is still open, in the history too
+        resumed = flux.resume()
+        assert flux.history()["error"].isna().all()
+    finally:
+        flux.close()
+    assert [r.status for r in resumed] == ["ready"] and resumed[0].record_id == first.record_id
+    assert resumed[0].path is not None and Path(resumed[0].path).read_bytes() == scripted.image
+    assert scripted.submit_count == 1 and scripted.download_count == FAST.attempts + 1
+
+
+def test_a_corrupt_download_is_never_stored_and_resume_finishes_it(server_factory: Any, history_dir: Path) -> None:
+    server = server_factory(faults=FaultPlan(delivery_corrupt=Fault(on=frozenset({1, 2, 3}))))
+    flux = flux_for(server.url, history_dir, cache=False)
+    try:
+        first = flux.run([flux.prepare("damaged", seed=4, width=128, height=128, output_format="png")])[0]
+        assert first.status == "submitted" and first.path is None
+        assert isinstance(first.error, DeliveryError) and "corrupt" in (first.error_message or "")
+        resumed = flux.resume()
+    finally:
+        flux.close()
+    assert [r.status for r in resumed] == ["ready"]
+    row = flux.history().iloc[0]
+    data = Path(row["image_path"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == row["image_sha256"]
+    Image.open(io.BytesIO(data)).load()
+    stats = server.stats()
+    assert stats["submits"] == 1 and stats["charged"] == 1 and stats["downloads"] == 4
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A plain HTTP server on 127.0.0.1 that keeps the JSON bodies POSTed to it."""
+    received: list[dict[str, Any]] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            received.append(json.loads(body or b"{}"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/hook", received
+    httpd.shutdown()
+
+
+def test_a_request_with_a_webhook_is_never_answered_from_the_cache(
+    server_factory: Any, history_dir: Path, webhook_receiver: tuple[str, list[dict[str, Any]]]
+) -> None:
+    hook, received = webhook_receiver
+    server = server_factory()
+    flux = flux_for(server.url, history_dir, cache=True)
+    try:
+        plain = flux.run([flux.prepare("hooked", seed=5, width=64, height=64)])[0]
+        again = flux.run([flux.prepare("hooked", seed=5, width=64, height=64)])[0]
+        hooked = flux.run([flux.prepare("hooked", seed=5, width=64, height=64, webhook_url=hook)])[0]
+    finally:
+        flux.close()
+    assert plain.status == again.status == hooked.status == "ready"
+    assert again.cached and not hooked.cached
+    assert server.stats()["submits"] == 2
+    deadline = time.monotonic() + 5.0
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [body.get("id") for body in received] == [hooked.task_id]

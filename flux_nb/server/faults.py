@@ -42,6 +42,7 @@ class FaultPlan:
     slow_submit: Fault = Fault()  # the answer comes after ``slow_seconds`` (past a client's timeout)
     slow_poll: Fault = Fault()
     storm_429: Fault = Fault()  # 429 whatever the active count
+    poll_429: Fault = Fault()  # a poll answered 429 (a rate limit on GETs)
     task_error: Fault = Fault()
     request_moderated: Fault = Fault()
     content_moderated: Fault = Fault()
@@ -159,6 +160,9 @@ class FaultMiddleware:
                 await self._drop_after(scope, receive, send)
                 return
         elif route == "poll":
+            if fires("poll_429", number):
+                await _answer(send, 429, b'{"detail":"too many requests (injected)"}', [(b"retry-after", b"0.05")])
+                return
             if fires("poll_5xx", number):
                 await _answer(send, 500, b'{"detail":"injected failure"}')
                 return
