@@ -48,11 +48,24 @@ DELIVERY_REPOLLS = 2
 KEEPALIVE_EXPIRY = 4.0
 
 
-class ApiKey(httpx.Auth):
-    """Adds the ``x-key`` header; holds the key so that no repr or traceback shows it."""
+def _is_bfl(host: str) -> bool:
+    return host == "bfl.ai" or host.endswith(".bfl.ai")
 
-    def __init__(self, key: str | None) -> None:
+
+class ApiKey(httpx.Auth):
+    """Adds the ``x-key`` header, to the API's own host only; holds the key so that no repr or traceback shows it.
+
+    A polling URL on another host gets the key only when both are BFL hosts (regional polling
+    hosts): a server that hands out a foreign polling URL never learns the key.
+    """
+
+    def __init__(self, key: str | None, base_url: str = "") -> None:
         self._key = key
+        self._host = httpx.URL(base_url).host if base_url else ""
+
+    def sends_to(self, host: str) -> bool:
+        """True when a request to ``host`` carries the key."""
+        return host == self._host or (_is_bfl(host) and _is_bfl(self._host))
 
     def __repr__(self) -> str:
         return "ApiKey(***)" if self._key else "ApiKey(None)"
@@ -62,7 +75,7 @@ class ApiKey(httpx.Auth):
         return bool(self._key)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self._key:
+        if self._key and self.sends_to(request.url.host):
             request.headers[KEY_HEADER] = self._key
         yield request
 
@@ -151,7 +164,7 @@ class AsyncFluxClient:
         self.task_timeout = task_timeout
         self.retry = retry or RetryPolicy()
         self.durations = DurationModel()
-        self._auth = ApiKey(api_key)
+        self._auth = ApiKey(api_key, self.base_url)
         self._slots = asyncio.Semaphore(max_active)
         self._http = httpx.AsyncClient(
             auth=self._auth,

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from flux_nb.api import FluxRequest
-from flux_nb.client import AsyncFluxClient, RetryPolicy, Task
+from flux_nb.client import ApiKey, AsyncFluxClient, RetryPolicy, Task
 from flux_nb.errors import (
     AuthError,
     CreditsError,
@@ -373,3 +373,21 @@ async def test_keys_are_checked_when_the_server_requires_them(server_factory: An
     async with AsyncFluxClient("good-key", server.url) as client:
         assert (await client.generate(FluxRequest("x", seed=1, width=64, height=64))).width == 64
         assert await client.credits() > 0
+
+
+async def test_the_key_never_follows_a_polling_url_to_a_foreign_host(server_factory: Any) -> None:
+    server = server_factory(api_keys=frozenset({"good-key"}))
+    async with AsyncFluxClient("good-key", server.url, task_timeout=5) as client:
+        task = await client.submit(FluxRequest("x", seed=1, width=64, height=64))
+        assert (await client.resume(task)).width == 64  # the API's own host gets the key
+        foreign = Task(task.id, task.polling_url.replace("127.0.0.1", "localhost"), task.model, task.submitted_at)
+        with pytest.raises(AuthError):  # the same server under another name: the key is withheld
+            await client.poll(foreign)
+
+
+def test_regional_bfl_polling_hosts_get_the_key_and_others_do_not() -> None:
+    auth = ApiKey("k", "https://api.bfl.ai")
+    assert auth.sends_to("api.bfl.ai") and auth.sends_to("api.eu2.bfl.ai")
+    assert not auth.sends_to("bfl.ai.example.com") and not auth.sends_to("evil.example")
+    local = ApiKey("k", "http://127.0.0.1:8800")
+    assert local.sends_to("127.0.0.1") and not local.sends_to("localhost") and not local.sends_to("api.bfl.ai")
