@@ -2,11 +2,14 @@
 
 It runs on the same session, history and cache as the magic. Work runs on flux_nb's own
 loop, so the kernel stays responsive; widget updates are made from that loop's thread.
+Each request of a batch runs as its own future, so Generate comes back only once all have ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ import ipywidgets as w
 
 from flux_nb import api
 from flux_nb.errors import FluxError, ValidationError
+from flux_nb.execution import Emit, PreparedRequest
 from flux_nb.images import ImageInput, prepare_image, thumbnail
 from flux_nb.result import Result
 from flux_nb.session import Flux, draw_seed
@@ -51,7 +55,14 @@ class Panel(w.VBox):
 
     def __init__(self, session: Flux, **kwargs: Any) -> None:
         self.session = session
+        #: The batch in flight (None when idle): resolves, with its results, once every request has ended.
         self._future: Future[list[Result]] | None = None
+        self._requests: list[Future[list[Result]]] = []  # one per request, so one failure cannot end the batch
+        self._lock = threading.Lock()
+        self._remaining = 0
+        self._batch_size = 0
+        self._batch_done = 0
+        self._batch_credits = 0.0
         self._started = 0.0
         self._slots: list[Slot] = []
         self._results: list[Result] = []
@@ -144,8 +155,14 @@ class Panel(w.VBox):
         self.upload.value = ()
 
     def add_reference(self, image: Any) -> None:
-        """Add a reference image (a path, bytes, PIL image, array or Result) to the next request."""
-        self._add_reference(image.image if isinstance(image, Result) else image, "reference")
+        """Add a reference image (a path, URL, bytes, PIL image, array or Result) to the next request."""
+        if isinstance(image, Result):
+            if not image.ok or image.path is None:
+                self._show_error(FluxError(f"result {image.record_id} has no image to use (status {image.status})"))
+                return
+            self._add_reference(image.path, f"result {image.record_id}")  # the stored bytes, as they came
+        else:
+            self._add_reference(image, "reference")
 
     def _add_reference(self, obj: Any, name: str) -> None:
         try:
@@ -169,6 +186,11 @@ class Panel(w.VBox):
         self._slots = [s for s in self._slots if s is not slot]
         self.slots_box.children = [s.widget for s in self._slots]
 
+    def clear_references(self) -> None:
+        """Empty every reference slot."""
+        self._slots = []
+        self.slots_box.children = []
+
     # -- generating ----------------------------------------------------------------------------
 
     def submit(self) -> None:
@@ -178,26 +200,22 @@ class Panel(w.VBox):
         self.error.value = ""
         try:
             batch = self._batch()
-            self.generate.disabled, self.cancel.disabled = True, False
-            self._started = time.monotonic()
-            self._pending = len(batch)
-            self._set_status(f"queued {len(batch)} request(s)…")
-            self._future = self.session.start(batch, self._on_event)
-        except FluxError as exc:
+            self.session.check_budget(batch)
+        except Exception as exc:  # shown in words: the panel never dies
             self._show_error(exc)
-            self._idle()
             return
-        self._future.add_done_callback(self._on_done)
+        self._begin(batch)
+        if not self.lock_seed.value:
+            self.seed.value = draw_seed()
 
-    def _batch(self) -> list[Any]:
+    def _batch(self) -> list[PreparedRequest]:
         if not self.prompt.value.strip():
             raise ValidationError("the prompt is empty: describe the image you want")
-        base_seed = self.seed.value
         inputs = tuple(s.image for s in self._slots)
-        batch = [
+        return [
             self.session.prepare(
                 self.prompt.value,
-                seed=base_seed + i,
+                seed=self.seed.value + i,
                 width=self.width.value,
                 height=self.height.value,
                 images=inputs,
@@ -208,39 +226,103 @@ class Panel(w.VBox):
             )
             for i in range(self.count.value)
         ]
-        if not self.lock_seed.value:
-            self.seed.value = draw_seed()
-        return batch
+
+    def _begin(self, batch: list[PreparedRequest]) -> None:
+        """Start every request on flux_nb's loop; Generate stays disabled until the last one has ended."""
+        self._future = Future()
+        self.generate.disabled, self.cancel.disabled = True, False
+        self._started = time.monotonic()
+        self._batch_size, self._batch_done, self._batch_credits = len(batch), 0, 0.0
+        self._set_status(f"queued {len(batch)} request(s)…")
+        started: list[Future[list[Result]]] = []
+        try:
+            for index, prepared in enumerate(batch):
+                started.append(self.session.start([prepared], self._emitter(index)))
+        except Exception as exc:  # the requests already started still run, and are waited for
+            self._show_error(exc)
+        self._requests = started
+        self._remaining = len(started)
+        if not started:
+            self._finish()
+            return
+        for future in started:
+            future.add_done_callback(self._on_request_done)
+
+    def _emitter(self, index: int) -> Emit:
+        """The event callback of request ``index`` (each runs as a batch of one, numbered 0)."""
+        return lambda kind, args: self._on_event(kind, (index, *args[1:]))
 
     def _on_event(self, kind: str, args: tuple[Any, ...]) -> None:
-        elapsed = time.monotonic() - self._started
-        if kind == "progress":
-            _, status, fraction = args
-            stage = {"Submitted": "queued", "Downloading": "downloading"}.get(status, "generating")
-            pct = f" {fraction * 100:.0f}%" if isinstance(fraction, float) and 0 < fraction < 1 else ""
-            self._set_status(f"{stage}{pct} · {elapsed:.1f} s")
-        elif kind == "finished":
-            self._add_result(args[1])
+        """A request's event, on flux_nb's loop thread; a failure here is shown, never raised into the request."""
+        try:
+            if kind == "progress":
+                self._on_progress(*args)
+            elif kind == "finished":
+                self._on_finished(*args)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                self._show_error(exc)
 
-    def _on_done(self, future: Future[list[Result]]) -> None:
-        if future.cancelled():
-            self._set_status("cancelled: submitted requests are kept as pending (%flux resume finishes them)")
-        elif future.exception() is not None:
-            self._show_error(future.exception())
-        else:
-            results = future.result()
-            failed = sum(not r.ok for r in results)
-            took = time.monotonic() - self._started
-            self._set_status(
-                f"done: {len(results) - failed} image(s){f', {failed} failed' if failed else ''} · {took:.1f} s"
-            )
-        self._idle()
+    def _on_progress(self, index: int, status: str, fraction: float | None) -> None:
+        stage = {"Submitted": "queued", "Downloading": "downloading"}.get(status, "generating")
+        pct = f" {fraction * 100:.0f}%" if isinstance(fraction, float) and 0 < fraction < 1 else ""
+        self._set_status(f"{stage}{pct} · {self._elapsed()}{self._tally()}")
+
+    def _on_finished(self, index: int, result: Result) -> None:
+        with self._lock:
+            self._batch_done += 1
+            self._batch_credits += result.cost or 0.0
+        self._set_status(f"{'finished' if result.ok else result.status} · {self._elapsed()}{self._tally()}")
         self._refresh_cost()
+        self._add_result(result)
+
+    def _tally(self) -> str:
+        """The batch so far: requests ended (for more than one) and credits spent."""
+        done = f" · {self._batch_done} of {self._batch_size} done" if self._batch_size > 1 else ""
+        return f"{done} · {self._batch_credits:.2f} credits so far"
+
+    def _elapsed(self) -> str:
+        return f"{time.monotonic() - self._started:.1f} s"
+
+    def _on_request_done(self, future: Future[list[Result]]) -> None:
+        """One request has ended (or was cancelled); the last one ends the batch."""
+        if not future.cancelled() and future.exception() is not None:
+            with contextlib.suppress(Exception):
+                self._show_error(future.exception())
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Every request has ended: report, and make the form usable again."""
+        batch, requests = self._future, self._requests
+        results: list[Result] = []
+        try:
+            results = [r for f in requests if not f.cancelled() and f.exception() is None for r in f.result()]
+            if any(f.cancelled() for f in requests):
+                self._set_status(
+                    f"cancelled after {self._elapsed()}: submitted requests are kept as pending "
+                    "(%flux resume finishes them)"
+                )
+            elif requests:
+                failed = sum(not r.ok for r in results)
+                self._set_status(
+                    f"done: {len(results) - failed} image(s){f', {failed} failed' if failed else ''} · "
+                    f"{self._elapsed()} · {self._batch_credits:.2f} credits"
+                )
+            self._refresh_cost()
+        finally:
+            self._requests = []
+            self._idle()
+            if batch is not None:
+                batch.set_result(results)
 
     def stop(self) -> None:
         """Stop waiting for the current request(s); the records stay pending for resume."""
-        if self._future is not None:
-            self._future.cancel()
+        for future in list(self._requests):
+            future.cancel()
 
     def _idle(self) -> None:
         self._future = None
@@ -273,16 +355,40 @@ class Panel(w.VBox):
         self.gallery.children = (card, *self.gallery.children)
 
     def remix(self, result: Result) -> None:
-        """Load a result's settings back into the form."""
+        """Load a result's settings back into the form: prompt, model, seed, size, safety, format, references."""
+        try:
+            self._remix(result)
+        except Exception as exc:
+            self._show_error(exc)
+
+    def _remix(self, result: Result) -> None:
+        self.error.value = ""
         self.prompt.value = result.prompt
-        self.model.value = result.model
+        if result.model in self.model.options:
+            self.model.value = result.model
         self.seed.value = result.seed
         self.lock_seed.value = True
         if result.width and result.height:
             preset = next((k for k, v in SIZE_PRESETS.items() if v == (result.width, result.height)), "custom")
             self.size.value = preset
             self.width.value, self.height.value = result.width, result.height
+        record = self.session.record(result.record_id)
+        if record.safety_tolerance is not None:
+            self.safety.value = record.safety_tolerance
+        if record.output_format in self.format.options:
+            self.format.value = record.output_format
+        self.clear_references()
+        missing = []
+        for digest in record.input_hashes:
+            try:
+                self._add_reference(self.session.store.load_input(digest), f"reference {digest[:12]}")
+            except KeyError:
+                missing.append(digest[:12])
         self._set_status(f"loaded the settings of {result.record_id}")
+        if missing:
+            self._show_error(
+                ValidationError(f"reference image(s) {', '.join(missing)} of {record.record_id} are no longer stored")
+            )
 
     # -- status --------------------------------------------------------------------------------
 

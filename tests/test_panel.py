@@ -1,17 +1,24 @@
-"""The widget panel without a browser: form rules, one submit per click, cancel, errors, remix, references."""
+"""The widget panel without a browser: form rules, one submit per click, cancel, errors, remix, references,
+the magic that opens it, and a kernel thread that stays free while it works."""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import ipywidgets as w
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
 from PIL import Image
 
 from flux_nb import Flux
 from flux_nb.panel import MAX_SLOTS, Panel
+from flux_nb.result import Result
 
 
 @pytest.fixture
@@ -24,9 +31,10 @@ def flux(server_factory: Any, history_dir: Path) -> Flux:
 
 
 def wait_idle(panel: Panel, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while panel._future is not None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    """Wait for the batch in flight: its future resolves once the panel is back to idle."""
+    batch = panel._future
+    if batch is not None:
+        batch.result(timeout)
     assert panel._future is None, "the panel did not finish"
 
 
@@ -152,3 +160,233 @@ def test_a_failed_request_is_shown_and_the_panel_keeps_working(flux: Flux) -> No
     panel.submit()
     wait_idle(panel)
     assert len(panel.gallery.children) == 1
+
+
+def card_button(panel: Panel, css_class: str, index: int = 0) -> w.Button:
+    """A gallery card's button by its CSS class (cards are newest first)."""
+    card = panel.gallery.children[index]
+    return next(b for b in card.children[2].children if css_class in b._dom_classes)
+
+
+def test_status_line_counts_the_batchs_credits_as_it_goes(flux: Flux) -> None:
+    panel = Panel(flux)
+    statuses: list[str] = []
+    costs: list[str] = []
+    panel.status.observe(lambda change: statuses.append(change["new"]), "value")
+    panel.cost.observe(lambda change: costs.append(change["new"]), "value")
+    panel.prompt.value = "credits as they come"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.count.value = 2
+    panel.submit()
+    wait_idle(panel)
+    each = panel._results[0].cost
+    assert each and each > 0
+    assert any("0.00 credits so far" in s for s in statuses)  # before anything has finished
+    assert any(f"1 of 2 done · {each:.2f} credits so far" in s for s in statuses)
+    assert f"· {2 * each:.2f} credits" in statuses[-1] and "done: 2 image(s)" in statuses[-1]
+    assert f"Credits spent: {each:.2f}" in costs[0]  # the running total moved after the first image, not at the end
+    assert f"Credits spent: {2 * each:.2f}" in panel.cost.value
+
+
+def test_remix_restores_safety_format_and_reference_images(flux: Flux) -> None:
+    panel = Panel(flux)
+    panel.prompt.value = "remix everything"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.safety.value, panel.format.value = 1, "png"
+    panel.add_reference(png_bytes("red"))
+    sent = panel._slots[0].image.sha256
+    panel.submit()
+    wait_idle(panel)
+    result = panel._results[0]
+    assert result.ok and not result.cached
+
+    panel.safety.value, panel.format.value = 5, "jpeg"
+    panel.clear_references()
+    panel.add_reference(png_bytes("blue"))
+    panel.add_reference(png_bytes("green"))
+    panel.remix(result)
+    assert (panel.safety.value, panel.format.value) == (1, "png")
+    assert [s.image.sha256 for s in panel._slots] == [sent]
+    assert len(panel.slots_box.children) == 1 and panel.error.value == ""
+    panel.submit()  # the very same request: answered from the history, for free
+    wait_idle(panel)
+    assert panel._results[0].cached and panel._results[0].record_id == result.record_id
+
+
+def test_remix_says_when_a_reference_image_is_gone(flux: Flux) -> None:
+    panel = Panel(flux)
+    panel.prompt.value = "lost reference"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.add_reference(png_bytes("red"))
+    panel.submit()
+    wait_idle(panel)
+    for stored in (flux.store.root / "inputs").iterdir():
+        stored.unlink()
+    panel.remix(panel._results[0])
+    assert "no longer stored" in panel.error.value and panel.prompt.value == "lost reference"
+    assert panel._slots == []
+
+
+def test_a_failing_event_handler_is_shown_and_never_stops_the_batch(flux: Flux) -> None:
+    panel = Panel(flux)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("display broke")
+
+    panel._on_progress = broken  # type: ignore[method-assign]
+    unfinished_when_enabled: list[list[str]] = []
+    panel.generate.observe(
+        lambda change: (
+            change["new"] or unfinished_when_enabled.append([s for s in flux.history()["status"] if s != "ready"])
+        ),
+        "disabled",
+    )
+    panel.prompt.value = "keep going"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.count.value = 2
+    panel.submit()
+    wait_idle(panel)
+    assert "display broke" in panel.error.value
+    assert len(panel.gallery.children) == 2 and "done: 2 image(s)" in panel.status.value
+    assert unfinished_when_enabled == [[]]  # re-enabled once, with every request ended
+
+
+def test_generate_stays_disabled_while_any_request_is_in_flight(flux: Flux, monkeypatch: pytest.MonkeyPatch) -> None:
+    panel = Panel(flux)
+    panel.prompt.value = "one breaks, one runs"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.count.value = 2
+    panel.lock_seed.value = True
+    broken_seed = panel.seed.value
+    executor = flux.executor
+    execute = executor.execute
+
+    async def failing_execute(index: int, prepared: Any, emit: Any, record_id: str | None = None) -> Result:
+        if prepared.request.seed == broken_seed:
+            raise RuntimeError("a bug in one request")
+        return await execute(index, prepared, emit, record_id)
+
+    monkeypatch.setattr(executor, "execute", failing_execute)
+    statuses_when_enabled: list[list[str]] = []
+    panel.generate.observe(
+        lambda change: change["new"] or statuses_when_enabled.append(list(flux.history()["status"])), "disabled"
+    )
+    panel.submit()
+    wait_idle(panel)
+    assert statuses_when_enabled == [["ready"]]  # not while the other request was still running
+    assert "unexpected error: a bug in one request" in panel.error.value
+    assert "done: 1 image(s)" in panel.status.value and len(panel.gallery.children) == 1
+
+
+def test_edit_this_puts_the_result_in_a_reference_slot(flux: Flux) -> None:
+    panel = Panel(flux)
+    panel.prompt.value = "the original"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.submit()
+    wait_idle(panel)
+    result = panel._results[0]
+    card_button(panel, "flux-reuse").click()
+    assert len(panel._slots) == 1
+    digest = hashlib.sha256(result.path.read_bytes()).hexdigest()  # type: ignore[union-attr]
+    assert panel._slots[0].image.sha256 == digest == flux.history().iloc[-1]["image_sha256"]
+    panel.prompt.value = "an edit of the original"
+    panel.submit()
+    wait_idle(panel)
+    newest = flux.history().iloc[-1]
+    assert newest["prompt"] == "an edit of the original" and list(newest["input_hashes"]) == [digest]
+    failed = Result(
+        record_id="r-failed", status="failed", prompt="p", model=flux.model, seed=1, width=None, height=None
+    )
+    panel.add_reference(failed)
+    assert "has no image" in panel.error.value and len(panel._slots) == 1
+
+
+def test_random_seed_button_and_seed_lock(flux: Flux) -> None:
+    panel = Panel(flux)
+    panel.seed.value = 7
+    panel.random_seed.click()
+    assert panel.seed.value != 7 and 0 <= panel.seed.value < 2**32
+    panel.prompt.value = "seeds"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.seed.value, panel.lock_seed.value = 1234, True
+    panel.submit()
+    wait_idle(panel)
+    assert panel.seed.value == 1234 and flux.history().iloc[-1]["seed"] == 1234
+    panel.seed.value, panel.lock_seed.value = 4321, False
+    panel.submit()  # sends 4321, then draws the next seed
+    wait_idle(panel)
+    assert flux.history().iloc[-1]["seed"] == 4321 and panel.seed.value != 4321
+
+
+def test_safety_and_format_reach_the_request(flux: Flux) -> None:
+    panel = Panel(flux)
+    panel.prompt.value = "strict png"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.safety.value, panel.format.value = 4, "png"
+    panel.submit()
+    wait_idle(panel)
+    row = flux.history().iloc[-1]
+    assert (row["safety_tolerance"], row["output_format"]) == (4, "png")
+    assert panel._results[0].path.suffix == ".png"  # type: ignore[union-attr]
+    with Image.open(panel._results[0].path) as image:  # type: ignore[arg-type]
+        assert image.format == "PNG"
+
+
+def test_the_flux_panel_magic_opens_a_panel_on_the_session(server: Any, history_dir: Path) -> None:
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_line_magic("load_ext", "flux_nb")
+        session: Flux = shell.user_ns["flux"]
+        session.endpoint, session.history_dir = server.url, str(history_dir)
+        opened: list[Panel] = []
+        make_panel = session.panel
+        session.panel = lambda: opened.append(make_panel()) or opened[-1]  # type: ignore[method-assign]
+        with capture_output() as captured:
+            outcome = shell.run_cell("%flux panel")
+        assert outcome.success and len(opened) == 1
+        panel = opened[0]
+        views = [o.data["application/vnd.jupyter.widget-view+json"] for o in captured.outputs]
+        assert views == [{"version_major": 2, "version_minor": 0, "model_id": panel.model_id}]
+        assert panel.session is session
+        panel.prompt.value = "from the magic"
+        panel.size.value = "512×512 (fast drafts)"
+        panel.submit()
+        wait_idle(panel)
+        assert len(panel.gallery.children) == 1
+        assert list(shell.user_ns["flux_history"]["prompt"]) == ["from the magic"]  # the magic's listener ran
+    finally:
+        shell.user_ns["flux"].close()
+        InteractiveShell.clear_instance()
+
+
+def test_the_kernel_thread_stays_free_while_the_panel_generates(server_factory: Any, history_dir: Path) -> None:
+    server = server_factory(latency=1.5)
+    flux = Flux(endpoint=server.url, history_dir=history_dir)
+    try:
+        panel = Panel(flux)
+        threads: set[str] = set()
+        on_event = panel._on_event
+
+        def spy(kind: str, args: tuple[Any, ...]) -> None:
+            threads.add(threading.current_thread().name)
+            on_event(kind, args)
+
+        panel._on_event = spy  # type: ignore[method-assign]
+        panel.prompt.value = "meanwhile"
+        panel.size.value = "512×512 (fast drafts)"
+        panel.count.value = 2
+        assert flux.executor is not None  # built up front, so the timing below is the submit alone
+        began = time.monotonic()
+        panel.submit()
+        assert time.monotonic() - began < 0.5, "submit blocked the calling thread"
+        ticks, seen = 0, set()
+        while panel._future is not None:  # the "kernel" keeps running code while the images are made
+            ticks += 1
+            seen.add(panel.status.value.split("·")[0])
+            time.sleep(0.01)
+        assert ticks > 50 and len(panel.gallery.children) == 2
+        assert threads == {"flux-nb-loop"} and threading.current_thread().name not in threads
+        assert len(seen) > 1  # the status line changed while the kernel thread was busy elsewhere
+    finally:
+        flux.close()
