@@ -51,7 +51,7 @@ def serve(args: argparse.Namespace) -> int:
         latency=args.latency,
         max_active=args.max_active,
         delivery_ttl=args.delivery_ttl,
-        api_keys=keys if args.require_key else frozenset(),
+        api_keys=keys,  # keys given are always checked; --require-key only insists that there are some
         engine=args.engine,
         engine_options=engine_options(args),
         public_url=args.public_url,
@@ -62,8 +62,10 @@ def serve(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # the engine cannot run here: say what to install
         print(f"flux-nb serve: {exc}", file=sys.stderr)
         return 2
+    # The access log (one line per request: method, path with query, status) needs uvicorn's info level.
+    log_level = "info" if args.access_log else "warning"
     server = AnnouncingServer(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False),
+        uvicorn.Config(app, host=args.host, port=args.port, log_level=log_level, access_log=args.access_log),
         f"(engine {args.engine}, latency {args.latency:g} s)",
     )
     server.run()
@@ -136,7 +138,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument("--cpu-offload", action="store_true", help="diffusers engine: one component on the GPU at a time")
     p.add_argument("--compile", action="store_true", help="diffusers engine: torch.compile the transformer blocks")
     p.add_argument("--steps", type=int, help="diffusers engine: inference steps (default 4, for distilled klein)")
-    p.add_argument("--require-key", action="store_true", help=f"accept only the keys listed in {SERVER_KEYS_ENV}")
+    p.add_argument(
+        "--require-key",
+        action="store_true",
+        help=f"refuse to start unless {SERVER_KEYS_ENV} lists keys (keys listed there are always checked)",
+    )
+    p.add_argument(
+        "--access-log", action="store_true", help="log every request (client, method, path, status) to stdout"
+    )
     p.add_argument("--public-url", help="base URL written into polling and delivery URLs")
     p.add_argument(
         "--faults",

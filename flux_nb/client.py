@@ -419,7 +419,9 @@ class AsyncFluxClient:
                 continue
             try:
                 # Decoding releases the GIL: off the loop, it does not hold up other tasks' polls.
-                return response.content, await asyncio.to_thread(decode_output, response.content)
+                # Storage that sends Content-MD5 (as Azure Blob does) lets damage that still decodes be caught too.
+                checksum = response.headers.get("content-md5")
+                return response.content, await asyncio.to_thread(decode_output, response.content, checksum)
             except DeliveryError as exc:
                 last = exc
                 if attempt + 1 >= attempts:

@@ -34,6 +34,8 @@ _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
 _DATA_URI = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 _FIX = "use a PNG, JPEG or WebP image"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk with its fixed CRC
+_JPEG_END = b"\xff\xd9"  # the end-of-image marker (Pillow writes nothing after it)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -242,11 +244,51 @@ def prepare_images(objs: Any, name: str = "images") -> tuple[ImageInput, ...]:
     return tuple(prepare_image(obj, f"{name}[{i}]") for i, obj in enumerate(objs))
 
 
-def decode_output(data: bytes) -> Image.Image:
-    """Decode a downloaded result completely (every pixel), or raise DeliveryError."""
+def md5_base64(data: bytes) -> str:
+    """The ``Content-MD5`` header value of ``data``: base64 of its MD5 digest (as Azure Blob storage sends it)."""
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
+
+
+def _check_md5(data: bytes, expected: str) -> None:
+    """Raise DeliveryError unless ``expected`` (a base64 Content-MD5) is the MD5 of ``data``."""
+    try:
+        digest = base64.b64decode(expected.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise DeliveryError(
+            f"downloaded image is corrupt or truncated: Content-MD5 {_shorten(expected, 40)!r} is not base64"
+        ) from None
+    if len(digest) != 16 or digest != hashlib.md5(data, usedforsecurity=False).digest():
+        raise DeliveryError(
+            f"downloaded image is corrupt or truncated: its MD5 {md5_base64(data)} does not match "
+            f"Content-MD5 {_shorten(expected, 40)} ({len(data)} bytes)"
+        )
+
+
+def decode_output(data: bytes, content_md5: str | None = None) -> Image.Image:
+    """Decode a downloaded result completely (every pixel), or raise DeliveryError.
+
+    ``content_md5`` is the response's ``Content-MD5`` header (base64), checked first when given.
+    Structural checks follow: a PNG's chunk CRCs and closing IEND chunk, a JPEG's end-of-image marker.
+    """
+    if content_md5 is not None:
+        _check_md5(data, content_md5)
     try:
         image = Image.open(io.BytesIO(data))
+        if image.format == "PNG":
+            if not data.endswith(_PNG_END):
+                raise DeliveryError(
+                    f"downloaded image is corrupt or truncated: the PNG does not end with its IEND chunk "
+                    f"({len(data)} bytes)"
+                )
+            image.verify()  # every chunk's CRC; a verified image cannot be loaded, so open it again
+            image = Image.open(io.BytesIO(data))
+        elif image.format == "JPEG" and not data.endswith(_JPEG_END):
+            raise DeliveryError(
+                f"downloaded image is corrupt or truncated: the JPEG has no end-of-image marker ({len(data)} bytes)"
+            )
         image.load()
+    except DeliveryError:
+        raise
     except Image.UnidentifiedImageError:
         raise DeliveryError(f"downloaded image is corrupt or truncated: unknown format ({len(data)} bytes)") from None
     except Exception as exc:

@@ -10,6 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from packaging.specifiers import SpecifierSet
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -40,6 +42,15 @@ def test_binder_requirements_install_this_package() -> None:
     assert [(i["metadata"]["name"], i["metadata"]["version"]) for i in installs] == [
         (project["name"], project["version"])
     ]
+
+
+def test_binder_runtime_satisfies_requires_python() -> None:
+    # Without runtime.txt mybinder.org builds on its default Python (3.10), older than the package allows.
+    runtime = (ROOT / "binder" / "runtime.txt").read_text().strip()
+    found = re.fullmatch(r"python-(3\.\d+)", runtime)
+    assert found is not None, f"binder/runtime.txt should read like 'python-3.12', not {runtime!r}"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert found.group(1) in SpecifierSet(requires), (runtime, requires)
 
 
 def test_post_build_is_executable_and_checks_the_install() -> None:

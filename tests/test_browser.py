@@ -83,6 +83,12 @@ class Lab:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT")}
         env["JUPYTER_CONFIG_DIR"] = str(root / ".jupyter-config")
+        # Answer JupyterLab's "get notified about news?" question up front, so it never covers the page.
+        settings = root / ".lab-settings"
+        notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        notification.parent.mkdir(parents=True, exist_ok=True)
+        notification.write_text('{"fetchNews": "false", "checkForUpdates": false}')
+        env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
         self.log = open(root / "lab.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [

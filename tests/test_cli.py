@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image
 
 
@@ -16,6 +19,47 @@ def flux_nb(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
     return subprocess.run(
         [sys.executable, "-m", "flux_nb", *args], cwd=cwd, capture_output=True, text=True, env={**base, **(env or {})}
     )
+
+
+@contextmanager
+def serving(*args: str, env: dict[str, str], output: dict[str, str] | None = None) -> Iterator[str]:
+    """Run ``flux-nb serve --port 0 ARGS`` and yield its base URL; stopped on exit.
+
+    ``output``, when given, receives the server's whole ``stdout`` and ``stderr`` once it has stopped.
+    """
+    base = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT", "FLUX_NB_SERVER_KEYS")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flux_nb", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**base, **env},
+    )
+    first = ""
+    try:
+        first = proc.stdout.readline() if proc.stdout else ""
+        assert "http://127.0.0.1:" in first, first + (proc.stderr.read() if proc.stderr else "")
+        yield "http://" + first.split("http://", 1)[1].split()[0]
+    finally:
+        proc.terminate()
+        rest, errors = proc.communicate(timeout=15)
+        if output is not None:
+            output.update(stdout=first + rest, stderr=errors)
+
+
+def test_serve_checks_keys_whenever_they_are_given() -> None:
+    with serving(env={"FLUX_NB_SERVER_KEYS": "cli-key-1, cli-key-2"}) as url:
+        submit, body = f"{url}/v1/flux-2-klein-4b", {"prompt": "x", "width": 64, "height": 64}
+        assert httpx.post(submit, json=body).status_code == 401
+        assert httpx.post(submit, json=body, headers={"x-key": "cli-key-3"}).status_code == 403
+        assert httpx.get(f"{url}/v1/credits").status_code == 401
+        assert httpx.post(submit, json=body, headers={"x-key": "cli-key-1"}).status_code == 200
+        assert httpx.get(f"{url}/v1/credits", headers={"x-key": "cli-key-2"}).status_code == 200
+
+
+def test_serve_without_keys_accepts_any_request() -> None:
+    with serving(env={"FLUX_NB_SERVER_KEYS": ""}) as url:
+        assert httpx.get(f"{url}/v1/credits").status_code == 200
 
 
 def test_generate_copies_the_image_and_history_lists_it(server: Any, tmp_path: Path) -> None:

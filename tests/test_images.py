@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from flux_nb.errors import DeliveryError, ValidationError
-from flux_nb.images import ImageInput, decode_output, prepare_image, prepare_images, sha256_hex, thumbnail
+from flux_nb.images import (
+    ImageInput,
+    decode_output,
+    md5_base64,
+    prepare_image,
+    prepare_images,
+    sha256_hex,
+    thumbnail,
+)
 
 
 def encoded(size: tuple[int, int] = (40, 30), mode: str = "RGB", fmt: str = "PNG", color: object = 0) -> bytes:
@@ -246,6 +255,76 @@ def test_decode_output_loads_every_pixel_and_detects_truncation(fmt: str) -> Non
     assert decode_output(good).size == (64, 64)
     with pytest.raises(DeliveryError, match=r"^downloaded image is corrupt or truncated: "):
         decode_output(good[: len(good) // 2])
+
+
+def noisy(fmt: str, size: tuple[int, int] = (128, 96)) -> bytes:
+    """An image that compresses poorly, so a damaged middle lands in pixel data."""
+    pixels = np.random.default_rng(7).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def flipped(data: bytes) -> bytes:
+    """64 bytes in the middle XORed with 0xFF, as a damaged download would hold."""
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :]
+
+
+FORMATS = ["PNG", "JPEG", "WEBP"]
+
+
+def test_md5_base64_is_the_content_md5_header_value() -> None:
+    assert md5_base64(b"") == "1B2M2Y8AsgTpgAmY7PhCfg=="  # as Azure Blob storage reports an empty blob
+    assert base64.b64decode(md5_base64(b"abc")) == hashlib.md5(b"abc").digest()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_decode_output_accepts_an_intact_body_with_its_md5(fmt: str) -> None:
+    good = noisy(fmt)
+    assert decode_output(good, md5_base64(good)).size == (128, 96)
+    assert decode_output(good, " " + md5_base64(good) + " ").size == (128, 96)  # header whitespace
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_decode_output_refuses_damaged_bodies_when_the_md5_is_given(fmt: str, damage: str) -> None:
+    good = noisy(fmt)
+    bad = good[: len(good) // 2] if damage == "truncated" else flipped(good)
+    with pytest.raises(DeliveryError, match=r"^downloaded image is corrupt or truncated: its MD5 .* does not match"):
+        decode_output(bad, md5_base64(good))
+
+
+@pytest.mark.parametrize("header", ["not base64!", "", "AAAA", "é"])
+def test_decode_output_refuses_a_malformed_content_md5(header: str) -> None:
+    with pytest.raises(DeliveryError, match=r"^downloaded image is corrupt or truncated: "):
+        decode_output(noisy("PNG"), header)
+
+
+def test_structural_checks_catch_a_flipped_png_without_md5() -> None:
+    with pytest.raises(DeliveryError, match=r"^downloaded image is corrupt or truncated: .*(checksum|CRC)"):
+        decode_output(flipped(noisy("PNG")))
+
+
+def test_structural_checks_catch_a_png_short_of_its_last_bytes() -> None:
+    good = noisy("PNG")
+    Image.open(io.BytesIO(good[:-1])).load()  # every pixel is there: Pillow alone accepts it
+    with pytest.raises(DeliveryError, match=r"^downloaded image is corrupt or truncated: .*IEND chunk"):
+        decode_output(good[:-1])
+
+
+@pytest.mark.parametrize(("fmt", "message"), [("PNG", "IEND chunk"), ("JPEG", "end-of-image marker")])
+@pytest.mark.parametrize("keep", [0.5, -1])
+def test_truncation_is_caught_even_when_pillow_is_told_to_load_truncated_images(
+    monkeypatch: pytest.MonkeyPatch, fmt: str, message: str, keep: float
+) -> None:
+    # Notebooks often set ImageFile.LOAD_TRUNCATED_IMAGES = True; a cut-short delivery must still fail.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    good = noisy(fmt)
+    short = good[: int(len(good) * keep)] if keep > 0 else good[: int(keep)]
+    Image.open(io.BytesIO(short)).load()
+    with pytest.raises(DeliveryError, match=f"^downloaded image is corrupt or truncated: .*{message}"):
+        decode_output(short)
 
 
 @pytest.mark.parametrize("bad", [b"garbage", b"", b"<html>expired</html>"])

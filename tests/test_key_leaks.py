@@ -5,12 +5,14 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import time
 import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
@@ -19,6 +21,7 @@ from flux_nb import Flux
 from flux_nb.api import FluxRequest
 from flux_nb.client import AsyncFluxClient, RetryPolicy
 from flux_nb.errors import FluxError
+from tests.test_cli import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = f"bfl-canary-{uuid.uuid4().hex}"
@@ -119,7 +122,7 @@ def test_a_saved_notebook_never_holds_the_key(keyed_server: Any, tmp_path: Path,
     nbformat.write(
         new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}}), source
     )
-    env = {"BFL_API_KEY": KEY, "FLUX_NB_ENDPOINT": keyed_server.url}
+    env = {"FLUX_NB_API_KEY": KEY, "FLUX_NB_ENDPOINT": keyed_server.url}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -137,3 +140,31 @@ def test_a_saved_notebook_never_holds_the_key(keyed_server: Any, tmp_path: Path,
         assert KEY.encode() not in data
     assert keyed_server.stats()["ready"] == 1
     assert all(KEY not in line for line in logs.lines)
+
+
+def test_the_serve_command_never_logs_the_key() -> None:
+    output: dict[str, str] = {}
+    with serving("--access-log", env={"FLUX_NB_SERVER_KEYS": KEY}, output=output) as url, httpx.Client() as http:
+        good, wrong = {"x-key": KEY}, {"x-key": f"{KEY}-wrong"}
+
+        def ready(polling_url: str) -> dict[str, Any]:
+            deadline = time.monotonic() + 20
+            while (answer := http.get(polling_url, headers=good).json())["status"] == "Pending":
+                assert time.monotonic() < deadline, answer
+                time.sleep(0.02)
+            return answer
+
+        body = {"prompt": "a canary", "width": 64, "height": 64, "seed": 1}
+        polling_url = http.post(f"{url}/v1/flux-2-klein-4b", json=body, headers=good).json()["polling_url"]
+        assert http.get(ready(polling_url)["result"]["sample"]).status_code == 200
+        assert http.post(f"{url}/v1/flux-2-klein-4b", json=body, headers=wrong).status_code == 403
+        assert http.get(polling_url, headers=wrong).status_code == 403
+        assert http.get(f"{url}/v1/credits", headers=wrong).status_code == 403
+        assert http.post(f"{url}/v1/flux-2-klein-4b", json={"prompt": ""}, headers=good).status_code == 422
+        hook = {**body, "webhook_url": "http://127.0.0.1:9/hook", "webhook_secret": KEY}  # nobody listens there
+        hooked = http.post(f"{url}/v1/flux-2-klein-4b", json=hook, headers=good).json()["id"]
+        assert ready(f"{url}/v1/get_result?id={hooked}")["status"] == "Ready"
+    logged = output["stdout"] + output["stderr"]
+    assert '"POST /v1/flux-2-klein-4b HTTP/1.1" 403' in logged, logged  # the access log was on
+    assert '"GET /v1/credits HTTP/1.1" 403' in logged and "/delivery/" in logged, logged
+    assert KEY not in logged

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import struct
@@ -16,7 +17,10 @@ from fastapi import FastAPI, Request
 from PIL import Image
 
 from flux_nb.api import MODELS
+from flux_nb.errors import DeliveryError
+from flux_nb.images import decode_output, md5_base64
 from flux_nb.server import EmbeddedServer
+from flux_nb.server.faults import FaultPlan
 from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook, verify_webhook
 
 
@@ -129,7 +133,7 @@ def test_keys_are_required_when_configured(server_factory: Any, http: httpx.Clie
 
 
 def test_the_active_limit_answers_429_with_retry_after(server_factory: Any, http: httpx.Client) -> None:
-    server = server_factory(latency=2.0, max_active=3)
+    server = server_factory(latency=60.0, max_active=3)  # nothing finishes while the five posts land
     url = f"{server.url}/v1/flux-2-klein-4b"
     codes = [http.post(url, json={"prompt": "x", "width": 64, "height": 64}) for _ in range(5)]
     assert [c.status_code for c in codes] == [200, 200, 200, 429, 429]
@@ -139,29 +143,49 @@ def test_the_active_limit_answers_429_with_retry_after(server_factory: Any, http
 
 
 def test_progress_rises_while_pending(server_factory: Any, http: httpx.Client) -> None:
-    server = server_factory(latency=0.6)
+    server = server_factory(latency=3.0)
     body = http.post(f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "width": 64, "height": 64}).json()
     first = http.get(body["polling_url"]).json()
-    time.sleep(0.3)
-    second = http.get(body["polling_url"]).json()
-    assert first["status"] == second["status"] == "Pending"
-    assert 0 <= first["progress"] < second["progress"] < 1
+    assert first["status"] == "Pending" and 0 <= first["progress"] < 1
+    second = first
+    while second["status"] == "Pending" and second["progress"] <= first["progress"]:
+        time.sleep(0.05)
+        second = http.get(body["polling_url"]).json()
+    assert second["status"] == "Pending" and first["progress"] < second["progress"] < 1
     assert wait_ready(http, body["polling_url"])["progress"] == 1.0
 
 
 def test_delivery_urls_expire_and_reject_traversal(server_factory: Any, http: httpx.Client) -> None:
-    server = server_factory(delivery_ttl=0.3)
+    ttl = 2.0  # the first download, right after Ready, lands well inside it even on a loaded machine
+    server = server_factory(delivery_ttl=ttl)
     body = http.post(f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "width": 64, "height": 64}).json()
     sample = wait_ready(http, body["polling_url"])["result"]["sample"]
     assert http.get(sample).status_code == 200
-    time.sleep(0.4)
-    assert http.get(sample).status_code == 404
+    ready_at = server.stats()["ready_times"][body["id"]]
+    while (answer := http.get(sample)).status_code == 200:
+        assert time.time() < ready_at + ttl + 10, "the delivery URL never expired"
+        time.sleep(0.05)
+    assert answer.status_code == 404 and time.time() >= ready_at + ttl - 0.01  # not before the TTL ran out
     for path in (
         "/delivery/..%2F..%2Fetc%2Fpasswd/sample.jpeg",
         "/delivery/short/sample.jpeg",
         "/delivery/%2e%2e%2f%2e%2e%2fhistory.sqlite/sample.jpeg",
     ):
         assert http.get(f"{server.url}{path}").status_code == 404
+
+
+def test_deliveries_carry_a_content_md5_that_exposes_damage(server_factory: Any, http: httpx.Client) -> None:
+    server = server_factory(faults=FaultPlan.parse("delivery_corrupt=#2"))
+    body = {"prompt": "x", "width": 256, "height": 256, "output_format": "png"}
+    sample = wait_ready(http, http.post(f"{server.url}/v1/flux-2-klein-4b", json=body).json()["polling_url"])
+    good = http.get(sample["result"]["sample"])
+    assert good.headers["content-md5"] == md5_base64(good.content)
+    assert base64.b64decode(good.headers["content-md5"]) == hashlib.md5(good.content).digest()
+    assert decode_output(good.content, good.headers["content-md5"]).size == (256, 256)
+    damaged = http.get(sample["result"]["sample"])  # the same bytes with 64 of them flipped, the header kept
+    assert damaged.status_code == 200 and len(damaged.content) == len(good.content) != damaged.content
+    with pytest.raises(DeliveryError, match="does not match Content-MD5"):
+        decode_output(damaged.content, damaged.headers["content-md5"])
 
 
 def test_oversized_bodies_are_refused_with_413(server_factory: Any, http: httpx.Client) -> None:
@@ -234,7 +258,19 @@ def test_webhooks_are_signed_and_verifiable(server: EmbeddedServer, http: httpx.
     assert not verify_webhook(raw.replace(b"Ready", b"Error"), signature, "s3")
     assert not verify_webhook(raw, None, "s3")
     assert signature == sign_webhook(raw, "s3")
+    assert verify_webhook(raw, signature.encode(), "s3")
     assert http.get(f"{server.url}/v1/get_result", params={"id": answer["id"]}).json()["status"] == "Ready"
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["sha256=é" + "0" * 63, "sha256=\u2603", "\udcff", "sha256=" + "é" * 64, b"sha256=\xff", 12345, "sha256="],
+)
+def test_malformed_webhook_signatures_are_false_not_errors(header: Any) -> None:
+    body = b'{"id": "x", "status": "Ready"}'
+    assert verify_webhook(body, header, "s3") is False
+    assert verify_webhook(body, sign_webhook(body, "s3"), "\udcff") is False  # an unencodable secret
+    assert verify_webhook(body, sign_webhook(body, "sé"), "sé") is True  # a non-ASCII secret is fine
 
 
 def test_openapi_schema_lists_every_model_route(server: EmbeddedServer, http: httpx.Client) -> None:
@@ -298,6 +334,41 @@ def test_reference_fetches_are_limited(server_factory: Any, http: httpx.Client) 
             assert answer.status_code == 422 and message in answer.text, (reference, answer.text)
 
 
+def test_a_trickling_reference_host_cannot_hold_a_submit_past_the_fetch_timeout(
+    server_factory: Any, http: httpx.Client
+) -> None:
+    import asyncio as _asyncio
+
+    from fastapi.responses import StreamingResponse
+
+    noise = Image.frombytes("RGB", (64, 64), bytes(range(256)) * 48)
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")
+    data = buffer.getvalue()
+    site = FastAPI()
+
+    @site.get("/trickle.png")
+    async def trickle() -> Any:
+        async def pieces() -> Any:  # a valid PNG over about 6 s, each piece well inside the per-read timeout
+            step = len(data) // 60 + 1
+            for start in range(0, len(data), step):
+                yield data[start : start + step]
+                await _asyncio.sleep(0.1)
+
+        return StreamingResponse(pieces(), media_type="image/png")
+
+    with EmbeddedServer(app=site) as images:
+        server = server_factory(fetch_timeout=1.0)
+        started = time.monotonic()
+        answer = http.post(
+            f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "input_image": f"{images.url}/trickle.png"}
+        )
+        elapsed = time.monotonic() - started
+    assert answer.status_code == 422 and "could not fetch" in answer.text, answer.text
+    assert elapsed < 4.0, elapsed
+    assert server.stats()["submits"] == 0
+
+
 def test_the_embedded_server_listens_on_loopback_only(server: EmbeddedServer) -> None:
     assert server.host == "127.0.0.1"
     listening = server._server.servers[0].sockets[0].getsockname()[0]  # type: ignore[union-attr]
@@ -315,7 +386,7 @@ def test_a_request_without_seed_gets_a_reported_seed_that_replays(server: Embedd
 
 
 def test_tasks_are_ready_no_earlier_than_the_latency_and_stats_count(server_factory: Any, http: httpx.Client) -> None:
-    server = server_factory(latency=0.3)
+    server = server_factory(latency=1.5)  # long enough for all three posts to land while the first is active
     url = f"{server.url}/v1/flux-2-klein-4b"
     ids = [http.post(url, json={"prompt": f"p{i}", "width": 64, "height": 64}).json()["id"] for i in range(3)]
     assert server.stats()["active"] == 3
@@ -326,7 +397,8 @@ def test_tasks_are_ready_no_earlier_than_the_latency_and_stats_count(server_fact
     assert (stats["submits"], stats["ready"], stats["active"], stats["peak_active"]) == (3, 3, 0, 3)
     assert stats["polls"] >= 3
     for task_id in ids:
-        assert stats["ready_times"][task_id] - stats["submitted_times"][task_id] >= 0.3
+        # Wall-clock stamps around a monotonic sleep, which asyncio may end up to its clock resolution early.
+        assert stats["ready_times"][task_id] - stats["submitted_times"][task_id] >= 1.5 - 0.01
 
 
 def test_public_url_is_the_base_of_polling_and_delivery_urls(server_factory: Any, http: httpx.Client) -> None:

@@ -4,6 +4,7 @@ Request models are built from ``flux_nb.api.MODELS``, so every registered model 
 route, invalid bodies get FastAPI's 422, and the OpenAPI schema is accurate.
 """
 
+import asyncio
 import base64
 import binascii
 import re
@@ -21,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flux_nb import api
 from flux_nb.errors import ValidationError
-from flux_nb.images import open_image
+from flux_nb.images import md5_base64, open_image
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.engines import Engine, RenderJob, get_engine
 from flux_nb.server.faults import FaultCounter, FaultMiddleware
@@ -82,6 +83,25 @@ class ResultAnswer(BaseModel):
     preview: dict[str, Any] | None = None
 
 
+class ErrorAnswer(BaseModel):
+    """The body of every error but 422: FastAPI's ``{"detail": "<message>"}``."""
+
+    detail: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route really answers (422 is FastAPI's own)."""
+    meaning = {
+        400: "the body could not be read (e.g. JSON that is not UTF-8)",
+        401: "missing x-key header (when the server has keys)",
+        403: "invalid key (when the server has keys)",
+        404: "the delivery URL has expired or never existed",
+        413: "request body over the server's limit",
+        429: "too many active tasks (or an injected rate limit); see Retry-After",
+    }
+    return {code: {"model": ErrorAnswer, "description": meaning[code]} for code in codes}
+
+
 def field_error(field: str, message: str) -> HTTPException:
     """A 422 in FastAPI's own shape, for checks made after parsing (reference images)."""
     return HTTPException(422, detail=[{"loc": ["body", field], "msg": message, "type": "value_error"}])
@@ -105,22 +125,29 @@ async def load_reference(field: str, value: str, config: ServerConfig) -> Image.
 
 
 async def fetch_reference(field: str, url: str, config: ServerConfig) -> bytes:
-    """GET a reference image with a timeout and a size limit."""
+    """GET a reference image with a size limit and one deadline for the whole fetch.
+
+    ``fetch_timeout`` bounds every read and also the fetch as a whole: a host trickling a
+    byte now and then cannot hold a submit open past it.
+    """
     if not config.allows_outbound(url):
         raise field_error(field, f"fetching {urlsplit(url).hostname!r} is not allowed by this server")
     try:
-        # No redirects: a redirect could lead past the outbound host list.
-        client = httpx.AsyncClient(timeout=config.fetch_timeout, follow_redirects=False)
-        async with client, client.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise field_error(field, f"fetching {url} answered HTTP {response.status_code}")
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > config.fetch_max_bytes:
-                    raise field_error(field, f"image at {url} is over {config.fetch_max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
+        async with asyncio.timeout(config.fetch_timeout):
+            # No redirects: a redirect could lead past the outbound host list.
+            client = httpx.AsyncClient(timeout=config.fetch_timeout, follow_redirects=False)
+            async with client, client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise field_error(field, f"fetching {url} answered HTTP {response.status_code}")
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > config.fetch_max_bytes:
+                        raise field_error(field, f"image at {url} is over {config.fetch_max_bytes} bytes")
+                    chunks.append(chunk)
+                return b"".join(chunks)
+    except TimeoutError:
+        raise field_error(field, f"could not fetch {url}: not done within {config.fetch_timeout:g} s") from None
     except httpx.HTTPError as exc:
         raise field_error(field, f"could not fetch {url}: {type(exc).__name__}") from None
 
@@ -234,11 +261,17 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
             response_model=SubmitAnswer,
             response_model_exclude_none=True,
             dependencies=[Depends(check_key)],
+            responses=error_responses(400, 401, 403, 413, 429),
             name=f"submit_{spec.name}",
             summary=f"Submit a {spec.name} request",
         )(submit_route(spec, body_model(spec)))
 
-    @app.get("/v1/get_result", response_model=ResultAnswer, dependencies=[Depends(check_key)])
+    @app.get(
+        "/v1/get_result",
+        response_model=ResultAnswer,
+        dependencies=[Depends(check_key)],
+        responses=error_responses(401, 403, 429),
+    )
     async def get_result(id: str, request: Request) -> Response:
         # The hottest route: answered as JSON directly, without re-validating our own answer.
         task = table.get(id)
@@ -246,16 +279,24 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
             return JSONResponse(ResultAnswer(id=id, status=api.Status.TASK_NOT_FOUND.value).model_dump())
         return JSONResponse(table.answer(task, base_url(request)))
 
-    @app.get("/delivery/{token}/sample.{ext}", response_class=Response)
+    md5_header = {"Content-MD5": {"description": "base64 of the body's MD5 digest", "schema": {"type": "string"}}}
+    images = {media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in MEDIA_TYPES.values()}
+
+    @app.get(
+        "/delivery/{token}/sample.{ext}",
+        response_class=Response,
+        responses={200: {"content": images, "description": "the image", "headers": md5_header}, **error_responses(404)},
+    )
     async def delivery(token: str, ext: str) -> Response:
         if not TOKEN_PATTERN.match(token) or ext not in MEDIA_TYPES:
             raise HTTPException(404, detail="not found")
         task = table.delivery(token)
         if task is None or task.image is None or task.output_format != ext:
             raise HTTPException(404, detail="this delivery URL has expired or never existed")
-        return Response(task.image, media_type=MEDIA_TYPES[ext])
+        # Content-MD5 as Azure Blob storage sends it: a client can tell a damaged download from a good one.
+        return Response(task.image, media_type=MEDIA_TYPES[ext], headers={"Content-MD5": md5_base64(task.image)})
 
-    @app.get("/v1/credits", dependencies=[Depends(check_key)])
+    @app.get("/v1/credits", dependencies=[Depends(check_key)], responses=error_responses(401, 403))
     async def credits() -> dict[str, float]:
         return {"credits": 1_000_000.0}
 

@@ -22,7 +22,7 @@ class ServerConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. model, device, dtype for diffusers
     public_url: str | None = None  # base of polling and delivery URLs (default: the request's)
     max_body_bytes: int = 64 * 1024 * 1024
-    fetch_timeout: float = 10.0  # reference images given by URL
+    fetch_timeout: float = 10.0  # reference images given by URL: each read, and the whole fetch
     fetch_max_bytes: int = 32 * 1024 * 1024
     retry_after: float = 1.0  # seconds, sent with 429
     task_ttl: float = 3600.0  # finished tasks are forgotten after this long
