@@ -4,8 +4,9 @@ Every error a user can cause or must react to is a ``FluxError``; a notebook sho
 it as one clear line. The tree:
 
     FluxError
-    ├── ValidationError ........ bad input, caught before anything is sent (or a 400/422)
-    │   └── BudgetError ........ the estimated cost would pass the configured budget
+    ├── ValidationError ........ bad input, caught before anything is sent
+    │   ├── BudgetError ........ the estimated cost would pass the configured budget
+    │   └── RejectedError ...... the API refused the request as invalid (400/422)
     ├── AuthError .............. missing or wrong API key (401/403)
     ├── CreditsError ........... the account is out of credits (402)
     ├── RateLimitError ......... still answered 429 after every retry
@@ -29,6 +30,7 @@ __all__ = [
     "FluxTimeout",
     "ModeratedError",
     "RateLimitError",
+    "RejectedError",
     "TaskFailedError",
     "TaskNotFoundError",
     "TransportError",
@@ -69,6 +71,12 @@ class BudgetError(ValidationError):
     hint = "raise Flux.budget or make the request smaller"
 
 
+class RejectedError(ValidationError):
+    """The API refused the request as invalid (HTTP 400 or 422); nothing was charged."""
+
+    hint = "fix the field the API names and run the cell again; nothing was charged"
+
+
 class AuthError(FluxError):
     """The API key is missing or was refused."""
 
@@ -101,9 +109,13 @@ class ModeratedError(FluxError):
 class TaskFailedError(FluxError):
     """The task ended with status Error."""
 
+    hint = "run the cell again; if it keeps failing, change the prompt, size or reference images"
+
 
 class TaskNotFoundError(FluxError):
     """The API does not know the task id (never existed, or expired)."""
+
+    hint = "it expired or was never created: run the cell again to send a new task"
 
 
 class FluxTimeout(FluxError):
@@ -115,6 +127,8 @@ class FluxTimeout(FluxError):
 class TransportError(FluxError):
     """The API could not be reached, or kept failing, after every retry."""
 
+    hint = "check the network and Flux.endpoint, then run the cell again"
+
 
 class UnknownOutcomeError(TransportError):
     """A submit was sent but its answer was lost: it may have created a paid task."""
@@ -124,6 +138,8 @@ class UnknownOutcomeError(TransportError):
 
 class DeliveryError(FluxError):
     """The finished image could not be downloaded or decoded."""
+
+    hint = "run the cell again: the same seed gives the same image"
 
     def __init__(self, message: str, *, hint: str | None = None, expired: bool = False) -> None:
         super().__init__(message, hint=hint)

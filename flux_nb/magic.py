@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import keyword
 import shlex
 import string
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
@@ -17,7 +20,17 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import HTML, display
 
 from flux_nb import api
-from flux_nb.display import BatchProgress, cost_html, history_html, show_error, side_by_side_html
+from flux_nb.display import (
+    BatchProgress,
+    cost_html,
+    cost_text,
+    history_html,
+    history_text,
+    is_rich,
+    show_error,
+    side_by_side_html,
+    side_by_side_text,
+)
 from flux_nb.errors import FluxError, ValidationError
 from flux_nb.result import Result, SweepResult
 from flux_nb.session import Flux, notebook_name
@@ -52,8 +65,20 @@ def fill_template(body: str, namespace: dict[str, Any]) -> str:
     """Fill ``{name}`` in a prompt from the namespace; ``{{`` and ``}}`` stay literal braces."""
     try:
         return string.Formatter().vformat(body, (), _Namespace(namespace))
+    except FluxError:
+        raise
     except (ValueError, IndexError, AttributeError, KeyError) as exc:
         raise ValidationError(f"prompt template could not be filled: {exc}") from None
+
+
+def check_variable_name(name: str) -> str:
+    """``name`` if a result can be stored under it (``-o NAME``), else a ValidationError."""
+    if not name.isidentifier() or keyword.iskeyword(name):
+        raise ValidationError(
+            f"-o/--out {name!r} is not a usable variable name: use letters, digits and _, "
+            "not starting with a digit and not a Python keyword (e.g. -o pic)"
+        )
+    return name
 
 
 def resolve_image(value: str, namespace: dict[str, Any]) -> Any:
@@ -106,7 +131,8 @@ class FluxMagics(Magics):
         combination is generated concurrently and shown as a labelled grid.
 
         Line forms: ``%flux history [N]``, ``%flux replay ID``, ``%flux resume [--unsent]``,
-        ``%flux cost``, ``%flux grid --x FIELD --y FIELD [--z FIELD] [--where EXPR]``,
+        ``%flux cost``, ``%flux grid [--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--save PATH]``
+        (default: --x seed --y prompt),
         ``%flux login``, ``%flux panel``.
         """
         try:
@@ -123,6 +149,8 @@ class FluxMagics(Magics):
         args = parse_argstring(self.flux, line)
         if args.command:
             raise ValidationError(f"unexpected words on the %%flux line: {' '.join(args.command)!r}")
+        if args.out is not None:
+            check_variable_name(args.out)
         ns = self.shell.user_ns
         prompts = [fill_template(p, ns) for p in split_prompts(cell)]
         base: dict[str, Any] = {
@@ -159,6 +187,8 @@ class FluxMagics(Magics):
                 axes.append(Axis(name, tuple(parse_numbers(raw, option))))
         if args.guidance is not None:
             axes.append(Axis("guidance", tuple(parse_floats(args.guidance, "guidance"))))
+        if args.size is not None and args.aspect is not None:
+            raise ValidationError("give either --size or --aspect, not both (--aspect picks the size itself)")
         if args.size is not None or args.aspect is not None:
             if args.width is not None or args.height is not None:
                 raise ValidationError("give either --size/--aspect or --width/--height, not both")
@@ -197,7 +227,11 @@ class FluxMagics(Magics):
             if len(rest) > 1 or not rest[0].isdigit():
                 raise ValidationError(f"%flux history takes one number of rows, got {' '.join(rest)!r}")
             limit = int(rest[0])
-        display(HTML(history_html(self.session.history(), limit=limit)))
+        frame = self.session.history()
+        if is_rich():
+            display(HTML(history_html(frame, limit=limit)))
+        else:
+            print(history_text(frame, limit=limit))
 
     def _cmd_replay(self, rest: list[str]) -> Result:
         if len(rest) != 1:
@@ -205,7 +239,11 @@ class FluxMagics(Magics):
         session = self.session
         old = session.result_of(rest[0])
         new = session.replay(rest[0])
-        display(HTML(side_by_side_html(old, new, f"record {old.record_id}", f"replay {new.record_id}")))
+        titles = f"record {old.record_id}", f"replay {new.record_id}"
+        if is_rich():
+            display(HTML(side_by_side_html(old, new, *titles)))
+        else:
+            print(side_by_side_text(old, new, *titles))
         return None
 
     def _cmd_resume(self, rest: list[str]) -> None:
@@ -225,9 +263,17 @@ class FluxMagics(Magics):
             print(f"flux_nb: {unsent} request(s) were never sent before their process stopped: %flux resume --unsent")
 
     def _cmd_cost(self, rest: list[str]) -> None:
-        display(HTML(cost_html(self.session.cost())))
+        summary = self.session.cost()
+        if is_rich():
+            display(HTML(cost_html(summary)))
+        else:
+            print(cost_text(summary))
 
     def _cmd_grid(self, rest: list[str]) -> Any:
+        """``%flux grid``: a grid of history records (seeds across, prompts down by default).
+
+        In a terminal the grid is saved as a PNG (``--save PATH``, else in the history folder) and its path printed.
+        """
         from flux_nb.grid import grid
 
         parser = argparse.ArgumentParser(prog="%flux grid", add_help=False, exit_on_error=False)
@@ -237,8 +283,15 @@ class FluxMagics(Magics):
             options = parser.parse_args(rest)
         except (argparse.ArgumentError, SystemExit) as exc:
             raise ValidationError(
-                f"%flux grid: {exc} (usage: --x FIELD --y FIELD [--z FIELD] [--where EXPR])"
+                f"%flux grid: {exc} (usage: [--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--save PATH])"
             ) from None
+        if options.x is None and options.y is None:
+            options.x, options.y = "seed", "prompt"
+        elif options.x is None:
+            raise ValidationError(
+                f"%flux grid --y {options.y} needs --x too (e.g. --x seed --y {options.y}); "
+                "with neither, the grid is --x seed --y prompt"
+            )
         frame = self.session.history()
         if options.where:
             try:
@@ -246,9 +299,15 @@ class FluxMagics(Magics):
             except Exception as exc:
                 raise ValidationError(f"%flux grid --where {options.where!r} failed: {exc}") from None
         result = grid(frame, x=options.x, y=options.y, z=options.z)
-        if options.save:
-            result.save(options.save)
-        display(result)
+        target = options.save
+        if target is None and not is_rich():
+            target = _free_path(Path(self.session.history_dir) / "grids", f"grid-{time.strftime('%Y%m%d-%H%M%S')}")
+        saved = result.save(target) if target else None
+        if is_rich():
+            display(result)
+        else:
+            for path in saved if isinstance(saved, list) else [saved]:
+                print(f"flux_nb: grid saved to {path}")
 
     def _cmd_login(self, rest: list[str]) -> None:
         key = getpass.getpass("BFL API key (kept in memory only): ")
@@ -257,6 +316,15 @@ class FluxMagics(Magics):
 
     def _cmd_panel(self, rest: list[str]) -> None:
         display(self.session.panel())
+
+
+def _free_path(folder: Path, stem: str) -> Path:
+    """``folder/stem.png``, or ``stem-2.png``, ``stem-3.png``... if that is taken."""
+    path, n = folder / f"{stem}.png", 1
+    while path.exists() or any(folder.glob(f"{path.stem}_*.png")):  # GridPages adds _z_value to the name
+        n += 1
+        path = folder / f"{stem}-{n}.png"
+    return path
 
 
 def axes_vary(axes: list[Axis]) -> bool:

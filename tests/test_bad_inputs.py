@@ -16,6 +16,7 @@ from PIL import Image
 from flux_nb import Flux
 from flux_nb.errors import FluxError
 from flux_nb.panel import Panel
+from flux_nb.result import Result, SweepResult
 
 
 @pytest.fixture
@@ -108,9 +109,18 @@ MAGIC = [
     ("%%flux --model flux-2-pro,flux-9\nx", "model 'flux-9'"),
     ("%%flux --seed 1\n---\n\n---", "holds no prompt"),
     ("%%flux --size 512x512 -W 512\nx", "either --size/--aspect or --width/--height"),
+    ("%%flux --size 512x512 --aspect 16:9\nx", "give either --size or --aspect, not both"),
+    ("%%flux --model flux-2-flex --guidance 20\nx", "guidance 20.0 is out of range (1.5 to 10)"),
+    ("%%flux --model flux-2-flex --guidance 2:abc\nx", "--guidance: 'abc' is not a number"),
+    ("%%flux --guidance 3\nx", "guidance is not a setting of flux-2-klein-4b"),
+    ("%%flux -o 'not valid'\nx", "is not a usable variable name"),
+    ("%%flux -o for\nx", "-o/--out 'for' is not a usable variable name"),
+    ("%%flux --out 9lives\nx", "-o/--out '9lives' is not a usable variable name"),
+    ("%%flux --format gif\nx", "invalid choice: 'gif'"),
     ("%flux replay no-such-record", "no history record 'no-such-record'"),
     ("%flux history many", "one number of rows"),
     ("%flux grid --x colour", "'colour' is not a column"),
+    ("%flux grid --y prompt", "%flux grid --y prompt needs --x too"),
     ("%flux teleport", "unknown %flux command 'teleport'"),
 ]
 
@@ -126,8 +136,10 @@ def test_magic(setup: Any, cell: str, message: str) -> None:
         session.endpoint, session.history_dir = server.url, flux.history_dir
         with capture_output() as captured:
             shell.run_cell(cell)
-        shown = html.unescape("".join(o.data.get("text/html", "") for o in captured.outputs)) + captured.stdout
+        shown = html.unescape("".join(o.data.get("text/html", "") for o in captured.outputs))
+        shown += captured.stdout + captured.stderr  # usage errors (unknown option, bad choice) go to stderr
         assert message in shown and "Traceback" not in shown
+        assert not any(isinstance(v, (Result, SweepResult)) for v in shell.user_ns.values())  # nothing stored
         session.close()
     finally:
         InteractiveShell.clear_instance()

@@ -17,7 +17,15 @@ from IPython.utils.capture import capture_output
 from PIL import Image
 
 from flux_nb import display
-from flux_nb.errors import ModeratedError, ValidationError
+from flux_nb.errors import (
+    DeliveryError,
+    ModeratedError,
+    RejectedError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TransportError,
+    ValidationError,
+)
 from flux_nb.result import Result
 
 
@@ -138,6 +146,71 @@ def test_batch_progress_prints_paths_in_a_terminal(tmp_path: Path, capsys: pytes
     assert out[2].startswith("flux_nb: 2/2 done · 1 failed")
 
 
+def test_a_single_request_shows_its_state_then_the_result_in_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(display, "UPDATE_INTERVAL", 0.0)
+    progress = display.BatchProgress(rich=True)
+    with capture_output() as captured:
+        progress.started([object()])
+        progress.progress(0, "Submitted", 0.0)
+        progress.progress(0, "Pending", 0.4)
+        progress.progress(0, "Downloading", 1.0)
+        progress.finished(0, ready(tmp_path))
+    first = [o for o in captured.outputs if not o.update]
+    updates = [o for o in captured.outputs if o.update]
+    assert len(first) == 1 and "sending" in first[0].data["text/html"]
+    assert {o.transient["display_id"] for o in updates} == {first[0].transient["display_id"]}
+    lines = [html.unescape(o.data["text/html"]) for o in updates]
+    assert "queued · " in lines[0] and "generating · 40% · " in lines[1] and "downloading · " in lines[2]
+    assert "flux-result" in lines[3] and "flux-progress" not in lines[3]
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_a_status_line_redrawn_in_place(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(display, "UPDATE_INTERVAL", 0.0)
+    terminal = FakeTerminal()
+    progress = display.BatchProgress(rich=False, stream=terminal)
+    progress.started([object()])
+    progress.progress(0, "Pending", None)
+    progress.finished(0, ready(tmp_path))
+    drawn = terminal.getvalue()
+    assert drawn.startswith("\rflux_nb: sending · ") and "\rflux_nb: generating · " in drawn
+    assert drawn.endswith("\r" + " " * len(drawn.rsplit("\r", 3)[1].rstrip()) + "\r")  # cleared before the result
+    assert capsys.readouterr().out.startswith(f"saved {tmp_path / 'img.jpeg'} (seed 42")
+    quiet = io.StringIO()  # not a terminal (a log file, a pipe): no \r lines
+    progress = display.BatchProgress(rich=False, stream=quiet)
+    progress.started([object()])
+    progress.progress(0, "Pending", None)
+    assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [
+        (TaskFailedError("task t1 failed"), "run the cell again"),
+        (TaskNotFoundError("task t1 is unknown to the API"), "run the cell again"),
+        (TransportError("could not reach http://x"), "check the network and Flux.endpoint"),
+        (DeliveryError("downloading the image failed"), "run the cell again"),
+        (RejectedError("the API rejected the request: width: too small"), "fix the field the API names"),
+    ],
+)
+def test_errors_say_what_to_do_next(
+    error: Exception, hint: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(display, "_rich", lambda: False)
+    assert error.one_line() == f"{error} ({error.hint})" and hint in error.hint
+    assert isinstance(error, ValidationError) == isinstance(error, RejectedError)
+    display.show_error(error)
+    assert capsys.readouterr().out == f"flux_nb: {error} ({error.hint})\n"
+
+
 def test_history_table_is_newest_first_and_limited(tmp_path: Path) -> None:
     path = noisy(tmp_path / "h.jpeg", (64, 64))
     rows = [
@@ -163,6 +236,20 @@ def test_history_table_is_newest_first_and_limited(tmp_path: Path) -> None:
     assert table.count("<tr>") == 4
     assert [m for m in re.findall(r"id\d", table)] == ["id4", "id3", "id2"]
     assert table.count("<img") == 1
+    text = display.history_text(pd.DataFrame(rows), limit=3).splitlines()
+    assert [line.split()[0] for line in text] == ["id", "id4", "id3", "id2"]
+    assert text[2].endswith(str(path)) and "64×64" in text[1]
+    assert display.history_text(pd.DataFrame(rows).iloc[:0]) == "no history yet: run a %%flux cell"
+
+
+def test_cost_table_has_a_total_row_in_html_and_text() -> None:
+    summary = pd.DataFrame(
+        {"model": ["a", "b"], "backend": ["local", "bfl"], "requests": [2, 3], "credits": [2.8, 4.5], "billed": [0, 1]}
+    ).astype({"billed": bool})
+    text = display.cost_text(summary).splitlines()
+    assert text[0].split() == ["model", "requests", "credits", "billed"]
+    assert text[-1].split() == ["total", "5", "7.30"]
+    assert "<td>total</td><td>5</td><td>7.30</td>" in display.cost_html(summary)
 
 
 def test_side_by_side_says_whether_images_are_identical(tmp_path: Path) -> None:

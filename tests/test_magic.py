@@ -112,6 +112,21 @@ def test_unknown_template_name_is_a_clear_error_and_sends_nothing(ipython: Inter
 
 
 @pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("a {undefined_thing}", "prompt template: {undefined_thing} is not defined in the notebook"),
+        ("a {number.real.nope}", "prompt template could not be filled: 'int' object has no attribute 'nope'"),
+        ("a {0}", "prompt template could not be filled: "),
+    ],
+)
+def test_template_errors_name_the_template_once(ipython: InteractiveShell, body: str, expected: str) -> None:
+    ipython.user_ns["number"] = 3
+    _outcome, captured = run(ipython, f"%%flux --seed 3\n{body}")
+    text = html_of(captured) + captured.stdout
+    assert expected in text and text.count("prompt template") == 1, text
+
+
+@pytest.mark.parametrize(
     ("line", "expected"),
     [
         ("--width 1000", "not a multiple of 16"),
@@ -131,6 +146,10 @@ def test_unknown_template_name_is_a_clear_error_and_sends_nothing(ipython: Inter
         ("--size 512x512 --width 512", "either --size"),
         ("--webhook ftp://example", "webhook_url"),
         ("--seed 1 extra words", "unexpected words"),
+        ("--size 512x512 --aspect 16:9", "either --size or --aspect, not both"),
+        ("-o 'not valid'", "is not a usable variable name"),
+        ("-o for", "'for' is not a usable variable name"),
+        ("-o 2nd", "'2nd' is not a usable variable name"),
     ],
 )
 def test_bad_options_give_one_clear_line_and_send_nothing(
@@ -238,6 +257,61 @@ def test_history_cost_and_grid_line_magics(ipython: InteractiveShell, tmp_path: 
     assert Image.open(target).size[0] > 2 * 128
     _, captured = run(ipython, '%flux grid --x seed --where "no_such_column == 1"')
     assert "no_such_column" in html_of(captured) + captured.stdout
+
+
+def test_grid_defaults_to_seeds_across_and_prompts_down(ipython: InteractiveShell, server: Any) -> None:
+    run(ipython, "%%flux --seed 1,2 --size 64x64\na cup\n---\na pot")
+    outcome, captured = run(ipython, "%flux grid")
+    assert outcome.success
+    assert 'alt="x: seed · y: prompt"' in html_of(captured)
+    _, captured = run(ipython, "%flux grid --y model")
+    assert "%flux grid --y model needs --x too" in html_of(captured) + captured.stdout
+    assert server.stats()["submits"] == 4
+
+
+def test_terminal_line_magics_print_text(ipython: InteractiveShell, history_dir: Path) -> None:
+    ipython.display_formatter.active_types = ["text/plain"]
+    run(ipython, "%%flux --seed 1,2 --size 64x64 -o sweep\na cup\n---\na pot")
+    ids = [r.record_id for r in ipython.user_ns["sweep"]]
+    _, captured = run(ipython, "%flux history 3")
+    lines = captured.stdout.splitlines()
+    assert "HTML object" not in captured.stdout
+    assert len(lines) == 4 and lines[0].split()[:3] == ["id", "time", "status"]
+    assert sum(record_id in captured.stdout for record_id in ids) == 3 and ".jpeg" in lines[1]
+    _, captured = run(ipython, "%flux cost")
+    assert "HTML object" not in captured.stdout
+    assert "flux-2-klein-4b" in captured.stdout and "total" in captured.stdout and "5.60" in captured.stdout
+    _, captured = run(ipython, f"%flux replay {ids[0]}")
+    old, new, verdict = captured.stdout.splitlines()
+    replayed = records(ipython).set_index("record_id")
+    new_id = replayed.index[replayed["replay_of"] == ids[0]][0]
+    assert old.startswith(f"record {ids[0]}: seed 1 · 64×64") and old.endswith(replayed.loc[ids[0], "image_path"])
+    assert new.startswith(f"replay {new_id}: seed 1 · 64×64") and new.endswith(replayed.loc[new_id, "image_path"])
+    assert verdict == "byte-identical images"
+    _, captured = run(ipython, "%flux grid")
+    saved = Path(captured.stdout.strip().removeprefix("flux_nb: grid saved to "))
+    assert saved.parent == history_dir / "grids" and saved.suffix == ".png"
+    assert Image.open(saved).size[0] > 2 * 64
+    _, captured = run(ipython, "%flux grid --x seed --z prompt")
+    pages = [Path(line.removeprefix("flux_nb: grid saved to ")) for line in captured.stdout.splitlines()]
+    assert len(pages) == 2 and all(p.is_file() and p != saved for p in pages)
+
+
+def test_a_single_slow_request_shows_its_state_until_the_result_replaces_it(
+    ipython: InteractiveShell, server_factory: Any
+) -> None:
+    slow = server_factory(latency=1.5)
+    session_of(ipython).endpoint = slow.url
+    outcome, captured = run(ipython, "%%flux --seed 8 --size 64x64 -o pic\na slow picture")
+    assert outcome.success and ipython.user_ns["pic"].ok
+    first = [o for o in captured.outputs if not o.update]
+    updates = [o for o in captured.outputs if o.update]
+    assert len(first) == 1 and "flux-progress" in first[0].data["text/html"]
+    display_id = first[0].transient["display_id"]
+    assert all(o.transient["display_id"] == display_id for o in updates)
+    states = " ".join(o.data["text/html"] for o in updates[:-1])
+    assert "generating" in states or "queued" in states
+    assert "flux-result" in updates[-1].data["text/html"] and "flux-progress" not in updates[-1].data["text/html"]
 
 
 def test_unknown_line_command_is_a_clear_error(ipython: InteractiveShell) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -13,6 +14,17 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# Records each notebook leaves in its history, all "ready": cache hits add none.
+RECORDS = {
+    "01_quickstart.ipynb": 5,  # the repeated lighthouse cell is a cache hit
+    "02_sweeps_and_grids.ipynb": 8 + 3 + 4 + 6,
+    "03_reproducible_experiment.ipynb": 12 + 1,  # the study and one replay; the re-run is all cached
+    "04_local_gpu.ipynb": 1 + 1 + 4,
+}
+# Text an output must show, where a notebook promises it.
+PROMISED = {
+    "03_reproducible_experiment.ipynb": ["byte-identical images", "cached: 4 of 4"],
+}
 
 
 def runner():  # notebooks/run.py is a script, not part of the package
@@ -36,26 +48,51 @@ def images_in(notebook: nbformat.NotebookNode) -> int:
     return count
 
 
+def problems(notebook: nbformat.NotebookNode) -> list[str]:
+    """What a saved notebook must not show: errors, refused cells, failed requests, stale progress lines."""
+    found = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            markup = str(output.get("data", {}).get("text/html", ""))
+            if output.get("output_type") == "error":
+                found.append(f"error in {cell.source!r}: {output.get('ename')}: {output.get('evalue')}")
+            if "flux-error" in markup or "flux-failure" in markup:  # a refused cell; a failed or moderated request
+                found.append(f"failure shown by {cell.source!r}: {markup[:300]}")
+            done = re.search(r"(\d+)/(\d+) done", markup)
+            if 'class="flux-progress"' in markup and not (done and done.group(1) == done.group(2)):
+                found.append(f"stale progress line left by {cell.source!r}: {markup[:300]}")
+    return found
+
+
+def test_the_notebook_check_catches_failures_and_stale_progress() -> None:
+    def notebook(*markups: str) -> nbformat.NotebookNode:
+        outputs = [nbformat.v4.new_output("display_data", data={"text/html": m}) for m in markups]
+        return new_notebook(cells=[new_code_cell("%%flux\nx", outputs=outputs)])
+
+    assert (
+        problems(notebook('<div class="flux-result"><img/></div>', '<div class="flux-progress">3/3 done</div>')) == []
+    )
+    assert len(problems(notebook('<div class="flux-failure">⚠ failed: boom (record r1, seed 1)</div>'))) == 1
+    assert len(problems(notebook('<div class="flux-error">⚠ ValidationError: bad</div>'))) == 1
+    assert len(problems(notebook('<div class="flux-progress">⏳ generating · 3.1 s</div>'))) == 1
+    assert len(problems(notebook('<div class="flux-progress">2/3 done · 1 running, 0 queued</div>'))) == 1
+
+
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_without_errors_and_shows_images(source: Path, tmp_path: Path) -> None:
-    executed, page = runner().run_notebook(source, tmp_path)
-    notebook = nbformat.read(executed, as_version=4)
-    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert errors == []
-    failures = [c.source for c in notebook.cells for o in c.get("outputs", []) if "flux-error" in str(o)]
-    assert failures == []
-    assert images_in(notebook) >= 3
-    assert "preview" in page.read_text()
-    assert (tmp_path / ".flux" / "history.sqlite").exists()
-
-
-def test_quickstart_records_every_request_with_the_notebook_name(tmp_path: Path) -> None:
+def test_notebook_runs_cleanly_shows_images_and_records_every_request(source: Path, tmp_path: Path) -> None:
     from flux_nb.store import HistoryStore
 
-    runner().run_notebook(ROOT / "notebooks" / "01_quickstart.ipynb", tmp_path)
-    frame = HistoryStore(tmp_path / ".flux").to_frame()
-    assert len(frame) >= 5 and set(frame["status"]) == {"ready"}
-    assert set(frame["notebook"]) == {"01_quickstart.ipynb"}
+    executed, page = runner().run_notebook(source, tmp_path)
+    notebook = nbformat.read(executed, as_version=4)
+    assert problems(notebook) == []
+    assert images_in(notebook) >= 3
+    assert "preview" in page.read_text()
+    history = HistoryStore(tmp_path / ".flux").to_frame()
+    assert len(history) == RECORDS[source.name]
+    assert set(history["status"]) == {"ready"}, history[["record_id", "status", "error"]]
+    assert set(history["notebook"]) == {source.name}
+    text = "".join(str(o) for c in notebook.cells for o in c.get("outputs", []))
+    assert [promise for promise in PROMISED.get(source.name, []) if promise not in text] == []
 
 
 def test_a_notebook_with_fifty_1024px_images_stays_small(tmp_path: Path) -> None:
@@ -67,7 +104,10 @@ def test_a_notebook_with_fifty_1024px_images_stays_small(tmp_path: Path) -> None
     )
     executed, _ = runner().run_notebook(source, tmp_path / "out")
     notebook = nbformat.read(executed, as_version=4)
+    assert problems(notebook) == []  # each cell's status line was replaced by its result
     assert images_in(notebook) == 50
+    shown = [sum(o.output_type == "display_data" for o in c.get("outputs", [])) for c in notebook.cells[1:]]
+    assert shown == [1] * 50  # one display per cell: the result took the place of its status line
     saved = executed.stat().st_size
     full = sum(p.stat().st_size for p in (tmp_path / "out" / ".flux" / "images").rglob("*.jpeg"))
     print(f"\nnotebook with 50 images: {saved / 1e6:.2f} MB saved; full images {full / 1e6:.2f} MB on disk")
