@@ -13,6 +13,7 @@ from flux_nb.errors import (
     FluxError,
     ModeratedError,
     RateLimitError,
+    RejectedError,
     TaskFailedError,
     TaskNotFoundError,
     TransportError,
@@ -25,7 +26,7 @@ def error_for_response(response: httpx.Response) -> FluxError:
     code = response.status_code
     detail = detail_text(response)
     if code in (400, 422):
-        return ValidationError(f"the API rejected the request: {detail}")
+        return RejectedError(f"the API rejected the request: {detail}")
     if code == 413:
         return ValidationError(
             f"the request is too large for the API (HTTP 413): {detail}",

@@ -23,6 +23,7 @@ from flux_nb.errors import (
     FluxTimeout,
     ModeratedError,
     RateLimitError,
+    RejectedError,
     TaskFailedError,
     TaskNotFoundError,
     TransportError,
@@ -147,9 +148,9 @@ async def test_every_validation_rule_is_enforced_before_any_http_request(request
 @pytest.mark.parametrize(
     ("status", "error"),
     [
-        (400, ValidationError),
+        (400, RejectedError),
         (413, ValidationError),
-        (422, ValidationError),
+        (422, RejectedError),
         (401, AuthError),
         (403, AuthError),
         (402, CreditsError),
@@ -162,7 +163,7 @@ async def test_http_errors_map_to_their_types_without_retrying(scripted: Scripte
             await client.generate(FluxRequest("x", seed=1))
     assert scripted.submit_count == 1
     if status == 422:
-        assert "width: bad width" in str(caught.value)
+        assert "width: bad width" in str(caught.value) and "nothing was charged" in caught.value.one_line()
 
 
 @pytest.mark.parametrize(
