@@ -30,6 +30,13 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 "<= 1.15x floor",
             )
         )
+        out.append(
+            (
+                "  the same, first sweep of a new session",
+                f"{t['flux_nb_first_s']:.2f} s = {t['flux_nb_first_vs_floor']:.2f}x floor",
+                "",
+            )
+        )
         out.append(("  speed-up vs plain asyncio+httpx (1 s polls)", f"{t['speedup_vs_plain_httpx']:.2f}x", "> 1"))
         if t.get("speedup_vs_blackforest"):
             out.append(("  speed-up vs blackforest 0.1.3 loop", f"{t['speedup_vs_blackforest']:.1f}x", "> 1"))

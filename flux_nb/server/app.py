@@ -200,7 +200,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     if config.faults.active:
         app.add_middleware(FaultMiddleware, counter=faults)
 
-    def check_key(x_key: Annotated[str | None, Header()] = None) -> None:
+    async def check_key(x_key: Annotated[str | None, Header()] = None) -> None:  # async: no thread hop per request
         if not config.api_keys:
             return
         if not x_key:

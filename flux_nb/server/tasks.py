@@ -143,6 +143,9 @@ class TaskTable:
     async def _run(self, task: ServerTask) -> None:
         task.started_at = time.time()
         try:
+            # With simulated latency, render halfway through it: the image is still ready on time, and
+            # a burst of submits is answered without rendering competing with it for this process.
+            await asyncio.sleep(self.config.latency / 2)
             loop = asyncio.get_running_loop()
             image = await loop.run_in_executor(getattr(self.engine, "executor", None), self.engine.render, task.job)
             data = await asyncio.to_thread(encode, image, task.output_format)
