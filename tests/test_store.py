@@ -190,6 +190,10 @@ def test_orphans_and_resumable(history_dir: Path) -> None:
     with sqlite3.connect(store.path) as db:
         db.execute("UPDATE records SET owner = ?", (owner,))
     assert [(r.record_id, r.status) for r in store.orphans()] == [(pending, "pending"), (sending, "sending")]
+    # This very pid, but written by an earlier process that had it (a restarted container): gone too.
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE records SET owner = ?", (store_module.process_owner().partition("@")[0] + "@1",))
+    assert len(store.orphans()) == 2
     with sqlite3.connect(store.path) as db:  # another host's process: its liveness is not known here
         db.execute("UPDATE records SET owner = 'elsewhere:1'")
     assert store.orphans() == []
