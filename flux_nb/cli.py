@@ -15,19 +15,21 @@ SERVER_KEYS_ENV = "FLUX_NB_SERVER_KEYS"
 
 
 def announcing_server() -> type:
-    """A uvicorn Server that prints its URL once it listens (port 0 picks a free one)."""
+    """A uvicorn Server that prints its URL (then ``after``, if any) once it listens (port 0 picks a free one)."""
     import uvicorn
 
     class AnnouncingServer(uvicorn.Server):
-        def __init__(self, config: uvicorn.Config, note: str) -> None:
+        def __init__(self, config: uvicorn.Config, note: str, after: str = "") -> None:
             super().__init__(config)
-            self.note = note
+            self.note, self.after = note, after
 
         async def startup(self, sockets: list | None = None) -> None:
             await super().startup(sockets)
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             host = f"[{host}]" if ":" in host else host
             print(f"flux_nb local server on http://{host}:{port} {self.note}", flush=True)
+            if self.after:
+                print(self.after, flush=True)
 
     return AnnouncingServer
 
@@ -37,6 +39,8 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flux_nb.server import ServerConfig, create_app
+    from flux_nb.server.app import PollListener
+    from flux_nb.server.embedded import polling_address, serve_in_thread
     from flux_nb.server.faults import FaultPlan
 
     AnnouncingServer = announcing_server()
@@ -55,6 +59,7 @@ def serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         engine_options=engine_options(args),
         public_url=args.public_url,
+        poll_port=args.poll_port,
         faults=FaultPlan.parse(args.faults, args.fault_seed),
     )
     try:
@@ -64,11 +69,34 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     # The access log (one line per request: method, path with query, status) needs uvicorn's info level.
     log_level = "info" if args.access_log else "warning"
+    polls, after = None, ""
+    if args.poll_port is not None:  # the polling listener starts first: no polling URL is handed out without it
+        listener = PollListener(app)
+        try:
+            polls = serve_in_thread(
+                listener,
+                args.host,
+                args.poll_port,
+                name="flux-nb-polls",
+                log_level=log_level,
+                access_log=args.access_log,
+            )
+        except RuntimeError as exc:
+            print(f"flux-nb serve: polling listener: {exc}", file=sys.stderr)
+            return 2
+        listener.bind(polling_address(args.host, polls[2]))
+        after = f"flux_nb polling URLs on {app.state.poll_url} (same tasks; delivery URLs stay on the main address)"
     server = AnnouncingServer(
         uvicorn.Config(app, host=args.host, port=args.port, log_level=log_level, access_log=args.access_log),
         f"(engine {args.engine}, latency {args.latency:g} s)",
+        after,
     )
-    server.run()
+    try:
+        server.run()
+    finally:
+        if polls is not None:
+            polls[0].should_exit = True
+            polls[1].join(timeout=5)
     return 0
 
 
@@ -147,6 +175,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
         "--access-log", action="store_true", help="log every request (client, method, path, status) to stdout"
     )
     p.add_argument("--public-url", help="base URL written into polling and delivery URLs")
+    p.add_argument(
+        "--poll-port",
+        type=int,
+        help="also listen on this port (0 picks a free one) and point every polling_url there, on another host name",
+    )
     p.add_argument(
         "--faults",
         default="",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +24,13 @@ def flux_nb(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 
 
 @contextmanager
-def serving(*args: str, env: dict[str, str], output: dict[str, str] | None = None) -> Iterator[str]:
+def serving(
+    *args: str, env: dict[str, str], output: dict[str, str] | None = None, announced: list[str] | None = None
+) -> Iterator[str]:
     """Run ``flux-nb serve --port 0 ARGS`` and yield its base URL; stopped on exit.
 
-    ``output``, when given, receives the server's whole ``stdout`` and ``stderr`` once it has stopped.
+    ``output``, when given, receives the server's whole ``stdout`` and ``stderr`` once it has stopped;
+    ``announced``, the addresses it printed on starting (the polling listener's second, with --poll-port).
     """
     base = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT", "FLUX_NB_SERVER_KEYS")}
     proc = subprocess.Popen(
@@ -39,6 +44,9 @@ def serving(*args: str, env: dict[str, str], output: dict[str, str] | None = Non
     try:
         first = proc.stdout.readline() if proc.stdout else ""
         assert "http://127.0.0.1:" in first, first + (proc.stderr.read() if proc.stderr else "")
+        if announced is not None:
+            lines = [first] + ([proc.stdout.readline()] if "--poll-port" in args and proc.stdout else [])
+            announced.extend("http://" + line.split("http://", 1)[1].split()[0] for line in lines)
         yield "http://" + first.split("http://", 1)[1].split()[0]
     finally:
         proc.terminate()
@@ -60,6 +68,24 @@ def test_serve_checks_keys_whenever_they_are_given() -> None:
 def test_serve_without_keys_accepts_any_request() -> None:
     with serving(env={"FLUX_NB_SERVER_KEYS": ""}) as url:
         assert httpx.get(f"{url}/v1/credits").status_code == 200
+
+
+def test_serve_with_a_poll_port_points_polling_urls_at_a_second_listener() -> None:
+    announced: list[str] = []
+    with serving("--poll-port", "0", env={"FLUX_NB_SERVER_KEYS": ""}, announced=announced) as url:
+        main, polls = (httpx.URL(address) for address in announced)
+        assert polls.host == "localhost" and polls.port != main.port
+        body = httpx.post(f"{url}/v1/flux-2-klein-4b", json={"prompt": "x", "width": 64, "height": 64}).json()
+        polling_url = httpx.URL(body["polling_url"])
+        assert (polling_url.host, polling_url.port, polling_url.path) == (polls.host, polls.port, "/v1/get_result")
+        deadline = time.monotonic() + 10
+        while (answer := httpx.get(polling_url).json())["status"] != "Ready" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sample = answer["result"]["sample"]
+        assert sample.startswith(f"{url}/delivery/")  # delivery stays on the main address
+        assert Image.open(io.BytesIO(httpx.get(sample).content)).size == (64, 64)
+        stats = httpx.get(f"{url}/_flux/stats").json()
+        assert stats["poll_listener_requests"] == {"GET /v1/get_result": stats["polls"]}
 
 
 def test_generate_copies_the_image_and_history_lists_it(server: Any, tmp_path: Path) -> None:

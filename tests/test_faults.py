@@ -20,8 +20,7 @@ from PIL import Image
 from flux_nb import Flux
 from flux_nb.api import FluxRequest
 from flux_nb.client import AsyncFluxClient, RetryPolicy
-from flux_nb.errors import DeliveryError, FluxTimeout, UnknownOutcomeError
-from flux_nb.server import EmbeddedServer
+from flux_nb.errors import AuthError, DeliveryError, FluxTimeout, UnknownOutcomeError
 from flux_nb.server.faults import Fault, FaultPlan
 from tests.scripted import ScriptedApi, Step
 
@@ -155,14 +154,49 @@ async def test_an_early_expired_delivery_is_asked_for_again(server_factory: Any)
 
 
 async def test_a_polling_url_on_another_host_and_port_is_followed(server_factory: Any) -> None:
-    submit_host = server_factory()
-    with EmbeddedServer(app=submit_host.app) as poll_host:
-        submit_host.app.state.public_url = poll_host.url.replace("127.0.0.1", "localhost")
-        async with AsyncFluxClient(None, submit_host.url) as client:
-            task = await client.submit(FluxRequest("elsewhere", seed=1, width=64, height=64))
-            assert task.polling_url.startswith(f"http://localhost:{poll_host.port}/")
-            result = await client.resume(task)
+    server = server_factory(poll_port=0)
+    poll = httpx.URL(server.poll_url)
+    assert poll.host == "localhost" and poll.port not in (None, server.port)  # host and port both differ
+    async with AsyncFluxClient(None, server.url) as client:
+        task = await client.submit(FluxRequest("elsewhere", seed=1, width=64, height=64))
+        assert task.polling_url == f"{server.poll_url}/v1/get_result?id={task.id}"
+        result = await client.resume(task)
+        answer = await client.poll(task)
     assert result.width == 64
+    assert answer["result"]["sample"].startswith(f"{server.url}/delivery/")  # delivery stays on the main address
+    stats = server.stats()
+    assert stats["poll_listener_requests"] == {"GET /v1/get_result": stats["polls"]}
+    assert stats["submits"] == stats["downloads"] == 1
+
+
+def test_polls_on_the_other_host_through_a_session_and_a_sweep(server_factory: Any, history_dir: Path) -> None:
+    server = server_factory(poll_port=0, latency=0.05)
+    flux = flux_for(server.url, history_dir, cache=False)
+    try:
+        single = flux.generate("one elsewhere", seed=1, width=64, height=64)
+        sweep = flux.sweep("many elsewhere", seed=list(range(20)), width=64, height=64)
+    finally:
+        flux.close()
+    assert single.status == "ready" and single.path is not None
+    assert [r.status for r in sweep] == ["ready"] * 20
+    stats = server.stats()
+    assert stats["submits"] == stats["downloads"] == 21
+    # Every poll went to the polling listener, and nothing else did.
+    assert stats["polls"] >= 21
+    assert stats["poll_listener_requests"] == {"GET /v1/get_result": stats["polls"]}
+
+
+async def test_the_key_is_not_sent_to_a_polling_host_other_than_the_submit_host(server_factory: Any) -> None:
+    server = server_factory(poll_port=0, api_keys=frozenset({"submit-host-key"}))
+    async with AsyncFluxClient("submit-host-key", server.url, retry=FAST) as client:
+        task = await client.submit(FluxRequest("keyed", seed=1, width=64, height=64))
+        assert task.polling_url.startswith(f"{server.poll_url}/")
+        with pytest.raises(AuthError, match=r"HTTP 401\): missing x-key header"):
+            await client.resume(task)
+    # The listener itself takes the key: the 401 is the client withholding it from another host.
+    assert httpx.get(task.polling_url, headers={"x-key": "submit-host-key"}).json()["status"] == "Ready"
+    stats = server.stats()
+    assert stats["submits"] == 1 and stats["poll_listener_requests"] == {"GET /v1/get_result": 2}
 
 
 def test_task_failures_and_moderation_are_recorded_and_not_charged(server_factory: Any, history_dir: Path) -> None:

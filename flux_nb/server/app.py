@@ -9,6 +9,7 @@ import base64
 import binascii
 import re
 import secrets
+from collections import Counter
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -189,6 +190,31 @@ class CountAndLimit:
         await self.app(scope, counted, send)
 
 
+class PollListener:
+    """The app as served on the second listener (``ServerConfig.poll_port``): same routes, same tasks.
+
+    Counts the requests that arrive there (``poll_listener_requests`` in the stats), and once
+    ``bind`` is called, every polling URL the app hands out points at this listener.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def bind(self, url: str) -> None:
+        """Write ``url`` (this listener's base URL) into every polling URL from now on."""
+        self.app.state.poll_url = url.rstrip("/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.app.state.poll_listener_requests[f"{scope['method']} {scope['path']}"] += 1
+        await self.app(scope, receive, send)
+
+
+def server_stats(app: FastAPI) -> dict[str, Any]:
+    """The server's counters: the task table's, and the requests that arrived on the polling listener."""
+    return {**app.state.table.snapshot(), "poll_listener_requests": dict(app.state.poll_listener_requests)}
+
+
 def create_app(config: ServerConfig | None = None, engine: Engine | None = None) -> FastAPI:
     """The local BFL-compatible server as an ASGI app (``engine`` overrides ``config.engine``)."""
     config = config or ServerConfig()
@@ -197,6 +223,8 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
     app = FastAPI(title="flux_nb local server", summary="Speaks the BFL FLUX.2 protocol, offline.")
     app.state.table = table
     app.state.public_url = config.public_url
+    app.state.poll_url = None  # set by PollListener.bind when a second listener serves the polls
+    app.state.poll_listener_requests = Counter()
     if config.faults.active:
         app.add_middleware(FaultMiddleware, counter=faults)
 
@@ -250,7 +278,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
             if body.webhook_url:
                 answer.status, answer.webhook_url = task.status, body.webhook_url
             else:
-                answer.polling_url = f"{base_url(request)}/v1/get_result?id={task.id}"
+                answer.polling_url = f"{app.state.poll_url or base_url(request)}/v1/get_result?id={task.id}"
             return answer
 
         return submit
@@ -277,7 +305,9 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
         task = table.get(id)
         if task is None:
             return JSONResponse(ResultAnswer(id=id, status=api.Status.TASK_NOT_FOUND.value).model_dump())
-        return JSONResponse(table.answer(task, base_url(request)))
+        # Polled on the polling listener, delivery URLs still point where the task was submitted.
+        delivery_base = (task.base_url or base_url(request)) if app.state.poll_url else base_url(request)
+        return JSONResponse(table.answer(task, delivery_base))
 
     md5_header = {"Content-MD5": {"description": "base64 of the body's MD5 digest", "schema": {"type": "string"}}}
     images = {media_type: {"schema": {"type": "string", "format": "binary"}} for media_type in MEDIA_TYPES.values()}
@@ -302,6 +332,6 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
 
     @app.get("/_flux/stats")
     async def stats() -> dict[str, Any]:
-        return table.snapshot()
+        return server_stats(app)
 
     return app

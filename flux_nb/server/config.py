@@ -21,6 +21,9 @@ class ServerConfig:
     engine: str = "preview"
     engine_options: dict[str, Any] = field(default_factory=dict)  # e.g. model, device, dtype for diffusers
     public_url: str | None = None  # base of polling and delivery URLs (default: the request's)
+    # Also listen on this port (0: a free one), same host, same tasks, and write that address (host
+    # 127.0.0.1 named localhost) into every polling_url; delivery URLs stay on the main address. None: off.
+    poll_port: int | None = None
     max_body_bytes: int = 64 * 1024 * 1024
     fetch_timeout: float = 10.0  # reference images given by URL: each read, and the whole fetch
     fetch_max_bytes: int = 32 * 1024 * 1024

@@ -11,8 +11,36 @@ import uvicorn
 from flux_nb.server.config import ServerConfig
 
 
+def serve_in_thread(
+    app: Any, host: str, port: int = 0, *, timeout: float = 15.0, name: str = "flux-nb-server", **options: Any
+) -> tuple[uvicorn.Server, threading.Thread, int]:
+    """Start uvicorn on ``host:port`` (0: a free port) in a daemon thread; returns once it accepts connections.
+
+    ``options`` go to ``uvicorn.Config`` (default: warnings only, no access log, no lifespan).
+    """
+    # uvicorn binds the port itself: sockets handed to it come without TCP_NODELAY, which
+    # costs every request a 40 ms delayed-ACK stall on loopback.
+    settings: dict[str, Any] = {"log_level": "warning", "access_log": False, "lifespan": "off", **options}
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, **settings))
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not (server.started and server.servers):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the local server did not start on {host}:{port}")
+        time.sleep(0.005)
+    return server, thread, server.servers[0].sockets[0].getsockname()[1]
+
+
+def polling_address(host: str, port: int) -> str:
+    """The base URL of a polling listener on ``host:port``; 127.0.0.1 is named localhost, so the host differs too."""
+    name = "localhost" if host == "127.0.0.1" else host
+    return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
+
+
 class EmbeddedServer:
-    """A uvicorn server on 127.0.0.1 in a daemon thread.
+    """A uvicorn server on 127.0.0.1 in a daemon thread (and a polling listener with ``config.poll_port``).
 
     >>> with EmbeddedServer(ServerConfig(latency=0.5)) as server:  # doctest: +SKIP
     ...     print(server.url)
@@ -27,39 +55,49 @@ class EmbeddedServer:
         self.app = app if app is not None else create_app(self.config, engine)
         self.host = host
         self.port = 0
+        self.poll_url: str | None = None  # base URL of the polling listener, when config.poll_port is set
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._polls: tuple[uvicorn.Server, threading.Thread] | None = None  # the polling listener
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> EmbeddedServer:
-        """Start serving; returns once the port accepts connections."""
-        # uvicorn binds port 0 itself: sockets handed to it come without TCP_NODELAY, which
-        # costs every request a 40 ms delayed-ACK stall on loopback.
-        config = uvicorn.Config(self.app, host=self.host, port=0, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="flux-nb-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not (self._server.started and self._server.servers):
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the local server did not start")
-            time.sleep(0.005)
-        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        """Start serving (both listeners with ``poll_port``); returns once they accept connections."""
+        from flux_nb.server.app import PollListener
+
+        self._server, self._thread, self.port = serve_in_thread(self.app, self.host, timeout=timeout)
+        if self.config.poll_port is not None:
+            listener = PollListener(self.app)
+            try:
+                server, thread, port = serve_in_thread(
+                    listener, self.host, self.config.poll_port, timeout=timeout, name="flux-nb-polls"
+                )
+            except RuntimeError:
+                self.stop()
+                raise
+            self._polls = (server, thread)
+            self.poll_url = polling_address(self.host, port)
+            listener.bind(self.poll_url)
         return self
 
     def stop(self, wait: bool = True) -> None:
         """Stop serving; with ``wait=False``, return at once while uvicorn shuts down (about 0.2 s)."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if wait and self._thread is not None:
-            self._thread.join(timeout=5)
+        listeners = [(self._server, self._thread), *([self._polls] if self._polls else [])]
+        for server, _ in listeners:
+            if server is not None:
+                server.should_exit = True
+        for _, thread in listeners:
+            if wait and thread is not None:
+                thread.join(timeout=5)
 
     def stats(self) -> dict[str, Any]:
-        """The server's counters (submits, polls, peak_active, ...)."""
-        return self.app.state.table.snapshot()
+        """The server's counters (submits, polls, peak_active, poll_listener_requests, ...)."""
+        from flux_nb.server.app import server_stats
+
+        return server_stats(self.app)
 
     def __enter__(self) -> EmbeddedServer:
         return self.start()
