@@ -8,20 +8,26 @@ Each request of a batch runs as its own future, so Generate comes back only once
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import html
+import io
+import os
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as w
+import numpy as np
+from PIL import Image
 
 from flux_nb import api
 from flux_nb.errors import FluxError, ValidationError
 from flux_nb.execution import Emit, PreparedRequest
 from flux_nb.images import ImageInput, prepare_image, thumbnail
-from flux_nb.result import Result
+from flux_nb.result import Result, SweepResult
 from flux_nb.session import Flux, draw_seed
 
 SIZE_PRESETS: dict[str, tuple[int, int] | None] = {
@@ -37,24 +43,33 @@ SIZE_PRESETS: dict[str, tuple[int, int] | None] = {
 }
 MAX_SLOTS = 4
 GALLERY_THUMB = 224
+NOT_BILLED = " (not billed: local server)"  # as the magic's captions say it
+#: What a notebook variable may hold to become a reference image (prepare_image's inputs, and a Result).
+REFERENCE_TYPES = (Result, ImageInput, Image.Image, np.ndarray, bytes, bytearray, memoryview, str, os.PathLike)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass
 class Slot:
-    """One reference image slot: the prepared image and its widget."""
+    """One reference image slot: the prepared image, where it came from, and its widget."""
 
     image: ImageInput
     widget: w.Widget
+    name: str = "reference"
 
 
 class Panel(w.VBox):
     """A generation panel bound to a ``Flux`` session; display it in a cell.
 
+    ``namespace`` is where the "variable name" field looks names up; by default the notebook's
+    (IPython's ``user_ns``).
+
     >>> flux.panel()  # doctest: +SKIP
     """
 
-    def __init__(self, session: Flux, **kwargs: Any) -> None:
+    def __init__(self, session: Flux, namespace: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         self.session = session
+        self.namespace = namespace
         #: The batch in flight (None when idle): resolves, with its results, once every request has ended.
         self._future: Future[list[Result]] | None = None
         self._requests: list[Future[list[Result]]] = []  # one per request, so one failure cannot end the batch
@@ -65,6 +80,7 @@ class Panel(w.VBox):
         self._batch_credits = 0.0
         self._started = 0.0
         self._slots: list[Slot] = []
+        self._mirroring = False  # set while the upload button's value is rewritten to count the slots
         self._results: list[Result] = []
         self._build()
         super().__init__(children=self._layout(), **kwargs)
@@ -93,10 +109,21 @@ class Panel(w.VBox):
         self.safety = w.IntSlider(value=s.safety_tolerance, min=0, max=5, description="Safety")
         self.format = w.ToggleButtons(options=list(api.OUTPUT_FORMATS), value=s.output_format)
         self.count = w.IntSlider(value=1, min=1, max=8, description="Images")
+        # The button reads "References (N)": ipywidgets 8 always appends len(value), which holds the attached slots.
         self.upload = w.FileUpload(
-            accept="image/*", multiple=True, description="Reference", layout=w.Layout(width="auto")
+            accept="image/*",
+            multiple=True,
+            description="References",
+            tooltip=f"Upload reference images (at most {MAX_SLOTS}); the count is how many are attached",
+            layout=w.Layout(width="auto"),
         )
         self.upload.add_class("flux-upload")
+        self.variable = w.Text(placeholder="variable name", layout=w.Layout(width="150px"))
+        self.variable.add_class("flux-variable")
+        self.add_variable = w.Button(
+            description="Add", tooltip="Add the image a notebook variable holds", layout=w.Layout(width="56px")
+        )
+        self.add_variable.add_class("flux-add-variable")
         self.slots_box = w.HBox()
         self.generate = w.Button(description="Generate", button_style="primary", icon="magic")
         self.generate.add_class("flux-generate")
@@ -114,6 +141,7 @@ class Panel(w.VBox):
         self.width.observe(lambda _: self._refresh_size(), "value")
         self.height.observe(lambda _: self._refresh_size(), "value")
         self.upload.observe(self._on_upload, "value")
+        self.add_variable.on_click(lambda _: self.add_from_variable())
         self.generate.on_click(lambda _: self.submit())
         self.cancel.on_click(lambda _: self.stop())
 
@@ -123,7 +151,7 @@ class Panel(w.VBox):
             w.HBox([self.model, self.seed, self.random_seed, self.lock_seed]),
             w.HBox([self.size, self.width, self.height, self.size_note]),
             w.HBox([self.safety, self.format]),
-            w.HBox([self.upload, self.count]),
+            w.HBox([self.upload, self.variable, self.add_variable, self.count]),
             self.slots_box,
             w.HBox([self.generate, self.cancel, self.status]),
             self.error,
@@ -150,46 +178,101 @@ class Panel(w.VBox):
         self.generate.disabled = self._future is not None
 
     def _on_upload(self, change: dict[str, Any]) -> None:
+        if self._mirroring:
+            return
         for item in change["new"] or ():
             self._add_reference(bytes(item["content"]), item.get("name", "upload"))
-        self.upload.value = ()
+        self._slots_changed()  # the consumed files give way to the count of attached references
 
-    def add_reference(self, image: Any) -> None:
-        """Add a reference image (a path, URL, bytes, PIL image, array or Result) to the next request."""
+    def add_reference(self, image: Any, name: str = "reference") -> None:
+        """Add a reference image (a path, URL, bytes, PIL image, array or Result) to the next request.
+
+        ``name`` is how errors and the slot refer to it; a refused image is explained in the error area.
+        """
+        self._add_any(image, name)
+
+    def add_from_variable(self, name: str | None = None) -> None:
+        """Add the image held by a notebook variable (default: the name typed in the panel's field)."""
+        typed = name is None
+        name = (self.variable.value if name is None else name).strip()
+        try:
+            value = self._lookup(name)
+        except FluxError as exc:
+            self._show_error(exc)
+            return
+        if self._add_any(value, name) and typed:
+            self.variable.value = ""
+
+    def _add_any(self, image: Any, name: str) -> bool:
+        """Add ``image`` (a Result too); whether it was added."""
         if isinstance(image, Result):
             if not image.ok or image.path is None:
                 self._show_error(FluxError(f"result {image.record_id} has no image to use (status {image.status})"))
-                return
-            self._add_reference(image.path, f"result {image.record_id}")  # the stored bytes, as they came
-        else:
-            self._add_reference(image, "reference")
+                return False
+            return self._add_reference(image.path, f"result {image.record_id}")  # the stored bytes, as they came
+        return self._add_reference(image, name)
 
-    def _add_reference(self, obj: Any, name: str) -> None:
+    def _lookup(self, name: str) -> Any:
+        """The value of notebook variable ``name``, if it is something a reference image can be made of."""
+        if not name:
+            raise ValidationError("type the name of a notebook variable that holds an image, then Add")
+        namespace = self.namespace if self.namespace is not None else _notebook_namespace()
+        if namespace is None:
+            raise ValidationError(f"no notebook namespace to look {name!r} up in (not running in IPython)")
+        if name not in namespace:
+            hint = "" if name.isidentifier() else " (give a plain variable name: assign the image to one first)"
+            raise ValidationError(f"no variable named {name!r} in the notebook{hint}")
+        value = namespace[name]
+        if isinstance(value, REFERENCE_TYPES):
+            return value
+        hint = ""
+        if isinstance(value, (list, tuple, SweepResult)) and len(value):
+            hint = f" (it holds {len(value)} items: pick one, e.g. img = {name}[0], and add img)"
+        raise ValidationError(
+            f"variable {name!r} holds a {type(value).__name__}, not an image; use a PIL image, a NumPy array, "
+            f"bytes, a path or URL string, or a Result{hint}"
+        )
+
+    def _add_reference(self, obj: Any, name: str) -> bool:
         try:
             if len(self._slots) >= MAX_SLOTS:
                 raise ValidationError(f"at most {MAX_SLOTS} reference images; remove one first")
             prepared = prepare_image(obj, name)
         except FluxError as exc:
             self._show_error(exc)
-            return
+            return False
         preview = w.Image(value=_thumb_bytes(prepared), format="jpeg", layout=w.Layout(max_width="96px"))
-        remove = w.Button(description="remove", layout=w.Layout(width="96px"))
+        remove = w.Button(description="remove", tooltip=name, layout=w.Layout(width="96px"))
         box = w.VBox([preview, remove])
         box.add_class("flux-slot")
-        slot = Slot(prepared, box)
+        slot = Slot(prepared, box, name)
         remove.on_click(lambda _: self._remove_slot(slot))
         self._slots.append(slot)
-        self.slots_box.children = [s.widget for s in self._slots]
+        self._slots_changed()
         self.error.value = ""
+        return True
 
     def _remove_slot(self, slot: Slot) -> None:
         self._slots = [s for s in self._slots if s is not slot]
-        self.slots_box.children = [s.widget for s in self._slots]
+        self._slots_changed()
 
     def clear_references(self) -> None:
         """Empty every reference slot."""
         self._slots = []
-        self.slots_box.children = []
+        self._slots_changed()
+
+    def _slots_changed(self) -> None:
+        """Show the slots, and count them on the upload button.
+
+        ipywidgets 8 labels a FileUpload ``f"{description} ({len(value)})"``, with no way to hide the count;
+        so its value lists the attached references (names only, no content), never files already consumed.
+        """
+        self.slots_box.children = [s.widget for s in self._slots]
+        self._mirroring = True
+        try:
+            self.upload.value = tuple(_upload_entry(s) for s in self._slots)
+        finally:
+            self._mirroring = False
 
     # -- generating ----------------------------------------------------------------------------
 
@@ -310,7 +393,7 @@ class Panel(w.VBox):
                 failed = sum(not r.ok for r in results)
                 self._set_status(
                     f"done: {len(results) - failed} image(s){f', {failed} failed' if failed else ''} · "
-                    f"{self._elapsed()} · {self._batch_credits:.2f} credits"
+                    f"{self._elapsed()} · {self._batch_credits:.2f} credits{self._not_billed()}"
                 )
             self._refresh_cost()
         finally:
@@ -399,15 +482,40 @@ class Panel(w.VBox):
         text = exc.one_line() if isinstance(exc, FluxError) else f"unexpected error: {exc}"
         self.error.value = f'<div style="color:#b00020">⚠ {html.escape(text)}</div>'
 
+    def _not_billed(self) -> str:
+        """NOT_BILLED when the session's server bills nothing (a local server), else ""."""
+        try:
+            billed = self.session.backend.billed
+        except Exception:  # no usable backend yet (e.g. no key): Generate will say why
+            return ""
+        return "" if billed else NOT_BILLED
+
     def _refresh_cost(self) -> None:
         spent = self.session.spent()
         budget = self.session.budget
         limit = f" of {budget:.2f} budget" if budget is not None else ""
-        self.cost.value = f'<span style="color:#444">Credits spent: {spent:.2f}{limit}</span>'
+        note = html.escape(self._not_billed())
+        self.cost.value = f'<span style="color:#444">Credits spent: {spent:.2f}{limit}{note}</span>'
+
+
+def _notebook_namespace() -> Mapping[str, Any] | None:
+    """The running IPython shell's user namespace, or None outside IPython."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell.user_ns if shell is not None else None
+
+
+def _upload_entry(slot: Slot) -> dict[str, Any]:
+    """A FileUpload value entry standing for an attached reference (its content is not sent back)."""
+    image = slot.image
+    kind = f"image/{image.format}" if image.format else "text/uri-list"
+    size = len(image.data) if image.data is not None else 0
+    return {"name": slot.name, "type": kind, "size": size, "content": memoryview(b""), "last_modified": _EPOCH}
 
 
 def _caption(result: Result) -> str:
-    cost = "cached" if result.cached else f"{result.cost or 0:.2f} credits"
+    cost = "cached" if result.cached else f"{result.cost or 0:.2f} credits{'' if result.billed else NOT_BILLED}"
     took = f"{result.elapsed:.1f} s" if result.elapsed is not None else ""
     return f"seed {result.seed} · {result.width}×{result.height} · {cost} · {took}"
 
@@ -417,11 +525,7 @@ def _result_thumb(result: Result) -> bytes:
 
 
 def _thumb_bytes(image: ImageInput) -> bytes:
-    from io import BytesIO
-
-    from PIL import Image
-
     if image.data is None:
         return b""
-    with Image.open(BytesIO(image.data)) as opened:
+    with Image.open(io.BytesIO(image.data)) as opened:
         return thumbnail(opened, 192, "jpeg")

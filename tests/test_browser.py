@@ -200,7 +200,8 @@ def error_text(page: object) -> str:
 
 
 def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Path) -> None:
-    source = new_notebook(cells=[new_code_cell("%load_ext flux_nb"), new_code_cell("panel = flux.panel()\npanel")])
+    setup = "from PIL import Image\nsketch = Image.new('RGB', (64, 64), 'navy')\npanel = flux.panel()\npanel"
+    source = new_notebook(cells=[new_code_cell("%load_ext flux_nb"), new_code_cell(setup)])
     source.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(source, lab.root / "panel.ipynb")
     started = time.monotonic()
@@ -235,6 +236,8 @@ def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Pat
         page.click(".flux-panel .flux-upload")
     chooser.value.set_files(str(reference))
     page.wait_for_selector(".flux-panel .flux-slot img", timeout=30_000)
+    upload_label = "() => document.querySelector('.flux-panel .flux-upload').textContent.trim()"
+    page.wait_for_function(f"{upload_label}.endsWith('References (1)')")  # the attached count, not "(0)"
     page.fill(".flux-panel .flux-prompt textarea", "the same lighthouse, as an edit of the red reference")
     page.click(".flux-panel button.flux-generate")
     page.wait_for_function("() => document.querySelectorAll('.flux-card img.flux-result-image').length == 2")
@@ -249,7 +252,14 @@ def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Pat
     sent = json.loads(record["input_hashes"])
     assert sent == [hashlib.sha256(reference.read_bytes()).hexdigest()]  # the upload, byte for byte
     assert (lab.root / ".flux" / "inputs" / f"{sent[0]}.png").read_bytes() == reference.read_bytes()
+    assert "(not billed: local server)" in page.inner_text(".flux-panel")
     shot(page, "panel-edited")
+
+    page.fill(".flux-panel .flux-variable input", "sketch")  # a variable of the notebook's namespace
+    page.click(".flux-panel button.flux-add-variable")
+    page.wait_for_function("() => document.querySelectorAll('.flux-panel .flux-slot img').length == 2")
+    page.wait_for_function(f"{upload_label}.endsWith('References (2)')")
+    assert error_text(page) == "" and page.input_value(".flux-panel .flux-variable input") == ""
     print(f"\npanel browser test: {time.monotonic() - started:.1f} s")
 
 

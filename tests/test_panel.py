@@ -4,6 +4,7 @@ the magic that opens it, and a kernel thread that stays free while it works."""
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import threading
 import time
@@ -11,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
+import numpy as np
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from PIL import Image
 
 from flux_nb import Flux
+from flux_nb.backend import Backend
+from flux_nb.images import sha256_hex
 from flux_nb.panel import MAX_SLOTS, Panel
 from flux_nb.result import Result
 
@@ -131,7 +135,7 @@ def test_remix_loads_a_results_settings(flux: Flux) -> None:
 def test_references_upload_limit_remove_and_reuse(flux: Flux) -> None:
     panel = Panel(flux)
     panel._on_upload({"new": ({"name": "a.png", "content": memoryview(png_bytes())},)})
-    assert len(panel._slots) == 1 and panel.upload.value == ()
+    assert len(panel._slots) == 1 and [f["name"] for f in panel.upload.value] == ["a.png"]
     panel._on_upload({"new": ({"name": "bad.png", "content": memoryview(b"not an image")},)})
     assert "not a readable image" in panel.error.value and len(panel._slots) == 1
     for _ in range(MAX_SLOTS):
@@ -171,9 +175,9 @@ def card_button(panel: Panel, css_class: str, index: int = 0) -> w.Button:
 def test_status_line_counts_the_batchs_credits_as_it_goes(flux: Flux) -> None:
     panel = Panel(flux)
     statuses: list[str] = []
-    costs: list[str] = []
+    costs: list[tuple[int, str]] = []  # (requests ended, cost line) at each change of the cost line
     panel.status.observe(lambda change: statuses.append(change["new"]), "value")
-    panel.cost.observe(lambda change: costs.append(change["new"]), "value")
+    panel.cost.observe(lambda change: costs.append((panel._batch_done, change["new"])), "value")
     panel.prompt.value = "credits as they come"
     panel.size.value = "512×512 (fast drafts)"
     panel.count.value = 2
@@ -184,7 +188,8 @@ def test_status_line_counts_the_batchs_credits_as_it_goes(flux: Flux) -> None:
     assert any("0.00 credits so far" in s for s in statuses)  # before anything has finished
     assert any(f"1 of 2 done · {each:.2f} credits so far" in s for s in statuses)
     assert f"· {2 * each:.2f} credits" in statuses[-1] and "done: 2 image(s)" in statuses[-1]
-    assert f"Credits spent: {each:.2f}" in costs[0]  # the running total moved after the first image, not at the end
+    # The running total moved after the first image, not at the end (the second may be paid for already).
+    assert costs[0][0] == 1 and any(f"Credits spent: {n * each:.2f}" in costs[0][1] for n in (1, 2))
     assert f"Credits spent: {2 * each:.2f}" in panel.cost.value
 
 
@@ -388,5 +393,164 @@ def test_the_kernel_thread_stays_free_while_the_panel_generates(server_factory: 
         assert ticks > 50 and len(panel.gallery.children) == 2
         assert threads == {"flux-nb-loop"} and threading.current_thread().name not in threads
         assert len(seen) > 1  # the status line changed while the kernel thread was busy elsewhere
+    finally:
+        flux.close()
+
+
+def upload_label(panel: Panel) -> str:
+    """The upload button's text as ipywidgets 8 renders it: ``f"{description} ({len(value)})"``."""
+    return f"{panel.upload.description} ({len(panel.upload.value)})"
+
+
+def browser_upload(panel: Panel, *names: str) -> None:
+    """Files chosen in the browser: the front end replaces the value with them, as JSON."""
+    files = [
+        {"name": n, "type": "image/png", "size": 1, "content": memoryview(png_bytes()), "last_modified": 0}
+        for n in names
+    ]
+    panel.upload.set_state({"value": files})
+
+
+def test_a_variables_image_becomes_a_reference_and_reaches_the_request(flux: Flux, tmp_path: Path) -> None:
+    path = tmp_path / "on-disk.png"
+    path.write_bytes(png_bytes("yellow"))
+    namespace: dict[str, Any] = {
+        "pil": Image.new("RGB", (64, 48), "orange"),
+        "array": np.full((40, 50, 3), 200, dtype=np.uint8),
+        "raw": png_bytes("blue"),
+        "path": str(path),
+        "url": "https://example.com/cat.png",
+    }
+    panel = Panel(flux, namespace=namespace)
+    for name in ("pil", "array", "raw", "path"):
+        panel.variable.value = f" {name} "
+        panel.add_variable.click()
+        assert panel.error.value == "" and panel.variable.value == ""  # the field empties once added
+    assert [s.name for s in panel._slots] == ["pil", "array", "raw", "path"]
+    assert panel._slots[3].image.sha256 == sha256_hex(path.read_bytes())
+    assert upload_label(panel) == "References (4)"
+    panel.variable.value = "url"
+    panel.add_variable.click()
+    assert f"at most {MAX_SLOTS} reference images" in panel.error.value and len(panel._slots) == MAX_SLOTS
+    assert panel.variable.value == "url"  # kept, to add once a slot is free
+
+    sent = [s.image.sha256 for s in panel._slots]
+    panel.prompt.value = "four variables"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.submit()
+    wait_idle(panel)
+    assert panel._results[0].ok
+    assert list(flux.history().iloc[-1]["input_hashes"]) == sent
+
+    namespace["earlier"] = panel._results[0]
+    panel.clear_references()
+    panel.add_from_variable("url")
+    panel.add_from_variable("earlier")
+    assert panel.error.value == "" and len(panel._slots) == 2
+    assert panel._slots[0].image.is_url and panel._slots[0].image.value == "https://example.com/cat.png"
+    assert panel._slots[1].image.sha256 == sha256_hex(panel._results[0].path.read_bytes())  # type: ignore[union-attr]
+    assert [s.name for s in panel._slots] == ["url", f"result {panel._results[0].record_id}"]
+    panel.clear_references()
+    panel.add_from_variable("earlier")
+    panel.prompt.value = "an edit of a result held in a variable"
+    panel.submit()
+    wait_idle(panel)
+    assert list(flux.history().iloc[-1]["input_hashes"]) == [flux.history().iloc[-2]["image_sha256"]]
+
+
+def test_a_variable_that_is_unknown_or_no_image_is_refused_in_words(flux: Flux) -> None:
+    failed = Result(record_id="r-gone", status="failed", prompt="p", model=flux.model, seed=1, width=None, height=None)
+    namespace = {"number": 42, "items": [png_bytes()], "junk": b"not an image", "words": "a cat", "failed": failed}
+    panel = Panel(flux, namespace=namespace)
+    cases = {
+        "": "type the name of a notebook variable",
+        "missing": "no variable named 'missing' in the notebook",
+        "items[0]": "give a plain variable name",
+        "number": "variable 'number' holds a int, not an image; use a PIL image",
+        "items": "it holds 1 items: pick one, e.g. img = items[0]",
+        "junk": "junk: the data is not a readable image",
+        "words": "words: no file at 'a cat'",
+        "failed": "result r-gone has no image to use",
+    }
+    for name, reason in cases.items():
+        panel.variable.value = name
+        panel.add_variable.click()
+        assert reason in html.unescape(panel.error.value), (name, panel.error.value)
+        assert panel._slots == [] and panel.variable.value == name
+    assert upload_label(panel) == "References (0)" and flux.server.stats()["submits"] == 0  # type: ignore[attr-defined]
+
+
+def test_the_variable_field_reads_the_notebooks_namespace(flux: Flux) -> None:
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_cell("from PIL import Image\nsketch = Image.new('RGB', (32, 32), 'purple')")
+        panel = Panel(flux)
+        panel.variable.value = "sketch"
+        panel.add_variable.click()
+        assert panel.error.value == "" and [s.name for s in panel._slots] == ["sketch"]
+    finally:
+        InteractiveShell.clear_instance()
+    panel = Panel(flux)  # outside IPython there is no namespace to look in
+    panel.variable.value = "sketch"
+    panel.add_variable.click()
+    assert "not running in IPython" in panel.error.value and panel._slots == []
+
+
+def test_the_upload_button_counts_the_attached_references(flux: Flux, tmp_path: Path) -> None:
+    panel = Panel(flux, namespace={"pil": Image.new("RGB", (30, 30), "teal")})
+    assert upload_label(panel) == "References (0)"
+    browser_upload(panel, "a.png", "b.png")
+    assert len(panel._slots) == 2 and upload_label(panel) == "References (2)"  # not "(0)" once consumed
+    panel.add_from_variable("pil")
+    assert upload_label(panel) == "References (3)"
+    browser_upload(panel, "c.png")  # the next upload still arrives, and adds to the count
+    assert [s.name for s in panel._slots] == ["a.png", "b.png", "pil", "c.png"]
+    assert upload_label(panel) == "References (4)"
+    assert [f["name"] for f in panel.upload.value] == ["a.png", "b.png", "pil", "c.png"]
+    assert all(len(f["content"]) == 0 for f in panel.upload.value)  # names only: no bytes go back to the browser
+    browser_upload(panel, "d.png")  # a fifth: refused, and the count stays true
+    assert "at most 4" in panel.error.value and upload_label(panel) == "References (4)"
+    panel._remove_slot(panel._slots[0])
+    assert upload_label(panel) == "References (3)"
+    panel.clear_references()
+    assert upload_label(panel) == "References (0)"
+    browser_upload(panel, "again.png")
+    assert upload_label(panel) == "References (1)" and panel.upload.get_state()["value"][0]["name"] == "again.png"
+
+
+def test_credit_figures_say_when_nothing_is_billed(flux: Flux, monkeypatch: pytest.MonkeyPatch) -> None:
+    panel = Panel(flux)  # the test server is a local endpoint: nothing is billed
+    assert "Credits spent: 0.00 (not billed: local server)" in panel.cost.value
+    panel.prompt.value = "free"
+    panel.size.value = "512×512 (fast drafts)"
+    panel.submit()
+    wait_idle(panel)
+    each = panel._results[0].cost
+    assert each and not panel._results[0].billed
+    assert f"Credits spent: {each:.2f} (not billed: local server)" in panel.cost.value
+    assert f"{each:.2f} credits (not billed: local server)" in panel.status.value
+    caption = panel.gallery.children[0].children[1].value
+    assert f"{each:.2f} credits (not billed: local server)" in caption
+
+    monkeypatch.setattr(flux, "_backend", Backend(flux.endpoint, "bfl", billed=True))
+    billed = Panel(flux)
+    assert "Credits spent: " in billed.cost.value and "not billed" not in billed.cost.value
+    billed._add_result(Result("r-billed", "ready", "p", flux.model, 1, 512, 512, panel._results[0].path, cost=each))
+    assert "not billed" not in billed.gallery.children[0].children[1].value
+
+
+def test_a_panel_opens_even_when_the_backend_cannot_be_chosen(
+    history_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BFL_API_KEY", raising=False)
+    monkeypatch.delenv("FLUX_NB_API_KEY", raising=False)
+    flux = Flux(endpoint="https://api.bfl.ai", history_dir=history_dir)  # needs a key, and has none
+    try:
+        panel = Panel(flux)
+        assert "Credits spent: 0.00" in panel.cost.value and "not billed" not in panel.cost.value
+        panel.prompt.value = "no key"
+        panel.submit()
+        assert "API key" in panel.error.value and panel._future is None
     finally:
         flux.close()
