@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from flux_nb.result import Result, SweepResult
 
 UPDATE_INTERVAL = 0.1  # seconds between live progress redraws
+NOT_BILLED = " (not billed: local server)"  # after credits, where the backend is not BFL's API
 GALLERY_THUMB = 128
 ICONS = {"failed": "⚠", "moderated": "⛔", "unknown": "❓", "submitted": "⏳", "pending": "⏳", "cancelled": "✋"}
 
@@ -58,7 +59,7 @@ def caption(result: Result) -> str:
         cost, took = "0 credits (cached)", "cached"
     else:
         credits = result.cost if result.cost is not None else result.estimated_cost
-        cost = f"{credits:.2f} credits" + ("" if result.billed else " (not billed: local server)")
+        cost = f"{credits:.2f} credits" + ("" if result.billed else NOT_BILLED)
         took = f"{result.elapsed:.2f} s" if result.elapsed is not None else ""
     parts = [f"seed {result.seed}", size, result.model, cost, took, f"id {result.record_id}"]
     if result.tag:

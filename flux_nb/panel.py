@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from flux_nb import api
+from flux_nb.display import NOT_BILLED
 from flux_nb.errors import FluxError, ValidationError
 from flux_nb.execution import Emit, PreparedRequest
 from flux_nb.images import ImageInput, prepare_image, thumbnail
@@ -43,7 +44,6 @@ SIZE_PRESETS: dict[str, tuple[int, int] | None] = {
 }
 MAX_SLOTS = 4
 GALLERY_THUMB = 224
-NOT_BILLED = " (not billed: local server)"  # as the magic's captions say it
 #: What a notebook variable may hold to become a reference image (prepare_image's inputs, and a Result).
 REFERENCE_TYPES = (Result, ImageInput, Image.Image, np.ndarray, bytes, bytearray, memoryview, str, os.PathLike)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
@@ -30,14 +31,15 @@ def setup(server: Any, history_dir: Path, tmp_path: Path, monkeypatch: pytest.Mo
     Image.new("1", (20_000, 15_000)).save(bomb)  # 300 MP, over Pillow's decompression-bomb limit
     flux = Flux(endpoint=server.url, history_dir=history_dir)
     flux.generate("already recorded", seed=1, width=64, height=64)
-    before = (server.stats()["http_requests"].copy(), len(flux.history()))
+    before = (server.stats()["http_requests"].copy(), flux.history())
     yield flux, server, before
     flux.close()
 
 
-def assert_nothing_sent(flux: Flux, server: Any, before: tuple[dict, int]) -> None:
+def assert_nothing_sent(flux: Flux, server: Any, before: tuple[dict, pd.DataFrame]) -> None:
+    """No HTTP request reached the server, and the history is exactly as it was (every row, every value)."""
     assert server.stats()["http_requests"] == before[0]
-    assert len(flux.history()) == before[1]
+    pd.testing.assert_frame_equal(flux.history(), before[1])
 
 
 PYTHON_API = [
