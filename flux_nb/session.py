@@ -402,6 +402,8 @@ class Flux(Configurable):
             for prepared in resend.values():
                 prepared.replay_of = None  # sent under its own record, not as a replay
         if not records and not resend:
+            if settled:
+                self._notify()
             return settled
         self.check_budget(list(resend.values()))
         if observer is not None:
