@@ -34,9 +34,13 @@ class Backend:
         return self.label.startswith("local:")
 
 
-def is_bfl_host(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
+def is_bfl_hostname(host: str) -> bool:
+    """True for bfl.ai and its subdomains (the API's regional hosts)."""
     return host == "bfl.ai" or host.endswith(".bfl.ai")
+
+
+def is_bfl_host(url: str) -> bool:
+    return is_bfl_hostname(urlsplit(url).hostname or "")
 
 
 def check_endpoint(endpoint: str) -> str:

@@ -27,6 +27,7 @@ from flux_nb.api import (
     Status,
     parse_status,
 )
+from flux_nb.backend import is_bfl_hostname
 from flux_nb.errors import (
     DeliveryError,
     FluxError,
@@ -50,10 +51,6 @@ IDLE_CONNECTIONS = 8
 KEEPALIVE_EXPIRY = 4.0
 
 
-def _is_bfl(host: str) -> bool:
-    return host == "bfl.ai" or host.endswith(".bfl.ai")
-
-
 class ApiKey(httpx.Auth):
     """Adds the ``x-key`` header, to the API's own host only; holds the key so that no repr or traceback shows it.
 
@@ -67,7 +64,7 @@ class ApiKey(httpx.Auth):
 
     def sends_to(self, host: str) -> bool:
         """True when a request to ``host`` carries the key."""
-        return host == self._host or (_is_bfl(host) and _is_bfl(self._host))
+        return host == self._host or (is_bfl_hostname(host) and is_bfl_hostname(self._host))
 
     def __repr__(self) -> str:
         return "ApiKey(***)" if self._key else "ApiKey(None)"

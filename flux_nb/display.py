@@ -116,14 +116,14 @@ def error_html(error: FluxError | str) -> str:
 
 def show_error(error: FluxError | str) -> None:
     """Show an error as one clear line, no traceback."""
-    if _rich():
+    if is_rich():
         display(HTML(error_html(error)))
     else:
         text = error.one_line() if isinstance(error, FluxError) else str(error)
         print(f"flux_nb: {text}")
 
 
-def _rich() -> bool:
+def is_rich() -> bool:
     """True where HTML is rendered (notebook front ends), False in terminal IPython or plain Python."""
     try:
         from IPython import get_ipython
@@ -132,11 +132,6 @@ def _rich() -> bool:
     shell = get_ipython()
     formatter = getattr(shell, "display_formatter", None)
     return formatter is not None and "text/html" in formatter.active_types
-
-
-def is_rich() -> bool:
-    """True where HTML is rendered; False in terminal IPython or plain Python (print text there)."""
-    return _rich()
 
 
 def result_text(result: Result) -> str:
@@ -159,7 +154,7 @@ class BatchProgress:
 
     def __init__(self, show_results: bool = True, rich: bool | None = None, stream: TextIO | None = None) -> None:
         self.show_results = show_results
-        self.rich = _rich() if rich is None else rich
+        self.rich = is_rich() if rich is None else rich
         self.stream = stream
         self.total = 0
         self.results: dict[int, Result] = {}

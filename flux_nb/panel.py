@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from flux_nb import api
-from flux_nb.display import NOT_BILLED
+from flux_nb.display import NOT_BILLED, STATES
 from flux_nb.errors import FluxError, ValidationError
 from flux_nb.execution import Emit, PreparedRequest
 from flux_nb.images import ImageInput, prepare_image, thumbnail
@@ -347,7 +347,7 @@ class Panel(w.VBox):
                 self._show_error(exc)
 
     def _on_progress(self, index: int, status: str, fraction: float | None) -> None:
-        stage = {"Submitted": "queued", "Downloading": "downloading"}.get(status, "generating")
+        stage = STATES.get(status, "generating")
         pct = f" {fraction * 100:.0f}%" if isinstance(fraction, float) and 0 < fraction < 1 else ""
         self._set_status(f"{stage}{pct} · {self._elapsed()}{self._tally()}")
 

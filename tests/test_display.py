@@ -108,7 +108,7 @@ def test_failures_are_one_line_without_traceback(tmp_path: Path) -> None:
 def test_show_error_prints_one_line_in_a_terminal(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(display, "_rich", lambda: False)
+    monkeypatch.setattr(display, "is_rich", lambda: False)
     display.show_error(ValidationError("width 1000 is not a multiple of 16 (try 992 or 1008)"))
     assert capsys.readouterr().out == "flux_nb: width 1000 is not a multiple of 16 (try 992 or 1008)\n"
 
@@ -204,7 +204,7 @@ def test_a_terminal_gets_a_status_line_redrawn_in_place(
 def test_errors_say_what_to_do_next(
     error: Exception, hint: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(display, "_rich", lambda: False)
+    monkeypatch.setattr(display, "is_rich", lambda: False)
     assert error.one_line() == f"{error} ({error.hint})" and hint in error.hint
     assert isinstance(error, ValidationError) == isinstance(error, RejectedError)
     display.show_error(error)
