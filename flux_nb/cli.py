@@ -39,8 +39,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flux_nb.server import ServerConfig, create_app
-    from flux_nb.server.app import PollListener
-    from flux_nb.server.embedded import polling_address, serve_in_thread
+    from flux_nb.server.embedded import start_poll_listener
     from flux_nb.server.faults import FaultPlan
 
     AnnouncingServer = announcing_server()
@@ -71,21 +70,12 @@ def serve(args: argparse.Namespace) -> int:
     log_level = "info" if args.access_log else "warning"
     polls, after = None, ""
     if args.poll_port is not None:  # the polling listener starts first: no polling URL is handed out without it
-        listener = PollListener(app)
         try:
-            polls = serve_in_thread(
-                listener,
-                args.host,
-                args.poll_port,
-                name="flux-nb-polls",
-                log_level=log_level,
-                access_log=args.access_log,
-            )
+            polls = start_poll_listener(app, args.host, args.poll_port, log_level=log_level, access_log=args.access_log)
         except RuntimeError as exc:
             print(f"flux-nb serve: polling listener: {exc}", file=sys.stderr)
             return 2
-        listener.bind(polling_address(args.host, polls[2]))
-        after = f"flux_nb polling URLs on {app.state.poll_url} (same tasks; delivery URLs stay on the main address)"
+        after = f"flux_nb polling URLs on {polls[2]} (same tasks; delivery URLs stay on the main address)"
     server = AnnouncingServer(
         uvicorn.Config(app, host=args.host, port=args.port, log_level=log_level, access_log=args.access_log),
         f"(engine {args.engine}, latency {args.latency:g} s)",

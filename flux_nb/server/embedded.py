@@ -39,6 +39,22 @@ def polling_address(host: str, port: int) -> str:
     return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
 
 
+def start_poll_listener(
+    app: Any, host: str, port: int, *, timeout: float = 15.0, **options: Any
+) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """Serve ``app`` again on ``host:port`` (0: a free port) and point its polling URLs there.
+
+    Returns the listener's server, thread and base URL; ``options`` go to ``serve_in_thread``.
+    """
+    from flux_nb.server.app import PollListener
+
+    listener = PollListener(app)
+    server, thread, bound = serve_in_thread(listener, host, port, timeout=timeout, name="flux-nb-polls", **options)
+    url = polling_address(host, bound)
+    listener.bind(url)
+    return server, thread, url
+
+
 class EmbeddedServer:
     """A uvicorn server on 127.0.0.1 in a daemon thread (and a polling listener with ``config.poll_port``).
 
@@ -66,21 +82,16 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 15.0) -> EmbeddedServer:
         """Start serving (both listeners with ``poll_port``); returns once they accept connections."""
-        from flux_nb.server.app import PollListener
-
         self._server, self._thread, self.port = serve_in_thread(self.app, self.host, timeout=timeout)
         if self.config.poll_port is not None:
-            listener = PollListener(self.app)
             try:
-                server, thread, port = serve_in_thread(
-                    listener, self.host, self.config.poll_port, timeout=timeout, name="flux-nb-polls"
+                server, thread, self.poll_url = start_poll_listener(
+                    self.app, self.host, self.config.poll_port, timeout=timeout
                 )
             except RuntimeError:
                 self.stop()
                 raise
             self._polls = (server, thread)
-            self.poll_url = polling_address(self.host, port)
-            listener.bind(self.poll_url)
         return self
 
     def stop(self, wait: bool = True) -> None:
