@@ -42,6 +42,19 @@ def wait_idle(panel: Panel, timeout: float = 20.0) -> None:
     assert panel._future is None, "the panel did not finish"
 
 
+DRAFT = "512×512 (fast drafts)"
+
+
+def generated(flux: Flux, prompt: str, size: str = DRAFT) -> tuple[Panel, Result]:
+    """A new panel that has generated one image for ``prompt`` at ``size``, and that result."""
+    panel = Panel(flux)
+    panel.prompt.value = prompt
+    panel.size.value = size
+    panel.submit()
+    wait_idle(panel)
+    return panel, panel._results[0]
+
+
 def png_bytes(color: str = "red") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (80, 60), color).save(buffer, "PNG")
@@ -51,7 +64,7 @@ def png_bytes(color: str = "red") -> bytes:
 def test_generate_fills_the_gallery_and_counts_credits(flux: Flux) -> None:
     panel = Panel(flux)
     panel.prompt.value = "a lighthouse"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.count.value = 2
     panel.submit()
     assert panel.generate.disabled and not panel.cancel.disabled
@@ -68,7 +81,7 @@ def test_generate_fills_the_gallery_and_counts_credits(flux: Flux) -> None:
 def test_a_double_click_submits_once(flux: Flux) -> None:
     panel = Panel(flux)
     panel.prompt.value = "once"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.generate.click()
     panel.generate.click()
     panel.submit()
@@ -104,7 +117,7 @@ def test_cancel_stops_waiting_and_keeps_the_record_for_resume(server_factory: An
     try:
         panel = Panel(flux)
         panel.prompt.value = "slow"
-        panel.size.value = "512×512 (fast drafts)"
+        panel.size.value = DRAFT
         panel.submit()
         deadline = time.monotonic() + 10
         while not flux.store.resumable() and time.monotonic() < deadline:
@@ -119,14 +132,9 @@ def test_cancel_stops_waiting_and_keeps_the_record_for_resume(server_factory: An
 
 
 def test_remix_loads_a_results_settings(flux: Flux) -> None:
-    panel = Panel(flux)
-    panel.prompt.value = "remix me"
-    panel.size.value = "16:9 · 1360×768"
-    panel.submit()
-    wait_idle(panel)
-    result = panel._results[0]
+    panel, result = generated(flux, "remix me", "16:9 · 1360×768")
     panel.prompt.value = "something else"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.remix(result)
     assert panel.prompt.value == "remix me" and panel.seed.value == result.seed and panel.lock_seed.value
     assert (panel.width.value, panel.height.value) == (1360, 768) and panel.size.value.startswith("16:9")
@@ -144,7 +152,7 @@ def test_references_upload_limit_remove_and_reuse(flux: Flux) -> None:
     panel._remove_slot(panel._slots[0])
     assert len(panel._slots) == MAX_SLOTS - 1
     panel.prompt.value = "edit with references"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.submit()
     wait_idle(panel)
     assert panel._results[0].ok
@@ -154,7 +162,7 @@ def test_references_upload_limit_remove_and_reuse(flux: Flux) -> None:
 def test_a_failed_request_is_shown_and_the_panel_keeps_working(flux: Flux) -> None:
     panel = Panel(flux)
     panel.prompt.value = "first"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     flux.endpoint = "http://127.0.0.1:9"  # nothing listens there
     flux.executor.client.retry = type(flux.executor.client.retry)(attempts=2, base_delay=0.01, max_delay=0.02)
     panel.submit()
@@ -179,7 +187,7 @@ def test_status_line_counts_the_batchs_credits_as_it_goes(flux: Flux) -> None:
     panel.status.observe(lambda change: statuses.append(change["new"]), "value")
     panel.cost.observe(lambda change: costs.append((panel._batch_done, change["new"])), "value")
     panel.prompt.value = "credits as they come"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.count.value = 2
     panel.submit()
     wait_idle(panel)
@@ -196,7 +204,7 @@ def test_status_line_counts_the_batchs_credits_as_it_goes(flux: Flux) -> None:
 def test_remix_restores_safety_format_and_reference_images(flux: Flux) -> None:
     panel = Panel(flux)
     panel.prompt.value = "remix everything"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.safety.value, panel.format.value = 1, "png"
     panel.add_reference(png_bytes("red"))
     sent = panel._slots[0].image.sha256
@@ -221,7 +229,7 @@ def test_remix_restores_safety_format_and_reference_images(flux: Flux) -> None:
 def test_remix_says_when_a_reference_image_is_gone(flux: Flux) -> None:
     panel = Panel(flux)
     panel.prompt.value = "lost reference"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.add_reference(png_bytes("red"))
     panel.submit()
     wait_idle(panel)
@@ -247,7 +255,7 @@ def test_a_failing_event_handler_is_shown_and_never_stops_the_batch(flux: Flux) 
         "disabled",
     )
     panel.prompt.value = "keep going"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.count.value = 2
     panel.submit()
     wait_idle(panel)
@@ -259,7 +267,7 @@ def test_a_failing_event_handler_is_shown_and_never_stops_the_batch(flux: Flux) 
 def test_generate_stays_disabled_while_any_request_is_in_flight(flux: Flux, monkeypatch: pytest.MonkeyPatch) -> None:
     panel = Panel(flux)
     panel.prompt.value = "one breaks, one runs"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.count.value = 2
     panel.lock_seed.value = True
     broken_seed = panel.seed.value
@@ -284,12 +292,7 @@ def test_generate_stays_disabled_while_any_request_is_in_flight(flux: Flux, monk
 
 
 def test_edit_this_puts_the_result_in_a_reference_slot(flux: Flux) -> None:
-    panel = Panel(flux)
-    panel.prompt.value = "the original"
-    panel.size.value = "512×512 (fast drafts)"
-    panel.submit()
-    wait_idle(panel)
-    result = panel._results[0]
+    panel, result = generated(flux, "the original")
     card_button(panel, "flux-reuse").click()
     assert len(panel._slots) == 1
     digest = hashlib.sha256(result.path.read_bytes()).hexdigest()  # type: ignore[union-attr]
@@ -312,7 +315,7 @@ def test_random_seed_button_and_seed_lock(flux: Flux) -> None:
     panel.random_seed.click()
     assert panel.seed.value != 7 and 0 <= panel.seed.value < 2**32
     panel.prompt.value = "seeds"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.seed.value, panel.lock_seed.value = 1234, True
     panel.submit()
     wait_idle(panel)
@@ -326,7 +329,7 @@ def test_random_seed_button_and_seed_lock(flux: Flux) -> None:
 def test_safety_and_format_reach_the_request(flux: Flux) -> None:
     panel = Panel(flux)
     panel.prompt.value = "strict png"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.safety.value, panel.format.value = 4, "png"
     panel.submit()
     wait_idle(panel)
@@ -355,7 +358,7 @@ def test_the_flux_panel_magic_opens_a_panel_on_the_session(server: Any, history_
         assert views == [{"version_major": 2, "version_minor": 0, "model_id": panel.model_id}]
         assert panel.session is session
         panel.prompt.value = "from the magic"
-        panel.size.value = "512×512 (fast drafts)"
+        panel.size.value = DRAFT
         panel.submit()
         wait_idle(panel)
         assert len(panel.gallery.children) == 1
@@ -379,7 +382,7 @@ def test_the_kernel_thread_stays_free_while_the_panel_generates(server_factory: 
 
         panel._on_event = spy  # type: ignore[method-assign]
         panel.prompt.value = "meanwhile"
-        panel.size.value = "512×512 (fast drafts)"
+        panel.size.value = DRAFT
         panel.count.value = 2
         assert flux.executor is not None  # built up front, so the timing below is the submit alone
         began = time.monotonic()
@@ -436,7 +439,7 @@ def test_a_variables_image_becomes_a_reference_and_reaches_the_request(flux: Flu
 
     sent = [s.image.sha256 for s in panel._slots]
     panel.prompt.value = "four variables"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.submit()
     wait_idle(panel)
     assert panel._results[0].ok
@@ -523,7 +526,7 @@ def test_credit_figures_say_when_nothing_is_billed(flux: Flux, monkeypatch: pyte
     panel = Panel(flux)  # the test server is a local endpoint: nothing is billed
     assert "Credits spent: 0.00 (not billed: local server)" in panel.cost.value
     panel.prompt.value = "free"
-    panel.size.value = "512×512 (fast drafts)"
+    panel.size.value = DRAFT
     panel.submit()
     wait_idle(panel)
     each = panel._results[0].cost
