@@ -53,8 +53,8 @@ def direct(engine: Any, count: int) -> list[float]:
 
 def through_flux_nb(engine: Any, count: int) -> tuple[list[float], float]:
     """Seconds per single image, and wall seconds for a sweep of ``count``, through server and client."""
-    from flux_nb.api import FluxRequest
-    from flux_nb.client import AsyncFluxClient
+    from flux_nb.http.client import AsyncFluxClient
+    from flux_nb.protocol import FluxRequest
     from flux_nb.server import EmbeddedServer, ServerConfig
 
     async def run(url: str) -> tuple[list[float], float]:

@@ -14,8 +14,8 @@ from typing import Any
 
 from bench.common import server_process, server_stats, summary
 from flux_nb import Flux
-from flux_nb.api import FluxRequest
-from flux_nb.client import AsyncFluxClient
+from flux_nb.http.client import AsyncFluxClient
+from flux_nb.protocol import FluxRequest
 
 
 async def _notice(url: str, count: int) -> list[tuple[str, float, int]]:

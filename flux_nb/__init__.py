@@ -1,5 +1,6 @@
 """flux_nb: FLUX.2 image generation from Jupyter."""
 
+from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import (
     AuthError,
     BudgetError,
@@ -16,8 +17,7 @@ from flux_nb.errors import (
     UnknownOutcomeError,
     ValidationError,
 )
-from flux_nb.grid import grid
-from flux_nb.result import Result, SweepResult
+from flux_nb.notebook.grid import grid
 from flux_nb.session import Flux
 
 __version__ = "0.1.0"
@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext flux_nb``: the magics, the ``flux`` session and ``flux_history``."""
-    from flux_nb.magic import load_ipython_extension as load
+    from flux_nb.notebook.magic import load_ipython_extension as load
 
     load(ipython)
 

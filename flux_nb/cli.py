@@ -8,7 +8,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 
-from flux_nb import api
+from flux_nb import protocol
 from flux_nb.errors import FluxError
 
 SERVER_KEYS_ENV = "FLUX_NB_SERVER_KEYS"
@@ -105,7 +105,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, object]:
 
 def generate(args: argparse.Namespace) -> int:
     """Generate one image and copy it to --out (or print where it is stored)."""
-    from flux_nb.display import caption
+    from flux_nb.notebook.render import caption
     from flux_nb.session import Flux
 
     flux = Flux(endpoint=args.endpoint, history_dir=args.history_dir)
@@ -124,7 +124,7 @@ def generate(args: argparse.Namespace) -> int:
 
 def history(args: argparse.Namespace) -> int:
     """Print the most recent history rows."""
-    from flux_nb.store import HistoryStore
+    from flux_nb.history.store import HistoryStore
 
     frame = HistoryStore(args.history_dir).to_frame()
     columns = ["record_id", "created_at", "status", "model", "seed", "out_width", "out_height", "cost", "prompt"]
@@ -143,9 +143,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8800, help="port (0 picks a free one)")
     p.add_argument("--latency", type=float, default=0.0, help="simulated generation seconds")
-    p.add_argument("--max-active", type=int, default=api.MAX_ACTIVE_TASKS, help="in-flight tasks before 429")
+    p.add_argument("--max-active", type=int, default=protocol.MAX_ACTIVE_TASKS, help="in-flight tasks before 429")
     p.add_argument(
-        "--delivery-ttl", type=float, default=api.DELIVERY_TTL_SECONDS, help="seconds a sample URL stays valid"
+        "--delivery-ttl", type=float, default=protocol.DELIVERY_TTL_SECONDS, help="seconds a sample URL stays valid"
     )
     p.add_argument("--engine", default="preview", choices=["preview", "diffusers"], help="image engine")
     p.add_argument(

@@ -21,17 +21,17 @@ import pandas as pd
 from traitlets import Bool, Enum, Float, Int, Unicode, observe
 from traitlets.config import Configurable
 
-from flux_nb import api
-from flux_nb.api import FluxRequest
-from flux_nb.backend import Backend, resolve_backend
-from flux_nb.client import AsyncFluxClient
+from flux_nb import protocol
+from flux_nb.core.axes import Axis, expand
+from flux_nb.core.backend import Backend, resolve_backend
+from flux_nb.core.jobs import DisplaySettings, Emit, Executor, PreparedRequest
+from flux_nb.core.loop import LoopRunner
+from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import BudgetError, ValidationError
-from flux_nb.execution import DisplaySettings, Emit, Executor, PreparedRequest
+from flux_nb.history.store import HistoryStore, Record, RecordStatus, process_owner
+from flux_nb.http.client import AsyncFluxClient
 from flux_nb.images import ImageInput, prepare_images
-from flux_nb.result import Result, SweepResult
-from flux_nb.runner import LoopRunner
-from flux_nb.store import HistoryStore, Record, RecordStatus, process_owner
-from flux_nb.sweep import Axis, expand
+from flux_nb.protocol import FluxRequest
 
 #: The key for a non-BFL endpoint (a local server started with keys, a gateway).
 ENDPOINT_KEY_ENV = "FLUX_NB_API_KEY"
@@ -73,26 +73,26 @@ class Flux(Configurable):
     >>> flux.generate("a lighthouse at dusk", seed=42)  # doctest: +SKIP
     """
 
-    model = Unicode(api.DEFAULT_MODEL, help="FLUX.2 model used when none is given.").tag(config=True)
+    model = Unicode(protocol.DEFAULT_MODEL, help="FLUX.2 model used when none is given.").tag(config=True)
     default_width = Int(None, allow_none=True, help="Width when none is given (None lets the API choose).").tag(
         config=True
     )
     default_height = Int(None, allow_none=True, help="Height when none is given (None lets the API choose).").tag(
         config=True
     )
-    safety_tolerance = Int(api.DEFAULT_SAFETY, help="Moderation strictness, 0 (strict) to 5.").tag(config=True)
-    output_format = Enum(list(api.OUTPUT_FORMATS), api.DEFAULT_FORMAT, help="Image format the API returns.").tag(
-        config=True
-    )
+    safety_tolerance = Int(protocol.DEFAULT_SAFETY, help="Moderation strictness, 0 (strict) to 5.").tag(config=True)
+    output_format = Enum(
+        list(protocol.OUTPUT_FORMATS), protocol.DEFAULT_FORMAT, help="Image format the API returns."
+    ).tag(config=True)
     history_dir = Unicode(".flux", help="Folder of the history database and image files.").tag(config=True)
-    max_concurrency = Int(api.MAX_ACTIVE_TASKS, help="Tasks in flight at once (the API allows 24 per key).").tag(
+    max_concurrency = Int(protocol.MAX_ACTIVE_TASKS, help="Tasks in flight at once (the API allows 24 per key).").tag(
         config=True
     )
     budget = Float(None, allow_none=True, help="Credits this session may spend; None for no limit.").tag(config=True)
     thumbnail_size = Int(384, help="Longest side, in pixels, of the thumbnails shown in notebooks.").tag(config=True)
     thumbnail_format = Enum(["jpeg", "webp"], "jpeg", help="Format of notebook thumbnails.").tag(config=True)
     endpoint = Unicode("", help="Server base URL; empty: BFL cloud with a key, else the local server.").tag(config=True)
-    region = Enum(list(api.BFL_HOSTS), "global", help="BFL cloud region: global, eu or us.").tag(config=True)
+    region = Enum(list(protocol.BFL_HOSTS), "global", help="BFL cloud region: global, eu or us.").tag(config=True)
     task_timeout = Float(600.0, help="Seconds to wait for one task before leaving it to resume.").tag(config=True)
     cache = Bool(True, help="Answer a request identical to a stored one from the history, for free.").tag(config=True)
 
@@ -108,7 +108,7 @@ class Flux(Configurable):
         # BFL_API_KEY is a BFL key: it goes to BFL hosts only. A key for another endpoint is given
         # explicitly (api_key=, %flux login) or in FLUX_NB_API_KEY.
         self._key_given = api_key is not None
-        self._api_key = api_key if api_key is not None else os.environ.get(api.KEY_ENV) or None
+        self._api_key = api_key if api_key is not None else os.environ.get(protocol.KEY_ENV) or None
         self._runner = LoopRunner()
         self._executor: Executor | None = None
         self._backend: Backend | None = None
@@ -234,8 +234,8 @@ class Flux(Configurable):
             guidance=guidance,
         ).validate()
         first_size = inputs[0].size if inputs else None
-        out_w, out_h = api.output_size(request, first_size)
-        estimate = api.estimate_cost(request.model, out_w, out_h, sum(i.megapixels for i in inputs))
+        out_w, out_h = protocol.output_size(request, first_size)
+        estimate = protocol.estimate_cost(request.model, out_w, out_h, sum(i.megapixels for i in inputs))
         return PreparedRequest(request, inputs, estimate, tag=tag, fresh=fresh, labels=dict(labels or {}))
 
     def check_budget(self, batch: Sequence[PreparedRequest]) -> None:
@@ -428,7 +428,7 @@ class Flux(Configurable):
 
     def panel(self) -> Any:
         """The clickable panel on this session (ipywidgets); display it in a cell."""
-        from flux_nb.panel import Panel
+        from flux_nb.notebook.panel import Panel
 
         return Panel(self)
 

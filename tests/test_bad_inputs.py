@@ -15,9 +15,9 @@ from IPython.utils.capture import capture_output
 from PIL import Image
 
 from flux_nb import Flux
+from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import FluxError
-from flux_nb.panel import Panel
-from flux_nb.result import Result, SweepResult
+from flux_nb.notebook.panel import Panel
 
 
 @pytest.fixture

@@ -14,8 +14,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_nb.api import FluxRequest
-from flux_nb.client import ApiKey, AsyncFluxClient, RetryPolicy, Task
 from flux_nb.errors import (
     AuthError,
     CreditsError,
@@ -30,7 +28,9 @@ from flux_nb.errors import (
     UnknownOutcomeError,
     ValidationError,
 )
+from flux_nb.http.client import ApiKey, AsyncFluxClient, RetryPolicy, Task
 from flux_nb.images import prepare_image
+from flux_nb.protocol import FluxRequest
 from tests.scripted import ScriptedApi, Step, png_bytes
 
 FAST_RETRY = RetryPolicy(attempts=4, rate_limit_attempts=60, base_delay=0.01, max_delay=0.05)

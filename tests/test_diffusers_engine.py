@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from flux_nb.api import FluxRequest
-from flux_nb.client import AsyncFluxClient
+from flux_nb.http.client import AsyncFluxClient
 from flux_nb.images import prepare_image
+from flux_nb.protocol import FluxRequest
 from flux_nb.server import EmbeddedServer, ServerConfig
 
 
 def test_the_base_install_never_imports_torch() -> None:
     code = (
-        "import sys, flux_nb, flux_nb.magic, flux_nb.server.app\n"
+        "import sys, flux_nb, flux_nb.notebook.magic, flux_nb.server.app\n"
         "flux_nb.server.app.create_app()\n"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )

@@ -16,7 +16,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from PIL import Image
 
-from flux_nb import display
+from flux_nb.core.results import Result
 from flux_nb.errors import (
     DeliveryError,
     ModeratedError,
@@ -26,7 +26,7 @@ from flux_nb.errors import (
     TransportError,
     ValidationError,
 )
-from flux_nb.result import Result
+from flux_nb.notebook import render as display
 
 
 def noisy(path: Path, size: tuple[int, int] = (1024, 1024)) -> Path:

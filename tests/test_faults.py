@@ -18,9 +18,9 @@ import pytest
 from PIL import Image
 
 from flux_nb import Flux
-from flux_nb.api import FluxRequest
-from flux_nb.client import AsyncFluxClient, RetryPolicy
 from flux_nb.errors import AuthError, DeliveryError, FluxTimeout, UnknownOutcomeError
+from flux_nb.http.client import AsyncFluxClient, RetryPolicy
+from flux_nb.protocol import FluxRequest
 from flux_nb.server.faults import Fault, FaultPlan
 from tests.scripted import ScriptedApi, Step
 

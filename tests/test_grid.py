@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFont
 
-import flux_nb.grid  # noqa: F401  (registers the DataFrame accessor)
+import flux_nb.notebook.grid  # noqa: F401  (registers the DataFrame accessor)
+from flux_nb.core.results import Result
 from flux_nb.errors import ModeratedError, ValidationError
-from flux_nb.grid import (
+from flux_nb.notebook.grid import (
     BACKGROUND,
     CELL_BACKGROUND,
     DISPLAY_MAX_WIDTH,
@@ -26,7 +27,6 @@ from flux_nb.grid import (
     grid,
     wrap_text,
 )
-from flux_nb.result import Result
 
 COLOURS = [(220, 20, 20), (20, 180, 20), (20, 20, 220), (230, 200, 0), (200, 0, 200), (0, 200, 200)]
 PROMPTS = ("a cat", "a dog")

@@ -18,9 +18,9 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from flux_nb import Flux
-from flux_nb.api import FluxRequest
-from flux_nb.client import AsyncFluxClient, RetryPolicy
 from flux_nb.errors import FluxError
+from flux_nb.http.client import AsyncFluxClient, RetryPolicy
+from flux_nb.protocol import FluxRequest
 from tests.test_cli import serving
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from PIL import Image
 
-from flux_nb import store as store_module
-from flux_nb.result import Result, SweepResult
+from flux_nb.core.results import Result, SweepResult
+from flux_nb.history import store as store_module
 from flux_nb.session import Flux
 
 

@@ -80,7 +80,7 @@ def test_the_notebook_check_catches_failures_and_stale_progress() -> None:
 
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_cleanly_shows_images_and_records_every_request(source: Path, tmp_path: Path) -> None:
-    from flux_nb.store import HistoryStore
+    from flux_nb.history.store import HistoryStore
 
     executed, page = runner().run_notebook(source, tmp_path)
     notebook = nbformat.read(executed, as_version=4)

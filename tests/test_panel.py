@@ -19,10 +19,10 @@ from IPython.utils.capture import capture_output
 from PIL import Image
 
 from flux_nb import Flux
-from flux_nb.backend import Backend
+from flux_nb.core.backend import Backend
+from flux_nb.core.results import Result
 from flux_nb.images import sha256_hex
-from flux_nb.panel import MAX_SLOTS, Panel
-from flux_nb.result import Result
+from flux_nb.notebook.panel import MAX_SLOTS, Panel
 
 
 @pytest.fixture

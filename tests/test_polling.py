@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from flux_nb.polling import DENSE_FRACTION, FIRST_POLL_UNKNOWN, MAX_INTERVAL, DurationModel, PollPlan
+from flux_nb.http.polling import DENSE_FRACTION, FIRST_POLL_UNKNOWN, MAX_INTERVAL, DurationModel, PollPlan
 
 
 def simulate(plan: PollPlan, duration: float, progress_reported: bool) -> tuple[float, int]:

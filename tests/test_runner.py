@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from flux_nb.runner import LoopRunner
+from flux_nb.core.loop import LoopRunner
 
 
 async def which_thread(delay: float = 0.0) -> str:

@@ -16,9 +16,9 @@ import pytest
 from fastapi import FastAPI, Request
 from PIL import Image
 
-from flux_nb.api import MODELS
 from flux_nb.errors import DeliveryError
 from flux_nb.images import decode_output, md5_base64
+from flux_nb.protocol import MODELS
 from flux_nb.server import EmbeddedServer
 from flux_nb.server.faults import FaultPlan
 from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook, verify_webhook

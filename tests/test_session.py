@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from flux_nb import Flux
-from flux_nb.backend import resolve_backend
+from flux_nb.core.backend import resolve_backend
+from flux_nb.core.results import SweepResult
 from flux_nb.errors import AuthError, BudgetError, ValidationError
-from flux_nb.result import SweepResult
-from flux_nb.store import HistoryStore
+from flux_nb.history.store import HistoryStore
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_a_seed_is_always_sent_and_recorded(flux: Flux) -> None:
 def test_history_is_written_at_submit_and_survives_the_process(flux: Flux, history_dir: Path) -> None:
     result = flux.generate("a cat", seed=1, width=64, height=64, tag="t1")
     code = textwrap.dedent(f"""
-        from flux_nb.store import HistoryStore
+        from flux_nb.history.store import HistoryStore
         frame = HistoryStore({str(history_dir)!r}).to_frame()
         row = frame.iloc[0]
         print(len(frame), row.record_id, row.status, row.tag, row.out_width)

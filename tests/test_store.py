@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flux_nb import store as store_module
-from flux_nb.api import FluxRequest
+from flux_nb.history import store as store_module
+from flux_nb.history.store import COLUMNS, HistoryStore, RecordStatus, request_key
 from flux_nb.images import prepare_image, sha256_hex
-from flux_nb.store import COLUMNS, HistoryStore, RecordStatus, request_key
+from flux_nb.protocol import FluxRequest
 
 
 def jpeg(color: str = "red") -> bytes:
@@ -131,7 +131,7 @@ def test_history_survives_reopening_in_this_and_another_process(history_dir: Pat
     reopened = HistoryStore(history_dir)
     assert reopened.get(record_id) == store.get(record_id) and reopened.count() == 2
     code = (
-        "from flux_nb.store import HistoryStore\n"
+        "from flux_nb.history.store import HistoryStore\n"
         f"r = HistoryStore({str(history_dir)!r}).get({record_id!r})\n"
         "print(r.prompt, r.status)"
     )
@@ -414,8 +414,8 @@ def test_many_threads_write_at_once(history_dir: Path) -> None:
 WRITER = """
 import io, sys
 from PIL import Image
-from flux_nb.api import FluxRequest
-from flux_nb.store import HistoryStore, RecordStatus
+from flux_nb.protocol import FluxRequest
+from flux_nb.history.store import HistoryStore, RecordStatus
 store = HistoryStore(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()  # start together

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flux_nb.errors import ValidationError
-from flux_nb.sweep import (
+from flux_nb.core.axes import (
     AXIS_FIELDS,
     MAX_COMBINATIONS,
     Axis,
@@ -15,6 +14,7 @@ from flux_nb.sweep import (
     parse_numbers,
     split_prompts,
 )
+from flux_nb.errors import ValidationError
 
 
 @pytest.mark.parametrize(

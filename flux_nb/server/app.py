@@ -1,6 +1,6 @@
 """The local server's HTTP face: the BFL routes over the task table.
 
-Request models are built from ``flux_nb.api.MODELS``, so every registered model has a
+Request models are built from ``flux_nb.protocol.MODELS``, so every registered model has a
 route, invalid bodies get FastAPI's 422, and the OpenAPI schema is accurate.
 """
 
@@ -21,7 +21,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flux_nb import api
+from flux_nb import protocol
 from flux_nb.errors import ValidationError
 from flux_nb.images import md5_base64, open_image
 from flux_nb.server.config import ServerConfig
@@ -37,25 +37,25 @@ class SubmitBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=api.PROMPT_MAX)
-    seed: int | None = Field(None, ge=api.SEED_RANGE[0], le=api.SEED_RANGE[1])
-    width: int | None = Field(None, ge=api.MIN_SIDE, multiple_of=api.SIDE_STEP)
-    height: int | None = Field(None, ge=api.MIN_SIDE, multiple_of=api.SIDE_STEP)
-    safety_tolerance: int = Field(api.DEFAULT_SAFETY, ge=api.SAFETY_RANGE[0], le=api.SAFETY_RANGE[1])
-    output_format: Literal["jpeg", "png", "webp"] = api.DEFAULT_FORMAT
-    webhook_url: str | None = Field(None, min_length=1, max_length=api.WEBHOOK_URL_MAX, pattern=r"^https?://.+")
+    prompt: str = Field(min_length=1, max_length=protocol.PROMPT_MAX)
+    seed: int | None = Field(None, ge=protocol.SEED_RANGE[0], le=protocol.SEED_RANGE[1])
+    width: int | None = Field(None, ge=protocol.MIN_SIDE, multiple_of=protocol.SIDE_STEP)
+    height: int | None = Field(None, ge=protocol.MIN_SIDE, multiple_of=protocol.SIDE_STEP)
+    safety_tolerance: int = Field(protocol.DEFAULT_SAFETY, ge=protocol.SAFETY_RANGE[0], le=protocol.SAFETY_RANGE[1])
+    output_format: Literal["jpeg", "png", "webp"] = protocol.DEFAULT_FORMAT
+    webhook_url: str | None = Field(None, min_length=1, max_length=protocol.WEBHOOK_URL_MAX, pattern=r"^https?://.+")
     webhook_secret: str | None = None
 
     @model_validator(mode="after")
     def _size_within_limit(self) -> "SubmitBody":
         try:
-            api.check_size(self.width, self.height)
+            protocol.check_size(self.width, self.height)
         except ValidationError as exc:
             raise ValueError(str(exc)) from None
         return self
 
 
-def body_model(spec: api.ModelSpec) -> type[SubmitBody]:
+def body_model(spec: protocol.ModelSpec) -> type[SubmitBody]:
     """The request body model of one endpoint."""
     fields: dict[str, Any] = {name: (str | None, None) for name in spec.image_fields()}
     for extra in spec.extra_fields:
@@ -246,22 +246,22 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    def submit_route(spec: api.ModelSpec, model: type[SubmitBody]) -> Any:
+    def submit_route(spec: protocol.ModelSpec, model: type[SubmitBody]) -> Any:
         async def submit(body: model, request: Request) -> SubmitAnswer:  # type: ignore[valid-type]
             references = [
                 await load_reference(name, value, config)
                 for name in spec.image_fields()
                 if (value := getattr(body, name)) is not None
             ]
-            width, height = api.output_size(
-                api.FluxRequest(body.prompt, width=body.width, height=body.height),
+            width, height = protocol.output_size(
+                protocol.FluxRequest(body.prompt, width=body.width, height=body.height),
                 references[0].size if references else None,
             )
             extra = {f.name: getattr(body, f.name) for f in spec.extra_fields if getattr(body, f.name) is not None}
             # Like BFL, a request without a seed gets a random one, reported in the result.
             seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
             job = RenderJob(body.prompt, seed, width, height, spec.name, tuple(references), extra)
-            input_mp = sum(api.megapixels(*r.size) for r in references)
+            input_mp = sum(protocol.megapixels(*r.size) for r in references)
             try:
                 task = table.submit(
                     spec.name,
@@ -283,7 +283,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
 
         return submit
 
-    for spec in api.MODELS.values():
+    for spec in protocol.MODELS.values():
         app.post(
             spec.path,
             response_model=SubmitAnswer,
@@ -304,7 +304,7 @@ def create_app(config: ServerConfig | None = None, engine: Engine | None = None)
         # The hottest route: answered as JSON directly, without re-validating our own answer.
         task = table.get(id)
         if task is None:
-            return JSONResponse(ResultAnswer(id=id, status=api.Status.TASK_NOT_FOUND.value).model_dump())
+            return JSONResponse(ResultAnswer(id=id, status=protocol.Status.TASK_NOT_FOUND.value).model_dump())
         # Polled on the polling listener, delivery URLs still point where the task was submitted.
         delivery_base = (task.base_url or base_url(request)) if app.state.poll_url else base_url(request)
         return JSONResponse(table.answer(task, delivery_base))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from flux_nb.api import DELIVERY_TTL_SECONDS, MAX_ACTIVE_TASKS
+from flux_nb.protocol import DELIVERY_TTL_SECONDS, MAX_ACTIVE_TASKS
 from flux_nb.server.faults import FaultPlan
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from flux_nb import api
+from flux_nb import protocol
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.engines import Engine, RenderJob
 from flux_nb.server.faults import FaultCounter
@@ -43,7 +43,7 @@ class ServerTask:
     base_url: str = ""
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
-    status: str = api.Status.PENDING.value
+    status: str = protocol.Status.PENDING.value
     started_at: float | None = None
     ready_at: float | None = None
     image: bytes | None = None
@@ -52,7 +52,7 @@ class ServerTask:
 
     @property
     def active(self) -> bool:
-        return self.status == api.Status.PENDING.value
+        return self.status == protocol.Status.PENDING.value
 
 
 @dataclass
@@ -115,13 +115,13 @@ class TaskTable:
         if self.stats.active >= self.config.max_active:
             self.stats.rejected += 1
             raise TooManyActiveTasks(f"more than {self.config.max_active} active tasks")
-        output_mp = round(api.megapixels(job.width, job.height), 4)
+        output_mp = round(protocol.megapixels(job.width, job.height), 4)
         task = ServerTask(
             id=str(uuid.uuid4()),
             model=model,
             job=job,
             output_format=output_format,
-            cost=api.estimate_cost(model, job.width, job.height, input_mp),
+            cost=protocol.estimate_cost(model, job.width, job.height, input_mp),
             input_mp=round(input_mp, 4),
             output_mp=output_mp,
             submitted_at=time.monotonic(),
@@ -159,7 +159,7 @@ class TaskTable:
                 task.status, task.error = outcome
                 self.stats.failed += 1
         except Exception as exc:  # an engine failure ends the task with status Error
-            task.status, task.error = api.Status.ERROR.value, f"{type(exc).__name__}: {exc}"
+            task.status, task.error = protocol.Status.ERROR.value, f"{type(exc).__name__}: {exc}"
             self.stats.failed += 1
         finally:
             self.stats.active -= 1
@@ -168,7 +168,7 @@ class TaskTable:
 
     def _mark_ready(self, task: ServerTask, data: bytes) -> None:
         task.image, task.token = data, secrets.token_urlsafe(24)
-        task.status, task.ready_at = api.Status.READY.value, time.time()
+        task.status, task.ready_at = protocol.Status.READY.value, time.time()
         self.tokens[task.token] = (task.id, time.monotonic() + self.config.delivery_ttl)
         self.stats.ready += 1
         self.stats.charged += 1
@@ -178,9 +178,9 @@ class TaskTable:
         """A failed or moderated ending drawn from the fault plan, if any (never charged)."""
         number = self.faults.next_number("task")
         for name, status in (
-            ("task_error", api.Status.ERROR),
-            ("request_moderated", api.Status.REQUEST_MODERATED),
-            ("content_moderated", api.Status.CONTENT_MODERATED),
+            ("task_error", protocol.Status.ERROR),
+            ("request_moderated", protocol.Status.REQUEST_MODERATED),
+            ("content_moderated", protocol.Status.CONTENT_MODERATED),
         ):
             if self.faults.fires(name, number):
                 return status.value, f"injected {name}"
@@ -192,7 +192,7 @@ class TaskTable:
 
     def progress(self, task: ServerTask) -> float | None:
         if not task.active:
-            return 1.0 if task.status == api.Status.READY.value else None
+            return 1.0 if task.status == protocol.Status.READY.value else None
         if self.config.latency <= 0:
             return None
         return min(0.99, (time.monotonic() - task.submitted_at) / self.config.latency)
@@ -212,7 +212,7 @@ class TaskTable:
     def answer(self, task: ServerTask, base_url: str) -> dict[str, Any]:
         """The get_result answer for a task, BFL-shaped."""
         result = None
-        if task.status == api.Status.READY.value and task.token:
+        if task.status == protocol.Status.READY.value and task.token:
             result = {
                 "sample": f"{base_url}/delivery/{task.token}/sample.{task.output_format}",
                 "prompt": task.job.prompt,

@@ -23,6 +23,12 @@ DEFAULT_MODEL = "flux-2-klein-4b"
 KEY_HEADER = "x-key"
 KEY_ENV = "BFL_API_KEY"
 
+
+def is_bfl_hostname(host: str) -> bool:
+    """True for bfl.ai and its subdomains (the API's regional hosts)."""
+    return host == "bfl.ai" or host.endswith(".bfl.ai")
+
+
 # Size rules shared by every FLUX.2 endpoint.
 MIN_SIDE = 64
 SIDE_STEP = 16

@@ -19,8 +19,11 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import HTML, display
 
-from flux_nb import api
-from flux_nb.display import (
+from flux_nb import protocol
+from flux_nb.core.axes import Axis, expand, parse_floats, parse_numbers, split_prompts
+from flux_nb.core.results import Result, SweepResult
+from flux_nb.errors import FluxError, ValidationError
+from flux_nb.notebook.render import (
     BatchProgress,
     cost_html,
     cost_text,
@@ -31,10 +34,7 @@ from flux_nb.display import (
     side_by_side_html,
     side_by_side_text,
 )
-from flux_nb.errors import FluxError, ValidationError
-from flux_nb.result import Result, SweepResult
 from flux_nb.session import Flux, notebook_name
-from flux_nb.sweep import Axis, expand, parse_floats, parse_numbers, split_prompts
 
 HISTORY_VARIABLE = "flux_history"
 SESSION_VARIABLE = "flux"
@@ -109,7 +109,7 @@ class FluxMagics(Magics):
     @argument("--aspect", help="aspect ratio like 16:9; picks a valid size near 1 megapixel")
     @argument("-i", "--image", action="append", help="reference image: path, URL or variable name (repeatable)")
     @argument("--safety", help="safety tolerance 0 (strict) to 5, or a list")
-    @argument("--format", choices=list(api.OUTPUT_FORMATS), help="output format")
+    @argument("--format", choices=list(protocol.OUTPUT_FORMATS), help="output format")
     @argument("-m", "--model", action="append", help="model, or several: flux-2-klein-4b,flux-2-pro")
     @argument("--steps", help="flux-2-flex only: steps 1..50, or a list")
     @argument("--guidance", help="flux-2-flex only: guidance 1.5..10, or a list")
@@ -192,9 +192,9 @@ class FluxMagics(Magics):
         if args.size is not None or args.aspect is not None:
             if args.width is not None or args.height is not None:
                 raise ValidationError("give either --size/--aspect or --width/--height, not both")
-            sizes = [api.parse_size(s) for s in args.size.split(",")] if args.size else []
+            sizes = [protocol.parse_size(s) for s in args.size.split(",")] if args.size else []
             if args.aspect:
-                sizes += [api.aspect_size(a.strip()) for a in args.aspect.split(",")]
+                sizes += [protocol.aspect_size(a.strip()) for a in args.aspect.split(",")]
             axes.append(Axis("size", tuple(sizes)))
         for name, raw in (("width", args.width), ("height", args.height)):
             if raw is not None:
@@ -202,7 +202,7 @@ class FluxMagics(Magics):
         models = _split_values(args.model)
         if models:
             for model in models:
-                api.model_spec(model)
+                protocol.model_spec(model)
             axes.append(Axis("model", tuple(models)))
         return axes
 
@@ -274,7 +274,7 @@ class FluxMagics(Magics):
 
         In a terminal the grid is saved as a PNG (``--save PATH``, else in the history folder) and its path printed.
         """
-        from flux_nb.grid import grid
+        from flux_nb.notebook.grid import grid
 
         parser = argparse.ArgumentParser(prog="%flux grid", add_help=False, exit_on_error=False)
         for flag in ("--x", "--y", "--z", "--where", "--save"):

@@ -23,9 +23,9 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from flux_nb import fonts
+from flux_nb.core.axes import COMBINED
+from flux_nb.core.results import Result
 from flux_nb.errors import ValidationError
-from flux_nb.result import Result
-from flux_nb.sweep import COMBINED
 
 BACKGROUND = (255, 255, 255)
 CELL_BACKGROUND = (236, 236, 236)
@@ -399,5 +399,5 @@ class FluxAccessor:
     def grid(
         self, x: str | None = None, y: str | None = None, z: str | None = None, **options: Any
     ) -> Grid | GridPages:
-        """A labelled comparison grid of this frame's rows; see ``flux_nb.grid.grid``."""
+        """A labelled comparison grid of this frame's rows; see ``flux_nb.notebook.grid.grid``."""
         return grid(self._obj, x=x, y=y, z=z, **options)

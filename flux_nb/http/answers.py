@@ -6,7 +6,6 @@ from typing import Any
 
 import httpx
 
-from flux_nb.api import Status
 from flux_nb.errors import (
     AuthError,
     CreditsError,
@@ -19,6 +18,7 @@ from flux_nb.errors import (
     TransportError,
     ValidationError,
 )
+from flux_nb.protocol import Status
 
 
 def error_for_response(response: httpx.Response) -> FluxError:

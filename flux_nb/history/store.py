@@ -34,8 +34,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from flux_nb.api import FluxRequest
 from flux_nb.images import ImageInput, sha256_hex
+from flux_nb.protocol import FluxRequest
 
 DATABASE = "history.sqlite"
 # SQLite's own wait for a lock; then, for the few cases where it answers "locked" at once, we retry this long.

@@ -13,7 +13,7 @@ from flux_nb.errors import FluxError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from flux_nb.grid import Grid, GridPages
+    from flux_nb.notebook.grid import Grid, GridPages
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Result:
         return self
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from flux_nb.display import result_bundle
+        from flux_nb.notebook.render import result_bundle
 
         return result_bundle(self)
 
@@ -113,15 +113,15 @@ class SweepResult:
         self, x: str | None = None, y: str | None = None, z: str | None = None, **options: Any
     ) -> Grid | GridPages:
         """A comparison grid; axes default to the sweep's varying fields."""
-        from flux_nb.grid import grid
-        from flux_nb.sweep import grid_axes
+        from flux_nb.core.axes import grid_axes
+        from flux_nb.notebook.grid import grid
 
         if x is None and y is None and z is None:
             x, y, z = grid_axes([r.labels for r in self.results])
         return grid(self.results, x=x, y=y, z=z, **options)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from flux_nb.display import sweep_bundle
+        from flux_nb.notebook.render import sweep_bundle
 
         return sweep_bundle(self)
 

@@ -22,7 +22,7 @@ from flux_nb.errors import FluxError
 from flux_nb.images import sha256_hex, thumbnail
 
 if TYPE_CHECKING:
-    from flux_nb.result import Result, SweepResult
+    from flux_nb.core.results import Result, SweepResult
 
 UPDATE_INTERVAL = 0.1  # seconds between live progress redraws
 NOT_BILLED = " (not billed: local server)"  # after credits, where the backend is not BFL's API

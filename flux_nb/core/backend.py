@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from flux_nb.api import BFL_HOSTS, KEY_ENV
 from flux_nb.errors import AuthError, ValidationError
+from flux_nb.protocol import BFL_HOSTS, KEY_ENV, is_bfl_hostname
 
 ENDPOINT_ENV = "FLUX_NB_ENDPOINT"
 
@@ -32,11 +32,6 @@ class Backend:
     def is_embedded(self) -> bool:
         """The preview server this process started itself (it takes no key)."""
         return self.label.startswith("local:")
-
-
-def is_bfl_hostname(host: str) -> bool:
-    """True for bfl.ai and its subdomains (the API's regional hosts)."""
-    return host == "bfl.ai" or host.endswith(".bfl.ai")
 
 
 def is_bfl_host(url: str) -> bool:

@@ -18,16 +18,6 @@ from typing import Any
 
 import httpx
 
-from flux_nb.answers import error_for_response, error_for_status, retry_after
-from flux_nb.api import (
-    BFL_HOSTS,
-    KEY_HEADER,
-    MAX_ACTIVE_TASKS,
-    FluxRequest,
-    Status,
-    parse_status,
-)
-from flux_nb.backend import is_bfl_hostname
 from flux_nb.errors import (
     DeliveryError,
     FluxError,
@@ -37,8 +27,18 @@ from flux_nb.errors import (
     UnknownOutcomeError,
     ValidationError,
 )
+from flux_nb.http.answers import error_for_response, error_for_status, retry_after
+from flux_nb.http.polling import DurationModel, PollPlan
 from flux_nb.images import decode_output
-from flux_nb.polling import DurationModel, PollPlan
+from flux_nb.protocol import (
+    BFL_HOSTS,
+    KEY_HEADER,
+    MAX_ACTIVE_TASKS,
+    FluxRequest,
+    Status,
+    is_bfl_hostname,
+    parse_status,
+)
 
 # Faults where the request cannot have reached the server: always safe to retry.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)

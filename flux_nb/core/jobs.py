@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flux_nb.api import FluxRequest
-from flux_nb.backend import Backend
-from flux_nb.client import AsyncFluxClient, Task, TaskResult
+from flux_nb.core.backend import Backend
+from flux_nb.core.results import Result
 from flux_nb.errors import (
     FluxError,
     ModeratedError,
@@ -22,9 +21,10 @@ from flux_nb.errors import (
     TaskNotFoundError,
     UnknownOutcomeError,
 )
+from flux_nb.history.store import HistoryStore, Record, RecordStatus, request_key
+from flux_nb.http.client import AsyncFluxClient, Task, TaskResult
 from flux_nb.images import ImageInput
-from flux_nb.result import Result
-from flux_nb.store import HistoryStore, Record, RecordStatus, request_key
+from flux_nb.protocol import FluxRequest
 
 # Events go to the caller as (kind, args): ("progress", (index, status, fraction)) or ("finished", (index, result)).
 Emit = Callable[[str, tuple[Any, ...]], None]

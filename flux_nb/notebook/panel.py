@@ -23,22 +23,22 @@ import ipywidgets as w
 import numpy as np
 from PIL import Image
 
-from flux_nb import api
-from flux_nb.display import NOT_BILLED, STATES
+from flux_nb import protocol
+from flux_nb.core.jobs import Emit, PreparedRequest
+from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import FluxError, ValidationError
-from flux_nb.execution import Emit, PreparedRequest
 from flux_nb.images import ImageInput, prepare_image, thumbnail
-from flux_nb.result import Result, SweepResult
+from flux_nb.notebook.render import NOT_BILLED, STATES
 from flux_nb.session import Flux, draw_seed
 
 SIZE_PRESETS: dict[str, tuple[int, int] | None] = {
     "1:1 · 1024×1024": (1024, 1024),
-    "4:3 · 1184×880": api.aspect_size("4:3"),
-    "3:4 · 880×1184": api.aspect_size("3:4"),
-    "16:9 · 1360×768": api.aspect_size("16:9"),
-    "9:16 · 768×1360": api.aspect_size("9:16"),
-    "3:2 · 1248×832": api.aspect_size("3:2"),
-    "2:3 · 832×1248": api.aspect_size("2:3"),
+    "4:3 · 1184×880": protocol.aspect_size("4:3"),
+    "3:4 · 880×1184": protocol.aspect_size("3:4"),
+    "16:9 · 1360×768": protocol.aspect_size("16:9"),
+    "9:16 · 768×1360": protocol.aspect_size("9:16"),
+    "3:2 · 1248×832": protocol.aspect_size("3:2"),
+    "2:3 · 832×1248": protocol.aspect_size("2:3"),
     "512×512 (fast drafts)": (512, 512),
     "custom": None,
 }
@@ -94,7 +94,7 @@ class Panel(w.VBox):
         s = self.session
         self.prompt = w.Textarea(placeholder="Describe the image…", layout=w.Layout(width="100%", height="80px"))
         self.prompt.add_class("flux-prompt")
-        self.model = w.Dropdown(options=list(api.MODELS), value=s.model, description="Model")
+        self.model = w.Dropdown(options=list(protocol.MODELS), value=s.model, description="Model")
         self.seed = w.IntText(value=draw_seed(), description="Seed", layout=w.Layout(width="220px"))
         self.random_seed = w.Button(icon="random", tooltip="New random seed", layout=w.Layout(width="40px"))
         self.lock_seed = w.Checkbox(value=False, description="Keep seed", indent=False)
@@ -107,7 +107,7 @@ class Panel(w.VBox):
         )
         self.size_note = w.HTML()
         self.safety = w.IntSlider(value=s.safety_tolerance, min=0, max=5, description="Safety")
-        self.format = w.ToggleButtons(options=list(api.OUTPUT_FORMATS), value=s.output_format)
+        self.format = w.ToggleButtons(options=list(protocol.OUTPUT_FORMATS), value=s.output_format)
         self.count = w.IntSlider(value=1, min=1, max=8, description="Images")
         # The button reads "References (N)": ipywidgets 8 always appends len(value), which holds the attached slots.
         self.upload = w.FileUpload(
@@ -168,12 +168,12 @@ class Panel(w.VBox):
         if preset is not None and (self.width.value, self.height.value) != preset:
             self.width.value, self.height.value = preset
         try:
-            api.check_size(self.width.value, self.height.value)
+            protocol.check_size(self.width.value, self.height.value)
         except ValidationError as exc:
             self.size_note.value = f'<span style="color:#b00020">{html.escape(str(exc))}</span>'
             self.generate.disabled = True
             return
-        mp = api.megapixels(self.width.value, self.height.value)
+        mp = protocol.megapixels(self.width.value, self.height.value)
         self.size_note.value = f'<span style="color:#666">{mp:.2f} MP</span>'
         self.generate.disabled = self._future is not None
 

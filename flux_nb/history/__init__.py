@@ -1,0 +1,1 @@
+"""The durable history: SQLite records, content-addressed image files, the DataFrame view."""
