@@ -10,38 +10,36 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import secrets
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from traitlets import Bool, Enum, Float, Int, Unicode, observe
 from traitlets.config import Configurable
 
 from flux_nb import protocol
-from flux_nb.core.axes import Axis, expand
-from flux_nb.core.backend import Backend, resolve_backend
-from flux_nb.core.jobs import DisplaySettings, Emit, Executor, PreparedRequest
+from flux_nb.core import batch as batches
+from flux_nb.core.axes import Axis
+from flux_nb.core.backend import Backend, connect, resolve_backend
+from flux_nb.core.batch import Defaults, PreparedRequest, draw_seed
+from flux_nb.core.events import BatchEvent, BatchObserver, Emit, deliver, ignore
+from flux_nb.core.jobs import Executor, cache_hit, prepared_from_record
 from flux_nb.core.loop import LoopRunner
-from flux_nb.core.results import Result, SweepResult
+from flux_nb.core.results import Result, SweepResult, presenter
 from flux_nb.errors import BudgetError, ValidationError
 from flux_nb.history.store import HistoryStore, Record, RecordStatus, process_owner
 from flux_nb.http.client import AsyncFluxClient
-from flux_nb.images import ImageInput, prepare_images
-from flux_nb.protocol import FluxRequest
+from flux_nb.images import ImageInput
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Seconds between an observer's ticks while a batch runs (the live line's clock).
+TICK_INTERVAL = 0.25
 #: The key for a non-BFL endpoint (a local server started with keys, a gateway).
 ENDPOINT_KEY_ENV = "FLUX_NB_API_KEY"
-
-# Seeds drawn client-side stay within 32 bits: easy to read, type and share.
-SEED_DRAW_LIMIT = 2**32
-
-
-def draw_seed() -> int:
-    return secrets.randbelow(SEED_DRAW_LIMIT)
 
 
 def notebook_name(namespace: dict[str, Any] | None = None) -> str:
@@ -52,18 +50,6 @@ def notebook_name(namespace: dict[str, Any] | None = None) -> str:
         if os.environ.get(var):
             return os.path.basename(os.environ[var])
     return ""
-
-
-class BatchObserver(Protocol):
-    """Receives a batch's events, on the caller's thread."""
-
-    def started(self, batch: Sequence[PreparedRequest]) -> None: ...
-    def progress(self, index: int, status: str, fraction: float | None) -> None: ...
-    def finished(self, index: int, result: Result) -> None: ...
-
-
-def _is_prepared(images: Any) -> bool:
-    return isinstance(images, tuple) and all(isinstance(i, ImageInput) for i in images)
 
 
 class Flux(Configurable):
@@ -117,7 +103,8 @@ class Flux(Configurable):
         self._listeners: list[Callable[[], None]] = []
         #: Makes the observer ``sweep`` reports to (the magic installs a live display).
         self.observer_factory: Callable[[], BatchObserver] | None = None
-        self.notebook = notebook_name()
+        #: Tells the notebook's name (front ends install a better one, e.g. from the kernel's namespace).
+        self.notebook_detector: Callable[[], str] = notebook_name
         super().__init__(**kwargs)
         if endpoint is not None:
             self.endpoint = endpoint
@@ -125,7 +112,7 @@ class Flux(Configurable):
             self.history_dir = os.fspath(history_dir)
 
     def __repr__(self) -> str:
-        where = self._backend.base_url if self._backend else (self.endpoint or "auto")
+        where = self._backend.base_url if self._backend and self._backend.connected else (self.endpoint or "auto")
         key = "set" if self._api_key else "none"
         return f"Flux(endpoint={where!r}, model={self.model!r}, history_dir={self.history_dir!r}, key={key})"
 
@@ -135,7 +122,7 @@ class Flux(Configurable):
     def _connection_changed(self, change: dict[str, Any]) -> None:
         self._reset(backend=True)
 
-    @observe("history_dir", "cache", "thumbnail_size", "thumbnail_format")
+    @observe("history_dir", "cache")
     def _settings_changed(self, change: dict[str, Any]) -> None:
         if change["name"] == "history_dir":
             self._store = None
@@ -143,7 +130,7 @@ class Flux(Configurable):
 
     def login(self, api_key: str) -> None:
         """Use ``api_key`` from now on; it is kept in memory only."""
-        if not api_key or not api_key.strip():
+        if not isinstance(api_key, str) or not api_key.strip():
             raise ValidationError("the API key is empty")
         self._api_key = api_key.strip()
         self._key_given = True
@@ -158,8 +145,13 @@ class Flux(Configurable):
             self._runner.submit(executor.client.aclose())
 
     @property
+    def notebook(self) -> str:
+        """The notebook's name, where the front end exposes it ("" otherwise)."""
+        return self.notebook_detector()
+
+    @property
     def backend(self) -> Backend:
-        """Where requests go (resolved on first use; may start the embedded server)."""
+        """Where requests go. Resolving starts nothing: the embedded server starts on the first request."""
         if self._backend is None:
             self._backend = resolve_backend(self.endpoint or None, self._api_key, self.region)
         return self._backend
@@ -170,11 +162,15 @@ class Flux(Configurable):
             self._store = HistoryStore(Path(self.history_dir))
         return self._store
 
-    @property
-    def executor(self) -> Executor:
-        """Runs requests against the backend (built on first use, rebuilt after config changes)."""
+    def connect(self) -> Backend:
+        """Make the backend reachable: starts the embedded preview server if it is the one (announced once)."""
+        self._backend = connect(self.backend)
+        return self._backend
+
+    def _ready_executor(self) -> Executor:
+        """The executor for the current settings, connecting first (built once, rebuilt after changes)."""
         if self._executor is None:
-            backend = self.backend
+            backend = self.connect()
             client = AsyncFluxClient(
                 self._api_key if backend.billed or (self._key_given and not backend.is_embedded) else None,
                 backend.base_url,
@@ -185,12 +181,10 @@ class Flux(Configurable):
                 client,
                 backend,
                 self.store,
-                notebook=self.notebook,
+                notebook=self.notebook_detector,
                 cache=self.cache,
-                display=DisplaySettings(self.thumbnail_size, self.thumbnail_format),
                 on_spent=self._add_spent,
             )
-        self._executor.notebook = self.notebook
         return self._executor
 
     def _add_spent(self, credits: float) -> None:
@@ -198,52 +192,37 @@ class Flux(Configurable):
 
     # -- building requests ---------------------------------------------------------------------
 
-    def prepare(
-        self,
-        prompt: str,
-        *,
-        seed: int | None = None,
-        width: int | None = None,
-        height: int | None = None,
-        images: Any = None,
-        safety_tolerance: int | None = None,
-        output_format: str | None = None,
-        model: str | None = None,
-        webhook_url: str | None = None,
-        webhook_secret: str | None = None,
-        steps: int | None = None,
-        guidance: float | None = None,
-        tag: str | None = None,
-        fresh: bool = False,
-        labels: dict[str, Any] | None = None,
-    ) -> PreparedRequest:
-        """Validate and price one request without sending it; draws a seed when none is given."""
-        inputs = self.prepare_images(images)
-        request = FluxRequest(
-            prompt=prompt,
-            model=model or self.model,
-            images=tuple(i.value for i in inputs),
-            seed=draw_seed() if seed is None else seed,
-            width=width if width is not None else self.default_width,
-            height=height if height is not None else self.default_height,
-            safety_tolerance=self.safety_tolerance if safety_tolerance is None else safety_tolerance,
-            output_format=output_format or self.output_format,
-            webhook_url=webhook_url,
-            webhook_secret=webhook_secret,
-            steps=steps,
-            guidance=guidance,
-        ).validate()
-        first_size = inputs[0].size if inputs else None
-        out_w, out_h = protocol.output_size(request, first_size)
-        estimate = protocol.estimate_cost(request.model, out_w, out_h, sum(i.megapixels for i in inputs))
-        return PreparedRequest(request, inputs, estimate, tag=tag, fresh=fresh, labels=dict(labels or {}))
+    def defaults(self) -> Defaults:
+        """What requests get for the fields they leave out: this session's settings."""
+        return Defaults(
+            model=self.model,
+            width=self.default_width,
+            height=self.default_height,
+            safety_tolerance=self.safety_tolerance,
+            output_format=self.output_format,
+        )
+
+    def prepare(self, prompt: str, **fields: Any) -> PreparedRequest:
+        """Validate and price one request without sending it; draws a seed when none is given.
+
+        Takes the fields of ``generate``.
+        """
+        batches.one_request(fields)
+        return batches.prepare(prompt, self.defaults(), **fields)
+
+    def batch(
+        self, prompt: str | Sequence[str], *, axes: Sequence[Axis] = (), images: Any = None, **fields: Any
+    ) -> list[PreparedRequest]:
+        """Every combination of the prompts, ``axes`` and list-valued fields, validated and priced (not sent)."""
+        return batches.build(prompt, self.defaults(), axes=axes, images=images, **fields)
 
     def check_budget(self, batch: Sequence[PreparedRequest]) -> None:
         """Refuse, before anything is sent, a batch whose estimate would pass the budget."""
         if self.budget is None:
             return
-        executor = self.executor
-        estimate = sum(p.estimated_cost for p in batch if executor.cached(p) is None)
+        label = self.backend.label
+        unique = {p.identity(): p for p in batch}.values()
+        estimate = sum(p.estimated_cost for p in unique if cache_hit(self.store, label, p, enabled=self.cache) is None)
         if self._spent + estimate > self.budget + 1e-9:
             raise BudgetError(
                 f"estimated cost {estimate:.2f} credits for {len(batch)} request(s) would pass the budget: "
@@ -255,8 +234,9 @@ class Flux(Configurable):
     def generate(self, prompt: str, **fields: Any) -> Result:
         """Generate one image; raises its FluxError if it fails (the record is kept).
 
-        Takes the fields of ``prepare``: seed, width, height, images, safety_tolerance,
-        output_format, model, webhook_url, webhook_secret, steps, guidance, tag, fresh.
+        Fields: seed, width, height (or size=(W, H) / "WxH", aspect="16:9"), images (paths, URLs, bytes,
+        PIL images, arrays, earlier Results), safety_tolerance, output_format, model, webhook_url,
+        webhook_secret, steps, guidance, tag, fresh.
 
         >>> flux.generate("a red fox in snow", seed=42, width=768, height=512)  # doctest: +SKIP
         """
@@ -266,9 +246,9 @@ class Flux(Configurable):
         """Async twin of ``generate``, for ``await`` in notebook cells and async code."""
         batch = [self.prepare(prompt, **fields)]
         self.check_budget(batch)
-        executor = self.executor
+        executor = self._ready_executor()
         try:
-            results = await self._runner.wrap(executor.run_batch(batch, _no_emit))
+            results = await self._runner.wrap(executor.run_batch(batch, ignore))
         finally:
             self._notify()
         return results[0].raise_for_error()
@@ -276,28 +256,20 @@ class Flux(Configurable):
     def sweep(self, prompt: str | Sequence[str], *, images: Any = None, **fields: Any) -> SweepResult:
         """Generate every combination of the list-valued fields, concurrently; shows as a grid.
 
-        >>> flux.sweep("a lighthouse", seed=[1, 2, 3], width=[512, 1024])  # doctest: +SKIP
+        >>> flux.sweep("a lighthouse", seed=[1, 2, 3], width=[512, 1024], height=512)  # doctest: +SKIP
         """
-        axes = [Axis("prompt", tuple(prompt) if isinstance(prompt, (list, tuple)) else (prompt,))]
-        base: dict[str, Any] = {}
-        for name, value in fields.items():
-            if isinstance(value, (list, tuple, range)):
-                axes.append(Axis(name, tuple(value)))
-            else:
-                base[name] = value
-        inputs = self.prepare_images(images)
-        batch = [self.prepare(**{**p.fields, "images": inputs}, labels=p.labels) for p in expand(base, axes)]
+        batch = self.batch(prompt, images=images, **fields)
         return SweepResult(self.run(batch, observer=self.observer_factory() if self.observer_factory else None))
 
     def prepare_images(self, images: Any) -> tuple[ImageInput, ...]:
         """Encode and check reference images once (e.g. for every request of a sweep)."""
-        return images if _is_prepared(images) else prepare_images(images)
+        return batches.reference_images(images)
 
     def run(self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None) -> list[Result]:
         """Run prepared requests concurrently; failures come back as results with ``error`` set."""
         batch = list(batch)
         self.check_budget(batch)
-        executor = self.executor
+        executor = self._ready_executor()
         if observer is not None:
             observer.started(batch)
         try:
@@ -305,15 +277,18 @@ class Flux(Configurable):
         finally:
             self._notify()
 
-    def start(self, batch: Sequence[PreparedRequest], on_event: Emit) -> Future[list[Result]]:
-        """Run a batch without blocking the caller (for widgets); ``on_event`` runs on flux_nb's loop thread.
+    def start(self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None) -> Future[list[Result]]:
+        """Run a batch without blocking the caller (for widgets); ``observer`` is called on flux_nb's loop thread.
 
         Cancelling the future stops waiting: submitted records stay pending, for ``resume``.
         """
         batch = list(batch)
         self.check_budget(batch)
-        executor = self.executor
-        future = self._runner.submit(executor.run_batch(batch, on_event))
+        executor = self._ready_executor()
+        if observer is not None:
+            observer.started(batch)
+        emit: Emit = ignore if observer is None else _guarded(observer)
+        future = self._runner.submit(executor.run_batch(batch, emit))
         future.add_done_callback(lambda _: self._notify())
         return future
 
@@ -321,21 +296,26 @@ class Flux(Configurable):
         self, start: Callable[[Emit], Coroutine[Any, Any, list[Result]]], observer: BatchObserver | None
     ) -> list[Result]:
         """Run a batch on the private loop and relay its events to ``observer`` on this thread."""
-        events: queue.SimpleQueue[tuple[str, tuple[Any, ...]]] = queue.SimpleQueue()
-        future = self._runner.submit(start(lambda kind, args: events.put((kind, args))))
-        future.add_done_callback(lambda _: events.put(("done", ())))
+        events: queue.SimpleQueue[BatchEvent | None] = queue.SimpleQueue()
+        future = self._runner.submit(start(events.put))
+        future.add_done_callback(lambda _: events.put(None))
         try:
-            # The timeout only keeps Ctrl-C responsive; events and the end arrive through the queue.
+            # Events and the end arrive through the queue; the timeout keeps Ctrl-C and the live line moving.
             while True:
                 try:
-                    kind, args = events.get(timeout=0.5)
+                    event = events.get(timeout=TICK_INTERVAL)
                 except queue.Empty:
+                    if observer is not None:
+                        try:
+                            observer.tick()
+                        except Exception:  # a display failure must never break generation
+                            observer = None
                     continue
-                if kind == "done":
+                if event is None:
                     break
                 if observer is not None:
                     try:
-                        getattr(observer, kind)(*args)
+                        deliver(observer, event)
                     except Exception:  # a display failure must never break generation
                         observer = None
             return future.result()
@@ -354,12 +334,11 @@ class Flux(Configurable):
 
     def result_of(self, record_id: str) -> Result:
         """A stored record as a Result (its image from disk)."""
-        return self.executor.result_from_record(self.record(record_id), cached=False)
+        return self._ready_executor().result_from_record(self.record(record_id), cached=False)
 
-    def rebuild(self, record_id: str, *, fresh: bool = True) -> PreparedRequest:
-        """The exact request of a record, reference images restored from the store."""
-        record = self.record(record_id)
-        images: list[Any] = []
+    def references_of(self, record: Record) -> list[bytes]:
+        """The reference images of ``record`` from the store; a clear error names any no longer stored."""
+        images: list[bytes] = []
         for digest in record.input_hashes:
             try:
                 images.append(self.store.load_input(digest))
@@ -367,7 +346,15 @@ class Flux(Configurable):
                 raise ValidationError(
                     f"record {record.record_id} used reference image {digest[:12]} which is no longer stored"
                 ) from None
-        prepared = self.prepare(**record.request_fields(), images=images or None, tag=record.tag, fresh=fresh)
+        return images
+
+    def rebuild(self, record_id: str, *, fresh: bool = True) -> PreparedRequest:
+        """The exact request of a record, reference images restored from the store."""
+        record = self.record(record_id)
+        images = self.references_of(record)
+        prepared = batches.prepare(
+            **record.request_fields(), defaults=self.defaults(), images=images or None, tag=record.tag, fresh=fresh
+        )
         prepared.replay_of = record.record_id
         return prepared
 
@@ -393,7 +380,7 @@ class Flux(Configurable):
                 "for) a task, so it is not resent; check the dashboard, or replay it on purpose",
                 finished_at=time.time(),
             )
-        executor = self.executor
+        executor = self._ready_executor()
         settled = [executor.result_from_record(self.record(r.record_id), cached=False) for r in cut_off]
         records = self.store.resumable()
         resend: dict[str, PreparedRequest] = {}
@@ -407,7 +394,7 @@ class Flux(Configurable):
             return settled
         self.check_budget(list(resend.values()))
         if observer is not None:
-            observer.started([PreparedRequest.from_record(r) for r in records] + list(resend.values()))
+            observer.started([prepared_from_record(r) for r in records] + list(resend.values()))
         try:
             return settled + self._relay(lambda emit: executor.resume_batch(records, emit, resend), observer)
         finally:
@@ -428,9 +415,7 @@ class Flux(Configurable):
 
     def panel(self) -> Any:
         """The clickable panel on this session (ipywidgets); display it in a cell."""
-        from flux_nb.notebook.panel import Panel
-
-        return Panel(self)
+        return presenter().panel(self)
 
     # -- history -------------------------------------------------------------------------------
 
@@ -440,8 +425,9 @@ class Flux(Configurable):
 
     def cost(self) -> pd.DataFrame:
         """Credits by model: in this notebook (this kernel, where its name is not known) and in all."""
-        if self.notebook:
-            return self.store.spent(self.notebook)
+        notebook = self.notebook
+        if notebook:
+            return self.store.spent(notebook)
         return self.store.spent(owner=process_owner())
 
     def spent(self) -> float:
@@ -456,8 +442,18 @@ class Flux(Configurable):
         self._runner.close()
 
 
-def _no_emit(kind: str, args: tuple[Any, ...]) -> None:
-    return None
+def _guarded(observer: BatchObserver) -> Emit:
+    """Deliver events to ``observer``; a failing observer is dropped, never raised into the requests."""
+    alive = [True]
+
+    def emit(event: BatchEvent) -> None:
+        if alive[0]:
+            try:
+                deliver(observer, event)
+            except Exception:
+                alive[0] = False
+
+    return emit
 
 
 __all__ = ["BatchObserver", "Flux", "PreparedRequest", "draw_seed", "notebook_name"]

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from flux_nb import protocol
 from flux_nb.errors import ValidationError
 
 # Request fields a sweep can vary; "size" holds (width, height) pairs and sets both.
@@ -214,3 +215,50 @@ def _key(value: Any) -> Any:
     except TypeError:
         return ("id", id(value))
     return value
+
+
+def option_axes(
+    *,
+    seed: str | None = None,
+    width: str | None = None,
+    height: str | None = None,
+    size: str | None = None,
+    aspect: str | None = None,
+    safety: str | None = None,
+    steps: str | None = None,
+    guidance: str | None = None,
+    models: list[str] | None = None,
+) -> list[Axis]:
+    """Axes from option text as the magic and the CLI take it ("1:4", "512,1024", "1024x768", "16:9").
+
+    >>> [(a.name, a.values) for a in option_axes(seed="1:2", size="512x512")]
+    [('seed', (1, 2)), ('size', ((512, 512),))]
+    """
+    axes = []
+    for name, option, raw in (
+        ("seed", "--seed", seed),
+        ("safety_tolerance", "--safety", safety),
+        ("steps", "--steps", steps),
+    ):
+        if raw is not None:
+            axes.append(Axis(name, tuple(parse_numbers(raw, option))))
+    if guidance is not None:
+        axes.append(Axis("guidance", tuple(parse_floats(guidance, "guidance"))))
+    if size is not None and aspect is not None:
+        raise ValidationError("give either --size or --aspect, not both (--aspect picks the size itself)")
+    if size is not None or aspect is not None:
+        if width is not None or height is not None:
+            raise ValidationError("give either --size/--aspect or --width/--height, not both")
+        sizes = [protocol.parse_size(s) for s in size.split(",")] if size else []
+        if aspect:
+            sizes += [protocol.aspect_size(a.strip()) for a in aspect.split(",")]
+        axes.append(Axis("size", tuple(sizes)))
+    for name, raw in (("width", width), ("height", height)):
+        if raw is not None:
+            axes.append(Axis(name, tuple(parse_numbers(raw, name))))
+    names = [v.strip() for item in models or [] for v in item.split(",") if v.strip()]
+    if names:
+        for model in names:
+            protocol.model_spec(model)
+        axes.append(Axis("model", tuple(names)))
+    return axes

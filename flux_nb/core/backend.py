@@ -1,37 +1,51 @@
-"""Which server a session talks to: the BFL cloud, a given endpoint, or the embedded local server."""
+"""Which server a session talks to: the BFL cloud, a given endpoint, or the embedded local server.
+
+Resolving is pure (it reads settings and the environment). Starting the embedded server is a
+separate, announced step (``connect``), done with a starter the package wires in at import
+(``flux_nb/__init__``): this layer never imports the server.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from flux_nb.errors import AuthError, ValidationError
 from flux_nb.protocol import BFL_HOSTS, KEY_ENV, is_bfl_hostname
 
 ENDPOINT_ENV = "FLUX_NB_ENDPOINT"
+EMBEDDED_LABEL = "local:preview"
 
-_embedded_lock = threading.Lock()
-_embedded: object | None = None
+#: Starts the embedded preview server and returns its base URL (wired in by ``flux_nb/__init__``).
+LocalStarter = Callable[[], str]
+
+_lock = threading.Lock()
+_starter: LocalStarter | None = None
+_embedded_url: str | None = None
 
 
 @dataclass(frozen=True)
 class Backend:
-    """Where requests go, and how history labels them (the label is part of the cache key)."""
+    """Where requests go, and how history labels them (the label is part of the cache key).
+
+    ``base_url`` is empty for the embedded server until ``connect`` has started it.
+    """
 
     base_url: str
     label: str
     billed: bool
 
     @property
-    def is_local(self) -> bool:
-        return not self.billed
+    def is_embedded(self) -> bool:
+        """The preview server this process starts itself (it takes no key)."""
+        return self.label == EMBEDDED_LABEL
 
     @property
-    def is_embedded(self) -> bool:
-        """The preview server this process started itself (it takes no key)."""
-        return self.label.startswith("local:")
+    def connected(self) -> bool:
+        return bool(self.base_url)
 
 
 def is_bfl_host(url: str) -> bool:
@@ -40,14 +54,22 @@ def is_bfl_host(url: str) -> bool:
 
 def check_endpoint(endpoint: str) -> str:
     """Validate an endpoint URL and return it without a trailing slash."""
-    parts = urlsplit(endpoint)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(str(endpoint))
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:  # "http://[::1" and other malformed URLs
+        usable = False
+    if not usable:
         raise ValidationError(f"endpoint {endpoint!r} must be an http(s) URL such as http://127.0.0.1:8800")
     return endpoint.rstrip("/")
 
 
 def resolve_backend(endpoint: str | None, api_key: str | None, region: str = "global") -> Backend:
-    """Pick the backend: an explicit endpoint, else the BFL cloud with a key, else the embedded server."""
+    """Pick the backend: an explicit endpoint, else the BFL cloud with a key, else the embedded server.
+
+    Pure: the embedded server is not started here (its URL is filled in by ``connect``).
+    """
     endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or None
     if endpoint:
         url = check_endpoint(endpoint)
@@ -61,20 +83,28 @@ def resolve_backend(endpoint: str | None, api_key: str | None, region: str = "gl
         if region not in BFL_HOSTS:
             raise ValidationError(f"region {region!r} is not one of {', '.join(BFL_HOSTS)}")
         return Backend(BFL_HOSTS[region], "bfl", billed=True)
-    return Backend(embedded_server_url(), "local:preview", billed=False)
+    with _lock:
+        return Backend(_embedded_url or "", EMBEDDED_LABEL, billed=False)
 
 
-def embedded_server_url() -> str:
-    """Start (once per process) the local preview server on a free loopback port."""
-    global _embedded
-    with _embedded_lock:
-        if _embedded is None:
-            from flux_nb.server import EmbeddedServer
+def use_local_starter(starter: LocalStarter) -> None:
+    """Install how the embedded server is started (``flux_nb/__init__`` does, once)."""
+    global _starter
+    _starter = starter
 
-            server = EmbeddedServer().start()
-            _embedded = server
-            print(
-                f"flux_nb: no {KEY_ENV} set, using the local preview server at {server.url} "
-                "(images are previews, nothing is billed)",
+
+def connect(backend: Backend, announce: Callable[[str], None] = print) -> Backend:
+    """``backend`` with a base URL: starts the embedded server (once per process) and says so in one line."""
+    global _embedded_url
+    if backend.connected:
+        return backend
+    with _lock:
+        if _embedded_url is None:
+            if _starter is None:
+                raise RuntimeError("no local server starter installed: import flux_nb first")
+            _embedded_url = _starter()
+            announce(
+                f"flux_nb: no {KEY_ENV} set, using the local preview server at {_embedded_url} "
+                "(images are previews, nothing is billed)"
             )
-        return _embedded.url  # type: ignore[attr-defined]
+        return replace(backend, base_url=_embedded_url)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
 from flux_nb.core.backend import Backend
+from flux_nb.core.batch import PreparedRequest
+from flux_nb.core.events import Emit, Finished, Progress
 from flux_nb.core.results import Result
 from flux_nb.errors import (
     FluxError,
@@ -23,45 +25,18 @@ from flux_nb.errors import (
 )
 from flux_nb.history.store import HistoryStore, Record, RecordStatus, request_key
 from flux_nb.http.client import AsyncFluxClient, Task, TaskResult
-from flux_nb.images import ImageInput
 from flux_nb.protocol import FluxRequest
 
-# Events go to the caller as (kind, args): ("progress", (index, status, fraction)) or ("finished", (index, result)).
-Emit = Callable[[str, tuple[Any, ...]], None]
 
-
-@dataclass
-class PreparedRequest:
-    """A validated, priced request with its encoded inputs, ready to send."""
-
-    request: FluxRequest
-    inputs: tuple[ImageInput, ...]
-    estimated_cost: float
-    tag: str | None = None
-    fresh: bool = False
-    replay_of: str | None = None
-    labels: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_hashes(self) -> list[str]:
-        return [i.sha256 for i in self.inputs]
-
-    @classmethod
-    def from_record(cls, record: Record) -> PreparedRequest:
-        """The request of a record, without its images (enough to describe and display it)."""
-        request = FluxRequest(**record.request_fields())
-        return cls(request, (), record.estimated_cost or 0.0, tag=record.tag)
-
-
-@dataclass
-class DisplaySettings:
-    thumbnail_size: int = 384
-    thumbnail_format: str = "jpeg"
+def prepared_from_record(record: Record) -> PreparedRequest:
+    """The request of a record, without its images (enough to describe and display it)."""
+    request = FluxRequest(**record.request_fields())
+    return PreparedRequest(request, (), record.estimated_cost or 0.0, tag=record.tag)
 
 
 # The task's own final outcomes: anything else after the API gave a task id leaves it to resume.
 FINAL_OUTCOMES = (ModeratedError, TaskFailedError, TaskNotFoundError)
-RESUME_HINT = "the task was accepted and is kept as submitted: %flux resume (or flux.resume()) finishes it"
+RESUME_HINT = "the task was accepted and is kept as submitted: resume finishes it"
 
 
 def is_final(exc: FluxError) -> bool:
@@ -70,7 +45,7 @@ def is_final(exc: FluxError) -> bool:
 
 
 def with_resume_hint(exc: FluxError) -> FluxError:
-    """Point ``exc``'s hint at ``%flux resume``: running the cell again would pay for a second task."""
+    """Point ``exc``'s hint at resuming: sending the request again would pay for a second task."""
     exc.hint = RESUME_HINT
     return exc
 
@@ -83,6 +58,16 @@ def record_status_for(exc: FluxError) -> RecordStatus:
     return RecordStatus.FAILED
 
 
+def cache_hit(store: HistoryStore, label: str, prepared: PreparedRequest, *, enabled: bool = True) -> Record | None:
+    """The stored record answering this request on backend ``label``, if the cache may be used.
+
+    Never for a request with a ``webhook_url``: its sender wants the webhook to fire.
+    """
+    if not enabled or prepared.fresh or prepared.request.webhook_url:
+        return None
+    return store.find_cached(request_key(prepared.request, label, prepared.input_hashes))
+
+
 class Executor:
     """Runs prepared requests against one backend, keeping the history true at every step."""
 
@@ -92,9 +77,8 @@ class Executor:
         backend: Backend,
         store: HistoryStore,
         *,
-        notebook: str = "",
+        notebook: Callable[[], str] = str,
         cache: bool = True,
-        display: DisplaySettings | None = None,
         on_spent: Callable[[float], None] | None = None,
     ) -> None:
         self.client = client
@@ -102,20 +86,27 @@ class Executor:
         self.store = store
         self.notebook = notebook
         self.cache = cache
-        self.display = display or DisplaySettings()
         self._on_spent = on_spent
 
     def cached(self, prepared: PreparedRequest) -> Record | None:
-        """The stored record answering this request, if the cache may be used.
-
-        Never for a request with a ``webhook_url``: its sender wants the webhook to fire.
-        """
-        if not self.cache or prepared.fresh or prepared.request.webhook_url:
-            return None
-        return self.store.find_cached(request_key(prepared.request, self.backend.label, prepared.input_hashes))
+        return cache_hit(self.store, self.backend.label, prepared, enabled=self.cache)
 
     async def run_batch(self, batch: list[PreparedRequest], emit: Emit) -> list[Result]:
-        return list(await asyncio.gather(*(self.execute(i, p, emit) for i, p in enumerate(batch))))
+        """Run every request of ``batch`` at once; identical requests are sent once and shared."""
+        first: dict[tuple[Any, ...], int] = {}
+        copies: dict[int, list[int]] = {}
+        for index, prepared in enumerate(batch):
+            owner = first.setdefault(prepared.identity(), index)
+            copies.setdefault(owner, []).append(index)
+
+        def fan_out(event: Progress | Finished) -> None:
+            for index in copies[event.index]:
+                emit(replace(event, index=index))
+
+        unique = list(copies)
+        ran = await asyncio.gather(*(self.execute(i, batch[i], fan_out) for i in unique))
+        by_owner = dict(zip(unique, ran, strict=True))
+        return [by_owner[owner] for owner in (first[p.identity()] for p in batch)]
 
     async def execute(self, index: int, prepared: PreparedRequest, emit: Emit, record_id: str | None = None) -> Result:
         """Run one request end to end; errors come back inside the result.
@@ -148,10 +139,10 @@ class Executor:
                 output_mp=task.output_mp,
                 submitted_at=task.submitted_at,
             )
-            emit("progress", (index, "Submitted", 0.0))
+            emit(Progress(index, "Submitted", 0.0))
 
         def on_progress(task: Task, status: str, fraction: float | None) -> None:
-            emit("progress", (index, status, fraction))
+            emit(Progress(index, status, fraction))
 
         try:
             outcome = await self.client.generate(
@@ -183,7 +174,7 @@ class Executor:
             prepared.request,
             backend=self.backend.label,
             endpoint=self.backend.base_url,
-            notebook=self.notebook,
+            notebook=self.notebook(),
             input_hashes=prepared.input_hashes,
             estimated_cost=prepared.estimated_cost,
             tag=prepared.tag,
@@ -203,7 +194,7 @@ class Executor:
 
     async def resume(self, index: int, record: Record, emit: Emit) -> Result:
         """Finish a record whose task was submitted earlier, from its stored polling URL."""
-        prepared = PreparedRequest.from_record(record)
+        prepared = prepared_from_record(record)
         task = Task(
             id=record.task_id or "",
             polling_url=record.polling_url or "",
@@ -224,7 +215,7 @@ class Executor:
 
     @staticmethod
     def _finished(emit: Emit, index: int, result: Result) -> Result:
-        emit("finished", (index, result))
+        emit(Finished(index, result))
         return result
 
     def store_outcome(self, record_id: str, prepared: PreparedRequest, outcome: TaskResult, started: float) -> Result:
@@ -300,14 +291,12 @@ class Executor:
             billed=self.backend.billed,
             tag=prepared.tag,
             labels=prepared.labels,
-            thumbnail_size=self.display.thumbnail_size,
-            thumbnail_format=self.display.thumbnail_format,
             **fields,
         )
 
     def result_from_record(self, record: Record, prepared: PreparedRequest | None = None, *, cached: bool) -> Result:
         """A Result for a stored record (a cache hit, or an old record shown beside its replay)."""
-        prepared = prepared or PreparedRequest.from_record(record)
+        prepared = prepared or prepared_from_record(record)
         size = (record.out_width, record.out_height) if record.out_width and record.out_height else None
         error = FluxError(record.error) if record.error else None
         return self.result(

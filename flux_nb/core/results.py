@@ -1,4 +1,8 @@
-"""``Result``: what the user gets back from one request, displayed inline in notebooks."""
+"""``Result`` and ``SweepResult``: what the user gets back. Data only.
+
+How they look (inline HTML, grids) is the notebook layer's business: it installs a ``Presenter``
+here when flux_nb is imported, so these classes never import upward.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,37 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from flux_nb.core.axes import grid_axes
 from flux_nb.errors import FluxError
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from flux_nb.notebook.grid import Grid, GridPages
+
+class Presenter(Protocol):
+    """Renders results in rich front ends and draws their grids (the notebook layer provides it)."""
+
+    def result_bundle(self, result: Result) -> dict[str, Any]: ...
+    def sweep_bundle(self, sweep: SweepResult) -> dict[str, Any]: ...
+    def grid(self, results: list[Result], **options: Any) -> Any: ...
+    def panel(self, session: Any) -> Any: ...
+
+
+_presenter: Presenter | None = None
+
+
+def use_presenter(presenter: Presenter) -> None:
+    """Install how results render and draw grids (done once, by ``flux_nb/__init__``)."""
+    global _presenter
+    _presenter = presenter
+
+
+def presenter() -> Presenter:
+    if _presenter is None:
+        raise RuntimeError("no presenter installed: import flux_nb (its __init__ installs one)")
+    return _presenter
 
 
 @dataclass
@@ -42,8 +69,6 @@ class Result:
     tag: str | None = None
     error: FluxError | None = field(default=None, repr=False)
     labels: dict[str, Any] = field(default_factory=dict)
-    thumbnail_size: int = 384
-    thumbnail_format: str = "jpeg"
 
     @property
     def ok(self) -> bool:
@@ -61,9 +86,15 @@ class Result:
 
         if self.path is None:
             raise self.error or FluxError(f"record {self.record_id} has no image (status {self.status})")
-        with Image.open(self.path) as image:
-            image.load()
-            return image
+        try:
+            with Image.open(self.path) as image:
+                image.load()
+                return image
+        except FileNotFoundError:
+            raise FluxError(
+                f"record {self.record_id}: its image file {self.path} is gone (deleted or moved); "
+                f"the request is still on record: replay {self.record_id} makes it again (same seed, same image)"
+            ) from None
 
     @property
     def error_message(self) -> str | None:
@@ -76,9 +107,7 @@ class Result:
         return self
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from flux_nb.notebook.render import result_bundle
-
-        return result_bundle(self)
+        return presenter().result_bundle(self)
 
     def __repr__(self) -> str:
         size = f"{self.width}x{self.height}" if self.width and self.height else "auto"
@@ -109,21 +138,14 @@ class SweepResult:
     def cost(self) -> float:
         return sum(r.cost or 0.0 for r in self.results)
 
-    def grid(
-        self, x: str | None = None, y: str | None = None, z: str | None = None, **options: Any
-    ) -> Grid | GridPages:
-        """A comparison grid; axes default to the sweep's varying fields."""
-        from flux_nb.core.axes import grid_axes
-        from flux_nb.notebook.grid import grid
-
+    def grid(self, x: str | None = None, y: str | None = None, z: str | None = None, **options: Any) -> Any:
+        """A comparison grid (a ``Grid``, or ``GridPages`` with ``z``); axes default to the varying fields."""
         if x is None and y is None and z is None:
             x, y, z = grid_axes([r.labels for r in self.results])
-        return grid(self.results, x=x, y=y, z=z, **options)
+        return presenter().grid(self.results, x=x, y=y, z=z, **options)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from flux_nb.notebook.render import sweep_bundle
-
-        return sweep_bundle(self)
+        return presenter().sweep_bundle(self)
 
     def __repr__(self) -> str:
         return f"SweepResult({len(self.results)} results, {len(self.failed)} failed)"

@@ -24,12 +24,14 @@ import numpy as np
 from PIL import Image
 
 from flux_nb import protocol
-from flux_nb.core.jobs import Emit, PreparedRequest
+from flux_nb.core.batch import PreparedRequest, draw_seed
+from flux_nb.core.events import Emit
 from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import FluxError, ValidationError
 from flux_nb.images import ImageInput, prepare_image, thumbnail
-from flux_nb.notebook.render import NOT_BILLED, STATES
-from flux_nb.session import Flux, draw_seed
+from flux_nb.notebook.progress import STATES
+from flux_nb.notebook.render import NOT_BILLED
+from flux_nb.session import Flux
 
 SIZE_PRESETS: dict[str, tuple[int, int] | None] = {
     "1:1 · 1024×1024": (1024, 1024),

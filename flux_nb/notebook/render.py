@@ -8,25 +8,33 @@ from __future__ import annotations
 
 import base64
 import html
-import sys
-import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from IPython.display import HTML, display
 
 from flux_nb.errors import FluxError
 from flux_nb.images import sha256_hex, thumbnail
+from flux_nb.notebook.hints import in_notebook_words
 
 if TYPE_CHECKING:
     from flux_nb.core.results import Result, SweepResult
 
-UPDATE_INTERVAL = 0.1  # seconds between live progress redraws
 NOT_BILLED = " (not billed: local server)"  # after credits, where the backend is not BFL's API
-GALLERY_THUMB = 128
+
+
+@dataclass
+class DisplaySettings:
+    """How results show in notebooks (``%load_ext`` keeps it in step with ``Flux.thumbnail_*``)."""
+
+    thumbnail_size: int = 384
+    thumbnail_format: str = "jpeg"
+
+
+settings = DisplaySettings()
 ICONS = {"failed": "⚠", "moderated": "⛔", "unknown": "❓", "submitted": "⏳", "pending": "⏳", "cancelled": "✋"}
 
 
@@ -77,7 +85,7 @@ def result_html(result: Result) -> str:
     """A ready result as thumbnail + caption; anything else as one clear line."""
     if not result.ok or result.path is None or not Path(result.path).exists():
         return failure_html(result)
-    img = thumb_img(result.path, result.thumbnail_size, result.thumbnail_format, alt=result.prompt)
+    img = thumb_img(result.path, settings.thumbnail_size, settings.thumbnail_format, alt=result.prompt)
     text = html.escape(caption(result))
     path = html.escape(str(result.path))
     return (
@@ -88,7 +96,7 @@ def result_html(result: Result) -> str:
 
 def failure_html(result: Result) -> str:
     icon = ICONS.get(result.status, "⚠")
-    reason = result.error_message or f"status {result.status}"
+    reason = in_notebook_words(result.error) if result.error else f"status {result.status}"
     text = html.escape(f"{result.status}: {reason} (record {result.record_id}, seed {result.seed})")
     return f'<div class="flux-failure" style="color:#b00020">{icon} {text}</div>'
 
@@ -109,7 +117,7 @@ def sweep_bundle(sweep: SweepResult) -> dict[str, Any]:
 
 
 def error_html(error: FluxError | str) -> str:
-    text = error.one_line() if isinstance(error, FluxError) else str(error)
+    text = in_notebook_words(error)
     kind = f"{error.kind}: " if isinstance(error, FluxError) else ""
     return f'<div class="flux-error" style="color:#b00020">⚠ {html.escape(kind + text)}</div>'
 
@@ -119,8 +127,7 @@ def show_error(error: FluxError | str) -> None:
     if is_rich():
         display(HTML(error_html(error)))
     else:
-        text = error.one_line() if isinstance(error, FluxError) else str(error)
-        print(f"flux_nb: {text}")
+        print(f"flux_nb: {in_notebook_words(error)}")
 
 
 def is_rich() -> bool:
@@ -139,165 +146,6 @@ def result_text(result: Result) -> str:
     if result.ok:
         return f"{caption(result)} · {result.path}"
     return f"{result.status}: {result.error_message or 'no image'} (record {result.record_id}, seed {result.seed})"
-
-
-#: How a task status reads in the live line of a single request.
-STATES = {"Submitted": "queued", "Pending": "generating", "Downloading": "downloading"}
-
-
-class BatchProgress:
-    """Live progress for a batch: a line updated in place, results as they arrive.
-
-    In a notebook the line is an HTML output updated in place (for one request, the result
-    replaces it); in a terminal it is a ``\\r``-redrawn line on ``stream`` (stderr) when that is a tty.
-    """
-
-    def __init__(self, show_results: bool = True, rich: bool | None = None, stream: TextIO | None = None) -> None:
-        self.show_results = show_results
-        self.rich = is_rich() if rich is None else rich
-        self.stream = stream
-        self.total = 0
-        self.results: dict[int, Result] = {}
-        self.running: set[int] = set()
-        self.states: dict[int, tuple[str, float | None]] = {}
-        self.started_at = time.monotonic()
-        self._last_draw = 0.0
-        self._line: Any = None
-        self._gallery: Any = None
-        self._drawn = 0  # characters of the terminal line now on screen
-
-    @property
-    def failed(self) -> int:
-        return sum(not r.ok for r in self.results.values())
-
-    @property
-    def credits(self) -> float:
-        return sum((r.cost or 0.0) for r in self.results.values() if r.ok)
-
-    def status_line(self) -> str:
-        """Counts, time and credits of the batch; for a single request in flight, its state and time."""
-        done = len(self.results)
-        elapsed = time.monotonic() - self.started_at
-        if self.total == 1 and not done:
-            state, fraction = self.states.get(0, ("sending", None))
-            percent = f"{fraction:.0%}" if fraction is not None and 0.0 < fraction < 1.0 else ""
-            return " · ".join(p for p in (state, percent, f"{elapsed:.1f} s") if p)
-        parts = [f"{done}/{self.total} done"]
-        if self.failed:
-            parts.append(f"{self.failed} failed")
-        pending = self.total - done
-        if pending:
-            parts.append(f"{len(self.running)} running, {pending - len(self.running)} queued")
-        parts += [f"{elapsed:.1f} s", f"{self.credits:.2f} credits"]
-        return " · ".join(parts)
-
-    def started(self, batch: Sequence[Any]) -> None:
-        self.total = len(batch)
-        self.started_at = time.monotonic()
-        if not self.total:
-            return
-        if self.rich:
-            self._line = display(HTML(self._line_html()), display_id=True)
-            if self.total > 1:
-                self._gallery = display(HTML(""), display_id=True)
-        else:
-            self._draw_terminal()
-
-    def progress(self, index: int, status: str, fraction: float | None) -> None:
-        self.running.add(index)
-        self.states[index] = (STATES.get(status, status.lower()), fraction)
-        self._redraw()
-
-    def finished(self, index: int, result: Result) -> None:
-        self.running.discard(index)
-        self.results[index] = result
-        if self.total == 1 or not self.rich:
-            self._show_single(result)
-        else:
-            self._redraw(force=True)
-        if len(self.results) == self.total and not self.rich and self.total > 1:
-            print(f"flux_nb: {self.status_line()}")
-
-    def _show_single(self, result: Result) -> None:
-        if self.rich:
-            if self._line is not None:
-                self._line.update(result)  # the result replaces the status line: no stale output is kept
-                self._line = None
-            else:
-                display(result)
-            return
-        self._clear_terminal()
-        if result.ok:
-            print(f"saved {result.path} ({caption(result)})")
-        else:
-            print(f"flux_nb: {result.status}: {result.error_message} (record {result.record_id})")
-        if len(self.results) < self.total:
-            self._draw_terminal()
-
-    def _line_html(self) -> str:
-        if self.total == 1:
-            return f'<div class="flux-progress" style="font-size:12px">⏳ {html.escape(self.status_line())}</div>'
-        done = len(self.results) / self.total if self.total else 1.0
-        bar = (
-            f'<div style="width:240px;height:6px;background:#ddd;display:inline-block;vertical-align:middle">'
-            f'<div style="width:{done * 100:.0f}%;height:6px;background:#4a7"></div></div>'
-        )
-        return f'<div class="flux-progress" style="font-size:12px">{bar} {html.escape(self.status_line())}</div>'
-
-    def _gallery_html(self) -> str:
-        cells = []
-        for index in sorted(self.results):
-            result = self.results[index]
-            if result.ok and result.path is not None:
-                label = html.escape(f"seed {result.seed}")
-                img = thumb_img(result.path, GALLERY_THUMB, result.thumbnail_format, alt=result.prompt)
-                cells.append(
-                    f'<figure style="margin:2px;display:inline-block">{img}'
-                    f'<figcaption style="font-size:10px">{label}</figcaption></figure>'
-                )
-            else:
-                cells.append(f'<div style="display:inline-block;width:{GALLERY_THUMB}px">{failure_html(result)}</div>')
-        return f'<div class="flux-gallery">{"".join(cells)}</div>'
-
-    def _redraw(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_draw < UPDATE_INTERVAL:
-            return
-        self._last_draw = now
-        if not self.rich:
-            self._draw_terminal()
-            return
-        if self._line is None:
-            return
-        self._line.update(HTML(self._line_html()))
-        if force and self.show_results and self._gallery is not None:
-            done = len(self.results) == self.total
-            # The final grid replaces the gallery; until then thumbnails flow in as they arrive.
-            self._gallery.update(HTML("" if done else self._gallery_html()))
-
-    def _terminal(self) -> TextIO | None:
-        stream = self.stream or sys.stderr
-        try:
-            return stream if stream.isatty() else None
-        except (AttributeError, ValueError):  # no isatty, or a closed stream
-            return None
-
-    def _draw_terminal(self) -> None:
-        stream = self._terminal()
-        if stream is None:
-            return
-        text = f"flux_nb: {self.status_line()}"
-        stream.write("\r" + text.ljust(self._drawn))
-        stream.flush()
-        self._drawn = len(text)
-
-    def _clear_terminal(self) -> None:
-        stream = self._terminal()
-        if stream is None or not self._drawn:
-            return
-        stream.write("\r" + " " * self._drawn + "\r")
-        stream.flush()
-        self._drawn = 0
 
 
 HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")

@@ -1,0 +1,187 @@
+"""Live progress of a batch: a line redrawn in place (in a notebook or a terminal), results as they arrive.
+
+It is a ``BatchObserver``: the session hands it typed events on the caller's thread, and a
+``tick`` between events so the elapsed time keeps moving while requests run.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from IPython.display import HTML, display
+
+from flux_nb.core.events import Finished, Progress
+from flux_nb.core.results import Result
+from flux_nb.notebook.render import caption, failure_html, is_rich, settings, thumb_img
+
+UPDATE_INTERVAL = 0.1  # seconds between live progress redraws
+#: Thumbnails in the gallery that fills while a batch runs.
+PROGRESS_THUMB = 128
+
+#: How a task status reads in the live line of a single request.
+STATES = {"Submitted": "queued", "Pending": "generating", "Downloading": "downloading"}
+
+
+class BatchProgress:
+    """Live progress for a batch: a line updated in place, results as they arrive.
+
+    In a notebook the line is an HTML output updated in place (for one request, the result
+    replaces it); in a terminal it is a ``\\r``-redrawn line on ``stream`` (stderr) when that is a tty.
+    """
+
+    def __init__(self, show_results: bool = True, rich: bool | None = None, stream: TextIO | None = None) -> None:
+        self.show_results = show_results
+        self.rich = is_rich() if rich is None else rich
+        self.stream = stream
+        self.total = 0
+        self.results: dict[int, Result] = {}
+        self.running: set[int] = set()
+        self.states: dict[int, tuple[str, float | None]] = {}
+        self.started_at = time.monotonic()
+        self._last_draw = 0.0
+        self._line: Any = None
+        self._gallery: Any = None
+        self._drawn = 0  # characters of the terminal line now on screen
+
+    @property
+    def failed(self) -> int:
+        return sum(not r.ok for r in self.results.values())
+
+    @property
+    def credits(self) -> float:
+        return sum((r.cost or 0.0) for r in self.results.values() if r.ok)
+
+    def status_line(self) -> str:
+        """Counts, time and credits of the batch; for a single request in flight, its state and time."""
+        done = len(self.results)
+        elapsed = time.monotonic() - self.started_at
+        if self.total == 1 and not done:
+            state, fraction = self.states.get(0, ("sending", None))
+            percent = f"{fraction:.0%}" if fraction is not None and 0.0 < fraction < 1.0 else ""
+            return " · ".join(p for p in (state, percent, f"{elapsed:.1f} s") if p)
+        parts = [f"{done}/{self.total} done"]
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        pending = self.total - done
+        if pending:
+            parts.append(f"{len(self.running)} running, {pending - len(self.running)} queued")
+        parts += [f"{elapsed:.1f} s", f"{self.credits:.2f} credits"]
+        return " · ".join(parts)
+
+    def started(self, batch: Sequence[Any]) -> None:
+        self.total = len(batch)
+        self.started_at = time.monotonic()
+        if not self.total:
+            return
+        if self.rich:
+            self._line = display(HTML(self._line_html()), display_id=True)
+            if self.total > 1:
+                self._gallery = display(HTML(""), display_id=True)
+        else:
+            self._draw_terminal()
+
+    def progress(self, event: Progress) -> None:
+        self.running.add(event.index)
+        self.states[event.index] = (STATES.get(event.status, event.status.lower()), event.fraction)
+        self._redraw()
+
+    def tick(self) -> None:
+        """Between events: redraw so the elapsed time moves."""
+        if self.total and len(self.results) < self.total:
+            self._redraw()
+
+    def finished(self, event: Finished) -> None:
+        index, result = event.index, event.result
+        self.running.discard(index)
+        self.results[index] = result
+        if self.total == 1 or not self.rich:
+            self._show_single(result)
+        else:
+            self._redraw(force=True)
+        if len(self.results) == self.total and not self.rich and self.total > 1:
+            print(f"flux_nb: {self.status_line()}")
+
+    def _show_single(self, result: Result) -> None:
+        if self.rich:
+            if self._line is not None:
+                self._line.update(result)  # the result replaces the status line: no stale output is kept
+                self._line = None
+            else:
+                display(result)
+            return
+        self._clear_terminal()
+        if result.ok:
+            print(f"saved {result.path} ({caption(result)})")
+        else:
+            print(f"flux_nb: {result.status}: {result.error_message} (record {result.record_id})")
+        if len(self.results) < self.total:
+            self._draw_terminal()
+
+    def _line_html(self) -> str:
+        if self.total == 1:
+            return f'<div class="flux-progress" style="font-size:12px">⏳ {html.escape(self.status_line())}</div>'
+        done = len(self.results) / self.total if self.total else 1.0
+        bar = (
+            f'<div style="width:240px;height:6px;background:#ddd;display:inline-block;vertical-align:middle">'
+            f'<div style="width:{done * 100:.0f}%;height:6px;background:#4a7"></div></div>'
+        )
+        return f'<div class="flux-progress" style="font-size:12px">{bar} {html.escape(self.status_line())}</div>'
+
+    def _gallery_html(self) -> str:
+        cells = []
+        for index in sorted(self.results):
+            result = self.results[index]
+            if result.ok and result.path is not None:
+                label = html.escape(f"seed {result.seed}")
+                img = thumb_img(result.path, PROGRESS_THUMB, settings.thumbnail_format, alt=result.prompt)
+                cells.append(
+                    f'<figure style="margin:2px;display:inline-block">{img}'
+                    f'<figcaption style="font-size:10px">{label}</figcaption></figure>'
+                )
+            else:
+                cells.append(f'<div style="display:inline-block;width:{PROGRESS_THUMB}px">{failure_html(result)}</div>')
+        return f'<div class="flux-gallery">{"".join(cells)}</div>'
+
+    def _redraw(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_draw < UPDATE_INTERVAL:
+            return
+        self._last_draw = now
+        if not self.rich:
+            self._draw_terminal()
+            return
+        if self._line is None:
+            return
+        self._line.update(HTML(self._line_html()))
+        if force and self.show_results and self._gallery is not None:
+            done = len(self.results) == self.total
+            # The final grid replaces the gallery; until then thumbnails flow in as they arrive.
+            self._gallery.update(HTML("" if done else self._gallery_html()))
+
+    def _terminal(self) -> TextIO | None:
+        stream = self.stream or sys.stderr
+        try:
+            return stream if stream.isatty() else None
+        except (AttributeError, ValueError):  # no isatty, or a closed stream
+            return None
+
+    def _draw_terminal(self) -> None:
+        stream = self._terminal()
+        if stream is None:
+            return
+        text = f"flux_nb: {self.status_line()}"
+        stream.write("\r" + text.ljust(self._drawn))
+        stream.flush()
+        self._drawn = len(text)
+
+    def _clear_terminal(self) -> None:
+        stream = self._terminal()
+        if stream is None or not self._drawn:
+            return
+        stream.write("\r" + " " * self._drawn + "\r")
+        stream.flush()
+        self._drawn = 0
