@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.common import server_process, server_stats, summary
 from flux_nb import Flux
+from flux_nb.core.events import ignore
 from flux_nb.http.client import AsyncFluxClient
 from flux_nb.protocol import FluxRequest
 
@@ -54,7 +55,7 @@ def profile_loop(flux: Flux, count: int) -> str:
         try:
             batch = [flux.prepare("profile", seed=5000 + i, width=256, height=256) for i in range(count)]
             for prepared in batch:
-                await flux.executor.run_batch([prepared], lambda kind, args: None)
+                await flux._ready_executor().run_batch([prepared], ignore)
         finally:
             profiler.disable()
 

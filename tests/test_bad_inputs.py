@@ -178,7 +178,7 @@ def test_panel_bad_references_are_refused_when_added(setup: Any, reference: Any,
     flux, server, before = setup
     panel = Panel(flux)
     panel.add_reference(reference)
-    assert message in html.unescape(panel.error.value) and panel._slots == []
+    assert message in html.unescape(panel.error.value) and panel.references.slots == []
     assert_nothing_sent(flux, server, before)
 
 

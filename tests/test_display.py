@@ -16,6 +16,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 from PIL import Image
 
+from flux_nb.core.events import Finished, Progress
 from flux_nb.core.results import Result
 from flux_nb.errors import (
     DeliveryError,
@@ -26,7 +27,9 @@ from flux_nb.errors import (
     TransportError,
     ValidationError,
 )
+from flux_nb.notebook import progress as progress_module
 from flux_nb.notebook import render as display
+from flux_nb.notebook.progress import BatchProgress
 
 
 def noisy(path: Path, size: tuple[int, int] = (1024, 1024)) -> Path:
@@ -66,8 +69,11 @@ def shell() -> InteractiveShell:
 
 
 @pytest.mark.parametrize(("fmt", "pil"), [("jpeg", "JPEG"), ("webp", "WEBP")])
-def test_a_result_shows_a_compact_thumbnail_and_one_caption_line(tmp_path: Path, fmt: str, pil: str) -> None:
-    result = ready(tmp_path, thumbnail_size=256, thumbnail_format=fmt)
+def test_a_result_shows_a_compact_thumbnail_and_one_caption_line(
+    tmp_path: Path, fmt: str, pil: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(display, "settings", display.DisplaySettings(thumbnail_size=256, thumbnail_format=fmt))
+    result = ready(tmp_path)
     bundle = display.result_bundle(result)
     thumb = embedded_image(bundle["text/html"])
     assert thumb.format == pil and max(thumb.size) == 256
@@ -116,13 +122,13 @@ def test_show_error_prints_one_line_in_a_terminal(
 def test_batch_progress_updates_one_line_in_place(tmp_path: Path) -> None:
     results = [ready(tmp_path, record_id=f"r{i}", seed=i) for i in range(3)]
     results[1] = ready(tmp_path, record_id="r1", status="failed", path=None, error=ValidationError("bad"))
-    progress = display.BatchProgress(rich=True)
+    progress = BatchProgress(rich=True)
     with capture_output() as captured:
         progress.started([object()] * 3)
         for i in range(20):
-            progress.progress(i % 3, "Pending", 0.5)
+            progress.progress(Progress(i % 3, "Pending", 0.5))
         for i, result in enumerate(results):
-            progress.finished(i, result)
+            progress.finished(Finished(i, result))
     assert progress.status_line().startswith("3/3 done · 1 failed")
     assert "2.80 credits" in progress.status_line()
     first = [o for o in captured.outputs if not o.update]
@@ -136,10 +142,12 @@ def test_batch_progress_updates_one_line_in_place(tmp_path: Path) -> None:
 
 
 def test_batch_progress_prints_paths_in_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    progress = display.BatchProgress(rich=False)
+    progress = BatchProgress(rich=False)
     progress.started([object(), object()])
-    progress.finished(0, ready(tmp_path))
-    progress.finished(1, ready(tmp_path, record_id="zz", status="failed", path=None, error=ValidationError("nope")))
+    progress.finished(Finished(0, ready(tmp_path)))
+    progress.finished(
+        Finished(1, ready(tmp_path, record_id="zz", status="failed", path=None, error=ValidationError("nope")))
+    )
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"saved {tmp_path / 'img.jpeg'} (seed 42")
     assert out[1] == "flux_nb: failed: nope (record zz)"
@@ -149,14 +157,14 @@ def test_batch_progress_prints_paths_in_a_terminal(tmp_path: Path, capsys: pytes
 def test_a_single_request_shows_its_state_then_the_result_in_its_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(display, "UPDATE_INTERVAL", 0.0)
-    progress = display.BatchProgress(rich=True)
+    monkeypatch.setattr(progress_module, "UPDATE_INTERVAL", 0.0)
+    progress = BatchProgress(rich=True)
     with capture_output() as captured:
         progress.started([object()])
-        progress.progress(0, "Submitted", 0.0)
-        progress.progress(0, "Pending", 0.4)
-        progress.progress(0, "Downloading", 1.0)
-        progress.finished(0, ready(tmp_path))
+        progress.progress(Progress(0, "Submitted", 0.0))
+        progress.progress(Progress(0, "Pending", 0.4))
+        progress.progress(Progress(0, "Downloading", 1.0))
+        progress.finished(Finished(0, ready(tmp_path)))
     first = [o for o in captured.outputs if not o.update]
     updates = [o for o in captured.outputs if o.update]
     assert len(first) == 1 and "sending" in first[0].data["text/html"]
@@ -174,20 +182,20 @@ class FakeTerminal(io.StringIO):
 def test_a_terminal_gets_a_status_line_redrawn_in_place(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(display, "UPDATE_INTERVAL", 0.0)
+    monkeypatch.setattr(progress_module, "UPDATE_INTERVAL", 0.0)
     terminal = FakeTerminal()
-    progress = display.BatchProgress(rich=False, stream=terminal)
+    progress = BatchProgress(rich=False, stream=terminal)
     progress.started([object()])
-    progress.progress(0, "Pending", None)
-    progress.finished(0, ready(tmp_path))
+    progress.progress(Progress(0, "Pending", None))
+    progress.finished(Finished(0, ready(tmp_path)))
     drawn = terminal.getvalue()
     assert drawn.startswith("\rflux_nb: sending · ") and "\rflux_nb: generating · " in drawn
     assert drawn.endswith("\r" + " " * len(drawn.rsplit("\r", 3)[1].rstrip()) + "\r")  # cleared before the result
     assert capsys.readouterr().out.startswith(f"saved {tmp_path / 'img.jpeg'} (seed 42")
     quiet = io.StringIO()  # not a terminal (a log file, a pipe): no \r lines
-    progress = display.BatchProgress(rich=False, stream=quiet)
+    progress = BatchProgress(rich=False, stream=quiet)
     progress.started([object()])
-    progress.progress(0, "Pending", None)
+    progress.progress(Progress(0, "Pending", None))
     assert quiet.getvalue() == ""
 
 

@@ -20,6 +20,7 @@ from PIL import Image
 from flux_nb import Flux
 from flux_nb.errors import AuthError, DeliveryError, FluxTimeout, UnknownOutcomeError
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy
+from flux_nb.notebook.hints import in_notebook_words
 from flux_nb.protocol import FluxRequest
 from flux_nb.server.faults import Fault, FaultPlan
 from tests.scripted import ScriptedApi, Step
@@ -57,7 +58,7 @@ def test_a_300_request_sweep_under_mixed_faults_loses_nothing(server_factory: An
     # The server would take 1000 at once: staying within 24 in flight is the client's own doing.
     server = server_factory(latency=0.05, max_active=1000, faults=MIXED)
     flux = Flux(endpoint=server.url, history_dir=history_dir, cache=False)
-    flux.executor.client.retry = FAST
+    flux._ready_executor().client.retry = FAST
     try:
         sweep = flux.sweep("under fire", seed=list(range(300)), width=64, height=64)
         # A task whose every download came back damaged is kept as submitted; resume finishes it.
@@ -81,7 +82,7 @@ def test_a_300_request_sweep_under_mixed_faults_loses_nothing(server_factory: An
     # A paid task whose delivery kept failing stays resumable, and its result says why.
     for result in sweep:
         if result.status == "submitted":
-            assert result.error is not None and "%flux resume" in (result.error_message or "")
+            assert result.error is not None and "%flux resume" in in_notebook_words(result.error)
 
     # Nothing paid for is lost: every task the server finished and the client knows of is stored.
     tasks = server.app.state.table.tasks  # read past the injected faults
@@ -216,7 +217,7 @@ def test_task_failures_and_moderation_are_recorded_and_not_charged(server_factor
 def flux_for(url: str, history_dir: Path, **options: Any) -> Flux:
     """A Flux session on ``url`` whose client retries quickly."""
     flux = Flux(endpoint=url, history_dir=history_dir, **options)
-    flux.executor.client.retry = FAST
+    flux._ready_executor().client.retry = FAST
     return flux
 
 
@@ -250,10 +251,11 @@ def test_polls_rate_limited_past_the_deadline_stay_submitted_then_resume(
     try:
         first = flux.run([flux.prepare("limited", seed=2, width=64, height=64)])[0]
         assert first.status == "submitted" and isinstance(first.error, FluxTimeout)
-        assert "%flux resume" in (first.error_message or "")
+        assert "resume finishes it" in (first.error_message or "")  # neutral words in the history and scripts
+        assert "%flux resume" in in_notebook_words(first.error)  # the notebook's own words
         assert list(flux.history()["status"]) == ["submitted"]
         flux.task_timeout = 30.0
-        flux.executor.client.retry = FAST
+        flux._ready_executor().client.retry = FAST
         resumed = flux.resume()
     finally:
         flux.close()
@@ -275,7 +277,8 @@ def test_a_download_failing_after_ready_stays_submitted_then_resumes(scripted: S
     try:
         first = flux.run([flux.prepare("paid", seed=3, width=64, height=64)])[0]
         assert first.status == "submitted" and isinstance(first.error, DeliveryError)
-        assert "HTTP 503" in (first.error_message or "") and "%flux resume" in (first.error_message or "")
+        assert "HTTP 503" in (first.error_message or "") and "resume finishes it" in (first.error_message or "")
+        assert "%flux resume" in in_notebook_words(first.error)
         assert list(flux.history()["status"]) == ["submitted"]
         assert "HTTP 503" in flux.history()["error"].iloc[0]  # why it is still open, in the history too
         resumed = flux.resume()

@@ -67,7 +67,13 @@ def test_the_key_is_nowhere_in_history_reprs_errors_or_logs(
     seen: list[str] = [repr(flux)]
     result = flux.generate("a canary", seed=1, width=64, height=64)
     sweep = flux.sweep("canaries", seed=[1, 2], width=64, height=64, fresh=True)
-    seen += [repr(result), repr(sweep), repr(flux.executor), repr(flux.executor.client), repr(flux.backend)]
+    seen += [
+        repr(result),
+        repr(sweep),
+        repr(flux._ready_executor()),
+        repr(flux._ready_executor().client),
+        repr(flux.backend),
+    ]
     seen += [str(result._repr_mimebundle_()), str(sweep._repr_mimebundle_())]
     seen.append(flux.history().to_csv())
     for bad in ({"width": 1000}, {"images": ["/no/such.png"]}):
@@ -77,7 +83,7 @@ def test_the_key_is_nowhere_in_history_reprs_errors_or_logs(
             seen.append(library_frames(exc))
     flux.endpoint = "http://127.0.0.1:9"  # unreachable: a transport error, raised from deep in the client
     flux.login(KEY)
-    flux.executor.client.retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
+    flux._ready_executor().client.retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
     failed = flux.run([flux.prepare("unreachable", seed=3, width=64, height=64)])[0]
     seen.append(library_frames(failed.error))
     flux.close()

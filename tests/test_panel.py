@@ -21,8 +21,11 @@ from PIL import Image
 from flux_nb import Flux
 from flux_nb.core.backend import Backend
 from flux_nb.core.results import Result
+from flux_nb.http.client import RetryPolicy
 from flux_nb.images import sha256_hex
 from flux_nb.notebook.panel import MAX_SLOTS, Panel
+from flux_nb.notebook.panel.observer import PanelObserver
+from flux_nb.server.faults import Fault, FaultPlan
 
 
 @pytest.fixture
@@ -52,13 +55,28 @@ def generated(flux: Flux, prompt: str, size: str = DRAFT) -> tuple[Panel, Result
     panel.size.value = size
     panel.submit()
     wait_idle(panel)
-    return panel, panel._results[0]
+    return panel, panel.results[0]
 
 
 def png_bytes(color: str = "red") -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (80, 60), color).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def upload_label(panel: Panel) -> str:
+    """The upload button's text as ipywidgets 8 renders it: ``f"{description} ({len(value)})"``."""
+    return f"{panel.upload.description} ({len(panel.upload.value)})"
+
+
+def browser_upload(panel: Panel, *names: str, content: bytes | None = None) -> None:
+    """Files chosen in the browser (PNGs, or ``content``): the front end replaces the value with them, as JSON."""
+    data = png_bytes() if content is None else content
+    files = [
+        {"name": n, "type": "image/png", "size": len(data), "content": memoryview(data), "last_modified": 0}
+        for n in names
+    ]
+    panel.upload.set_state({"value": files})
 
 
 def test_generate_fills_the_gallery_and_counts_credits(flux: Flux) -> None:
@@ -142,20 +160,20 @@ def test_remix_loads_a_results_settings(flux: Flux) -> None:
 
 def test_references_upload_limit_remove_and_reuse(flux: Flux) -> None:
     panel = Panel(flux)
-    panel._on_upload({"new": ({"name": "a.png", "content": memoryview(png_bytes())},)})
-    assert len(panel._slots) == 1 and [f["name"] for f in panel.upload.value] == ["a.png"]
-    panel._on_upload({"new": ({"name": "bad.png", "content": memoryview(b"not an image")},)})
-    assert "not a readable image" in panel.error.value and len(panel._slots) == 1
+    browser_upload(panel, "a.png")
+    assert len(panel.references.slots) == 1 and [f["name"] for f in panel.upload.value] == ["a.png"]
+    browser_upload(panel, "bad.png", content=b"not an image")
+    assert "not a readable image" in panel.error.value and len(panel.references.slots) == 1
     for _ in range(MAX_SLOTS):
         panel.add_reference(png_bytes("blue"))
-    assert len(panel._slots) == MAX_SLOTS and f"at most {MAX_SLOTS}" in panel.error.value
-    panel._remove_slot(panel._slots[0])
-    assert len(panel._slots) == MAX_SLOTS - 1
+    assert len(panel.references.slots) == MAX_SLOTS and f"at most {MAX_SLOTS}" in panel.error.value
+    panel.references.remove(panel.references.slots[0])
+    assert len(panel.references.slots) == MAX_SLOTS - 1
     panel.prompt.value = "edit with references"
     panel.size.value = DRAFT
     panel.submit()
     wait_idle(panel)
-    assert panel._results[0].ok
+    assert panel.results[0].ok
     assert len(flux.history().iloc[-1]["input_hashes"]) == MAX_SLOTS - 1
 
 
@@ -164,7 +182,7 @@ def test_a_failed_request_is_shown_and_the_panel_keeps_working(flux: Flux) -> No
     panel.prompt.value = "first"
     panel.size.value = DRAFT
     flux.endpoint = "http://127.0.0.1:9"  # nothing listens there
-    flux.executor.client.retry = type(flux.executor.client.retry)(attempts=2, base_delay=0.01, max_delay=0.02)
+    flux._ready_executor().client.retry = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.02)
     panel.submit()
     wait_idle(panel)
     assert "could not reach" in panel.error.value
@@ -185,13 +203,13 @@ def test_status_line_counts_the_batchs_credits_as_it_goes(flux: Flux) -> None:
     statuses: list[str] = []
     costs: list[tuple[int, str]] = []  # (requests ended, cost line) at each change of the cost line
     panel.status.observe(lambda change: statuses.append(change["new"]), "value")
-    panel.cost.observe(lambda change: costs.append((panel._batch_done, change["new"])), "value")
+    panel.cost.observe(lambda change: costs.append((panel.observer.done, change["new"])), "value")
     panel.prompt.value = "credits as they come"
     panel.size.value = DRAFT
     panel.count.value = 2
     panel.submit()
     wait_idle(panel)
-    each = panel._results[0].cost
+    each = panel.results[0].cost
     assert each and each > 0
     assert any("0.00 credits so far" in s for s in statuses)  # before anything has finished
     assert any(f"1 of 2 done · {each:.2f} credits so far" in s for s in statuses)
@@ -207,10 +225,10 @@ def test_remix_restores_safety_format_and_reference_images(flux: Flux) -> None:
     panel.size.value = DRAFT
     panel.safety.value, panel.format.value = 1, "png"
     panel.add_reference(png_bytes("red"))
-    sent = panel._slots[0].image.sha256
+    sent = panel.references.slots[0].image.sha256
     panel.submit()
     wait_idle(panel)
-    result = panel._results[0]
+    result = panel.results[0]
     assert result.ok and not result.cached
 
     panel.safety.value, panel.format.value = 5, "jpeg"
@@ -219,11 +237,11 @@ def test_remix_restores_safety_format_and_reference_images(flux: Flux) -> None:
     panel.add_reference(png_bytes("green"))
     panel.remix(result)
     assert (panel.safety.value, panel.format.value) == (1, "png")
-    assert [s.image.sha256 for s in panel._slots] == [sent]
+    assert [s.image.sha256 for s in panel.references.slots] == [sent]
     assert len(panel.slots_box.children) == 1 and panel.error.value == ""
     panel.submit()  # the very same request: answered from the history, for free
     wait_idle(panel)
-    assert panel._results[0].cached and panel._results[0].record_id == result.record_id
+    assert panel.results[0].cached and panel.results[0].record_id == result.record_id
 
 
 def test_remix_says_when_a_reference_image_is_gone(flux: Flux) -> None:
@@ -235,18 +253,20 @@ def test_remix_says_when_a_reference_image_is_gone(flux: Flux) -> None:
     wait_idle(panel)
     for stored in (flux.store.root / "inputs").iterdir():
         stored.unlink()
-    panel.remix(panel._results[0])
+    panel.remix(panel.results[0])
     assert "no longer stored" in panel.error.value and panel.prompt.value == "lost reference"
-    assert panel._slots == []
+    assert panel.references.slots == []
 
 
-def test_a_failing_event_handler_is_shown_and_never_stops_the_batch(flux: Flux) -> None:
+def test_a_failing_event_handler_is_shown_and_never_stops_the_batch(
+    flux: Flux, monkeypatch: pytest.MonkeyPatch
+) -> None:
     panel = Panel(flux)
 
     def broken(*args: Any) -> None:
         raise RuntimeError("display broke")
 
-    panel._on_progress = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(PanelObserver, "_progress", broken)
     unfinished_when_enabled: list[list[str]] = []
     panel.generate.observe(
         lambda change: (
@@ -264,39 +284,54 @@ def test_a_failing_event_handler_is_shown_and_never_stops_the_batch(flux: Flux) 
     assert unfinished_when_enabled == [[]]  # re-enabled once, with every request ended
 
 
-def test_generate_stays_disabled_while_any_request_is_in_flight(flux: Flux, monkeypatch: pytest.MonkeyPatch) -> None:
-    panel = Panel(flux)
-    panel.prompt.value = "one breaks, one runs"
-    panel.size.value = DRAFT
-    panel.count.value = 2
-    panel.lock_seed.value = True
-    broken_seed = panel.seed.value
-    executor = flux.executor
-    execute = executor.execute
+def test_generate_stays_disabled_while_any_request_is_in_flight(server_factory: Any, history_dir: Path) -> None:
+    server = server_factory(latency=0.3, faults=FaultPlan(task_error=Fault(on=frozenset({1}))))
+    flux = Flux(endpoint=server.url, history_dir=history_dir)
+    try:
+        panel = Panel(flux)
+        panel.prompt.value = "one breaks, one runs"
+        panel.size.value = DRAFT
+        panel.count.value = 2
+        statuses_when_enabled: list[list[str]] = []
+        panel.generate.observe(
+            lambda change: change["new"] or statuses_when_enabled.append(sorted(flux.history()["status"])),
+            "disabled",
+        )
+        panel.submit()
+        wait_idle(panel)
+        assert statuses_when_enabled == [["failed", "ready"]]  # once, when neither request was still running
+        assert "injected task_error" in panel.error.value
+        assert "done: 1 image(s), 1 failed" in panel.status.value and len(panel.gallery.children) == 1
+    finally:
+        flux.close()
 
-    async def failing_execute(index: int, prepared: Any, emit: Any, record_id: str | None = None) -> Result:
-        if prepared.request.seed == broken_seed:
-            raise RuntimeError("a bug in one request")
-        return await execute(index, prepared, emit, record_id)
+
+def test_a_batch_that_raises_is_shown_and_the_panel_keeps_working(flux: Flux, monkeypatch: pytest.MonkeyPatch) -> None:
+    panel = Panel(flux)
+    panel.prompt.value = "a bug, then a fix"
+    panel.size.value = DRAFT
+    executor = flux._ready_executor()
+
+    async def failing_execute(*args: Any, **kwargs: Any) -> Result:
+        raise RuntimeError("a bug in the request")
 
     monkeypatch.setattr(executor, "execute", failing_execute)
-    statuses_when_enabled: list[list[str]] = []
-    panel.generate.observe(
-        lambda change: change["new"] or statuses_when_enabled.append(list(flux.history()["status"])), "disabled"
-    )
     panel.submit()
     wait_idle(panel)
-    assert statuses_when_enabled == [["ready"]]  # not while the other request was still running
-    assert "unexpected error: a bug in one request" in panel.error.value
-    assert "done: 1 image(s)" in panel.status.value and len(panel.gallery.children) == 1
+    assert "unexpected error: a bug in the request" in panel.error.value
+    assert "stopped by an error" in panel.status.value and not panel.generate.disabled
+    monkeypatch.undo()
+    panel.submit()
+    wait_idle(panel)
+    assert panel.error.value == "" and len(panel.gallery.children) == 1
 
 
 def test_edit_this_puts_the_result_in_a_reference_slot(flux: Flux) -> None:
     panel, result = generated(flux, "the original")
     card_button(panel, "flux-reuse").click()
-    assert len(panel._slots) == 1
+    assert len(panel.references.slots) == 1
     digest = hashlib.sha256(result.path.read_bytes()).hexdigest()  # type: ignore[union-attr]
-    assert panel._slots[0].image.sha256 == digest == flux.history().iloc[-1]["image_sha256"]
+    assert panel.references.slots[0].image.sha256 == digest == flux.history().iloc[-1]["image_sha256"]
     panel.prompt.value = "an edit of the original"
     panel.submit()
     wait_idle(panel)
@@ -306,7 +341,7 @@ def test_edit_this_puts_the_result_in_a_reference_slot(flux: Flux) -> None:
         record_id="r-failed", status="failed", prompt="p", model=flux.model, seed=1, width=None, height=None
     )
     panel.add_reference(failed)
-    assert "has no image" in panel.error.value and len(panel._slots) == 1
+    assert "has no image" in panel.error.value and len(panel.references.slots) == 1
 
 
 def test_random_seed_button_and_seed_lock(flux: Flux) -> None:
@@ -335,8 +370,8 @@ def test_safety_and_format_reach_the_request(flux: Flux) -> None:
     wait_idle(panel)
     row = flux.history().iloc[-1]
     assert (row["safety_tolerance"], row["output_format"]) == (4, "png")
-    assert panel._results[0].path.suffix == ".png"  # type: ignore[union-attr]
-    with Image.open(panel._results[0].path) as image:  # type: ignore[arg-type]
+    assert panel.results[0].path.suffix == ".png"  # type: ignore[union-attr]
+    with Image.open(panel.results[0].path) as image:  # type: ignore[arg-type]
         assert image.format == "PNG"
 
 
@@ -354,8 +389,9 @@ def test_the_flux_panel_magic_opens_a_panel_on_the_session(server: Any, history_
             outcome = shell.run_cell("%flux panel")
         assert outcome.success and len(opened) == 1
         panel = opened[0]
-        views = [o.data["application/vnd.jupyter.widget-view+json"] for o in captured.outputs]
-        assert views == [{"version_major": 2, "version_minor": 0, "model_id": panel.model_id}]
+        shown = captured.outputs[-1].data  # displayed: a notebook shows it as the widget
+        view = {"version_major": 2, "version_minor": 0, "model_id": panel.model_id}
+        assert shown["application/vnd.jupyter.widget-view+json"] == view
         assert panel.session is session
         panel.prompt.value = "from the magic"
         panel.size.value = DRAFT
@@ -368,23 +404,26 @@ def test_the_flux_panel_magic_opens_a_panel_on_the_session(server: Any, history_
         InteractiveShell.clear_instance()
 
 
-def test_the_kernel_thread_stays_free_while_the_panel_generates(server_factory: Any, history_dir: Path) -> None:
+def test_the_kernel_thread_stays_free_while_the_panel_generates(
+    server_factory: Any, history_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     server = server_factory(latency=1.5)
     flux = Flux(endpoint=server.url, history_dir=history_dir)
     try:
         panel = Panel(flux)
         threads: set[str] = set()
-        on_event = panel._on_event
+        for name in ("progress", "finished"):
+            handler = getattr(PanelObserver, name)
 
-        def spy(kind: str, args: tuple[Any, ...]) -> None:
-            threads.add(threading.current_thread().name)
-            on_event(kind, args)
+            def spy(observer: PanelObserver, event: Any, handler: Any = handler) -> None:
+                threads.add(threading.current_thread().name)
+                handler(observer, event)
 
-        panel._on_event = spy  # type: ignore[method-assign]
+            monkeypatch.setattr(PanelObserver, name, spy)
         panel.prompt.value = "meanwhile"
         panel.size.value = DRAFT
         panel.count.value = 2
-        assert flux.executor is not None  # built up front, so the timing below is the submit alone
+        assert flux._ready_executor() is not None  # built up front, so the timing below is the submit alone
         began = time.monotonic()
         panel.submit()
         assert time.monotonic() - began < 0.5, "submit blocked the calling thread"
@@ -398,20 +437,6 @@ def test_the_kernel_thread_stays_free_while_the_panel_generates(server_factory: 
         assert len(seen) > 1  # the status line changed while the kernel thread was busy elsewhere
     finally:
         flux.close()
-
-
-def upload_label(panel: Panel) -> str:
-    """The upload button's text as ipywidgets 8 renders it: ``f"{description} ({len(value)})"``."""
-    return f"{panel.upload.description} ({len(panel.upload.value)})"
-
-
-def browser_upload(panel: Panel, *names: str) -> None:
-    """Files chosen in the browser: the front end replaces the value with them, as JSON."""
-    files = [
-        {"name": n, "type": "image/png", "size": 1, "content": memoryview(png_bytes()), "last_modified": 0}
-        for n in names
-    ]
-    panel.upload.set_state({"value": files})
 
 
 def test_a_variables_image_becomes_a_reference_and_reaches_the_request(flux: Flux, tmp_path: Path) -> None:
@@ -429,30 +454,31 @@ def test_a_variables_image_becomes_a_reference_and_reaches_the_request(flux: Flu
         panel.variable.value = f" {name} "
         panel.add_variable.click()
         assert panel.error.value == "" and panel.variable.value == ""  # the field empties once added
-    assert [s.name for s in panel._slots] == ["pil", "array", "raw", "path"]
-    assert panel._slots[3].image.sha256 == sha256_hex(path.read_bytes())
+    assert [s.name for s in panel.references.slots] == ["pil", "array", "raw", "path"]
+    assert panel.references.slots[3].image.sha256 == sha256_hex(path.read_bytes())
     assert upload_label(panel) == "References (4)"
     panel.variable.value = "url"
     panel.add_variable.click()
-    assert f"at most {MAX_SLOTS} reference images" in panel.error.value and len(panel._slots) == MAX_SLOTS
+    assert f"at most {MAX_SLOTS} reference images" in panel.error.value and len(panel.references.slots) == MAX_SLOTS
     assert panel.variable.value == "url"  # kept, to add once a slot is free
 
-    sent = [s.image.sha256 for s in panel._slots]
+    sent = [s.image.sha256 for s in panel.references.slots]
     panel.prompt.value = "four variables"
     panel.size.value = DRAFT
     panel.submit()
     wait_idle(panel)
-    assert panel._results[0].ok
+    assert panel.results[0].ok
     assert list(flux.history().iloc[-1]["input_hashes"]) == sent
 
-    namespace["earlier"] = panel._results[0]
+    namespace["earlier"] = panel.results[0]
     panel.clear_references()
     panel.add_from_variable("url")
     panel.add_from_variable("earlier")
-    assert panel.error.value == "" and len(panel._slots) == 2
-    assert panel._slots[0].image.is_url and panel._slots[0].image.value == "https://example.com/cat.png"
-    assert panel._slots[1].image.sha256 == sha256_hex(panel._results[0].path.read_bytes())  # type: ignore[union-attr]
-    assert [s.name for s in panel._slots] == ["url", f"result {panel._results[0].record_id}"]
+    url, earlier = panel.references.slots
+    assert panel.error.value == ""
+    assert url.image.is_url and url.image.value == "https://example.com/cat.png"
+    assert earlier.image.sha256 == sha256_hex(panel.results[0].path.read_bytes())  # type: ignore[union-attr]
+    assert (url.name, earlier.name) == ("url", f"result {panel.results[0].record_id}")
     panel.clear_references()
     panel.add_from_variable("earlier")
     panel.prompt.value = "an edit of a result held in a variable"
@@ -479,7 +505,7 @@ def test_a_variable_that_is_unknown_or_no_image_is_refused_in_words(flux: Flux) 
         panel.variable.value = name
         panel.add_variable.click()
         assert reason in html.unescape(panel.error.value), (name, panel.error.value)
-        assert panel._slots == [] and panel.variable.value == name
+        assert panel.references.slots == [] and panel.variable.value == name
     assert upload_label(panel) == "References (0)" and flux.server.stats()["submits"] == 0  # type: ignore[attr-defined]
 
 
@@ -491,30 +517,30 @@ def test_the_variable_field_reads_the_notebooks_namespace(flux: Flux) -> None:
         panel = Panel(flux)
         panel.variable.value = "sketch"
         panel.add_variable.click()
-        assert panel.error.value == "" and [s.name for s in panel._slots] == ["sketch"]
+        assert panel.error.value == "" and [s.name for s in panel.references.slots] == ["sketch"]
     finally:
         InteractiveShell.clear_instance()
     panel = Panel(flux)  # outside IPython there is no namespace to look in
     panel.variable.value = "sketch"
     panel.add_variable.click()
-    assert "not running in IPython" in panel.error.value and panel._slots == []
+    assert "not running in IPython" in panel.error.value and panel.references.slots == []
 
 
 def test_the_upload_button_counts_the_attached_references(flux: Flux, tmp_path: Path) -> None:
     panel = Panel(flux, namespace={"pil": Image.new("RGB", (30, 30), "teal")})
     assert upload_label(panel) == "References (0)"
     browser_upload(panel, "a.png", "b.png")
-    assert len(panel._slots) == 2 and upload_label(panel) == "References (2)"  # not "(0)" once consumed
+    assert len(panel.references.slots) == 2 and upload_label(panel) == "References (2)"  # not "(0)" once consumed
     panel.add_from_variable("pil")
     assert upload_label(panel) == "References (3)"
     browser_upload(panel, "c.png")  # the next upload still arrives, and adds to the count
-    assert [s.name for s in panel._slots] == ["a.png", "b.png", "pil", "c.png"]
+    assert [s.name for s in panel.references.slots] == ["a.png", "b.png", "pil", "c.png"]
     assert upload_label(panel) == "References (4)"
     assert [f["name"] for f in panel.upload.value] == ["a.png", "b.png", "pil", "c.png"]
     assert all(len(f["content"]) == 0 for f in panel.upload.value)  # names only: no bytes go back to the browser
     browser_upload(panel, "d.png")  # a fifth: refused, and the count stays true
     assert "at most 4" in panel.error.value and upload_label(panel) == "References (4)"
-    panel._remove_slot(panel._slots[0])
+    panel.references.remove(panel.references.slots[0])
     assert upload_label(panel) == "References (3)"
     panel.clear_references()
     assert upload_label(panel) == "References (0)"
@@ -529,8 +555,8 @@ def test_credit_figures_say_when_nothing_is_billed(flux: Flux, monkeypatch: pyte
     panel.size.value = DRAFT
     panel.submit()
     wait_idle(panel)
-    each = panel._results[0].cost
-    assert each and not panel._results[0].billed
+    each = panel.results[0].cost
+    assert each and not panel.results[0].billed
     assert f"Credits spent: {each:.2f} (not billed: local server)" in panel.cost.value
     assert f"{each:.2f} credits (not billed: local server)" in panel.status.value
     caption = panel.gallery.children[0].children[1].value
@@ -539,7 +565,7 @@ def test_credit_figures_say_when_nothing_is_billed(flux: Flux, monkeypatch: pyte
     monkeypatch.setattr(flux, "_backend", Backend(flux.endpoint, "bfl", billed=True))
     billed = Panel(flux)
     assert "Credits spent: " in billed.cost.value and "not billed" not in billed.cost.value
-    billed._add_result(Result("r-billed", "ready", "p", flux.model, 1, 512, 512, panel._results[0].path, cost=each))
+    billed.gallery.add(Result("r-billed", "ready", "p", flux.model, 1, 512, 512, panel.results[0].path, cost=each))
     assert "not billed" not in billed.gallery.children[0].children[1].value
 
 

@@ -146,6 +146,7 @@ def prepare(
     fields = {k: plain(v) for k, v in fields.items()}
     _size(fields)
     width, height = fields.pop("width", None), fields.pop("height", None)
+    protocol.check_size(width, height)
     if (width is None) != (height is None) and defaults.width is None and defaults.height is None:
         given, missing = ("width", "height") if height is None else ("height", "width")
         raise ValidationError(

@@ -184,7 +184,12 @@ class FluxMagics(Magics):
                 f"unknown %flux command {command!r}: use {', '.join(commands.COMMANDS)}; to generate, "
                 "write the prompt on the lines below %%flux (two percent signs, options on that line)"
             )
-        return handler(self.session, rest)
+        shown = handler(self.session, rest)
+        if shown is not None and render.is_rich():
+            display(shown)
+        elif shown is not None:
+            print(repr(shown))  # a terminal gets the text form, never HTML
+        return None
 
 
 def _show_flux_error(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> None:

@@ -16,7 +16,8 @@ from IPython.display import HTML, display
 
 from flux_nb.core.events import Finished, Progress
 from flux_nb.core.results import Result
-from flux_nb.notebook.render import caption, failure_html, is_rich, settings, thumb_img
+from flux_nb.notebook import render
+from flux_nb.notebook.render import caption, failure_html, is_rich, thumb_img
 
 UPDATE_INTERVAL = 0.1  # seconds between live progress redraws
 #: Thumbnails in the gallery that fills while a batch runs.
@@ -137,7 +138,7 @@ class BatchProgress:
             result = self.results[index]
             if result.ok and result.path is not None:
                 label = html.escape(f"seed {result.seed}")
-                img = thumb_img(result.path, PROGRESS_THUMB, settings.thumbnail_format, alt=result.prompt)
+                img = thumb_img(result.path, PROGRESS_THUMB, render.settings.thumbnail_format, alt=result.prompt)
                 cells.append(
                     f'<figure style="margin:2px;display:inline-block">{img}'
                     f'<figcaption style="font-size:10px">{label}</figcaption></figure>'

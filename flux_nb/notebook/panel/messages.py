@@ -1,0 +1,58 @@
+"""The panel's words: a status line, an error area and the running cost of the session.
+
+Errors read as one line with the notebook's hint (``%flux resume``, ``%config ...``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import TYPE_CHECKING
+
+import ipywidgets as w
+
+from flux_nb.errors import FluxError
+from flux_nb.notebook.hints import in_notebook_words
+from flux_nb.notebook.render import NOT_BILLED
+
+if TYPE_CHECKING:
+    from flux_nb.session import Flux
+
+
+class Messages:
+    """The status line, the error area and the cost line of a panel on ``session``."""
+
+    def __init__(self, session: Flux) -> None:
+        self.session = session
+        self.status = w.HTML(value="Ready.")
+        self.status.add_class("flux-status")
+        self.error = w.HTML()
+        self.error.add_class("flux-error")
+        self.cost = w.HTML()
+        self.refresh_cost()
+
+    def say(self, text: str) -> None:
+        """Replace the status line."""
+        self.status.value = f"<span>{html.escape(text)}</span>"
+
+    def report(self, exc: BaseException) -> None:
+        """Show ``exc`` in the error area: a FluxError in the notebook's words, anything else as unexpected."""
+        text = in_notebook_words(exc) if isinstance(exc, FluxError) else f"unexpected error: {exc}"
+        self.error.value = f'<div style="color:#b00020">⚠ {html.escape(text)}</div>'
+
+    def clear_error(self) -> None:
+        self.error.value = ""
+
+    def not_billed(self) -> str:
+        """NOT_BILLED when the session's server bills nothing (a local server), else ""."""
+        try:
+            billed = self.session.backend.billed
+        except FluxError:  # no backend can be chosen yet (e.g. no key): Generate will say why
+            return ""
+        return "" if billed else NOT_BILLED
+
+    def refresh_cost(self) -> None:
+        """Show the credits this session has spent, against its budget if it has one."""
+        budget = self.session.budget
+        limit = f" of {budget:.2f} budget" if budget is not None else ""
+        note = html.escape(self.not_billed())
+        self.cost.value = f'<span style="color:#444">Credits spent: {self.session.spent():.2f}{limit}{note}</span>'

@@ -1,0 +1,111 @@
+"""How the panel watches a batch: a ``BatchObserver`` that words its events on the status line.
+
+Everything it says comes from the events: how many requests the batch has (``started``), how far
+each one is (``Progress``) and how each ended (``Finished``). Its handlers run on flux_nb's loop
+thread; a failure in one is shown in the error area and never reaches the requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+from flux_nb.core.events import Finished, Progress
+from flux_nb.core.results import Result
+from flux_nb.notebook.panel.messages import Messages
+from flux_nb.notebook.progress import STATES
+
+if TYPE_CHECKING:
+    from flux_nb.core.batch import PreparedRequest
+
+CANCELLED = "submitted requests are kept as pending (%flux resume finishes them)"
+
+
+class PanelObserver:
+    """Watches one batch for a panel: status and cost as it goes, each result to ``show`` as it ends."""
+
+    def __init__(self, messages: Messages, show: Callable[[Result], None]) -> None:
+        self.messages = messages
+        self._show = show
+        self.total = 0
+        #: The requests that have ended, by their position in the batch.
+        self.results: dict[int, Result] = {}
+        self.started_at = time.monotonic()
+
+    @property
+    def done(self) -> int:
+        """How many requests have ended."""
+        return len(self.results)
+
+    @property
+    def credits(self) -> float:
+        """Credits the ended requests cost."""
+        return sum(r.cost or 0.0 for r in self.results.values())
+
+    # -- the BatchObserver protocol ------------------------------------------------------------
+
+    def started(self, batch: Sequence[PreparedRequest]) -> None:
+        self.total = len(batch)
+        self.started_at = time.monotonic()
+        self.messages.say(f"queued {self.total} request(s)…")
+
+    def progress(self, event: Progress) -> None:
+        self._guarded(lambda: self._progress(event))
+
+    def finished(self, event: Finished) -> None:
+        self._guarded(lambda: self._finished(event))
+
+    def tick(self) -> None:
+        """Nothing to redraw between events: the status line moves with them."""
+
+    # -- wording -------------------------------------------------------------------------------
+
+    def _guarded(self, handle: Callable[[], None]) -> None:
+        try:
+            handle()
+        except Exception as exc:  # a display failure is shown, never raised into the request
+            with contextlib.suppress(Exception):
+                self.messages.report(exc)
+
+    def _progress(self, event: Progress) -> None:
+        stage = STATES.get(event.status, "generating")
+        fraction = event.fraction
+        percent = f" {fraction * 100:.0f}%" if fraction is not None and 0 < fraction < 1 else ""
+        self.messages.say(f"{stage}{percent} · {self.elapsed()}{self.tally()}")
+
+    def _finished(self, event: Finished) -> None:
+        result = event.result
+        self.results[event.index] = result
+        self.messages.say(f"{'finished' if result.ok else result.status} · {self.elapsed()}{self.tally()}")
+        self.messages.refresh_cost()
+        self._show(result)
+
+    def tally(self) -> str:
+        """The batch so far: requests ended (for more than one) and credits spent."""
+        done = f" · {self.done} of {self.total} done" if self.total > 1 else ""
+        return f"{done} · {self.credits:.2f} credits so far"
+
+    def elapsed(self) -> str:
+        return f"{time.monotonic() - self.started_at:.1f} s"
+
+    def ended(self, batch: Future[list[Result]]) -> list[Result]:
+        """Word how the batch's future resolved; its results (those that ended, if it did not finish)."""
+        if batch.cancelled():
+            self.messages.say(f"cancelled after {self.elapsed()}: {CANCELLED}")
+            return list(self.results.values())
+        error = batch.exception()
+        if error is not None:
+            self.messages.report(error)
+            self.messages.say(f"stopped by an error after {self.elapsed()}{self.tally()}")
+            return list(self.results.values())
+        results = batch.result()
+        failed = sum(not r.ok for r in results)
+        spent = sum(r.cost or 0.0 for r in results)
+        self.messages.say(
+            f"done: {len(results) - failed} image(s){f', {failed} failed' if failed else ''} · "
+            f"{self.elapsed()} · {spent:.2f} credits{self.messages.not_billed()}"
+        )
+        return results
