@@ -388,7 +388,9 @@ async def test_the_key_never_follows_a_polling_url_to_a_foreign_host(server_fact
 
 def test_regional_bfl_polling_hosts_get_the_key_and_others_do_not() -> None:
     auth = ApiKey("k", "https://api.bfl.ai")
-    assert auth.sends_to("api.bfl.ai") and auth.sends_to("api.eu2.bfl.ai")
-    assert not auth.sends_to("bfl.ai.example.com") and not auth.sends_to("evil.example")
+    assert auth.sends_to("https://api.bfl.ai/v1/get_result") and auth.sends_to("https://api.eu2.bfl.ai/v1/x")
+    assert not auth.sends_to("https://bfl.ai.example.com/") and not auth.sends_to("https://evil.example/")
+    assert not auth.sends_to("http://api.eu2.bfl.ai/v1/x")  # plain http: never, not even to a BFL host
     local = ApiKey("k", "http://127.0.0.1:8800")
-    assert local.sends_to("127.0.0.1") and not local.sends_to("localhost") and not local.sends_to("api.bfl.ai")
+    assert local.sends_to("http://127.0.0.1:8800/v1/x")
+    assert not local.sends_to("http://localhost:8800/") and not local.sends_to("https://api.bfl.ai/")
