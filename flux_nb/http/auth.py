@@ -75,7 +75,7 @@ class ApiKey(httpx.Auth):
     """Adds the ``x-key`` header where the key belongs; holds it as a ``Secret``.
 
     A polling URL on another origin (another host, or the same host on another port) gets no key,
-    unless both are BFL hosts over https (regional polling hosts). Plain http carries the key
+    unless both are BFL hosts over https on its usual port (regional polling hosts). Plain http carries the key
     to loopback only.
     """
 
@@ -91,7 +91,8 @@ class ApiKey(httpx.Auth):
         if (scheme, host, port) == self._origin:
             return True
         api_scheme, api_host, _ = self._origin
-        return scheme == api_scheme == "https" and is_bfl_hostname(host) and is_bfl_hostname(api_host)
+        regional = scheme == api_scheme == "https" and port == DEFAULT_PORTS["https"]
+        return regional and is_bfl_hostname(host) and is_bfl_hostname(api_host)
 
     def scrub(self, text: str) -> str:
         """``text`` with the key masked: for answers that echo what they were sent."""
