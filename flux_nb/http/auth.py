@@ -13,6 +13,7 @@ from collections.abc import Generator
 
 import httpx
 
+from flux_nb.errors import ValidationError
 from flux_nb.protocol import KEY_HEADER, is_bfl_hostname
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -38,6 +39,11 @@ class Secret:
         if value is None or isinstance(value, Secret):
             return value or None
         return cls(value) if value else None
+
+    def header_safe(self) -> bool:
+        """True when the value can travel in an HTTP header: printable ASCII, no spaces."""
+        value = self.reveal()
+        return value.isascii() and value.isprintable() and " " not in value
 
     def reveal(self) -> str:
         """The key itself: only for the header that carries it."""
@@ -81,6 +87,11 @@ class ApiKey(httpx.Auth):
 
     def __init__(self, key: str | Secret | None, base_url: str = "") -> None:
         self._key = Secret.of(key)
+        if self._key and not self._key.header_safe():
+            raise ValidationError(
+                "api_key holds characters an HTTP header cannot carry (spaces, line breaks or non-ASCII); "
+                "copy the key again"
+            )
         self._origin = origin(httpx.URL(base_url)) if base_url else ("", "", None)
 
     def sends_to(self, url: httpx.URL | str) -> bool:
