@@ -410,3 +410,29 @@ def test_regional_bfl_polling_hosts_get_the_key_and_others_do_not() -> None:
     local = ApiKey("k", "http://127.0.0.1:8800")
     assert local.sends_to("http://127.0.0.1:8800/v1/x")
     assert not local.sends_to("http://localhost:8800/") and not local.sends_to("https://api.bfl.ai/")
+
+
+def test_errors_and_client_messages_speak_no_front_end() -> None:
+    root = Path(__file__).resolve().parent.parent / "flux_nb"
+    sources = [root / "errors.py", *sorted((root / "http").glob("*.py"))]
+    for path in sources:
+        text = path.read_text()
+        for words in ("%flux", "Flux.", "run the cell", "flux.resume"):
+            assert words not in text, f"{path.name} speaks of {words!r}"
+
+
+def test_an_http_error_carries_its_status_and_a_short_answer() -> None:
+    from flux_nb.http.answers import Answer, error_for_answer
+
+    long = {"detail": "x" * 5000, "echo": "key-123"}
+    error = error_for_answer(
+        Answer(
+            429,
+            __import__("json").dumps(long).encode(),
+            httpx.URL("http://h/v1/x"),
+            scrub=lambda t: t.replace("key-123", "***"),
+        )
+    )
+    assert isinstance(error, RateLimitError) and error.status == 429
+    assert isinstance(error.answer, str) and len(error.answer) <= 300 and "key-123" not in str(error.answer)
+    assert FluxTimeout("late").status is None and FluxTimeout("late").answer is None
