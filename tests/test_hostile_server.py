@@ -133,7 +133,7 @@ async def test_garbage_in_optional_answer_fields_becomes_none(hostile: Any, name
     assert [t.id for t in submitted] == ["t1"] and result.width == 256
     task = submitted[0]
     for field in ("cost", "input_mp", "output_mp"):
-        assert getattr(task, field) is None or isinstance(getattr(task, field), float)
+        assert getattr(task, field) is None if field == name else getattr(task, field) in (None, 1.4)
     assert result.seed in (1, None) and result.engine in ("hostile", None)
     assert task.polling_url.startswith(server.url)
 
@@ -209,3 +209,24 @@ async def test_a_key_with_a_plain_http_api_beyond_loopback_is_refused_before_sen
     async with AsyncFluxClient(None, "http://10.0.0.5:8800", transport=transport) as client:  # no key: allowed
         assert client.base_url == "http://10.0.0.5:8800"
     assert sent == []
+
+
+@pytest.mark.parametrize("mode", ["endless_image", "giant_image", "trickle_image"])
+def test_a_hostile_delivery_leaves_the_record_submitted_and_resume_finishes_it(
+    hostile: Any, history_dir: Any, mode: str
+) -> None:
+    from flux_nb import Flux
+
+    server = hostile(mode)
+    flux = Flux(endpoint=server.url, history_dir=history_dir, cache=False)
+    flux.executor.client.retry = FAST
+    flux.executor.client.limits = TIGHT
+    try:
+        first = flux.run([flux.prepare("hostile", seed=1, width=256, height=256, output_format="png")])[0]
+        assert first.status == "submitted" and first.path is None, first
+        server.mode = "healthy"
+        resumed = flux.resume()
+    finally:
+        flux.close()
+    assert [r.status for r in resumed] == ["ready"]
+    assert [s.method for s in server.seen].count("POST") == 1  # finished without paying twice
