@@ -253,3 +253,16 @@ def test_the_http_client_imports_without_pandas_traitlets_widgets_or_pil(tmp_pat
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+async def test_an_answer_echoing_the_key_is_masked_in_the_error_and_its_answer() -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"detail": f"invalid key {request.headers['x-key']}"})
+
+    transport = httpx.MockTransport(echo)
+    async with AsyncFluxClient(KEY, "http://127.0.0.1:8800", transport=transport) as client:
+        with pytest.raises(FluxError) as caught:
+            await client.generate(FluxRequest("x", seed=1, width=64, height=64))
+    error = caught.value
+    assert error.status == 403 and error.answer == {"detail": "invalid key ***"}
+    assert KEY not in str(error) and KEY not in library_frames(error)

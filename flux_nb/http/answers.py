@@ -44,10 +44,10 @@ class Answer:
     """One HTTP answer read in full (within its cap): status, headers, body, and where it came from."""
 
     status: int
-    body: bytes
+    body: bytes = field(repr=False)  # may echo what was sent: shown only through excerpt()
     url: httpx.URL
-    headers: httpx.Headers = field(default_factory=httpx.Headers)
-    scrub: Callable[[str], str] = _keep
+    headers: httpx.Headers = field(default_factory=httpx.Headers, repr=False)
+    scrub: Callable[[str], str] = field(default=_keep, repr=False)
 
     @property
     def is_error(self) -> bool:
