@@ -21,6 +21,8 @@ it as one clear line. The tree:
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AuthError",
     "BudgetError",
@@ -40,15 +42,21 @@ __all__ = [
 
 
 class FluxError(Exception):
-    """Base of every error flux_nb raises on purpose."""
+    """Base of every error flux_nb raises on purpose.
 
-    #: A short hint on what to do about it, shown after the message.
+    An error that comes from an HTTP answer carries its ``status`` (the HTTP status code) and
+    ``answer`` (a short, key-free excerpt of the body: parsed JSON or text); others have None.
+    """
+
+    #: A short hint on what to do about it, shown after the message; front ends set their own.
     hint: str = ""
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None, answer: Any = None) -> None:
         super().__init__(message)
         if hint is not None:
             self.hint = hint
+        self.status = status
+        self.answer = answer
 
     @property
     def kind(self) -> str:
@@ -68,79 +76,100 @@ class ValidationError(FluxError, ValueError):
 class BudgetError(ValidationError):
     """The estimated cost would pass the configured budget."""
 
-    hint = "raise Flux.budget or make the request smaller"
+    hint = "raise the budget or make the request smaller"
 
 
 class RejectedError(ValidationError):
     """The API refused the request as invalid (HTTP 400 or 422); nothing was charged."""
 
-    hint = "fix the field the API names and run the cell again; nothing was charged"
+    hint = "fix the field the API names and send it again; nothing was charged"
 
 
 class AuthError(FluxError):
     """The API key is missing or was refused."""
 
-    hint = "set BFL_API_KEY, or run %flux login"
+    hint = "check the API key (BFL_API_KEY)"
 
 
 class CreditsError(FluxError):
     """The account has no credits left."""
 
-    hint = "add credits to your BFL account"
+    hint = "add credits to the account"
 
 
 class RateLimitError(FluxError):
     """The API kept answering 429 after every retry."""
 
-    hint = "lower Flux.max_concurrency or wait a moment"
+    hint = "send fewer requests at once, or wait a moment"
 
 
 class ModeratedError(FluxError):
-    """The request or its output was moderated; moderated tasks are not charged."""
+    """The request or its output was moderated; moderated tasks are not charged.
+
+    ``task_status`` is the API's status ("Request Moderated" or "Content Moderated").
+    """
 
     hint = "rephrase the prompt, change the reference images, or raise safety_tolerance"
 
-    def __init__(self, message: str, *, status: str, reasons: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_status: str = "",
+        reasons: list[str] | None = None,
+        status: int | str | None = None,
+        answer: Any = None,
+    ) -> None:
+        if isinstance(status, str):  # the task status, as older callers name it
+            task_status, status = status, None
+        super().__init__(message, status=status, answer=answer)
+        self.task_status = task_status
         self.reasons = reasons or []
 
 
 class TaskFailedError(FluxError):
     """The task ended with status Error."""
 
-    hint = "run the cell again; if it keeps failing, change the prompt, size or reference images"
+    hint = "try again; if it keeps failing, change the prompt, size or reference images"
 
 
 class TaskNotFoundError(FluxError):
     """The API does not know the task id (never existed, or expired)."""
 
-    hint = "it expired or was never created: run the cell again to send a new task"
+    hint = "it expired or was never created: send a new task"
 
 
 class FluxTimeout(FluxError):
     """A task or a request took longer than allowed."""
 
-    hint = "the record is kept as pending: %flux resume (or flux.resume()) finishes it"
+    hint = "the task may still finish: ask for it again later"
 
 
 class TransportError(FluxError):
     """The API could not be reached, or kept failing, after every retry."""
 
-    hint = "check the network and Flux.endpoint, then run the cell again"
+    hint = "check the network and the endpoint, then try again"
 
 
 class UnknownOutcomeError(TransportError):
     """A submit was sent but its answer was lost: it may have created a paid task."""
 
-    hint = "not resent, to avoid paying twice; pass fresh=True (or --fresh) to try again"
+    hint = "not resent, to avoid paying twice; send it again only on purpose"
 
 
 class DeliveryError(FluxError):
     """The finished image could not be downloaded or decoded."""
 
-    hint = "run the cell again: the same seed gives the same image"
+    hint = "try again: the same seed gives the same image"
 
-    def __init__(self, message: str, *, hint: str | None = None, expired: bool = False) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        expired: bool = False,
+        status: int | None = None,
+        answer: Any = None,
+    ) -> None:
+        super().__init__(message, hint=hint, status=status, answer=answer)
         self.expired = expired

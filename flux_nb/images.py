@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from flux_nb.errors import DeliveryError, ValidationError
+from flux_nb.protocol import MAX_PIXELS, SIDE_STEP
 
 # Formats the API takes as they are; anything else is re-encoded as PNG.
 PASSTHROUGH_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
@@ -264,16 +265,50 @@ def _check_md5(data: bytes, expected: str) -> None:
         )
 
 
-def decode_output(data: bytes, content_md5: str | None = None) -> Image.Image:
+# Formats the API delivers; nothing else is parsed from a downloaded body.
+OUTPUT_FORMATS = ("PNG", "JPEG", "WEBP")
+# The largest image a delivery may hold: the API's 4 MP limit, with room for its rounding.
+OUTPUT_MAX_PIXELS = int(MAX_PIXELS * 1.1)
+
+
+def check_output_size(size: tuple[int, int], expected: tuple[int, int] | None, max_pixels: int) -> None:
+    """Raise DeliveryError when a delivered ``size`` is absurd, or differs from ``expected`` by more than rounding.
+
+    ``expected`` None (the size was left to the API) checks only the ``max_pixels`` cap.
+    """
+    width, height = size
+    if width * height > max_pixels:
+        raise DeliveryError(
+            f"the delivered image is {width}x{height} ({width * height:,} pixels), over the limit of "
+            f"{max_pixels:,} pixels: refused before decoding"
+        )
+    if expected is not None and any(abs(got - asked) > SIDE_STEP for got, asked in zip(size, expected, strict=True)):
+        raise DeliveryError(
+            f"the delivered image is {width}x{height} but {expected[0]}x{expected[1]} was asked: "
+            "refused before decoding"
+        )
+
+
+def decode_output(
+    data: bytes,
+    content_md5: str | None = None,
+    *,
+    expected_size: tuple[int, int] | None = None,
+    max_pixels: int = OUTPUT_MAX_PIXELS,
+) -> Image.Image:
     """Decode a downloaded result completely (every pixel), or raise DeliveryError.
 
     ``content_md5`` is the response's ``Content-MD5`` header (base64), checked first when given.
+    The size in the header is checked next, before any pixel is decoded (see ``check_output_size``).
     Structural checks follow: a PNG's chunk CRCs and closing IEND chunk, a JPEG's end-of-image marker.
     """
     if content_md5 is not None:
         _check_md5(data, content_md5)
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own cap is far lower
+            image = Image.open(io.BytesIO(data), formats=OUTPUT_FORMATS)
+        check_output_size(image.size, expected_size, max_pixels)
         if image.format == "PNG":
             if not data.endswith(_PNG_END):
                 raise DeliveryError(
@@ -281,7 +316,7 @@ def decode_output(data: bytes, content_md5: str | None = None) -> Image.Image:
                     f"({len(data)} bytes)"
                 )
             image.verify()  # every chunk's CRC; a verified image cannot be loaded, so open it again
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=OUTPUT_FORMATS)
         elif image.format == "JPEG" and not data.endswith(_JPEG_END):
             raise DeliveryError(
                 f"downloaded image is corrupt or truncated: the JPEG has no end-of-image marker ({len(data)} bytes)"
@@ -289,6 +324,8 @@ def decode_output(data: bytes, content_md5: str | None = None) -> Image.Image:
         image.load()
     except DeliveryError:
         raise
+    except Image.DecompressionBombError:
+        raise DeliveryError(f"the delivered image declares too many pixels ({len(data)} bytes): refused") from None
     except Image.UnidentifiedImageError:
         raise DeliveryError(f"downloaded image is corrupt or truncated: unknown format ({len(data)} bytes)") from None
     except Exception as exc:

@@ -31,6 +31,7 @@ from flux_nb.errors import (
 from flux_nb.http.client import ApiKey, AsyncFluxClient, RetryPolicy, Task
 from flux_nb.images import prepare_image
 from flux_nb.protocol import FluxRequest
+from flux_nb.server import ServerConfig, create_app
 from tests.scripted import ScriptedApi, Step, png_bytes
 
 FAST_RETRY = RetryPolicy(attempts=4, rate_limit_attempts=60, base_delay=0.01, max_delay=0.05)
@@ -55,14 +56,27 @@ def image_site(tmp_path: Path) -> Iterator[str]:
     httpd.shutdown()
 
 
+# An in-process server behind httpx.ASGITransport: no socket opens, the loopback address is only a name.
+IN_PROCESS = "http://127.0.0.1:8800"
+
+
+def in_process(key: str | None = None, **options: Any) -> AsyncFluxClient:
+    """A client talking to a fresh local server app in process (for tests where sockets do not matter)."""
+    config = {k: options.pop(k) for k in list(options) if k in ("api_keys", "latency", "max_active_server")}
+    if "max_active_server" in config:
+        config["max_active"] = config.pop("max_active_server")
+    transport = httpx.ASGITransport(create_app(ServerConfig(**config)))
+    return AsyncFluxClient(key, IN_PROCESS, transport=transport, **options)
+
+
 def decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
 
 
-async def test_text_to_image_in_jpeg_png_and_webp(server: Any) -> None:
-    async with AsyncFluxClient(None, server.url) as client:
+async def test_text_to_image_in_jpeg_png_and_webp() -> None:
+    async with in_process() as client:
         for fmt, pil_name in (("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")):
             result = await client.generate(
                 FluxRequest("a lighthouse", seed=3, width=320, height=192, output_format=fmt)
@@ -70,7 +84,7 @@ async def test_text_to_image_in_jpeg_png_and_webp(server: Any) -> None:
             image = decode(result.image)
             assert image.format == pil_name
             assert (result.width, result.height) == (320, 192) == image.size
-            assert result.task.id and result.task.polling_url.startswith(server.url)
+            assert result.task.id and result.task.polling_url.startswith(IN_PROCESS)
             assert result.seed == 3 and result.engine == "preview"
             assert result.task.cost == pytest.approx(1.4)
             assert result.finished_at >= result.ready_at >= result.task.submitted_at
@@ -98,15 +112,15 @@ async def test_editing_with_one_and_four_references_of_every_kind(server: Any, t
     assert four.task.input_mp and four.task.input_mp > 0
 
 
-async def test_without_a_size_an_edit_takes_the_first_reference_size(server: Any) -> None:
+async def test_without_a_size_an_edit_takes_the_first_reference_size() -> None:
     ref = prepare_image(Image.new("RGB", (640, 480), "white"))
-    async with AsyncFluxClient(None, server.url) as client:
+    async with in_process() as client:
         result = await client.generate(FluxRequest("an edit", seed=1, images=(ref.value,)))
     assert (result.width, result.height) == (640, 480)
 
 
-async def test_same_request_gives_identical_bytes_and_another_seed_differs(server: Any) -> None:
-    async with AsyncFluxClient(None, server.url) as client:
+async def test_same_request_gives_identical_bytes_and_another_seed_differs() -> None:
+    async with in_process() as client:
         a = await client.generate(FluxRequest("a fox", seed=1, width=256, height=256))
         b = await client.generate(FluxRequest("a fox", seed=1, width=256, height=256))
         c = await client.generate(FluxRequest("a fox", seed=2, width=256, height=256))
@@ -340,9 +354,9 @@ async def test_an_expired_delivery_url_is_a_clear_delivery_error(server_factory:
             await client.download(answer["result"]["sample"])
 
 
-async def test_an_unknown_task_id_is_task_not_found(server: Any) -> None:
-    task = Task(id="nope", polling_url=f"{server.url}/v1/get_result?id=nope", model="flux-2-klein-4b", submitted_at=0)
-    async with AsyncFluxClient(None, server.url) as client:
+async def test_an_unknown_task_id_is_task_not_found() -> None:
+    task = Task(id="nope", polling_url=f"{IN_PROCESS}/v1/get_result?id=nope", model="flux-2-klein-4b", submitted_at=0)
+    async with in_process() as client:
         with pytest.raises(TaskNotFoundError):
             await client.resume(task)
 
@@ -363,15 +377,17 @@ async def test_polling_learns_durations_and_uses_progress(server_factory: Any) -
     assert client.durations.expected("flux-2-klein-4b@0.0") == pytest.approx(0.5, abs=0.15)
 
 
-async def test_keys_are_checked_when_the_server_requires_them(server_factory: Any) -> None:
-    server = server_factory(api_keys=frozenset({"good-key"}))
-    async with AsyncFluxClient(None, server.url) as client:
-        with pytest.raises(AuthError):
+async def test_keys_are_checked_when_the_server_requires_them() -> None:
+    keys = frozenset({"good-key"})
+    async with in_process(None, api_keys=keys) as client:
+        with pytest.raises(AuthError) as missing:
             await client.generate(FluxRequest("x", seed=1, width=64, height=64))
-    async with AsyncFluxClient("wrong", server.url) as client:
-        with pytest.raises(AuthError):
+    assert missing.value.status == 401 and missing.value.answer == {"detail": "missing x-key header"}
+    async with in_process("wrong", api_keys=keys) as client:
+        with pytest.raises(AuthError) as wrong:
             await client.generate(FluxRequest("x", seed=1, width=64, height=64))
-    async with AsyncFluxClient("good-key", server.url) as client:
+    assert wrong.value.status == 403
+    async with in_process("good-key", api_keys=keys) as client:
         assert (await client.generate(FluxRequest("x", seed=1, width=64, height=64))).width == 64
         assert await client.credits() > 0
 
@@ -388,7 +404,35 @@ async def test_the_key_never_follows_a_polling_url_to_a_foreign_host(server_fact
 
 def test_regional_bfl_polling_hosts_get_the_key_and_others_do_not() -> None:
     auth = ApiKey("k", "https://api.bfl.ai")
-    assert auth.sends_to("api.bfl.ai") and auth.sends_to("api.eu2.bfl.ai")
-    assert not auth.sends_to("bfl.ai.example.com") and not auth.sends_to("evil.example")
+    assert auth.sends_to("https://api.bfl.ai/v1/get_result") and auth.sends_to("https://api.eu2.bfl.ai/v1/x")
+    assert not auth.sends_to("https://bfl.ai.example.com/") and not auth.sends_to("https://evil.example/")
+    assert not auth.sends_to("http://api.eu2.bfl.ai/v1/x")  # plain http: never, not even to a BFL host
     local = ApiKey("k", "http://127.0.0.1:8800")
-    assert local.sends_to("127.0.0.1") and not local.sends_to("localhost") and not local.sends_to("api.bfl.ai")
+    assert local.sends_to("http://127.0.0.1:8800/v1/x")
+    assert not local.sends_to("http://localhost:8800/") and not local.sends_to("https://api.bfl.ai/")
+
+
+def test_errors_and_client_messages_speak_no_front_end() -> None:
+    root = Path(__file__).resolve().parent.parent / "flux_nb"
+    sources = [root / "errors.py", *sorted((root / "http").glob("*.py"))]
+    for path in sources:
+        text = path.read_text()
+        for words in ("%flux", "Flux.", "run the cell", "flux.resume"):
+            assert words not in text, f"{path.name} speaks of {words!r}"
+
+
+def test_an_http_error_carries_its_status_and_a_short_answer() -> None:
+    from flux_nb.http.answers import Answer, error_for_answer
+
+    long = {"detail": "x" * 5000, "echo": "key-123"}
+    error = error_for_answer(
+        Answer(
+            429,
+            __import__("json").dumps(long).encode(),
+            httpx.URL("http://h/v1/x"),
+            scrub=lambda t: t.replace("key-123", "***"),
+        )
+    )
+    assert isinstance(error, RateLimitError) and error.status == 429
+    assert isinstance(error.answer, str) and len(error.answer) <= 300 and "key-123" not in str(error.answer)
+    assert FluxTimeout("late").status is None and FluxTimeout("late").answer is None

@@ -174,3 +174,101 @@ def test_the_serve_command_never_logs_the_key() -> None:
     assert '"POST /v1/flux-2-klein-4b HTTP/1.1" 403' in logged, logged  # the access log was on
     assert '"GET /v1/credits HTTP/1.1" 403' in logged and "/delivery/" in logged, logged
     assert KEY not in logged
+
+
+XMODES = ["Plain", "Context", "Verbose", "Minimal"]
+
+
+def client_errors() -> list[BaseException]:
+    """Errors raised from inside the client, each with a traceback through its frames."""
+    from flux_nb.server import ServerConfig, create_app
+
+    async def collect() -> list[BaseException]:
+        keyed = httpx.ASGITransport(create_app(ServerConfig(api_keys=frozenset({f"{KEY}-other"}))))
+
+        def broken(request: httpx.Request) -> httpx.Response:
+            raise RuntimeError("the transport broke")
+
+        attempts = [
+            lambda: AsyncFluxClient(f"{KEY} é", "http://127.0.0.1:9"),  # a key no header can carry
+            lambda: AsyncFluxClient(KEY, "http://10.1.2.3:8800"),  # plain http beyond loopback
+        ]
+        caught: list[BaseException] = []
+        for make in attempts:
+            try:
+                make()
+            except FluxError as exc:
+                caught.append(exc)
+        for url, transport in (
+            ("http://127.0.0.1:8800", keyed),  # the server refuses the key
+            ("http://127.0.0.1:9", None),  # nobody listens: a transport error after retries
+            ("http://127.0.0.1:8800", httpx.MockTransport(broken)),  # a raw exception through httpx
+        ):
+            async with AsyncFluxClient(KEY, url, transport=transport, retry=RetryPolicy(attempts=1)) as client:
+                try:
+                    await client.generate(FluxRequest("x", seed=1, width=64, height=64))
+                except Exception as exc:
+                    caught.append(exc)
+        return caught
+
+    import asyncio
+
+    return asyncio.run(collect())
+
+
+def test_tracebacks_from_the_client_never_show_the_key_in_any_xmode() -> None:
+    from IPython.core.ultratb import FormattedTB, VerboseTB
+
+    errors = client_errors()
+    assert [type(e).__name__ for e in errors] == [
+        "ValidationError",
+        "ValidationError",
+        "AuthError",
+        "TransportError",
+        "RuntimeError",
+    ]
+    texts = []
+    for error in errors:
+        tb = error.__traceback__
+        while tb is not None and "/flux_nb/" not in tb.tb_frame.f_code.co_filename:
+            tb = tb.tb_next  # the test's own frames hold the key on purpose: start at the library's
+        info = (type(error), error, tb)
+        for mode in XMODES:
+            for include_vars in (False, True):
+                formatter = FormattedTB(mode=mode, theme_name="nocolor", include_vars=include_vars)
+                texts.append(formatter.stb2text(formatter.structured_traceback(*info)))
+        verbose = VerboseTB(theme_name="nocolor", include_vars=True)
+        texts.append(verbose.stb2text(verbose.structured_traceback(*info)))
+    assert any("client.py" in t and "self = " in t for t in texts)  # the frames and their variables were shown
+    for text in texts:
+        assert KEY not in text
+
+
+def test_the_http_client_imports_without_pandas_traitlets_widgets_or_pil(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # flux_nb/__init__.py imports the notebook layer; load the http package beneath it on its own.
+    code = (
+        "import sys, types\n"
+        f"pkg = types.ModuleType('flux_nb'); pkg.__path__ = [{str(ROOT / 'flux_nb')!r}]\n"
+        "sys.modules['flux_nb'] = pkg\n"
+        "import flux_nb.http.client\n"
+        "heavy = ('pandas', 'traitlets', 'ipywidgets', 'IPython', 'PIL')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+async def test_an_answer_echoing_the_key_is_masked_in_the_error_and_its_answer() -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"detail": f"invalid key {request.headers['x-key']}"})
+
+    transport = httpx.MockTransport(echo)
+    async with AsyncFluxClient(KEY, "http://127.0.0.1:8800", transport=transport) as client:
+        with pytest.raises(FluxError) as caught:
+            await client.generate(FluxRequest("x", seed=1, width=64, height=64))
+    error = caught.value
+    assert error.status == 403 and error.answer == {"detail": "invalid key ***"}
+    assert KEY not in str(error) and KEY not in library_frames(error)

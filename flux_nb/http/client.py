@@ -2,18 +2,17 @@
 
 The same client talks to the BFL cloud and to flux_nb's local server. It keeps at most
 ``max_active`` tasks in flight (the API's per-key limit), retries what is safe to retry
-(429, 5xx, requests that never reached the server) with backoff and jitter, and never
-resends a submit whose outcome is unknown: the API has no idempotency key.
+under one policy (``http/retry.py``, decided per exchange in ``http/exchange.py``), reads
+every answer within a byte cap and a deadline (``http/bodies.py``), and never resends a
+submit whose outcome is unknown: the API has no idempotency key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -27,21 +26,34 @@ from flux_nb.errors import (
     UnknownOutcomeError,
     ValidationError,
 )
-from flux_nb.http.answers import error_for_response, error_for_status, retry_after
-from flux_nb.http.polling import DurationModel, PollPlan
-from flux_nb.images import decode_output
-from flux_nb.protocol import (
-    BFL_HOSTS,
-    KEY_HEADER,
-    MAX_ACTIVE_TASKS,
-    FluxRequest,
-    Status,
-    is_bfl_hostname,
-    parse_status,
+from flux_nb.http.answers import (
+    Answer,
+    engine_of,
+    error_for_answer,
+    error_for_status,
+    number_or_none,
+    progress_of,
+    result_field,
+    seed_of,
+    status_of,
+    task_id_of,
+    url_or_none,
 )
+from flux_nb.http.auth import ApiKey, Secret, is_loopback
+from flux_nb.http.bodies import BodyLimits
+from flux_nb.http.exchange import Call, exchange
+from flux_nb.http.polling import DurationModel, PollPlan
+from flux_nb.http.retry import RetryPolicy, Transient
+from flux_nb.http.tasks import (
+    ProgressCallback,
+    SendingCallback,
+    SubmittedCallback,
+    Task,
+    TaskResult,
+    maybe_await,
+)
+from flux_nb.protocol import BFL_HOSTS, MAX_ACTIVE_TASKS, FluxRequest, Status
 
-# Faults where the request cannot have reached the server: always safe to retry.
-NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=None)
 # Times an expired delivery URL is answered by asking the task for its result again.
 DELIVERY_REPOLLS = 2
@@ -49,97 +61,15 @@ DELIVERY_REPOLLS = 2
 IDLE_CONNECTIONS = 8
 # Below uvicorn's 5 s keep-alive, so an idle pooled connection is dropped by us first.
 KEEPALIVE_EXPIRY = 4.0
-
-
-class ApiKey(httpx.Auth):
-    """Adds the ``x-key`` header, to the API's own host only; holds the key so that no repr or traceback shows it.
-
-    A polling URL on another host gets the key only when both are BFL hosts (regional polling
-    hosts): a server that hands out a foreign polling URL never learns the key.
-    """
-
-    def __init__(self, key: str | None, base_url: str = "") -> None:
-        self._key = key
-        self._host = httpx.URL(base_url).host if base_url else ""
-
-    def sends_to(self, host: str) -> bool:
-        """True when a request to ``host`` carries the key."""
-        return host == self._host or (is_bfl_hostname(host) and is_bfl_hostname(self._host))
-
-    def __repr__(self) -> str:
-        return "ApiKey(***)" if self._key else "ApiKey(None)"
-
-    @property
-    def present(self) -> bool:
-        return bool(self._key)
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        if self._key and self.sends_to(request.url.host):
-            request.headers[KEY_HEADER] = self._key
-        yield request
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter, honouring ``Retry-After``."""
-
-    attempts: int = 6
-    rate_limit_attempts: int = 40  # submits only: a poll answered 429 is repeated until the task's deadline
-    base_delay: float = 0.25
-    max_delay: float = 10.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
-        return max(backoff, retry_after) if retry_after is not None else backoff
-
-
-@dataclass
-class Task:
-    """A task the API accepted: what is needed to poll it later, even from another process."""
-
-    id: str
-    polling_url: str
-    model: str
-    submitted_at: float
-    cost: float | None = None
-    input_mp: float | None = None
-    output_mp: float | None = None
-
-
-@dataclass
-class TaskResult:
-    """A finished task with its downloaded image bytes and all its metadata."""
-
-    task: Task
-    image: bytes
-    width: int
-    height: int
-    format: str
-    seed: int | None
-    ready_at: float
-    finished_at: float
-    polls: int
-    engine: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def duration(self) -> float:
-        """Seconds from submit to image in hand."""
-        return self.finished_at - self.task.submitted_at
-
-
-ProgressCallback = Callable[[Task, str, float | None], Awaitable[None] | None]
-SubmittedCallback = Callable[[Task], Awaitable[None] | None]
-SendingCallback = Callable[[], Awaitable[None] | None]
-
-
-async def _maybe_await(value: Awaitable[None] | None) -> None:
-    if value is not None:
-        await value
+# Longest sleep between polls that keep failing, while the task's deadline allows.
+FAILED_POLL_PAUSE = 10.0
 
 
 class AsyncFluxClient:
     """An async FLUX.2 client for the BFL cloud or any server speaking its protocol.
+
+    ``transport`` replaces the network (e.g. ``httpx.ASGITransport(app)`` in tests); ``limits``
+    bounds what is read from answers and for how long.
 
     >>> async with AsyncFluxClient(api_key, "http://127.0.0.1:8800") as client:  # doctest: +SKIP
     ...     result = await client.generate(FluxRequest("a red fox", seed=1))
@@ -147,7 +77,7 @@ class AsyncFluxClient:
 
     def __init__(
         self,
-        api_key: str | None = None,
+        api_key: str | Secret | None = None,
         base_url: str = BFL_HOSTS["global"],
         *,
         max_active: int = MAX_ACTIVE_TASKS,
@@ -155,13 +85,22 @@ class AsyncFluxClient:
         task_timeout: float = 600.0,
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        limits: BodyLimits | None = None,
     ) -> None:
+        api_key = Secret.of(api_key)  # from here on no local or attribute holds the key in the clear
         if max_active < 1:
             raise ValidationError(f"max_active must be at least 1, got {max_active}")
         self.base_url = base_url.rstrip("/")
+        base = httpx.URL(self.base_url)
+        if api_key and base.scheme == "http" and not is_loopback(base.host):
+            raise ValidationError(
+                f"base_url {self.base_url!r} is plain http to another machine: the API key is sent only over "
+                "https (or to this machine); use an https URL"
+            )
         self.max_active = max_active
         self.task_timeout = task_timeout
         self.retry = retry or RetryPolicy()
+        self.limits = limits or BodyLimits()
         self.durations = DurationModel()
         self._auth = ApiKey(api_key, self.base_url)
         self._slots = asyncio.Semaphore(max_active)
@@ -209,9 +148,9 @@ class AsyncFluxClient:
         """
         request.validate()
         async with self.active_slot():
-            await _maybe_await(on_sending() if on_sending else None)
+            await maybe_await(on_sending() if on_sending else None)
             task = await self.submit(request)
-            await _maybe_await(on_submitted(task) if on_submitted else None)
+            await maybe_await(on_submitted(task) if on_submitted else None)
             answer, polls = await self.wait(task, on_progress=on_progress)
         return await self._finish(task, answer, polls, on_progress)
 
@@ -225,10 +164,10 @@ class AsyncFluxClient:
     ) -> TaskResult:
         ready_at = time.time()
         if on_progress:
-            await _maybe_await(on_progress(task, "Downloading", 1.0))
+            await maybe_await(on_progress(task, "Downloading", 1.0))
         for attempt in range(DELIVERY_REPOLLS + 1):
             try:
-                data, image = await self.download(_sample_url(task, answer))
+                data, image = await self.download(_sample_url(task, answer), task)
                 break
             except DeliveryError as exc:
                 # An expired sample URL is not the end of a paid image: ask the task again for one.
@@ -236,20 +175,17 @@ class AsyncFluxClient:
                     raise
                 answer = await self.poll(task)
                 polls += 1
-        details = answer.get("details") or {}
-        result = answer.get("result") or {}
         return TaskResult(
             task=task,
             image=data,
             width=image.width,
             height=image.height,
             format=(image.format or "").lower(),
-            seed=result.get("seed") if isinstance(result, dict) else None,
+            seed=seed_of(answer),
             ready_at=ready_at,
             finished_at=time.time(),
             polls=polls,
-            engine=details.get("engine") if isinstance(details, dict) else None,
-            details=details if isinstance(details, dict) else {},
+            engine=engine_of(answer),
         )
 
     @asynccontextmanager
@@ -260,63 +196,61 @@ class AsyncFluxClient:
 
     # -- protocol steps ----------------------------------------------------------------------
 
+    async def _exchange(self, call: Call) -> Answer:
+        """One JSON exchange, from send to last byte within ``answer_seconds``."""
+        deadline = time.monotonic() + self.limits.answer_seconds
+        return await exchange(self._http, call, deadline=deadline, scrub=self._auth.scrub)
+
     async def submit(self, request: FluxRequest) -> Task:
-        """POST the request; retried only where the API cannot have created a task."""
+        """POST the request; retried only where the API cannot have created a task.
+
+        A 429 waits (``Retry-After`` capped by the policy) within ``task_timeout``, then ends in RateLimitError.
+        """
         request.validate()
-        url = f"{self.base_url}/v1/{request.model}"
-        payload = request.to_payload()
-        failures = rate_limited = 0
-        while True:
-            try:
-                response = await self._http.post(url, json=payload)
-            except NOT_SENT as exc:
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise TransportError(f"could not reach {self.base_url}: {_describe(exc)}") from None
-                await asyncio.sleep(self.retry.delay(failures))
-                continue
-            except httpx.TransportError as exc:
-                raise UnknownOutcomeError(
-                    f"the submit to {self.base_url} was sent but its answer was lost ({_describe(exc)}); "
-                    "it may have created a task"
-                ) from None
-            if response.status_code == 429:
-                rate_limited += 1
-                if rate_limited >= self.retry.rate_limit_attempts:
-                    raise error_for_response(response)
-                await asyncio.sleep(self.retry.delay(min(rate_limited, 5), retry_after(response)))
-                continue
-            if response.status_code >= 500:
-                failures += 1
-                await self._retry_or_raise(failures, response)
-                continue
-            if response.is_error:
-                raise error_for_response(response)
-            return self._task_from_answer(response, request)
+        call = Call(
+            "POST",
+            f"{self.base_url}/v1/{request.model}",
+            f"the submit to {self.base_url}",
+            self.limits.json_bytes,
+            idempotent=False,
+            oversize=UnknownOutcomeError,
+            json=request.to_payload(),
+        )
+        deadline = time.monotonic() + self.task_timeout
+        answer = await self.retry.run(
+            lambda: self._exchange(call),
+            deadline=deadline,
+            rate_limit_attempts=self.retry.rate_limit_attempts,
+        )
+        if answer.is_error:
+            raise error_for_answer(answer)
+        return self._task_from_answer(answer, request)
 
-    async def _retry_or_raise(self, failures: int, response: httpx.Response) -> None:
-        """Wait before trying a transient (429/5xx) answer again, or raise its error when out of tries."""
-        if failures >= self.retry.attempts:
-            raise error_for_response(response)
-        await asyncio.sleep(self.retry.delay(failures, retry_after(response)))
-
-    def _task_from_answer(self, response: httpx.Response, request: FluxRequest) -> Task:
+    def _task_from_answer(self, answer: Answer, request: FluxRequest) -> Task:
+        """The Task of a submit answer: the id is required, every other field is taken only when sound."""
         try:
-            body = response.json()
-            task_id = str(body["id"])
-        except (ValueError, KeyError, TypeError):
+            body = answer.json()
+        except ValueError:
+            body = None
+        task_id = task_id_of(body)
+        if task_id is None or not isinstance(body, dict):
             raise UnknownOutcomeError(
-                f"the submit answer from {self.base_url} was not understood: {response.text[:200]!r}"
-            ) from None
-        polling_url = body.get("polling_url") or f"{self.base_url}/v1/get_result?id={task_id}"
+                f"the submit answer from {self.base_url} has no usable task id: {answer.excerpt()!r}",
+                status=answer.status,
+                answer=answer.excerpt(),
+            )
+        polling_url = url_or_none(body.get("polling_url")) or f"{self.base_url}/v1/get_result?id={task_id}"
+        size = (request.width, request.height) if request.width and request.height else None
         return Task(
             id=task_id,
-            polling_url=str(polling_url),
+            polling_url=polling_url,
             model=request.model,
             submitted_at=time.time(),
-            cost=body.get("cost"),
-            input_mp=body.get("input_mp"),
-            output_mp=body.get("output_mp"),
+            cost=number_or_none(body.get("cost")),
+            input_mp=number_or_none(body.get("input_mp")),
+            output_mp=number_or_none(body.get("output_mp")),
+            size=size,
+            output_format=request.output_format,
         )
 
     async def poll(self, task: Task, *, deadline: float | None = None) -> dict[str, Any]:
@@ -326,44 +260,27 @@ class AsyncFluxClient:
         default: ``task_timeout`` from now), then ends in FluxTimeout: the task itself is not lost.
         """
         deadline = time.monotonic() + self.task_timeout if deadline is None else deadline
-        failures = rate_limited = 0
-        while True:
-            try:
-                response = await self._http.get(task.polling_url)
-            except httpx.TransportError as exc:
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise TransportError(f"polling task {task.id} failed: {_describe(exc)}") from None
-                await asyncio.sleep(self.retry.delay(failures))
-                continue
-            if response.status_code == 404:
-                raise TaskNotFoundError(f"task {task.id} is unknown to the API (expired or never created)")
-            if response.status_code == 429:
-                rate_limited += 1
-                await self._wait_out_poll_429(task, response, rate_limited, deadline)
-                continue
-            if response.status_code >= 500:
-                failures += 1
-                await self._retry_or_raise(failures, response)
-                continue
-            if response.is_error:
-                raise error_for_response(response)
-            try:
-                answer = response.json()
-            except ValueError:
-                failures += 1
-                if failures >= self.retry.attempts:
-                    raise TransportError(f"polling task {task.id} returned no JSON") from None
-                await asyncio.sleep(self.retry.delay(failures))
-                continue
-            return answer if isinstance(answer, dict) else {}
+        call = Call("GET", task.polling_url, f"polling task {task.id}", self.limits.json_bytes)
 
-    async def _wait_out_poll_429(self, task: Task, response: httpx.Response, times: int, deadline: float) -> None:
-        """Sleep before polling again after a 429 (backoff, at least ``Retry-After``), or time out at the deadline."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise FluxTimeout(f"task {task.id} could not be polled before its deadline: the API kept answering 429")
-        await asyncio.sleep(min(self.retry.delay(min(times, 5), retry_after(response)), left))
+        async def attempt() -> dict[str, Any]:
+            answer = await self._exchange(call)
+            if answer.status == 404:
+                raise TaskNotFoundError(f"task {task.id} is unknown to the API (expired or never created)", status=404)
+            if answer.is_error:
+                raise error_for_answer(answer)
+            try:
+                body = answer.json()
+            except ValueError:
+                raise Transient(
+                    TransportError(f"polling task {task.id} returned no JSON", status=answer.status)
+                ) from None
+            return body if isinstance(body, dict) else {}
+
+        def timed_out(error: FluxError) -> FluxError:
+            why = "the API kept answering 429" if error.status == 429 else str(error)
+            return FluxTimeout(f"task {task.id} could not be polled before its deadline: {why}", status=error.status)
+
+        return await self.retry.run(attempt, deadline=deadline, on_deadline=timed_out)
 
     async def wait(self, task: Task, *, on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], int]:
         """Poll until the task is Ready (returns the answer and the poll count) or raise why not."""
@@ -378,70 +295,91 @@ class AsyncFluxClient:
             except TransportError:
                 if time.monotonic() >= deadline:
                     raise
-                await asyncio.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+                await asyncio.sleep(min(FAILED_POLL_PAUSE, max(0.0, deadline - time.monotonic())))
                 continue
             elapsed = time.monotonic() - start
-            raw_status = answer.get("status")
-            status = parse_status(raw_status)
+            status, text = status_of(answer)
             if status is Status.READY:
                 self.durations.observe(key, plan.finished_estimate(elapsed), upper_bound=plan.bound_only)
                 return answer, plan.polls + 1
             if status is not Status.PENDING:
                 raise error_for_status(task.id, status, answer)
-            progress = answer.get("progress")
-            progress = float(progress) if isinstance(progress, (int, float)) else None
+            progress = progress_of(answer)
             if on_progress:
-                await _maybe_await(on_progress(task, str(raw_status or "Pending"), progress))
+                await maybe_await(on_progress(task, text, progress))
             if time.monotonic() >= deadline:
                 raise FluxTimeout(f"task {task.id} was not ready after {self.task_timeout:g} s")
             delay = plan.next_delay(elapsed, progress)
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
 
-    async def download(self, url: str, *, attempts: int = 3) -> tuple[bytes, Any]:
-        """Fetch a sample at once (delivery URLs expire) and check it decodes fully."""
-        last: FluxError | None = None
-        for attempt in range(max(attempts, self.retry.attempts)):
+    async def download(self, url: str, task: Task | None = None) -> tuple[bytes, Any]:
+        """Fetch a sample at once (delivery URLs expire), within a byte cap and one deadline, and decode it fully.
+
+        ``task`` (what was asked) sets the byte cap and the expected size; without it only the absolute caps apply.
+        Every fault is retried under the policy; an expired URL (403/404/410) is not.
+        """
+        size, fmt = (task.size, task.output_format) if task else (None, None)
+        limit = self.limits.image_cap(size, fmt)
+        call = Call("GET", url, "downloading the image", limit, oversize=DeliveryError, send_key=False)
+        deadline = time.monotonic() + self.limits.download_seconds
+
+        async def attempt() -> tuple[bytes, Any]:
             try:
-                response = await self._http.get(url, auth=None)
-            except httpx.TransportError as exc:
-                last = DeliveryError(f"downloading the image failed: {_describe(exc)}")
-                await asyncio.sleep(self.retry.delay(attempt))
-                continue
-            if response.status_code in (403, 404, 410):
+                answer = await exchange(self._http, call, deadline=deadline, scrub=self._auth.scrub)
+            except Transient as again:
+                raise Transient(DeliveryError(str(again.error), status=again.error.status)) from None
+            except TransportError as exc:
+                raise DeliveryError(str(exc)) from None
+            if answer.status in (403, 404, 410):
                 raise DeliveryError(
-                    f"the image's delivery URL answered {response.status_code}: it has expired or never existed",
-                    hint="delivery URLs live 10 minutes; generate again (with the same seed)",
+                    f"the image's delivery URL answered {answer.status}: it has expired or never existed",
                     expired=True,
+                    status=answer.status,
+                    answer=answer.excerpt(),
                 )
-            if response.is_error:
-                last = DeliveryError(f"downloading the image failed with HTTP {response.status_code}")
-                await asyncio.sleep(self.retry.delay(attempt, retry_after(response)))
-                continue
+            if answer.is_error:
+                raise Transient(DeliveryError(f"downloading the image failed with HTTP {answer.status}"))
+            checksum = answer.headers.get("content-md5")
             try:
                 # Decoding releases the GIL: off the loop, it does not hold up other tasks' polls.
-                # Storage that sends Content-MD5 (as Azure Blob does) lets damage that still decodes be caught too.
-                checksum = response.headers.get("content-md5")
-                return response.content, await asyncio.to_thread(decode_output, response.content, checksum)
+                return answer.body, await asyncio.to_thread(_decode, answer.body, checksum, size)
             except DeliveryError as exc:
-                last = exc
-                if attempt + 1 >= attempts:
-                    break
-        raise last or DeliveryError("downloading the image failed")
+                raise Transient(exc) from None
+
+        def timed_out(error: FluxError) -> FluxError:
+            return FluxTimeout(f"the image did not arrive within {self.limits.download_seconds:g} s ({error})")
+
+        return await self.retry.run(attempt, deadline=deadline, on_deadline=timed_out)
 
     async def credits(self) -> float:
         """The account's credit balance (also a cheap check that the key works)."""
-        response = await self._http.get(f"{self.base_url}/v1/credits")
-        if response.is_error:
-            raise error_for_response(response)
-        return float(response.json().get("credits", 0.0))
+        call = Call("GET", f"{self.base_url}/v1/credits", "asking for the credits", self.limits.json_bytes)
+        deadline = time.monotonic() + self.limits.answer_seconds
+        answer = await self.retry.run(lambda: self._exchange(call), deadline=deadline)
+        if answer.is_error:
+            raise error_for_answer(answer)
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        credits = number_or_none(body.get("credits")) if isinstance(body, dict) else None
+        if credits is None:
+            raise TransportError(f"the credits answer was not understood: {answer.excerpt()!r}", status=answer.status)
+        return credits
+
+
+def _decode(data: bytes, checksum: str | None, size: tuple[int, int] | None) -> Any:
+    """Decode a delivered image (Pillow is imported here, on first use, not with the client)."""
+    from flux_nb.images import decode_output
+
+    return decode_output(data, checksum, expected_size=size)
 
 
 def _sample_url(task: Task, answer: dict[str, Any]) -> str:
-    result = answer.get("result") or {}
-    sample = result.get("sample") if isinstance(result, dict) else None
-    if not sample or parse_status(answer.get("status")) is not Status.READY:
-        raise DeliveryError(f"task {task.id} is Ready but its answer has no sample URL")
-    return str(sample)
+    sample = url_or_none(result_field(answer, "sample"))
+    if sample is None or status_of(answer)[0] is not Status.READY:
+        raise DeliveryError(f"task {task.id} is Ready but its answer has no usable sample URL")
+    return sample
 
 
 def _duration_key(task: Task) -> str:
@@ -449,9 +387,4 @@ def _duration_key(task: Task) -> str:
     return f"{task.model}@{size}"
 
 
-def _describe(exc: Exception) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-__all__ = ["AsyncFluxClient", "RetryPolicy", "Task", "TaskResult"]
+__all__ = ["ApiKey", "AsyncFluxClient", "BodyLimits", "RetryPolicy", "Secret", "Task", "TaskResult"]
