@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -267,3 +268,18 @@ def test_grid_files_carry_record_ids_and_each_cells_request(store: HistoryStore,
 
 def test_the_request_fields_match_the_history_key_fields() -> None:
     assert set(REQUEST_FIELDS) == set(KEY_FIELDS)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_a_prompt_of_the_longest_kind_still_fits(store: HistoryStore, tmp_path: Path, fmt: str) -> None:
+    record = ready_record(store)
+    long = dataclasses.replace(record, prompt="a fox in the snöw, " * 1684)  # 31,996 characters, the API takes 32,000
+    target = tmp_path / f"long.{fmt}"
+    target.write_bytes(embed_provenance(image_bytes(fmt), long))
+    assert request_from_file(target)["prompt"] == long.prompt  # the full prompt, from the JSON
+    parameters = read_parameters(target)
+    assert parameters is not None and parse_parameters(parameters)["seed"] == record.seed
+    if EXIFTOOL:
+        tags = exiftool(target)
+        assert not any(key.endswith((":Warning", ":Error")) for key in tags), tags
+        assert json.loads(str(tags["XMP-fluxnb:Provenance"]))["request"]["prompt"] == long.prompt

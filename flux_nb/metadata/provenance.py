@@ -35,7 +35,14 @@ import pandas as pd
 
 from flux_nb.errors import ValidationError
 from flux_nb.images import open_image, sha256_hex
-from flux_nb.metadata.containers import exif_comment, read_embedded, write_embedded
+from flux_nb.metadata.containers import (
+    JPEG_SEGMENT_MAX,
+    JPEG_XMP,
+    exif_comment,
+    image_format,
+    read_embedded,
+    write_embedded,
+)
 
 FORMAT = "flux_nb/1"
 REQUEST_FIELDS = (
@@ -46,6 +53,7 @@ LEFT_OUT = frozenset({"owner", "webhook_url", "polling_url", "image_path", "root
 CELL_FIELDS = ("record_id", "x", "y", "status", "image_sha256")
 NAMESPACE = "https://github.com/flux-nb/flux_nb/ns/provenance/1.0/"
 DESCRIPTION_MAX = 300
+COMMENT_PROMPT_MAX = 8000  # of the prompt in EXIF's UserComment (UTF-16: 16 KB)
 # A1111's "Key: value" pairs; a value holding a comma is JSON-quoted.
 _PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _INTS = {"Seed": "seed", "Steps": "steps", "Safety tolerance": "safety_tolerance"}
@@ -189,17 +197,19 @@ def _set_field(fields: dict[str, Any], key: str, value: str) -> None:
         pass  # a setting another tool wrote in its own way: not a request field we can use
 
 
-def xmp_packet(document: Mapping[str, Any]) -> str:
-    """An XMP packet holding the document as JSON (``fluxnb:provenance``), the prompt and the tool."""
-    prompt = str(document.get("request", {}).get("prompt") or document.get("kind", ""))
+def xmp_packet(document: Mapping[str, Any], *, describe: bool = True) -> str:
+    """An XMP packet holding the document as JSON (``fluxnb:provenance``), the tool and (``describe``)
+    the prompt again as ``dc:description``, for tools that show it."""
+    prompt = str(document.get("request", {}).get("prompt") or document.get("kind", "")) if describe else ""
     payload = json.dumps(document, ensure_ascii=False, sort_keys=True)
+    description = f'<rdf:Alt><rdf:li xml:lang="x-default">{escape(prompt)}</rdf:li></rdf:Alt>'
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
         '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
         '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
         f'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:fluxnb="{NAMESPACE}">'
         f"<xmp:CreatorTool>flux_nb {escape(version())}</xmp:CreatorTool>"
-        f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(prompt)}</rdf:li></rdf:Alt></dc:description>'
+        f"{f'<dc:description>{description}</dc:description>' if prompt else ''}"
         f"<fluxnb:provenance>{escape(payload)}</fluxnb:provenance>"
         '</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>'
     )
@@ -222,13 +232,24 @@ def _from_xmp(packet: str) -> str | None:
 def embed(data: bytes, document: Mapping[str, Any]) -> bytes:
     """Image bytes with a provenance document written in (pixels untouched)."""
     payload = json.dumps(document, ensure_ascii=False, sort_keys=True)
-    parameters = parameters_text(document) if document.get("kind") == "image" else ""
+    image = document.get("kind") == "image"
+    parameters = parameters_text(document) if image else ""
     texts = {"flux_nb": payload, **({"parameters": parameters} if parameters else {})}
     described = f"flux_nb {document.get('kind')} {document.get('record_id') or ''}".rstrip()
     prompt = " ".join(str(document.get("request", {}).get("prompt") or "").split())
     description = f"{described}: {prompt}"[:DESCRIPTION_MAX] if prompt else described
-    exif = {"description": description, "comment": parameters or payload, "software": f"flux_nb {version()}"}
-    return write_embedded(data, texts=texts, xmp=xmp_packet(document), exif=exif)
+    # A JPEG segment holds 64 KB: EXIF gets a shortened prompt, XMP drops its second copy if it must.
+    request = document.get("request", {})
+    if image and len(str(request.get("prompt") or "")) > COMMENT_PROMPT_MAX:
+        cut = {**request, "prompt": str(request["prompt"])[:COMMENT_PROMPT_MAX] + "…"}
+        comment = parameters_text({**document, "request": cut})
+    else:
+        comment = parameters or described
+    exif = {"description": description, "comment": comment, "software": f"flux_nb {version()}"}
+    xmp = xmp_packet(document)
+    if image_format(data) == "jpeg" and len(xmp.encode()) > JPEG_SEGMENT_MAX - len(JPEG_XMP):
+        xmp = xmp_packet(document, describe=False)
+    return write_embedded(data, texts=texts, xmp=xmp, exif=exif)
 
 
 def embed_provenance(data: bytes, record: Any) -> bytes:
