@@ -15,7 +15,9 @@ import pytest
 
 from flux_nb.errors import ValidationError
 from flux_nb.export.bundle import export_bundle, open_bundle
+from flux_nb.export.grids import save_grid
 from flux_nb.history.store import HistoryStore
+from flux_nb.metadata import pixel_hash, read_provenance
 from flux_nb.notebook.grid import grid
 from tests.experiments import make_experiment
 
@@ -162,3 +164,25 @@ def test_export_and_open_refuse_bad_input_with_a_clear_error(experiment: History
         open_bundle(bundle, experiment.root)
     with pytest.raises(ValidationError, match="cannot open bundle"):
         open_bundle(tmp_path / "missing.zip", tmp_path / "e")
+
+
+def test_saved_grids_carry_each_cells_record_and_request(experiment: HistoryStore, tmp_path: Path) -> None:
+    frame = experiment.to_frame().iloc[:9]
+    drawn = grid(frame, x="seed", y="prompt", cell=48)
+    plain = drawn.save(tmp_path / "plain.png")  # type: ignore[union-attr]
+    [path] = save_grid(drawn, frame, tmp_path / "grid.png")
+    assert pixel_hash(path) == pixel_hash(plain)
+    document = read_provenance(path)
+    assert document is not None and (document["x"], document["y"]) == ("seed", "prompt")
+    by_id = frame.set_index("record_id")
+    assert sorted(document["record_ids"]) == sorted(frame["record_id"])
+    for cell in document["cells"]:
+        row = by_id.loc[cell["record_id"]]
+        assert (cell["x"], cell["y"]) == (row["seed"], row["prompt"])
+        assert cell["request"]["seed"] == row["seed"] and cell["request"]["width"] == row["width"]
+    pages = save_grid(grid(frame, x="seed", z="prompt", cell=48), frame, tmp_path / "pages.png")
+    assert len(pages) == 3
+    for page in pages:
+        document = read_provenance(page)
+        assert document is not None and document["z"] == "prompt"
+        assert {cell["request"]["prompt"] for cell in document["cells"]} == {document["z_value"]}
