@@ -98,6 +98,8 @@ def column(page: Any, index: int) -> list[str]:
 def test_in_chromium_images_load_and_headers_sort_the_table(
     store: HistoryStore, rated: pd.DataFrame, tmp_path: Path, browser: Any
 ) -> None:
+    seconds = [9.0, 10.0, 100.0, 0.5, 2.0, 30.0, 7.0, 11.0, 1.0, 3.0, 200.0, None]
+    rated = rated.assign(duration_s=pd.array(seconds, dtype="Float64"))
     path = write_report(rated, store.root, tmp_path / "report.html", title="Fox sweep")
     context = browser.new_context(viewport={"width": 1280, "height": 900}, offline=True)
     page = context.new_page()
@@ -118,6 +120,10 @@ def test_in_chromium_images_load_and_headers_sort_the_table(
     assert page.get_attribute(f"table.records th:nth-child({rating + 1})", "aria-sort") == "ascending"
     page.get_by_role("button", name="rating").click()
     assert [int(v) if v else None for v in column(page, rating)] == [5, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, None]
+
+    page.get_by_role("button", name="seconds").click()  # numbers sort as numbers: 9 before 10, 10 before 100
+    expected = ["", "0.5", "1", "2", "3", "7", "9", "10", "11", "30", "100", "200"]
+    assert column(page, headers.index("seconds")) == expected
 
     page.get_by_role("button", name="prompt").click()
     assert column(page, prompt) == sorted(rated["prompt"], key=str.lower)
