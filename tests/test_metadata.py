@@ -283,3 +283,20 @@ def test_a_prompt_of_the_longest_kind_still_fits(store: HistoryStore, tmp_path: 
         tags = exiftool(target)
         assert not any(key.endswith((":Warning", ":Error")) for key in tags), tags
         assert json.loads(str(tags["XMP-fluxnb:Provenance"]))["request"]["prompt"] == long.prompt
+
+
+def test_a_jpeg_keeps_its_own_exif_and_colour_profile(store: HistoryStore) -> None:
+    from PIL import ImageCms
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90
+    exif[0x010F] = "Camera Maker"
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(picture(5, (40, 30)))).save(buffer, "JPEG", exif=exif.tobytes(), icc_profile=icc)
+    written = embed_provenance(buffer.getvalue(), ready_record(store))
+    with Image.open(io.BytesIO(written)) as image:
+        kept = image.getexif()
+        assert kept[0x0112] == 6 and kept[0x010F] == "Camera Maker" and kept[0x010E].startswith("flux_nb image")
+        assert image.info["icc_profile"] == icc
+    assert compressed_pixels(written) == compressed_pixels(buffer.getvalue())
