@@ -186,3 +186,11 @@ def test_saved_grids_carry_each_cells_record_and_request(experiment: HistoryStor
         document = read_provenance(page)
         assert document is not None and document["z"] == "prompt"
         assert {cell["request"]["prompt"] for cell in document["cells"]} == {document["z_value"]}
+
+
+def test_a_history_folder_with_an_awkward_name_exports(tmp_path: Path) -> None:
+    store = make_experiment(tmp_path / "my history #1?x=%20", count=3, failed=0)
+    bundle = export_bundle(store.to_frame(), store.root, tmp_path / "odd.zip")
+    opened = HistoryStore(open_bundle(bundle, tmp_path / "back again #2")).to_frame()
+    assert list(opened["record_id"]) == list(store.to_frame()["record_id"])
+    assert all(Path(p).is_file() for p in opened["image_path"])

@@ -62,7 +62,7 @@ def _copy_records(source: Path, target: Path, ids: list[str]) -> list[str]:
     """Copy the history's ``records`` rows for ``ids`` into a new SQLite file; returns ids not found."""
     if not source.is_file():
         raise ValidationError(f"history_dir has no {DATABASE}: {str(source.parent)!r} is not a history folder")
-    db = sqlite3.connect(target)
+    db = sqlite3.connect(target.as_uri(), uri=True)  # URI names on: the ATTACH below opens the history read-only
     try:
         db.execute("ATTACH DATABASE ? AS src", (f"{source.as_uri()}?mode=ro",))
         (schema,) = db.execute("SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = 'records'").fetchone()
@@ -145,8 +145,18 @@ def export_bundle(frame: pd.DataFrame, history_dir: str | os.PathLike[str], path
 
 
 def _write_zip(target: Path, members: dict[str, bytes | Path], ids: list[str]) -> None:
-    files: dict[str, dict[str, Any]] = {}
+    """Write the zip under a temporary name, then move it into place (no half-written bundle)."""
     temp = target.with_name(f".{target.name}.tmp")
+    try:
+        _fill_zip(temp, members, ids)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    temp.replace(target)
+
+
+def _fill_zip(temp: Path, members: dict[str, bytes | Path], ids: list[str]) -> None:
+    files: dict[str, dict[str, Any]] = {}
     with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         for name, content in members.items():
             data = content.read_bytes() if isinstance(content, Path) else content
@@ -162,7 +172,6 @@ def _write_zip(target: Path, members: dict[str, bytes | Path], ids: list[str]) -
             "files": files,
         }
         archive.writestr(MANIFEST, json.dumps(manifest, indent=2))
-    temp.replace(target)
 
 
 def _safe_name(info: zipfile.ZipInfo) -> PurePosixPath:
@@ -187,7 +196,7 @@ def open_bundle(path_zip: str | os.PathLike[str], into_dir: str | os.PathLike[st
     The folder is then a history folder: ``HistoryStore(folder).to_frame()`` has the rows.
     """
     into = Path(into_dir).expanduser().resolve()
-    if into.exists() and any(into.iterdir()):
+    if into.exists() and (not into.is_dir() or any(into.iterdir())):
         raise ValidationError(f"into_dir {str(into)!r} is not empty; open the bundle into a new folder")
     try:
         archive = zipfile.ZipFile(Path(path_zip).expanduser())
