@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "flux_nb.protocol": 1,
     "flux_nb.images": 2,
     "flux_nb.fonts": 2,
+    "flux_nb.metadata": 2,
     "flux_nb.http": 3,
     "flux_nb.history": 3,
     "flux_nb.server": 3,
@@ -26,6 +27,7 @@ LAYERS: dict[str, int] = {
     "flux_nb.session": 5,
     "flux_nb.notebook": 6,
     "flux_nb.integrations": 6,
+    "flux_nb.export": 6,
     "flux_nb.cli": 7,
     "flux_nb.__main__": 8,
     "flux_nb": 8,  # the public surface: the one place that wires the layers together

@@ -1,0 +1,363 @@
+"""A request's provenance written into its image file, and read back from files we or other tools wrote.
+
+The history keeps the API's bytes untouched (files are named by the SHA-256 of those bytes). An
+exported copy is those bytes plus metadata, with no pixel re-encoded: ``pixel_hash`` is the same
+for both. What goes in:
+
+- PNG: ``iTXt`` ``parameters`` (A1111 style: the prompt, then ``Steps: 4, Seed: 42, Size: 1024x768,
+  Model: ...``), ``iTXt`` ``flux_nb`` (the JSON below) and the XMP packet as ``iTXt`` ``XML:com.adobe.xmp``.
+- JPEG and WebP: the XMP packet (the JSON in ``fluxnb:provenance``), and EXIF with a short
+  ``ImageDescription`` and the ``parameters`` text as ``UserComment`` (where A1111 puts it).
+
+The JSON: ``{"format": "flux_nb/1", "kind": "image", "flux_nb": <version>, "record_id": ...,
+"request": {prompt, model, seed, width, height, safety_tolerance, output_format, steps, guidance,
+input_hashes}, "record": {backend, task_id, cost, status, times as ISO 8601, ...}}``. Machine-local or
+possibly secret fields (the owner process, webhook and polling URLs, local paths) are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.metadata
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
+
+import numpy as np
+import pandas as pd
+
+from flux_nb.errors import ValidationError
+from flux_nb.images import open_image, sha256_hex
+from flux_nb.metadata.containers import (
+    JPEG_SEGMENT_MAX,
+    JPEG_XMP,
+    exif_comment,
+    image_format,
+    read_embedded,
+    write_embedded,
+)
+
+FORMAT = "flux_nb/1"
+REQUEST_FIELDS = (
+    *("prompt", "model", "seed", "width", "height"),
+    *("safety_tolerance", "output_format", "steps", "guidance"),
+)
+LEFT_OUT = frozenset({"owner", "webhook_url", "polling_url", "image_path", "root", "image_file"})
+CELL_FIELDS = ("record_id", "x", "y", "status", "image_sha256")
+NAMESPACE = "https://github.com/flux-nb/flux_nb/ns/provenance/1.0/"
+DESCRIPTION_MAX = 300
+COMMENT_PROMPT_MAX = 8000  # of the prompt in EXIF's UserComment (UTF-16: 16 KB)
+# A1111's "Key: value" pairs; a value holding a comma is JSON-quoted.
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_INTS = {"Seed": "seed", "Steps": "steps", "Safety tolerance": "safety_tolerance"}
+
+Source = str | Path | bytes
+
+
+@functools.cache
+def version() -> str:
+    """The installed flux_nb version ("unknown" when running from a bare source tree)."""
+    try:
+        return importlib.metadata.version("flux-nb")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _plain(value: Any, *, time: bool = False) -> Any:
+    """A JSON value: NA and NaN become None, NumPy scalars Python ones, times ISO 8601 (UTC)."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in value]
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if time and isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, UTC).isoformat()
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _as_mapping(values: Any) -> dict[str, Any]:
+    """A record (any dataclass), a DataFrame row or a dict, as a dict."""
+    if dataclasses.is_dataclass(values) and not isinstance(values, type):
+        return {f.name: getattr(values, f.name) for f in dataclasses.fields(values)}
+    if isinstance(values, (Mapping, pd.Series)):
+        return {str(k): v for k, v in values.items()}
+    raise ValidationError(f"provenance comes from a history record or row, not a {type(values).__name__}")
+
+
+def _request(values: dict[str, Any]) -> dict[str, Any]:
+    request = {name: _plain(values.get(name)) for name in REQUEST_FIELDS}
+    request["input_hashes"] = _plain(values.get("input_hashes")) or []
+    return request
+
+
+def provenance(record: Any) -> dict[str, Any]:
+    """The provenance document of a history record (a ``Record``, a history DataFrame row or a dict)."""
+    values = _as_mapping(record)
+    rest = {k: v for k, v in values.items() if k not in (*REQUEST_FIELDS, "input_hashes", "record_id")}
+    details = {k: _plain(v, time=k.endswith("_at")) for k, v in rest.items() if k not in LEFT_OUT}
+    if details.get("notebook"):
+        details["notebook"] = Path(str(details["notebook"])).name  # the name, not where it lives
+    return {
+        "format": FORMAT,
+        "kind": "image",
+        "flux_nb": version(),
+        "record_id": _plain(values.get("record_id")),
+        "request": _request(values),
+        "record": details,
+    }
+
+
+def _quoted(value: Any) -> str:
+    text = _label(value)
+    return json.dumps(text) if any(c in text for c in ',"\n:') else text
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def parameters_text(document: Mapping[str, Any]) -> str:
+    """A provenance document as A1111-style ``parameters``: the prompt, then one line of settings."""
+    request, record = document.get("request", {}), document.get("record", {})
+    width = request.get("width") or record.get("out_width")
+    height = request.get("height") or record.get("out_height")
+    pairs = {
+        "Steps": request.get("steps"),
+        "Seed": request.get("seed") if request.get("seed") is not None else record.get("result_seed"),
+        "Size": f"{width}x{height}" if width and height else None,
+        "Model": request.get("model"),
+        "CFG scale": request.get("guidance"),
+        "Safety tolerance": request.get("safety_tolerance"),
+        "Output format": request.get("output_format"),
+        "Backend": record.get("backend"),
+        "Record": document.get("record_id"),
+        "Version": f"flux_nb {document.get('flux_nb', version())}",
+    }
+    settings = ", ".join(f"{key}: {_quoted(value)}" for key, value in pairs.items() if value is not None)
+    return f"{request.get('prompt') or ''}\n{settings}"
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """Request fields from A1111-style ``parameters`` text (ours or another tool's).
+
+    Reads the prompt (the negative prompt is dropped), ``Seed``, ``Size``, ``Model``, ``Steps``,
+    ``CFG scale`` (as guidance), ``Safety tolerance`` and ``Output format``; other settings are ignored.
+
+    >>> parse_parameters("a cat\\nSteps: 4, Seed: 42, Size: 512x768, Model: flux-2-klein-4b")["height"]
+    768
+    """
+    lines = text.strip().replace("\r\n", "\n").split("\n")
+    settings = lines[-1] if len(_PARAM.findall(lines[-1])) >= 3 else ""  # A1111's own test for the line
+    if settings:
+        lines = lines[:-1]
+    prompt: list[str] = []
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            break
+        prompt.append(line)
+    fields: dict[str, Any] = {"prompt": "\n".join(prompt).strip()}
+    for key, raw in _PARAM.findall(settings):
+        value = raw.strip()
+        if value.startswith('"') and value.endswith('"'):
+            value = json.loads(value)
+        _set_field(fields, key.strip(), value)
+    return fields
+
+
+def _set_field(fields: dict[str, Any], key: str, value: str) -> None:
+    try:
+        if key in _INTS:
+            fields[_INTS[key]] = int(value)
+        elif key == "Size":
+            width, _, height = value.lower().partition("x")
+            fields["width"], fields["height"] = int(width), int(height)
+        elif key == "CFG scale":
+            fields["guidance"] = float(value)
+        elif key == "Model":
+            fields["model"] = value
+        elif key == "Output format":
+            fields["output_format"] = value
+    except ValueError:
+        pass  # a setting another tool wrote in its own way: not a request field we can use
+
+
+def xmp_packet(document: Mapping[str, Any], *, describe: bool = True) -> str:
+    """An XMP packet holding the document as JSON (``fluxnb:provenance``), the tool and (``describe``)
+    the prompt again as ``dc:description``, for tools that show it."""
+    prompt = str(document.get("request", {}).get("prompt") or document.get("kind", "")) if describe else ""
+    payload = json.dumps(document, ensure_ascii=False, sort_keys=True)
+    description = f'<rdf:Alt><rdf:li xml:lang="x-default">{escape(prompt)}</rdf:li></rdf:Alt>'
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+        f'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:fluxnb="{NAMESPACE}">'
+        f"<xmp:CreatorTool>flux_nb {escape(version())}</xmp:CreatorTool>"
+        f"{f'<dc:description>{description}</dc:description>' if prompt else ''}"
+        f"<fluxnb:provenance>{escape(payload)}</fluxnb:provenance>"
+        '</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>'
+    )
+
+
+def _from_xmp(packet: str) -> str | None:
+    if "<!DOCTYPE" in packet or "<!ENTITY" in packet:
+        return None  # we never write these; refusing them keeps entity expansion out
+    start, end = packet.find("<x:xmpmeta"), packet.rfind("</x:xmpmeta>")
+    if start < 0 or end < 0:
+        return None
+    try:
+        root = ElementTree.fromstring(packet[start : end + len("</x:xmpmeta>")])
+    except ElementTree.ParseError:
+        return None
+    found = root.find(f".//{{{NAMESPACE}}}provenance")
+    return found.text if found is not None else None
+
+
+def embed(data: bytes, document: Mapping[str, Any]) -> bytes:
+    """Image bytes with a provenance document written in (pixels untouched)."""
+    payload = json.dumps(document, ensure_ascii=False, sort_keys=True)
+    image = document.get("kind") == "image"
+    parameters = parameters_text(document) if image else ""
+    texts = {"flux_nb": payload, **({"parameters": parameters} if parameters else {})}
+    described = f"flux_nb {document.get('kind')} {document.get('record_id') or ''}".rstrip()
+    prompt = " ".join(str(document.get("request", {}).get("prompt") or "").split())
+    description = f"{described}: {prompt}"[:DESCRIPTION_MAX] if prompt else described
+    # A JPEG segment holds 64 KB: EXIF gets a shortened prompt, XMP drops its second copy if it must.
+    request = document.get("request", {})
+    if image and len(str(request.get("prompt") or "")) > COMMENT_PROMPT_MAX:
+        cut = {**request, "prompt": str(request["prompt"])[:COMMENT_PROMPT_MAX] + "…"}
+        comment = parameters_text({**document, "request": cut})
+    else:
+        comment = parameters or described
+    exif = {"description": description, "comment": comment, "software": f"flux_nb {version()}"}
+    xmp = xmp_packet(document)
+    if image_format(data) == "jpeg" and len(xmp.encode()) > JPEG_SEGMENT_MAX - len(JPEG_XMP):
+        xmp = xmp_packet(document, describe=False)
+    return write_embedded(data, texts=texts, xmp=xmp, exif=exif)
+
+
+def embed_provenance(data: bytes, record: Any) -> bytes:
+    """Image bytes (PNG, JPEG or WebP) with a record's provenance written in, pixels untouched.
+
+    >>> Path("cat.png").write_bytes(embed_provenance(record.image_file.read_bytes(), record))  # doctest: +SKIP
+    """
+    return embed(data, provenance(record))
+
+
+def _read_bytes(source: Source) -> tuple[bytes, str]:
+    if isinstance(source, bytes):
+        return source, "the image bytes"
+    path = Path(source).expanduser()
+    try:
+        return path.read_bytes(), str(path)
+    except OSError as exc:
+        raise ValidationError(f"cannot read image file {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def _write_bytes(target: str | Path, data: bytes) -> Path:
+    path = Path(target).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_bytes(data)
+    temp.replace(path)
+    return path
+
+
+def save_with_provenance(source: Source, record: Any, target: str | Path) -> Path:
+    """Copy an image (bytes or a file) to ``target`` with the record's provenance in it; returns the path."""
+    data, _ = _read_bytes(source)
+    return _write_bytes(target, embed_provenance(data, record))
+
+
+def grid_document(cells: Sequence[Any], **details: Any) -> dict[str, Any]:
+    """The provenance of a grid: its record ids in cell order and each cell's request."""
+    described = []
+    for cell in cells:
+        values = _as_mapping(cell)
+        entry = {k: _plain(values[k]) for k in CELL_FIELDS if k in values}
+        entry["request"] = _request(values)
+        described.append(entry)
+    ids = [cell.get("record_id") for cell in described]
+    return {"format": FORMAT, "kind": "grid", "flux_nb": version(), "record_ids": ids, "cells": described} | {
+        k: _plain(v) for k, v in details.items()
+    }
+
+
+def write_grid_provenance(path: str | Path, cells: Sequence[Any], **details: Any) -> Path:
+    """Write a saved grid's provenance into its file: the record ids and each cell's request.
+
+    ``cells`` are dicts (or history rows) with ``record_id``, the request fields and, optionally,
+    ``x``/``y`` (the cell's axis values); ``details`` (e.g. ``x="seed"``) are stored beside them.
+    """
+    data, _ = _read_bytes(path)
+    return _write_bytes(path, embed(data, grid_document(cells, **details)))
+
+
+def read_provenance(source: Source) -> dict[str, Any] | None:
+    """The flux_nb provenance document a file carries (an image's or a grid's), or None."""
+    data, _ = _read_bytes(source)
+    found = read_embedded(data)
+    payload = found.texts.get("flux_nb") or (_from_xmp(found.xmp) if found.xmp else None)
+    if not payload:
+        return None
+    try:
+        document = json.loads(payload)
+    except json.JSONDecodeError:
+        return None
+    return document if isinstance(document, dict) and str(document.get("format", "")).startswith("flux_nb/") else None
+
+
+def read_parameters(source: Source) -> str | None:
+    """The A1111-style ``parameters`` text a file carries (PNG text chunk, or EXIF UserComment), or None."""
+    data, _ = _read_bytes(source)
+    found = read_embedded(data)
+    return found.texts.get("parameters") or exif_comment(found.exif)
+
+
+def request_from_file(source: Source) -> dict[str, Any]:
+    """The request fields (and reference hashes) that made an image, from its provenance or its parameters.
+
+    Every key of ``REQUEST_FIELDS`` plus ``input_hashes`` is present (None where the file does not say).
+    """
+    data, name = _read_bytes(source)
+    document = read_provenance(data)
+    if document is not None and document.get("kind") == "grid":
+        raise ValidationError(
+            f"{name} is a grid of {len(document.get('cells', []))} images, not one; "
+            "read its cells with read_provenance and pick one"
+        )
+    if document is not None:
+        return {**{k: None for k in REQUEST_FIELDS}, "input_hashes": [], **document.get("request", {})}
+    parameters = read_parameters(data)
+    fields = parse_parameters(parameters) if parameters else {}
+    if not fields.get("prompt"):
+        raise ValidationError(
+            f"{name} carries neither flux_nb provenance nor A1111-style parameters; "
+            "use an image exported by flux_nb or one whose tool wrote its settings"
+        )
+    return {**{k: None for k in REQUEST_FIELDS}, "input_hashes": [], **fields}
+
+
+def pixel_hash(source: Source) -> str:
+    """SHA-256 of the decoded pixels (mode, size, then the raw samples): the same for a file with or
+    without metadata, so an exported copy can be checked against the history's image."""
+    data, name = _read_bytes(source)
+    with open_image(data, name, "the file") as image:
+        head = f"{image.mode} {image.width}x{image.height}\n".encode()
+        return sha256_hex(head + image.tobytes())
