@@ -49,6 +49,10 @@ FOREIGN_TTL_S = 3600.0
 # A waiter looks at the table again after a jittered pause growing from the first to the last figure.
 POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.1
+# ... except the first in line, which looks more often: it is the one a slot freed by another process goes to.
+POLL_HEAD_S = 0.02
+# What ``SlotTable.try_take`` answers when it took the slot (else: how many waiters are ahead).
+TAKEN = -1
 
 T = TypeVar("T")
 
@@ -212,7 +216,8 @@ class SlotTable:
         return _until_unlocked(attempt)
 
     def _look(self, db: sqlite3.Connection, lease: Lease, limit: int) -> _Look:
-        gone = functools.cache(owner_is_gone)  # a dead owner stays dead: one look per owner and call
+        me = lease_owner()
+        gone = functools.cache(lambda owner: owner != me and owner_is_gone(owner))  # one look per owner
         cutoff = time.time() - FOREIGN_TTL_S
         leases = db.execute("SELECT lease_id, owner, acquired_at FROM leases WHERE scope = ?", (lease.scope,))
         waiters = db.execute(
@@ -234,23 +239,26 @@ class SlotTable:
         look.free = len(look.live) + look.ahead < limit
         return look
 
-    def try_take(self, lease: Lease, limit: int) -> bool:
-        """Insert ``lease`` if its scope has a free slot and no live waiter of this host came first.
+    def try_take(self, lease: Lease, limit: int, *, look_first: bool = True) -> int:
+        """Insert ``lease`` if its scope has a free slot and no live waiter of this host came first: TAKEN.
 
-        Otherwise the lease joins the line (once) and False comes back: call again later. Leases and
-        waiters of dead processes are deleted on the way. Looks without the write lock first (in WAL a
-        read never waits for a writer), so waiters on a full table do not queue for the lock.
+        Otherwise the lease joins the line (once) and the number of waiters ahead of it comes back: call
+        again later. Leases and waiters of dead processes are deleted on the way. With ``look_first``, it
+        looks without the write lock first (in WAL a read never waits for a writer), so that waiters on a
+        full table do not queue for the lock; a first try, which writes either way (a lease or a place in
+        line), need not.
         """
-        try:
-            look = self._look(self._db(), lease, limit)
-        except sqlite3.OperationalError as exc:
-            if not _is_lock_error(exc):
-                raise
-            return False
-        if look.in_line and not look.free:
-            return False
+        if look_first:
+            try:
+                look = self._look(self._db(), lease, limit)
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc):
+                    raise
+                return limit
+            if look.in_line and not look.free:
+                return look.ahead
 
-        def work(db: sqlite3.Connection) -> bool:
+        def work(db: sqlite3.Connection) -> int:
             look = self._look(db, lease, limit)
             db.executemany("DELETE FROM leases WHERE lease_id = ?", [(i,) for i in look.stale_leases])
             db.executemany("DELETE FROM waiters WHERE lease_id = ?", [(i,) for i in look.stale_waiters])
@@ -264,7 +272,7 @@ class SlotTable:
                     "INSERT INTO waiters (lease_id, scope, owner, since) VALUES (?, ?, ?, ?)",
                     (lease.lease_id, lease.scope, lease.owner, time.time()),
                 )
-            return look.free
+            return TAKEN if look.free else look.ahead
 
         return self._write(work)
 
@@ -390,12 +398,16 @@ class SharedSlots:
         deadline = None if timeout is None else time.monotonic() + timeout
         lease = Lease(uuid.uuid4().hex, self.scope, lease_owner(), time.time())
         pause = POLL_FIRST_S
-        step: asyncio.Future[bool] | None = None
+        step: asyncio.Future[int] | None = None
         try:
             while True:
                 waker = self.table.waiting_room()  # before looking, so a release during the look wakes us
-                step = asyncio.ensure_future(asyncio.to_thread(self.table.try_take, lease, self.limit))
-                if await asyncio.shield(step):
+                look_first = step is not None  # the first try writes either way: no need to look first
+                step = asyncio.ensure_future(
+                    asyncio.to_thread(self.table.try_take, lease, self.limit, look_first=look_first)
+                )
+                ahead = await asyncio.shield(step)
+                if ahead == TAKEN:
                     self.table._leave_room(waker)
                     return lease
                 left = None if deadline is None else deadline - time.monotonic()
@@ -404,7 +416,7 @@ class SharedSlots:
                     raise FluxTimeout(f"no free slot of {self.limit} active tasks within {timeout:g} s")
                 wait = pause * (0.5 + random.random())
                 await waker.wait(wait if left is None else min(wait, left))
-                pause = min(pause * 2, POLL_MAX_S)
+                pause = min(pause * 2, POLL_HEAD_S if ahead == 0 else POLL_MAX_S)
         except asyncio.CancelledError:
             # The look may still be running in its thread: undo it (lease or place in line) once it ends.
             forget = functools.partial(_forget_in_background, self.table, lease.lease_id)
