@@ -47,8 +47,10 @@ def _owners(folder: Path) -> list[str]:
 # -- children (module level: spawned processes import them) ---------------------------------------
 
 
-def _sweep(folder: str, limit: int, tasks: int, rounds: int, counter: Any, peak: Any, total: Any, lock: Any) -> None:
-    """``tasks`` concurrent tasks each taking a slot ``rounds`` times, counting holders in shared memory."""
+def _sweep(folder: str, limit: int, tasks: int, rounds: int, shared: tuple[Any, ...]) -> None:
+    """After every child is ready, ``tasks`` concurrent tasks each take a slot ``rounds`` times and
+    hold it a moment, counting holders (now, peak, total) in shared memory."""
+    ready, counter, peak, total, lock = shared
 
     async def one() -> None:
         slots = SharedSlots.for_key(KEY, ENDPOINT, limit, Path(folder))
@@ -58,13 +60,15 @@ def _sweep(folder: str, limit: int, tasks: int, rounds: int, counter: Any, peak:
                     counter.value += 1
                     peak.value = max(peak.value, counter.value)
                     total.value += 1
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(0.02)
                 with lock:
                     counter.value -= 1
 
     async def main() -> None:
         await asyncio.gather(*(one() for _ in range(tasks)))
 
+    SharedSlots.for_key(KEY, ENDPOINT, limit, Path(folder)).held()  # the table is open: start together
+    ready.wait()
     asyncio.run(main())
 
 
@@ -108,10 +112,10 @@ def _kill(process: Any) -> None:
 
 
 def test_three_processes_never_hold_more_than_the_limit_together(tmp_path: Path) -> None:
-    limit, tasks, rounds = 4, 4, 15
+    limit, tasks, rounds = 4, 4, 8
     counter, peak, total = SPAWN.Value("i", 0, lock=False), SPAWN.Value("i", 0, lock=False), SPAWN.Value("i", 0)
-    lock = SPAWN.Lock()
-    children = [_start(_sweep, str(tmp_path), limit, tasks, rounds, counter, peak, total, lock) for _ in range(3)]
+    shared = (SPAWN.Barrier(3), counter, peak, total, SPAWN.Lock())
+    children = [_start(_sweep, str(tmp_path), limit, tasks, rounds, shared) for _ in range(3)]
     for child in children:
         child.join(WAIT * 3)
     assert [child.exitcode for child in children] == [0, 0, 0]
