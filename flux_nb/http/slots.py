@@ -6,12 +6,17 @@ keep 24 in flight live on 429s. Each task in flight holds a *lease*, one row in 
 exist for its key and endpoint, in one IMMEDIATE transaction, so the count and the insert are atomic
 across threads and processes.
 
-A lease names its owner as ``host:pid@start`` (the process start time, so a recycled pid is not taken
-for its predecessor). Leases of a process of this host that no longer runs are deleted by whoever
-looks next, so a process killed while holding slots gives them back at the next acquire elsewhere.
-Leases of other hosts (a shared home folder) cannot be checked and expire after ``FOREIGN_TTL_S``.
+Waiting processes stand in one line (the ``waiters`` table), so a slot goes to whoever asked first in
+any process, not to whoever happens to look first: two notebooks sweeping at once share the slots.
+A waiter looks again after a short jittered pause; one of this process's releases wakes it at once.
 
-    <folder>/slots.sqlite    the ``leases`` table: lease_id, scope, owner, acquired_at
+A lease names its owner as ``host:pid@start`` (the process start time, so a recycled pid is not taken
+for its predecessor: the rule of ``flux_nb.history.store.process_owner``, which this layer may not
+import). Leases and waiters of a process of this host that no longer runs are deleted by whoever looks
+next, so a process killed while holding slots gives them back at the next acquire elsewhere. Those of
+other hosts (a shared home folder) cannot be checked and expire after ``FOREIGN_TTL_S``.
+
+    <folder>/slots.sqlite    ``leases`` (lease_id, scope, owner, acquired_at) and ``waiters`` (ticket, ...)
 
 The scope is a truncated SHA-256 of the key and the endpoint: the key itself is never written.
 """
@@ -22,6 +27,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import math
 import os
 import random
 import socket
@@ -81,7 +87,7 @@ def scope_of(api_key: str | None, endpoint: str) -> str:
     return hashlib.sha256(material).hexdigest()[:32]
 
 
-# -- owners (the rule of flux_nb.history.store, which this layer may not import) -------------------
+# -- owners (as flux_nb.history.store names them) -------------------------------------------------
 
 
 def _start_time(pid: int) -> str | None:
@@ -106,9 +112,8 @@ def lease_owner() -> str:
 
 def owner_is_gone(owner: str) -> bool:
     """True when ``owner`` is a process of this host that no longer runs (other hosts: not known, False)."""
-    host, _, process = owner.rpartition(":")
-    pid, _, start = process.partition("@")
-    if host != socket.gethostname() or not pid.isdigit():
+    pid, _, start = owner.rpartition(":")[2].partition("@")
+    if not _is_local(owner) or not pid.isdigit():
         return False
     if start and _start_time(int(pid)) not in (start, None):
         return True  # that pid now belongs to another process
@@ -124,7 +129,8 @@ def owner_is_gone(owner: str) -> bool:
 
 
 def _is_local(owner: str) -> bool:
-    return owner.rpartition(":")[0] == socket.gethostname()
+    """True for an owner whose liveness can be checked: one of this host (not on Windows, where signal 0 is Ctrl-C)."""
+    return os.name != "nt" and owner.rpartition(":")[0] == socket.gethostname()
 
 
 # -- the table -------------------------------------------------------------------------------------
@@ -167,7 +173,7 @@ class SlotTable:
         self.path = self.folder / DATABASE
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._wakers: set[_Waker] = set()
+        self._wakers: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
         self._write(self._create_schema)
 
     def __repr__(self) -> str:
@@ -225,8 +231,10 @@ class SlotTable:
         ).fetchall()
         look = _Look()
         for lease_id, owner, at in leases:
-            stale = gone(owner) if _is_local(owner) else at < cutoff
-            (look.stale_leases if stale else look.live).append(lease_id)
+            if gone(owner) if _is_local(owner) else at < cutoff:
+                look.stale_leases.append(lease_id)
+            else:
+                look.live += 1
         for lease_id, owner, since in waiters:
             if lease_id == lease.lease_id:
                 look.in_line = True
@@ -236,7 +244,7 @@ class SlotTable:
                 look.stale_waiters.append(lease_id)
             elif local:  # another host's waiters are not known to be alive: they do not hold the line
                 look.ahead += 1
-        look.free = len(look.live) + look.ahead < limit
+        look.free = look.live + look.ahead < limit
         return look
 
     def try_take(self, lease: Lease, limit: int, *, look_first: bool = True) -> int:
@@ -296,54 +304,37 @@ class SlotTable:
 
         return _until_unlocked(read)
 
-    # -- waking this process's waiters when one of its leases is given back -----------------------
+    # -- waking this process's waiters when it gives a lease back --------------------------------
 
-    def waiting_room(self) -> _Waker:
-        """Register the running loop's task to be woken by the next lease this process gives back."""
-        waker = _Waker(asyncio.get_running_loop(), asyncio.Event(), self)
+    def waiting_room(self) -> asyncio.Event:
+        """An event that is set (from any thread) when this process next gives a lease back or leaves the line."""
+        event = asyncio.Event()
         with self._lock:
-            self._wakers.add(waker)
-        return waker
+            self._wakers[event] = asyncio.get_running_loop()
+        return event
+
+    def leave_room(self, event: asyncio.Event) -> None:
+        with self._lock:
+            self._wakers.pop(event, None)
 
     def _wake(self) -> None:
         with self._lock:
-            wakers, self._wakers = self._wakers, set()
-        for waker in wakers:
+            wakers, self._wakers = self._wakers, {}
+        for event, loop in wakers.items():
             with contextlib.suppress(RuntimeError):  # its loop has closed
-                waker.loop.call_soon_threadsafe(waker.event.set)
-
-    def _leave_room(self, waker: _Waker) -> None:
-        with self._lock:
-            self._wakers.discard(waker)
+                loop.call_soon_threadsafe(event.set)
 
 
 @dataclass
 class _Look:
     """What a slot table says for one lease, as ``SlotTable._look`` reads it."""
 
-    live: list[str] = field(default_factory=list)
+    live: int = 0
     stale_leases: list[str] = field(default_factory=list)
     stale_waiters: list[str] = field(default_factory=list)
     ahead: int = 0
     in_line: bool = False
     free: bool = False
-
-
-@dataclass(eq=False)
-class _Waker:
-    """One waiting task's event, set from any thread when a lease of this process is given back."""
-
-    loop: asyncio.AbstractEventLoop
-    event: asyncio.Event
-    table: SlotTable
-
-    async def wait(self, seconds: float) -> None:
-        """Until woken or ``seconds`` have passed, whichever comes first."""
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.event.wait(), seconds)
-        finally:
-            self.table._leave_room(self)
 
 
 _TABLES: dict[Path, SlotTable] = {}
@@ -401,21 +392,21 @@ class SharedSlots:
         step: asyncio.Future[int] | None = None
         try:
             while True:
-                waker = self.table.waiting_room()  # before looking, so a release during the look wakes us
-                look_first = step is not None  # the first try writes either way: no need to look first
-                step = asyncio.ensure_future(
-                    asyncio.to_thread(self.table.try_take, lease, self.limit, look_first=look_first)
-                )
-                ahead = await asyncio.shield(step)
-                if ahead == TAKEN:
-                    self.table._leave_room(waker)
-                    return lease
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    self.table._leave_room(waker)
-                    raise FluxTimeout(f"no free slot of {self.limit} active tasks within {timeout:g} s")
-                wait = pause * (0.5 + random.random())
-                await waker.wait(wait if left is None else min(wait, left))
+                woken = self.table.waiting_room()  # before looking, so a release during the look wakes us
+                try:
+                    # The first try writes either way (the lease or a place in line): no need to look first.
+                    call = functools.partial(self.table.try_take, lease, self.limit, look_first=step is not None)
+                    step = asyncio.ensure_future(asyncio.to_thread(call))
+                    ahead = await asyncio.shield(step)
+                    if ahead == TAKEN:
+                        return lease
+                    left = math.inf if deadline is None else deadline - time.monotonic()
+                    if left <= 0:
+                        raise FluxTimeout(f"no free slot of {self.limit} active tasks within {timeout:g} s")
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), min(pause * (0.5 + random.random()), left))
+                finally:
+                    self.table.leave_room(woken)
                 pause = min(pause * 2, POLL_HEAD_S if ahead == 0 else POLL_MAX_S)
         except asyncio.CancelledError:
             # The look may still be running in its thread: undo it (lease or place in line) once it ends.
