@@ -1,6 +1,6 @@
 """Shared slots: what one acquire + release costs, in one process and in three at once.
 
-``python -m bench.shared_slots [--leases N] [--smoke]`` prints microseconds per lease side by side with
+``python -m bench.shared_slots [--leases N] [--smoke] [--json PATH]`` prints microseconds per lease side by side with
 an ``asyncio.Semaphore`` (the per-process limit it adds to) and the JSON of every figure.
 
 - *sequential*: one task acquires and releases ``N`` times, nobody else waits (the cost a submit pays).
@@ -54,25 +54,29 @@ async def _contended(slots: SharedSlots, tasks: int, rounds: int, hold: float) -
     return time.perf_counter() - started
 
 
-def _child(folder: str, mode: str, leases: int, limit: int, start: Any, out: Any) -> None:
-    slots = SharedSlots.for_key(KEY, ENDPOINT, limit, Path(folder))
-    slots.held()  # open the table before the clock starts
-    start.wait()
-    if mode == "sequential":
-        out.put(asyncio.run(_sequential(slots, leases)))
-    else:
-        out.put(asyncio.run(_contended(slots, 8, leases // 8, 0.002)))
+def _child(folder: str, leases: int, contended_leases: int, barrier: Any, out: Any) -> None:
+    """Both three-process figures, each phase started together with the other children."""
+    sequential = SharedSlots.for_key(KEY, ENDPOINT, 24, Path(folder))
+    contended = SharedSlots.for_key(KEY, ENDPOINT + "/contended", 4, Path(folder))
+    sequential.held(), contended.held()  # open the table before the clock starts
+    barrier.wait()
+    out.put(("sequential", asyncio.run(_sequential(sequential, leases))))
+    barrier.wait()
+    out.put(("contended", asyncio.run(_contended(contended, 8, contended_leases // 8, 0.002))))
 
 
-def _three(folder: str, mode: str, leases: int, limit: int) -> float:
-    """Wall seconds for three processes doing ``mode`` at once (the slowest one's own clock)."""
-    start, out = SPAWN.Event(), SPAWN.Queue()
-    children = [SPAWN.Process(target=_child, args=(folder, mode, leases, limit, start, out)) for _ in range(3)]
+def _three(folder: str, leases: int, contended_leases: int) -> dict[str, float]:
+    """Wall seconds of each phase with three processes at once (the slowest one's own clock)."""
+    barrier, out = SPAWN.Barrier(4), SPAWN.Queue()
+    children = [SPAWN.Process(target=_child, args=(folder, leases, contended_leases, barrier, out)) for _ in range(3)]
     for child in children:
         child.start()
-    time.sleep(1.0)  # let all three import and open the table
-    start.set()
-    seconds = max(out.get(timeout=600) for _ in children)
+    seconds: dict[str, float] = {}
+    for _phase in ("sequential", "contended"):
+        barrier.wait(timeout=600)
+        for _ in children:
+            name, took = out.get(timeout=600)
+            seconds[name] = max(seconds.get(name, 0.0), took)
     for child in children:
         child.join(60)
     return seconds
@@ -85,24 +89,23 @@ def run(leases: int = 2000) -> dict[str, Any]:
         asyncio.run(_sequential(slots, 50))  # warm up: the table, the thread pool
         single = asyncio.run(_sequential(slots, leases))
         semaphore = asyncio.run(_semaphore(leases))
-        three = _three(folder, "sequential", leases, 24)
         contended_leases = max(24, leases // 4)
-        contended = _three(folder, "contended", contended_leases, 4)
+        three = _three(folder, leases, contended_leases)
     per = 1e6 / leases
     return {
         "leases": leases,
         "single_us": single * per,
         "semaphore_us": semaphore * per,
         "single_vs_semaphore": single / semaphore,
-        "three_processes_us": three * per,
-        "three_vs_single": three / single,
+        "three_processes_us": three["sequential"] * per,
+        "three_vs_single": three["sequential"] / single,
         "contended": {
             "processes": 3,
             "tasks_each": 8,
             "limit": 4,
             "hold_ms": 2,
             "leases": 3 * (contended_leases // 8) * 8,
-            "leases_per_s": 3 * (contended_leases // 8) * 8 / contended,
+            "leases_per_s": 3 * (contended_leases // 8) * 8 / three["contended"],
             "floor_leases_per_s": 4 / 0.002,
         },
     }
@@ -112,6 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leases", type=int, default=2000)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     results = run(100 if args.smoke else args.leases)
     c = results["contended"]
@@ -125,6 +129,8 @@ def main() -> None:
         f"{c['leases_per_s']:.0f} leases/s (floor {c['floor_leases_per_s']:.0f}/s)"
     )
     print(json.dumps(results, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -345,3 +348,18 @@ def test_owners_name_host_pid_and_start_and_only_dead_local_ones_are_gone() -> N
 def test_a_limit_below_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="at least 1, got 0"):
         SharedSlots.for_key(KEY, ENDPOINT, 0, tmp_path)
+
+
+def test_the_bench_runs_at_tiny_sizes(tmp_path: Path) -> None:
+    target = tmp_path / "slots.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.shared_slots", "--smoke", "--json", str(target)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(target.read_text())
+    assert results["leases"] == 100 and results["contended"]["leases"] == 3 * 24
+    assert "us per lease" in run.stdout

@@ -197,7 +197,7 @@ class SlotTable:
         """This thread's connection (a forked child opens its own: SQLite handles must not cross a fork)."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None or self._local.pid != os.getpid():
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             _until_unlocked(lambda: db.execute("PRAGMA journal_mode = WAL"))
             db.execute("PRAGMA synchronous = NORMAL")  # in WAL: durable at checkpoints, never corrupt
             self._local.db, self._local.pid = db, os.getpid()
