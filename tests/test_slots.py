@@ -258,6 +258,19 @@ def test_release_is_idempotent_and_the_context_managers_give_back(tmp_path: Path
     assert asyncio.run(scenario()) == [0, 1, 2, 0]
 
 
+def test_try_acquire_takes_a_free_slot_or_none_without_joining_the_line(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path)
+
+    async def scenario() -> list[Any]:
+        first, second, third = [await slots.try_acquire() for _ in range(3)]
+        counts = slots.table.count(slots.scope)
+        assert first is not None and second is not None
+        await slots.release(first)
+        return [third, counts, slots.table.count(slots.scope)]
+
+    assert asyncio.run(scenario()) == [None, (2, 0), (1, 0)]
+
+
 def test_a_cancelled_or_timed_out_acquire_leaves_nothing_behind(tmp_path: Path) -> None:
     slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
 

@@ -420,6 +420,13 @@ class SharedSlots:
             await asyncio.to_thread(self.table.forget, lease.lease_id)
             raise
 
+    async def try_acquire(self) -> Lease | None:
+        """A slot if one is free now (nobody waiting first), else None, leaving no place in line behind."""
+        try:
+            return await self.acquire(timeout=0)
+        except FluxTimeout:
+            return None
+
     async def release(self, lease: Lease) -> None:
         """Give ``lease`` back; releasing it twice, or after it was reclaimed, is no error.
 
