@@ -350,6 +350,16 @@ def test_the_folder_comes_from_the_argument_then_the_environment_then_the_cache(
     assert (tmp_path / "arg" / DATABASE).exists()
 
 
+def test_a_folder_that_cannot_hold_the_table_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ValidationError, match=r"a-file.*FLUX_NB_SLOTS_DIR"):
+        SharedSlots.for_key(KEY, ENDPOINT, folder=tmp_path / "a-file")
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / DATABASE).write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ValidationError, match="garbage"):
+        SharedSlots.for_key(KEY, ENDPOINT, folder=tmp_path / "garbage")
+
+
 def test_owners_name_host_pid_and_start_and_only_dead_local_ones_are_gone() -> None:
     host, _, process = lease_owner().rpartition(":")
     assert host == os.uname().nodename and process.startswith(f"{os.getpid()}@")

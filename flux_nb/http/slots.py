@@ -346,7 +346,13 @@ def slot_table(folder: Path | None = None) -> SlotTable:
     path = Path(folder if folder is not None else default_folder()).expanduser().resolve()
     with _TABLES_LOCK:
         if path not in _TABLES:
-            _TABLES[path] = SlotTable(path)
+            try:
+                _TABLES[path] = SlotTable(path)
+            except (OSError, sqlite3.DatabaseError) as exc:
+                raise ValidationError(
+                    f"slots folder {str(path)!r} cannot hold the slot table ({exc}); "
+                    f"set {FOLDER_ENV} to a writable local folder"
+                ) from None
         return _TABLES[path]
 
 
