@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from flux_nb.errors import FluxTimeout, ValidationError
+from flux_nb.http import slots as slots_module
 from flux_nb.http.slots import (
     DATABASE,
     SharedSlots,
@@ -205,6 +206,29 @@ def test_a_killed_waiter_does_not_hold_up_the_line(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert slots.table.count(slots.scope) == (1, 0)
     assert _owners(tmp_path) == [lease_owner()]
+
+
+def test_a_stopped_waiter_is_passed_by_once_it_stops_looking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slots_module, "STALLED_S", 0.5)  # this process's judgement; the child keeps its own
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+    got = SPAWN.Event()
+    child = _start(_wait_in_line, str(tmp_path), 1, got)
+
+    async def scenario() -> None:
+        lease = await slots.acquire()
+        await asyncio.to_thread(_until, lambda: slots.table.count(slots.scope) == (1, 1))
+        os.kill(child.pid, signal.SIGSTOP)  # alive, first in line, no longer looking
+        mine = asyncio.create_task(slots.acquire())
+        await slots.release(lease)
+        await asyncio.wait_for(mine, WAIT)
+        assert not got.is_set()
+
+    try:
+        asyncio.run(scenario())
+        assert slots.table.count(slots.scope) == (1, 1)  # the stopped child keeps its place for when it wakes
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+        _kill(child)
 
 
 # -- order and giving back --------------------------------------------------------------------------

@@ -8,7 +8,8 @@ across threads and processes.
 
 Waiting processes stand in one line (the ``waiters`` table), so a slot goes to whoever asked first in
 any process, not to whoever happens to look first: two notebooks sweeping at once share the slots.
-A waiter looks again after a short jittered pause; one of this process's releases wakes it at once.
+A waiter looks again after a short jittered pause; one of this process's releases wakes it at once. A
+waiter whose process has not looked for ``STALLED_S`` (stopped, or its event loop blocked) is passed by.
 
 A lease names its owner as ``host:pid@start`` (the process start time, so a recycled pid is not taken
 for its predecessor: the rule of ``flux_nb.history.store.process_owner``, which this layer may not
@@ -57,6 +58,10 @@ POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.1
 # ... except the first in line, which looks more often: it is the one a slot freed by another process goes to.
 POLL_HEAD_S = 0.02
+# A waiter's process says it is still looking this often; one silent for STALLED_S (a stopped process,
+# a blocked event loop) no longer holds up the line behind it, until it looks again.
+HEARTBEAT_S = 1.0
+STALLED_S = 10.0
 # What ``SlotTable.try_take`` answers when it took the slot (else: how many waiters are ahead).
 TAKEN = -1
 
@@ -174,6 +179,7 @@ class SlotTable:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._wakers: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
+        self._heartbeat = 0.0  # time.monotonic() of this process's last "still waiting"
         self._write(self._create_schema)
 
     def __repr__(self) -> str:
@@ -189,7 +195,7 @@ class SlotTable:
         # The line of processes waiting for a slot: first come, first served across processes.
         db.execute(
             "CREATE TABLE IF NOT EXISTS waiters (ticket INTEGER PRIMARY KEY AUTOINCREMENT, lease_id TEXT UNIQUE"
-            " NOT NULL, scope TEXT NOT NULL, owner TEXT NOT NULL, since REAL NOT NULL)"
+            " NOT NULL, scope TEXT NOT NULL, owner TEXT NOT NULL, since REAL NOT NULL, seen REAL NOT NULL)"
         )
         db.execute("CREATE INDEX IF NOT EXISTS waiters_scope ON waiters (scope)")
 
@@ -224,10 +230,13 @@ class SlotTable:
     def _look(self, db: sqlite3.Connection, lease: Lease, limit: int) -> _Look:
         me = lease_owner()
         gone = functools.cache(lambda owner: owner != me and owner_is_gone(owner))  # one look per owner
-        cutoff = time.time() - FOREIGN_TTL_S
-        leases = db.execute("SELECT lease_id, owner, acquired_at FROM leases WHERE scope = ?", (lease.scope,))
+        now = time.time()
+        cutoff = now - FOREIGN_TTL_S
+        leases = db.execute(
+            "SELECT lease_id, owner, acquired_at FROM leases WHERE scope = ?", (lease.scope,)
+        ).fetchall()
         waiters = db.execute(
-            "SELECT lease_id, owner, since FROM waiters WHERE scope = ? ORDER BY ticket", (lease.scope,)
+            "SELECT lease_id, owner, since, seen FROM waiters WHERE scope = ? ORDER BY ticket", (lease.scope,)
         ).fetchall()
         look = _Look()
         for lease_id, owner, at in leases:
@@ -235,14 +244,13 @@ class SlotTable:
                 look.stale_leases.append(lease_id)
             else:
                 look.live += 1
-        for lease_id, owner, since in waiters:
+        for lease_id, owner, since, seen in waiters:
             if lease_id == lease.lease_id:
                 look.in_line = True
                 break
-            local = _is_local(owner)
-            if gone(owner) if local else since < cutoff:
+            if gone(owner) if _is_local(owner) else since < cutoff:
                 look.stale_waiters.append(lease_id)
-            elif local:  # another host's waiters are not known to be alive: they do not hold the line
+            elif seen > now - STALLED_S:
                 look.ahead += 1
         look.free = look.live + look.ahead < limit
         return look
@@ -264,6 +272,8 @@ class SlotTable:
                     raise
                 return limit
             if look.in_line and not look.free:
+                if time.monotonic() - self._heartbeat >= HEARTBEAT_S:
+                    self._write(self._still_waiting)
                 return look.ahead
 
         def work(db: sqlite3.Connection) -> int:
@@ -276,13 +286,19 @@ class SlotTable:
                     "INSERT INTO leases VALUES (?, ?, ?, ?)", (lease.lease_id, lease.scope, lease.owner, time.time())
                 )
             elif not look.in_line:
+                now = time.time()
                 db.execute(
-                    "INSERT INTO waiters (lease_id, scope, owner, since) VALUES (?, ?, ?, ?)",
-                    (lease.lease_id, lease.scope, lease.owner, time.time()),
+                    "INSERT INTO waiters (lease_id, scope, owner, since, seen) VALUES (?, ?, ?, ?, ?)",
+                    (lease.lease_id, lease.scope, lease.owner, now, now),
                 )
             return TAKEN if look.free else look.ahead
 
         return self._write(work)
+
+    def _still_waiting(self, db: sqlite3.Connection) -> None:
+        """Mark every waiter of this process as seen now (one write a second however many wait)."""
+        db.execute("UPDATE waiters SET seen = ? WHERE owner = ?", (time.time(), lease_owner()))
+        self._heartbeat = time.monotonic()
 
     def forget(self, lease_id: str) -> None:
         """Give a lease back, or leave the line; one already gone (released, or reclaimed) is no error."""
