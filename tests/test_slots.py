@@ -282,6 +282,20 @@ def test_release_is_idempotent_and_the_context_managers_give_back(tmp_path: Path
     assert asyncio.run(scenario()) == [0, 1, 2, 0]
 
 
+def test_release_later_gives_the_lease_back_after_the_delay_without_waiting_for_it(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+
+    async def scenario() -> list[int]:
+        lease = await slots.acquire()
+        later = slots.release_later(lease, 0.05)
+        held = [slots.held()]
+        await asyncio.wait_for(slots.acquire(), WAIT)  # the one slot comes back to the line
+        await later
+        return [*held, slots.held()]
+
+    assert asyncio.run(scenario()) == [1, 1]
+
+
 def test_try_acquire_takes_a_free_slot_or_none_without_joining_the_line(tmp_path: Path) -> None:
     slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path)
 

@@ -386,6 +386,7 @@ class SharedSlots:
         self.table = table
         self.scope = scope
         self.limit = limit
+        self._later: set[asyncio.Future[None]] = set()
         self._held: ContextVar[tuple[Lease, ...]] = ContextVar(f"flux_nb_slots_{scope}", default=())
 
     @classmethod
@@ -455,6 +456,19 @@ class SharedSlots:
         The delete runs in a thread that finishes even when the caller is cancelled meanwhile.
         """
         await asyncio.to_thread(self.table.forget, lease.lease_id)
+
+    def release_later(self, lease: Lease, delay: float) -> asyncio.Task[None]:
+        """Give ``lease`` back after ``delay`` seconds, not waiting here: for a task the API may still be running
+        though this process stopped following it (a submit whose answer was lost, a cancelled wait)."""
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            await self.release(lease)
+
+        task = asyncio.ensure_future(later())
+        self._later.add(task)  # held, or the loop could drop it half way
+        task.add_done_callback(self._later.discard)
+        return task
 
     @asynccontextmanager
     async def slot(self, timeout: float | None = None) -> AsyncIterator[Lease]:
