@@ -356,6 +356,8 @@ def test_every_bfl_host_is_one_endpoint_for_a_key() -> None:
     assert scope_of(KEY, "https://api.bfl.ai") != scope_of("other", "https://api.bfl.ai")
     assert scope_of(KEY, "http://127.0.0.1:8800") != scope_of(KEY, "http://127.0.0.1:8801")
     assert len(scope_of(KEY, ENDPOINT)) == 32
+    with pytest.raises(ValidationError, match="endpoint 'http://127.0.0.1:99999' is not a URL"):
+        scope_of(KEY, "http://127.0.0.1:99999")
 
 
 def test_the_key_never_reaches_the_database_or_a_repr(tmp_path: Path) -> None:

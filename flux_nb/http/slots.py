@@ -82,11 +82,13 @@ def scope_of(api_key: str | None, endpoint: str) -> str:
     Every BFL host (global and regional) is one endpoint: the API counts active tasks per key.
     """
     parts = urlsplit(endpoint.strip() if "://" in endpoint else f"https://{endpoint.strip()}")
-    host = (parts.hostname or "").lower()
+    try:
+        host, port = (parts.hostname or "").lower(), f":{parts.port}" if parts.port else ""
+    except ValueError:
+        raise ValidationError(f"endpoint {endpoint!r} is not a URL with a valid port") from None
     if is_bfl_hostname(host):
         where = "bfl.ai"
     else:
-        port = f":{parts.port}" if parts.port else ""
         where = f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
     material = b"flux_nb slots\0" + (api_key or "").encode() + b"\0" + where.encode()
     return hashlib.sha256(material).hexdigest()[:32]
