@@ -356,7 +356,7 @@ def test_every_bfl_host_is_one_endpoint_for_a_key() -> None:
     assert scope_of(KEY, "https://api.bfl.ai") != scope_of("other", "https://api.bfl.ai")
     assert scope_of(KEY, "http://127.0.0.1:8800") != scope_of(KEY, "http://127.0.0.1:8801")
     assert len(scope_of(KEY, ENDPOINT)) == 32
-    with pytest.raises(ValidationError, match="endpoint 'http://127.0.0.1:99999' is not a URL"):
+    with pytest.raises(ValidationError, match="is not a URL with a valid port"):
         scope_of(KEY, "http://127.0.0.1:99999")
 
 

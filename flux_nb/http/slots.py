@@ -86,10 +86,8 @@ def scope_of(api_key: str | None, endpoint: str) -> str:
         host, port = (parts.hostname or "").lower(), f":{parts.port}" if parts.port else ""
     except ValueError:
         raise ValidationError(f"endpoint {endpoint!r} is not a URL with a valid port") from None
-    if is_bfl_hostname(host):
-        where = "bfl.ai"
-    else:
-        where = f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
+    where = f"{parts.scheme.lower()}://{host}{port}{parts.path.rstrip('/')}"
+    where = "bfl.ai" if is_bfl_hostname(host) else where
     material = b"flux_nb slots\0" + (api_key or "").encode() + b"\0" + where.encode()
     return hashlib.sha256(material).hexdigest()[:32]
 
