@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = "install the ray extra: pip install 'flux-nb[ray]'"
 DEPLOYMENT = "flux-engine"
+# Requests a replica holds: one rendering, one waiting on it, so no replica idles while Ray routes the next.
+ON_EACH_REPLICA = 2
 # Ray's switch for Windows/macOS clusters: "0" keeps a local instance on the loopback address.
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
@@ -52,16 +54,18 @@ class EngineReplica:
     def __init__(self, engine_factory: Callable[[], Engine], latency: float = 0.0) -> None:
         self.engine = engine_factory()
         self.latency = latency
+        self.busy = asyncio.Lock()  # one image at a time; the next one waits here, already delivered
 
     async def render(self, job: RenderJob) -> Image.Image:
         from ray import serve
 
-        started = time.monotonic()
-        loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(getattr(self.engine, "executor", None), self.engine.render, job)
-        remaining = started + self.latency - time.monotonic()
-        if remaining > 0:
-            await asyncio.sleep(remaining)
+        async with self.busy:
+            started = time.monotonic()
+            loop = asyncio.get_running_loop()
+            image = await loop.run_in_executor(getattr(self.engine, "executor", None), self.engine.render, job)
+            remaining = started + self.latency - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
         image.info[DETAILS_KEY] = {"replica": serve.get_replica_context().replica_id.to_full_id_str()}
         return image
 
@@ -186,7 +190,7 @@ def serve_with_ray(
 
     options: dict[str, Any] = {
         "name": DEPLOYMENT,
-        "max_ongoing_requests": 1,  # one image at a time per model copy; Ray queues the rest
+        "max_ongoing_requests": ON_EACH_REPLICA,
         "ray_actor_options": {"num_cpus": num_cpus_per_replica, "num_gpus": gpus},
     }
     if max_replicas:
@@ -249,7 +253,12 @@ def connect(ray_address: str | None, cpus: float, gpus: float) -> tuple[bool, bo
     if ray_address:
         ray.init(address=ray_address, log_to_driver=False)
         return False, True, f"joined the cluster at {ray_address}"
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus)), include_dashboard=False, log_to_driver=False)
+    options = {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus)), "include_dashboard": False}
+    try:
+        ray.init(**options, log_to_driver=False)
+    except Exception:  # Ray gives its processes 30 s to come up, which a busy machine can miss: once more
+        ray.shutdown()
+        ray.init(**options, log_to_driver=False)
     found = ray.cluster_resources().get("GPU", 0.0)
     if gpus > found:
         ray.shutdown()
