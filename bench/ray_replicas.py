@@ -23,10 +23,12 @@ from flux_nb.protocol import FluxRequest
 from flux_nb.server import EmbeddedServer, ServerConfig
 
 
-async def sweep_seconds(url: str, images: int, size: int) -> float:
-    """Wall seconds for a sweep of ``images`` through the front (after one image to warm the route)."""
+async def sweep_seconds(url: str, images: int, size: int, warm: int = 1) -> float:
+    """Wall seconds for a sweep of ``images`` through the front, after ``warm`` images to warm the replicas."""
     async with AsyncFluxClient(None, url, task_timeout=3600) as client:
-        await client.generate(FluxRequest("warm up", seed=0, width=size, height=size))
+        await asyncio.gather(
+            *(client.generate(FluxRequest("warm up", seed=s, width=size, height=size)) for s in range(warm))
+        )
         started = time.perf_counter()
         await asyncio.gather(
             *(client.generate(FluxRequest("replicas", seed=s, width=size, height=size)) for s in range(images))
@@ -53,7 +55,7 @@ def replica_throughput(
             with serve_with_ray(config, replicas=count, app_name=f"bench-{count}", **ray_options) as serving:
                 print(f"  {serving.note}")
                 with EmbeddedServer(serving.config, app=serving.app()) as front:
-                    wall = asyncio.run(sweep_seconds(front.url, images, size))
+                    wall = asyncio.run(sweep_seconds(front.url, images, size, warm=2 * count))
             results[f"{count}_replicas_images_per_s"] = images / wall
     finally:
         disconnect(started, connected)
