@@ -154,7 +154,7 @@ def test_the_official_blackforest_client_works_against_the_front(front: Embedded
         pytest.skip("the official blackforest client is not installed (bench/throughput.py caches a venv with it)")
     out = subprocess.run([python, "-c", BLACKFOREST_SCRIPT, front.url], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    seed, size = out.stdout.split()
+    seed, size = out.stdout.strip().splitlines()[-1].split()  # the client prints its own lines first
     assert seed == "3" and int(size) > 1000
 
 

@@ -171,6 +171,7 @@ def serve_with_ray(
     engine_factory: Callable[[], Engine] | None = None,
     timeout: float = 600.0,
     app_name: str = "flux-nb",
+    runtime_env: dict[str, Any] | None = None,
 ) -> RayServing:
     """Deploy ``config.engine`` on Ray Serve and return the engine the front renders through.
 
@@ -178,6 +179,8 @@ def serve_with_ray(
     preview) and ``num_cpus_per_replica`` CPUs; with ``max_replicas``, Ray Serve scales between
     the two on load. ``ray_address`` joins an existing cluster (``ray://...``, ``auto``, a KubeRay
     head); without it a local instance starts on 127.0.0.1 (or the one this process already uses).
+    A cluster's workers need flux_nb and the engine's packages: in their image, or via ``runtime_env``
+    (e.g. ``{"pip": ["flux-nb[local]"]}``). A call that outlives ``timeout`` seconds ends its task Error.
 
     >>> serving = serve_with_ray(ServerConfig(engine="diffusers"), replicas=2)  # doctest: +SKIP
     >>> print(serving.note)  # doctest: +SKIP
@@ -185,7 +188,7 @@ def serve_with_ray(
     """
     gpus = check_sizes(config, replicas, max_replicas, gpus_per_replica, num_cpus_per_replica)
     most = max_replicas or replicas
-    started, connected, where = connect(ray_address, most * num_cpus_per_replica, most * gpus)
+    started, connected, where = connect(ray_address, most * num_cpus_per_replica, most * gpus, runtime_env)
     from ray import serve
 
     options: dict[str, Any] = {
@@ -236,7 +239,9 @@ def check_sizes(
     return gpus if gpus is not None else (1.0 if config.engine == "diffusers" else 0.0)
 
 
-def connect(ray_address: str | None, cpus: float, gpus: float) -> tuple[bool, bool, str]:
+def connect(
+    ray_address: str | None, cpus: float, gpus: float, runtime_env: dict[str, Any] | None = None
+) -> tuple[bool, bool, str]:
     """Join the cluster at ``ray_address`` or start a local instance; returns (started, connected, where).
 
     A local instance is one machine's: Ray then puts every process on 127.0.0.1 (read when Ray is
@@ -251,9 +256,10 @@ def connect(ray_address: str | None, cpus: float, gpus: float) -> tuple[bool, bo
     if ray.is_initialized():
         return False, False, "using the Ray instance this process is connected to"
     if ray_address:
-        ray.init(address=ray_address, log_to_driver=False)
+        ray.init(address=ray_address, log_to_driver=False, runtime_env=runtime_env)
         return False, True, f"joined the cluster at {ray_address}"
     options = {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus)), "include_dashboard": False}
+    options["runtime_env"] = runtime_env
     try:
         ray.init(**options, log_to_driver=False)
     except Exception:  # Ray gives its processes 30 s to come up, which a busy machine can miss: once more
