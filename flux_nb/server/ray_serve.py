@@ -210,8 +210,9 @@ def serve_with_ray(
         deployment = serve.deployment(EngineReplica, **options)
         handle = serve.run(deployment.bind(factory, config.latency), name=app_name, route_prefix=None)
     except Exception as exc:
+        reason = failure_reason(app_name) or str(exc)
         disconnect(started, connected)
-        raise RayUnavailable(f"the {config.engine} deployment did not start: {exc}") from exc
+        raise RayUnavailable(f"the {config.engine} deployment did not start: {reason}") from exc
     engine = RayEngine(handle, config.engine, concurrency=config.max_active, timeout=timeout)
     count = f"{replicas} to {max_replicas}" if max_replicas else f"{replicas}"
     note = (
@@ -272,6 +273,18 @@ def connect(
     host, cpus_found = ray.util.get_node_ip_address(), ray.cluster_resources().get("CPU", 0)
     where = f"started a local instance on {host} ({cpus_found:g} CPUs, {found:g} GPUs)"
     return True, True, where
+
+
+def failure_reason(app_name: str) -> str:
+    """The last line of what Serve says about a deployment that failed (its replicas' exception)."""
+    from ray import serve
+
+    try:
+        message = serve.status().applications[app_name].deployments[DEPLOYMENT].message
+    except Exception:  # no status to read: the caller falls back to Serve's own error
+        return ""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 def disconnect(started: bool, connected: bool) -> None:
