@@ -165,10 +165,10 @@ def markers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def holding(serving: RayServing, markers: Path) -> Iterator[tuple[RayServing, EmbeddedServer]]:
-    """Two replicas of HoldingPreview, in the Ray instance the module already runs."""
+    """Three replicas of HoldingPreview in the module's Ray instance: two can die while replacements start."""
     held = serve_with_ray(
         ServerConfig(latency=LATENCY),
-        replicas=2,
+        replicas=3,
         num_cpus_per_replica=0.25,
         engine_factory=lambda: HoldingPreview(str(markers)),
         app_name="flux-nb-kill",
