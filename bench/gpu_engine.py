@@ -3,6 +3,9 @@
 Needs a CUDA GPU, the [local] extra and the weights (``huggingface-cli download
 black-forest-labs/FLUX.2-klein-4B``); anywhere else it says it is skipping and exits 0.
 
+With two GPUs and the [ray] extra it also measures images per second through one front with 1 and
+with 2 Ray Serve replicas of the engine (one GPU each), side by side.
+
     python -m bench.gpu_engine [--model ID_OR_FOLDER] [--images 8] [--compile]
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import importlib.util
 import json
 import statistics
@@ -76,6 +80,25 @@ def through_flux_nb(engine: Any, count: int) -> tuple[list[float], float]:
         return asyncio.run(run(server.url))
 
 
+def ray_replicas(args: argparse.Namespace) -> dict[str, Any]:
+    """Images per second with 1 and 2 Ray Serve replicas of the diffusers engine, one GPU each."""
+    import torch
+
+    if importlib.util.find_spec("ray") is None:
+        print("replicas on Ray: skipping: the [ray] extra is not installed")
+        return {}
+    if torch.cuda.device_count() < 2:
+        print(f"replicas on Ray: skipping: {torch.cuda.device_count()} GPU (2 needed to compare 1 and 2 replicas)")
+        return {}
+    from bench.ray_replicas import replica_throughput, report
+    from flux_nb.server import ServerConfig
+
+    config = ServerConfig(engine="diffusers", engine_options={"model": args.model, "compile": args.compile})
+    results = replica_throughput(config, [1, 2], args.images, SIZE, gpus_per_replica=1, num_cpus_per_replica=1)
+    report(results, [1, 2])
+    return {"ray_" + key: value for key, value in results.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="black-forest-labs/FLUX.2-klein-4B")
@@ -87,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"bench.gpu_engine: skipping: {reason}")
         return 0
+    import torch
+
     from flux_nb.server.engines.diffusers import DiffusersEngine, DiffusersOptions
 
     engine = DiffusersEngine(DiffusersOptions(model=args.model, compile=args.compile))
@@ -111,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         f"sweep through flux_nb {results['flux_nb_sweep_images_per_s']:.2f} images/s "
         f"(direct {results['direct_images_per_s']:.2f})"
     )
+    del engine  # the replicas load their own copies, one per GPU
+    gc.collect()
+    torch.cuda.empty_cache()
+    results.update(ray_replicas(args))
     args.json.write_text(json.dumps(results, indent=2))
     return 0
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from flux_nb import protocol
 from flux_nb.server.config import ServerConfig
-from flux_nb.server.engines import Engine, RenderJob
+from flux_nb.server.engines import DETAILS_KEY, Engine, RenderJob
 from flux_nb.server.faults import FaultCounter
 from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook
 
@@ -49,6 +49,7 @@ class ServerTask:
     image: bytes | None = None
     token: str | None = None
     error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # the engine's own, e.g. the replica that rendered it
 
     @property
     def active(self) -> bool:
@@ -148,6 +149,7 @@ class TaskTable:
             await asyncio.sleep(self.config.latency / 2)
             loop = asyncio.get_running_loop()
             image = await loop.run_in_executor(getattr(self.engine, "executor", None), self.engine.render, task.job)
+            task.details = dict(image.info.pop(DETAILS_KEY, None) or {})
             data = await asyncio.to_thread(encode, image, task.output_format)
             remaining = task.submitted_at + self.config.latency - time.monotonic()
             if remaining > 0:
@@ -223,7 +225,7 @@ class TaskTable:
                 "end_time": task.ready_at,
                 "duration": (task.ready_at or 0) - (task.started_at or 0),
             }
-        details: dict[str, Any] = {"engine": self.engine.name}
+        details: dict[str, Any] = {"engine": self.engine.name, **task.details}
         if task.error:
             details["error"] = task.error
         return {

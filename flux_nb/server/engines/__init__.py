@@ -31,6 +31,10 @@ class Engine(Protocol):
 
 ENGINES = ("preview", "diffusers")
 
+# An engine may leave a dict under this key in the image's ``info``: it joins the task's details
+# (e.g. which Ray Serve replica rendered it) and is removed before the image is encoded.
+DETAILS_KEY = "flux_nb.details"
+
 
 def get_engine(name: str, options: dict[str, Any] | None = None) -> Engine:
     """The engine called ``name``, built with ``options``; a clear error lists the known ones."""
