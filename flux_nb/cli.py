@@ -12,6 +12,7 @@ from flux_nb import protocol
 from flux_nb.errors import FluxError
 
 SERVER_KEYS_ENV = "FLUX_NB_SERVER_KEYS"
+ADMIN_KEYS_ENV = "FLUX_NB_ADMIN_KEYS"
 
 
 def announcing_server() -> type:
@@ -40,16 +41,24 @@ def serve(args: argparse.Namespace) -> int:
 
     from flux_nb.server import ServerConfig, create_app
     from flux_nb.server.embedded import start_poll_listener
+    from flux_nb.server.exposure import exposure_refusal
     from flux_nb.server.faults import FaultPlan
+    from flux_nb.server.guard import uvicorn_options
 
     AnnouncingServer = announcing_server()
 
-    keys = frozenset(k.strip() for k in os.environ.get(SERVER_KEYS_ENV, "").split(",") if k.strip())
+    keys, admin_keys = (
+        frozenset(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
+        for name in (SERVER_KEYS_ENV, ADMIN_KEYS_ENV)
+    )
     if args.require_key and not keys:
         print(f"flux-nb serve: --require-key needs the accepted keys in {SERVER_KEYS_ENV}", file=sys.stderr)
         return 2
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"flux-nb serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
+    if refusal := exposure_refusal(args.host, bool(keys or admin_keys), args.insecure_open):
+        print(f"flux-nb serve: {refusal}", file=sys.stderr)
+        return 2
+    if args.insecure_open and not (keys or admin_keys):
+        print(f"flux-nb serve: warning: listening on {args.host} without keys", file=sys.stderr)
     config = ServerConfig(
         latency=args.latency,
         max_active=args.max_active,
@@ -60,6 +69,10 @@ def serve(args: argparse.Namespace) -> int:
         public_url=args.public_url,
         poll_port=args.poll_port,
         faults=FaultPlan.parse(args.faults, args.fault_seed),
+        allow_fetch=frozenset(args.allow_fetch),
+        admin_keys=admin_keys,
+        header_timeout=args.header_timeout,
+        limit_concurrency=args.limit_concurrency,
     )
     try:
         app = create_app(config)
@@ -68,16 +81,17 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     # The access log (one line per request: method, path with query, status) needs uvicorn's info level.
     log_level = "info" if args.access_log else "warning"
+    options = {"log_level": log_level, "access_log": args.access_log, **uvicorn_options(config)}
     polls, after = None, ""
     if args.poll_port is not None:  # the polling listener starts first: no polling URL is handed out without it
         try:
-            polls = start_poll_listener(app, args.host, args.poll_port, log_level=log_level, access_log=args.access_log)
+            polls = start_poll_listener(app, args.host, args.poll_port, **options)
         except RuntimeError as exc:
             print(f"flux-nb serve: polling listener: {exc}", file=sys.stderr)
             return 2
         after = f"flux_nb polling URLs on {polls[2]} (same tasks; delivery URLs stay on the main address)"
     server = AnnouncingServer(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level=log_level, access_log=args.access_log),
+        uvicorn.Config(app, host=args.host, port=args.port, **options),
         f"(engine {args.engine}, latency {args.latency:g} s)",
         after,
     )
@@ -159,7 +173,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument(
         "--require-key",
         action="store_true",
-        help=f"refuse to start unless {SERVER_KEYS_ENV} lists keys (keys listed there are always checked)",
+        help=f"refuse to start unless {SERVER_KEYS_ENV} lists keys (keys listed there are always checked; "
+        f"{ADMIN_KEYS_ENV} lists keys that may also read every task's timings in /_flux/stats)",
     )
     p.add_argument(
         "--access-log", action="store_true", help="log every request (client, method, path, status) to stdout"
@@ -176,6 +191,23 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
         help="inject faults, e.g. 'submit_5xx=0.2,poll_5xx=0.2,drop_after=0.05,storm_429=#3|#4' (see server/faults.py)",
     )
     p.add_argument("--fault-seed", type=int, default=0, help="seed that makes injected faults repeatable")
+    p.add_argument(
+        "--allow-fetch",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also fetch reference URLs from / post webhooks to this host, address or network (CIDR), although "
+        "it is not public (loopback, private, link-local); repeatable. By default only public addresses",
+    )
+    p.add_argument(
+        "--insecure-open",
+        action="store_true",
+        help=f"listen on a non-loopback --host without keys (else refused; keys go in {SERVER_KEYS_ENV})",
+    )
+    p.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a connection has to send a request's headers"
+    )
+    p.add_argument("--limit-concurrency", type=int, default=1000, help="connections plus running requests before 503")
 
     g = commands.add_parser("generate", help="generate one image")
     g.add_argument("prompt")
