@@ -243,6 +243,8 @@ class TaskTable:
         details: dict[str, Any] = {"engine": self.engine.name}
         if task.error:
             details["error"] = task.error
+        if task.job.extra:
+            details["settings"] = dict(task.job.extra)  # e.g. flex's steps, guidance, prompt_upsampling
         if task.warnings:
             details["warnings"] = list(task.warnings)
         return {
