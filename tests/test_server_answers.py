@@ -86,11 +86,6 @@ async def test_flux_nbs_client_reports_the_right_error(
     assert "bad-key" not in str(raised.value)
 
 
-async def test_the_official_blackforest_package_sees_an_authentication_error() -> None:
-    blackforest = pytest.importorskip("blackforest", reason="the official blackforest package is not installed")
-    assert blackforest  # a client test against it belongs here once it is installed in the venv
-
-
 def test_flex_takes_prompt_upsampling_sent_only_when_set() -> None:
     flex = FluxRequest("x", model="flux-2-flex")
     assert "prompt_upsampling" not in flex.validate().to_payload()
