@@ -7,9 +7,13 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from flux_nb import protocol
 from flux_nb.errors import FluxError
+
+if TYPE_CHECKING:
+    from flux_nb.server import ServerConfig
 
 SERVER_KEYS_ENV = "FLUX_NB_SERVER_KEYS"
 ADMIN_KEYS_ENV = "FLUX_NB_ADMIN_KEYS"
@@ -39,41 +43,14 @@ def serve(args: argparse.Namespace) -> int:
     """Run the local BFL-compatible server in the foreground."""
     import uvicorn
 
-    from flux_nb.server import ServerConfig, create_app
+    from flux_nb.server import create_app
     from flux_nb.server.embedded import start_poll_listener
-    from flux_nb.server.exposure import exposure_refusal
-    from flux_nb.server.faults import FaultPlan
     from flux_nb.server.guard import uvicorn_options
 
     AnnouncingServer = announcing_server()
-
-    keys, admin_keys = (
-        frozenset(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
-        for name in (SERVER_KEYS_ENV, ADMIN_KEYS_ENV)
-    )
-    if args.require_key and not keys:
-        print(f"flux-nb serve: --require-key needs the accepted keys in {SERVER_KEYS_ENV}", file=sys.stderr)
+    config = serve_config(args)
+    if config is None:
         return 2
-    if refusal := exposure_refusal(args.host, bool(keys or admin_keys), args.insecure_open):
-        print(f"flux-nb serve: {refusal}", file=sys.stderr)
-        return 2
-    if args.insecure_open and not (keys or admin_keys):
-        print(f"flux-nb serve: warning: listening on {args.host} without keys", file=sys.stderr)
-    config = ServerConfig(
-        latency=args.latency,
-        max_active=args.max_active,
-        delivery_ttl=args.delivery_ttl,
-        api_keys=keys,  # keys given are always checked; --require-key only insists that there are some
-        engine=args.engine,
-        engine_options=engine_options(args),
-        public_url=args.public_url,
-        poll_port=args.poll_port,
-        faults=FaultPlan.parse(args.faults, args.fault_seed),
-        allow_fetch=frozenset(args.allow_fetch),
-        admin_keys=admin_keys,
-        header_timeout=args.header_timeout,
-        limit_concurrency=args.limit_concurrency,
-    )
     try:
         app = create_app(config)
     except RuntimeError as exc:  # the engine cannot run here: say what to install
@@ -102,6 +79,41 @@ def serve(args: argparse.Namespace) -> int:
             polls[0].should_exit = True
             polls[1].join(timeout=5)
     return 0
+
+
+def serve_config(args: argparse.Namespace) -> ServerConfig | None:
+    """The server's settings from the command line and the key variables; None (said why) when it must not start."""
+    from flux_nb.server import ServerConfig
+    from flux_nb.server.exposure import exposure_refusal
+    from flux_nb.server.faults import FaultPlan
+
+    keys, admin_keys = (
+        frozenset(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
+        for name in (SERVER_KEYS_ENV, ADMIN_KEYS_ENV)
+    )
+    if args.require_key and not keys:
+        print(f"flux-nb serve: --require-key needs the accepted keys in {SERVER_KEYS_ENV}", file=sys.stderr)
+        return None
+    if refusal := exposure_refusal(args.host, bool(keys or admin_keys), args.insecure_open):
+        print(f"flux-nb serve: {refusal}", file=sys.stderr)
+        return None
+    if args.insecure_open and not (keys or admin_keys):
+        print(f"flux-nb serve: warning: listening on {args.host} without keys", file=sys.stderr)
+    return ServerConfig(
+        latency=args.latency,
+        max_active=args.max_active,
+        delivery_ttl=args.delivery_ttl,
+        api_keys=keys,  # keys given are always checked; --require-key only insists that there are some
+        engine=args.engine,
+        engine_options=engine_options(args),
+        public_url=args.public_url,
+        poll_port=args.poll_port,
+        faults=FaultPlan.parse(args.faults, args.fault_seed),
+        allow_fetch=frozenset(args.allow_fetch),
+        admin_keys=admin_keys,
+        header_timeout=args.header_timeout,
+        limit_concurrency=args.limit_concurrency,
+    )
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, object]:
@@ -149,10 +161,8 @@ def history(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
-    parser = argparse.ArgumentParser(prog="flux-nb", description="FLUX.2 image generation: server, client, history.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    """The ``serve`` sub-command's options."""
     p = commands.add_parser("serve", help="run the local BFL-compatible server")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8800, help="port (0 picks a free one)")
@@ -208,6 +218,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
         "--header-timeout", type=float, default=10.0, help="seconds a connection has to send a request's headers"
     )
     p.add_argument("--limit-concurrency", type=int, default=1000, help="connections plus running requests before 503")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    parser = argparse.ArgumentParser(prog="flux-nb", description="FLUX.2 image generation: server, client, history.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    add_serve_parser(commands)
 
     g = commands.add_parser("generate", help="generate one image")
     g.add_argument("prompt")
