@@ -63,9 +63,14 @@ def guarded_protocol(config: ServerConfig, base: type | None = None) -> type:
                 self._head_timer = None
             self._awaiting_since = None
 
+        def waiting_for_head(self) -> bool:
+            """True while no request is being served and the next head is not complete (a pipelined one counts)."""
+            serving = self.cycle is not None and not self.cycle.response_complete
+            return self._awaiting_since is not None and not serving
+
         def _close_idle(self) -> None:
             self._head_timer = None
-            if self._awaiting_since is not None and not self.transport.is_closing():
+            if self.waiting_for_head() and not self.transport.is_closing():
                 self.transport.close()
 
         def data_received(self, data: bytes) -> None:
@@ -100,11 +105,14 @@ def evict_idle(connections: set[Any], keep: Any, limit: int) -> int:
     if len(connections) < limit:
         return 0
     live = [c for c in connections if not getattr(c, "_evicted", False)]
-    waiting = [c for c in live if c is not keep and getattr(c, "_awaiting_since", None) is not None]
+    waiting = [c for c in live if c is not keep and c.waiting_for_head()]
     waiting.sort(key=lambda c: c._awaiting_since)
     doomed = waiting[: max(0, len(live) - limit + 1)]
     for connection in doomed:
-        connection._evicted = True  # gone at once for the count; uvicorn forgets it a loop turn later
+        # Out of the count at once: the event loop may read the newest request before the closed
+        # connection's connection_lost runs (uvloop does), and uvicorn counts ``connections`` there.
+        connection._evicted = True
+        connections.discard(connection)
         connection.transport.close()
     return len(doomed)
 
