@@ -95,7 +95,8 @@ def serve_config(args: argparse.Namespace) -> ServerConfig | None:
         print(f"flux-nb serve: --require-key needs the accepted keys in {SERVER_KEYS_ENV}", file=sys.stderr)
         return None
     if refusal := exposure_refusal(args.host, bool(keys or admin_keys), args.insecure_open):
-        print(f"flux-nb serve: {refusal}", file=sys.stderr)
+        hint = f"list keys in {SERVER_KEYS_ENV}, or pass --insecure-open if this network is trusted"
+        print(f"flux-nb serve: {refusal}; {hint}", file=sys.stderr)
         return None
     if args.insecure_open and not (keys or admin_keys):
         print(f"flux-nb serve: warning: listening on {args.host} without keys", file=sys.stderr)

@@ -63,11 +63,21 @@ class EmbeddedServer:
     """
 
     def __init__(
-        self, config: ServerConfig | None = None, *, app: Any = None, engine: Any = None, host: str = "127.0.0.1"
+        self,
+        config: ServerConfig | None = None,
+        *,
+        app: Any = None,
+        engine: Any = None,
+        host: str = "127.0.0.1",
+        insecure_open: bool = False,
     ) -> None:
         from flux_nb.server.app import create_app
+        from flux_nb.server.exposure import exposure_refusal
 
         self.config = config or ServerConfig()
+        # Only the server's own app is judged: a plain ``app`` (a test's image site) has no keys to require.
+        if app is None and (refusal := exposure_refusal(host, self.config.keys_required, insecure_open)):
+            raise ValueError(refusal)
         self.app = app if app is not None else create_app(self.config, engine)
         self.host = host
         self.port = 0

@@ -26,8 +26,4 @@ def exposure_refusal(host: str, keys_required: bool, insecure_open: bool) -> str
     """
     if is_loopback_host(host) or keys_required or insecure_open:
         return None
-    return (
-        f"refusing to listen on {host} without keys: anyone who reaches it could use it. "
-        "List keys in FLUX_NB_SERVER_KEYS (and pass --require-key), or pass --insecure-open "
-        "if this network is trusted"
-    )
+    return f"refusing to listen on {host} without keys: anyone who reaches that address could use this server"
