@@ -25,7 +25,6 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # host, port -> the addresses the host resolves to (as text)
 Resolver = Callable[[str, int], Awaitable[list[str]]]
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class OutboundRefused(Exception):
