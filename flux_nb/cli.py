@@ -7,11 +7,16 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from flux_nb import protocol
 from flux_nb.errors import FluxError
 
+if TYPE_CHECKING:
+    from flux_nb.server import ServerConfig
+
 SERVER_KEYS_ENV = "FLUX_NB_SERVER_KEYS"
+ADMIN_KEYS_ENV = "FLUX_NB_ADMIN_KEYS"
 
 
 def announcing_server() -> type:
@@ -38,29 +43,14 @@ def serve(args: argparse.Namespace) -> int:
     """Run the local BFL-compatible server in the foreground."""
     import uvicorn
 
-    from flux_nb.server import ServerConfig, create_app
+    from flux_nb.server import create_app
     from flux_nb.server.embedded import start_poll_listener
-    from flux_nb.server.faults import FaultPlan
+    from flux_nb.server.guard import uvicorn_options
 
     AnnouncingServer = announcing_server()
-
-    keys = frozenset(k.strip() for k in os.environ.get(SERVER_KEYS_ENV, "").split(",") if k.strip())
-    if args.require_key and not keys:
-        print(f"flux-nb serve: --require-key needs the accepted keys in {SERVER_KEYS_ENV}", file=sys.stderr)
+    config = serve_config(args)
+    if config is None:
         return 2
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"flux-nb serve: warning: listening on {args.host}, reachable from other machines", file=sys.stderr)
-    config = ServerConfig(
-        latency=args.latency,
-        max_active=args.max_active,
-        delivery_ttl=args.delivery_ttl,
-        api_keys=keys,  # keys given are always checked; --require-key only insists that there are some
-        engine=args.engine,
-        engine_options=engine_options(args),
-        public_url=args.public_url,
-        poll_port=args.poll_port,
-        faults=FaultPlan.parse(args.faults, args.fault_seed),
-    )
     try:
         app = create_app(config)
     except RuntimeError as exc:  # the engine cannot run here: say what to install
@@ -68,16 +58,17 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     # The access log (one line per request: method, path with query, status) needs uvicorn's info level.
     log_level = "info" if args.access_log else "warning"
+    options = {"log_level": log_level, "access_log": args.access_log, **uvicorn_options(config)}
     polls, after = None, ""
     if args.poll_port is not None:  # the polling listener starts first: no polling URL is handed out without it
         try:
-            polls = start_poll_listener(app, args.host, args.poll_port, log_level=log_level, access_log=args.access_log)
+            polls = start_poll_listener(app, args.host, args.poll_port, **options)
         except RuntimeError as exc:
             print(f"flux-nb serve: polling listener: {exc}", file=sys.stderr)
             return 2
         after = f"flux_nb polling URLs on {polls[2]} (same tasks; delivery URLs stay on the main address)"
     server = AnnouncingServer(
-        uvicorn.Config(app, host=args.host, port=args.port, log_level=log_level, access_log=args.access_log),
+        uvicorn.Config(app, host=args.host, port=args.port, **options),
         f"(engine {args.engine}, latency {args.latency:g} s)",
         after,
     )
@@ -88,6 +79,42 @@ def serve(args: argparse.Namespace) -> int:
             polls[0].should_exit = True
             polls[1].join(timeout=5)
     return 0
+
+
+def serve_config(args: argparse.Namespace) -> ServerConfig | None:
+    """The server's settings from the command line and the key variables; None (said why) when it must not start."""
+    from flux_nb.server import ServerConfig
+    from flux_nb.server.exposure import exposure_refusal
+    from flux_nb.server.faults import FaultPlan
+
+    keys, admin_keys = (
+        frozenset(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
+        for name in (SERVER_KEYS_ENV, ADMIN_KEYS_ENV)
+    )
+    if args.require_key and not keys:
+        print(f"flux-nb serve: --require-key needs the accepted keys in {SERVER_KEYS_ENV}", file=sys.stderr)
+        return None
+    if refusal := exposure_refusal(args.host, bool(keys or admin_keys), args.insecure_open):
+        hint = f"list keys in {SERVER_KEYS_ENV}, or pass --insecure-open if this network is trusted"
+        print(f"flux-nb serve: {refusal}; {hint}", file=sys.stderr)
+        return None
+    if args.insecure_open and not (keys or admin_keys):
+        print(f"flux-nb serve: warning: listening on {args.host} without keys", file=sys.stderr)
+    return ServerConfig(
+        latency=args.latency,
+        max_active=args.max_active,
+        delivery_ttl=args.delivery_ttl,
+        api_keys=keys,  # keys given are always checked; --require-key only insists that there are some
+        engine=args.engine,
+        engine_options=engine_options(args),
+        public_url=args.public_url,
+        poll_port=args.poll_port,
+        faults=FaultPlan.parse(args.faults, args.fault_seed),
+        allow_fetch=frozenset(args.allow_fetch),
+        admin_keys=admin_keys,
+        header_timeout=args.header_timeout,
+        limit_concurrency=args.limit_concurrency,
+    )
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, object]:
@@ -135,10 +162,8 @@ def history(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
-    parser = argparse.ArgumentParser(prog="flux-nb", description="FLUX.2 image generation: server, client, history.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    """The ``serve`` sub-command's options."""
     p = commands.add_parser("serve", help="run the local BFL-compatible server")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8800, help="port (0 picks a free one)")
@@ -159,7 +184,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument(
         "--require-key",
         action="store_true",
-        help=f"refuse to start unless {SERVER_KEYS_ENV} lists keys (keys listed there are always checked)",
+        help=f"refuse to start unless {SERVER_KEYS_ENV} lists keys (keys listed there are always checked; "
+        f"{ADMIN_KEYS_ENV} lists keys that may also read every task's timings in /_flux/stats)",
     )
     p.add_argument(
         "--access-log", action="store_true", help="log every request (client, method, path, status) to stdout"
@@ -176,6 +202,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
         help="inject faults, e.g. 'submit_5xx=0.2,poll_5xx=0.2,drop_after=0.05,storm_429=#3|#4' (see server/faults.py)",
     )
     p.add_argument("--fault-seed", type=int, default=0, help="seed that makes injected faults repeatable")
+    p.add_argument(
+        "--allow-fetch",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="also fetch reference URLs from / post webhooks to this host, address or network (CIDR), although "
+        "it is not public (loopback, private, link-local); repeatable. By default only public addresses",
+    )
+    p.add_argument(
+        "--insecure-open",
+        action="store_true",
+        help=f"listen on a non-loopback --host without keys (else refused; keys go in {SERVER_KEYS_ENV})",
+    )
+    p.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a connection has to send a request's headers"
+    )
+    p.add_argument("--limit-concurrency", type=int, default=1000, help="connections plus running requests before 503")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    parser = argparse.ArgumentParser(prog="flux-nb", description="FLUX.2 image generation: server, client, history.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    add_serve_parser(commands)
 
     g = commands.add_parser("generate", help="generate one image")
     g.add_argument("prompt")

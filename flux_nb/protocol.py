@@ -96,6 +96,7 @@ class ModelSpec:
     first_mp_credits: float
     extra_mp_credits: float
     extra_fields: tuple[NumberField, ...] = ()
+    flag_fields: tuple[str, ...] = ()  # boolean settings, e.g. flex's prompt_upsampling
 
     @property
     def path(self) -> str:
@@ -111,7 +112,9 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("flux-2-klein-4b", 4, 1.4, 0.1),
         ModelSpec("flux-2-klein-9b", 4, 1.5, 0.2),
+        ModelSpec("flux-2-klein-9b-preview", 4, 1.5, 0.2),
         ModelSpec("flux-2-pro", 8, 3.0, 1.5),
+        ModelSpec("flux-2-pro-preview", 8, 3.0, 1.5),
         ModelSpec("flux-2-max", 8, 7.0, 3.0),
         ModelSpec(
             "flux-2-flex",
@@ -120,8 +123,9 @@ MODELS: dict[str, ModelSpec] = {
             5.0,
             (
                 NumberField("steps", int, 1, 50, 50),
-                NumberField("guidance", float, 1.5, 10.0, 4.5),
+                NumberField("guidance", float, 1.5, 10.0, 5.0),
             ),
+            ("prompt_upsampling",),
         ),
     )
 }
@@ -233,6 +237,8 @@ class FluxRequest:
     webhook_secret: str | None = field(default=None, repr=False)
     steps: int | None = None
     guidance: float | None = None
+    # flex only; None leaves it to the API (which upsamples: its default is true)
+    prompt_upsampling: bool | None = None
 
     def validate(self) -> FluxRequest:
         """Check every rule; raise ValidationError naming the field, else return self."""
@@ -291,6 +297,13 @@ class FluxRequest:
                 raise ValidationError(f"{name} must be a whole number, got {value!r}")
             if not rule.minimum <= value <= rule.maximum:
                 raise ValidationError(f"{name} {value} is out of range ({rule.minimum:g} to {rule.maximum:g})")
+        if self.prompt_upsampling is not None:
+            if "prompt_upsampling" not in spec.flag_fields:
+                takers = [m.name for m in MODELS.values() if "prompt_upsampling" in m.flag_fields]
+                only = ", ".join(takers)
+                raise ValidationError(f"prompt_upsampling is not a setting of {self.model} (only of {only})")
+            if not isinstance(self.prompt_upsampling, bool):
+                raise ValidationError(f"prompt_upsampling must be True or False, got {self.prompt_upsampling!r}")
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON body to POST; unset fields are left out."""
@@ -306,6 +319,7 @@ class FluxRequest:
             "webhook_secret": self.webhook_secret,
             "steps": self.steps,
             "guidance": self.guidance,
+            "prompt_upsampling": self.prompt_upsampling,
         }
         body.update({k: v for k, v in optional.items() if v is not None})
         body["safety_tolerance"] = self.safety_tolerance

@@ -10,6 +10,9 @@ import pytest
 
 from flux_nb.server import EmbeddedServer, ServerConfig
 
+# Test servers may fetch from and post webhooks to loopback (their own image sites and receivers).
+LOOPBACK = frozenset({"127.0.0.0/8", "::1", "localhost"})
+
 
 @pytest.fixture
 def server_factory() -> Iterator[Callable[..., EmbeddedServer]]:
@@ -17,6 +20,7 @@ def server_factory() -> Iterator[Callable[..., EmbeddedServer]]:
     started: list[EmbeddedServer] = []
 
     def start(**options: Any) -> EmbeddedServer:
+        options.setdefault("allow_fetch", LOOPBACK)
         server = EmbeddedServer(ServerConfig(**options)).start()
         started.append(server)
         return server

@@ -179,3 +179,81 @@ def test_serve_command_loads_the_engine(tiny_model: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=20)
     assert f"loading {tiny_model}" in err and "ready in" in err
+
+
+def submit_and_wait(server: EmbeddedServer, model: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to ``model``'s route; the status, and the final get_result answer (or the error body)."""
+    import time
+
+    import httpx
+
+    with httpx.Client(timeout=30) as http:
+        answer = http.post(f"{server.url}/v1/{model}", json={"width": 64, "height": 64, "seed": 1, **body})
+        if answer.status_code != 200:
+            return answer.status_code, answer.json()
+        deadline = time.monotonic() + 60
+        while (result := http.get(answer.json()["polling_url"]).json())["status"] == "Pending":
+            assert time.monotonic() < deadline, result
+            time.sleep(0.02)
+        return 200, result
+
+
+class Recorder:
+    """Stands in for the pipeline: records the arguments of each call, and passes everything through."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline, self.calls = pipeline, []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls.append({k: v for k, v in kwargs.items() if k in ("num_inference_steps", "guidance_scale")})
+        return self.pipeline(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pipeline, name)
+
+
+def test_klein_runs_its_fixed_steps_and_guidance_whatever_the_route(
+    server: EmbeddedServer, engine: DiffusersEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = Recorder(engine.pipeline)
+    monkeypatch.setattr(engine, "pipeline", recorder)
+    tokens = count_image_tokens(engine)
+    status, flex = submit_and_wait(server, "flux-2-flex", {"prompt": "a fox", "steps": 20, "guidance": 3.5})
+    assert status == 200 and flex["status"] == "Ready"
+    assert recorder.calls == [{"num_inference_steps": 4, "guidance_scale": 1.0}]
+    assert len(tokens) == 4  # four transformer passes: four steps, no guidance pass
+    assert flex["details"]["warnings"] == [
+        "klein runs 4 steps at guidance 1; the request's steps 20, guidance 3.5 not used"
+    ]
+    status, klein = submit_and_wait(server, "flux-2-klein-4b", {"prompt": "a fox"})
+    assert status == 200 and "warnings" not in klein["details"]
+    assert recorder.calls[-1] == {"num_inference_steps": 4, "guidance_scale": 1.0}
+
+
+def test_more_than_four_references_are_refused_for_klein_weights(
+    server: EmbeddedServer, engine: DiffusersEngine
+) -> None:
+    refs = {
+        ("input_image" if i == 1 else f"input_image_{i}"): prepare_image(Image.new("RGB", (64, 64), "red")).value
+        for i in range(1, 6)
+    }
+    submits_before = server.stats()["submits"]
+    status, answer = submit_and_wait(server, "flux-2-pro", {"prompt": "five references", **refs})
+    assert status == 422, answer
+    detail = answer["detail"][0]
+    assert detail["loc"] == ["body", "input_image_5"] and "at most 4" in detail["msg"], detail
+    assert server.stats()["submits"] == submits_before  # refused before a task was made
+    status, four = submit_and_wait(server, "flux-2-pro", {"prompt": "four references", **dict(list(refs.items())[:4])})
+    assert status == 200 and four["status"] == "Ready"
+
+
+def test_a_prompt_past_the_text_encoders_512_tokens_is_reported_truncated(
+    server: EmbeddedServer, engine: DiffusersEngine
+) -> None:
+    long_prompt = "a lighthouse on a cliff " * 30  # 720 bytes: one token each for this tokenizer
+    assert engine.prompt_tokens(long_prompt) > 512 >= engine.prompt_tokens("a lighthouse")
+    status, long = submit_and_wait(server, "flux-2-klein-4b", {"prompt": long_prompt})
+    assert status == 200 and long["status"] == "Ready"
+    assert long["details"]["warnings"] == ["prompt truncated to 512 tokens"]
+    status, short = submit_and_wait(server, "flux-2-klein-4b", {"prompt": "a lighthouse"})
+    assert status == 200 and "warnings" not in short["details"]

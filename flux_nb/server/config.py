@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from flux_nb.protocol import DELIVERY_TTL_SECONDS, MAX_ACTIVE_TASKS
 from flux_nb.server.faults import FaultPlan
+from flux_nb.server.outbound import OutboundPolicy
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,26 @@ class ServerConfig:
     faults: FaultPlan = field(default_factory=FaultPlan)  # nothing injected by default
     # Hosts the server may contact (reference-image URLs, webhooks); None allows any host.
     outbound_hosts: frozenset[str] | None = None
+    # Host names, addresses or networks (CIDR) the server may contact although they are not public
+    # (loopback, private, link-local, ...): by default it contacts public addresses only.
+    allow_fetch: frozenset[str] = frozenset()
+    # Keys that may also read the full statistics (task timings); they work as ordinary keys too.
+    admin_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
+    docs: bool | None = None  # /docs and /openapi.json; None: served only when no keys are required
+    # Connection limits (uvicorn, and the connection guard in server/guard.py):
+    header_timeout: float = 10.0  # a connection must send a request's complete headers within this
+    max_header_bytes: int = 64 * 1024  # a request's head larger than this closes the connection
+    keep_alive_timeout: int = 5  # idle keep-alive connections are closed after this many seconds
+    limit_concurrency: int = 1000  # connections plus running requests before 503 (idle ones are evicted first)
 
-    def allows_outbound(self, url: str) -> bool:
-        """May the server contact this URL? Only http(s), and only listed hosts when a list is set."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return False
-        return self.outbound_hosts is None or parts.hostname in self.outbound_hosts
+    @property
+    def keys_required(self) -> bool:
+        return bool(self.api_keys or self.admin_keys)
+
+    @property
+    def serves_docs(self) -> bool:
+        return self.docs if self.docs is not None else not self.keys_required
+
+    def outbound_policy(self) -> OutboundPolicy:
+        """What the server may contact: public addresses, and what ``allow_fetch`` adds."""
+        return OutboundPolicy.of(self.outbound_hosts, self.allow_fetch)

@@ -63,11 +63,21 @@ class EmbeddedServer:
     """
 
     def __init__(
-        self, config: ServerConfig | None = None, *, app: Any = None, engine: Any = None, host: str = "127.0.0.1"
+        self,
+        config: ServerConfig | None = None,
+        *,
+        app: Any = None,
+        engine: Any = None,
+        host: str = "127.0.0.1",
+        insecure_open: bool = False,
     ) -> None:
         from flux_nb.server.app import create_app
+        from flux_nb.server.exposure import exposure_refusal
 
         self.config = config or ServerConfig()
+        # Only the server's own app is judged: a plain ``app`` (a test's image site) has no keys to require.
+        if app is None and (refusal := exposure_refusal(host, self.config.keys_required, insecure_open)):
+            raise ValueError(refusal)
         self.app = app if app is not None else create_app(self.config, engine)
         self.host = host
         self.port = 0
@@ -82,11 +92,14 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 15.0) -> EmbeddedServer:
         """Start serving (both listeners with ``poll_port``); returns once they accept connections."""
-        self._server, self._thread, self.port = serve_in_thread(self.app, self.host, timeout=timeout)
+        from flux_nb.server.guard import uvicorn_options
+
+        limits = uvicorn_options(self.config)
+        self._server, self._thread, self.port = serve_in_thread(self.app, self.host, timeout=timeout, **limits)
         if self.config.poll_port is not None:
             try:
                 server, thread, self.poll_url = start_poll_listener(
-                    self.app, self.host, self.config.poll_port, timeout=timeout
+                    self.app, self.host, self.config.poll_port, timeout=timeout, **limits
                 )
             except RuntimeError:
                 self.stop()
@@ -106,7 +119,7 @@ class EmbeddedServer:
 
     def stats(self) -> dict[str, Any]:
         """The server's counters (submits, polls, peak_active, poll_listener_requests, ...)."""
-        from flux_nb.server.app import server_stats
+        from flux_nb.server.routes.meta import server_stats
 
         return server_stats(self.app)
 

@@ -18,6 +18,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from flux_nb.server.bfl_errors import error_bytes
+
 
 @dataclass(frozen=True)
 class Fault:
@@ -42,6 +44,7 @@ class FaultPlan:
     slow_submit: Fault = Fault()  # the answer comes after ``slow_seconds`` (past a client's timeout)
     slow_poll: Fault = Fault()
     storm_429: Fault = Fault()  # 429 whatever the active count
+    credits_402: Fault = Fault()  # a submit answered 402: out of credits
     poll_429: Fault = Fault()  # a poll answered 429 (a rate limit on GETs)
     task_error: Fault = Fault()
     request_moderated: Fault = Fault()
@@ -149,7 +152,10 @@ class FaultMiddleware:
             if fires("drop_before", number):
                 await _drop(send)
             if fires("storm_429", number):
-                await _answer(send, 429, b'{"detail":"too many active tasks (storm)"}', [(b"retry-after", b"0.2")])
+                await _answer(send, 429, error_bytes(429, "too many active tasks (storm)"), [(b"retry-after", b"0.2")])
+                return
+            if fires("credits_402", number):
+                await _answer(send, 402, error_bytes(402, "insufficient credits (injected)"))
                 return
             if fires("submit_5xx", number):
                 await _answer(send, 503, b'{"detail":"injected failure"}')
@@ -161,7 +167,7 @@ class FaultMiddleware:
                 return
         elif route == "poll":
             if fires("poll_429", number):
-                await _answer(send, 429, b'{"detail":"too many requests (injected)"}', [(b"retry-after", b"0.05")])
+                await _answer(send, 429, error_bytes(429, "too many requests (injected)"), [(b"retry-after", b"0.05")])
                 return
             if fires("poll_5xx", number):
                 await _answer(send, 500, b'{"detail":"injected failure"}')

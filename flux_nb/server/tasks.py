@@ -19,6 +19,7 @@ from flux_nb import protocol
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.engines import DETAILS_KEY, Engine, RenderJob
 from flux_nb.server.faults import FaultCounter
+from flux_nb.server.outbound import OutboundRefused, Resolver, checked_request, logger, system_resolver
 from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook
 
 MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
@@ -50,6 +51,8 @@ class ServerTask:
     token: str | None = None
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)  # the engine's own, e.g. the replica that rendered it
+    owner: str | None = field(default=None, repr=False)  # who submitted it (a digest of the key), None: no keys
+    warnings: tuple[str, ...] = ()  # what the engine changed or cut (e.g. a truncated prompt)
 
     @property
     def active(self) -> bool:
@@ -69,6 +72,7 @@ class Statistics:
     active: int = 0
     peak_active: int = 0
     webhooks_sent: int = 0
+    webhooks_refused: int = 0
     charged: int = 0
     http_requests: Counter[str] = field(default_factory=Counter)  # by method and first path part
     requests_seen: Counter[str] = field(default_factory=Counter)  # tasks created per distinct request
@@ -91,8 +95,15 @@ def encode(image: Image.Image, output_format: str) -> bytes:
 class TaskTable:
     """Accepts tasks up to ``max_active``, renders them on worker threads, hands out results."""
 
-    def __init__(self, config: ServerConfig, engine: Engine, faults: FaultCounter | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: Engine,
+        faults: FaultCounter | None = None,
+        resolver: Resolver = system_resolver,
+    ) -> None:
         self.config = config
+        self.resolver = resolver  # how webhook hosts are resolved before they are checked
         self.engine = engine
         self.faults = faults or FaultCounter(config.faults)
         self.tasks: dict[str, ServerTask] = {}
@@ -110,6 +121,8 @@ class TaskTable:
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         base_url: str = "",
+        owner: str | None = None,
+        warnings: tuple[str, ...] = (),
     ) -> ServerTask:
         """Accept a task and start rendering it; raises TooManyActiveTasks at the limit."""
         self._forget_old()
@@ -129,6 +142,8 @@ class TaskTable:
             webhook_url=webhook_url,
             webhook_secret=webhook_secret,
             base_url=base_url,
+            owner=owner,
+            warnings=warnings,
         )
         self.tasks[task.id] = task
         self.stats.submits += 1
@@ -188,9 +203,11 @@ class TaskTable:
                 return status.value, f"injected {name}"
         return None
 
-    def get(self, task_id: str) -> ServerTask | None:
+    def get(self, task_id: str, owner: str | None = None) -> ServerTask | None:
+        """The task, if it exists and belongs to ``owner`` (another's task is as unknown as a missing one)."""
         self.stats.polls += 1
-        return self.tasks.get(task_id)
+        task = self.tasks.get(task_id)
+        return task if task is not None and task.owner == owner else None
 
     def progress(self, task: ServerTask) -> float | None:
         if not task.active:
@@ -228,6 +245,10 @@ class TaskTable:
         details: dict[str, Any] = {"engine": self.engine.name, **task.details}
         if task.error:
             details["error"] = task.error
+        if task.job.extra:
+            details["settings"] = dict(task.job.extra)  # e.g. flex's steps, guidance, prompt_upsampling
+        if task.warnings:
+            details["warnings"] = list(task.warnings)
         return {
             "id": task.id,
             "status": task.status,
@@ -238,17 +259,21 @@ class TaskTable:
         }
 
     async def _send_webhook(self, task: ServerTask) -> None:
-        if not self.config.allows_outbound(task.webhook_url or ""):
-            return
+        """POST the finished task to its webhook, at a checked address, never following redirects."""
         body = json.dumps(self.answer(task, task.base_url)).encode()
         headers = {"content-type": "application/json"}
         if task.webhook_secret:
             headers[SIGNATURE_HEADER] = sign_webhook(body, task.webhook_secret)
         try:
-            async with httpx.AsyncClient(timeout=10.0) as client:
-                await client.post(task.webhook_url or "", content=body, headers=headers)
+            async with asyncio.timeout(10.0):
+                target = await self.config.outbound_policy().check(task.webhook_url or "", self.resolver)
+                async with httpx.AsyncClient(timeout=10.0, follow_redirects=False, trust_env=False) as client:
+                    await client.send(checked_request(client, "POST", target, content=body, headers=headers))
             self.stats.webhooks_sent += 1
-        except httpx.HTTPError:
+        except OutboundRefused as exc:
+            self.stats.webhooks_refused += 1
+            logger.info("webhook of task %s refused: %s", task.id, exc)
+        except (httpx.HTTPError, TimeoutError):
             pass  # a receiver that is down does not fail the task
 
     def _forget_old(self) -> None:
@@ -273,6 +298,7 @@ class TaskTable:
             "active": stats.active,
             "peak_active": stats.peak_active,
             "webhooks_sent": stats.webhooks_sent,
+            "webhooks_refused": stats.webhooks_refused,
             "charged": stats.charged,
             "most_tasks_for_one_request": max(stats.requests_seen.values(), default=0),
             "requests_seen": dict(stats.requests_seen),

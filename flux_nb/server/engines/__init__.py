@@ -21,12 +21,30 @@ class RenderJob:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class JobRefused(ValueError):
+    """The engine cannot render this job as asked (answered with 422 naming ``field``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class Engine(Protocol):
-    """Renders one job to a PIL image, on a worker thread (the engine's own ``executor``, if it has one)."""
+    """Renders one job to a PIL image, on a worker thread (the engine's own ``executor``, if it has one).
+
+    An engine may also have ``review(job) -> list[str]``: called before the task is accepted, it raises
+    JobRefused for a job it cannot render, and returns warnings (what it will change) for the task's details.
+    """
 
     name: str
 
     def render(self, job: RenderJob) -> Image.Image: ...
+
+
+def review(engine: Engine, job: RenderJob) -> tuple[str, ...]:
+    """The engine's warnings for ``job`` (none when it has no ``review``); raises JobRefused."""
+    check = getattr(engine, "review", None)
+    return tuple(check(job)) if check is not None else ()
 
 
 ENGINES = ("preview", "diffusers")

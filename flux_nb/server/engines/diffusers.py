@@ -15,8 +15,10 @@ from typing import Any
 
 from PIL import Image
 
-from flux_nb.server.engines import RenderJob
+from flux_nb.server.engines import JobRefused, RenderJob
 
+MAX_REFERENCES = 4  # klein takes at most 4 reference images
+MAX_PROMPT_TOKENS = 512  # the text encoder's window; the pipeline cuts longer prompts
 DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
 INSTALL_HINT = (
     "install the local extra: pip install torch (a CUDA build for GPUs, see pytorch.org), "
@@ -118,12 +120,50 @@ class DiffusersEngine:
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 
+    @property
+    def distilled(self) -> bool:
+        """Step-distilled klein weights run a fixed schedule: 4 steps at guidance 1."""
+        return bool(getattr(self.pipeline.config, "is_distilled", True))
+
+    def sampling(self, job: RenderJob) -> tuple[int, float]:
+        """Steps and guidance for ``job``: the engine's own for distilled weights, whatever route it came on."""
+        if self.distilled:
+            return self.options.steps, self.options.guidance
+        return int(job.extra.get("steps", self.options.steps)), float(job.extra.get("guidance", self.options.guidance))
+
+    def prompt_tokens(self, prompt: str) -> int:
+        """How many tokens the text encoder would be given for ``prompt`` (before it cuts at 512)."""
+        tokenizer = self.pipeline.tokenizer
+        messages = [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+        )
+        return len(tokenizer(text)["input_ids"])
+
+    def review(self, job: RenderJob) -> list[str]:
+        """Refuse what klein cannot take (more than 4 references); warn about what it will change."""
+        if len(job.references) > MAX_REFERENCES:
+            field = f"input_image_{MAX_REFERENCES + 1}"
+            raise JobRefused(
+                field,
+                f"{len(job.references)} reference images given; the FLUX.2 klein weights behind this server "
+                f"take at most {MAX_REFERENCES}",
+            )
+        warnings = []
+        steps, guidance = self.sampling(job)
+        asked = {k: job.extra[k] for k in ("steps", "guidance") if k in job.extra}
+        if asked and (asked.get("steps", steps), asked.get("guidance", guidance)) != (steps, guidance):
+            given = ", ".join(f"{name} {value:g}" for name, value in asked.items())
+            warnings.append(f"klein runs {steps} steps at guidance {guidance:g}; the request's {given} not used")
+        if self.prompt_tokens(job.prompt) > MAX_PROMPT_TOKENS:
+            warnings.append(f"prompt truncated to {MAX_PROMPT_TOKENS} tokens")
+        return warnings
+
     def render(self, job: RenderJob) -> Image.Image:
         """One image; the seed goes through a CPU generator, so it means the same on any device."""
         torch = self._torch
         generator = torch.Generator("cpu").manual_seed(job.seed)
-        steps = int(job.extra.get("steps", self.options.steps))
-        guidance = float(job.extra.get("guidance", self.options.guidance))
+        steps, guidance = self.sampling(job)
         kwargs: dict[str, Any] = {
             "prompt": job.prompt,
             "height": job.height,
