@@ -18,8 +18,8 @@ import pandas as pd
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from bench.common import server_process
+from flux_nb.grid import grid
 from flux_nb.history.store import COLUMNS, HistoryStore
-from flux_nb.notebook.grid import grid
 from flux_nb.server.engines import RenderJob, get_engine
 
 ROOT = Path(__file__).resolve().parent.parent

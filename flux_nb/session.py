@@ -30,6 +30,7 @@ from flux_nb.core.loop import LoopRunner
 from flux_nb.core.results import Result, SweepResult, presenter
 from flux_nb.errors import BudgetError, ValidationError
 from flux_nb.history.store import HistoryStore, Record, RecordStatus, process_owner
+from flux_nb.http.auth import Secret
 from flux_nb.http.client import AsyncFluxClient
 from flux_nb.images import ImageInput
 
@@ -94,7 +95,7 @@ class Flux(Configurable):
         # BFL_API_KEY is a BFL key: it goes to BFL hosts only. A key for another endpoint is given
         # explicitly (api_key=, %flux login) or in FLUX_NB_API_KEY.
         self._key_given = api_key is not None
-        self._api_key = api_key if api_key is not None else os.environ.get(protocol.KEY_ENV) or None
+        self._api_key = Secret.of(api_key if api_key is not None else os.environ.get(protocol.KEY_ENV) or None)
         self._runner = LoopRunner()
         self._executor: Executor | None = None
         self._backend: Backend | None = None
@@ -132,7 +133,7 @@ class Flux(Configurable):
         """Use ``api_key`` from now on; it is kept in memory only."""
         if not isinstance(api_key, str) or not api_key.strip():
             raise ValidationError("the API key is empty")
-        self._api_key = api_key.strip()
+        self._api_key = Secret(api_key.strip())
         self._key_given = True
         self._reset(backend=True)
 
@@ -420,8 +421,12 @@ class Flux(Configurable):
     # -- history -------------------------------------------------------------------------------
 
     def history(self) -> pd.DataFrame:
-        """Every recorded request, one row each, as a pandas DataFrame."""
-        return self.store.to_frame()
+        """Every recorded request, one row each, as a pandas DataFrame (``frame.flux.grid(...)`` works on it)."""
+        import flux_nb.accessor  # noqa: F401  (registers frame.flux)
+
+        frame = self.store.to_frame()
+        frame.attrs["history_dir"] = str(self.history_dir)
+        return frame
 
     def cost(self) -> pd.DataFrame:
         """Credits by model: in this notebook (this kernel, where its name is not known) and in all."""

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFont
 
-import flux_nb.notebook.grid  # noqa: F401  (registers the DataFrame accessor)
+import flux_nb.accessor  # noqa: F401  (registers the DataFrame accessor)
 from flux_nb.core.results import Result
 from flux_nb.errors import ModeratedError, ValidationError
-from flux_nb.notebook.grid import (
+from flux_nb.grid import (
     BACKGROUND,
     CELL_BACKGROUND,
     DISPLAY_MAX_WIDTH,

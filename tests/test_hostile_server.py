@@ -219,8 +219,8 @@ def test_a_hostile_delivery_leaves_the_record_submitted_and_resume_finishes_it(
 
     server = hostile(mode)
     flux = Flux(endpoint=server.url, history_dir=history_dir, cache=False)
-    flux.executor.client.retry = FAST
-    flux.executor.client.limits = TIGHT
+    flux._ready_executor().client.retry = FAST
+    flux._ready_executor().client.limits = TIGHT
     try:
         first = flux.run([flux.prepare("hostile", seed=1, width=256, height=256, output_format="png")])[0]
         assert first.status == "submitted" and first.path is None, first

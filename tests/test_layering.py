@@ -14,20 +14,21 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "flux_nb"
 
 # Lower numbers sit lower. A module may import a lower layer, or its own package (e.g. http -> http).
-LAYERS: dict[str, int] = {
+LAYERS: dict[str, float] = {
     "flux_nb.errors": 0,
     "flux_nb.protocol": 1,
     "flux_nb.images": 2,
     "flux_nb.fonts": 2,
-    "flux_nb.metadata": 2,
+    "flux_nb.metadata": 2.5,
     "flux_nb.http": 3,
     "flux_nb.history": 3,
     "flux_nb.server": 3,
     "flux_nb.core": 4,
+    "flux_nb.grid": 4.5,  # labelled grids: pure layout of results or rows, used by sweeps, exports and notebooks
+    "flux_nb.export": 4.6,  # bundles, reports, MLflow: an experiment leaving the history
+    "flux_nb.accessor": 4.7,  # frame.flux.grid/to_mlflow
     "flux_nb.session": 5,
     "flux_nb.notebook": 6,
-    "flux_nb.integrations": 6,
-    "flux_nb.export": 6,
     "flux_nb.cli": 7,
     "flux_nb.__main__": 8,
     "flux_nb": 8,  # the public surface: the one place that wires the layers together
@@ -49,7 +50,7 @@ def may_import_server(module: str) -> bool:
     return module in SERVER_USERS or module.startswith("flux_nb.server.") or module == "flux_nb.server"
 
 
-def layer_of(module: str) -> tuple[str, int]:
+def layer_of(module: str) -> tuple[str, float]:
     """The layer key (longest matching prefix in LAYERS) and its rank; entry points (__main__) sit on top."""
     if module.endswith(".__main__"):
         return module, LAYERS["flux_nb.__main__"]

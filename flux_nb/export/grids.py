@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from flux_nb.grid import Grid, GridPages
 from flux_nb.metadata.provenance import write_grid_provenance
-from flux_nb.notebook.grid import Grid, GridPages
 
 
 def grid_cells(page: Grid, frame: pd.DataFrame) -> list[dict[str, Any]]:

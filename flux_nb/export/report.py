@@ -21,9 +21,9 @@ import pandas as pd
 from PIL import Image
 
 from flux_nb.errors import ValidationError
+from flux_nb.grid import Grid, GridPages, grid
 from flux_nb.images import thumbnail
 from flux_nb.metadata.provenance import version
-from flux_nb.notebook.grid import Grid, GridPages, grid
 
 THUMBNAIL = 256
 # (column, header, numeric): shown when the frame has the column ("size" and "credits" are derived).

@@ -27,6 +27,10 @@ class Shown:
     def __init__(self, text: Callable[[], str], html: Callable[[], str] | None = None) -> None:
         self._text, self._html = text, html
 
+    @property
+    def has_html(self) -> bool:
+        return self._html is not None
+
     def _repr_html_(self) -> str | None:
         return self._html() if self._html is not None else None
 
@@ -88,7 +92,7 @@ def grid(session: Flux, rest: list[str]) -> Any:
 
     In a terminal the grid is saved as a PNG (``--save PATH``, else in the history folder) and its path said.
     """
-    from flux_nb.notebook.grid import grid as draw
+    from flux_nb.grid import grid as draw
 
     parser = argparse.ArgumentParser(prog="%flux grid", add_help=False, exit_on_error=False)
     for flag in ("--x", "--y", "--z", "--where", "--save"):

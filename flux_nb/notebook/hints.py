@@ -9,10 +9,13 @@ from __future__ import annotations
 from flux_nb.errors import (
     AuthError,
     BudgetError,
+    DeliveryError,
     FluxError,
     FluxTimeout,
     RateLimitError,
     RejectedError,
+    TaskFailedError,
+    TaskNotFoundError,
     TransportError,
     UnknownOutcomeError,
 )
@@ -26,6 +29,9 @@ HINTS: tuple[tuple[type[FluxError], str], ...] = (
     (RateLimitError, "lower Flux.max_concurrency or wait a moment"),
     (FluxTimeout, "the record is kept: %flux resume (or flux.resume()) finishes it"),
     (TransportError, "check the network and Flux.endpoint, then run the cell again"),
+    (TaskFailedError, "run the cell again; if it keeps failing, change the prompt, size or reference images"),
+    (TaskNotFoundError, "it expired or was never created: run the cell again to send a new task"),
+    (DeliveryError, "run the cell again: the same seed gives the same image"),
 )
 #: The hint for a request the API accepted but that did not finish here.
 RESUME = "the task was accepted and is kept as submitted: %flux resume (or flux.resume()) finishes it"

@@ -185,10 +185,10 @@ class FluxMagics(Magics):
                 "write the prompt on the lines below %%flux (two percent signs, options on that line)"
             )
         shown = handler(self.session, rest)
-        if shown is not None and render.is_rich():
-            display(shown)
+        if isinstance(shown, commands.Shown) and not (shown.has_html and render.is_rich()):
+            print(repr(shown))  # plain lines, and a terminal's text forms: never HTML
         elif shown is not None:
-            print(repr(shown))  # a terminal gets the text form, never HTML
+            display(shown)
         return None
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from flux_nb.server.engines import JobRefused, RenderJob
+from flux_nb.server.engines.base import JobRefused, RenderJob
 
 MAX_REFERENCES = 4  # klein takes at most 4 reference images
 MAX_PROMPT_TOKENS = 512  # the text encoder's window; the pipeline cuts longer prompts

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from flux_nb import fonts
-from flux_nb.server.engines import RenderJob
+from flux_nb.server.engines.base import RenderJob
 
 WORK_SCALE = 4  # render at 1/4 size, then upscale: the shapes are soft anyway
 BLOBS = 7

@@ -3,7 +3,7 @@
 Layout is pure PIL: ``x`` values run across as column headers, ``y`` values down as row
 headers, one page per ``z`` value. Cells keep each image's aspect ratio inside a square box,
 long labels wrap and the header grows to fit, failed and missing cells say so.
-``df.flux.grid(x="seed", y="prompt")`` works on any history DataFrame once this module is imported.
+``df.flux.grid(x="seed", y="prompt")`` works on any history DataFrame (``flux_nb.accessor``).
 """
 
 from __future__ import annotations
@@ -387,17 +387,3 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, box: Box, row: Ro
     reason = row.get("error") or ("image file not found" if status in ("ready", None) else "no image")
     lines = wrap_text(f"{status or 'failed'}: {reason}", cell - 2 * GAP, max_lines=(cell - 2 * GAP) // LINE)
     _draw_lines(draw, lines, (left + GAP, top + GAP, right - GAP, bottom - GAP), FAILED)
-
-
-@pd.api.extensions.register_dataframe_accessor("flux")
-class FluxAccessor:
-    """``df.flux.grid(x=..., y=..., z=...)`` on any history DataFrame."""
-
-    def __init__(self, frame: pd.DataFrame) -> None:
-        self._obj = frame
-
-    def grid(
-        self, x: str | None = None, y: str | None = None, z: str | None = None, **options: Any
-    ) -> Grid | GridPages:
-        """A labelled comparison grid of this frame's rows; see ``flux_nb.notebook.grid.grid``."""
-        return grid(self._obj, x=x, y=y, z=z, **options)

@@ -1,0 +1,43 @@
+"""``frame.flux``: grids, bundles, reports and MLflow runs straight from a history DataFrame.
+
+Registered when a session hands out a history frame (``Flux.history()``, ``flux_history``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flux_nb.grid import Grid, GridPages, grid
+
+
+@pd.api.extensions.register_dataframe_accessor("flux")
+class FluxAccessor:
+    """``df.flux.grid(x=..., y=..., z=...)`` and friends on any history DataFrame."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._obj = frame
+
+    def grid(
+        self, x: str | None = None, y: str | None = None, z: str | None = None, **options: Any
+    ) -> Grid | GridPages:
+        """A labelled comparison grid of this frame's rows; see ``flux_nb.grid.grid``."""
+        return grid(self._obj, x=x, y=y, z=z, **options)
+
+    def to_mlflow(self, experiment: str = "flux_nb", *, history_dir: str | Path | None = None, **options: Any) -> str:
+        """Log each row (parameters, cost, image) to MLflow; the parent run's id. Needs ``flux-nb[mlflow]``."""
+        from flux_nb.export.mlflow import to_mlflow
+
+        return to_mlflow(self._obj, _history_dir(self._obj, history_dir), experiment=experiment, **options)
+
+
+def _history_dir(frame: pd.DataFrame, given: str | Path | None) -> Path:
+    """The history folder a frame's rows came from (its ``attrs``), unless given."""
+    if given is not None:
+        return Path(given)
+    folder = frame.attrs.get("history_dir")
+    if folder is None:
+        raise ValueError("this frame does not say which history it came from: pass history_dir=")
+    return Path(folder)
