@@ -89,7 +89,7 @@ def history_frame(rows: int) -> dict[str, Any]:
             for i in range(rows)
         ]
         with sqlite3.connect(store.path) as db:
-            db.executemany(f"INSERT INTO records VALUES ({', '.join('?' * len(names))})", records)
+            db.executemany(f"INSERT INTO records ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", records)
         started = time.perf_counter()
         frame = store.to_frame()
         took = time.perf_counter() - started
