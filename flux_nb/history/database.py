@@ -97,10 +97,16 @@ class Database:
             raise faults.translate(exc, self.path, "open it") from exc
 
     def _check_and_migrate(self) -> None:
-        db = self.connection()
-        found = retrying(lambda: schema.tables(db))
+        """Refuse a foreign database before anything (even the WAL switch) writes to it; then migrate."""
+        probe = self._connect() if self.readonly else sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+        try:
+            found = retrying(lambda: schema.tables(probe))
+        finally:
+            if not self.readonly:
+                probe.close()
         if found and "records" not in found:
             raise faults.not_a_history(self.path, f"an SQLite database without a records table: {sorted(found)}")
+        db = self.connection()
         if not self.readonly and retrying(lambda: schema.needs_migration(db)):
             self.write(schema.create_schema, "bring it up to date")
         self.columns = retrying(lambda: schema.table_columns(db, "records"))

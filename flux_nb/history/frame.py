@@ -191,6 +191,7 @@ def _review_columns(table: pa.Table, reviews: pa.Table | None) -> dict[str, Any]
 
 def reviews_table(rows: list[tuple[Any, ...]]) -> pa.Table:
     """Review rows (record_id, rating, note, favourite, comma-joined tags) as an Arrow table."""
+    rows = [(record_id, rating, note, bool(favourite), tags) for record_id, rating, note, favourite, tags in rows]
     columns = list(zip(*rows, strict=True)) if rows else [()] * len(REVIEW_SCHEMA)
     arrays = [pa.array(values, type=field.type) for values, field in zip(columns, REVIEW_SCHEMA, strict=True)]
     return pa.table(arrays, REVIEW_SCHEMA)
