@@ -1,7 +1,7 @@
 """Typed DataFrames of the records table, read as Arrow.
 
-The fast path reads through the ADBC SQLite driver straight into Arrow, several row ranges at
-once on separate connections (the driver releases the GIL), then converts each column once:
+The fast path reads through the ADBC SQLite driver straight into Arrow (in a helper process, see
+``arrow_reader``), several row ranges at once on separate connections, then converts each column once:
 integers to ``Int64`` (no float detour that would round 64-bit seeds), numbers to ``Float64``,
 times to UTC datetimes, text to the ``string`` dtype. A value of the wrong kind (text in a number
 column) makes the driver refuse the column, so the read is repeated with such values turned to
@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flux_nb.history.arrow_reader import READER, ReaderError
 from flux_nb.history.database import Database
 from flux_nb.history.schema import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, TIME_COLUMNS, select_list
 
@@ -48,19 +48,6 @@ def _conform(table: pa.Table) -> pa.Table:
         raise _WrongKind(str(exc)) from exc
 
 
-def _adbc_read(target: str, sql: str, params: Sequence[Any]) -> pa.Table:
-    import adbc_driver_sqlite.dbapi as adbc
-
-    with adbc.connect(target) as connection, connection.cursor() as cursor:
-        try:
-            cursor.execute(sql, list(params) if params else None)
-            return _conform(cursor.fetch_arrow_table())
-        except Exception as exc:
-            if "type mismatch" in str(exc).lower():
-                raise _WrongKind(str(exc)) from exc
-            raise
-
-
 def _ranges(database: Database, where: str) -> list[tuple[int, int]]:
     """Row-id ranges to read side by side: one for a filtered or small read."""
     top = database.read("SELECT MAX(rowid) FROM records")[0][0] or 0
@@ -83,28 +70,36 @@ def _sqlite_read(database: Database, where: str, params: Sequence[Any]) -> pa.Ta
     return pa.table([pa.array(values, type=field.type) for values, field in zip(columns, TARGET, strict=True)], TARGET)
 
 
-def read_table(database: Database, where: str = "", params: Sequence[Any] = ()) -> pa.Table:
-    """The matching records as one Arrow table (plus ``_rowid``), oldest first."""
+def read_table(database: Database, where: str = "", params: Sequence[Any] = (), *, small: bool = False) -> pa.Table:
+    """The matching records as one Arrow table (plus ``_rowid``), oldest first.
+
+    ``small`` (a few rows expected: the newest rows, recent changes) reads through ``sqlite3`` here,
+    which for a handful of rows is quicker than a round trip to the reading process.
+    """
+    if small:
+        return _oldest_first(_sqlite_read(database, where, params))
     try:
         table = _read_ranges(database, where, params, clean=False)
     except _WrongKind:
         try:
             table = _read_ranges(database, where, params, clean=True)
-        except Exception:
+        except (_WrongKind, ReaderError):
             table = _sqlite_read(database, where, params)
-    except Exception:
+    except ReaderError:
         table = _sqlite_read(database, where, params)
     return _oldest_first(table)
 
 
 def _read_ranges(database: Database, where: str, params: Sequence[Any], *, clean: bool) -> pa.Table:
-    sql, target = _sql(database, where, clean=clean), database.adbc_target()
-    ranges = _ranges(database, where)
-    if len(ranges) == 1:
-        return _adbc_read(target, sql, [*params, *ranges[0]])
-    with ThreadPoolExecutor(len(ranges)) as pool:
-        parts = list(pool.map(lambda r: _adbc_read(target, sql, [*params, *r]), ranges))
-    return pa.concat_tables(parts)
+    sql = _sql(database, where, clean=clean)
+    queries = [(sql, [*params, *bounds]) for bounds in _ranges(database, where)]
+    try:
+        parts = READER.read(database.adbc_target(), queries)
+    except ReaderError as exc:
+        if "type mismatch" in str(exc).lower():
+            raise _WrongKind(str(exc)) from exc
+        raise
+    return pa.concat_tables([_conform(part) for part in parts])
 
 
 def _oldest_first(table: pa.Table) -> pa.Table:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from flux_nb.history.view import HistoryView
 
 
+# Reads of at most this many rows go through sqlite3 directly (no round trip to the Arrow reader).
+SMALL_READ = 5_000
+
+
 class Queries:
     """Frame-returning reads of a history (the part of ``HistoryStore`` that needs pandas)."""
 
@@ -54,7 +58,7 @@ class Queries:
         where, params = where_clause(equals)
         newest = f"SELECT rowid FROM records {'WHERE ' + where if where else ''} "
         newest += "ORDER BY created_at DESC, rowid DESC LIMIT ?"
-        return self._frame(f"rowid IN ({newest})", [*params, n])
+        return self._frame(f"rowid IN ({newest})", [*params, n], small=n <= SMALL_READ)
 
     def change_token(self) -> int:
         """The number of the newest change: ``frame_since`` of it returns what changed after it."""
@@ -66,7 +70,7 @@ class Queries:
         """Rows added or changed after change ``token`` (a review counts), and the token to ask with next."""
         new_token = self.change_token()
         if new_token == token:
-            return self._frame("0", []), token
+            return self._frame("0", [], small=True), token
         where, params = where_clause(equals)
         changed = "records.seq > ?"
         if self._db.has("reviews"):
@@ -75,7 +79,8 @@ class Queries:
             params = [token, token, token, *params]
         else:
             params = [token, *params]
-        return self._frame(f"{changed}{' AND ' + where if where else ''}", params), new_token
+        changed_rows = self._frame(f"{changed}{' AND ' + where if where else ''}", params, small=True)
+        return changed_rows, new_token
 
     def changed_ids(self, token: int) -> list[str]:
         """Ids of the rows written (or whose image was reviewed) after change ``token``, whatever their values."""
@@ -92,10 +97,10 @@ class Queries:
 
         return HistoryView(self, **equals)
 
-    def _frame(self, where: str, params: Sequence[Any]) -> pd.DataFrame:
+    def _frame(self, where: str, params: Sequence[Any], *, small: bool = False) -> pd.DataFrame:
         from flux_nb.history import frame
 
-        table = frame.read_table(self._db, where, params)
+        table = frame.read_table(self._db, where, params, small=small)
         reviews = None
         if self._db.has("reviews") and table.num_rows:
             reviews = frame.reviews_table(self._db.read(review.REVIEWS_SQL))
