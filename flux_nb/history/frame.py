@@ -118,7 +118,7 @@ def _oldest_first(table: pa.Table) -> pa.Table:
 
 def _hash_lists(column: pa.ChunkedArray) -> np.ndarray:
     """``input_hashes`` as a list per row (never a 2-D array); only non-empty JSON is parsed."""
-    out = np.fromiter(([] for _ in range(len(column))), dtype=object, count=len(column))
+    out = np.fromiter(map(list, itertools.repeat((), len(column))), dtype=object, count=len(column))
     empty = pc.fill_null(pc.equal(column, "[]"), True).to_numpy(zero_copy_only=False)
     where = np.flatnonzero(~empty)
     if len(where):
@@ -169,9 +169,9 @@ def _review_columns(table: pa.Table, reviews: pa.Table | None) -> dict[str, Any]
     rows = table.num_rows
     if reviews is None or reviews.num_rows == 0:
         return {
-            "rating": pd.array([None] * rows, dtype="Int64"),
-            "note": pd.array([None] * rows, dtype=pd.StringDtype("pyarrow")),
-            "tags": pd.array([None] * rows, dtype=pd.StringDtype("pyarrow")),
+            "rating": pd.Int64Dtype().__from_arrow__(pa.nulls(rows, pa.int64())),
+            "note": pd.StringDtype("pyarrow").__from_arrow__(pa.nulls(rows, pa.string())),
+            "tags": pd.StringDtype("pyarrow").__from_arrow__(pa.nulls(rows, pa.string())),
             "favourite": np.zeros(rows, dtype=bool),
         }
     shown = pc.coalesce(table.column("cached_from"), table.column("record_id"))

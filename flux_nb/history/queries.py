@@ -72,24 +72,26 @@ class Queries:
         if new_token == token:
             return self._frame("0", [], small=True), token
         where, params = where_clause(equals)
-        changed = "records.seq > ?"
-        if self._db.has("reviews"):
-            reviewed = "SELECT record_id FROM reviews WHERE seq > ?"
-            changed = f"({changed} OR records.record_id IN ({reviewed}) OR records.cached_from IN ({reviewed}))"
-            params = [token, token, token, *params]
-        else:
-            params = [token, *params]
+        changed = f"records.rowid IN ({self._changed_rowids()})"
+        params = [token] * (3 if self._db.has("reviews") else 1) + params
         changed_rows = self._frame(f"{changed}{' AND ' + where if where else ''}", params, small=True)
         return changed_rows, new_token
 
-    def changed_ids(self, token: int) -> list[str]:
-        """Ids of the rows written (or whose image was reviewed) after change ``token``, whatever their values."""
-        rows = self._db.read("SELECT record_id FROM records WHERE seq > ?", [token])
+    def _changed_rowids(self) -> str:
+        """SQL of the rowids written, or whose image was reviewed, after a token (one ``?`` per part);
+        each part is an indexed lookup, so asking costs little however long the history is."""
+        sql = "SELECT rowid FROM records WHERE seq > ?"
         if self._db.has("reviews"):
             reviewed = "SELECT record_id FROM reviews WHERE seq > ?"
-            sql = f"SELECT record_id FROM records WHERE record_id IN ({reviewed}) OR cached_from IN ({reviewed})"
-            rows += self._db.read(sql, [token, token])
-        return list(dict.fromkeys(row[0] for row in rows))
+            sql += f" UNION SELECT rowid FROM records WHERE record_id IN ({reviewed})"
+            sql += f" UNION SELECT rowid FROM records WHERE cached_from IN ({reviewed})"
+        return sql
+
+    def changed_ids(self, token: int) -> list[str]:
+        """Ids of the rows written (or whose image was reviewed) after change ``token``, whatever their values."""
+        params = [token] * (3 if self._db.has("reviews") else 1)
+        rows = self._db.read(f"SELECT record_id FROM records WHERE rowid IN ({self._changed_rowids()})", params)
+        return [row[0] for row in rows]
 
     def view(self, **equals: Any) -> HistoryView:
         """A frame of the matching rows that ``refresh()`` keeps up to date cheaply."""
