@@ -132,8 +132,12 @@ def _hash_lists(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def _times(column: pa.ChunkedArray) -> pd.DatetimeIndex:
-    seconds = column.to_numpy(zero_copy_only=False).astype(float)  # NULL is NaN, then NaT
-    return pd.to_datetime(seconds, unit="s", utc=True).as_unit("ns")
+    """Seconds since the epoch as UTC datetimes (ns); NULL becomes NaT."""
+    seconds = column.to_numpy(zero_copy_only=False).astype(float)
+    missing = np.isnan(seconds) | (np.abs(seconds) > 9.2e9)  # NULL, or past what datetime64[ns] holds
+    nanos = np.where(missing, 0.0, np.round(seconds * 1e9)).astype(np.int64)
+    nanos[missing] = np.iinfo(np.int64).min  # NaT
+    return pd.DatetimeIndex(nanos.view("M8[ns]")).tz_localize("UTC")
 
 
 def _column(name: str, column: pa.ChunkedArray) -> Any:
