@@ -36,7 +36,12 @@ def test_a_cache_hit_is_recorded_as_a_free_use_pointing_at_its_original(history_
     record, source = store.get(use), store.get(original)
     assert record is not None and source is not None and use != original
     assert (record.cached_from, record.cached, record.cost, record.estimated_cost) == (original, True, 0.0, 0.0)
-    assert (record.notebook, record.tag, record.experiment, record.labels) == ("b.ipynb", "again", "dark", '{"seed": 1}')
+    assert (record.notebook, record.tag, record.experiment, record.labels) == (
+        "b.ipynb",
+        "again",
+        "dark",
+        '{"seed": 1}',
+    )
     assert record.image_file == source.image_file and record.request_key == source.request_key
     assert record.status == "ready" and record.task_id is None and not source.cached
     dark = store.to_frame(experiment="dark")

@@ -96,7 +96,7 @@ def test_no_history_in_a_read_only_folder_is_a_clear_error(tmpfs: Callable[[str]
     point = tmpfs("1m")
     (point / "empty").mkdir()
     remount_read_only(point)
-    with pytest.raises(HistoryError, match="no history at .*read-only"):
+    with pytest.raises(HistoryError, match=r"no history at .*read-only"):
         HistoryStore(point / "empty")
     with pytest.raises(HistoryError, match="create the history folder"):
         HistoryStore(point / "new")
@@ -113,7 +113,7 @@ def test_a_damaged_file_is_named_with_the_fix(history_dir: Path) -> None:
     data = bytearray(store.path.read_bytes())
     data[4096 * 2 :] = b"\xa5" * (len(data) - 4096 * 2)  # every page after the second
     store.path.write_bytes(bytes(data))
-    with pytest.raises(HistoryError, match="damaged .*malformed") as caught:
+    with pytest.raises(HistoryError, match=r"damaged .*malformed") as caught:
         HistoryStore(history_dir).to_frame()
     assert str(store.path) in caught.value.one_line() and ".recover" in caught.value.one_line()
 

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flux_nb.history import store as store_module
 from flux_nb.history import database as database_module
+from flux_nb.history import store as store_module
 from flux_nb.history.store import COLUMNS, FRAME_COLUMNS, HistoryStore, RecordStatus, request_key
 from flux_nb.images import prepare_image, sha256_hex
 from flux_nb.protocol import FluxRequest
