@@ -76,10 +76,12 @@ def test_a_history_from_before_experiments_gains_the_new_columns_and_tables(hist
     store = HistoryStore(history_dir)
     old = ready(store, 1)
     with sqlite3.connect(store.path) as db:
+        for trigger in ("spent_insert", "spent_update", "spent_delete"):
+            db.execute(f"DROP TRIGGER {trigger}")
         for column in ("experiment", "cached_from", "labels", "seq"):
             db.execute(f"DROP INDEX IF EXISTS records_{column}")
             db.execute(f"ALTER TABLE records DROP COLUMN {column}")
-        for table in ("reviews", "review_tags", "changes"):
+        for table in ("reviews", "review_tags", "changes", "spent_totals"):
             db.execute(f"DROP TABLE {table}")
     reopened = HistoryStore(history_dir)
     assert reopened.get(old).experiment is None and reopened.to_frame()["record_id"].tolist() == [old]  # type: ignore[union-attr]
@@ -88,6 +90,7 @@ def test_a_history_from_before_experiments_gains_the_new_columns_and_tables(hist
     frame = reopened.to_frame().set_index("record_id")
     assert frame.loc[new, "experiment"] == "x" and pd.isna(frame.loc[old, "experiment"])
     assert frame.loc[old, "rating"] == 5 and reopened.to_frame(experiment="x").index.size == 1
+    assert reopened.spent().set_index("model").loc["flux-2-klein-4b", "requests"] == 1  # totals rebuilt from rows
 
 
 # -- reviews ------------------------------------------------------------------------------------
@@ -241,3 +244,25 @@ def test_importing_the_store_does_not_import_pandas() -> None:
     out = subprocess.run([sys.executable, "-c", code, str(ROOT / "flux_nb")], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_running_totals_match_the_records_through_every_kind_of_write(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    for seed in range(6):
+        record_id = ready(store, seed, color=["red", "blue", "green"][seed % 3], experiment=f"e{seed % 2}")
+        if seed == 4:
+            store.record_use(record_id, notebook="b.ipynb", experiment="e0")
+    moderated = create(store, seed=7)
+    store.mark_failed(moderated, status=RecordStatus.MODERATED, error_kind="M", error="m", finished_at=1)
+    with sqlite3.connect(store.path) as db:  # writers that are not this store: raw SQL, and a bad cost
+        db.execute("UPDATE records SET notebook = 'c.ipynb', cost = 'abc' WHERE seed = 1")
+        db.execute("DELETE FROM records WHERE seed = 2")
+    direct = """SELECT model, backend, COUNT(*), TOTAL(COALESCE(CASE WHEN typeof(cost) IN ('real', 'integer')
+                THEN cost END, estimated_cost)), SUM(notebook = 'c.ipynb') FROM records
+                WHERE status = 'ready' AND cached_from IS NULL AND experiment IS ? GROUP BY model, backend"""
+    for experiment in ("e0", "e1"):
+        spent = store.spent("c.ipynb", experiment=experiment)
+        expected = store._db.read(direct, [experiment])
+        got = spent[["model", "backend", "requests", "credits", "notebook_requests"]].itertuples(index=False)
+        assert [tuple(row) for row in got] == [tuple(row) for row in expected]
+    assert store.spent()["requests"].sum() == 5 and store.spent()["credits"].sum() == pytest.approx(4 * 1.5 + 1.4)

@@ -62,6 +62,53 @@ def create_schema(db: sqlite3.Connection) -> None:
         db.execute(f"CREATE INDEX IF NOT EXISTS records_{column} ON records ({column})")
     for statement in _TABLES:
         db.execute(statement)
+    create_spent_totals(db)
+
+
+# A ready record that is not a use is a billed (or would-be billed) request; its credits are the cost
+# the API reported, else the estimate. NULL keys are stored as char(0): key columns are never NULL.
+_BILLED = "{r}.status = 'ready' AND {r}.cached_from IS NULL"
+_KEY = (
+    "{r}.model, IFNULL({r}.backend, char(0)), IFNULL({r}.notebook, char(0)), IFNULL({r}.owner, char(0)), "
+    "IFNULL({r}.experiment, char(0))"
+)
+_CREDITS = (
+    "COALESCE(CASE WHEN typeof({r}.cost) IN ('real', 'integer') THEN {r}.cost END, "
+    "CASE WHEN typeof({r}.estimated_cost) IN ('real', 'integer') THEN {r}.estimated_cost END, 0)"
+)
+_KEY_NAMES = "model, backend, notebook, owner, experiment"
+_ADD = (
+    "INSERT INTO spent_totals SELECT {key}, 1, {credits} WHERE {billed} ON CONFLICT ("
+    + _KEY_NAMES
+    + ") DO UPDATE SET requests = requests + 1, credits = credits + excluded.credits;"
+)
+_REMOVE = (
+    "UPDATE spent_totals SET requests = requests - 1, credits = credits - {credits} "
+    "WHERE {billed} AND (" + _KEY_NAMES + ") = ({key});"
+)
+
+
+def _for(template: str, row: str) -> str:
+    return template.format(key=_KEY.format(r=row), credits=_CREDITS.format(r=row), billed=_BILLED.format(r=row))
+
+
+def create_spent_totals(db: sqlite3.Connection) -> None:
+    """The running totals behind ``spent``, filled from the records once, then kept by triggers."""
+    if "spent_totals" not in tables(db):
+        db.execute(
+            "CREATE TABLE spent_totals (model TEXT, backend TEXT, notebook TEXT, owner TEXT, experiment TEXT, "
+            f"requests INTEGER NOT NULL, credits REAL NOT NULL, PRIMARY KEY ({_KEY_NAMES})) WITHOUT ROWID"
+        )
+        key, credits, billed = _KEY.format(r="records"), _CREDITS.format(r="records"), _BILLED.format(r="records")
+        db.execute(f"INSERT INTO spent_totals SELECT {key}, COUNT(*), TOTAL({credits}) FROM records WHERE {billed} "
+                   f"GROUP BY {key}")  # fmt: skip
+    db.execute(f"CREATE TRIGGER IF NOT EXISTS spent_insert AFTER INSERT ON records BEGIN {_for(_ADD, 'new')} END")
+    db.execute(f"CREATE TRIGGER IF NOT EXISTS spent_delete AFTER DELETE ON records BEGIN {_for(_REMOVE, 'old')} END")
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS spent_update AFTER UPDATE ON records "
+        f"WHEN ({_BILLED.format(r='old')}) OR ({_BILLED.format(r='new')}) "
+        f"BEGIN {_for(_REMOVE, 'old')} {_for(_ADD, 'new')} END"
+    )
 
 
 def table_columns(db: sqlite3.Connection, table: str) -> set[str]:
@@ -79,6 +126,7 @@ def needs_migration(db: sqlite3.Connection) -> bool:
         not {"records", "reviews", "review_tags", "changes"} <= tables(db)
         or not {*COLUMNS, "seq"} <= table_columns(db, "records")
         or not {f"records_{c}" for c in INDEXED} <= indexes
+        or "spent_update" not in {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     )
 
 

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 class HistoryView:
     """Keeps ``frame`` (the rows matching ``filters``) current: ``refresh()`` reads the rows written or
-    reviewed since the last read, replaces those it holds, drops those that no longer match, appends new ones.
+    reviewed since the last read, updates the rows it holds in place, appends new ones, and drops
+    rows that no longer match.
 
     >>> view = store.view(experiment="lighting")  # doctest: +SKIP
     >>> view.refresh().tail()  # doctest: +SKIP
@@ -22,31 +23,57 @@ class HistoryView:
         self.store = store
         self.filters = filters
         self.token = store.change_token()  # taken first: a write during the read is read again next time
-        self.frame = store.query(**filters)
-        self._ids = set(self.frame["record_id"])
+        self._set(store.query(**filters))
 
     def __repr__(self) -> str:
         return f"HistoryView({self.store!r}, {len(self.frame)} rows, filters={self.filters!r})"
 
+    def _set(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self._at = {record_id: i for i, record_id in enumerate(frame["record_id"])}  # id -> row position
+
     def refresh(self) -> pd.DataFrame:
         """The frame, brought up to date; unchanged when nothing was written since the last read."""
-        touched = self.store.changed_ids(self.token) if self.filters else None
+        touched = self.store.changed_ids(self.token) if self.filters else []
         changed, self.token = self.store.frame_since(self.token, **self.filters)
-        if len(changed) or touched:
-            self.frame, appended = merge(self.frame, changed, touched or [], self._ids)
-            if not appended:
-                self._ids = set(self.frame["record_id"])
+        ids = list(changed["record_id"])
+        gone = set(touched) - set(ids)
+        if gone & self._at.keys():
+            self._set(rebuilt(self.frame, changed, gone))
+            return self.frame
+        held = [i for i, record_id in enumerate(ids) if record_id in self._at]
+        new = [i for i, record_id in enumerate(ids) if record_id not in self._at]
+        if held and not self._update(changed.iloc[held]):
+            self._set(rebuilt(self.frame, changed, gone))
+            return self.frame
+        if new:
+            self._append(changed.iloc[new])
         return self.frame
 
+    def _update(self, rows: pd.DataFrame) -> bool:
+        """Overwrite held rows in place; False when one moved (its creation time changed)."""
+        positions = [self._at[record_id] for record_id in rows["record_id"]]
+        if not (self.frame["created_at"].iloc[positions].to_numpy() == rows["created_at"].to_numpy()).all():
+            return False
+        for j, name in enumerate(self.frame.columns):
+            if self.frame[name].dtype == object:  # lists: one cell at a time, never broadcast
+                for position, value in zip(positions, rows[name], strict=True):
+                    self.frame.iat[position, j] = value
+            else:
+                self.frame.iloc[positions, j] = rows[name].array
+        return True
 
-def merge(frame: pd.DataFrame, changed: pd.DataFrame, touched: list[str], held: set[str]) -> tuple[pd.DataFrame, bool]:
-    """``frame`` with ``changed`` rows put in (replacing rows of the same id) and ``touched`` rows that are
-    not in ``changed`` (they no longer match the filters) taken out; oldest first, as a fresh frame.
-    ``held`` is the set of ids in ``frame``: in the usual case (only new rows, appended: True) it is updated."""
-    ids = [*changed["record_id"], *touched]
-    newest = frame["created_at"].iloc[-1] if len(frame) else None
-    if held.isdisjoint(ids) and (newest is None or changed.empty or changed["created_at"].min() >= newest):
-        held.update(changed["record_id"])
-        return pd.concat([frame, changed], ignore_index=True), True
-    merged = pd.concat([frame[~frame["record_id"].isin(ids)], changed], ignore_index=True)
-    return merged.sort_values("created_at", kind="stable", ignore_index=True), False
+    def _append(self, rows: pd.DataFrame) -> None:
+        if len(self.frame) and rows["created_at"].min() < self.frame["created_at"].iloc[-1]:
+            self._set(rebuilt(self.frame, rows, set()))
+            return
+        start = len(self.frame)
+        self.frame = pd.concat([self.frame, rows], ignore_index=True)
+        self._at.update((record_id, start + i) for i, record_id in enumerate(rows["record_id"]))
+
+
+def rebuilt(frame: pd.DataFrame, changed: pd.DataFrame, gone: set[str]) -> pd.DataFrame:
+    """``frame`` without ``gone`` rows and with ``changed`` rows put in, oldest first (the slow, general way)."""
+    drop = frame["record_id"].isin([*changed["record_id"], *gone])
+    merged = pd.concat([frame[~drop], changed], ignore_index=True)
+    return merged.sort_values("created_at", kind="stable", ignore_index=True)
