@@ -4,7 +4,8 @@ The ADBC SQLite driver reads rows straight into Arrow columns, but it carries it
 SQLite. Two copies of SQLite in one process break each other's POSIX locks (closing one's file
 releases the other's locks, and the second copy resets the WAL index the first one uses), which
 can hide fresh rows and risks the database. So the driver runs in a helper process of its own
-(``arrow_worker``), started on the first large read and reused; answers come back as Arrow IPC.
+(``arrow_worker``), started on the first large read and reused; answers come back as Arrow IPC
+files in shared memory (/dev/shm where there is one), mapped here without a copy and unlinked at once.
 Anything that goes wrong there is raised, and the caller reads through ``sqlite3`` instead.
 """
 
@@ -16,7 +17,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 WORKER = Path(__file__).with_name("arrow_worker.py")
+SHARED = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
 class ReaderError(Exception):
@@ -51,22 +55,31 @@ class ArrowReader:
 
     def read(self, target: str, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
         """Run ``queries`` on the database ``target`` side by side; their results, in order."""
-        request = json.dumps({"target": target, "queries": [[sql, list(params)] for sql, params in queries]})
+        out = os.path.join(SHARED, f"flux-history-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        paths = [f"{out}-{i}.arrow" for i in range(len(queries))]
+        request = {"target": target, "queries": [[sql, list(params)] for sql, params in queries], "out": out}
         with self._lock:
-            process = self._worker()
-            assert process.stdin is not None and process.stdout is not None
             try:
-                process.stdin.write(request.encode() + b"\n")
-                process.stdin.flush()
-                header = json.loads(process.stdout.readline() or b"null")
-                if not header:
-                    raise ReaderError("the reading process ended")
-                if not header["ok"]:
-                    raise ReaderError(header["error"])
-                return [pa.ipc.open_stream(process.stdout).read_all() for _ in range(header["count"])]
+                self._ask(request)
+                return [pa.ipc.open_file(pa.memory_map(path)).read_all() for path in paths]
             except (OSError, ValueError, pa.ArrowException) as exc:
                 self.close()
                 raise ReaderError(str(exc)) from exc
+            finally:
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)  # a mapped file stays readable until its table is gone
+
+    def _ask(self, request: dict[str, Any]) -> None:
+        process = self._worker()
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps(request).encode() + b"\n")
+        process.stdin.flush()
+        header = json.loads(process.stdout.readline() or b"null")
+        if not header:
+            raise ReaderError("the reading process ended")
+        if not header["ok"]:
+            raise ReaderError(header["error"])
 
     def close(self) -> None:
         """Stop the helper process (the next read starts another)."""

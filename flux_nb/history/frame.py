@@ -48,10 +48,10 @@ def _conform(table: pa.Table) -> pa.Table:
         raise _WrongKind(str(exc)) from exc
 
 
-def _ranges(database: Database, where: str) -> list[tuple[int, int]]:
-    """Row-id ranges to read side by side: one for a filtered or small read."""
+def _ranges(database: Database) -> list[tuple[int, int]]:
+    """Row-id ranges to read side by side (one for a small history); each range applies ``where`` itself."""
     top = database.read("SELECT MAX(rowid) FROM records")[0][0] or 0
-    if where or top < PARALLEL_MIN_ROWS or READERS == 1:
+    if top < PARALLEL_MIN_ROWS or READERS == 1:
         return [(-(2**63), 2**63 - 1)]
     bounds = [top * i // READERS for i in range(READERS + 1)]
     bounds[0] = -(2**63)
@@ -92,7 +92,7 @@ def read_table(database: Database, where: str = "", params: Sequence[Any] = (), 
 
 def _read_ranges(database: Database, where: str, params: Sequence[Any], *, clean: bool) -> pa.Table:
     sql = _sql(database, where, clean=clean)
-    queries = [(sql, [*params, *bounds]) for bounds in _ranges(database, where)]
+    queries = [(sql, [*params, *bounds]) for bounds in _ranges(database)]
     try:
         parts = READER.read(database.adbc_target(), queries)
     except ReaderError as exc:
