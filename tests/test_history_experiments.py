@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from flux_nb.errors import ValidationError
+from flux_nb.history import arrow_reader
 from flux_nb.history import frame as frame_module
 from flux_nb.history.store import HistoryStore, RecordStatus
 from flux_nb.history.view import HistoryView
@@ -266,3 +267,28 @@ def test_running_totals_match_the_records_through_every_kind_of_write(history_di
         got = spent[["model", "backend", "requests", "credits", "notebook_requests"]].itertuples(index=False)
         assert [tuple(row) for row in got] == [tuple(row) for row in expected]
     assert store.spent()["requests"].sum() == 5 and store.spent()["credits"].sum() == pytest.approx(4 * 1.5 + 1.4)
+
+
+def test_frames_see_rows_written_between_reads(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    first = create(store)
+    assert store.to_frame()["record_id"].tolist() == [first]
+    second = create(store, seed=2)
+    store.rate(first, 1)
+    frame = store.to_frame()
+    assert frame["record_id"].tolist() == [first, second] and frame["rating"].tolist()[0] == 1
+
+
+def test_frames_still_come_when_the_arrow_reader_cannot_start(
+    history_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reader = arrow_reader.ArrowReader()
+    monkeypatch.setattr(arrow_reader, "WORKER", history_dir / "missing.py")
+    monkeypatch.setattr(frame_module, "READER", reader)
+    store = HistoryStore(history_dir)
+    ids = [ready(store, seed) for seed in range(3)]
+    for _ in range(3):
+        frame = store.to_frame()
+        assert frame["record_id"].tolist() == ids and str(frame["seed"].dtype) == "Int64"
+    assert reader._silent == 2  # tried twice, then no more
+    reader.close()

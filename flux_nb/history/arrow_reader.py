@@ -41,6 +41,7 @@ class ArrowReader:
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._pid = 0
+        self._silent = 0  # helper processes that ended without answering (the driver may be missing)
 
     def _worker(self) -> subprocess.Popen[bytes]:
         if self._process is None or self._pid != os.getpid() or self._process.poll() is not None:
@@ -55,6 +56,8 @@ class ArrowReader:
 
     def read(self, target: str, queries: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
         """Run ``queries`` on the database ``target`` side by side; their results, in order."""
+        if self._silent >= 2:
+            raise ReaderError("the reading process cannot run here")
         out = os.path.join(SHARED, f"flux-history-{os.getpid()}-{uuid.uuid4().hex[:12]}")
         paths = [f"{out}-{i}.arrow" for i in range(len(queries))]
         request = {"target": target, "queries": [[sql, list(params)] for sql, params in queries], "out": out}
@@ -77,6 +80,7 @@ class ArrowReader:
         process.stdin.flush()
         header = json.loads(process.stdout.readline() or b"null")
         if not header:
+            self._silent += 1
             raise ReaderError("the reading process ended")
         if not header["ok"]:
             raise ReaderError(header["error"])
