@@ -56,6 +56,9 @@ class HistoryView:
         if not (self.frame["created_at"].iloc[positions].to_numpy() == rows["created_at"].to_numpy()).all():
             return False
         for j, name in enumerate(self.frame.columns):
+            before = self.frame[name].iloc[positions].reset_index(drop=True)
+            if before.equals(rows[name].reset_index(drop=True)):
+                continue  # unchanged: Arrow-backed text columns are rebuilt whole when set, so skip them
             if self.frame[name].dtype == object:  # lists: one cell at a time, never broadcast
                 for position, value in zip(positions, rows[name], strict=True):
                     self.frame.iat[position, j] = value
