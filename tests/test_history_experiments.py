@@ -292,3 +292,15 @@ def test_frames_still_come_when_the_arrow_reader_cannot_start(
         assert frame["record_id"].tolist() == ids and str(frame["seed"].dtype) == "Int64"
     assert reader._silent == 2  # tried twice, then no more
     reader.close()
+
+
+def test_a_view_reads_afresh_after_many_appends_and_still_matches(
+    history_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(HistoryView, "REREAD_AFTER", 2)
+    store = HistoryStore(history_dir)
+    view = store.view()
+    for seed in range(5):
+        create(store, seed=seed)
+        pd.testing.assert_frame_equal(view.refresh(), store.to_frame())
+    assert view._appends == 2  # reread at the third append, then two more

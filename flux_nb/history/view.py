@@ -28,8 +28,12 @@ class HistoryView:
     def __repr__(self) -> str:
         return f"HistoryView({self.store!r}, {len(self.frame)} rows, filters={self.filters!r})"
 
+    # After this many appends the frame is read afresh: each append adds a chunk to every Arrow-backed column.
+    REREAD_AFTER = 256
+
     def _set(self, frame: pd.DataFrame) -> None:
         self.frame = frame
+        self._appends = 0
         self._at = {record_id: i for i, record_id in enumerate(frame["record_id"])}  # id -> row position
 
     def refresh(self) -> pd.DataFrame:
@@ -69,6 +73,10 @@ class HistoryView:
     def _append(self, rows: pd.DataFrame) -> None:
         if len(self.frame) and rows["created_at"].min() < self.frame["created_at"].iloc[-1]:
             self._set(rebuilt(self.frame, rows, set()))
+            return
+        self._appends += 1
+        if self._appends > self.REREAD_AFTER:
+            self._set(self.store.query(**self.filters))  # the token was taken before: nothing is missed
             return
         start = len(self.frame)
         self.frame = pd.concat([self.frame, rows], ignore_index=True)
