@@ -1,4 +1,5 @@
-"""Scale: memory over a 1,000-image sweep, a 100,000-row history, a 64-image grid, notebook size."""
+"""Scale: memory over a 1,000-image sweep, a 100,000-row history, a 64-image grid, notebook size,
+and the history at 100,000 and 1,000,000 rows beside pandas (``bench.history_scale``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import nbformat
 import pandas as pd
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
+from bench import history_scale
 from bench.common import server_process
 from flux_nb.grid import grid
 from flux_nb.history.store import COLUMNS, HistoryStore
@@ -89,7 +91,7 @@ def history_frame(rows: int) -> dict[str, Any]:
             for i in range(rows)
         ]
         with sqlite3.connect(store.path) as db:
-            db.executemany(f"INSERT INTO records VALUES ({', '.join('?' * len(names))})", records)
+            db.executemany(f"INSERT INTO records ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", records)
         started = time.perf_counter()
         frame = store.to_frame()
         took = time.perf_counter() - started
@@ -151,6 +153,7 @@ def run(smoke: bool = False) -> dict[str, Any]:
     return {
         "sweep_memory": sweep_memory(20 if smoke else 1000),
         "history_frame": history_frame(2_000 if smoke else 100_000),
+        "history_scale": history_scale.run(smoke),
         "grid": grid_time(8 if smoke else 64, 128 if smoke else 512),
         "notebook": notebook_size(3 if smoke else 100, 256 if smoke else 1024),
     }

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from flux_nb.history import database as database_module
 from flux_nb.history import store as store_module
-from flux_nb.history.store import COLUMNS, HistoryStore, RecordStatus, request_key
+from flux_nb.history.store import COLUMNS, FRAME_COLUMNS, HistoryStore, RecordStatus, request_key
 from flux_nb.images import prepare_image, sha256_hex
 from flux_nb.protocol import FluxRequest
 
@@ -202,7 +203,10 @@ def test_orphans_and_resumable(history_dir: Path) -> None:
 def test_a_history_from_before_the_owner_column_gains_it(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
     record_id = create(store)
-    with sqlite3.connect(store.path) as db:
+    with sqlite3.connect(store.path) as db:  # as an older flux_nb left it: no running totals either
+        for trigger in ("spent_insert", "spent_update", "spent_delete"):
+            db.execute(f"DROP TRIGGER {trigger}")
+        db.execute("DROP TABLE spent_totals")
         db.execute("ALTER TABLE records DROP COLUMN owner")
     reopened = HistoryStore(history_dir)
     record = reopened.get(record_id)
@@ -299,6 +303,9 @@ EXPECTED_DTYPES = {
     "result_seed": "Int64",
     **{c: "Float64" for c in ("guidance", "estimated_cost", "cost", "input_mp", "output_mp", "duration_s")},
     "input_hashes": "object",
+    "cached": "bool",
+    "rating": "Int64",
+    "favourite": "bool",
 }
 
 
@@ -310,9 +317,9 @@ def test_frame_columns_and_every_dtype(history_dir: Path) -> None:
     moderated = create(store, seed=2**63 - 1)  # the largest seed survives next to a NULL result_seed
     store.mark_failed(moderated, status=RecordStatus.MODERATED, error_kind="ModeratedError", error="no", finished_at=4)
     frame = store.to_frame()
-    assert list(frame.columns) == list(COLUMNS)
+    assert list(frame.columns) == FRAME_COLUMNS and FRAME_COLUMNS[: len(COLUMNS)] == list(COLUMNS)
     assert list(frame["record_id"]) == [ready, moderated]  # newest last
-    expected = {c: EXPECTED_DTYPES.get(c, "string") for c in COLUMNS}
+    expected = {c: EXPECTED_DTYPES.get(c, "string") for c in FRAME_COLUMNS}
     assert {c: str(t) for c, t in frame.dtypes.items()} == expected
     first, second = frame.iloc[0], frame.iloc[1]
     assert first["image_path"] == str(history_dir.resolve() / "images" / first["image_sha256"][:2]) + (
@@ -328,8 +335,9 @@ def test_frame_columns_and_every_dtype(history_dir: Path) -> None:
 
 def test_an_empty_history_gives_an_empty_typed_frame(history_dir: Path) -> None:
     frame = HistoryStore(history_dir).to_frame()
-    assert frame.empty and list(frame.columns) == list(COLUMNS)
-    assert {c: str(t) for c, t in frame.dtypes.items()} == {c: EXPECTED_DTYPES.get(c, "string") for c in COLUMNS}
+    assert frame.empty and list(frame.columns) == FRAME_COLUMNS
+    expected = {c: EXPECTED_DTYPES.get(c, "string") for c in FRAME_COLUMNS}
+    assert {c: str(t) for c, t in frame.dtypes.items()} == expected
 
 
 def test_a_100k_row_history_becomes_a_frame_quickly(history_dir: Path) -> None:
@@ -341,7 +349,7 @@ def test_a_100k_row_history_becomes_a_frame_quickly(history_dir: Path) -> None:
     rest = tuple(template[n] for n in names[3:])
     rows = [(f"{i:012x}", float(i), float(i), *rest) for i in range(100_000)]
     with sqlite3.connect(store.path) as db:
-        db.executemany(f"INSERT INTO records VALUES ({', '.join('?' * len(names))})", rows)
+        db.executemany(f"INSERT INTO records ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", rows)
     started = time.perf_counter()
     frame = store.to_frame()
     took = time.perf_counter() - started
@@ -463,7 +471,7 @@ def test_two_processes_writing_one_folder_at_once_keep_every_row(history_dir: Pa
 def test_a_writer_waits_out_a_lock_longer_than_the_busy_timeout(
     history_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "BUSY_TIMEOUT_S", 0.01)  # SQLite gives up at once; our retries take over
+    monkeypatch.setattr(database_module, "BUSY_TIMEOUT_S", 0.01)  # SQLite gives up at once; our retries take over
     store = HistoryStore(history_dir)
     locked = threading.Event()
 

@@ -1,0 +1,184 @@
+"""Connections to ``history.sqlite``: opened safely, written in short locked transactions, faults explained.
+
+Each thread has its own connection; writes are short IMMEDIATE transactions retried while
+another process holds the lock. A new database is built under a temporary name and linked
+into place, so ``history.sqlite`` never exists half-made: a zero-length or foreign file there
+is somebody else's, and is refused rather than taken for a new history. A folder this process
+cannot write is opened read-only (no WAL set-up, no migration): reading works, writing says why not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sqlite3
+import tempfile
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from flux_nb.history import faults, schema
+from flux_nb.history.faults import HistoryError
+
+# SQLite's own wait for a lock; then, for the few cases where it answers "locked" at once, we retry this long.
+BUSY_TIMEOUT_S = 30.0
+LOCK_RETRY_S = 30.0
+
+T = TypeVar("T")
+
+
+def retrying(work: Callable[[], T]) -> T:
+    """Run ``work``; run it again, with jittered backoff, while another connection holds a lock."""
+    deadline = time.monotonic() + LOCK_RETRY_S
+    delay = 0.005
+    while True:
+        try:
+            return work()
+        except sqlite3.OperationalError as exc:
+            if not faults.is_lock_error(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (1 + random.random()))
+        delay = min(delay * 2, 0.25)
+
+
+def _writable(path: Path) -> bool:
+    """True when this process may write the folder (and the database file, where there is one)."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _build_new(path: Path) -> None:
+    """Make a fresh history under a temporary name, then link it into place (unless another process won)."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-history-", suffix=".sqlite")
+    os.close(handle)
+    try:
+        db = sqlite3.connect(temp, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            schema.create_schema(db)
+        finally:
+            db.close()
+        os.chmod(temp, 0o644)  # mkstemp makes files private; history files are shared like any others
+        with contextlib.suppress(FileExistsError):
+            os.link(temp, path)
+    finally:
+        for leftover in (temp, temp + "-wal", temp + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
+class Database:
+    """``history.sqlite`` of one folder: per-thread connections, locked writes, explained faults."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = path
+        self.readonly = readonly or not _writable(path)
+        self._local = threading.local()
+        self.read_uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            if not self.path.exists():
+                if self.readonly:
+                    raise HistoryError(
+                        f"there is no history at {self.path}, and its folder is read-only",
+                        path=self.path,
+                        hint="point history_dir at an existing history, or at a folder this user may write",
+                    )
+                _build_new(self.path)
+            if self.path.stat().st_size == 0:
+                raise faults.not_a_history(self.path, "the file is empty: 0 bytes")
+            self._check_and_migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise faults.translate(exc, self.path, "open it") from exc
+
+    def _check_and_migrate(self) -> None:
+        """Refuse a foreign database before anything (even the WAL switch) writes to it; then migrate."""
+        probe = self._connect() if self.readonly else sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+        try:
+            found = retrying(lambda: schema.tables(probe))
+        finally:
+            if not self.readonly:
+                probe.close()
+        if found and "records" not in found:
+            raise faults.not_a_history(self.path, f"an SQLite database without a records table: {sorted(found)}")
+        db = self.connection()
+        if not self.readonly and retrying(lambda: schema.needs_migration(db)):
+            self.write(schema.create_schema, "bring it up to date")
+        self.columns = retrying(lambda: schema.table_columns(db, "records"))
+        self.tables = retrying(lambda: schema.tables(db))
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            try:
+                db = sqlite3.connect(self.read_uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                return db
+            except sqlite3.OperationalError as exc:
+                if "unable to open" not in str(exc):
+                    raise
+            # A WAL history in a folder nobody may write: no -shm can be made, and no writer can be at work.
+            self.read_uri += "&immutable=1"
+            return sqlite3.connect(self.read_uri, uri=True, isolation_level=None)
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        retrying(lambda: db.execute("PRAGMA journal_mode = WAL"))
+        db.execute("PRAGMA synchronous = NORMAL")  # in WAL: durable at checkpoints, never corrupt
+        return db
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (a forked child opens its own: SQLite handles must not cross a fork)."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or self._local.pid != os.getpid():
+            db = self._connect()
+            self._local.db, self._local.pid = db, os.getpid()
+        return db
+
+    # -- reading and writing -------------------------------------------------------------------
+
+    def write(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
+        """Run ``work`` in one short IMMEDIATE transaction (write lock taken up front), retried when locked."""
+        if self.readonly:
+            raise faults.read_only(self.path, doing)
+
+        def attempt() -> T:
+            db = self.connection()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                raise
+            return result
+
+        try:
+            return retrying(attempt)
+        except (sqlite3.Error, OSError) as exc:
+            raise faults.translate(exc, self.path, doing) from exc
+
+    def read(self, sql: str, params: Sequence[Any] = (), doing: str = "read it") -> list[tuple[Any, ...]]:
+        try:
+            return retrying(lambda: self.connection().execute(sql, params).fetchall())
+        except (sqlite3.Error, OSError) as exc:
+            raise faults.translate(exc, self.path, doing) from exc
+
+    def has(self, table: str) -> bool:
+        """True when the history has ``table`` (a read-only history of an older flux_nb may not)."""
+        return table in self.tables
+
+    def adbc_target(self) -> str:
+        """What the Arrow reader opens: the file itself, or the read-only URI where writing is not allowed."""
+        return self.read_uri if self.readonly else str(self.path)
+
+
+def next_seq(db: sqlite3.Connection) -> int:
+    """The next change number, inside the caller's write transaction."""
+    return int(db.execute("UPDATE changes SET seq = seq + 1 RETURNING seq").fetchone()[0])

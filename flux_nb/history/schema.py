@@ -1,0 +1,150 @@
+"""The tables of ``history.sqlite``, how older histories are brought up to date, and safe column lists.
+
+records       one row per request (or per use of an earlier image), mirroring ``Record``;
+              ``seq`` is the change number of its last write (see ``changes``)
+reviews       a person's rating, note and favourite mark on a record (the record stays as it was)
+review_tags   a person's tags on a record, one row per tag
+changes       one counter: every write takes the next number, so a reader asks "what changed since n?"
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import fields
+
+from flux_nb.history.records import Record
+
+DATABASE = "history.sqlite"
+
+# The table mirrors ``Record``: one column per field, its SQL type read from the annotation.
+_SQL_TYPES = {
+    "str": "TEXT NOT NULL",
+    "str | None": "TEXT",
+    "int | None": "INTEGER",
+    "float": "REAL NOT NULL",
+    "float | None": "REAL",
+    "list[str]": "TEXT NOT NULL DEFAULT '[]'",
+}
+RECORD_FIELDS = [f.name for f in fields(Record) if f.name != "root"]
+COLUMNS: dict[str, str] = {f.name: _SQL_TYPES[str(f.type)] for f in fields(Record) if f.name != "root"}
+COLUMNS["record_id"] = "TEXT PRIMARY KEY"
+INDEXED = ("request_key", "status", "created_at", "seq", "notebook", "tag", "experiment", "cached_from")
+TIME_COLUMNS = ["created_at", "updated_at", "submitted_at", "ready_at", "finished_at"]
+INT_COLUMNS = [name for name, kind in COLUMNS.items() if kind.startswith("INTEGER")]
+FLOAT_COLUMNS = [name for name, kind in COLUMNS.items() if kind.startswith("REAL") and name not in TIME_COLUMNS]
+TEXT_COLUMNS = [name for name, kind in COLUMNS.items() if kind.startswith("TEXT")]
+# Columns a frame adds to the stored ones: whether a row is a use, and the review of its record.
+REVIEW_COLUMNS = ["rating", "note", "tags", "favourite"]
+FRAME_COLUMNS = [*COLUMNS, "cached", *REVIEW_COLUMNS]
+
+_TABLES = [
+    "CREATE TABLE IF NOT EXISTS reviews (record_id TEXT PRIMARY KEY, rating INTEGER, note TEXT, "
+    "favourite INTEGER NOT NULL DEFAULT 0, seq INTEGER)",
+    "CREATE TABLE IF NOT EXISTS review_tags (record_id TEXT NOT NULL, tag TEXT NOT NULL, "
+    "PRIMARY KEY (record_id, tag)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS reviews_seq ON reviews (seq)",
+    "CREATE INDEX IF NOT EXISTS review_tags_tag ON review_tags (tag)",
+    "CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO changes VALUES (1, 0)",
+]
+
+
+def create_schema(db: sqlite3.Connection) -> None:
+    """Create the tables, or add what an older flux_nb's history lacks (new columns are nullable)."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+    db.execute(f"CREATE TABLE IF NOT EXISTS records ({columns}, seq INTEGER)")
+    existing = table_columns(db, "records")
+    for name, kind in [*COLUMNS.items(), ("seq", "INTEGER")]:
+        if name not in existing:
+            db.execute(f"ALTER TABLE records ADD COLUMN {name} {kind.replace(' NOT NULL', '')}")
+    for column in INDEXED:
+        db.execute(f"CREATE INDEX IF NOT EXISTS records_{column} ON records ({column})")
+    for statement in _TABLES:
+        db.execute(statement)
+    create_spent_totals(db)
+
+
+# A ready record that is not a use is a billed (or would-be billed) request; its credits are the cost
+# the API reported, else the estimate. NULL keys are stored as char(0): key columns are never NULL.
+_BILLED = "{r}.status = 'ready' AND {r}.cached_from IS NULL"
+_KEY = (
+    "{r}.model, IFNULL({r}.backend, char(0)), IFNULL({r}.notebook, char(0)), IFNULL({r}.owner, char(0)), "
+    "IFNULL({r}.experiment, char(0))"
+)
+_CREDITS = (
+    "COALESCE(CASE WHEN typeof({r}.cost) IN ('real', 'integer') THEN {r}.cost END, "
+    "CASE WHEN typeof({r}.estimated_cost) IN ('real', 'integer') THEN {r}.estimated_cost END, 0)"
+)
+_KEY_NAMES = "model, backend, notebook, owner, experiment"
+_ADD = (
+    "INSERT INTO spent_totals SELECT {key}, 1, {credits} WHERE {billed} ON CONFLICT ("
+    + _KEY_NAMES
+    + ") DO UPDATE SET requests = requests + 1, credits = credits + excluded.credits;"
+)
+_REMOVE = (
+    "UPDATE spent_totals SET requests = requests - 1, credits = credits - {credits} "
+    "WHERE {billed} AND (" + _KEY_NAMES + ") = ({key});"
+)
+
+
+def _for(template: str, row: str) -> str:
+    return template.format(key=_KEY.format(r=row), credits=_CREDITS.format(r=row), billed=_BILLED.format(r=row))
+
+
+def create_spent_totals(db: sqlite3.Connection) -> None:
+    """The running totals behind ``spent``, filled from the records once, then kept by triggers."""
+    if "spent_totals" not in tables(db):
+        db.execute(
+            "CREATE TABLE spent_totals (model TEXT, backend TEXT, notebook TEXT, owner TEXT, experiment TEXT, "
+            f"requests INTEGER NOT NULL, credits REAL NOT NULL, PRIMARY KEY ({_KEY_NAMES})) WITHOUT ROWID"
+        )
+        key, credits, billed = _KEY.format(r="records"), _CREDITS.format(r="records"), _BILLED.format(r="records")
+        db.execute(f"INSERT INTO spent_totals SELECT {key}, COUNT(*), TOTAL({credits}) FROM records WHERE {billed} "
+                   f"GROUP BY {key}")  # fmt: skip
+    db.execute(f"CREATE TRIGGER IF NOT EXISTS spent_insert AFTER INSERT ON records BEGIN {_for(_ADD, 'new')} END")
+    db.execute(f"CREATE TRIGGER IF NOT EXISTS spent_delete AFTER DELETE ON records BEGIN {_for(_REMOVE, 'old')} END")
+    db.execute(
+        "CREATE TRIGGER IF NOT EXISTS spent_update AFTER UPDATE ON records "
+        f"WHEN ({_BILLED.format(r='old')}) OR ({_BILLED.format(r='new')}) "
+        f"BEGIN {_for(_REMOVE, 'old')} {_for(_ADD, 'new')} END"
+    )
+
+
+def table_columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+def tables(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def needs_migration(db: sqlite3.Connection) -> bool:
+    """True when the history lacks a table, column or index this version writes."""
+    indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    return (
+        not {"records", "reviews", "review_tags", "changes"} <= tables(db)
+        or not {*COLUMNS, "seq"} <= table_columns(db, "records")
+        or not {f"records_{c}" for c in INDEXED} <= indexes
+        or "spent_update" not in {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    )
+
+
+def select_list(names: Iterable[str], present: set[str], *, clean: bool, table: str = "") -> str:
+    """A SELECT list for ``names``: NULL for a column an old read-only history lacks and, with ``clean``,
+    NULL for any value of the wrong kind (text in a number column), so one bad value never breaks a read."""
+    prefix = f"{table}." if table else ""
+    parts = []
+    for name in names:
+        column = prefix + name
+        if name not in present:
+            parts.append(f"NULL AS {name}")
+        elif not clean:
+            parts.append(column)
+        elif name in INT_COLUMNS:
+            parts.append(f"CASE typeof({column}) WHEN 'integer' THEN {column} END AS {name}")
+        elif name in FLOAT_COLUMNS or name in TIME_COLUMNS:
+            parts.append(f"CASE WHEN typeof({column}) IN ('real', 'integer') THEN {column} * 1.0 END AS {name}")
+        else:
+            parts.append(f"CASE typeof({column}) WHEN 'text' THEN {column} END AS {name}")
+    return ", ".join(parts)
