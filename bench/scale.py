@@ -20,7 +20,7 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from bench import history_scale
 from bench.common import server_process
-from flux_nb.grid import grid
+from flux_nb.grids import grid
 from flux_nb.history.store import COLUMNS, HistoryStore
 from flux_nb.server.engines import RenderJob, get_engine
 

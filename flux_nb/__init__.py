@@ -35,7 +35,7 @@ from flux_nb.notebook.presenter import NotebookPresenter as _NotebookPresenter
 
 if TYPE_CHECKING:
     from flux_nb.core.results import Result, SweepResult
-    from flux_nb.grid import grid
+    from flux_nb.grids import grid
     from flux_nb.session import Flux
 
 __version__ = "0.1.0"
@@ -44,7 +44,7 @@ _LAZY = {
     "Flux": "flux_nb.session",
     "Result": "flux_nb.core.results",
     "SweepResult": "flux_nb.core.results",
-    "grid": "flux_nb.grid",
+    "grid": "flux_nb.grids",
 }
 
 

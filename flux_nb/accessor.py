@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from flux_nb.grid import Grid, GridPages, grid
+from flux_nb.grids import Grid, GridPages, grid
 
 
 @pd.api.extensions.register_dataframe_accessor("flux")
@@ -23,7 +23,7 @@ class FluxAccessor:
     def grid(
         self, x: str | None = None, y: str | None = None, z: str | None = None, **options: Any
     ) -> Grid | GridPages:
-        """A labelled comparison grid of this frame's rows; see ``flux_nb.grid.grid``."""
+        """A labelled comparison grid of this frame's rows; see ``flux_nb.grids.grid``."""
         return grid(self._obj, x=x, y=y, z=z, **options)
 
     def to_mlflow(self, experiment: str = "flux_nb", *, history_dir: str | Path | None = None, **options: Any) -> str:

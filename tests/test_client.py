@@ -382,11 +382,12 @@ async def test_keys_are_checked_when_the_server_requires_them() -> None:
     async with in_process(None, api_keys=keys) as client:
         with pytest.raises(AuthError) as missing:
             await client.generate(FluxRequest("x", seed=1, width=64, height=64))
-    assert missing.value.status == 401 and missing.value.answer == {"detail": "missing x-key header"}
+    assert missing.value.status == 401 and missing.value.answer["detail"] == "missing x-key header"
+    assert missing.value.answer["error"] == "invalid_api_key"  # BFL's documented shape
     async with in_process("wrong", api_keys=keys) as client:
         with pytest.raises(AuthError) as wrong:
             await client.generate(FluxRequest("x", seed=1, width=64, height=64))
-    assert wrong.value.status == 403
+    assert wrong.value.status == 401
     async with in_process("good-key", api_keys=keys) as client:
         assert (await client.generate(FluxRequest("x", seed=1, width=64, height=64))).width == 64
         assert await client.credits() > 0

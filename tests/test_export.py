@@ -16,7 +16,7 @@ import pytest
 from flux_nb.errors import ValidationError
 from flux_nb.export.bundle import export_bundle, open_bundle
 from flux_nb.export.grids import save_grid
-from flux_nb.grid import grid
+from flux_nb.grids import grid
 from flux_nb.history.store import HistoryStore
 from flux_nb.metadata import pixel_hash, read_provenance
 from tests.experiments import make_experiment
@@ -28,7 +28,7 @@ REOPEN = """
 import json, sys
 from flux_nb.export.bundle import open_bundle
 from flux_nb.history.store import HistoryStore
-from flux_nb.grid import grid
+from flux_nb.grids import grid
 folder = open_bundle(sys.argv[1], sys.argv[2])
 frame = HistoryStore(folder).to_frame()
 grid(frame, x="seed", y="prompt", cell=64).save(sys.argv[3])

@@ -14,7 +14,7 @@ from PIL import Image, ImageFont
 import flux_nb.accessor  # noqa: F401  (registers the DataFrame accessor)
 from flux_nb.core.results import Result
 from flux_nb.errors import ModeratedError, ValidationError
-from flux_nb.grid import (
+from flux_nb.grids import (
     BACKGROUND,
     CELL_BACKGROUND,
     DISPLAY_MAX_WIDTH,

@@ -24,7 +24,7 @@ LAYERS: dict[str, float] = {
     "flux_nb.history": 3,
     "flux_nb.server": 3,
     "flux_nb.core": 4,
-    "flux_nb.grid": 4.5,  # labelled grids: pure layout of results or rows, used by sweeps, exports and notebooks
+    "flux_nb.grids": 4.5,  # labelled grids: pure layout of results or rows, used by sweeps, exports and notebooks
     "flux_nb.export": 4.6,  # bundles, reports, MLflow: an experiment leaving the history
     "flux_nb.accessor": 4.7,  # frame.flux.grid/to_mlflow
     "flux_nb.session": 5,

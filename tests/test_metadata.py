@@ -247,7 +247,7 @@ def test_an_xmp_packet_with_a_doctype_is_not_parsed(store: HistoryStore, tmp_pat
 
 
 def test_grid_files_carry_record_ids_and_each_cells_request(store: HistoryStore, tmp_path: Path) -> None:
-    from flux_nb.grid import grid
+    from flux_nb.grids import grid
 
     frame = store.to_frame()
     path = grid(frame, x="seed", y="prompt").save(tmp_path / "grid.png")  # type: ignore[union-attr]

@@ -16,7 +16,7 @@ import pytest
 
 from flux_nb.errors import ValidationError
 from flux_nb.export.report import write_report
-from flux_nb.grid import grid
+from flux_nb.grids import grid
 from flux_nb.history.store import HistoryStore
 from tests.experiments import make_experiment
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, missing_requirement, under_ci

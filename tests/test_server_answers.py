@@ -80,7 +80,7 @@ async def test_flux_nbs_client_reports_the_right_error(
     options: dict[str, Any], key: str | None, error: type[Exception], words: str
 ) -> None:
     transport = httpx.ASGITransport(create_app(ServerConfig(**options)))
-    async with AsyncFluxClient(key, "http://local", transport=transport, retry=ONCE) as client:
+    async with AsyncFluxClient(key, "http://127.0.0.1", transport=transport, retry=ONCE) as client:
         with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")) as raised:
             await client.submit(FluxRequest("x", seed=1, width=64, height=64))
     assert "bad-key" not in str(raised.value)

@@ -65,7 +65,7 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
-def resolve_backend(endpoint: str | None, api_key: str | None, region: str = "global") -> Backend:
+def resolve_backend(endpoint: str | None, api_key: object | None, region: str = "global") -> Backend:
     """Pick the backend: an explicit endpoint, else the BFL cloud with a key, else the embedded server.
 
     Pure: the embedded server is not started here (its URL is filled in by ``connect``).

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from flux_nb.grid import Grid, GridPages
+from flux_nb.grids import Grid, GridPages
 from flux_nb.metadata.provenance import write_grid_provenance
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 from PIL import Image
 
 from flux_nb.errors import ValidationError
-from flux_nb.grid import Grid, GridPages, grid
+from flux_nb.grids import Grid, GridPages, grid
 from flux_nb.images import thumbnail
 from flux_nb.metadata.provenance import version
 

@@ -92,7 +92,7 @@ def grid(session: Flux, rest: list[str]) -> Any:
 
     In a terminal the grid is saved as a PNG (``--save PATH``, else in the history folder) and its path said.
     """
-    from flux_nb.grid import grid as draw
+    from flux_nb.grids import grid as draw
 
     parser = argparse.ArgumentParser(prog="%flux grid", add_help=False, exit_on_error=False)
     for flag in ("--x", "--y", "--z", "--where", "--save"):

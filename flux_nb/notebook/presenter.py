@@ -26,7 +26,7 @@ class NotebookPresenter:
         return sweep_bundle(sweep)
 
     def grid(self, results: list[Result], **options: Any) -> Any:
-        from flux_nb.grid import grid
+        from flux_nb.grids import grid
 
         return grid(results, **options)
 
