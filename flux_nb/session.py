@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -24,9 +22,10 @@ from flux_nb.core import batch as batches
 from flux_nb.core.axes import Axis
 from flux_nb.core.backend import Backend, connect, resolve_backend
 from flux_nb.core.batch import Defaults, PreparedRequest, draw_seed
-from flux_nb.core.events import BatchEvent, BatchObserver, Emit, deliver, ignore
-from flux_nb.core.jobs import Executor, cache_hit, prepared_from_record
+from flux_nb.core.events import BatchObserver, Emit, ignore
+from flux_nb.core.jobs import Executor, cache_hit, prepared_from_record, settle_cut_off
 from flux_nb.core.loop import LoopRunner
+from flux_nb.core.relay import guarded, relay
 from flux_nb.core.results import Result, SweepResult, presenter
 from flux_nb.errors import BudgetError, ValidationError
 from flux_nb.history.store import HistoryStore, Record, RecordStatus, process_owner
@@ -35,10 +34,9 @@ from flux_nb.http.client import AsyncFluxClient
 from flux_nb.images import ImageInput
 
 if TYPE_CHECKING:
+    import httpx
     import pandas as pd
 
-#: Seconds between an observer's ticks while a batch runs (the live line's clock).
-TICK_INTERVAL = 0.25
 #: The key for a non-BFL endpoint (a local server started with keys, a gateway).
 ENDPOINT_KEY_ENV = "FLUX_NB_API_KEY"
 
@@ -88,6 +86,8 @@ class Flux(Configurable):
         endpoint: str | None = None,
         api_key: str | None = None,
         history_dir: str | os.PathLike[str] | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
         **kwargs: Any,
     ) -> None:
         if api_key is None and os.environ.get(ENDPOINT_KEY_ENV):
@@ -96,6 +96,8 @@ class Flux(Configurable):
         # explicitly (api_key=, %flux login) or in FLUX_NB_API_KEY.
         self._key_given = api_key is not None
         self._api_key = Secret.of(api_key if api_key is not None else os.environ.get(protocol.KEY_ENV) or None)
+        #: An httpx transport for every request (tests: ``httpx.ASGITransport(create_app())``).
+        self._transport = transport
         self._runner = LoopRunner()
         self._executor: Executor | None = None
         self._backend: Backend | None = None
@@ -177,6 +179,7 @@ class Flux(Configurable):
                 backend.base_url,
                 max_active=self.max_concurrency,
                 task_timeout=self.task_timeout,
+                transport=self._transport,
             )
             self._executor = Executor(
                 client,
@@ -288,7 +291,7 @@ class Flux(Configurable):
         executor = self._ready_executor()
         if observer is not None:
             observer.started(batch)
-        emit: Emit = ignore if observer is None else _guarded(observer)
+        emit: Emit = ignore if observer is None else guarded(observer)
         future = self._runner.submit(executor.run_batch(batch, emit))
         future.add_done_callback(lambda _: self._notify())
         return future
@@ -296,33 +299,7 @@ class Flux(Configurable):
     def _relay(
         self, start: Callable[[Emit], Coroutine[Any, Any, list[Result]]], observer: BatchObserver | None
     ) -> list[Result]:
-        """Run a batch on the private loop and relay its events to ``observer`` on this thread."""
-        events: queue.SimpleQueue[BatchEvent | None] = queue.SimpleQueue()
-        future = self._runner.submit(start(events.put))
-        future.add_done_callback(lambda _: events.put(None))
-        try:
-            # Events and the end arrive through the queue; the timeout keeps Ctrl-C and the live line moving.
-            while True:
-                try:
-                    event = events.get(timeout=TICK_INTERVAL)
-                except queue.Empty:
-                    if observer is not None:
-                        try:
-                            observer.tick()
-                        except Exception:  # a display failure must never break generation
-                            observer = None
-                    continue
-                if event is None:
-                    break
-                if observer is not None:
-                    try:
-                        deliver(observer, event)
-                    except Exception:  # a display failure must never break generation
-                        observer = None
-            return future.result()
-        except KeyboardInterrupt:
-            future.cancel()
-            raise
+        return relay(self._runner, start, observer)
 
     # -- replay and resume ---------------------------------------------------------------------
 
@@ -371,16 +348,7 @@ class Flux(Configurable):
         resent on its own). Requests that were never sent are sent only with ``unsent=True``.
         """
         orphans = self.store.orphans()
-        cut_off = [r for r in orphans if r.status == RecordStatus.SENDING]
-        for record in cut_off:
-            self.store.mark_failed(
-                record.record_id,
-                status=RecordStatus.UNKNOWN,
-                error_kind="unknown_outcome",
-                error="its process stopped while the submit was in flight: it may have created (and been charged "
-                "for) a task, so it is not resent; check the dashboard, or replay it on purpose",
-                finished_at=time.time(),
-            )
+        cut_off = settle_cut_off(self.store, orphans)
         executor = self._ready_executor()
         settled = [executor.result_from_record(self.record(r.record_id), cached=False) for r in cut_off]
         records = self.store.resumable()
@@ -445,20 +413,6 @@ class Flux(Configurable):
             self._runner.run(self._executor.client.aclose())
             self._executor = None
         self._runner.close()
-
-
-def _guarded(observer: BatchObserver) -> Emit:
-    """Deliver events to ``observer``; a failing observer is dropped, never raised into the requests."""
-    alive = [True]
-
-    def emit(event: BatchEvent) -> None:
-        if alive[0]:
-            try:
-                deliver(observer, event)
-            except Exception:
-                alive[0] = False
-
-    return emit
 
 
 __all__ = ["BatchObserver", "Flux", "PreparedRequest", "draw_seed", "notebook_name"]

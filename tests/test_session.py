@@ -271,3 +271,19 @@ def test_the_bfl_key_from_the_environment_never_goes_to_another_endpoint(
     finally:
         for flux in (withheld, explicit, from_env):
             flux.close()
+
+
+def test_a_session_runs_in_process_through_an_injected_transport(history_dir: Path) -> None:
+    """The test seam: no socket, the app itself answers (polling and delivery URLs included)."""
+    import httpx
+
+    from flux_nb.server import create_app
+
+    app = create_app()
+    flux = Flux(endpoint="http://127.0.0.1:9", history_dir=history_dir, transport=httpx.ASGITransport(app=app))
+    try:
+        result = flux.generate("in process", seed=5, width=64, height=64)
+        assert result.ok and result.image.size == (64, 64)
+        assert list(flux.history()["status"]) == ["ready"]
+    finally:
+        flux.close()

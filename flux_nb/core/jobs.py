@@ -68,6 +68,21 @@ def cache_hit(store: HistoryStore, label: str, prepared: PreparedRequest, *, ena
     return store.find_cached(request_key(prepared.request, label, prepared.input_hashes))
 
 
+def settle_cut_off(store: HistoryStore, orphans: list[Record]) -> list[Record]:
+    """Mark submits cut off mid-send ``unknown``: they may have created (and been charged for) a task."""
+    cut_off = [r for r in orphans if r.status == RecordStatus.SENDING]
+    for record in cut_off:
+        store.mark_failed(
+            record.record_id,
+            status=RecordStatus.UNKNOWN,
+            error_kind="unknown_outcome",
+            error="its process stopped while the submit was in flight: it may have created (and been charged "
+            "for) a task, so it is not resent; check the dashboard, or replay it on purpose",
+            finished_at=time.time(),
+        )
+    return cut_off
+
+
 class Executor:
     """Runs prepared requests against one backend, keeping the history true at every step."""
 
