@@ -7,7 +7,7 @@ rule lives in one place. Adding a model is one entry in ``MODELS``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -59,13 +59,6 @@ class Status(StrEnum):
     REQUEST_MODERATED = "Request Moderated"
     CONTENT_MODERATED = "Content Moderated"
     TASK_NOT_FOUND = "Task not found"
-
-    @property
-    def is_final(self) -> bool:
-        return self is not Status.PENDING
-
-
-FINAL_STATUSES = frozenset(s.value for s in Status if s.is_final)
 
 
 def parse_status(value: str | None) -> Status:
@@ -241,7 +234,17 @@ class FluxRequest:
     prompt_upsampling: bool | None = None
 
     def validate(self) -> FluxRequest:
-        """Check every rule; raise ValidationError naming the field, else return self."""
+        """Check every rule; raise ValidationError naming the field, else return self.
+
+        The checks run once per request: the builder validates, and the client's own call finds it done.
+        """
+        if self.__dict__.get("_valid"):
+            return self
+        self._check()
+        object.__setattr__(self, "_valid", True)  # not a field: equality and hashing ignore it
+        return self
+
+    def _check(self) -> None:
         spec = model_spec(self.model)
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ValidationError("prompt is empty: describe the image you want")
@@ -268,7 +271,6 @@ class FluxRequest:
             raise ValidationError(f"output_format {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
         self._validate_webhook()
         self._validate_extra_fields(spec)
-        return self
 
     def _validate_webhook(self) -> None:
         if self.webhook_url is None:
@@ -329,14 +331,6 @@ class FluxRequest:
     def with_(self, **changes: Any) -> FluxRequest:
         """A copy with some fields changed."""
         return replace(self, **changes)
-
-    def describe(self) -> dict[str, Any]:
-        """The request's fields for display and history; images and secrets left out."""
-        data = asdict(self)
-        data.pop("images")
-        data.pop("webhook_secret")
-        data["image_count"] = len(self.images)
-        return data
 
 
 def output_size(request: FluxRequest, first_input_size: tuple[int, int] | None = None) -> tuple[int, int]:

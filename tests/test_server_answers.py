@@ -90,7 +90,7 @@ def test_flex_takes_prompt_upsampling_sent_only_when_set() -> None:
     flex = FluxRequest("x", model="flux-2-flex")
     assert "prompt_upsampling" not in flex.validate().to_payload()
     assert flex.with_(prompt_upsampling=False).validate().to_payload()["prompt_upsampling"] is False
-    assert flex.with_(prompt_upsampling=True).describe()["prompt_upsampling"] is True
+    assert flex.with_(prompt_upsampling=True).prompt_upsampling is True
     with pytest.raises(ValidationError, match="prompt_upsampling is not a setting of flux-2-pro"):
         FluxRequest("x", model="flux-2-pro", prompt_upsampling=True).validate()
     with pytest.raises(ValidationError, match="must be True or False, got 'yes'"):
