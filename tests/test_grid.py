@@ -362,12 +362,14 @@ def test_a_kernel_grid_follows_the_jupyter_theme_setting(tmp_path: Path, monkeyp
 
     settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
     settings.parent.mkdir(parents=True)
-    settings.write_text('{\n    // the user chose\n    "theme": "JupyterLab Dark"\n}')
+    settings.write_text('{\n    // "theme": "JupyterLab Light" is the default\n    "theme": "JupyterLab Dark"\n}')
     monkeypatch.setenv("JUPYTERLAB_SETTINGS_DIR", str(tmp_path / "settings"))
     assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == BACKGROUND  # not in a kernel
     monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
     assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == DARK.background
     assert grid(frame(tmp_path), x="seed", cell=64, theme="light").image.getpixel((0, 0)) == BACKGROUND
+    settings.write_text('{"theme": "JupyterLab Dark"}')  # as the server writes it: one line
+    assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == DARK.background
     settings.write_text('{"theme": "JupyterLab Light"}')
     assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == BACKGROUND
 

@@ -72,7 +72,8 @@ def _user_setting() -> str | None:
         text = (_settings_dir() / THEME_SETTING).read_text()
     except OSError:
         return None
-    found = re.search(r'^\s*"theme"\s*:\s*"([^"]+)"', text, re.MULTILINE)
+    settings = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+    found = re.search(r'"theme"\s*:\s*"([^"]+)"', settings)
     return found.group(1) if found else None
 
 
