@@ -637,3 +637,44 @@ def test_a_star_click_reaches_the_history(flux: Flux) -> None:
     row = flux.history().set_index("record_id").loc[result.record_id]
     assert row["rating"] == 3 and bool(row["favourite"]) is True
     assert panel.error.value == "" and stars_shown(panel, result) == 3
+
+
+def test_the_status_line_keeps_time_between_events_and_stops_with_the_batch(
+    flux: Flux, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flux_nb.core.events import Progress
+    from flux_nb.notebook.panel import observer as observer_module
+
+    panel = Panel(flux)
+    clock = [500.0]
+    monkeypatch.setattr(observer_module.time, "monotonic", lambda: clock[0])
+    watcher = PanelObserver(panel.messages, lambda result: None)
+    monkeypatch.setattr(watcher, "_run_ticks", lambda: None)  # ticks driven by hand below
+    watcher.started([object(), object()])
+    watcher.progress(Progress(0, "Submitted", 0.0))
+    said = [panel.status.value]
+    for _ in range(2):
+        clock[0] += 1.5
+        watcher.tick()
+        said.append(panel.status.value)
+    assert [html.unescape(s).split(" · ")[:2] for s in said] == [
+        ["<span>queued", "0.0 s"],
+        ["<span>queued", "1.5 s"],
+        ["<span>queued", "3.0 s"],
+    ]
+    watcher.stop_ticks()
+    clock[0] += 1.0
+    watcher.tick()
+    assert panel.status.value == said[-1]  # over: no more redraws
+
+
+def test_a_running_panel_batch_has_a_ticker_that_ends_with_it(flux: Flux) -> None:
+    panel = Panel(flux)
+    panel.prompt.value = "a ticking clock"
+    panel.size.value = DRAFT
+    panel.submit()
+    ticker = panel.observer._ticker
+    assert ticker is not None
+    wait_idle(panel)
+    ticker.join(timeout=5)
+    assert not ticker.is_alive() and panel.status.value.startswith("<span>done: 1 image")
