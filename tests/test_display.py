@@ -362,3 +362,45 @@ def test_side_by_side_says_whether_images_are_identical(tmp_path: Path) -> None:
     other = noisy(tmp_path / "other.jpeg", (64, 64))
     assert "byte-identical" in display.side_by_side_html(a, ready(tmp_path, path=copy), "old", "new")
     assert "differ" in display.side_by_side_html(a, ready(tmp_path, path=other), "old", "new")
+
+
+def theme_variables(name: str) -> dict[str, str]:
+    """The CSS variables of an installed JupyterLab theme ("light" or "dark")."""
+    jupyterlab = pytest.importorskip("jupyterlab")
+    css = Path(jupyterlab.__file__).parent / "themes" / "@jupyterlab" / f"theme-{name}-extension" / "index.css"
+    return dict(re.findall(r"(--[\w-]+):([^;}]+)", css.read_text()))
+
+
+def resolve(value: str, variables: dict[str, str]) -> tuple[float, float, float, float]:
+    """A CSS colour (hex, rgba(), white, or var() with a fallback) as RGBA."""
+    value = value.strip()
+    if found := re.fullmatch(r"var\((--[\w-]+)\s*,\s*(.+)\)", value):
+        name, fallback = found.groups()
+        return resolve(variables.get(name, fallback), variables)
+    if value == "white":
+        return (255, 255, 255, 1.0)
+    if value.startswith("#"):
+        digits = value[1:] if len(value) == 7 else "".join(c * 2 for c in value[1:])
+        return (*(int(digits[i : i + 2], 16) for i in (0, 2, 4)), 1.0)
+    parts = [float(p) for p in re.findall(r"[\d.]+", value)]
+    return (parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else 1.0)
+
+
+def contrast_ratio(text: tuple[float, ...], background: tuple[float, ...]) -> float:
+    blended = [text[i] * text[3] + background[i] * (1 - text[3]) for i in range(3)]
+
+    def luminance(rgb: list[float] | tuple[float, ...]) -> float:
+        linear = [(c / 255 / 12.92) if c / 255 <= 0.03928 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    a, b = luminance(blended), luminance(background[:3])
+    return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_own_colours_reach_4_5_to_1_on_jupyterlabs_themes_and_without_them(theme: str) -> None:
+    variables = theme_variables(theme)
+    page = resolve(variables["--jp-layout-color0"], variables)
+    for colour in (display.TEXT, display.MUTED, display.ERROR):
+        assert contrast_ratio(resolve(colour, variables), page) >= 4.5, colour
+        assert contrast_ratio(resolve(colour, {}), (255, 255, 255, 1.0)) >= 4.5, colour  # fallbacks on white
