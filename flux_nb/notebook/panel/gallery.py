@@ -56,7 +56,9 @@ class Review(w.HBox):
             star.add_class(f"flux-star-{n}")
             star.on_click(lambda _, n=n: self.rate(n))
             self.stars.append(star)
-        self.heart = w.ToggleButton(value=favourite, icon="heart", tooltip="Favourite", layout=w.Layout(width="34px"))
+        self.heart = w.ToggleButton(
+            value=favourite, icon="heart", tooltip="Favourite", layout=w.Layout(width="40px", padding="0")
+        )
         self.heart.add_class("flux-favourite")
         self.heart.observe(self._toggled, names="value")
         self.heart.button_style = "danger" if favourite else ""
