@@ -36,11 +36,12 @@ class DisplaySettings:
 
 settings = DisplaySettings()
 
-# Colours come from the front end's theme (JupyterLab's and Notebook 7's CSS variables), with fallbacks
-# that read on a light page elsewhere; each pair measures at least 4.5:1 on JupyterLab Light and Dark.
-TEXT = "var(--jp-content-font-color1, #222)"
-MUTED = "var(--jp-content-font-color2, #555)"
-ERROR = "var(--jp-error-color1, #b00020)"
+# Colours come from the front end's theme: JupyterLab's and Notebook 7's CSS variables, then VS Code's,
+# then colours that read on a light page (nbclassic, exported HTML). Each measures at least 4.5:1 on
+# JupyterLab Light and Dark (tests/test_display.py and the browser suite check it).
+TEXT = "var(--jp-content-font-color1, var(--vscode-foreground, #222))"
+MUTED = "var(--jp-content-font-color2, var(--vscode-descriptionForeground, #555))"
+ERROR = "var(--jp-error-color1, var(--vscode-errorForeground, #b00020))"
 TRACK = "var(--jp-layout-color3, #ccc)"
 FILL = "var(--jp-brand-color1, #1976d2)"
 #: Shared rules: the spinner's turn (inline styles cannot hold keyframes). Without it the ring stands still.
