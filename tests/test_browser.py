@@ -1,8 +1,14 @@
-"""The panel and the quickstart in a real JupyterLab, driven through headless Chromium.
+"""The panel and the quickstart in a real JupyterLab and Notebook 7, driven through headless Chromium.
+
+One Jupyter server serves both front ends (JupyterLab at ``/lab``, Notebook 7 at ``/notebooks``);
+the theme is switched between tests through the user settings the server reads on every page load,
+so no test pays for a second server. flux_nb's own text (captions, errors, progress lines, the sweep
+summary, the panel's credit line) must reach 4.5:1 contrast, computed from the rendered styles.
 
 Needs Debian's chromium (``.ci/run`` installs it) and the Python ``playwright`` package;
 skipped with the reason when either is missing, except under CI (``CI`` set), where a missing
-one fails the tests. Screenshots go to ``artifacts/``.
+one fails the tests. Screenshots go to a temporary folder, or to ``FLUX_NB_SCREENSHOTS`` when set
+(``FLUX_NB_SCREENSHOTS=docs/screenshots`` refreshes the README's pictures).
 """
 
 from __future__ import annotations
@@ -28,7 +34,42 @@ from nbformat.v4 import new_code_cell, new_notebook
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-ARTIFACTS = ROOT / "artifacts"
+SCREENSHOTS_ENV = "FLUX_NB_SCREENSHOTS"
+THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
+#: Where each front end opens a notebook (both served by the one server).
+FRONT_ENDS = {"jupyterlab": "/lab/tree/{}", "notebook7": "/notebooks/{}"}
+#: flux_nb's own text; each must read at 4.5:1 or more (WCAG AA for normal text).
+OWN_TEXT = (".flux-caption", ".flux-path", ".flux-error", ".flux-summary", ".flux-credits")
+MIN_CONTRAST = 4.5
+# The contrast of each element's text against what is painted behind it (WCAG 2 relative luminance);
+# translucent colours are composited over the backgrounds below them, up to the page.
+CONTRAST_JS = """
+(selector) => {
+  const parse = (c) => {
+    const p = c.match(/rgba?\\(([^)]+)\\)/)[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+  };
+  const over = (top, below) => [0, 1, 2].map((i) => top[i] * top[3] + below[i] * (1 - top[3])).concat([1]);
+  const behind = (element) => {
+    const layers = [];
+    for (let e = element; e; e = e.parentElement) {
+      const c = parse(getComputedStyle(e).backgroundColor);
+      if (c[3] > 0) { layers.push(c); if (c[3] >= 1) break; }
+    }
+    return layers.reverse().reduce((below, layer) => over(layer, below), [255, 255, 255, 1]);
+  };
+  const luminance = (c) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+    return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]);
+  };
+  return [...document.querySelectorAll(selector)].filter((e) => e.innerText.trim()).map((e) => {
+    const background = behind(e);
+    const a = luminance(over(parse(getComputedStyle(e).color), background)), b = luminance(background);
+    return {ratio: (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05), text: e.innerText.slice(0, 50),
+            color: getComputedStyle(e).color, background: background.slice(0, 3)};
+  });
+}
+"""
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -75,7 +116,7 @@ def free_port() -> int:
 
 
 class Lab:
-    """A JupyterLab server on 127.0.0.1 with a token and a temporary root folder."""
+    """A Jupyter server (JupyterLab and Notebook 7) on 127.0.0.1 with a token and a temporary root folder."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -84,11 +125,12 @@ class Lab:
         env = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT")}
         env["JUPYTER_CONFIG_DIR"] = str(root / ".jupyter-config")
         # Answer JupyterLab's "get notified about news?" question up front, so it never covers the page.
-        settings = root / ".lab-settings"
-        notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+        self.settings = root / ".lab-settings"
+        notification = self.settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
         notification.parent.mkdir(parents=True, exist_ok=True)
         notification.write_text('{"fetchNews": "false", "checkForUpdates": false}')
-        env["JUPYTERLAB_SETTINGS_DIR"] = str(settings)
+        self.theme("light")
+        env["JUPYTERLAB_SETTINGS_DIR"] = str(self.settings)
         self.log = open(root / "lab.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
@@ -120,12 +162,19 @@ class Lab:
         self.stop()
         raise RuntimeError(f"JupyterLab did not start: {(root / 'lab.log').read_text()[-2000:]}")
 
+    def theme(self, name: str) -> None:
+        """Use ``name`` ("light" or "dark") from the next page load on (both front ends read this setting)."""
+        themes = self.settings / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
+        themes.parent.mkdir(parents=True, exist_ok=True)
+        themes.write_text(json.dumps({"theme": THEMES[name]}))
+
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def url(self, notebook: str) -> str:
-        return f"{self.base}/lab/tree/{notebook}?token={self.token}&reset"
+    def url(self, notebook: str, front_end: str = "jupyterlab") -> str:
+        reset = "&reset" if front_end == "jupyterlab" else ""
+        return f"{self.base}{FRONT_ENDS[front_end].format(notebook)}?token={self.token}{reset}"
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -154,6 +203,15 @@ def browser() -> Iterator[object]:
         chromium.close()
 
 
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: ``FLUX_NB_SCREENSHOTS`` when set, else a temporary folder (never the source tree)."""
+    chosen = os.environ.get(SCREENSHOTS_ENV)
+    folder = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 @pytest.fixture
 def page(browser: object) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
@@ -163,15 +221,20 @@ def page(browser: object) -> Iterator[object]:
     context.close()
 
 
-def shot(page: object, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / f"{name}.png"
+def shot(page: object, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=False)
     return path
 
 
-def open_and_run_all(page: object, lab: Lab, notebook: str) -> None:
-    page.goto(lab.url(notebook))
+def write_notebook(lab: Lab, name: str, *cells: str) -> None:
+    source = new_notebook(cells=[new_code_cell(cell) for cell in cells])
+    source.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(source, lab.root / name)
+
+
+def open_and_run_all(page: object, lab: Lab, notebook: str, front_end: str = "jupyterlab") -> None:
+    page.goto(lab.url(notebook, front_end))
     page.wait_for_selector(".jp-Notebook .jp-Cell", state="visible")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
     page.click(".jp-Notebook .jp-Cell >> nth=0")
@@ -199,11 +262,9 @@ def error_text(page: object) -> str:
     return page.inner_text(".flux-panel .flux-error").strip()
 
 
-def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Path) -> None:
+def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Path, screenshots: Path) -> None:
     setup = "from PIL import Image\nsketch = Image.new('RGB', (64, 64), 'navy')\npanel = flux.panel()\npanel"
-    source = new_notebook(cells=[new_code_cell("%load_ext flux_nb"), new_code_cell(setup)])
-    source.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(source, lab.root / "panel.ipynb")
+    write_notebook(lab, "panel.ipynb", "%load_ext flux_nb", setup)
     started = time.monotonic()
     open_and_run_all(page, lab, "panel.ipynb")
     page.wait_for_selector(".flux-panel .flux-prompt textarea", state="visible", timeout=90_000)
@@ -220,7 +281,7 @@ def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Pat
     seed = int(caption.split()[1])
     assert error_text(page) == ""
     assert json.loads(newest_record(lab.root)["input_hashes"]) == []
-    shot(page, "panel-generated")
+    shot(page, screenshots, "panel-generated")
 
     page.fill(".flux-panel .flux-prompt textarea", "something else entirely")
     page.click(".flux-card button.flux-remix")
@@ -253,7 +314,7 @@ def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Pat
     assert sent == [hashlib.sha256(reference.read_bytes()).hexdigest()]  # the upload, byte for byte
     assert (lab.root / ".flux" / "inputs" / f"{sent[0]}.png").read_bytes() == reference.read_bytes()
     assert "(not billed: local server)" in page.inner_text(".flux-panel")
-    shot(page, "panel-edited")
+    shot(page, screenshots, "panel-edited")
 
     page.fill(".flux-panel .flux-variable input", "sketch")  # a variable of the notebook's namespace
     page.click(".flux-panel button.flux-add-variable")
@@ -263,7 +324,7 @@ def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Pat
     print(f"\npanel browser test: {time.monotonic() - started:.1f} s")
 
 
-def test_quickstart_renders_its_images_in_the_browser(lab: Lab, page: object) -> None:
+def test_quickstart_renders_its_images_in_the_browser(lab: Lab, page: object, screenshots: Path) -> None:
     shutil.copy(ROOT / "notebooks" / "01_quickstart.ipynb", lab.root / "01_quickstart.ipynb")
     started = time.monotonic()
     open_and_run_all(page, lab, "01_quickstart.ipynb")
@@ -275,5 +336,111 @@ def test_quickstart_renders_its_images_in_the_browser(lab: Lab, page: object) ->
     assert len(images) >= 5 and all(i["w"] > 0 and i["done"] for i in images)
     assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").count() == 0
     assert page.locator(".flux-error").count() == 0
-    shot(page, "quickstart")
+    shot(page, screenshots, "quickstart")
     print(f"\nquickstart browser test: {time.monotonic() - started:.1f} s")
+
+
+# The top-left pixel of the first grid shown, once it has loaded.
+GRID_CORNER_JS = """
+() => {
+  const img = document.querySelector('.jp-OutputArea-output img.flux-grid');
+  if (!img || !img.complete || !img.naturalWidth) return null;
+  const canvas = document.createElement('canvas');
+  canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+  const context = canvas.getContext('2d');
+  context.drawImage(img, 0, 0);
+  return Array.from(context.getImageData(1, 1, 1, 1).data).slice(0, 3);
+}
+"""
+
+
+def contrast(page: object, selector: str) -> list[dict[str, object]]:
+    """The contrast ratio of each visible element matching ``selector`` (see CONTRAST_JS)."""
+    return page.evaluate(CONTRAST_JS, selector)
+
+
+@pytest.fixture
+def themed(lab: Lab, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The theme the test asks for (its ``theme`` parameter), back to light afterwards."""
+    theme = request.getfixturevalue("theme")
+    lab.theme(theme)
+    yield theme
+    lab.theme("light")
+
+
+THEMED_CELLS = (
+    "%load_ext flux_nb",
+    # A server whose tasks take 3 s, so the live line has time to move.
+    "from flux_nb.server.config import ServerConfig\n"
+    "from flux_nb.server.embedded import EmbeddedServer\n"
+    "slow = EmbeddedServer(ServerConfig(latency=3.0)).start()\n"
+    "flux.endpoint = slow.url",
+    "%%flux --seed 7 --size 512x512\na lighthouse at dusk, {label}",
+    "%%flux --seed 1,2 --size 256x256\na harbour at dawn, {label}",
+    "%%flux --size 100x100\nsomething too small to draw",
+    "flux.panel()",
+)
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+@pytest.mark.parametrize("front_end", ["jupyterlab", "notebook7"])
+def test_own_text_reads_and_progress_moves_in_each_front_end_and_theme(
+    lab: Lab, page: object, front_end: str, theme: str, themed: str, screenshots: Path
+) -> None:
+    label = f"{front_end} {theme}"  # a prompt of its own: never a cache hit of another run
+    name = f"themed-{front_end}-{theme}.ipynb"
+    write_notebook(lab, name, *(cell.format(label=label) for cell in THEMED_CELLS))
+    started = time.monotonic()
+    open_and_run_all(page, lab, name, front_end)
+    assert page.evaluate("() => document.body.dataset.jpThemeLight") == ("true" if theme == "light" else "false")
+
+    # The single request's live line (third cell): read it, then see it change while the request still runs.
+    line = "document.querySelectorAll('.jp-Notebook .jp-Cell')[2]?.querySelector('.flux-progress')"
+    first = page.wait_for_function(f"() => {line}?.innerText", timeout=90_000).json_value()
+    later = page.wait_for_function(
+        f"(first) => {{ const text = {line}?.innerText; return text && text !== first && text; }}",
+        arg=first,
+        timeout=30_000,
+    ).json_value()
+    spinning = page.evaluate(f"() => !!{line}?.querySelector('.flux-spinner')")  # CSS, no emoji font needed
+    progress_contrast = contrast(page, ".jp-Notebook .flux-progress")
+    assert later and later != first and spinning, (first, later)
+    assert "⏳" not in page.inner_text(".jp-Notebook")
+
+    page.wait_for_selector(".jp-OutputArea-output .flux-summary", timeout=90_000)
+    corner = page.wait_for_function(GRID_CORNER_JS).json_value()
+    page.wait_for_selector(".flux-panel .flux-credits", timeout=90_000)
+    page.wait_for_selector(".jp-OutputArea-output .flux-error", timeout=30_000)
+    measured = {selector: contrast(page, selector) for selector in OWN_TEXT}
+    measured[".flux-progress"] = progress_contrast
+    shot(page, screenshots, f"themed-{front_end}-{theme}")
+    lowest = {selector: min((m["ratio"] for m in found), default=None) for selector, found in measured.items()}
+    print(f"\n{label}: contrast " + ", ".join(f"{k} {v:.2f}" for k, v in lowest.items() if v is not None))
+    print(f"{label}: live line {first!r} -> {later!r}; {time.monotonic() - started:.1f} s")
+    assert (sum(corner) < 3 * 64) == (theme == "dark"), corner  # the sweep's grid follows the notebook's theme
+    assert all(found for found in measured.values()), {k: len(v) for k, v in measured.items()}
+    for selector, found in measured.items():
+        for item in found:
+            assert item["ratio"] >= MIN_CONTRAST, (selector, item)
+
+
+@pytest.mark.skipif(not hasattr(__import__("flux_nb").Flux, "rate"), reason="needs the session's review API")
+def test_a_star_click_in_the_panel_rates_the_result_in_flux_history(lab: Lab, page: object) -> None:
+    write_notebook(lab, "review.ipynb", "%load_ext flux_nb", "panel = flux.panel()\npanel")
+    open_and_run_all(page, lab, "review.ipynb")
+    page.wait_for_selector(".flux-panel .flux-prompt textarea", state="visible", timeout=90_000)
+    page.fill(".flux-panel .flux-prompt textarea", "a kite to be rated, browser test")
+    page.click(".flux-panel button.flux-generate")
+    page.wait_for_selector(".flux-card .flux-review button.flux-star-4", timeout=60_000)
+    page.click(".flux-card .flux-review button.flux-star-4")
+    page.wait_for_function("() => document.querySelector('.flux-panel .flux-status').innerText.includes('rated')")
+    assert error_text(page) == ""
+    record_id = newest_record(lab.root)["record_id"]
+    # The kernel's own view: flux_history, refreshed after the rating, read back from a new cell.
+    page.click(".jp-Notebook .jp-Cell >> nth=-1")
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")
+    page.keyboard.press("Enter")
+    page.keyboard.type(f"print('rating', int(flux_history.set_index('record_id').loc['{record_id}', 'rating']))")
+    page.keyboard.press("Shift+Enter")
+    page.wait_for_function("() => document.querySelector('.jp-Notebook').innerText.includes('rating 4')")

@@ -17,7 +17,7 @@ from IPython.utils.capture import capture_output
 from PIL import Image
 
 from flux_nb.core.events import Finished, Progress
-from flux_nb.core.results import Result
+from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import (
     DeliveryError,
     ModeratedError,
@@ -98,9 +98,103 @@ def test_prompts_are_escaped(tmp_path: Path) -> None:
     assert "<script>" not in display.result_bundle(ready(tmp_path))["text/html"]
 
 
-def test_cached_results_say_so(tmp_path: Path) -> None:
+def test_cached_results_say_so_once(tmp_path: Path) -> None:
     text = html.unescape(display.result_html(ready(tmp_path, cached=True, cost=0.0)))
-    assert "0 credits (cached)" in text and "cached" in text
+    assert "0 credits · cached" in text
+    assert display.caption(ready(tmp_path, cached=True, cost=0.0)).count("cached") == 1
+
+
+def test_captions_show_paths_relative_to_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = ready(tmp_path)
+    outside = html.unescape(display.result_html(result))
+    assert str(tmp_path / "img.jpeg") in outside  # not under the working directory: the whole path
+    monkeypatch.chdir(tmp_path.parent)
+    inside = html.unescape(display.result_html(result))
+    assert f">{tmp_path.name}/img.jpeg<" in inside and str(tmp_path) not in inside.split("title=")[0]
+    assert display.result_text(result).endswith(f" · {tmp_path.name}/img.jpeg")
+
+
+EMOJI = ("⏳", "⚠", "⛔", "❓", "✋")
+
+
+def test_marks_and_spinners_are_css_not_emoji(tmp_path: Path) -> None:
+    failures = [
+        display.result_html(ready(tmp_path, status=status, path=None, error=ValidationError("no")))
+        for status in ("failed", "moderated", "unknown", "cancelled", "submitted")
+    ]
+    progress = BatchProgress(rich=True)
+    progress.started([object()])
+    lines = [progress._line_html(), display.error_html(ValidationError("bad width"))]
+    progress.started([object(), object()])
+    lines.append(progress._line_html())
+    for markup in failures + lines:
+        assert not any(glyph in markup for glyph in EMOJI), markup
+    assert all("flux-icon" in m for m in failures[:4]) and "flux-spinner" in failures[4]
+    assert "flux-spinner" in lines[0] and "flux-spinner" in lines[2] and "flux-icon" in lines[1]
+    assert "@keyframes flux-spin" in lines[0]
+
+
+def test_text_takes_its_colours_from_the_notebook_theme(tmp_path: Path) -> None:
+    sweep_html = display.sweep_bundle(SweepResult([ready(tmp_path)]))["text/html"]
+    progress = BatchProgress(rich=True)
+    progress.started([object()])
+    checks = {
+        display.result_html(ready(tmp_path)): ("--jp-content-font-color1", "--jp-content-font-color2"),
+        display.error_html("oops"): ("--jp-error-color1",),
+        sweep_html: ("--jp-content-font-color1",),
+        progress._line_html(): ("--jp-content-font-color1",),
+    }
+    for markup, variables in checks.items():
+        for variable in variables:
+            assert f"var({variable}, var(--vscode-" in markup  # VS Code's colour, then a fixed one, as fallbacks
+        assert "#444" not in markup and "#888" not in markup
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_single_requests_line_moves_on_ticks_and_learns_the_time_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(progress_module.time, "monotonic", clock)
+    durations = progress_module.Durations()
+    monkeypatch.setattr(progress_module, "DURATIONS", durations)
+    request = type("Request", (), {"model": "flux-2-klein-4b", "width": 512, "height": 512})()
+    first = BatchProgress(rich=True)
+    with capture_output() as captured:
+        first.started([request])
+        first.progress(Progress(0, "Submitted", 0.0))
+        clock.now += 1.3
+        first.tick()
+        clock.now += 1.2
+        first.tick()
+        clock.now += 1.5
+        first.finished(Finished(0, ready(tmp_path)))
+    texts = [html.unescape(o.data["text/html"]) for o in captured.outputs if "flux-progress" in o.data["text/html"]]
+    queued = [re.search(r"queued · [\d.]+ s", t).group(0) for t in texts[1:]]
+    assert queued == ["queued · 0.0 s", "queued · 1.3 s", "queued · 2.5 s"]
+    assert "left" not in "".join(texts)  # nothing learned yet: no guess
+    assert durations.expected(progress_module.kind_of(request)) == pytest.approx(4.0)
+
+    second = BatchProgress(rich=True)
+    second.started([request])
+    second.progress(Progress(0, "Submitted", 0.0))
+    clock.now += 1.0
+    assert second.status_line() == "queued · 1.0 s · about 3 s left"
+    batch = BatchProgress(rich=True)
+    batch.started([request] * 3)
+    batch.progress(Progress(0, "Submitted", 0.0))
+    clock.now += 1.0
+    assert "1 running, 2 queued · 1.0 s · about 11 s left" in batch.status_line()  # 3 s, then two more in one slot
+    other = BatchProgress(rich=True)
+    other.started([type("Request", (), {"model": "flux-2-pro", "width": 512, "height": 512})()])
+    assert "left" not in other.status_line()  # another model: not guessed from this one
 
 
 def test_failures_are_one_line_without_traceback(tmp_path: Path) -> None:
@@ -268,3 +362,45 @@ def test_side_by_side_says_whether_images_are_identical(tmp_path: Path) -> None:
     other = noisy(tmp_path / "other.jpeg", (64, 64))
     assert "byte-identical" in display.side_by_side_html(a, ready(tmp_path, path=copy), "old", "new")
     assert "differ" in display.side_by_side_html(a, ready(tmp_path, path=other), "old", "new")
+
+
+def theme_variables(name: str) -> dict[str, str]:
+    """The CSS variables of an installed JupyterLab theme ("light" or "dark")."""
+    jupyterlab = pytest.importorskip("jupyterlab")
+    css = Path(jupyterlab.__file__).parent / "themes" / "@jupyterlab" / f"theme-{name}-extension" / "index.css"
+    return dict(re.findall(r"(--[\w-]+):([^;}]+)", css.read_text()))
+
+
+def resolve(value: str, variables: dict[str, str]) -> tuple[float, float, float, float]:
+    """A CSS colour (hex, rgba(), white, or var() with a fallback) as RGBA."""
+    value = value.strip()
+    if found := re.fullmatch(r"var\((--[\w-]+)\s*,\s*(.+)\)", value):
+        name, fallback = found.groups()
+        return resolve(variables.get(name, fallback), variables)
+    if value == "white":
+        return (255, 255, 255, 1.0)
+    if value.startswith("#"):
+        digits = value[1:] if len(value) == 7 else "".join(c * 2 for c in value[1:])
+        return (*(int(digits[i : i + 2], 16) for i in (0, 2, 4)), 1.0)
+    parts = [float(p) for p in re.findall(r"[\d.]+", value)]
+    return (parts[0], parts[1], parts[2], parts[3] if len(parts) > 3 else 1.0)
+
+
+def contrast_ratio(text: tuple[float, ...], background: tuple[float, ...]) -> float:
+    blended = [text[i] * text[3] + background[i] * (1 - text[3]) for i in range(3)]
+
+    def luminance(rgb: list[float] | tuple[float, ...]) -> float:
+        linear = [(c / 255 / 12.92) if c / 255 <= 0.03928 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    a, b = luminance(blended), luminance(background[:3])
+    return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+def test_own_colours_reach_4_5_to_1_on_jupyterlabs_themes_and_without_them(theme: str) -> None:
+    variables = theme_variables(theme)
+    page = resolve(variables["--jp-layout-color0"], variables)
+    for colour in (display.TEXT, display.MUTED, display.ERROR):
+        assert contrast_ratio(resolve(colour, variables), page) >= 4.5, colour
+        assert contrast_ratio(resolve(colour, {}), (255, 255, 255, 1.0)) >= 4.5, colour  # fallbacks on white

@@ -17,6 +17,7 @@ from flux_nb.errors import ModeratedError, ValidationError
 from flux_nb.grids import (
     BACKGROUND,
     CELL_BACKGROUND,
+    DARK,
     DISPLAY_MAX_WIDTH,
     FAILED,
     GAP,
@@ -195,7 +196,8 @@ def test_history_dtypes_with_missing_values_work(tmp_path: Path) -> None:
 def test_long_prompts_wrap_and_grow_the_header(tmp_path: Path) -> None:
     data = frame(tmp_path)
     short = grid(data, x="prompt", y="seed", cell=100)
-    data["prompt"] = data["prompt"] + " sitting on a windowsill in the late afternoon sun, oil painting"
+    endings = {"a cat": " sitting on a windowsill in the late afternoon sun", "a dog": " running along a beach at noon"}
+    data["prompt"] = data["prompt"] + data["prompt"].map(endings)  # nothing shared: each header says it all
     tall = grid(data, x="prompt", y="seed", cell=100)
     grown = tall.cell_boxes[(data.prompt[0], 1)][1] - short.cell_boxes[("a cat", 1)][1]
     assert grown > 0 and grown % LINE == 0
@@ -306,3 +308,93 @@ def test_wrapped_text_fits_its_width_and_marks_a_cut_off_end() -> None:
 
 def test_characters_the_bundled_font_lacks_are_folded_not_boxed() -> None:
     assert wrap_text("café über 512×256 — 中", 1000) == ["cafe uber 512x256 - ?"]
+
+
+def ink_height(page: Grid, key: str) -> int:
+    """Rows of a label box with anything drawn in them (the text's height in pixels)."""
+    crop = page.image.crop(page.label_boxes[key]).convert("L")
+    background = crop.getpixel((crop.width - 1, crop.height - 1))
+    rows = [
+        y for y in range(crop.height) if any(abs(crop.getpixel((x, y)) - background) > 40 for x in range(crop.width))
+    ]
+    return max(rows) - min(rows) + 1 if rows else 0
+
+
+def test_labels_of_a_wide_grid_stay_readable_where_it_is_shown(tmp_path: Path) -> None:
+    data = pd.concat([frame(tmp_path)] * 2, ignore_index=True).assign(seed=range(12))
+    wide = grid(data, x="seed", cell=256)
+    shown = 1000 / wide.image.width  # a notebook shows it about 1000 pixels wide
+    assert ink_height(wide, "x:10") * shown >= 9  # digits at least 9 px high on screen (was about 3)
+    small = grid(frame(tmp_path), x="seed", y="prompt", cell=100)
+    assert ink_height(small, "x:1") <= LINE  # small grids keep the 14 px labels
+
+
+def test_prompts_show_only_what_varies_and_say_the_rest_once(tmp_path: Path) -> None:
+    data = frame(tmp_path)
+    data["prompt"] = data["prompt"].map(
+        {
+            "a cat": "a photo of a red fox in deep snow, oil painting",
+            "a dog": "a photo of a grey wolf in deep snow, oil painting",
+        }
+    )
+    page = grid(data, x="seed", y="prompt", cell=100)
+    assert page.label_text["y:a photo of a red fox in deep snow, oil painting"] == ["red fox"]
+    assert page.label_text["y:a photo of a grey wolf in deep snow, oil painting"] == ["grey wolf"]
+    assert "prompt: a photo of a … in deep snow, oil painting" in " ".join(page.label_text["title"])
+    plain = grid(frame(tmp_path), x="seed", y="prompt", cell=100)  # "a" alone is not worth a title
+    assert plain.label_text["y:a cat"] == ["a cat"]
+
+
+def test_a_dark_grid_has_a_dark_page_and_light_labels(tmp_path: Path) -> None:
+    page = grid(frame(tmp_path), x="seed", y="prompt", cell=100, theme="dark")
+    assert page.theme == "dark" and page.image.getpixel((0, 0)) == DARK.background
+    assert centre(page.image, page.cell_boxes[(1, "a cat")]) == COLOURS[0]
+    label = page.image.crop(page.label_boxes["x:2"]).convert("L")
+    assert label.getextrema()[1] > 200  # light text on the dark page
+    assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == BACKGROUND  # light outside a notebook
+    with pytest.raises(ValidationError, match="grid theme 'blue'"):
+        grid(frame(tmp_path), x="seed", theme="blue")
+
+
+def test_a_kernel_grid_follows_the_jupyter_theme_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
+    settings.parent.mkdir(parents=True)
+    settings.write_text('{\n    // "theme": "JupyterLab Light" is the default\n    "theme": "JupyterLab Dark"\n}')
+    monkeypatch.setenv("JUPYTERLAB_SETTINGS_DIR", str(tmp_path / "settings"))
+    assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == BACKGROUND  # not in a kernel
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == DARK.background
+    assert grid(frame(tmp_path), x="seed", cell=64, theme="light").image.getpixel((0, 0)) == BACKGROUND
+    settings.write_text('{"theme": "JupyterLab Dark"}')  # as the server writes it: one line
+    assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == DARK.background
+    settings.write_text('{"theme": "JupyterLab Light"}')
+    assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == BACKGROUND
+
+
+def test_z_pages_can_be_one_combined_image(tmp_path: Path) -> None:
+    pages = grid(frame(tmp_path), x="seed", z="prompt", cell=64)
+    combined = grid(frame(tmp_path), x="seed", z="prompt", cell=64, combined=True)
+    assert isinstance(combined, Grid) and len(combined.pages) == 2
+    assert combined.image.size == (pages[0].image.width, sum(p.image.height for p in pages) + GAP)
+    assert combined.cells[(3, ("a dog", None))] == "r5"
+    for i, (prompt, seed) in enumerate(CELLS):
+        assert centre(combined.image, combined.cell_boxes[(seed, (prompt, None))]) == COLOURS[i]
+    assert combined._repr_html_().count("<img") == 1
+
+
+def test_cells_can_show_their_rating_and_grids_sort_and_filter_by_it(tmp_path: Path) -> None:
+    data = frame(tmp_path).assign(rating=[None, 2, None, 5, 1, None])
+    page = grid(data, x="seed", y="prompt", cell=120, label="rating", sort="rating")
+    assert page.cell_text[(1, "a dog")] == "rating 5/5" and page.cell_text[(1, "a cat")] == "unrated"
+    assert list(dict.fromkeys(k[1] for k in page.cells)) == ["a dog", "a cat"]  # the row with the 5 first
+    assert list(dict.fromkeys(k[0] for k in page.cells)) == [1, 2, 3]  # 5, then 2, then unrated
+    band = page.cell_boxes[(1, "a dog")]
+    strip = page.image.crop((band[0], band[3] - LINE, band[2], band[3]))
+    assert len({c for _, c in strip.getcolors(100_000)} - {COLOURS[3]}) > 2  # text drawn over the image's foot
+    best = grid(data, x="seed", y="prompt", cell=64, min_rating=2)
+    assert set(best.cells.values()) == {"r1", "r3", None}
+    with pytest.raises(ValidationError, match="grid column 'rating' is not in the data"):
+        grid(frame(tmp_path), x="seed", sort="rating")

@@ -583,3 +583,98 @@ def test_a_panel_opens_even_when_the_backend_cannot_be_chosen(
         assert "API key" in panel.error.value and panel._future is None
     finally:
         flux.close()
+
+
+def stars_shown(panel: Panel, result: Result) -> int:
+    """How many stars a card shows lit."""
+    return sum(star.button_style == "warning" for star in panel.gallery.reviews[result.record_id].stars)
+
+
+def test_a_cards_stars_and_heart_call_the_sessions_review_api(flux: Flux, monkeypatch: pytest.MonkeyPatch) -> None:
+    panel, result = generated(flux, "a red kite over a hill")
+    calls: list[tuple[str, str, object]] = []
+    monkeypatch.setattr(
+        flux, "rate", lambda target, stars: calls.append(("rate", target.record_id, stars)), raising=False
+    )
+    monkeypatch.setattr(
+        flux, "favourite", lambda target, on=True: calls.append(("favourite", target.record_id, on)), raising=False
+    )
+    review = panel.gallery.reviews[result.record_id]
+    assert stars_shown(panel, result) == 0 and review.heart.value is False
+    review.stars[3].click()
+    assert calls == [("rate", result.record_id, 4)] and stars_shown(panel, result) == 4
+    review.heart.value = True
+    review.heart.value = False
+    assert calls[1:] == [("favourite", result.record_id, True), ("favourite", result.record_id, False)]
+    assert panel.error.value == "" and "favourite" in panel.status.value
+
+
+def test_a_review_that_fails_is_shown_and_the_card_keeps_what_is_stored(
+    flux: Flux, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flux_nb.errors import ValidationError
+
+    panel, result = generated(flux, "a red kite over a hill")
+
+    def refuse(target: object, *args: object, **kwargs: object) -> None:
+        raise ValidationError("stars must be 1 to 5, got 9")
+
+    monkeypatch.setattr(flux, "rate", refuse, raising=False)
+    monkeypatch.setattr(flux, "favourite", refuse, raising=False)
+    review = panel.gallery.reviews[result.record_id]
+    review.stars[1].click()
+    assert "stars must be 1 to 5" in html.unescape(panel.error.value) and stars_shown(panel, result) == 0
+    review.heart.value = True
+    assert review.heart.value is False and review.heart.button_style == ""
+
+
+@pytest.mark.skipif(not hasattr(Flux, "rate"), reason="needs the session's review API")
+def test_a_star_click_reaches_the_history(flux: Flux) -> None:
+    panel, result = generated(flux, "a red kite over a hill")
+    review = panel.gallery.reviews[result.record_id]
+    review.stars[2].click()
+    review.heart.value = True
+    row = flux.history().set_index("record_id").loc[result.record_id]
+    assert row["rating"] == 3 and bool(row["favourite"]) is True
+    assert panel.error.value == "" and stars_shown(panel, result) == 3
+
+
+def test_the_status_line_keeps_time_between_events_and_stops_with_the_batch(
+    flux: Flux, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flux_nb.core.events import Progress
+    from flux_nb.notebook.panel import observer as observer_module
+
+    panel = Panel(flux)
+    clock = [500.0]
+    monkeypatch.setattr(observer_module.time, "monotonic", lambda: clock[0])
+    watcher = PanelObserver(panel.messages, lambda result: None)
+    monkeypatch.setattr(watcher, "_run_ticks", lambda: None)  # ticks driven by hand below
+    watcher.started([object(), object()])
+    watcher.progress(Progress(0, "Submitted", 0.0))
+    said = [panel.status.value]
+    for _ in range(2):
+        clock[0] += 1.5
+        watcher.tick()
+        said.append(panel.status.value)
+    assert [html.unescape(s).split(" · ")[:2] for s in said] == [
+        ["<span>queued", "0.0 s"],
+        ["<span>queued", "1.5 s"],
+        ["<span>queued", "3.0 s"],
+    ]
+    watcher.stop_ticks()
+    clock[0] += 1.0
+    watcher.tick()
+    assert panel.status.value == said[-1]  # over: no more redraws
+
+
+def test_a_running_panel_batch_has_a_ticker_that_ends_with_it(flux: Flux) -> None:
+    panel = Panel(flux)
+    panel.prompt.value = "a ticking clock"
+    panel.size.value = DRAFT
+    panel.submit()
+    ticker = panel.observer._ticker
+    assert ticker is not None
+    wait_idle(panel)
+    ticker.join(timeout=5)
+    assert not ticker.is_alive() and panel.status.value.startswith("<span>done: 1 image")

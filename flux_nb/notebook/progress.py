@@ -1,14 +1,19 @@
 """Live progress of a batch: a line redrawn in place (in a notebook or a terminal), results as they arrive.
 
 It is a ``BatchObserver``: the session hands it typed events on the caller's thread, and a
-``tick`` between events so the elapsed time keeps moving while requests run.
+``tick`` between events so the elapsed time keeps moving while requests run. Once a few requests
+of a kind (model and size) have finished, the line also says about how long the rest will take:
+durations are learned from the events themselves, so no extra polls are made.
 """
 
 from __future__ import annotations
 
 import html
+import math
+import statistics
 import sys
 import time
+from collections import defaultdict, deque
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -17,7 +22,18 @@ from IPython.display import HTML, display
 from flux_nb.core.events import Finished, Progress
 from flux_nb.core.results import Result
 from flux_nb.notebook import render
-from flux_nb.notebook.render import caption, failure_html, is_rich, thumb_img
+from flux_nb.notebook.render import (
+    FILL,
+    STYLE,
+    TEXT,
+    TRACK,
+    caption,
+    failure_html,
+    is_rich,
+    shown_path,
+    spinner,
+    thumb_img,
+)
 
 UPDATE_INTERVAL = 0.1  # seconds between live progress redraws
 #: Thumbnails in the gallery that fills while a batch runs.
@@ -25,6 +41,42 @@ PROGRESS_THUMB = 128
 
 #: How a task status reads in the live line of a single request.
 STATES = {"Submitted": "queued", "Pending": "generating", "Downloading": "downloading"}
+
+Kind = tuple[str, int | None, int | None]  # model, width, height
+
+
+class Durations:
+    """Recent seconds from submit to result, per kind of request, as this process saw them."""
+
+    def __init__(self, window: int = 16) -> None:
+        self._recent: dict[Kind, deque[float]] = defaultdict(lambda: deque(maxlen=window))
+
+    def observe(self, kind: Kind, seconds: float) -> None:
+        self._recent[kind].append(seconds)
+
+    def expected(self, kind: Kind) -> float | None:
+        """The median of recent durations of ``kind``, or None when none has finished yet."""
+        recent = self._recent.get(kind)
+        return statistics.median(recent) if recent else None
+
+
+#: What the live lines have learned so far (shared by every batch of this kernel).
+DURATIONS = Durations()
+
+
+def kind_of(prepared: Any) -> Kind:
+    """The kind of a prepared request: its model and requested size."""
+    request = getattr(prepared, "request", prepared)
+    return (str(getattr(request, "model", "")), getattr(request, "width", None), getattr(request, "height", None))
+
+
+def remaining_words(seconds: float | None) -> str:
+    """ "about 12 s left", "about 3 min left"; "" when unknown or about done."""
+    if seconds is None or seconds < 0.5:
+        return ""
+    if seconds < 90:
+        return f"about {math.ceil(seconds)} s left"
+    return f"about {math.ceil(seconds / 60)} min left"
 
 
 class BatchProgress:
@@ -42,6 +94,9 @@ class BatchProgress:
         self.results: dict[int, Result] = {}
         self.running: set[int] = set()
         self.states: dict[int, tuple[str, float | None]] = {}
+        self.kinds: list[Kind] = []
+        self.began: dict[int, float] = {}  # when each request was first reported submitted
+        self.durations = DURATIONS
         self.started_at = time.monotonic()
         self._last_draw = 0.0
         self._line: Any = None
@@ -57,24 +112,46 @@ class BatchProgress:
         return sum((r.cost or 0.0) for r in self.results.values() if r.ok)
 
     def status_line(self) -> str:
-        """Counts, time and credits of the batch; for a single request in flight, its state and time."""
+        """Counts, time, time left (when known) and credits; for a single request in flight, its state."""
         done = len(self.results)
-        elapsed = time.monotonic() - self.started_at
+        now = time.monotonic()
+        elapsed = f"{now - self.started_at:.1f} s"
+        left = remaining_words(self.remaining(now))
         if self.total == 1 and not done:
             state, fraction = self.states.get(0, ("sending", None))
             percent = f"{fraction:.0%}" if fraction is not None and 0.0 < fraction < 1.0 else ""
-            return " · ".join(p for p in (state, percent, f"{elapsed:.1f} s") if p)
+            return " · ".join(p for p in (state, percent, elapsed, left) if p)
         parts = [f"{done}/{self.total} done"]
         if self.failed:
             parts.append(f"{self.failed} failed")
         pending = self.total - done
         if pending:
             parts.append(f"{len(self.running)} running, {pending - len(self.running)} queued")
-        parts += [f"{elapsed:.1f} s", f"{self.credits:.2f} credits"]
-        return " · ".join(parts)
+        parts += [elapsed, left, f"{self.credits:.2f} credits"]
+        return " · ".join(p for p in parts if p)
+
+    def remaining(self, now: float | None = None) -> float | None:
+        """Seconds until the batch ends, from learned durations (None while any kind is unknown)."""
+        now = time.monotonic() if now is None else now
+        waiting = [i for i in range(self.total) if i not in self.results]
+        if not waiting:
+            return None
+        ahead: list[float] = []
+        queued: list[float] = []
+        for index in waiting:
+            expected = self.durations.expected(self.kinds[index]) if index < len(self.kinds) else None
+            if expected is None:
+                return None
+            if index in self.began:
+                ahead.append(max(0.0, expected - (now - self.began[index])))
+            else:
+                queued.append(expected)
+        lanes = max(1, len(ahead))  # queued requests wait for the slots the running ones hold
+        return (max(ahead) if ahead else 0.0) + sum(queued) / lanes
 
     def started(self, batch: Sequence[Any]) -> None:
         self.total = len(batch)
+        self.kinds = [kind_of(prepared) for prepared in batch]
         self.started_at = time.monotonic()
         if not self.total:
             return
@@ -87,6 +164,7 @@ class BatchProgress:
 
     def progress(self, event: Progress) -> None:
         self.running.add(event.index)
+        self.began.setdefault(event.index, time.monotonic())
         self.states[event.index] = (STATES.get(event.status, event.status.lower()), event.fraction)
         self._redraw()
 
@@ -99,6 +177,9 @@ class BatchProgress:
         index, result = event.index, event.result
         self.running.discard(index)
         self.results[index] = result
+        began = self.began.get(index)
+        if began is not None and result.ok and not result.cached and index < len(self.kinds):
+            self.durations.observe(self.kinds[index], time.monotonic() - began)
         if self.total == 1 or not self.rich:
             self._show_single(result)
         else:
@@ -116,21 +197,24 @@ class BatchProgress:
             return
         self._clear_terminal()
         if result.ok:
-            print(f"saved {result.path} ({caption(result)})")
+            print(f"saved {shown_path(result.path)} ({caption(result)})")
         else:
             print(f"flux_nb: {result.status}: {result.error_message} (record {result.record_id})")
         if len(self.results) < self.total:
             self._draw_terminal()
 
     def _line_html(self) -> str:
+        style = f"font-size:12px;color:{TEXT}"
+        text = html.escape(self.status_line())
         if self.total == 1:
-            return f'<div class="flux-progress" style="font-size:12px">⏳ {html.escape(self.status_line())}</div>'
+            return f'{STYLE}<div class="flux-progress" style="{style}">{spinner()}{text}</div>'
         done = len(self.results) / self.total if self.total else 1.0
         bar = (
-            f'<div style="width:240px;height:6px;background:#ddd;display:inline-block;vertical-align:middle">'
-            f'<div style="width:{done * 100:.0f}%;height:6px;background:#4a7"></div></div>'
+            f'<div style="width:240px;height:6px;background:{TRACK};display:inline-block;vertical-align:middle">'
+            f'<div style="width:{done * 100:.0f}%;height:6px;background:{FILL}"></div></div>'
         )
-        return f'<div class="flux-progress" style="font-size:12px">{bar} {html.escape(self.status_line())}</div>'
+        turning = spinner() if done < 1.0 else ""
+        return f'{STYLE}<div class="flux-progress" style="{style}">{turning}{bar} {text}</div>'
 
     def _gallery_html(self) -> str:
         cells = []
@@ -141,7 +225,8 @@ class BatchProgress:
                 img = thumb_img(result.path, PROGRESS_THUMB, render.settings.thumbnail_format, alt=result.prompt)
                 cells.append(
                     f'<figure style="margin:2px;display:inline-block">{img}'
-                    f'<figcaption style="font-size:10px">{label}</figcaption></figure>'
+                    f'<figcaption class="flux-caption" style="font-size:11px;color:{TEXT}">{label}</figcaption>'
+                    "</figure>"
                 )
             else:
                 cells.append(f'<div style="display:inline-block;width:{PROGRESS_THUMB}px">{failure_html(result)}</div>')

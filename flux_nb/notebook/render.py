@@ -35,7 +35,50 @@ class DisplaySettings:
 
 
 settings = DisplaySettings()
-ICONS = {"failed": "⚠", "moderated": "⛔", "unknown": "❓", "submitted": "⏳", "pending": "⏳", "cancelled": "✋"}
+
+# Colours come from the front end's theme: JupyterLab's and Notebook 7's CSS variables, then VS Code's,
+# then colours that read on a light page (nbclassic, exported HTML). Each measures at least 4.5:1 on
+# JupyterLab Light and Dark (tests/test_display.py and the browser suite check it).
+TEXT = "var(--jp-content-font-color1, var(--vscode-foreground, #222))"
+MUTED = "var(--jp-content-font-color2, var(--vscode-descriptionForeground, #555))"
+ERROR = "var(--jp-error-color1, var(--vscode-errorForeground, #b00020))"
+TRACK = "var(--jp-layout-color3, #ccc)"
+FILL = "var(--jp-brand-color1, #1976d2)"
+#: Shared rules: the spinner's turn (inline styles cannot hold keyframes). Without it the ring stands still.
+STYLE = "<style>@keyframes flux-spin{to{transform:rotate(360deg)}}</style>"
+#: A failure's mark: one ASCII character in a ring drawn with CSS (emoji glyphs are missing on many systems).
+MARKS = {"failed": "!", "moderated": "×", "unknown": "?", "cancelled": "–", "error": "!"}
+WAITING = {"submitted", "pending", "sending", "queued"}
+
+
+def spinner() -> str:
+    """A small turning ring in the text's colour, drawn with CSS (no font or emoji needed)."""
+    return (
+        '<span class="flux-spinner" aria-hidden="true" style="display:inline-block;width:0.8em;height:0.8em;'
+        "box-sizing:border-box;border:2px solid currentColor;border-right-color:transparent;border-radius:50%;"
+        'vertical-align:-0.1em;margin-right:0.4em;animation:flux-spin 0.9s linear infinite"></span>'
+    )
+
+
+def icon(status: str) -> str:
+    """The mark for a status: a spinner while it waits, else an ASCII character in a CSS ring."""
+    if status in WAITING:
+        return spinner()
+    mark = html.escape(MARKS.get(status, "!"))
+    return (
+        f'<span class="flux-icon" aria-label="{html.escape(status)}" style="display:inline-block;min-width:1.1em;'
+        "height:1.1em;line-height:1.1em;box-sizing:border-box;border:1.5px solid currentColor;border-radius:50%;"
+        f'text-align:center;font-size:0.8em;font-weight:bold;margin-right:0.4em">{mark}</span>'
+    )
+
+
+def shown_path(path: Path | str) -> str:
+    """A path as captions show it: relative to the working directory when it lies under it."""
+    target = Path(path)
+    try:
+        return str(target.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(target)
 
 
 @lru_cache(maxsize=512)
@@ -64,7 +107,7 @@ def caption(result: Result) -> str:
     """One line: seed · size · model · cost · time · id."""
     size = f"{result.width}×{result.height}" if result.width and result.height else "auto size"
     if result.cached:
-        cost, took = "0 credits (cached)", "cached"
+        cost, took = "0 credits", "cached"
     else:
         credits = result.cost if result.cost is not None else result.estimated_cost
         cost = f"{credits:.2f} credits" + ("" if result.billed else NOT_BILLED)
@@ -77,7 +120,7 @@ def caption(result: Result) -> str:
 
 def _badge(result: Result) -> str:
     if result.engine == "preview":
-        return '<span style="background:#333;color:#fff;border-radius:3px;padding:0 4px;font-size:10px">preview</span> '
+        return '<span style="background:#333;color:#fff;border-radius:3px;padding:0 4px;font-size:11px">preview</span> '
     return ""
 
 
@@ -87,18 +130,17 @@ def result_html(result: Result) -> str:
         return failure_html(result)
     img = thumb_img(result.path, settings.thumbnail_size, settings.thumbnail_format, alt=result.prompt)
     text = html.escape(caption(result))
-    path = html.escape(str(result.path))
+    path = html.escape(shown_path(result.path))
     return (
-        f'<div class="flux-result">{img}<div class="flux-caption" style="font-size:12px;color:#444">'
-        f'{_badge(result)}{text}<br/><span style="color:#888">{path}</span></div></div>'
+        f'<div class="flux-result">{img}<div class="flux-caption" style="font-size:12px;color:{TEXT}">'
+        f'{_badge(result)}{text}<br/><span class="flux-path" style="color:{MUTED}">{path}</span></div></div>'
     )
 
 
 def failure_html(result: Result) -> str:
-    icon = ICONS.get(result.status, "⚠")
     reason = in_notebook_words(result.error) if result.error else f"status {result.status}"
     text = html.escape(f"{result.status}: {reason} (record {result.record_id}, seed {result.seed})")
-    return f'<div class="flux-failure" style="color:#b00020">{icon} {text}</div>'
+    return f'{STYLE}<div class="flux-failure flux-error" style="color:{ERROR}">{icon(result.status)}{text}</div>'
 
 
 def result_bundle(result: Result) -> dict[str, Any]:
@@ -113,13 +155,14 @@ def sweep_bundle(sweep: SweepResult) -> dict[str, Any]:
         body = sweep.grid()._repr_html_()
     except FluxError as exc:
         body = error_html(exc)
-    return {"text/plain": repr(sweep), "text/html": f'{body}<div style="font-size:12px;color:#444">{summary}</div>'}
+    summary_html = f'<div class="flux-summary" style="font-size:12px;color:{TEXT}">{summary}</div>'
+    return {"text/plain": repr(sweep), "text/html": f"{body}{summary_html}"}
 
 
 def error_html(error: FluxError | str) -> str:
     text = in_notebook_words(error)
     kind = f"{error.kind}: " if isinstance(error, FluxError) else ""
-    return f'<div class="flux-error" style="color:#b00020">⚠ {html.escape(kind + text)}</div>'
+    return f'<div class="flux-error" style="color:{ERROR}">{icon("error")}{html.escape(kind + text)}</div>'
 
 
 def show_error(error: FluxError | str) -> None:
@@ -144,7 +187,7 @@ def is_rich() -> bool:
 def result_text(result: Result) -> str:
     """A result as one plain line: its caption and image path, or why it has no image."""
     if result.ok:
-        return f"{caption(result)} · {result.path}"
+        return f"{caption(result)} · {shown_path(result.path)}"
     return f"{result.status}: {result.error_message or 'no image'} (record {result.record_id}, seed {result.seed})"
 
 

@@ -6,7 +6,7 @@ the kernel stays responsive meanwhile. Its parts, one job each:
 
 - ``form``: the request's fields (prompt, model, seed, size, safety, format, count);
 - ``references``: reference image slots (uploads, a notebook variable, a result);
-- ``gallery``: a card per image made, with Remix and Edit this;
+- ``gallery``: a card per image made, with Remix, Edit this, stars and a favourite toggle;
 - ``messages``: the status line, the error area, the running cost;
 - ``observer``: how a running batch reads on the status line.
 """
@@ -58,7 +58,13 @@ class Panel(w.VBox):
         self.messages = Messages(session)
         self.form = Form(session, on_change=self._refresh_generate)
         self.references = References(namespace, report=self.messages.report, clear=self.messages.clear_error)
-        self.gallery = Gallery(on_remix=self.remix, on_reuse=self.add_reference)
+        self.gallery = Gallery(
+            on_remix=self.remix,
+            on_reuse=self.add_reference,
+            on_rate=self.rate,
+            on_favourite=self.favourite,
+            on_error=self.messages.report,
+        )
         self._expose_widgets()
         self.generate.on_click(lambda _: self.submit())
         self.cancel.on_click(lambda _: self.stop())
@@ -176,6 +182,20 @@ class Panel(w.VBox):
     def _refresh_generate(self) -> None:
         """Generate is usable when the form's size is valid and no batch is in flight."""
         self.generate.disabled = self._future is not None or not self.form.size_ok
+
+    # -- review --------------------------------------------------------------------------------
+
+    def rate(self, result: Result, stars: int) -> None:
+        """Rate a result 1-5 stars in the session's history (its card's stars follow)."""
+        self.messages.clear_error()
+        self.session.rate(result, stars)
+        self.messages.say(f"rated {result.record_id} {stars} of 5")
+
+    def favourite(self, result: Result, on: bool = True) -> None:
+        """Mark a result a favourite (or not) in the session's history."""
+        self.messages.clear_error()
+        self.session.favourite(result, on=on)
+        self.messages.say(f"{'marked' if on else 'unmarked'} {result.record_id} as a favourite")
 
     # -- remix ---------------------------------------------------------------------------------
 

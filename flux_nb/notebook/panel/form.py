@@ -15,6 +15,7 @@ import ipywidgets as w
 from flux_nb import protocol
 from flux_nb.core.batch import draw_seed
 from flux_nb.errors import ValidationError
+from flux_nb.notebook.render import ERROR, MUTED
 
 if TYPE_CHECKING:
     from flux_nb.core.results import Result
@@ -87,11 +88,11 @@ class Form:
         try:
             protocol.check_size(self.width.value, self.height.value)
         except ValidationError as exc:
-            self.size_note.value = f'<span style="color:#b00020">{html.escape(str(exc))}</span>'
+            self.size_note.value = f'<span class="flux-size-error" style="color:{ERROR}">{html.escape(str(exc))}</span>'
             self.size_ok = False
             return False
         mp = protocol.megapixels(self.width.value, self.height.value)
-        self.size_note.value = f'<span style="color:#666">{mp:.2f} MP</span>'
+        self.size_note.value = f'<span class="flux-size-note" style="color:{MUTED}">{mp:.2f} MP</span>'
         self.size_ok = True
         return True
 

@@ -1,7 +1,8 @@
 """The panel's gallery: a card per image made, newest first, to remix or to edit further.
 
 A card holds a thumbnail (the full image stays on disk), the caption every notebook view uses,
-and two buttons: Remix (load the settings into the form) and Edit this (use it as a reference).
+two buttons: Remix (load the settings into the form) and Edit this (use it as a reference), and a
+review row: five stars and a favourite heart, showing the result's current rating.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from PIL import Image
 
 from flux_nb.core.results import Result
 from flux_nb.images import thumbnail
-from flux_nb.notebook.render import caption
+from flux_nb.notebook.render import TEXT, caption
 
 #: Width in pixels of a card's thumbnail (encoded at twice that, for sharp high-DPI screens).
 CARD_THUMB = 224
+STARS = 5
+#: Rate a card's result (1-5) and mark it a favourite (on/off); either may raise, the panel shows why.
+Rate = Callable[[Result, int], None]
+Favour = Callable[[Result, bool], None]
 
 
 def card_thumbnail(path: Path | str) -> bytes:
@@ -29,25 +34,94 @@ def card_thumbnail(path: Path | str) -> bytes:
         return thumbnail(image, CARD_THUMB * 2, "jpeg")
 
 
-class Gallery(w.HBox):
-    """Cards of ready results, newest first; ``on_remix`` and ``on_reuse`` receive a card's result."""
+class Review(w.HBox):
+    """Five star buttons and a favourite toggle for one result, showing what was last stored.
 
-    def __init__(self, on_remix: Callable[[Result], None], on_reuse: Callable[[Result], None], **kwargs: Any) -> None:
+    ``rate`` and ``favour`` store a review and say whether they did; when not, nothing changes.
+    """
+
+    def __init__(
+        self,
+        result: Result,
+        rate: Callable[[Result, int], bool],
+        favour: Callable[[Result, bool], bool],
+        rating: int = 0,
+        favourite: bool = False,
+    ) -> None:
+        self.result, self._rate, self._favour = result, rate, favour
+        self.stars = []
+        for n in range(1, STARS + 1):
+            star = w.Button(icon="star", tooltip=f"Rate {n} of {STARS}", layout=w.Layout(width="30px", padding="0"))
+            star.add_class("flux-star")
+            star.add_class(f"flux-star-{n}")
+            star.on_click(lambda _, n=n: self.rate(n))
+            self.stars.append(star)
+        self.heart = w.ToggleButton(
+            value=favourite, icon="heart", tooltip="Favourite", layout=w.Layout(width="40px", padding="0")
+        )
+        self.heart.add_class("flux-favourite")
+        self.heart.observe(self._toggled, names="value")
+        self.heart.button_style = "danger" if favourite else ""
+        self.rating = 0
+        self._show(rating)
+        super().__init__([*self.stars, self.heart])
+        self.add_class("flux-review")
+
+    def rate(self, stars: int) -> None:
+        """Rate the result (the session stores it); the stars show it once stored."""
+        if self._rate(self.result, stars):
+            self._show(stars)
+
+    def _show(self, stars: int) -> None:
+        self.rating = stars
+        for n, star in enumerate(self.stars, start=1):
+            star.button_style = "warning" if n <= stars else ""
+            star.tooltip = f"Rated {stars} of {STARS}" if n == stars else f"Rate {n} of {STARS}"
+
+    def _toggled(self, change: Any) -> None:
+        if self._favour(self.result, bool(change["new"])):
+            self.heart.button_style = "danger" if change["new"] else ""
+            return
+        self.heart.unobserve(self._toggled, names="value")
+        self.heart.value = bool(change["old"])  # not stored: show what is
+        self.heart.observe(self._toggled, names="value")
+
+
+class Gallery(w.HBox):
+    """Cards of ready results, newest first; ``on_remix`` and ``on_reuse`` receive a card's result.
+
+    ``on_rate(result, stars)`` and ``on_favourite(result, on)`` store a review; when they raise,
+    ``on_error`` gets the exception and the card keeps showing what is stored.
+    """
+
+    def __init__(
+        self,
+        on_remix: Callable[[Result], None],
+        on_reuse: Callable[[Result], None],
+        on_rate: Rate | None = None,
+        on_favourite: Favour | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(layout=w.Layout(flex_flow="row wrap"), **kwargs)
         self.add_class("flux-gallery")
         self._on_remix, self._on_reuse = on_remix, on_reuse
+        self._on_rate, self._on_favourite, self._on_error = on_rate, on_favourite, on_error
+        #: The review row of each card, by record id.
+        self.reviews: dict[str, Review] = {}
 
-    def add(self, result: Result) -> None:
-        """Put a card for a ready result first."""
+    def add(self, result: Result, rating: int = 0, favourite: bool = False) -> None:
+        """Put a card for a ready result first (its stars showing ``rating``, its heart ``favourite``)."""
         if result.path is None:
             raise ValueError(f"result {result.record_id} has no image to show (status {result.status})")
-        self.children = (self._card(result, result.path), *self.children)
+        self.children = (self._card(result, result.path, rating, favourite), *self.children)
 
-    def _card(self, result: Result, path: Path) -> w.VBox:
+    def _card(self, result: Result, path: Path, rating: int, favourite: bool) -> w.VBox:
         image = w.Image(value=card_thumbnail(path), format="jpeg", layout=w.Layout(max_width=f"{CARD_THUMB}px"))
         image.add_class("flux-result-image")
         text = w.HTML(
-            f'<div class="flux-caption" style="font-size:11px;line-height:1.3">{html.escape(caption(result))}</div>',
+            f'<div class="flux-caption" style="font-size:11px;line-height:1.3;color:{TEXT}">'
+            f"{html.escape(caption(result))}</div>",
             layout=w.Layout(width=f"{CARD_THUMB}px"),
         )
         remix = w.Button(description="Remix", tooltip="Load these settings into the form", layout=w.Layout(width="48%"))
@@ -56,8 +130,25 @@ class Gallery(w.HBox):
         reuse.add_class("flux-reuse")
         remix.on_click(lambda _: self._on_remix(result))
         reuse.on_click(lambda _: self._on_reuse(result))
-        card = w.VBox(
-            [image, text, w.HBox([remix, reuse])], layout=w.Layout(width=f"{CARD_THUMB + 16}px", margin="4px")
-        )
+        parts: list[w.Widget] = [image, text, w.HBox([remix, reuse])]
+        if self._on_rate is not None and self._on_favourite is not None:
+            review = Review(result, self._guard(self._on_rate), self._guard(self._on_favourite), rating, favourite)
+            self.reviews[result.record_id] = review
+            parts.append(review)
+        card = w.VBox(parts, layout=w.Layout(width=f"{CARD_THUMB + 16}px", margin="4px"))
         card.add_class("flux-card")
         return card
+
+    def _guard(self, store: Callable[[Result, Any], None]) -> Callable[[Result, Any], bool]:
+        """``store`` saying whether it stored; a failure goes to ``on_error`` (a click never raises)."""
+
+        def call(result: Result, value: Any) -> bool:
+            try:
+                store(result, value)
+            except Exception as exc:
+                if self._on_error is not None:
+                    self._on_error(exc)
+                return False
+            return True
+
+        return call

@@ -12,7 +12,7 @@ import ipywidgets as w
 
 from flux_nb.errors import FluxError
 from flux_nb.notebook.hints import in_notebook_words
-from flux_nb.notebook.render import NOT_BILLED
+from flux_nb.notebook.render import ERROR, MUTED, NOT_BILLED, icon
 
 if TYPE_CHECKING:
     from flux_nb.session import Flux
@@ -37,7 +37,7 @@ class Messages:
     def report(self, exc: BaseException) -> None:
         """Show ``exc`` in the error area: a FluxError in the notebook's words, anything else as unexpected."""
         text = in_notebook_words(exc) if isinstance(exc, FluxError) else f"unexpected error: {exc}"
-        self.error.value = f'<div style="color:#b00020">⚠ {html.escape(text)}</div>'
+        self.error.value = f'<div style="color:{ERROR}">{icon("error")}{html.escape(text)}</div>'
 
     def clear_error(self) -> None:
         self.error.value = ""
@@ -55,4 +55,5 @@ class Messages:
         budget = self.session.budget
         limit = f" of {budget:.2f} budget" if budget is not None else ""
         note = html.escape(self.not_billed())
-        self.cost.value = f'<span style="color:#444">Credits spent: {self.session.spent():.2f}{limit}{note}</span>'
+        spent = f"Credits spent: {self.session.spent():.2f}{limit}{note}"
+        self.cost.value = f'<span class="flux-credits" style="color:{MUTED}">{spent}</span>'

@@ -2,12 +2,14 @@
 
 Everything it says comes from the events: how many requests the batch has (``started``), how far
 each one is (``Progress``) and how each ended (``Finished``). Its handlers run on flux_nb's loop
-thread; a failure in one is shown in the error area and never reaches the requests.
+thread; a failure in one is shown in the error area and never reaches the requests. Between events
+a small timer thread redraws the line, so its elapsed time moves while requests run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -22,6 +24,8 @@ if TYPE_CHECKING:
     from flux_nb.core.batch import PreparedRequest
 
 CANCELLED = "submitted requests are kept as pending (%flux resume finishes them)"
+#: Seconds between redraws of the status line while a batch runs.
+TICK_INTERVAL = 0.5
 
 
 class PanelObserver:
@@ -34,6 +38,10 @@ class PanelObserver:
         #: The requests that have ended, by their position in the batch.
         self.results: dict[int, Result] = {}
         self.started_at = time.monotonic()
+        self._line = ""  # the status line's words for the newest event, without the elapsed time
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # a redraw never lands after the batch's last words
+        self._ticker: threading.Thread | None = None
 
     @property
     def done(self) -> int:
@@ -50,7 +58,11 @@ class PanelObserver:
     def started(self, batch: Sequence[PreparedRequest]) -> None:
         self.total = len(batch)
         self.started_at = time.monotonic()
+        self._line = "sending"
         self.messages.say(f"queued {self.total} request(s)…")
+        if self.total:
+            self._ticker = threading.Thread(target=self._run_ticks, name="flux-panel-ticks", daemon=True)
+            self._ticker.start()
 
     def progress(self, event: Progress) -> None:
         self._guarded(lambda: self._progress(event))
@@ -59,7 +71,19 @@ class PanelObserver:
         self._guarded(lambda: self._finished(event))
 
     def tick(self) -> None:
-        """Nothing to redraw between events: the status line moves with them."""
+        """Between events: redraw the status line so its elapsed time moves."""
+        with self._lock:
+            if self._line and self.done < self.total and not self._stop.is_set():
+                self._guarded(lambda: self.messages.say(f"{self._line} · {self.elapsed()}{self.tally()}"))
+
+    def _run_ticks(self) -> None:
+        while not self._stop.wait(TICK_INTERVAL):
+            self.tick()
+
+    def stop_ticks(self) -> None:
+        """The batch is over: no more redraws."""
+        with self._lock:
+            self._stop.set()
 
     # -- wording -------------------------------------------------------------------------------
 
@@ -74,11 +98,15 @@ class PanelObserver:
         stage = STATES.get(event.status, "generating")
         fraction = event.fraction
         percent = f" {fraction * 100:.0f}%" if fraction is not None and 0 < fraction < 1 else ""
-        self.messages.say(f"{stage}{percent} · {self.elapsed()}{self.tally()}")
+        self._line = f"{stage}{percent}"
+        self.messages.say(f"{self._line} · {self.elapsed()}{self.tally()}")
 
     def _finished(self, event: Finished) -> None:
         result = event.result
         self.results[event.index] = result
+        self._line = "finished" if result.ok else result.status
+        if self.done >= self.total:
+            self.stop_ticks()
         self.messages.say(f"{'finished' if result.ok else result.status} · {self.elapsed()}{self.tally()}")
         self.messages.refresh_cost()
         self._show(result)
@@ -93,6 +121,7 @@ class PanelObserver:
 
     def ended(self, batch: Future[list[Result]]) -> list[Result]:
         """Word how the batch's future resolved; its results (those that ended, if it did not finish)."""
+        self.stop_ticks()
         if batch.cancelled():
             self.messages.say(f"cancelled after {self.elapsed()}: {CANCELLED}")
             return list(self.results.values())
