@@ -99,8 +99,13 @@ def select(session: Flux, where: str | None = None, **equals: Any) -> pd.DataFra
     return frame
 
 
-def cost_summary(session: Flux, experiment: str | None = None, tag: str | None = None) -> pd.DataFrame:
-    """Credits by model and backend (``HistoryStore.spent`` columns); a tag sums only that tag's records."""
+def cost_summary(
+    session: Flux, experiment: str | None = None, tag: str | None = None, *, everywhere: bool = False
+) -> pd.DataFrame:
+    """Credits by model and backend (``HistoryStore.spent`` columns), summed in SQL; a tag sums only that
+    tag's records. The session's own share (its notebook) is added unless ``everywhere``."""
+    if tag is None and everywhere:
+        return session.store.spent(experiment=experiment)
     if tag is None:
         return session.cost(experiment=experiment) if experiment is not None else session.cost()
     rows = session.store.query(status="ready", cached=False, **filters(experiment, tag))
