@@ -10,6 +10,8 @@ narrows first), and a selective ``--where`` never builds a million-row frame. Me
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -62,9 +64,17 @@ def _term(node: ast.expr) -> tuple[str, Any] | None:
 def _terms(node: ast.expr) -> list[ast.expr]:
     if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
         return [t for value in node.values for t in _terms(value)]
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd):
-        return _terms(node.left) + _terms(node.right)
     return [node]
+
+
+def _pandas_precedence(where: str) -> str:
+    """``&``/``|`` as ``and``/``or``: pandas gives them the precedence of the boolean operators."""
+    words = {"&": "and", "|": "or"}
+    tokens = [
+        (tokenize.NAME, words[t.string]) if t.type == tokenize.OP and t.string in words else (t.type, t.string)
+        for t in tokenize.generate_tokens(io.StringIO(where.strip()).readline)
+    ]
+    return tokenize.untokenize(tokens).strip()
 
 
 def sql_part(where: str) -> dict[str, Any]:
@@ -75,8 +85,8 @@ def sql_part(where: str) -> dict[str, Any]:
     {'model': 'flux-2-pro'}
     """
     try:
-        tree = ast.parse(where.strip(), mode="eval")
-    except SyntaxError:
+        tree = ast.parse(_pandas_precedence(where), mode="eval")
+    except (SyntaxError, tokenize.TokenError, IndentationError):
         return {}
     found: dict[str, Any] = {}
     for term in _terms(tree.body):
