@@ -114,16 +114,7 @@ def cost_summary(
 ) -> pd.DataFrame:
     """Credits by model and backend (``HistoryStore.spent`` columns), summed in SQL; a tag sums only that
     tag's records. The session's own share (its notebook) is added unless ``everywhere``."""
-    if tag is None and everywhere:
-        return session.store.spent(experiment=experiment)
-    if tag is None:
-        return session.cost(experiment=experiment) if experiment is not None else session.cost()
-    rows = session.store.query(status="ready", cached=False, **filters(experiment, tag))
-    rows = rows.assign(credits=rows["cost"].fillna(rows["estimated_cost"]).astype(float))
-    summary = (
-        rows.groupby(["model", "backend"], dropna=False)
-        .agg(requests=("record_id", "size"), credits=("credits", "sum"))
-        .reset_index()
-    )
-    summary["billed"] = summary["backend"] == "bfl"
-    return summary
+    if everywhere or tag is not None:
+        notebook = None if everywhere else (session.notebook or None)
+        return session.store.spent(notebook, experiment=experiment, tag=tag)
+    return session.cost(experiment=experiment) if experiment is not None else session.cost()
