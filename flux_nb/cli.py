@@ -29,6 +29,7 @@ from flux_nb.cli_client import (
     tag,
 )
 from flux_nb.errors import FluxError
+from flux_nb.notebook.commands import unknown_words
 
 if TYPE_CHECKING:
     from flux_nb.server import ServerConfig
@@ -384,7 +385,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # say which option was meant, as the notebook magic does
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        sub.error(unknown_words(extra, list(sub._option_string_actions)))
     try:
         return handlers[args.command](args)
     except FluxError as exc:

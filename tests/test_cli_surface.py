@@ -112,9 +112,9 @@ def test_bad_input_exits_2_with_one_line_and_sends_nothing(
     assert neutral(out)
 
 
-def test_an_unknown_option_exits_2_and_suggests_nothing_was_sent(server: Any, tmp_path: Path) -> None:
+def test_an_unknown_option_exits_2_names_the_nearest_and_sends_nothing(server: Any, tmp_path: Path) -> None:
     out = flux_nb("generate", "x", "--sed", "3", "--endpoint", server.url, cwd=tmp_path)
-    assert out.returncode == 2 and "--sed" in out.stderr
+    assert out.returncode == 2 and "unrecognized arguments: --sed 3 (did you mean --seed?)" in out.stderr
     assert server.stats()["http_requests"] == {}
 
 
@@ -156,6 +156,7 @@ def test_history_cost_grid_replay_and_resume_read_and_send_what_they_say(server:
     assert grid.returncode == 0 and grid.stdout.strip() == "grid saved to two.png"
     bad = flux_nb("grid", "--where", "nosuch == 1", cwd=tmp_path)
     assert bad.returncode == 2 and "--where 'nosuch == 1' failed" in bad.stderr
+    assert "is not a condition" in flux_nb("grid", "--where", "3", cwd=tmp_path).stderr
     record_id = lines(history)[1].split()[0]
     replay = flux_nb("replay", record_id, "--endpoint", server.url, cwd=tmp_path)
     assert replay.returncode == 0 and "(seed 3 · 64×64" in replay.stdout
@@ -223,3 +224,21 @@ def test_serve_ray_serves_the_protocol_with_the_note_on_stderr(tmp_path: Path) -
         assert "polling_url" in answer
     assert "flux-nb serve: Ray:" in output["stderr"]
     assert output["stdout"].startswith("flux_nb local server on http://127.0.0.1:")
+
+
+def test_refusals_exit_3_and_hints_are_worded_as_flags() -> None:
+    from flux_nb import errors
+    from flux_nb.cli_client import exit_code, in_cli_words
+
+    class LargeBatchError(errors.ValidationError):
+        """Named as the session's large-batch guard names its refusal."""
+
+    guard = LargeBatchError("1000 requests, 1400.00 credits estimated")
+    assert exit_code(guard) == 3 and in_cli_words(guard).endswith("(pass --yes to send it)")
+    assert [exit_code(e) for e in (errors.AuthError("a"), errors.CreditsError("c"), errors.BudgetError("b"))] == [3] * 3
+    assert exit_code(errors.ValidationError("v")) == 2 and exit_code(errors.TaskFailedError("t")) == 1
+    assert exit_code(errors.TransportError("down")) == 1 and exit_code(None) == 0
+    assert "flux-nb resume finishes it" in in_cli_words(errors.FluxTimeout("slow"))
+    assert "--fresh" in in_cli_words(errors.UnknownOutcomeError("cut off"))
+    words = [in_cli_words(k("x")) for k in (errors.BudgetError, errors.AuthError, errors.FluxTimeout)]
+    assert not any("%" in w for w in words)

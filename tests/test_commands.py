@@ -123,6 +123,8 @@ def test_verb_option_mistakes_are_one_line_with_the_usage(ipython: InteractiveSh
     out = run(ipython, "%flux history --nope")
     assert "%flux history: unrecognized arguments: --nope (usage: %flux history [N]" in out
     assert "Traceback" not in out
+    assert "--nope (did you mean --tag?)" not in out
+    assert "unrecognized arguments: --wher x (did you mean --where?)" in run(ipython, "%flux grid --wher x")
     out = run(ipython, "%flux cost --experiment")
     assert "%flux cost: argument --experiment: expected one argument" in out
     assert "%flux rate ID [ID...] 0-5" in run(ipython, "%flux rate abc")

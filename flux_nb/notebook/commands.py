@@ -8,6 +8,7 @@ asks for the form its front end renders, so thumbnails are never built for a ter
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
 import html
 import time
@@ -52,9 +53,21 @@ class _Parser(argparse.ArgumentParser):
 
     def parse(self, rest: list[str]) -> argparse.Namespace:
         try:
-            return self.parse_args(rest)
+            options, extra = self.parse_known_args(rest)
         except argparse.ArgumentError as exc:
             return self.error(str(exc))
+        if extra:
+            self.error(unknown_words(extra, list(self._option_string_actions)))
+        return options
+
+
+def unknown_words(extra: list[str], known: list[str]) -> str:
+    """``unrecognized arguments: --sed (did you mean --seed?)``: the nearest known option, if any is near."""
+    text = f"unrecognized arguments: {' '.join(extra)}"
+    for word in extra:
+        if word.startswith("-") and (near := difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)):
+            return f"{text} (did you mean {near[0]}?)"
+    return text
 
 
 def _filtered(verb: str, usage: str, *positional: tuple[str, dict[str, Any]]) -> _Parser:

@@ -103,9 +103,12 @@ def select(session: Flux, where: str | None = None, **equals: Any) -> pd.DataFra
     frame.attrs["history_dir"] = str(session.history_dir)
     if where:
         try:
-            frame = frame.query(where)
+            mask = frame.eval(where)
         except Exception as exc:
             raise ValidationError(f"--where {where!r} failed: {exc}") from None
+        if not (isinstance(mask, pd.Series) and pd.api.types.is_bool_dtype(mask.dtype)):
+            raise ValidationError(f'--where {where!r} is not a condition on the rows (e.g. "seed == 3")')
+        frame = frame[mask.fillna(False).astype(bool)]
     return frame
 
 
