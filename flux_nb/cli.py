@@ -13,10 +13,13 @@ from flux_nb.cli_client import (
     EXIT_CODES,
     EXIT_INPUT,
     Handler,
+    add_generate_parser,
+    common_options,
     cost,
     exit_code,
     export,
     favourite,
+    filter_options,
     generate,
     grid,
     history,
@@ -262,109 +265,57 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
 # -- client options --------------------------------------------------------------------------------------
 
 
-def _common(parser: argparse.ArgumentParser, endpoint: bool = True) -> None:
-    parser.add_argument("--history-dir", default=".flux", help="history folder (default: .flux)")
-    if endpoint:
-        parser.add_argument(
-            "--endpoint", help="server base URL (default: BFL's API with BFL_API_KEY, else a local one)"
-        )
-
-
-def _filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", help="only this experiment's rows")
-    parser.add_argument("--tag", help="only rows with this tag")
-
-
-def add_generate_parser(commands: argparse._SubParsersAction) -> None:
-    """``generate``: every option of the notebook magic, under the same names."""
-    g = commands.add_parser(
-        "generate",
-        help="generate an image, or a sweep of them",
-        description="Any option given as a list or a range sweeps: every combination is sent at once (identical "
-        "requests once), printed in grid order, and the grid saved.",
-        epilog=EXIT_CODES,
-    )
-    g.add_argument("prompt", help="the prompt; several prompts are separated by a line holding only ---")
-    g.add_argument("-s", "--seed", help="seed, or a sweep: 1,2,3 or 1:8 (inclusive) or 0:100:25")
-    g.add_argument("-W", "--width", help="width in pixels (multiple of 16), or a list: 512,1024")
-    g.add_argument("-H", "--height", help="height in pixels (multiple of 16), or a list")
-    g.add_argument("--size", help="WIDTHxHEIGHT, or a list: 512x512,1024x768")
-    g.add_argument("--aspect", help="aspect ratio like 16:9 (a size near 1 megapixel), or a list")
-    g.add_argument("-i", "--image", action="append", help="reference image: a path or a URL (repeatable)")
-    g.add_argument("--safety", help="safety tolerance 0 (strict) to 5, or a list")
-    g.add_argument("--format", choices=list(protocol.OUTPUT_FORMATS), help="output format (default jpeg)")
-    g.add_argument("-m", "--model", action="append", help="model, or several: -m flux-2-pro -m flux-2-flex, or a,b")
-    g.add_argument("--steps", help="flux-2-flex only: steps 1..50, or a list")
-    g.add_argument("--guidance", help="flux-2-flex only: guidance 1.5..10, or a list")
-    g.add_argument(
-        "--prompt-upsampling",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="flux-2-flex only: let the API rewrite the prompt (unset: the API's default, which is on)",
-    )
-    g.add_argument("-t", "--tag", help="free label stored in the history")
-    g.add_argument("--fresh", action="store_true", help="send even if an identical request is in the history")
-    g.add_argument("--webhook", help="URL the API posts the finished task to (https for BFL's API)")
-    g.add_argument("--experiment", help="record the requests in this experiment")
-    g.add_argument("--budget", type=float, help="credits this run may spend; refused (exit 3) before sending")
-    g.add_argument("--yes", action="store_true", help="send a batch even past the large-batch guard")
-    g.add_argument(
-        "-o", "--out", help="copy the image to this file or folder (a sweep: into this folder, with its grid)"
-    )
-    _common(g)
-
-
 def add_client_parsers(commands: argparse._SubParsersAction) -> dict[str, Handler]:
     """The sub-commands that read the history or send through a session, and their handlers."""
     add_generate_parser(commands)
     h = commands.add_parser("history", help="show the newest requests", epilog=EXIT_CODES)
     h.add_argument("rows", nargs="?", type=int, help="rows to show (default 20)")
     h.add_argument("-n", type=int, default=20, help=argparse.SUPPRESS)
-    _filters(h)
-    _common(h, endpoint=False)
+    filter_options(h)
+    common_options(h, endpoint=False)
     c = commands.add_parser("cost", help="credits by model and backend, billed and not billed apart", epilog=EXIT_CODES)
-    _filters(c)
-    _common(c, endpoint=False)
+    filter_options(c)
+    common_options(c, endpoint=False)
     gr = commands.add_parser("grid", help="save a grid of history images as PNG", epilog=EXIT_CODES)
     gr.add_argument("--x", help="field across (default seed)")
     gr.add_argument("--y", help="field down (default prompt)")
     gr.add_argument("--z", help="field that makes pages (one PNG each)")
     gr.add_argument("--where", help="pandas query on the history, e.g. \"model == 'flux-2-pro' and seed > 3\"")
     gr.add_argument("--save", help="PNG path (default: a new file in the history's grids folder)")
-    _filters(gr)
-    _common(gr, endpoint=False)
+    filter_options(gr)
+    common_options(gr, endpoint=False)
     r = commands.add_parser("replay", help="send a recorded request again", epilog=EXIT_CODES)
     r.add_argument("target", help="a record id (see history) or an image file flux_nb wrote")
     r.add_argument("-o", "--out", help="copy the new image to this file or folder")
-    _common(r)
+    common_options(r)
     rs = commands.add_parser("resume", help="finish tasks a stopped process left open", epilog=EXIT_CODES)
     rs.add_argument("--unsent", action="store_true", help="also send requests that were never sent")
-    _common(rs)
+    common_options(rs)
     rt = commands.add_parser("rate", help="rate images 0-5 stars", epilog=EXIT_CODES)
     rt.add_argument("ids", nargs="+", help="record ids")
     rt.add_argument("stars", help="0 to 5, or none to clear")
-    _common(rt, endpoint=False)
+    common_options(rt, endpoint=False)
     n = commands.add_parser("note", help="note on an image", epilog=EXIT_CODES)
     n.add_argument("id", help="record id")
     n.add_argument("text", nargs="*", help="the note")
     n.add_argument("--clear", action="store_true", help="remove the note")
-    _common(n, endpoint=False)
+    common_options(n, endpoint=False)
     t = commands.add_parser("tag", help="add or remove review tags", epilog=EXIT_CODES)
     t.add_argument("ids", nargs="+", help="record ids")
     t.add_argument("--add", action="append", default=[], metavar="TAG", help="tag to add (repeatable)")
     t.add_argument("--remove", action="append", default=[], metavar="TAG", help="tag to remove (repeatable)")
-    _common(t, endpoint=False)
+    common_options(t, endpoint=False)
     f = commands.add_parser("favourite", help="mark images as favourites", epilog=EXIT_CODES)
     f.add_argument("ids", nargs="+", help="record ids")
     f.add_argument("--off", action="store_true", help="unmark them")
-    _common(f, endpoint=False)
+    common_options(f, endpoint=False)
     for name, what in (("export", "a self-contained .zip bundle"), ("report", "one self-contained HTML page")):
         e = commands.add_parser(name, help=f"write the history (or part of it) as {what}", epilog=EXIT_CODES)
         e.add_argument("path", help="file to write")
-        _filters(e)
+        filter_options(e)
         if name == "report":
             e.add_argument("--title", help="page title (default: the experiment or tag)")
-        _common(e, endpoint=False)
+        common_options(e, endpoint=False)
     return {
         "generate": generate, "history": history, "cost": cost, "grid": grid, "replay": replay, "resume": resume,
         "rate": rate, "note": note, "tag": tag, "favourite": favourite, "export": export, "report": report,

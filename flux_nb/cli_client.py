@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from flux_nb import errors
+from flux_nb import errors, protocol
 from flux_nb.core.axes import option_axes, split_prompts
 from flux_nb.core.events import Finished, Progress
 from flux_nb.core.results import Result, SweepResult
@@ -73,8 +73,11 @@ def exit_code(error: BaseException | None) -> int:
 
 def _session(args: argparse.Namespace) -> Flux:
     options: dict[str, Any] = {}
-    if getattr(args, "budget", None) is not None:
-        options["budget"] = args.budget
+    for name in ("budget", "confirm_over"):
+        if getattr(args, name, None) is not None:
+            if not hasattr(Flux, name):
+                raise ValidationError(f"this flux_nb has no {name} setting: update flux_nb")
+            options[name] = getattr(args, name)
     return Flux(endpoint=getattr(args, "endpoint", None), history_dir=args.history_dir, **options)
 
 
@@ -339,3 +342,64 @@ def report(args: argparse.Namespace) -> int:
         written = flux.report(frame, args.path, title=title)
     print(f"report of {len(frame)} row(s) written to {written or args.path}")
     return EXIT_OK
+
+
+# -- options --------------------------------------------------------------------------------------
+
+
+def common_options(parser: argparse.ArgumentParser, endpoint: bool = True) -> None:
+    parser.add_argument("--history-dir", default=".flux", help="history folder (default: .flux)")
+    if endpoint:
+        parser.add_argument(
+            "--endpoint", help="server base URL (default: BFL's API with BFL_API_KEY, else a local one)"
+        )
+
+
+def filter_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", help="only this experiment's rows")
+    parser.add_argument("--tag", help="only rows with this tag")
+
+
+def add_generate_parser(commands: argparse._SubParsersAction) -> None:
+    """``generate``: every option of the notebook magic, under the same names."""
+    g = commands.add_parser(
+        "generate",
+        help="generate an image, or a sweep of them",
+        description="Any option given as a list or a range sweeps: every combination is sent at once (identical "
+        "requests once), printed in grid order, and the grid saved.",
+        epilog=EXIT_CODES,
+    )
+    g.add_argument("prompt", help="the prompt; several prompts are separated by a line holding only ---")
+    g.add_argument("-s", "--seed", help="seed, or a sweep: 1,2,3 or 1:8 (inclusive) or 0:100:25")
+    g.add_argument("-W", "--width", help="width in pixels (multiple of 16), or a list: 512,1024")
+    g.add_argument("-H", "--height", help="height in pixels (multiple of 16), or a list")
+    g.add_argument("--size", help="WIDTHxHEIGHT, or a list: 512x512,1024x768")
+    g.add_argument("--aspect", help="aspect ratio like 16:9 (a size near 1 megapixel), or a list")
+    g.add_argument("-i", "--image", action="append", help="reference image: a path or a URL (repeatable)")
+    g.add_argument("--safety", help="safety tolerance 0 (strict) to 5, or a list")
+    g.add_argument("--format", choices=list(protocol.OUTPUT_FORMATS), help="output format (default jpeg)")
+    g.add_argument("-m", "--model", action="append", help="model, or several: -m flux-2-pro -m flux-2-flex, or a,b")
+    g.add_argument("--steps", help="flux-2-flex only: steps 1..50, or a list")
+    g.add_argument("--guidance", help="flux-2-flex only: guidance 1.5..10, or a list")
+    g.add_argument(
+        "--prompt-upsampling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="flux-2-flex only: let the API rewrite the prompt (unset: the API's default, which is on)",
+    )
+    g.add_argument("-t", "--tag", help="free label stored in the history")
+    g.add_argument("--fresh", action="store_true", help="send even if an identical request is in the history")
+    g.add_argument("--webhook", help="URL the API posts the finished task to (https for BFL's API)")
+    g.add_argument("--experiment", help="record the requests in this experiment")
+    g.add_argument("--budget", type=float, help="credits this run may spend; refused (exit 3) before sending")
+    g.add_argument("--yes", action="store_true", help="send a batch even past the large-batch guard")
+    g.add_argument(
+        "--confirm-over",
+        type=float,
+        metavar="CREDITS",
+        help="large-batch guard: an estimate past this needs --yes (default 50 on BFL's API, off on a local server)",
+    )
+    g.add_argument(
+        "-o", "--out", help="copy the image to this file or folder (a sweep: into this folder, with its grid)"
+    )
+    common_options(g)

@@ -23,6 +23,7 @@ from tests.test_cli import flux_nb
 
 needs_review = pytest.mark.skipif(not hasattr(Flux, "rate"), reason="needs the session's review API")
 needs_experiments = pytest.mark.skipif(not hasattr(Flux, "experiment"), reason="needs the session's experiments")
+needs_guard = pytest.mark.skipif(not hasattr(Flux, "confirm_over"), reason="needs the session's large-batch guard")
 needs_upsampling = pytest.mark.skipif(
     "prompt_upsampling" not in batches.REQUEST_FIELDS, reason="needs prompt_upsampling in the batch builder"
 )
@@ -165,6 +166,18 @@ def test_history_cost_grid_replay_and_resume_read_and_send_what_they_say(server:
     assert resume.returncode == 0 and resume.stdout.strip() == "nothing to resume: no task is pending"
     assert server.stats()["submits"] == 4
     assert neutral(made, history, cost, grid, bad, replay, resume)
+
+
+@needs_guard
+def test_the_large_batch_guard_refuses_with_exit_3_until_yes(server: Any, tmp_path: Path) -> None:
+    args = ["generate", "x", "--seed", "1:3", "--size", "64x64", "--confirm-over", "2", "--endpoint", server.url]
+    refused = flux_nb(*args, cwd=tmp_path)
+    assert refused.returncode == 3 and refused.stderr.rstrip().endswith("(pass --yes to send it)")
+    assert server.stats()["http_requests"] == {}
+    sent = flux_nb(*args, "--yes", cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    assert server.stats()["submits"] == 3
+    assert neutral(refused, sent)
 
 
 @needs_upsampling
