@@ -66,6 +66,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         out.append((f"history of {h['rows']:,} rows to a DataFrame", f"{h['to_frame_s']:.2f} s", "< 1 s"))
         if "history_scale" in s:
             out.extend(scale.history_scale.table(s["history_scale"]))
+        if "commands" in s:
+            out.extend(scale.commands_scale.table(s["commands"]))
         g = s["grid"]
         out.append((f"grid of {g['images']} images of {g['side']}px", f"{g['grid_s']:.2f} s", "< 1.5 s"))
         nb = s["notebook"]

@@ -18,7 +18,7 @@ import nbformat
 import pandas as pd
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from bench import history_scale
+from bench import commands_scale, history_scale
 from bench.common import server_process
 from flux_nb.grids import grid
 from flux_nb.history.store import COLUMNS, HistoryStore
@@ -154,6 +154,7 @@ def run(smoke: bool = False) -> dict[str, Any]:
         "sweep_memory": sweep_memory(20 if smoke else 1000),
         "history_frame": history_frame(2_000 if smoke else 100_000),
         "history_scale": history_scale.run(smoke),
+        "commands": commands_scale.run(smoke),
         "grid": grid_time(8 if smoke else 64, 128 if smoke else 512),
         "notebook": notebook_size(3 if smoke else 100, 256 if smoke else 1024),
     }

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flux_nb import protocol
+from flux_nb.cli_client import (
+    EXIT_CODES,
+    EXIT_INPUT,
+    Handler,
+    add_generate_parser,
+    common_options,
+    cost,
+    exit_code,
+    export,
+    favourite,
+    filter_options,
+    generate,
+    grid,
+    history,
+    in_cli_words,
+    note,
+    rate,
+    replay,
+    report,
+    resume,
+    tag,
+)
 from flux_nb.errors import FluxError
+from flux_nb.notebook.commands import unknown_words
 
 if TYPE_CHECKING:
     from flux_nb.server import ServerConfig
@@ -40,22 +62,60 @@ def announcing_server() -> type:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the local BFL-compatible server in the foreground."""
+    """Run the local BFL-compatible server in the foreground (its engine on Ray Serve with ``--ray``)."""
+    ray_only = [f for f, v in (("--replicas", args.replicas != 1), ("--max-replicas", args.max_replicas),
+                ("--ray-address", args.ray_address), ("--gpus-per-replica", args.gpus_per_replica is not None),
+                ("--cpus-per-replica", args.cpus_per_replica is not None)) if v]  # fmt: skip
+    if ray_only and not args.ray:
+        print(f"flux-nb serve: {', '.join(ray_only)} configure Ray Serve: add --ray", file=sys.stderr)
+        return EXIT_INPUT
+    config = serve_config(args)
+    if config is None:
+        return EXIT_INPUT
+    serving = None
+    try:
+        if args.ray:
+            serving = start_ray(args, config)
+            if serving is None:
+                return EXIT_INPUT
+            app = serving.app()
+        else:
+            from flux_nb.server import create_app
+
+            app = create_app(config)
+        return run_server(args, config, app)
+    except RuntimeError as exc:  # the engine cannot run here: say what to install
+        print(f"flux-nb serve: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    finally:
+        if serving is not None:
+            serving.close()
+
+
+def start_ray(args: argparse.Namespace, config: ServerConfig) -> Any:
+    """The engine deployed on Ray Serve (its note on stderr: stdout's first line is the URL), or None."""
+    from flux_nb.server.ray_serve import serve_with_ray
+
+    options: dict[str, Any] = {"replicas": args.replicas, "ray_address": args.ray_address}
+    options.update(gpus_per_replica=args.gpus_per_replica, max_replicas=args.max_replicas)
+    if args.cpus_per_replica is not None:
+        options["num_cpus_per_replica"] = args.cpus_per_replica
+    try:
+        serving = serve_with_ray(config, **options)
+    except (RuntimeError, FluxError, ImportError) as exc:
+        print(f"flux-nb serve --ray: {exc}", file=sys.stderr)
+        return None
+    print(f"flux-nb serve: {serving.note}", file=sys.stderr, flush=True)
+    return serving
+
+
+def run_server(args: argparse.Namespace, config: ServerConfig, app: Any) -> int:
+    """Serve ``app`` (and the polling listener, with --poll-port) until stopped."""
     import uvicorn
 
-    from flux_nb.server import create_app
     from flux_nb.server.embedded import start_poll_listener
     from flux_nb.server.guard import uvicorn_options
 
-    AnnouncingServer = announcing_server()
-    config = serve_config(args)
-    if config is None:
-        return 2
-    try:
-        app = create_app(config)
-    except RuntimeError as exc:  # the engine cannot run here: say what to install
-        print(f"flux-nb serve: {exc}", file=sys.stderr)
-        return 2
     # The access log (one line per request: method, path with query, status) needs uvicorn's info level.
     log_level = "info" if args.access_log else "warning"
     options = {"log_level": log_level, "access_log": args.access_log, **uvicorn_options(config)}
@@ -65,12 +125,11 @@ def serve(args: argparse.Namespace) -> int:
             polls = start_poll_listener(app, args.host, args.poll_port, **options)
         except RuntimeError as exc:
             print(f"flux-nb serve: polling listener: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_INPUT
         after = f"flux_nb polling URLs on {polls[2]} (same tasks; delivery URLs stay on the main address)"
-    server = AnnouncingServer(
-        uvicorn.Config(app, host=args.host, port=args.port, **options),
-        f"(engine {args.engine}, latency {args.latency:g} s)",
-        after,
+    where = f"engine {args.engine}" + (f" on Ray Serve, {args.replicas} replica(s)" if args.ray else "")
+    server = announcing_server()(
+        uvicorn.Config(app, host=args.host, port=args.port, **options), f"({where}, latency {args.latency:g} s)", after
     )
     try:
         server.run()
@@ -130,38 +189,6 @@ def engine_options(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def generate(args: argparse.Namespace) -> int:
-    """Generate one image and copy it to --out (or print where it is stored)."""
-    from flux_nb.notebook.render import caption
-    from flux_nb.session import Flux
-
-    flux = Flux(endpoint=args.endpoint, history_dir=args.history_dir)
-    try:
-        result = flux.generate(
-            args.prompt, seed=args.seed, width=args.width, height=args.height, model=args.model, images=args.image
-        )
-    finally:
-        flux.close()
-    path = result.path
-    if args.out and path is not None:
-        path = shutil.copyfile(path, args.out)
-    print(f"{path}  ({caption(result)})")
-    return 0
-
-
-def history(args: argparse.Namespace) -> int:
-    """Print the most recent history rows."""
-    from flux_nb.history.store import HistoryStore
-
-    frame = HistoryStore(args.history_dir).to_frame()
-    columns = ["record_id", "created_at", "status", "model", "seed", "out_width", "out_height", "cost", "prompt"]
-    if frame.empty:
-        print(f"no history in {args.history_dir}")
-        return 0
-    print(frame[columns].tail(args.n).to_string(index=False, max_colwidth=50))
-    return 0
-
-
 def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     """The ``serve`` sub-command's options."""
     p = commands.add_parser("serve", help="run the local BFL-compatible server")
@@ -219,39 +246,105 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "--header-timeout", type=float, default=10.0, help="seconds a connection has to send a request's headers"
     )
     p.add_argument("--limit-concurrency", type=int, default=1000, help="connections plus running requests before 503")
+    add_ray_options(p)
+
+
+def add_ray_options(p: argparse.ArgumentParser) -> None:
+    """``serve --ray``: the engine as a Ray Serve deployment (``pip install 'flux-nb[ray]'``)."""
+    ray = p.add_argument_group("Ray Serve (pip install 'flux-nb[ray]')")
+    ray.add_argument("--ray", action="store_true", help="run the engine as a Ray Serve deployment of replicas")
+    ray.add_argument("--replicas", type=int, default=1, help="engine replicas, each one model copy (default 1)")
+    ray.add_argument("--max-replicas", type=int, help="let Ray Serve scale from --replicas up to this on load")
+    ray.add_argument("--ray-address", help="join this Ray cluster (ray://HOST:10001, auto); default: a local one")
+    ray.add_argument(
+        "--gpus-per-replica", type=float, help="GPUs per replica (default: 1 for diffusers, 0 for preview)"
+    )
+    ray.add_argument("--cpus-per-replica", type=float, help="CPUs per replica (default 1)")
+
+
+# -- client options --------------------------------------------------------------------------------------
+
+
+def add_client_parsers(commands: argparse._SubParsersAction) -> dict[str, Handler]:
+    """The sub-commands that read the history or send through a session, and their handlers."""
+    add_generate_parser(commands)
+    h = commands.add_parser("history", help="show the newest requests", epilog=EXIT_CODES)
+    h.add_argument("rows", nargs="?", type=int, help="rows to show (default 20)")
+    h.add_argument("-n", type=int, default=20, help=argparse.SUPPRESS)
+    filter_options(h)
+    common_options(h, endpoint=False)
+    c = commands.add_parser("cost", help="credits by model and backend, billed and not billed apart", epilog=EXIT_CODES)
+    filter_options(c)
+    common_options(c, endpoint=False)
+    gr = commands.add_parser("grid", help="save a grid of history images as PNG", epilog=EXIT_CODES)
+    gr.add_argument("--x", help="field across (default seed)")
+    gr.add_argument("--y", help="field down (default prompt)")
+    gr.add_argument("--z", help="field that makes pages (one PNG each)")
+    gr.add_argument("--where", help="pandas query on the history, e.g. \"model == 'flux-2-pro' and seed > 3\"")
+    gr.add_argument("--save", help="PNG path (default: a new file in the history's grids folder)")
+    filter_options(gr)
+    common_options(gr, endpoint=False)
+    r = commands.add_parser("replay", help="send a recorded request again", epilog=EXIT_CODES)
+    r.add_argument("target", help="a record id (see history) or an image file flux_nb wrote")
+    r.add_argument("-o", "--out", help="copy the new image to this file or folder")
+    common_options(r)
+    rs = commands.add_parser("resume", help="finish tasks a stopped process left open", epilog=EXIT_CODES)
+    rs.add_argument("--unsent", action="store_true", help="also send requests that were never sent")
+    common_options(rs)
+    rt = commands.add_parser("rate", help="rate images 0-5 stars", epilog=EXIT_CODES)
+    rt.add_argument("ids", nargs="+", help="record ids")
+    rt.add_argument("stars", help="0 to 5, or none to clear")
+    common_options(rt, endpoint=False)
+    n = commands.add_parser("note", help="note on an image", epilog=EXIT_CODES)
+    n.add_argument("id", help="record id")
+    n.add_argument("text", nargs="*", help="the note")
+    n.add_argument("--clear", action="store_true", help="remove the note")
+    common_options(n, endpoint=False)
+    t = commands.add_parser("tag", help="add or remove review tags", epilog=EXIT_CODES)
+    t.add_argument("ids", nargs="+", help="record ids")
+    t.add_argument("--add", action="append", default=[], metavar="TAG", help="tag to add (repeatable)")
+    t.add_argument("--remove", action="append", default=[], metavar="TAG", help="tag to remove (repeatable)")
+    common_options(t, endpoint=False)
+    f = commands.add_parser("favourite", help="mark images as favourites", epilog=EXIT_CODES)
+    f.add_argument("ids", nargs="+", help="record ids")
+    f.add_argument("--off", action="store_true", help="unmark them")
+    common_options(f, endpoint=False)
+    for name, what in (("export", "a self-contained .zip bundle"), ("report", "one self-contained HTML page")):
+        e = commands.add_parser(name, help=f"write the history (or part of it) as {what}", epilog=EXIT_CODES)
+        e.add_argument("path", help="file to write")
+        filter_options(e)
+        if name == "report":
+            e.add_argument("--title", help="page title (default: the experiment or tag)")
+        common_options(e, endpoint=False)
+    return {
+        "generate": generate, "history": history, "cost": cost, "grid": grid, "replay": replay, "resume": resume,
+        "rate": rate, "note": note, "tag": tag, "favourite": favourite, "export": export, "report": report,
+    }  # fmt: skip
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
-    parser = argparse.ArgumentParser(prog="flux-nb", description="FLUX.2 image generation: server, client, history.")
+    parser = argparse.ArgumentParser(
+        prog="flux-nb",
+        description="FLUX.2 image generation: server, client, history.",
+        epilog=EXIT_CODES,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-
     add_serve_parser(commands)
-
-    g = commands.add_parser("generate", help="generate one image")
-    g.add_argument("prompt")
-    g.add_argument("-s", "--seed", type=int)
-    g.add_argument("-W", "--width", type=int)
-    g.add_argument("-H", "--height", type=int)
-    g.add_argument("-m", "--model")
-    g.add_argument("-i", "--image", action="append", help="reference image path or URL (repeatable)")
-    g.add_argument("-o", "--out", help="copy the image here")
-    g.add_argument("--endpoint", help="server base URL (default: BFL cloud with BFL_API_KEY, else local)")
-    g.add_argument("--history-dir", default=".flux")
-
-    h = commands.add_parser("history", help="show recent requests")
-    h.add_argument("-n", type=int, default=20, help="rows to show")
-    h.add_argument("--history-dir", default=".flux")
-    return parser, {"serve": serve, "generate": generate, "history": history}
+    handlers = add_client_parsers(commands)
+    return parser, {"serve": serve, **handlers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # say which option was meant, as the notebook magic does
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        sub.error(unknown_words(extra, list(sub._option_string_actions)))
     try:
         return handlers[args.command](args)
     except FluxError as exc:
-        print(f"flux-nb: {exc.one_line()}", file=sys.stderr)
-        return 1
+        print(f"flux-nb: {in_cli_words(exc)}", file=sys.stderr)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

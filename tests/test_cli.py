@@ -111,9 +111,9 @@ def test_generate_copies_the_image_and_history_lists_it(server: Any, tmp_path: P
     assert history.returncode == 0 and "a kite over the dunes" in history.stdout and "ready" in history.stdout
 
 
-def test_generate_with_bad_input_is_one_line_and_exit_1(server: Any, tmp_path: Path) -> None:
+def test_generate_with_bad_input_is_one_line_and_exit_2(server: Any, tmp_path: Path) -> None:
     out = flux_nb("generate", "x", "-W", "100", "--endpoint", server.url, cwd=tmp_path)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert out.stderr.strip() == "flux-nb: width 100 is not a multiple of 16 (try 96 or 112)"
     assert server.stats()["http_requests"] == {}
 

@@ -29,6 +29,7 @@ from flux_nb.errors import (
 )
 from flux_nb.notebook import progress as progress_module
 from flux_nb.notebook import render as display
+from flux_nb.notebook import tables
 from flux_nb.notebook.progress import BatchProgress
 
 
@@ -335,24 +336,36 @@ def test_history_table_is_newest_first_and_limited(tmp_path: Path) -> None:
         }
         for i in range(5)
     ]
-    table = display.history_html(pd.DataFrame(rows), limit=3)
+    table = tables.history_html(pd.DataFrame(rows), limit=3)
     assert table.count("<tr>") == 4
     assert [m for m in re.findall(r"id\d", table)] == ["id4", "id3", "id2"]
     assert table.count("<img") == 1
-    text = display.history_text(pd.DataFrame(rows), limit=3).splitlines()
+    text = tables.history_text(pd.DataFrame(rows), limit=3).splitlines()
     assert [line.split()[0] for line in text] == ["id", "id4", "id3", "id2"]
     assert text[2].endswith(str(path)) and "64×64" in text[1]
-    assert display.history_text(pd.DataFrame(rows).iloc[:0]) == "no history yet: run a %%flux cell"
+    assert tables.history_text(pd.DataFrame(rows).iloc[:0]) == "no history yet: run a %%flux cell"
 
 
-def test_cost_table_has_a_total_row_in_html_and_text() -> None:
+def test_cost_table_names_the_backend_and_keeps_billed_and_not_billed_totals_apart() -> None:
     summary = pd.DataFrame(
-        {"model": ["a", "b"], "backend": ["local", "bfl"], "requests": [2, 3], "credits": [2.8, 4.5], "billed": [0, 1]}
+        {
+            "model": ["a", "a", "b"],
+            "backend": ["local:preview", "bfl", "bfl"],
+            "requests": [2, 3, 1],
+            "credits": [2.8, 4.5, 1.5],
+            "billed": [0, 1, 1],
+        }
     ).astype({"billed": bool})
-    text = display.cost_text(summary).splitlines()
-    assert text[0].split() == ["model", "requests", "credits", "billed"]
-    assert text[-1].split() == ["total", "5", "7.30"]
-    assert "<td>total</td><td>5</td><td>7.30</td>" in display.cost_html(summary)
+    text = tables.cost_text(summary)
+    lines = text.splitlines()
+    assert lines[0].split() == ["model", "backend", "requests", "credits"]
+    assert "local preview server (not billed)" in lines[1] and "BFL API (billed)" in lines[2]
+    assert lines[-2].split() == ["total", "billed", "4", "6.00"]
+    assert lines[-1].split() == ["total", "not", "billed", "2", "2.80"]
+    assert "True" not in text and "False" not in text and "7.30" not in text
+    page = tables.cost_html(summary)
+    assert "<td>total billed</td><td></td><td>4</td><td>6.00</td>" in page
+    assert "<td>total not billed</td><td></td><td>2</td><td>2.80</td>" in page
 
 
 def test_side_by_side_says_whether_images_are_identical(tmp_path: Path) -> None:

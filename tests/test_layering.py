@@ -29,6 +29,7 @@ LAYERS: dict[str, float] = {
     "flux_nb.accessor": 4.7,  # frame.flux.grid/to_mlflow
     "flux_nb.session": 5,
     "flux_nb.notebook": 6,
+    "flux_nb.cli_client": 6.9,  # flux-nb's client commands, under the entry point (which alone starts servers)
     "flux_nb.cli": 7,
     "flux_nb.__main__": 8,
     "flux_nb": 8,  # the public surface: the one place that wires the layers together

@@ -109,7 +109,12 @@ class Queries:
         return frame.to_pandas(table, self.root, reviews)
 
     def spent(
-        self, notebook: str | None = None, *, owner: str | None = None, experiment: str | None = None
+        self,
+        notebook: str | None = None,
+        *,
+        owner: str | None = None,
+        experiment: str | None = None,
+        tag: str | None = None,
     ) -> pd.DataFrame:
         """Credits by model and backend over ready records (failed and moderated ones are not charged).
 
@@ -117,12 +122,13 @@ class Queries:
         nothing and are not requests. With ``notebook`` (or, where the notebook's name is not known,
         ``owner``: this process), ``notebook_requests`` and ``notebook_credits`` count that notebook's
         share. ``experiment`` counts only that experiment's records. Read from running totals kept
-        in the database (see ``schema``), so it costs the same at a million rows as at ten.
+        in the database (see ``schema``), so it costs the same at a million rows as at ten; ``tag``
+        (not in the totals) sums that tag's records through its index.
         """
         import pandas as pd
 
         column, value = ("notebook", notebook) if notebook is not None else ("owner", owner)
-        if self._db.has("spent_totals"):  # running totals: a few rows however long the history
+        if self._db.has("spent_totals") and tag is None:  # running totals: a few rows however long the history
             only = " WHERE experiment = IFNULL(?, char(0))" if experiment is not None else ""
             query = f"""
                 SELECT model, NULLIF(backend, char(0)), SUM(CASE WHEN {column} = IFNULL(?, char(0)) THEN requests END),
@@ -133,12 +139,14 @@ class Queries:
         else:  # an older history opened read-only: sum the records themselves
             credits = "COALESCE(CASE WHEN typeof(cost) IN ('real', 'integer') THEN cost END, estimated_cost)"
             only = " AND experiment IS ?" if experiment is not None else ""
+            only += " AND tag IS ? AND cached_from IS NULL" if tag is not None else ""
             query = f"""
                 SELECT model, backend, SUM({column} IS ?), TOTAL(CASE WHEN {column} IS ? THEN {credits} END),
                        COUNT(*), TOTAL({credits})
                 FROM records WHERE status = ?{only} GROUP BY model, backend ORDER BY model, backend
             """
-            params = [value, value, RecordStatus.READY.value, *([experiment] if experiment is not None else [])]
+            filters = [f for f in (experiment, tag) if f is not None]
+            params = [value, value, RecordStatus.READY.value, *filters]
         rows = [(m, b, n or 0, c, r, t) for m, b, n, c, r, t in self._db.read(query, params)]
         names = ["model", "backend", "notebook_requests", "notebook_credits", "requests", "credits"]
         frame = pd.DataFrame(rows, columns=names)

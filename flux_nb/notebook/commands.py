@@ -1,4 +1,5 @@
-"""The ``%flux`` verbs: history, replay, resume, cost, grid, login, panel.
+"""The ``%flux`` verbs: history, replay, resume, cost, grid, login, panel, experiment and the review verbs
+(rate, note, tag, favourite), export and report.
 
 Each verb returns an object that shows itself: HTML in a notebook, text in a terminal (IPython
 asks for the form its front end renders, so thumbnails are never built for a terminal).
@@ -7,18 +8,20 @@ asks for the form its front end renders, so thumbnails are never built for a ter
 from __future__ import annotations
 
 import argparse
+import difflib
 import getpass
+import html
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flux_nb.errors import ValidationError
-from flux_nb.notebook import render
+from flux_nb.notebook import render, selection, tables
 from flux_nb.notebook.progress import BatchProgress
 from flux_nb.session import Flux
 
-GRID_USAGE = "[--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--save PATH]"
+GRID_USAGE = "[--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--experiment NAME] [--tag TAG] [--save PATH]"
 
 
 class Shown:
@@ -38,19 +41,66 @@ class Shown:
         return self._text()
 
 
+class _Parser(argparse.ArgumentParser):
+    """Options of one verb; a mistake is one ValidationError line naming the verb and its usage."""
+
+    def __init__(self, verb: str, usage: str) -> None:
+        super().__init__(prog=f"%flux {verb}", add_help=False, exit_on_error=False, allow_abbrev=False)
+        self.verb_usage = f"%flux {verb} {usage}"
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise ValidationError(f"{self.prog}: {message} (usage: {self.verb_usage})")
+
+    def parse(self, rest: list[str]) -> argparse.Namespace:
+        try:
+            options, extra = self.parse_known_args(rest)
+        except argparse.ArgumentError as exc:
+            return self.error(str(exc))
+        if extra:
+            self.error(unknown_words(extra, list(self._option_string_actions)))
+        return options
+
+
+def unknown_words(extra: list[str], known: list[str]) -> str:
+    """``unrecognized arguments: --sed (did you mean --seed?)``: the nearest known option, if any is near."""
+    text = f"unrecognized arguments: {' '.join(extra)}"
+    for word in extra:
+        if word.startswith("-") and (near := difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)):
+            return f"{text} (did you mean {near[0]}?)"
+    return text
+
+
+def _filtered(verb: str, usage: str, *positional: tuple[str, dict[str, Any]]) -> _Parser:
+    parser = _Parser(verb, usage)
+    for name, options in positional:
+        parser.add_argument(name, **options)
+    parser.add_argument("--experiment", help="only this experiment's rows")
+    parser.add_argument("--tag", help="only rows with this tag")
+    return parser
+
+
 def history(session: Flux, rest: list[str]) -> Shown:
-    limit = 20
-    if rest:
-        if len(rest) > 1 or not rest[0].isdigit():
-            raise ValidationError(f"%flux history takes one number of rows, got {' '.join(rest)!r}")
-        limit = int(rest[0])
-    frame = session.history()
-    return Shown(lambda: render.history_text(frame, limit=limit), lambda: render.history_html(frame, limit=limit))
+    """``%flux history [N] [--experiment X] [--tag T]``: the newest N rows (read without the rest)."""
+    usage = "[N] [--experiment NAME] [--tag TAG]"
+    options = _filtered("history", usage, ("n", {"nargs": "?", "default": "20"})).parse(rest)
+    if not options.n.isdigit():
+        raise ValidationError(f"%flux history takes one number of rows, got {options.n!r} (usage: {usage})")
+    limit = int(options.n)
+    frame = session.store.tail(limit, **selection.filters(options.experiment, options.tag))
+    return Shown(lambda: tables.history_text(frame, limit=limit), lambda: tables.history_html(frame, limit=limit))
 
 
 def replay(session: Flux, rest: list[str]) -> Shown:
+    """``%flux replay ID_OR_PATH``: a record again (shown beside the old one), or the request in an image file."""
     if len(rest) != 1:
-        raise ValidationError("%flux replay takes one record id (see %flux history)")
+        raise ValidationError("%flux replay takes one record id (see %flux history) or an image file's path")
+    if Path(rest[0]).is_file():
+        new = session.replay(rest[0])
+        title = f"replay of {rest[0]}: record {new.record_id}"
+        return Shown(
+            lambda: f"{title}\n{render.result_text(new)}",
+            lambda: f"<b>{html.escape(title)}</b><br/>{render.result_html(new)}",
+        )
     old = session.result_of(rest[0])
     new = session.replay(rest[0])
     titles = f"record {old.record_id}", f"replay {new.record_id}"
@@ -81,26 +131,25 @@ def resume(session: Flux, rest: list[str]) -> Shown | None:
 
 
 def cost(session: Flux, rest: list[str]) -> Shown:
-    if rest:
-        raise ValidationError(f"%flux cost takes no argument, got {' '.join(rest)!r}")
-    summary = session.cost()
-    return Shown(lambda: render.cost_text(summary), lambda: render.cost_html(summary))
+    """``%flux cost [--experiment X] [--tag T]``: credits by model and backend, billed and not billed apart."""
+    options = _filtered("cost", "[--experiment NAME] [--tag TAG]").parse(rest)
+    summary = selection.cost_summary(session, options.experiment, options.tag)
+    return Shown(lambda: tables.cost_text(summary), lambda: tables.cost_html(summary))
 
 
 def grid(session: Flux, rest: list[str]) -> Any:
     """A grid of history records (seeds across, prompts down by default).
 
-    In a terminal the grid is saved as a PNG (``--save PATH``, else in the history folder) and its path said.
+    ``--where`` is a pandas query expression; its ``column == value`` parts are filtered in SQL first
+    (see ``selection``). In a terminal the grid is saved as a PNG (``--save PATH``, else in the history
+    folder) and its path said.
     """
     from flux_nb.grids import grid as draw
 
-    parser = argparse.ArgumentParser(prog="%flux grid", add_help=False, exit_on_error=False)
+    parser = _filtered("grid", GRID_USAGE)
     for flag in ("--x", "--y", "--z", "--where", "--save"):
         parser.add_argument(flag)
-    try:
-        options = parser.parse_args(rest)
-    except (argparse.ArgumentError, SystemExit) as exc:
-        raise ValidationError(f"%flux grid: {exc} (usage: {GRID_USAGE})") from None
+    options = parser.parse(rest)
     if options.x is None and options.y is None:
         options.x, options.y = "seed", "prompt"
     elif options.x is None:
@@ -108,12 +157,7 @@ def grid(session: Flux, rest: list[str]) -> Any:
             f"%flux grid --y {options.y} needs --x too (e.g. --x seed --y {options.y}); "
             "with neither, the grid is --x seed --y prompt"
         )
-    frame = session.history()
-    if options.where:
-        try:
-            frame = frame.query(options.where)
-        except Exception as exc:
-            raise ValidationError(f"%flux grid --where {options.where!r} failed: {exc}") from None
+    frame = selection.select(session, options.where, **selection.filters(options.experiment, options.tag))
     result = draw(frame, x=options.x, y=options.y, z=options.z)
     rich = render.is_rich()
     target = options.save
@@ -124,6 +168,106 @@ def grid(session: Flux, rest: list[str]) -> Any:
         return result
     paths = saved if isinstance(saved, list) else [saved]
     return Shown(lambda: "\n".join(f"flux_nb: grid saved to {p}" for p in paths))
+
+
+def stars_of(text: str) -> int | None:
+    """A star count from text: 0 to 5, or ``none`` to clear (neutral message on anything else)."""
+    if text.lower() in ("none", "clear"):
+        return None
+    if not text.isdigit() or not 0 <= int(text) <= 5:
+        raise ValidationError(f"rating {text!r} is not a whole number of stars from 0 to 5 (or none to clear it)")
+    return int(text)
+
+
+def split_tags(words: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """Ids, tags to add (``+name``) and tags to remove (``-name``) from the words after ``tag``."""
+    ids = [w for w in words if w[:1] not in "+-"]
+    add = [w[1:] for w in words if w.startswith("+")]
+    remove = [w[1:] for w in words if w.startswith("-")]
+    return ids, add, remove
+
+
+def _done(text: str) -> Shown:
+    return Shown(lambda: f"flux_nb: {text}")
+
+
+def _count(ids: list[str]) -> str:
+    return f"{len(ids)} image{'s' if len(ids) != 1 else ''}"
+
+
+def rate(session: Flux, rest: list[str]) -> Shown:
+    """``%flux rate ID [ID...] STARS``: 0 to 5 stars (``none`` clears)."""
+    if len(rest) < 2:
+        raise ValidationError("%flux rate takes record ids then stars: %flux rate ID [ID...] 0-5 (none clears)")
+    stars = stars_of(rest[-1])
+    session.rate(rest[:-1], stars)
+    return _done(f"rated {_count(rest[:-1])} {'(cleared)' if stars is None else f'{stars} stars'}")
+
+
+def note(session: Flux, rest: list[str]) -> Shown:
+    """``%flux note ID TEXT...`` (``--clear`` removes the note)."""
+    if len(rest) < 2:
+        raise ValidationError("%flux note takes a record id then the text: %flux note ID TEXT (or --clear)")
+    text = None if rest[1:] == ["--clear"] else " ".join(rest[1:])
+    session.note(rest[0], text)
+    return _done(f"note {'cleared' if text is None else 'kept'} on {rest[0]}")
+
+
+def tag(session: Flux, rest: list[str]) -> Shown:
+    """``%flux tag ID [ID...] +add -remove ...``."""
+    ids, add, remove = split_tags(rest)
+    if not ids or not (add or remove):
+        raise ValidationError("%flux tag takes record ids then +tag to add, -tag to remove: %flux tag ID +best -draft")
+    session.tag(ids, add=add, remove=remove)
+    changes = [f"+{t}" for t in add] + [f"-{t}" for t in remove]
+    return _done(f"tags {' '.join(changes)} on {_count(ids)}")
+
+
+def favourite(session: Flux, rest: list[str]) -> Shown:
+    """``%flux favourite ID [ID...] [--off]``."""
+    on = "--off" not in rest
+    ids = [w for w in rest if w != "--off"]
+    if not ids:
+        raise ValidationError("%flux favourite takes record ids: %flux favourite ID [ID...] [--off]")
+    session.favourite(ids, on=on)
+    return _done(f"{_count(ids)} {'marked' if on else 'no longer'} favourite")
+
+
+def experiment(session: Flux, rest: list[str]) -> Shown:
+    """``%flux experiment [NAME|--off]``: show the experiment new rows are recorded in, or set it."""
+    if len(rest) > 1:
+        raise ValidationError(f"%flux experiment takes one name (or --off), got {' '.join(rest)!r}")
+    if rest:
+        session.experiment = "" if rest == ["--off"] else rest[0]
+    name = session.experiment
+    if not name:
+        return _done("no experiment: new rows are recorded without one (%flux experiment NAME sets one)")
+    return _done(f"experiment {name!r}: every new row is recorded in it (%flux experiment --off ends it)")
+
+
+def _export_options(verb: str, rest: list[str], title: bool = False) -> argparse.Namespace:
+    usage = "PATH [--experiment NAME] [--tag TAG]" + (" [--title TEXT]" if title else "")
+    parser = _filtered(verb, usage, ("path", {}))
+    if title:
+        parser.add_argument("--title")
+    return parser.parse(rest)
+
+
+def export(session: Flux, rest: list[str]) -> Shown:
+    """``%flux export PATH [--experiment X] [--tag T]``: a self-contained bundle of those rows."""
+    options = _export_options("export", rest)
+    frame = session.history(experiment=options.experiment, tag=options.tag)
+    written = session.export(frame, options.path)
+    return _done(f"exported {len(frame)} row(s) to {written or options.path}")
+
+
+def report(session: Flux, rest: list[str]) -> Shown:
+    """``%flux report PATH [--experiment X] [--tag T] [--title TEXT]``: one self-contained HTML page."""
+    options = _export_options("report", rest, title=True)
+    frame = session.history(experiment=options.experiment, tag=options.tag)
+    title = options.title or options.experiment or options.tag or "flux_nb report"
+    written = session.report(frame, options.path, title=title)
+    return _done(f"report of {len(frame)} row(s) written to {written or options.path}")
 
 
 def save_grid(result: Any, target: str | Path) -> Path | list[Path]:
@@ -165,4 +309,11 @@ COMMANDS: dict[str, Callable[[Flux, list[str]], Any]] = {
     "grid": grid,
     "login": login,
     "panel": panel,
+    "experiment": experiment,
+    "rate": rate,
+    "note": note,
+    "tag": tag,
+    "favourite": favourite,
+    "export": export,
+    "report": report,
 }

@@ -13,7 +13,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from IPython.display import HTML, display
 
 from flux_nb.errors import FluxError
@@ -191,52 +190,6 @@ def result_text(result: Result) -> str:
     return f"{result.status}: {result.error_message or 'no image'} (record {result.record_id}, seed {result.seed})"
 
 
-HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")
-
-
-def _history_rows(frame: pd.DataFrame, limit: int, prompt_width: int = 80) -> list[tuple[Any, list[str]]]:
-    """The newest ``limit`` rows, newest first: (image path or None, one text cell per HISTORY_COLUMNS)."""
-    rows = []
-    for _, row in frame.tail(limit).iloc[::-1].iterrows():
-        path = row.get("image_path")
-        w, h = (row["out_width"], row["out_height"]) if not pd.isna(row["out_width"]) else (row["width"], row["height"])
-        prompt = " ".join(str(row["prompt"]).split())
-        values = [
-            row["record_id"],
-            row["created_at"].strftime("%Y-%m-%d %H:%M:%S") if not pd.isna(row["created_at"]) else "",
-            row["status"],
-            prompt[:prompt_width] + ("…" if len(prompt) > prompt_width else ""),
-            row["seed"],
-            f"{w}×{h}" if not pd.isna(w) and not pd.isna(h) else "auto",
-            row["model"],
-            "" if pd.isna(row["cost"]) else f"{row['cost']:.2f}",
-            "" if pd.isna(row["duration_s"]) else f"{row['duration_s']:.2f}",
-            "" if pd.isna(row["tag"]) else row["tag"],
-        ]
-        rows.append((path if isinstance(path, str) else None, [str(v) for v in values]))
-    return rows
-
-
-def history_html(frame: pd.DataFrame, limit: int = 20, thumbnail_size: int = 96) -> str:
-    """The newest ``limit`` history rows as a table with small thumbnails."""
-    head = "".join(f"<th>{h}</th>" for h in ("", *HISTORY_COLUMNS))
-    body = []
-    for path, values in _history_rows(frame, limit):
-        img = thumb_img(path, thumbnail_size) if path and Path(path).exists() else ""
-        cells = [img] + [html.escape(v) for v in values]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f'<table class="flux-history"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-
-
-def history_text(frame: pd.DataFrame, limit: int = 20) -> str:
-    """The newest ``limit`` history rows as a plain text table, with each image's path."""
-    rows = _history_rows(frame, limit, prompt_width=40)
-    if not rows:
-        return "no history yet: run a %%flux cell"
-    table = pd.DataFrame([[*values, path or ""] for path, values in rows], columns=[*HISTORY_COLUMNS, "image"])
-    return table.to_string(index=False)
-
-
 def side_by_side_html(left: Result, right: Result, left_title: str, right_title: str) -> str:
     """Two results next to each other, saying whether their images are byte-identical."""
     cells = "".join(
@@ -258,34 +211,3 @@ def _verdict(left: Result, right: Result) -> str:
 
     a, b = digest(left), digest(right)
     return "byte-identical images" if a and a == b else "the images differ"
-
-
-def _cost_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and text rows of the credits table (without the backend column), the last row the totals."""
-    columns = [c for c in summary.columns if c != "backend"]
-    rows = [
-        [f"{v:.2f}" if isinstance(v, float) else str(v) for v in (row[c] for c in columns)]
-        for _, row in summary.iterrows()
-    ]
-    totals = ["total"] + [
-        f"{summary[c].sum():.2f}"
-        if summary[c].dtype.kind == "f"
-        else (str(summary[c].sum()) if summary[c].dtype.kind == "i" else "")
-        for c in columns[1:]
-    ]
-    return [c.replace("_", " ") for c in columns], [*rows, totals]
-
-
-def cost_html(summary: pd.DataFrame) -> str:
-    """Credits by model, with a total row."""
-    columns, rows = _cost_rows(summary)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows[:-1]]
-    body.append("<tr style='font-weight:bold'>" + "".join(f"<td>{html.escape(t)}</td>" for t in rows[-1]) + "</tr>")
-    return f'<table class="flux-cost"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
-
-
-def cost_text(summary: pd.DataFrame) -> str:
-    """Credits by model as a plain text table, with a total row."""
-    columns, rows = _cost_rows(summary)
-    return pd.DataFrame(rows, columns=columns).to_string(index=False)
