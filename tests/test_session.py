@@ -20,6 +20,7 @@ from flux_nb.core.backend import resolve_backend
 from flux_nb.core.results import SweepResult
 from flux_nb.errors import AuthError, BudgetError, ValidationError
 from flux_nb.history.store import HistoryStore
+from flux_nb.metadata import pixel_hash, source_sha256
 
 
 @pytest.fixture
@@ -96,10 +97,13 @@ def test_cache_answers_identical_requests_for_free(flux: Flux, server: Any) -> N
     first = flux.generate("cached", seed=5, width=64, height=64)
     again = flux.generate("cached", seed=5, width=64, height=64)
     fresh = flux.generate("cached", seed=5, width=64, height=64, fresh=True)
-    assert again.cached and again.record_id == first.record_id and again.cost == 0
+    assert again.cached and again.path == first.path and again.cost == 0
     assert not fresh.cached and fresh.record_id != first.record_id
     assert server.stats()["submits"] == 2
-    assert len(flux.history()) == 2
+    # The cache hit is a use of the first record: a row of its own, pointing at the image it showed.
+    frame = flux.history().set_index("record_id")
+    assert len(frame) == 3 and frame.loc[again.record_id, "cached_from"] == first.record_id
+    assert frame["cached"].tolist() == [False, True, False]
 
 
 def test_budget_refuses_a_sweep_before_anything_is_sent(flux: Flux, server: Any) -> None:
@@ -132,7 +136,9 @@ def test_replay_rebuilds_the_exact_request_with_its_images(flux: Flux, tmp_path:
     old = flux.generate("an edit", seed=8, width=128, height=128, images=[ref])
     ref.unlink()  # the store keeps its own copy
     new = flux.replay(old.record_id)
-    assert new.record_id != old.record_id and new.path.read_bytes() == old.path.read_bytes()
+    # Each stored file carries its own record id; the API's bytes (named in the file) are identical.
+    assert new.record_id != old.record_id and source_sha256(new.path) == source_sha256(old.path)
+    assert pixel_hash(new.path) == pixel_hash(old.path) and new.path != old.path
     row = flux.history().set_index("record_id").loc[new.record_id]
     assert row["replay_of"] == old.record_id and len(row["input_hashes"]) == 1
 
