@@ -139,7 +139,8 @@ def restore_request(store: HistoryStore, source: str | os.PathLike[str], default
 
 
 def copy_image(store: HistoryStore, record: Record, path: str | os.PathLike[str]) -> Path:
-    """Copy a record's image to ``path`` with its provenance written afresh; a folder gets ``<id>.<ext>``."""
+    """Copy a record's image to ``path`` with its provenance written afresh; a folder (an existing one, or a
+    name without a suffix) gets ``<record id>.<ext>``."""
     from flux_nb.metadata import save_with_provenance, source_sha256
 
     source = record.image_file
@@ -147,7 +148,7 @@ def copy_image(store: HistoryStore, record: Record, path: str | os.PathLike[str]
         raise ValidationError(f"record {record.record_id} has no stored image (status {record.status})")
     ext = source.suffix.lstrip(".").lower()
     target = Path(path).expanduser()
-    if target.is_dir() or str(path).endswith(("/", os.sep)):
+    if target.is_dir() or not target.suffix:
         target = target / f"{record.record_id}.{ext}"
     allowed = FORMAT_SUFFIXES.get(ext, (f".{ext}",))
     if target.suffix.lower() not in allowed:
