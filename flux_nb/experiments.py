@@ -5,10 +5,12 @@ request and every *use* (a cache hit, or a duplicate in one batch, shown again a
 These helpers turn what a user points at (ids, Results, sweeps, frames, image files) into
 record ids and requests, and move an experiment out of the history (bundles, reports, copies).
 
-Content hashes: a stored image is the API's bytes with its provenance written in (no pixel
-re-encoded). Its file is named by the SHA-256 of its own bytes (``image_sha256``); the provenance
-keeps ``api_sha256`` (the bytes the delivery checks passed, before anything was stored), and
-``metadata.pixel_hash`` compares decoded pixels.
+Content hashes: a stored image is the API's bytes with the request that made them written in (no
+pixel re-encoded, nothing per record), named by the SHA-256 of the file (``image_sha256``), so an
+identical answer to an identical request is one file with one hash (as a reference image too). The
+provenance keeps ``api_sha256``, the hash of the bytes the API sent (checked against Content-MD5
+before anything is stored); ``metadata.source_sha256`` reads it, ``metadata.pixel_hash`` compares
+pixels. ``export_image`` copies carry the whole record (id, task, cost, times) and its review.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import ValidationError
 from flux_nb.history.records import SHA256, Record
 from flux_nb.history.store import HistoryStore
+from flux_nb.images import sha256_hex
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -131,11 +134,18 @@ def restore_request(store: HistoryStore, source: str | os.PathLike[str], default
     fields = _mapped(fields, defaults, ours=document is not None)
     prompt = fields.pop("prompt", None) or ""
     prepared = batches.prepare(prompt, defaults, images=images or None, **fields)
-    origin = (document or {}).get("record_id")
-    known = store.get(origin) if isinstance(origin, str) else None
-    if known is not None and known.record_id == origin:
-        prepared.replay_of = origin
+    prepared.replay_of = _origin(store, path, document)
     return prepared
+
+
+def _origin(store: HistoryStore, path: Path, document: dict[str, Any] | None) -> str | None:
+    """The record of ``store`` that made the file: the one it names, else the request whose stored image it is."""
+    named = (document or {}).get("record_id")
+    known = store.get(named) if isinstance(named, str) else None
+    if known is not None and known.record_id == named:
+        return known.cached_from or known.record_id
+    stored = store.query(image_sha256=sha256_hex(path.read_bytes()), cached=False)
+    return str(stored["record_id"].iloc[0]) if len(stored) else None
 
 
 def copy_image(store: HistoryStore, record: Record, path: str | os.PathLike[str]) -> Path:
@@ -157,6 +167,9 @@ def copy_image(store: HistoryStore, record: Record, path: str | os.PathLike[str]
             "(a copy is never re-encoded)"
         )
     values = {name: getattr(record, name) for name in record.__dataclass_fields__}
+    original = store.get(record.cached_from) if record.cached_from else None
+    if original is not None:  # a use: the task that made the image is its original's
+        values.update({k: getattr(original, k) for k in ("task_id", "submitted_at", "input_mp", "output_mp")})
     values.update(review_of(store, record), api_sha256=source_sha256(source))
     return save_with_provenance(source, values, target)
 

@@ -19,7 +19,6 @@ from PIL import Image
 
 from flux_nb.core.results import Result, SweepResult
 from flux_nb.history import store as store_module
-from flux_nb.metadata import source_sha256
 from flux_nb.session import Flux
 
 
@@ -220,7 +219,7 @@ def test_cache_answers_identical_requests_and_fresh_sends_again(ipython: Interac
     run(ipython, cell.replace("-o pic", "-o pic --fresh"))
     assert not ipython.user_ns["pic"].cached
     assert server.stats()["submits"] == 2
-    assert source_sha256(ipython.user_ns["pic"].path) == source_sha256(first.path)  # the API's bytes
+    assert ipython.user_ns["pic"].path.read_bytes() == first.path.read_bytes()
 
 
 def test_budget_refuses_before_sending(ipython: InteractiveShell, server: Any) -> None:
@@ -244,7 +243,7 @@ def test_replay_is_byte_identical_on_the_preview_engine(ipython: InteractiveShel
     frame = records(ipython)
     replay = frame[frame["replay_of"] == old.record_id]
     assert len(replay) == 1
-    assert source_sha256(replay.iloc[0]["image_path"]) == source_sha256(old.path)  # the API's bytes
+    assert Path(replay.iloc[0]["image_path"]).read_bytes() == old.path.read_bytes()
 
 
 def test_history_cost_and_grid_line_magics(ipython: InteractiveShell, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from flux_nb.errors import (
     TaskNotFoundError,
     UnknownOutcomeError,
 )
+from flux_nb.history.records import KEY_FIELDS
 from flux_nb.history.store import HistoryStore, Record, RecordStatus, request_key
 from flux_nb.http.client import AsyncFluxClient, Task, TaskResult
 from flux_nb.images import sha256_hex
@@ -311,28 +312,25 @@ class Executor:
         )
 
     def _with_provenance(self, record_id: str, image: bytes, values: dict[str, Any]) -> bytes:
-        """The API's image bytes with the record's request and outcome written in (no pixel re-encoded).
+        """The API's image bytes with the request that made them written in (no pixel re-encoded).
 
-        The provenance names ``api_sha256``, the SHA-256 of the bytes as the API sent them (the bytes the
-        delivery checks passed); the history names the stored file by the SHA-256 of its own bytes. A file
-        whose format cannot carry metadata is stored as it came.
+        The file carries what made the image (the request, its reference hashes, the backend and what
+        the API said of the result) and ``api_sha256``, the SHA-256 of the bytes as the API sent them
+        (the bytes the delivery checks passed). Nothing per record goes in (id, task, times, cost): an
+        identical answer to an identical request is the same file, so the history keeps it once and it
+        keeps one hash as a reference image. ``Flux.export_image`` writes copies with the whole record.
+        A format that cannot carry metadata is stored as it came.
         """
         from flux_nb.metadata import embed_provenance  # pandas comes with it: only once an image arrives
 
         record = self.store.get(record_id)
         if record is None:
             return image
-        skip = ("root", "image_sha256")
-        fields = {name: getattr(record, name) for name in record.__dataclass_fields__ if name not in skip}
-        fields.update(
-            status=RecordStatus.READY.value,
-            out_width=values["width"],
-            out_height=values["height"],
-            api_sha256=sha256_hex(image),
-            **{k: values[k] for k in ("ready_at", "finished_at", "duration_s", "engine", "result_seed", "cost")},
-        )
+        made_of = {name: getattr(record, name) for name in (*KEY_FIELDS, "input_hashes", "backend")}
+        made_of.update(status=RecordStatus.READY.value, out_width=values["width"], out_height=values["height"])
+        made_of.update(engine=values["engine"], result_seed=values["result_seed"], api_sha256=sha256_hex(image))
         try:
-            return embed_provenance(image, fields)
+            return embed_provenance(image, made_of)
         except FluxError:
             return image
 

@@ -1,10 +1,12 @@
 """A request's provenance written into its image file, and read back from files we or other tools wrote.
 
-The history stores the API's bytes with the provenance written in, no pixel re-encoded: the file is
-named by the SHA-256 of its own bytes (the record's ``image_sha256``), and its provenance keeps
-``api_sha256``, the SHA-256 of the bytes as the API sent them (the bytes the delivery checks passed).
-``source_sha256`` reads that back (two replays with equal ones got byte-identical answers) and
-``pixel_hash`` compares decoded pixels, equal for a file with or without metadata. What goes in:
+The history stores the API's bytes with the request that made them written in, no pixel re-encoded
+and nothing per record (no id, task, times or cost: an identical answer to an identical request stays
+one file). The file is named by the SHA-256 of its own bytes (the record's ``image_sha256``); its
+provenance keeps ``api_sha256``, the SHA-256 of the bytes as the API sent them (the bytes the delivery
+checks passed). ``source_sha256`` reads that back and ``pixel_hash`` compares decoded pixels, equal for
+a file with or without metadata. Exported copies (``save_with_provenance``) carry the whole record. What
+goes in:
 
 - PNG: ``iTXt`` ``parameters`` (A1111 style: the prompt, then ``Steps: 4, Seed: 42, Size: 1024x768,
   Model: ...``), ``iTXt`` ``flux_nb`` (the JSON below) and the XMP packet as ``iTXt`` ``XML:com.adobe.xmp``.
