@@ -244,7 +244,9 @@ class ExperimentMethods:
     def experimenting(self, name: str) -> Iterator[Any]:
         """Record every row of the block under experiment ``name``, then restore the one before.
 
-        The ``experiment`` trait holds the name (a trait's value cannot also be called, hence this name):
+        The ``experiment`` trait holds the name (a trait's value cannot also be called, hence this name).
+        Rows take the name current when they are written, as a batch starts: for a batch left running
+        in the background (``start``, the panel), set ``flux.experiment`` instead.
 
         >>> with flux.experimenting("study-3"):  # doctest: +SKIP
         ...     flux.sweep("a lighthouse", seed=[1, 2])
