@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from traitlets import Bool, Enum, Float, Int, Unicode, observe
 from traitlets.config import Configurable
 
-from flux_nb import protocol
+from flux_nb import experiments, protocol
 from flux_nb.core import batch as batches
 from flux_nb.core.axes import Axis
 from flux_nb.core.backend import Backend, connect, resolve_backend
@@ -28,6 +28,7 @@ from flux_nb.core.loop import LoopRunner
 from flux_nb.core.relay import guarded, relay
 from flux_nb.core.results import Result, SweepResult, presenter
 from flux_nb.errors import BudgetError, ValidationError
+from flux_nb.experiments import ExperimentMethods
 from flux_nb.history.store import HistoryStore, Record, RecordStatus, process_owner
 from flux_nb.http.auth import Secret
 from flux_nb.http.client import AsyncFluxClient
@@ -51,7 +52,7 @@ def notebook_name(namespace: dict[str, Any] | None = None) -> str:
     return ""
 
 
-class Flux(Configurable):
+class Flux(ExperimentMethods, Configurable):
     """A FLUX.2 session: defaults, backend, history, budget.
 
     >>> flux = Flux()                                  # doctest: +SKIP
@@ -80,6 +81,7 @@ class Flux(Configurable):
     region = Enum(list(protocol.BFL_HOSTS), "global", help="BFL cloud region: global, eu or us.").tag(config=True)
     task_timeout = Float(600.0, help="Seconds to wait for one task before leaving it to resume.").tag(config=True)
     cache = Bool(True, help="Answer a request identical to a stored one from the history, for free.").tag(config=True)
+    experiment = Unicode("", help="Experiment recorded on every row from now on; empty for none.").tag(config=True)
 
     def __init__(
         self,
@@ -188,6 +190,7 @@ class Flux(Configurable):
                 notebook=self.notebook_detector,
                 cache=self.cache,
                 on_spent=self._add_spent,
+                experiment=lambda: self.experiment,
             )
         return self._executor
 
@@ -336,9 +339,17 @@ class Flux(Configurable):
         prepared.replay_of = record.record_id
         return prepared
 
-    def replay(self, record_id: str, *, fresh: bool = True) -> Result:
-        """Run a recorded request again, exactly (a new record pointing back to the old one)."""
-        return self.run([self.rebuild(record_id, fresh=fresh)])[0]
+    def replay(self, record_id: str | os.PathLike[str], *, fresh: bool = True) -> Result:
+        """Run a recorded request again, exactly (a new record pointing back to the old one).
+
+        Takes a record id or an image file carrying its request (see ``request_from``).
+        """
+        if experiments.is_image_path(record_id, self.store):
+            prepared = self.request_from(record_id)
+            prepared.fresh = fresh
+        else:
+            prepared = self.rebuild(str(record_id), fresh=fresh)
+        return self.run([prepared])[0]
 
     def resume(self, observer: BatchObserver | None = None, *, unsent: bool = False) -> list[Result]:
         """Finish what a crash or a restart left open; one result per record settled.
@@ -388,20 +399,30 @@ class Flux(Configurable):
 
     # -- history -------------------------------------------------------------------------------
 
-    def history(self) -> pd.DataFrame:
-        """Every recorded request, one row each, as a pandas DataFrame (``frame.flux.grid(...)`` works on it)."""
+    def history(
+        self, experiment: str | None = None, tag: str | None = None, notebook: str | None = None
+    ) -> pd.DataFrame:
+        """Every recorded request and every use of an earlier image (a cache hit: ``cached`` True, cost 0),
+        one row each, as a pandas DataFrame (``frame.flux.grid(...)`` works on it).
+
+        ``experiment``, ``tag`` and ``notebook`` keep the rows with that value (filtered in SQL): the
+        images the cells of that experiment, tag or notebook showed.
+        """
         import flux_nb.accessor  # noqa: F401  (registers frame.flux)
 
-        frame = self.store.to_frame()
+        frame = self.store.to_frame(experiment=experiment, tag=tag, notebook=notebook)
         frame.attrs["history_dir"] = str(self.history_dir)
         return frame
 
-    def cost(self) -> pd.DataFrame:
-        """Credits by model: in this notebook (this kernel, where its name is not known) and in all."""
+    def cost(self, experiment: str | None = None) -> pd.DataFrame:
+        """Credits by model: in this notebook (this kernel, where its name is not known) and in all.
+
+        ``experiment`` counts only that experiment's requests (its cache hits cost nothing).
+        """
         notebook = self.notebook
         if notebook:
-            return self.store.spent(notebook)
-        return self.store.spent(owner=process_owner())
+            return self.store.spent(notebook, experiment=experiment)
+        return self.store.spent(owner=process_owner(), experiment=experiment)
 
     def spent(self) -> float:
         """Credits spent by this session so far (billed or, on a local server, would-be)."""

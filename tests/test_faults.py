@@ -20,6 +20,7 @@ from PIL import Image
 from flux_nb import Flux
 from flux_nb.errors import AuthError, DeliveryError, FluxTimeout, UnknownOutcomeError
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy
+from flux_nb.metadata import source_sha256
 from flux_nb.notebook.hints import in_notebook_words
 from flux_nb.protocol import FluxRequest
 from flux_nb.server.faults import Fault, FaultPlan
@@ -92,9 +93,10 @@ def test_a_300_request_sweep_under_mixed_faults_loses_nothing(server_factory: An
     # Nothing is paid twice, and the server never saw more than its limit.
     assert stats["most_tasks_for_one_request"] == 1
     assert stats["peak_active"] <= 24
-    # Every stored image is the server's own bytes: a damaged download never passes for a good one.
+    # Every stored image is the server's own bytes (with its provenance written in): a damaged download
+    # never passes for a good one.
     for row in ready.itertuples():
-        assert row.image_sha256 == hashlib.sha256(tasks[row.task_id].image).hexdigest()
+        assert source_sha256(row.image_path) == hashlib.sha256(tasks[row.task_id].image).hexdigest()
     # Every task the server created is known to the client, or is one of its "unknown" records (a submit
     # whose answer was dropped: it may have been charged, and the user is told so instead of paying again).
     unknown = int((frame["status"] == "unknown").sum())
@@ -286,7 +288,7 @@ def test_a_download_failing_after_ready_stays_submitted_then_resumes(scripted: S
     finally:
         flux.close()
     assert [r.status for r in resumed] == ["ready"] and resumed[0].record_id == first.record_id
-    assert resumed[0].path is not None and Path(resumed[0].path).read_bytes() == scripted.image
+    assert resumed[0].path is not None and source_sha256(resumed[0].path) == hashlib.sha256(scripted.image).hexdigest()
     assert scripted.submit_count == 1 and scripted.download_count == FAST.attempts + 1
 
 

@@ -14,16 +14,23 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-# Records each notebook leaves in its history, all "ready": cache hits add none.
+# Requests each notebook sends, all "ready"; its cache hits are rows too (uses, cached, cost 0), not requests.
 RECORDS = {
     "01_quickstart.ipynb": 5,  # the repeated lighthouse cell is a cache hit
     "02_sweeps_and_grids.ipynb": 8 + 3 + 4 + 6,
-    "03_reproducible_experiment.ipynb": 12 + 1,  # the study and one replay; the re-run is all cached
+    "03_reproducible_experiment.ipynb": 12 + 2 + 2 + 1,  # study, edits, pro models, one replay
     "04_local_gpu.ipynb": 1 + 1 + 4,
 }
+# Uses each notebook shows, where it promises them: 03's model comparison reuses 2 klein images of the
+# study, and its re-run from the top shows all 18 images again from the cache.
+USES = {"03_reproducible_experiment.ipynb": 2 + 18}
 # Text an output must show, where a notebook promises it.
 PROMISED = {
-    "03_reproducible_experiment.ipynb": ["byte-identical images", "cached: 4 of 4"],
+    "03_reproducible_experiment.ipynb": [
+        "byte-identical images",
+        "cached: 18 of 18, 0.00 credits spent",
+        "the rebuilt grid is pixel-identical: True",
+    ],
 }
 
 
@@ -88,7 +95,9 @@ def test_notebook_runs_cleanly_shows_images_and_records_every_request(source: Pa
     assert images_in(notebook) >= 3
     assert "preview" in page.read_text()
     history = HistoryStore(tmp_path / ".flux").to_frame()
-    assert len(history) == RECORDS[source.name]
+    assert int((~history["cached"]).sum()) == RECORDS[source.name]
+    if source.name in USES:
+        assert int(history["cached"].sum()) == USES[source.name]
     assert set(history["status"]) == {"ready"}, history[["record_id", "status", "error"]]
     assert set(history["notebook"]) == {source.name}
     text = "".join(str(o) for c in notebook.cells for o in c.get("outputs", []))

@@ -241,7 +241,7 @@ def test_remix_restores_safety_format_and_reference_images(flux: Flux) -> None:
     assert len(panel.slots_box.children) == 1 and panel.error.value == ""
     panel.submit()  # the very same request: answered from the history, for free
     wait_idle(panel)
-    assert panel.results[0].cached and panel.results[0].record_id == result.record_id
+    assert panel.results[0].cached and panel.results[0].path == result.path  # a use of the same image
 
 
 def test_remix_says_when_a_reference_image_is_gone(flux: Flux) -> None:

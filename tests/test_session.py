@@ -96,10 +96,13 @@ def test_cache_answers_identical_requests_for_free(flux: Flux, server: Any) -> N
     first = flux.generate("cached", seed=5, width=64, height=64)
     again = flux.generate("cached", seed=5, width=64, height=64)
     fresh = flux.generate("cached", seed=5, width=64, height=64, fresh=True)
-    assert again.cached and again.record_id == first.record_id and again.cost == 0
+    assert again.cached and again.path == first.path and again.cost == 0
     assert not fresh.cached and fresh.record_id != first.record_id
     assert server.stats()["submits"] == 2
-    assert len(flux.history()) == 2
+    # The cache hit is a use of the first record: a row of its own, pointing at the image it showed.
+    frame = flux.history().set_index("record_id")
+    assert len(frame) == 3 and frame.loc[again.record_id, "cached_from"] == first.record_id
+    assert frame["cached"].tolist() == [False, True, False]
 
 
 def test_budget_refuses_a_sweep_before_anything_is_sent(flux: Flux, server: Any) -> None:

@@ -23,8 +23,10 @@ from flux_nb.errors import (
     TaskNotFoundError,
     UnknownOutcomeError,
 )
+from flux_nb.history.records import KEY_FIELDS
 from flux_nb.history.store import HistoryStore, Record, RecordStatus, request_key
 from flux_nb.http.client import AsyncFluxClient, Task, TaskResult
+from flux_nb.images import sha256_hex
 from flux_nb.protocol import FluxRequest
 
 
@@ -95,11 +97,14 @@ class Executor:
         notebook: Callable[[], str] = str,
         cache: bool = True,
         on_spent: Callable[[float], None] | None = None,
+        experiment: Callable[[], str] = str,
     ) -> None:
         self.client = client
         self.backend = backend
         self.store = store
         self.notebook = notebook
+        #: The current experiment's name ("" for none), read when a row is written.
+        self.experiment = experiment
         self.cache = cache
         self._on_spent = on_spent
 
@@ -107,7 +112,11 @@ class Executor:
         return cache_hit(self.store, self.backend.label, prepared, enabled=self.cache)
 
     async def run_batch(self, batch: list[PreparedRequest], emit: Emit) -> list[Result]:
-        """Run every request of ``batch`` at once; identical requests are sent once and shared."""
+        """Run every request of ``batch`` at once; identical requests are sent once and shared.
+
+        Each further index showing a shared result is a *use* of it (a row of its own, cost 0), so a
+        tag's or an experiment's rows match what the batch showed, one row per index.
+        """
         first: dict[tuple[Any, ...], int] = {}
         copies: dict[int, list[int]] = {}
         for index, prepared in enumerate(batch):
@@ -115,13 +124,46 @@ class Executor:
             copies.setdefault(owner, []).append(index)
 
         def fan_out(event: Progress | Finished) -> None:
-            for index in copies[event.index]:
+            for index in copies[event.index] if isinstance(event, Progress) else [event.index]:
                 emit(replace(event, index=index))
 
-        unique = list(copies)
-        ran = await asyncio.gather(*(self.execute(i, batch[i], fan_out) for i in unique))
-        by_owner = dict(zip(unique, ran, strict=True))
-        return [by_owner[owner] for owner in (first[p.identity()] for p in batch)]
+        async def run_one(owner: int) -> dict[int, Result]:
+            result = await self.execute(owner, batch[owner], fan_out)
+            extra = copies[owner][1:]
+            uses = await asyncio.to_thread(self._shared, result, [batch[i] for i in extra]) if extra else []
+            for index, use in zip(extra, uses, strict=True):
+                emit(Finished(index, use))
+            return {owner: result, **dict(zip(extra, uses, strict=True))}
+
+        shown: dict[int, Result] = {}
+        for part in await asyncio.gather(*(run_one(owner) for owner in copies)):
+            shown.update(part)
+        return [shown[index] for index in range(len(batch))]
+
+    def _shared(self, result: Result, copies: list[PreparedRequest]) -> list[Result]:
+        """Results for the further indexes of a shared request: uses of its image when it has one."""
+        if not result.ok:
+            return [result for _ in copies]
+        original = result.record_id
+        return [
+            replace(result, record_id=self._use(original, p), cached=True, cost=0.0, tag=p.tag, labels=p.labels)
+            for p in copies
+        ]
+
+    def _use(self, original_id: str, prepared: PreparedRequest) -> str:
+        """Record that ``prepared`` showed the image of ``original_id`` again; the use's id.
+
+        A history that cannot be written (opened read-only) keeps no use: the original's id is returned.
+        """
+        if self.store.readonly:
+            return original_id
+        return self.store.record_use(
+            original_id,
+            notebook=self.notebook(),
+            tag=prepared.tag,
+            experiment=self.experiment() or None,
+            labels=prepared.labels or None,
+        )
 
     async def execute(self, index: int, prepared: PreparedRequest, emit: Emit, record_id: str | None = None) -> Result:
         """Run one request end to end; errors come back inside the result.
@@ -131,7 +173,9 @@ class Executor:
         if record_id is None:
             hit = self.cached(prepared)
             if hit is not None:
-                return self._finished(emit, index, self.result_from_record(hit, prepared, cached=True))
+                use_id = await asyncio.to_thread(self._use, hit.record_id, prepared)
+                shown = replace(self.result_from_record(hit, prepared, cached=True), record_id=use_id)
+                return self._finished(emit, index, shown)
             record_id = await asyncio.to_thread(self._record, prepared)
         started = time.time()
         submitted: list[Task] = []
@@ -194,6 +238,8 @@ class Executor:
             estimated_cost=prepared.estimated_cost,
             tag=prepared.tag,
             replay_of=prepared.replay_of,
+            experiment=self.experiment() or None,
+            labels=prepared.labels or None,
         )
 
     async def resume_batch(
@@ -234,12 +280,10 @@ class Executor:
         return result
 
     def store_outcome(self, record_id: str, prepared: PreparedRequest, outcome: TaskResult, started: float) -> Result:
+        """Store a finished task's image, with its provenance written in, and complete its record."""
         cost = outcome.task.cost if outcome.task.cost is not None else prepared.estimated_cost
         elapsed = outcome.finished_at - started
-        path = self.store.mark_ready(
-            record_id,
-            image=outcome.image,
-            ext=outcome.format or prepared.request.output_format,
+        values: dict[str, Any] = dict(
             width=outcome.width,
             height=outcome.height,
             ready_at=outcome.ready_at,
@@ -248,6 +292,10 @@ class Executor:
             engine=outcome.engine,
             result_seed=outcome.seed,
             cost=cost,
+        )
+        image = self._with_provenance(record_id, outcome.image, values)
+        path = self.store.mark_ready(
+            record_id, image=image, ext=outcome.format or prepared.request.output_format, **values
         )
         if self._on_spent is not None:
             self._on_spent(cost)
@@ -262,6 +310,29 @@ class Executor:
             task_id=outcome.task.id,
             engine=outcome.engine,
         )
+
+    def _with_provenance(self, record_id: str, image: bytes, values: dict[str, Any]) -> bytes:
+        """The API's image bytes with the request that made them written in (no pixel re-encoded).
+
+        The file carries what made the image (the request, its reference hashes, the backend and what
+        the API said of the result) and ``api_sha256``, the SHA-256 of the bytes as the API sent them
+        (the bytes the delivery checks passed). Nothing per record goes in (id, task, times, cost): an
+        identical answer to an identical request is the same file, so the history keeps it once and it
+        keeps one hash as a reference image. ``Flux.export_image`` writes copies with the whole record.
+        A format that cannot carry metadata is stored as it came.
+        """
+        from flux_nb.metadata import embed_provenance  # pandas comes with it: only once an image arrives
+
+        record = self.store.get(record_id)
+        if record is None:
+            return image
+        made_of = {name: getattr(record, name) for name in (*KEY_FIELDS, "input_hashes", "backend")}
+        made_of.update(status=RecordStatus.READY.value, out_width=values["width"], out_height=values["height"])
+        made_of.update(engine=values["engine"], result_seed=values["result_seed"], api_sha256=sha256_hex(image))
+        try:
+            return embed_provenance(image, made_of)
+        except FluxError:
+            return image
 
     def failed(
         self, record_id: str, prepared: PreparedRequest, exc: FluxError, submitted: bool, started: float

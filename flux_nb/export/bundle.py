@@ -3,7 +3,8 @@
     manifest.json           format, versions (flux_nb, python, pandas, pyarrow, pillow), per-file sha256
     records.parquet         the rows as given (extra columns such as ratings included), typed
     records.csv             the same rows for any spreadsheet (``image_path`` relative, lists as JSON)
-    history.sqlite          the rows exactly as the history stores them (its ``records`` table)
+    history.sqlite          the rows exactly as the history stores them (its ``records`` table), and the
+                            reviews (stars, notes, tags, favourites) of the images they show
     images/<sha[:2]>/<sha>.<ext>, inputs/<sha>.<ext>   as in a history folder
 
 ``open_bundle`` unpacks it into a new folder that is a history folder: ``HistoryStore(folder)`` (and
@@ -71,12 +72,27 @@ def _copy_records(source: Path, target: Path, ids: list[str]) -> list[str]:
             "INSERT INTO records SELECT * FROM src.records WHERE record_id IN (SELECT value FROM json_each(?))",
             (json.dumps(ids),),
         )
+        _copy_reviews(db)
         db.commit()
         found = {row[0] for row in db.execute("SELECT record_id FROM records")}
         db.execute("DETACH DATABASE src")
     finally:
         db.close()
     return [record_id for record_id in ids if record_id not in found]
+
+
+def _copy_reviews(db: sqlite3.Connection) -> None:
+    """Copy the reviews (stars, notes, favourites, tags) of the images the copied rows show."""
+    tables = {row[0] for row in db.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")}
+    shown = "SELECT COALESCE(cached_from, record_id) FROM records"
+    for table in ("reviews", "review_tags"):
+        if table not in tables:
+            continue
+        (schema,) = db.execute(
+            "SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        db.execute(schema)
+        db.execute(f"INSERT INTO {table} SELECT * FROM src.{table} WHERE record_id IN ({shown})")
 
 
 def _relative_image(path: Any, root: Path) -> str | None:

@@ -39,7 +39,10 @@ SHOWN = (
     ("credits", "credits", True),
     ("duration_s", "seconds", True),
     ("rating", "rating", True),
+    ("favourite", "favourite", False),
+    ("note", "note", False),
     ("notes", "notes", False),
+    ("tags", "tags", False),
     ("tag", "tag", False),
 )
 STYLE = """
@@ -115,6 +118,8 @@ def _cell(name: str, row: Mapping[str, Any]) -> tuple[str, str]:
             return "", ""
         return f"{width}×{height}", str(int(width) * int(height))
     value = _credits(row) if name == "credits" else row.get(name)
+    if name == "favourite":
+        return ("★", "1") if not _missing(value) and bool(value) else ("", "0")
     if _missing(value):
         return "", ""
     if isinstance(value, datetime):

@@ -19,6 +19,7 @@ from flux_nb.metadata.provenance import (
     read_provenance,
     request_from_file,
     save_with_provenance,
+    source_sha256,
     write_grid_provenance,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "read_provenance",
     "request_from_file",
     "save_with_provenance",
+    "source_sha256",
     "write_grid_provenance",
 ]

@@ -1,8 +1,12 @@
 """A request's provenance written into its image file, and read back from files we or other tools wrote.
 
-The history keeps the API's bytes untouched (files are named by the SHA-256 of those bytes). An
-exported copy is those bytes plus metadata, with no pixel re-encoded: ``pixel_hash`` is the same
-for both. What goes in:
+The history stores the API's bytes with the request that made them written in, no pixel re-encoded
+and nothing per record (no id, task, times or cost: an identical answer to an identical request stays
+one file). The file is named by the SHA-256 of its own bytes (the record's ``image_sha256``); its
+provenance keeps ``api_sha256``, the SHA-256 of the bytes as the API sent them (the bytes the delivery
+checks passed). ``source_sha256`` reads that back and ``pixel_hash`` compares decoded pixels, equal for
+a file with or without metadata. Exported copies (``save_with_provenance``) carry the whole record. What
+goes in:
 
 - PNG: ``iTXt`` ``parameters`` (A1111 style: the prompt, then ``Steps: 4, Seed: 42, Size: 1024x768,
   Model: ...``), ``iTXt`` ``flux_nb`` (the JSON below) and the XMP packet as ``iTXt`` ``XML:com.adobe.xmp``.
@@ -352,6 +356,21 @@ def request_from_file(source: Source) -> dict[str, Any]:
             "use an image exported by flux_nb or one whose tool wrote its settings"
         )
     return {**{k: None for k in REQUEST_FIELDS}, "input_hashes": [], **fields}
+
+
+def source_sha256(source: Source) -> str:
+    """The SHA-256 of an image as its maker sent it: the ``api_sha256`` its provenance names (flux_nb
+    writes metadata into the API's bytes when it stores them), else the SHA-256 of the file as it is.
+
+    Two stored results with equal ``source_sha256`` came from byte-identical API answers.
+    """
+    data, _ = _read_bytes(source)
+    try:
+        document = read_provenance(data)
+    except ValidationError:
+        document = None
+    recorded = (document or {}).get("record", {}).get("api_sha256") if document else None
+    return str(recorded) if isinstance(recorded, str) and len(recorded) == 64 else sha256_hex(data)
 
 
 def pixel_hash(source: Source) -> str:

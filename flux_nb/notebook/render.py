@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from IPython.display import HTML, display
 
 from flux_nb.errors import FluxError
-from flux_nb.images import sha256_hex, thumbnail
+from flux_nb.images import thumbnail
+from flux_nb.metadata import source_sha256
 from flux_nb.notebook.hints import in_notebook_words
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ def side_by_side_text(left: Result, right: Result, left_title: str, right_title:
 
 def _verdict(left: Result, right: Result) -> str:
     def digest(result: Result) -> str | None:
-        return sha256_hex(Path(result.path).read_bytes()) if result.ok and result.path else None
+        return source_sha256(result.path) if result.ok and result.path else None  # the API's bytes
 
     a, b = digest(left), digest(right)
     return "byte-identical images" if a and a == b else "the images differ"
