@@ -14,11 +14,12 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Bool, Enum, Float, Int, Unicode, observe
+from traitlets import Bool, Enum, Float, Int, Unicode, observe, validate
 from traitlets.config import Configurable
 
 from flux_nb import protocol
 from flux_nb.core import batch as batches
+from flux_nb.core import guard
 from flux_nb.core.axes import Axis
 from flux_nb.core.backend import Backend, connect, resolve_backend
 from flux_nb.core.batch import Defaults, PreparedRequest, draw_seed
@@ -27,15 +28,19 @@ from flux_nb.core.jobs import Executor, cache_hit, prepared_from_record, settle_
 from flux_nb.core.loop import LoopRunner
 from flux_nb.core.relay import guarded, relay
 from flux_nb.core.results import Result, SweepResult, presenter
-from flux_nb.errors import BudgetError, ValidationError
+from flux_nb.errors import ValidationError
 from flux_nb.history.store import HistoryStore, Record, RecordStatus, process_owner
 from flux_nb.http.auth import Secret
 from flux_nb.http.client import AsyncFluxClient
+from flux_nb.http.slots import SharedSlots
 from flux_nb.images import ImageInput
 
 if TYPE_CHECKING:
     import httpx
     import pandas as pd
+
+#: Upper bounds of settings that have one (a thumbnail is a preview; more than 4096 px is no thumbnail).
+LIMITS = {"thumbnail_size": 4096.0}
 
 #: The key for a non-BFL endpoint (a local server started with keys, a gateway).
 ENDPOINT_KEY_ENV = "FLUX_NB_API_KEY"
@@ -80,6 +85,21 @@ class Flux(Configurable):
     region = Enum(list(protocol.BFL_HOSTS), "global", help="BFL cloud region: global, eu or us.").tag(config=True)
     task_timeout = Float(600.0, help="Seconds to wait for one task before leaving it to resume.").tag(config=True)
     cache = Bool(True, help="Answer a request identical to a stored one from the history, for free.").tag(config=True)
+    share_slots = Bool(
+        True, help="Share the key's active-task slots (24) with every flux_nb process on this machine."
+    ).tag(config=True)
+    confirm_over = Float(
+        None, allow_none=True, help="Credits above which a batch needs confirming; None: 50 when billed, else off."
+    ).tag(config=True)
+
+    @validate("budget", "confirm_over")
+    def _credit_limit(self, proposal: Any) -> float | None:
+        return guard.credit_limit(proposal["trait"].name, proposal["value"])
+
+    @validate("task_timeout", "max_concurrency", "thumbnail_size")
+    def _positive(self, proposal: Any) -> float:
+        name = proposal["trait"].name
+        return guard.positive(name, proposal["value"], integer=name != "task_timeout", most=LIMITS.get(name))
 
     def __init__(
         self,
@@ -121,7 +141,7 @@ class Flux(Configurable):
 
     # -- configuration changes drop what depended on them --------------------------------------
 
-    @observe("endpoint", "region", "max_concurrency", "task_timeout")
+    @observe("endpoint", "region", "max_concurrency", "task_timeout", "share_slots")
     def _connection_changed(self, change: dict[str, Any]) -> None:
         self._reset(backend=True)
 
@@ -174,12 +194,17 @@ class Flux(Configurable):
         """The executor for the current settings, connecting first (built once, rebuilt after changes)."""
         if self._executor is None:
             backend = self.connect()
+            key = self._api_key if backend.billed or (self._key_given and not backend.is_embedded) else None
+            shared = None
+            if self.share_slots:  # the key's slots across processes; max_concurrency caps this one under them
+                shared = SharedSlots.for_key(key.reveal() if key else None, backend.base_url, protocol.MAX_ACTIVE_TASKS)
             client = AsyncFluxClient(
-                self._api_key if backend.billed or (self._key_given and not backend.is_embedded) else None,
+                key,
                 backend.base_url,
                 max_active=self.max_concurrency,
                 task_timeout=self.task_timeout,
                 transport=self._transport,
+                shared_slots=shared,
             )
             self._executor = Executor(
                 client,
@@ -220,18 +245,17 @@ class Flux(Configurable):
         """Every combination of the prompts, ``axes`` and list-valued fields, validated and priced (not sent)."""
         return batches.build(prompt, self.defaults(), axes=axes, images=images, **fields)
 
-    def check_budget(self, batch: Sequence[PreparedRequest]) -> None:
-        """Refuse, before anything is sent, a batch whose estimate would pass the budget."""
-        if self.budget is None:
+    def check_budget(self, batch: Sequence[PreparedRequest], *, confirm: bool = True) -> None:
+        """Refuse, before anything is sent, a batch whose estimate would pass the budget, or (unless
+        ``confirm``) the large-batch guard ``confirm_over``: BudgetError, LargeBatchError."""
+        threshold = None if confirm else guard.confirm_threshold(self.confirm_over, self.backend.billed)
+        if self.budget is None and threshold is None:
             return
         label = self.backend.label
-        unique = {p.identity(): p for p in batch}.values()
-        estimate = sum(p.estimated_cost for p in unique if cache_hit(self.store, label, p, enabled=self.cache) is None)
-        if self._spent + estimate > self.budget + 1e-9:
-            raise BudgetError(
-                f"estimated cost {estimate:.2f} credits for {len(batch)} request(s) would pass the budget: "
-                f"{self._spent:.2f} of {self.budget:.2f} spent"
-            )
+        cost = guard.estimate(batch, lambda p: cache_hit(self.store, label, p, enabled=self.cache) is not None)
+        guard.check_spending(
+            len(batch), cost, spent=self._spent, budget=self.budget, threshold=threshold, confirm=confirm
+        )
 
     # -- running -------------------------------------------------------------------------------
 
@@ -244,7 +268,7 @@ class Flux(Configurable):
 
         >>> flux.generate("a red fox in snow", seed=42, width=768, height=512)  # doctest: +SKIP
         """
-        return self.run([self.prepare(prompt, **fields)])[0].raise_for_error()
+        return self.run([self.prepare(prompt, **fields)], confirm=True)[0].raise_for_error()
 
     async def agenerate(self, prompt: str, **fields: Any) -> Result:
         """Async twin of ``generate``, for ``await`` in notebook cells and async code."""
@@ -257,22 +281,33 @@ class Flux(Configurable):
             self._notify()
         return results[0].raise_for_error()
 
-    def sweep(self, prompt: str | Sequence[str], *, images: Any = None, **fields: Any) -> SweepResult:
+    def sweep(
+        self, prompt: str | Sequence[str], *, images: Any = None, confirm: bool = False, **fields: Any
+    ) -> SweepResult:
         """Generate every combination of the list-valued fields, concurrently; shows as a grid.
+
+        ``confirm=True`` sends a batch whose estimate passes ``confirm_over``.
 
         >>> flux.sweep("a lighthouse", seed=[1, 2, 3], width=[512, 1024], height=512)  # doctest: +SKIP
         """
         batch = self.batch(prompt, images=images, **fields)
-        return SweepResult(self.run(batch, observer=self.observer_factory() if self.observer_factory else None))
+        observer = self.observer_factory() if self.observer_factory else None
+        return SweepResult(self.run(batch, observer, confirm=confirm))
 
     def prepare_images(self, images: Any) -> tuple[ImageInput, ...]:
         """Encode and check reference images once (e.g. for every request of a sweep)."""
         return batches.reference_images(images)
 
-    def run(self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None) -> list[Result]:
-        """Run prepared requests concurrently; failures come back as results with ``error`` set."""
+    def run(
+        self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None, *, confirm: bool = False
+    ) -> list[Result]:
+        """Run prepared requests concurrently; failures come back as results with ``error`` set.
+
+        A batch estimated above ``confirm_over`` is sent only with ``confirm=True`` (else LargeBatchError).
+        An interrupt (Ctrl-C) raises BatchInterrupted: never-sent requests stay for ``resume(unsent=True)``.
+        """
         batch = list(batch)
-        self.check_budget(batch)
+        self.check_budget(batch, confirm=confirm)
         executor = self._ready_executor()
         if observer is not None:
             observer.started(batch)
@@ -281,13 +316,16 @@ class Flux(Configurable):
         finally:
             self._notify()
 
-    def start(self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None) -> Future[list[Result]]:
+    def start(
+        self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None, *, confirm: bool = False
+    ) -> Future[list[Result]]:
         """Run a batch without blocking the caller (for widgets); ``observer`` is called on flux_nb's loop thread.
 
-        Cancelling the future stops waiting: submitted records stay pending, for ``resume``.
+        Cancelling the future stops waiting: submitted records stay for ``resume``, never-sent ones for
+        ``resume(unsent=True)``. ``confirm`` as in ``run``.
         """
         batch = list(batch)
-        self.check_budget(batch)
+        self.check_budget(batch, confirm=confirm)
         executor = self._ready_executor()
         if observer is not None:
             observer.started(batch)
@@ -338,7 +376,7 @@ class Flux(Configurable):
 
     def replay(self, record_id: str, *, fresh: bool = True) -> Result:
         """Run a recorded request again, exactly (a new record pointing back to the old one)."""
-        return self.run([self.rebuild(record_id, fresh=fresh)])[0]
+        return self.run([self.rebuild(record_id, fresh=fresh)], confirm=True)[0]
 
     def resume(self, observer: BatchObserver | None = None, *, unsent: bool = False) -> list[Result]:
         """Finish what a crash or a restart left open; one result per record settled.

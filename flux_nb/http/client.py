@@ -21,6 +21,8 @@ from flux_nb.errors import (
     DeliveryError,
     FluxError,
     FluxTimeout,
+    ModeratedError,
+    TaskFailedError,
     TaskNotFoundError,
     TransportError,
     UnknownOutcomeError,
@@ -44,6 +46,7 @@ from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.exchange import Call, exchange
 from flux_nb.http.polling import DurationModel, PollPlan
 from flux_nb.http.retry import RetryPolicy, Transient
+from flux_nb.http.slots import Lease, SharedSlots
 from flux_nb.http.tasks import (
     ProgressCallback,
     SendingCallback,
@@ -61,6 +64,10 @@ DELIVERY_REPOLLS = 2
 IDLE_CONNECTIONS = 8
 # Below uvicorn's 5 s keep-alive, so an idle pooled connection is dropped by us first.
 KEEPALIVE_EXPIRY = 4.0
+# How long a shared slot stays taken for a task that may run at the API though this process stopped
+# following it: its expected remaining time, at least MIN_TASK_HOLD, UNKNOWN_TASK_HOLD when nothing is known.
+MIN_TASK_HOLD = 1.0
+UNKNOWN_TASK_HOLD = 60.0
 # Longest sleep between polls that keep failing, while the task's deadline allows.
 FAILED_POLL_PAUSE = 10.0
 
@@ -86,6 +93,7 @@ class AsyncFluxClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         limits: BodyLimits | None = None,
+        shared_slots: SharedSlots | None = None,
     ) -> None:
         api_key = Secret.of(api_key)  # from here on no local or attribute holds the key in the clear
         if max_active < 1:
@@ -104,6 +112,8 @@ class AsyncFluxClient:
         self.durations = DurationModel()
         self._auth = ApiKey(api_key, self.base_url)
         self._slots = asyncio.Semaphore(max_active)
+        #: The key's slots shared with every flux_nb process on this machine (None: this process counts alone).
+        self.shared_slots = shared_slots
         self._http = httpx.AsyncClient(
             auth=self._auth,
             timeout=timeout,
@@ -148,16 +158,48 @@ class AsyncFluxClient:
         """
         request.validate()
         async with self.active_slot():
-            await maybe_await(on_sending() if on_sending else None)
-            task = await self.submit(request)
-            await maybe_await(on_submitted(task) if on_submitted else None)
-            answer, polls = await self.wait(task, on_progress=on_progress)
+            lease = await self.shared_slots.acquire() if self.shared_slots else None
+            task: Task | None = None
+            sent = False
+            try:
+                await maybe_await(on_sending() if on_sending else None)
+                sent = True
+                task = await self.submit(request)
+                await maybe_await(on_submitted(task) if on_submitted else None)
+                answer, polls = await self.wait(task, on_progress=on_progress)
+            except BaseException as exc:
+                self._give_back(lease, _may_run(exc, sent, task), task, request.model)
+                raise
+            self._give_back(lease, False, task, request.model)
         return await self._finish(task, answer, polls, on_progress)
 
     async def resume(self, task: Task, *, on_progress: ProgressCallback | None = None) -> TaskResult:
-        """Finish a task submitted earlier (maybe by another process) from its polling URL."""
-        answer, polls = await self.wait(task, on_progress=on_progress)
+        """Finish a task submitted earlier (maybe by another process) from its polling URL.
+
+        The task already counts at the API: it takes a shared slot if one is free, and waits for none.
+        """
+        lease = await self.shared_slots.try_acquire() if self.shared_slots else None
+        try:
+            answer, polls = await self.wait(task, on_progress=on_progress)
+        except BaseException as exc:
+            self._give_back(lease, _may_run(exc, True, task), task, task.model)
+            raise
+        self._give_back(lease, False, task, task.model)
         return await self._finish(task, answer, polls, on_progress)
+
+    def _give_back(self, lease: Lease | None, may_run: bool, task: Task | None, model: str) -> None:
+        """Return a shared slot: at once when no task runs at the API for it (it ended, or was never created),
+        else once the task is likely over (a lost submit answer, a timeout, a cancelled wait)."""
+        if lease is not None and self.shared_slots is not None:
+            self.shared_slots.release_later(lease, self._expected_left(task, model) if may_run else 0.0)
+
+    def _expected_left(self, task: Task | None, model: str) -> float:
+        """Seconds a task that may be running at the API is likely to keep its slot there."""
+        expected = self.durations.expected(_duration_key(task) if task else f"{model}@1.0")
+        expected = UNKNOWN_TASK_HOLD if expected is None else expected
+        if task is not None:
+            expected -= time.time() - task.submitted_at
+        return min(max(expected, MIN_TASK_HOLD), self.task_timeout)
 
     async def _finish(
         self, task: Task, answer: dict[str, Any], polls: int, on_progress: ProgressCallback | None
@@ -373,6 +415,14 @@ def _decode(data: bytes, checksum: str | None, size: tuple[int, int] | None) -> 
     from flux_nb.images import decode_output
 
     return decode_output(data, checksum, expected_size=size)
+
+
+def _may_run(exc: BaseException, sent: bool, task: Task | None) -> bool:
+    """True when a task may still run at the API after ``exc``: a submit whose answer was lost or cut off,
+    or a task this process stopped following before it ended (its own final outcomes end it)."""
+    if task is None:
+        return sent and isinstance(exc, UnknownOutcomeError | asyncio.CancelledError)
+    return not isinstance(exc, TaskFailedError | ModeratedError | TaskNotFoundError)
 
 
 def _sample_url(task: Task, answer: dict[str, Any]) -> str:
