@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,11 +25,13 @@ from flux_nb.core.backend import Backend, connect, resolve_backend
 from flux_nb.core.batch import Defaults, PreparedRequest, draw_seed
 from flux_nb.core.events import BatchObserver, Emit, ignore
 from flux_nb.core.jobs import Executor, cache_hit, prepared_from_record, settle_cut_off
+from flux_nb.core.ledger import Ledger
 from flux_nb.core.loop import LoopRunner
 from flux_nb.core.relay import guarded, relay
 from flux_nb.core.results import Result, SweepResult, presenter
+from flux_nb.core.resuming import Resumed, plan, unsent_records
 from flux_nb.errors import ValidationError
-from flux_nb.history.store import HistoryStore, Record, RecordStatus, process_owner
+from flux_nb.history.store import HistoryStore, Record, process_owner
 from flux_nb.http.auth import Secret
 from flux_nb.http.client import AsyncFluxClient
 from flux_nb.http.slots import SharedSlots
@@ -123,6 +125,7 @@ class Flux(Configurable):
         self._backend: Backend | None = None
         self._store: HistoryStore | None = None
         self._spent = 0.0
+        self._ledger = Ledger()  # records in flight here; writes a full disk refused, made at the next chance
         self._listeners: list[Callable[[], None]] = []
         #: Makes the observer ``sweep`` reports to (the magic installs a live display).
         self.observer_factory: Callable[[], BatchObserver] | None = None
@@ -213,6 +216,7 @@ class Flux(Configurable):
                 notebook=self.notebook_detector,
                 cache=self.cache,
                 on_spent=self._add_spent,
+                ledger=self._ledger,
             )
         return self._executor
 
@@ -312,7 +316,7 @@ class Flux(Configurable):
         if observer is not None:
             observer.started(batch)
         try:
-            return self._relay(lambda emit: executor.run_batch(batch, emit), observer)
+            return relay(self._runner, lambda emit: executor.run_batch(batch, emit), observer, len(batch))
         finally:
             self._notify()
 
@@ -333,11 +337,6 @@ class Flux(Configurable):
         future = self._runner.submit(executor.run_batch(batch, emit))
         future.add_done_callback(lambda _: self._notify())
         return future
-
-    def _relay(
-        self, start: Callable[[Emit], Coroutine[Any, Any, list[Result]]], observer: BatchObserver | None
-    ) -> list[Result]:
-        return relay(self._runner, start, observer)
 
     # -- replay and resume ---------------------------------------------------------------------
 
@@ -378,38 +377,44 @@ class Flux(Configurable):
         """Run a recorded request again, exactly (a new record pointing back to the old one)."""
         return self.run([self.rebuild(record_id, fresh=fresh)], confirm=True)[0]
 
-    def resume(self, observer: BatchObserver | None = None, *, unsent: bool = False) -> list[Result]:
-        """Finish what a crash or a restart left open; one result per record settled.
+    def resume(self, observer: BatchObserver | None = None, *, unsent: bool = False) -> Resumed:
+        """Finish what a crash, a restart, an interrupt or a full disk left open; one result per record settled.
 
-        Submitted tasks are finished from their polling URLs while those still work. A submit
-        cut off mid-send is marked ``unknown`` (it may have created a task, so it is never
-        resent on its own). Requests that were never sent are sent only with ``unsent=True``.
+        Submitted tasks are finished from their polling URLs while those still work. A submit cut off
+        mid-send is marked ``unknown`` (it may have created a task, so it is never resent on its own).
+        Requests never sent are sent only with ``unsent=True``. Records another running process follows
+        (a second kernel) are left alone and listed in the result's ``elsewhere`` (``note()`` says so).
         """
-        orphans = self.store.orphans()
-        cut_off = settle_cut_off(self.store, orphans)
+        owed = self._ledger.flush()  # task ids and images a full disk kept in memory
+        if owed:
+            raise self._ledger.blocked
+        open_records = plan(self.store, self._ledger)
+        cut_off = settle_cut_off(self.store, open_records.cut_off)
         executor = self._ready_executor()
         settled = [executor.result_from_record(self.record(r.record_id), cached=False) for r in cut_off]
-        records = self.store.resumable()
+        records = open_records.finish
         resend: dict[str, PreparedRequest] = {}
         if unsent:
-            resend = {r.record_id: self.rebuild(r.record_id) for r in orphans if r.status == RecordStatus.PENDING}
+            resend = {r.record_id: self.rebuild(r.record_id) for r in open_records.unsent}
             for prepared in resend.values():
                 prepared.replay_of = None  # sent under its own record, not as a replay
         if not records and not resend:
             if settled:
                 self._notify()
-            return settled
+            return Resumed(settled, open_records.elsewhere)
         self.check_budget(list(resend.values()))
         if observer is not None:
             observer.started([prepared_from_record(r) for r in records] + list(resend.values()))
+        size = len(records) + len(resend)
         try:
-            return settled + self._relay(lambda emit: executor.resume_batch(records, emit, resend), observer)
+            results = relay(self._runner, lambda emit: executor.resume_batch(records, emit, resend), observer, size)
         finally:
             self._notify()
+        return Resumed(settled + results, open_records.elsewhere)
 
     def unsent(self) -> list[Record]:
-        """Requests a crash or a restart left unsent (``resume(unsent=True)`` sends them)."""
-        return [r for r in self.store.orphans() if r.status == RecordStatus.PENDING]
+        """Requests never sent (a crash, a restart, an interrupt): ``resume(unsent=True)`` sends them."""
+        return unsent_records(self.store, self._ledger)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every request or batch ends (e.g. to refresh ``flux_history``)."""

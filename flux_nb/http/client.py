@@ -139,6 +139,9 @@ class AsyncFluxClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connections; shared slots still held for tasks this client stopped following are given back."""
+        if self.shared_slots is not None:
+            await self.shared_slots.release_pending()
         await self._http.aclose()
 
     # -- one request -------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class SharedSlots:
         self.table = table
         self.scope = scope
         self.limit = limit
-        self._later: set[asyncio.Future[None]] = set()
+        self._later: dict[asyncio.Future[None], Lease] = {}
         self._held: ContextVar[tuple[Lease, ...]] = ContextVar(f"flux_nb_slots_{scope}", default=())
 
     @classmethod
@@ -167,9 +167,18 @@ class SharedSlots:
             await self.release(lease)
 
         task = asyncio.ensure_future(later())
-        self._later.add(task)  # held, or the loop could drop it half way
-        task.add_done_callback(self._later.discard)
+        self._later[task] = lease  # held, or the loop could drop it half way
+        task.add_done_callback(lambda done: self._later.pop(done, None))
         return task
+
+    async def release_pending(self) -> int:
+        """Give back now every lease ``release_later`` still holds (before its loop closes); how many."""
+        later, self._later = self._later, {}
+        for task in later:
+            task.cancel()
+        for lease in later.values():
+            await self.release(lease)
+        return len(later)
 
     @asynccontextmanager
     async def slot(self, timeout: float | None = None) -> AsyncIterator[Lease]:
