@@ -3,7 +3,7 @@
 The estimate counts each distinct request once and leaves out what the cache answers for free. A budget
 refuses a batch that would pass it; the guard refuses, unless confirmed, a batch whose estimate passes
 ``confirm_over`` (on a billed backend 50 credits unless set; off on a local server). Settings are checked
-when they are set: a NaN, an infinite or a negative limit is an error, never a silent "off".
+when they are set: a NaN or a negative limit is an error, never a silent "off" (``inf`` says "never").
 """
 
 from __future__ import annotations
@@ -66,14 +66,11 @@ def _number(name: str, value: Any) -> float:
 
 
 def credit_limit(name: str, value: float | None) -> float | None:
-    """A budget or a threshold: None (no limit) or a finite number of credits, 0 or more."""
+    """A budget or a threshold: None (no limit) or a number of credits, 0 or more (``inf``: never)."""
     if value is None:
         return None
-    number = _number(name, value)
-    if number < 0 or math.isinf(number):
-        raise ValidationError(
-            f"Flux.{name} must be a finite number of credits, 0 or more (None: no limit), got {value!r}"
-        )
+    if _number(name, value) < 0:
+        raise ValidationError(f"Flux.{name} must be a number of credits, 0 or more (None: no limit), got {value!r}")
     return value
 
 
