@@ -84,9 +84,9 @@ class BudgetError(ValidationError):
 
 
 class LargeBatchError(ValidationError):
-    """The batch's estimate passes the confirmation threshold (``Flux.confirm_over``): nothing was sent."""
+    """The batch's estimate passes the confirmation threshold: nothing was sent (``count``, ``estimate``)."""
 
-    hint = "pass confirm=True to send it, or raise Flux.confirm_over"
+    hint = "confirm the batch to send it, or raise the confirmation threshold"
 
     def __init__(self, message: str, *, count: int = 0, estimate: float = 0.0, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)

@@ -53,6 +53,7 @@ def check_spending(
             f"{threshold:g} credits: nothing was sent",
             count=count,
             estimate=cost,
+            hint="pass confirm=True to send it, or raise Flux.confirm_over",
         )
 
 
