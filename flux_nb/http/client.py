@@ -21,8 +21,6 @@ from flux_nb.errors import (
     DeliveryError,
     FluxError,
     FluxTimeout,
-    ModeratedError,
-    TaskFailedError,
     TaskNotFoundError,
     TransportError,
     UnknownOutcomeError,
@@ -44,6 +42,7 @@ from flux_nb.http.answers import (
 from flux_nb.http.auth import ApiKey, Secret, is_loopback
 from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.exchange import Call, exchange
+from flux_nb.http.holds import duration_key, hold_seconds, may_run
 from flux_nb.http.polling import DurationModel, PollPlan
 from flux_nb.http.retry import RetryPolicy, Transient
 from flux_nb.http.slots import Lease, SharedSlots
@@ -64,10 +63,6 @@ DELIVERY_REPOLLS = 2
 IDLE_CONNECTIONS = 8
 # Below uvicorn's 5 s keep-alive, so an idle pooled connection is dropped by us first.
 KEEPALIVE_EXPIRY = 4.0
-# How long a shared slot stays taken for a task that may run at the API though this process stopped
-# following it: its expected remaining time, at least MIN_TASK_HOLD, UNKNOWN_TASK_HOLD when nothing is known.
-MIN_TASK_HOLD = 1.0
-UNKNOWN_TASK_HOLD = 60.0
 # Longest sleep between polls that keep failing, while the task's deadline allows.
 FAILED_POLL_PAUSE = 10.0
 
@@ -171,7 +166,7 @@ class AsyncFluxClient:
                 await maybe_await(on_submitted(task) if on_submitted else None)
                 answer, polls = await self.wait(task, on_progress=on_progress)
             except BaseException as exc:
-                self._give_back(lease, _may_run(exc, sent, task), task, request.model)
+                self._give_back(lease, may_run(exc, sent, task), task, request.model)
                 raise
             self._give_back(lease, False, task, request.model)
         return await self._finish(task, answer, polls, on_progress)
@@ -185,24 +180,17 @@ class AsyncFluxClient:
         try:
             answer, polls = await self.wait(task, on_progress=on_progress)
         except BaseException as exc:
-            self._give_back(lease, _may_run(exc, True, task), task, task.model)
+            self._give_back(lease, may_run(exc, True, task), task, task.model)
             raise
         self._give_back(lease, False, task, task.model)
         return await self._finish(task, answer, polls, on_progress)
 
-    def _give_back(self, lease: Lease | None, may_run: bool, task: Task | None, model: str) -> None:
+    def _give_back(self, lease: Lease | None, running: bool, task: Task | None, model: str) -> None:
         """Return a shared slot: at once when no task runs at the API for it (it ended, or was never created),
         else once the task is likely over (a lost submit answer, a timeout, a cancelled wait)."""
         if lease is not None and self.shared_slots is not None:
-            self.shared_slots.release_later(lease, self._expected_left(task, model) if may_run else 0.0)
-
-    def _expected_left(self, task: Task | None, model: str) -> float:
-        """Seconds a task that may be running at the API is likely to keep its slot there."""
-        expected = self.durations.expected(_duration_key(task) if task else f"{model}@1.0")
-        expected = UNKNOWN_TASK_HOLD if expected is None else expected
-        if task is not None:
-            expected -= time.time() - task.submitted_at
-        return min(max(expected, MIN_TASK_HOLD), self.task_timeout)
+            hold = hold_seconds(self.durations, task, model, self.task_timeout) if running else 0.0
+            self.shared_slots.release_later(lease, hold)
 
     async def _finish(
         self, task: Task, answer: dict[str, Any], polls: int, on_progress: ProgressCallback | None
@@ -329,7 +317,7 @@ class AsyncFluxClient:
 
     async def wait(self, task: Task, *, on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], int]:
         """Poll until the task is Ready (returns the answer and the poll count) or raise why not."""
-        key = _duration_key(task)
+        key = duration_key(task)
         plan = PollPlan(expected=self.durations.expected(key))
         start = time.monotonic()
         deadline = start + self.task_timeout
@@ -420,24 +408,11 @@ def _decode(data: bytes, checksum: str | None, size: tuple[int, int] | None) -> 
     return decode_output(data, checksum, expected_size=size)
 
 
-def _may_run(exc: BaseException, sent: bool, task: Task | None) -> bool:
-    """True when a task may still run at the API after ``exc``: a submit whose answer was lost or cut off,
-    or a task this process stopped following before it ended (its own final outcomes end it)."""
-    if task is None:
-        return sent and isinstance(exc, UnknownOutcomeError | asyncio.CancelledError)
-    return not isinstance(exc, TaskFailedError | ModeratedError | TaskNotFoundError)
-
-
 def _sample_url(task: Task, answer: dict[str, Any]) -> str:
     sample = url_or_none(result_field(answer, "sample"))
     if sample is None or status_of(answer)[0] is not Status.READY:
         raise DeliveryError(f"task {task.id} is Ready but its answer has no usable sample URL")
     return sample
-
-
-def _duration_key(task: Task) -> str:
-    size = f"{round(task.output_mp or 1.0, 1)}"
-    return f"{task.model}@{size}"
 
 
 __all__ = ["ApiKey", "AsyncFluxClient", "BodyLimits", "RetryPolicy", "Secret", "Task", "TaskResult"]
