@@ -186,11 +186,18 @@ def _sweep_once(latency: float, share: bool, processes: int = 3, count: int = 48
 
 
 def sweeps(latency: float = 1.0, rounds: int = 3) -> dict[str, Any]:
-    """3 processes x 48 images, shared slots off and on, alternated ``rounds`` times; the median of each."""
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    """3 processes x 48 images, shared slots off and on, alternated ``rounds`` times; the median of each.
+
+    ``one``: a single process sweeping all 144 (same floor, no other process to share with): what this machine
+    and the polling give without any sharing between processes, for comparison.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": [], "one": []}
     for _ in range(rounds):
-        for mode in ("off", "on"):
-            runs[mode].append(_sweep_once(latency, share=mode == "on"))
+        for mode in ("off", "on", "one"):
+            if mode == "one":
+                runs[mode].append(_sweep_once(latency, share=True, processes=1, count=144))
+            else:
+                runs[mode].append(_sweep_once(latency, share=mode == "on"))
     summary: dict[str, Any] = {"latency_s": latency, "rounds": rounds}
     for mode, results in runs.items():
         median = sorted(results, key=lambda r: r["wall_s"])[len(results) // 2]
@@ -221,10 +228,14 @@ def main() -> None:
     if args.sweep:
         results["sweeps"] = found = sweeps(args.latency, args.rounds)
         print(f"3 processes x 48 images, latency {args.latency:g} s, floor {found['on']['floor_s']:g} s (median run):")
-        for mode in ("off", "on"):
+        for mode, label in (
+            ("off", "3 procs, shared slots off"),
+            ("on", "3 procs, shared slots on "),
+            ("one", "1 proc x 144 (reference)"),
+        ):
             r = found[mode]
             print(
-                f"  shared slots {mode:3}: {r['rejected_429']:5d} x 429  {r['wall_s']:6.2f} s  "
+                f"  {label}: {r['rejected_429']:5d} x 429  {r['wall_s']:6.2f} s  "
                 f"{r['ratio']:5.2f}x the floor  ({r['ready']} ready; 429s per round {r['rejected_429_all']})"
             )
     print(json.dumps(results, indent=1))

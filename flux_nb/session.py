@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -200,7 +201,10 @@ class Flux(Configurable):
             key = self._api_key if backend.billed or (self._key_given and not backend.is_embedded) else None
             shared = None
             if self.share_slots:  # the key's slots across processes; max_concurrency caps this one under them
-                shared = SharedSlots.for_key(key.reveal() if key else None, backend.base_url, protocol.MAX_ACTIVE_TASKS)
+                try:
+                    shared = SharedSlots.for_key(key.reveal() if key else None, backend.base_url)
+                except ValidationError as exc:  # no writable cache folder: this process counts alone
+                    warnings.warn(f"flux_nb: slots not shared with other processes: {exc}", stacklevel=2)
             client = AsyncFluxClient(
                 key,
                 backend.base_url,

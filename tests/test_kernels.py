@@ -128,6 +128,10 @@ def test_a_second_kernel_leaves_the_first_ones_tasks_alone_until_it_is_gone(
     said = second.run(setup + "resumed = flux.resume()\n" + report)
     count, elsewhere, note = said.strip().splitlines()
     assert (count, elsewhere) == ("0", "3") and "left alone" in note, said
+    magic = f"%load_ext flux_nb\n%config Flux.endpoint = {server.url!r}\n%config Flux.history_dir = {str(history)!r}"
+    second.run(magic)
+    shown = second.run("%flux resume")
+    assert "3 submitted record(s) left alone" in shown and "nothing to resume" not in shown, shown
     assert server.stats()["downloads"] == 0  # B neither polled to the end nor downloaded A's images
     first.close()  # kernel A is gone: its tasks are B's to finish now
     finished = second.run("print(sorted(r.status for r in flux.resume()))")

@@ -196,3 +196,18 @@ def test_a_slot_stays_taken_while_a_task_may_still_run_at_the_api(
     finally:
         flux.close()
     assert slots.held() == 0  # closing the session gives back what it still held
+
+
+def test_a_slots_folder_that_cannot_be_used_warns_and_generation_goes_on(
+    server: Any, history_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the slots folder should be")
+    monkeypatch.setenv("FLUX_NB_SLOTS_DIR", str(blocker / "slots"))
+    flux = Flux(endpoint=server.url, history_dir=history_dir)
+    try:
+        with pytest.warns(UserWarning, match="not shared with other processes"):
+            assert flux.generate("alone after all", seed=1, width=64, height=64).ok
+        assert flux._ready_executor().client.shared_slots is None
+    finally:
+        flux.close()

@@ -151,8 +151,11 @@ class Executor:
             self.ledger.in_flight.discard(record_id)
 
     def _record_after_owed(self, prepared: PreparedRequest) -> str:
+        """Make what the history owes first, then write the record (in flight from its first moment)."""
         self.ledger.flush()
-        return self._record(prepared)
+        record_id = self._record(prepared)
+        self.ledger.in_flight.add(record_id)
+        return record_id
 
     async def _send(self, index: int, prepared: PreparedRequest, emit: Emit, record_id: str) -> Result:
         started = time.time()
