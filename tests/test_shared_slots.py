@@ -211,3 +211,21 @@ def test_a_slots_folder_that_cannot_be_used_warns_and_generation_goes_on(
         assert flux._ready_executor().client.shared_slots is None
     finally:
         flux.close()
+
+
+def test_a_slot_is_held_only_while_a_task_may_run_and_for_its_expected_rest() -> None:
+    from flux_nb.errors import FluxTimeout, TaskFailedError, TransportError, UnknownOutcomeError
+    from flux_nb.http.holds import UNKNOWN_TASK_HOLD, duration_key, hold_seconds, may_run
+    from flux_nb.http.polling import DurationModel
+    from flux_nb.http.tasks import Task
+
+    task = Task(id="t", polling_url="http://127.0.0.1:9/p", model="flux-2-klein-4b", submitted_at=time.time() - 4.0)
+    assert may_run(UnknownOutcomeError("lost answer"), True, None)  # the submit may have created a task
+    assert not may_run(TransportError("refused"), True, None) and not may_run(UnknownOutcomeError("x"), False, None)
+    assert may_run(FluxTimeout("slow"), True, task) and not may_run(TaskFailedError("failed"), True, task)
+    durations = DurationModel()
+    assert hold_seconds(durations, task, task.model, 600.0) == UNKNOWN_TASK_HOLD  # nothing learned yet
+    durations.observe(duration_key(task), 10.0)
+    assert 1.0 <= hold_seconds(durations, task, task.model, 600.0) <= 6.0  # 10 s expected, 4 s (or more) gone
+    durations.observe(duration_key(task), 5000.0), durations.observe(duration_key(task), 5000.0)
+    assert hold_seconds(durations, task, task.model, 600.0) == 600.0  # never past the task timeout

@@ -34,12 +34,16 @@ def may_run(exc: BaseException, sent: bool, task: Task | None) -> bool:
 
 
 def hold_seconds(durations: DurationModel, task: Task | None, model: str, most: float) -> float:
-    """Seconds a task that may be running at the API is likely to keep its slot there (at most ``most``)."""
+    """Seconds a task that may be running at the API is likely to keep its slot there.
+
+    At most ``most`` (the task timeout) or ``UNKNOWN_TASK_HOLD``, whichever is longer: a task that outlived a short
+    timeout is still running.
+    """
     expected = durations.expected(duration_key(task) if task else f"{model}@1.0")
     expected = UNKNOWN_TASK_HOLD if expected is None else expected
     if task is not None:
         expected -= time.time() - task.submitted_at
-    return min(max(expected, MIN_TASK_HOLD), most)
+    return min(max(expected, MIN_TASK_HOLD), max(most, UNKNOWN_TASK_HOLD))
 
 
 __all__ = ["MIN_TASK_HOLD", "UNKNOWN_TASK_HOLD", "duration_key", "hold_seconds", "may_run"]
