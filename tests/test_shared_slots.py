@@ -224,7 +224,7 @@ def test_a_slot_is_held_only_while_a_task_may_run_and_for_its_expected_rest() ->
     assert not may_run(TransportError("refused"), True, None) and not may_run(UnknownOutcomeError("x"), False, None)
     assert may_run(FluxTimeout("slow"), True, task) and not may_run(TaskFailedError("failed"), True, task)
     durations = DurationModel()
-    assert hold_seconds(durations, task, task.model, 600.0) == UNKNOWN_TASK_HOLD  # nothing learned yet
+    assert 1.0 <= hold_seconds(durations, task, task.model, 600.0) <= UNKNOWN_TASK_HOLD - 4.0  # nothing learned yet
     durations.observe(duration_key(task), 10.0)
     assert 1.0 <= hold_seconds(durations, task, task.model, 600.0) <= 6.0  # 10 s expected, 4 s (or more) gone
     durations.observe(duration_key(task), 5000.0), durations.observe(duration_key(task), 5000.0)
