@@ -1,12 +1,15 @@
 """Shared slots: what one acquire + release costs, in one process and in three at once.
 
-``python -m bench.shared_slots [--leases N] [--smoke] [--json PATH]`` prints microseconds per lease side by side with
-an ``asyncio.Semaphore`` (the per-process limit it adds to) and the JSON of every figure.
+``python -m bench.shared_slots [--leases N] [--sweep] [--latency S] [--smoke] [--json PATH]`` prints microseconds
+per lease side by side with an ``asyncio.Semaphore`` (the per-process limit it adds to) and the JSON of every figure.
 
 - *sequential*: one task acquires and releases ``N`` times, nobody else waits (the cost a submit pays).
 - *3 processes, sequential*: the same in three processes at once on one table (they share SQLite's lock).
 - *3 processes, contended*: 8 tasks in each of three processes, limit 4, each lease held 2 ms: leases per
   second when most acquires wait in line and slots pass between processes.
+- *sweeps* (``--sweep``): three processes each sweep 48 images at once through ``Flux`` against
+  ``flux-nb serve --max-active 24 --latency S`` with a key, with shared slots off (each process assumes all 24)
+  and on: the 429s the server answered, and the wall time against the floor ``ceil(144 / 24) x S``.
 """
 
 from __future__ import annotations
@@ -14,9 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
+import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +120,98 @@ def run(leases: int = 2000) -> dict[str, Any]:
     }
 
 
+SWEEP_KEY = "bench-shared-slots-key"
+SWEEPER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from flux_nb import Flux
+    url, history, name, count, go, share = sys.argv[1:7]
+    flux = Flux(endpoint=url, history_dir=history, share_slots=share == "1", task_timeout=600)
+    batch = flux.batch(f"{name} sweep", seed=list(range(int(count))), width=64, height=64)
+    flux.connect()
+    Path(history).mkdir(parents=True, exist_ok=True)
+    (Path(history) / "ready").write_text("1")
+    while not Path(go).exists():
+        time.sleep(0.005)
+    results = flux.run(batch)
+    print(sum(r.status == "ready" for r in results))
+    flux.close()
+    """
+)
+
+
+def _stats(url: str) -> dict[str, Any]:
+    request = urllib.request.Request(f"{url}/_flux/stats", headers={"x-key": SWEEP_KEY})
+    with urllib.request.urlopen(request, timeout=10) as answer:  # loopback only: the server started here
+        return json.loads(answer.read())
+
+
+def _sweep_once(latency: float, share: bool, processes: int = 3, count: int = 48) -> dict[str, Any]:
+    """One round: a fresh server and slot table, ``processes`` children sweeping ``count`` each at one moment."""
+    with tempfile.TemporaryDirectory() as folder:
+        env = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT")}
+        env.update(FLUX_NB_SERVER_KEYS=SWEEP_KEY, FLUX_NB_API_KEY=SWEEP_KEY, FLUX_NB_SLOTS_DIR=f"{folder}/slots")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "flux_nb", "serve", "--port", "0", "--max-active", "24", "--latency", f"{latency}"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            first = server.stdout.readline() if server.stdout else ""
+            url = "http://" + first.split("http://", 1)[1].split()[0]
+            go = Path(folder) / "go"
+            children = [
+                subprocess.Popen(
+                    [sys.executable, "-c", SWEEPER, url, f"{folder}/h{i}", f"p{i}", str(count), str(go), f"{share:d}"],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env=env,
+                )
+                for i in range(processes)
+            ]
+            while not all((Path(folder) / f"h{i}" / "ready").exists() for i in range(processes)):
+                time.sleep(0.01)
+            started = time.perf_counter()
+            go.write_text("go")
+            ready = sum(int(c.communicate()[0].split()[-1]) for c in children)
+            wall = time.perf_counter() - started
+            stats = _stats(url)
+        finally:
+            server.terminate()
+            server.communicate(timeout=15)
+    floor = math.ceil(processes * count / 24) * latency
+    return {"ready": ready, "rejected_429": stats["rejected"], "wall_s": wall, "floor_s": floor, "ratio": wall / floor}
+
+
+def sweeps(latency: float = 1.0, rounds: int = 3) -> dict[str, Any]:
+    """3 processes x 48 images, shared slots off and on, alternated ``rounds`` times; the median of each.
+
+    ``one``: a single process sweeping all 144 (same floor, no other process to share with): what this machine
+    and the polling give without any sharing between processes, for comparison.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": [], "one": []}
+    for _ in range(rounds):
+        for mode in ("off", "on", "one"):
+            if mode == "one":
+                runs[mode].append(_sweep_once(latency, share=True, processes=1, count=144))
+            else:
+                runs[mode].append(_sweep_once(latency, share=mode == "on"))
+    summary: dict[str, Any] = {"latency_s": latency, "rounds": rounds}
+    for mode, results in runs.items():
+        median = sorted(results, key=lambda r: r["wall_s"])[len(results) // 2]
+        summary[mode] = {**median, "rejected_429_all": [r["rejected_429"] for r in results]}
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leases", type=int, default=2000)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds")
+    parser.add_argument("--sweep", action="store_true", help="also 3 processes x 48 images through Flux, off vs on")
+    parser.add_argument("--latency", type=float, default=1.0, help="simulated latency of the sweep server (s)")
+    parser.add_argument("--rounds", type=int, default=3, help="sweep rounds (off and on alternated)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     results = run(100 if args.smoke else args.leases)
@@ -128,6 +225,19 @@ def main() -> None:
         f"contended, 3 x {c['tasks_each']} tasks, limit {c['limit']}, {c['hold_ms']} ms held: "
         f"{c['leases_per_s']:.0f} leases/s (floor {c['floor_leases_per_s']:.0f}/s)"
     )
+    if args.sweep:
+        results["sweeps"] = found = sweeps(args.latency, args.rounds)
+        print(f"3 processes x 48 images, latency {args.latency:g} s, floor {found['on']['floor_s']:g} s (median run):")
+        for mode, label in (
+            ("off", "3 procs, shared slots off"),
+            ("on", "3 procs, shared slots on "),
+            ("one", "1 proc x 144 (reference)"),
+        ):
+            r = found[mode]
+            print(
+                f"  {label}: {r['rejected_429']:5d} x 429  {r['wall_s']:6.2f} s  "
+                f"{r['ratio']:5.2f}x the floor  ({r['ready']} ready; 429s per round {r['rejected_429_all']})"
+            )
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -6,6 +6,7 @@ it as one clear line. The tree:
     FluxError
     ├── ValidationError ........ bad input, caught before anything is sent
     │   ├── BudgetError ........ the estimated cost would pass the configured budget
+    │   ├── LargeBatchError .... the batch's estimate passes the confirmation threshold: not sent unconfirmed
     │   └── RejectedError ...... the API refused the request as invalid (400/422)
     ├── AuthError .............. missing or wrong API key (401/403)
     ├── CreditsError ........... the account is out of credits (402)
@@ -16,7 +17,8 @@ it as one clear line. The tree:
     ├── FluxTimeout ............ a task or a request took longer than allowed
     ├── TransportError ......... network faults or 5xx answers after every retry
     │   └── UnknownOutcomeError  a submit may have reached the API: never resent blindly
-    └── DeliveryError .......... the finished image could not be downloaded or decoded
+    ├── DeliveryError .......... the finished image could not be downloaded or decoded
+    └── BatchInterrupted ....... a batch was interrupted (also a KeyboardInterrupt): what was sent, what was not
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from typing import Any
 
 __all__ = [
     "AuthError",
+    "BatchInterrupted",
     "BudgetError",
     "CreditsError",
     "DeliveryError",
     "FluxError",
     "FluxTimeout",
+    "LargeBatchError",
     "ModeratedError",
     "RateLimitError",
     "RejectedError",
@@ -77,6 +81,17 @@ class BudgetError(ValidationError):
     """The estimated cost would pass the configured budget."""
 
     hint = "raise the budget or make the request smaller"
+
+
+class LargeBatchError(ValidationError):
+    """The batch's estimate passes the confirmation threshold: nothing was sent (``count``, ``estimate``)."""
+
+    hint = "confirm the batch to send it, or raise the confirmation threshold"
+
+    def __init__(self, message: str, *, count: int = 0, estimate: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.count = count
+        self.estimate = estimate
 
 
 class RejectedError(ValidationError):
@@ -173,3 +188,19 @@ class DeliveryError(FluxError):
     ) -> None:
         super().__init__(message, hint=hint, status=status, answer=answer)
         self.expired = expired
+
+
+class BatchInterrupted(FluxError, KeyboardInterrupt):
+    """A batch was interrupted (Ctrl-C, a kernel interrupt): counts of what was sent and what was not.
+
+    It is a ``KeyboardInterrupt`` too, so a script's loop still stops. Requests never sent stay ``pending``
+    for ``resume(unsent=True)``; those sent stay ``submitted`` for ``resume()``.
+    """
+
+    hint = "resume() finishes the sent ones; resume(unsent=True) also sends the rest"
+
+    def __init__(self, message: str, *, finished: int = 0, running: int = 0, unsent: int = 0, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.finished = finished
+        self.running = running
+        self.unsent = unsent

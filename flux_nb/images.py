@@ -4,6 +4,12 @@ A reference image becomes an ``ImageInput``: an http(s) URL passed on as given, 
 bytes as raw base64. Files already in a format the API takes (PNG, JPEG, WebP) are sent as
 they are; everything else is decoded and re-encoded as PNG. Every image is decoded fully
 before it is accepted, so no credits go to a request the API would refuse.
+
+References are held to the API's limits before anything is stored or sent: at most
+``REFERENCE_MAX_BYTES`` (20 MB; BFL documents no byte limit, so flux_nb keeps one that every
+request body can carry) and ``REFERENCE_MAX_PIXELS`` (4 MP, the API's own pixel limit). A larger
+image is refused with the limit; wrapped in ``flux_nb.references.shrink(...)`` it is downscaled and
+re-encoded instead.
 """
 
 from __future__ import annotations
@@ -37,6 +43,27 @@ _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 _FIX = "use a PNG, JPEG or WebP image"
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk with its fixed CRC
 _JPEG_END = b"\xff\xd9"  # the end-of-image marker (Pillow writes nothing after it)
+REFERENCE_MAX_BYTES = 20 * 1000 * 1000
+REFERENCE_MAX_PIXELS = MAX_PIXELS
+_SHRINK_FIX = "downscale it, or wrap it in flux_nb.references.shrink(...) to have it re-encoded within the limits"
+
+
+def check_reference_bytes(size: int, name: str, subject: str) -> None:
+    """Refuse a reference of more than ``REFERENCE_MAX_BYTES``, before it is read or decoded."""
+    if size > REFERENCE_MAX_BYTES:
+        raise ValidationError(
+            f"{name}: {subject} is {size / 1e6:.1f} MB, over the reference limit of "
+            f"{REFERENCE_MAX_BYTES / 1e6:g} MB; {_SHRINK_FIX}"
+        )
+
+
+def check_reference_pixels(size: tuple[int, int], name: str, subject: str) -> None:
+    """Refuse a reference of more than ``REFERENCE_MAX_PIXELS`` (the API's 4 MP)."""
+    if size[0] * size[1] > REFERENCE_MAX_PIXELS:
+        raise ValidationError(
+            f"{name}: {subject} is {size[0]}x{size[1]} ({size[0] * size[1] / PIXELS_PER_MP:.1f} MP), over the API's "
+            f"limit of {REFERENCE_MAX_PIXELS / PIXELS_PER_MP:g} MP; {_SHRINK_FIX}"
+        )
 
 
 def sha256_hex(data: bytes) -> str:
@@ -116,18 +143,22 @@ def _encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _from_pil(image: Image.Image, name: str) -> ImageInput:
+def from_pil(image: Image.Image, name: str) -> ImageInput:
     if image.width == 0 or image.height == 0:
         raise ValidationError(f"{name}: the image has zero size ({image.width}x{image.height})")
+    check_reference_pixels(image.size, name, "the image")
     data = _encode_png(image)
+    check_reference_bytes(len(data), name, "the image, encoded as PNG,")
     return ImageInput(base64.b64encode(data).decode("ascii"), sha256_hex(data), data, image.size, "png")
 
 
 def _from_bytes(data: bytes, name: str, subject: str) -> ImageInput:
+    check_reference_bytes(len(data), name, subject)
     image = open_image(data, name, subject)
+    check_reference_pixels(image.size, name, subject)
     fmt = PASSTHROUGH_FORMATS.get(image.format or "")
     if fmt is None or image.mode == "CMYK":  # CMYK JPEGs decode differently from one library to the next
-        return _from_pil(image, name)
+        return from_pil(image, name)
     return ImageInput(base64.b64encode(data).decode("ascii"), sha256_hex(data), data, image.size, fmt)
 
 
@@ -166,6 +197,7 @@ def _from_path(path: Path, name: str) -> ImageInput:
         raise ValidationError(f"{name}: {shown!r} is a folder, not an image file")
     if not path.is_file():
         raise ValidationError(f"{name}: {shown!r} is not a regular file")
+    check_reference_bytes(path.stat().st_size, name, repr(shown))  # before reading it into memory
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -196,10 +228,10 @@ def _from_array(array: np.ndarray, name: str) -> ImageInput:
         raise ValidationError(f"{name}: array dtype {array.dtype} is not supported; use uint8 (0..255) or float (0..1)")
     if array.ndim == 3 and shape[2] == 1:
         array = array[:, :, 0]
-    return _from_pil(Image.fromarray(np.ascontiguousarray(array)), name)
+    return from_pil(Image.fromarray(np.ascontiguousarray(array)), name)
 
 
-def _looks_like_url(text: str) -> bool:
+def looks_like_url(text: str) -> bool:
     """A scheme ("https:", "ftp:", "javascript:") that is not the start of an existing file name."""
     return bool(_SCHEME.match(text)) and ("://" in text or not Path(text).expanduser().exists())
 
@@ -214,14 +246,16 @@ def prepare_image(obj: Any, name: str = "image") -> ImageInput:
     """
     if isinstance(obj, ImageInput):
         return obj
+    if hasattr(obj, "__flux_reference__"):  # e.g. flux_nb.references.shrink(image)
+        return obj.__flux_reference__(name)
     if isinstance(obj, Image.Image):
-        return _from_pil(obj, name)
+        return from_pil(obj, name)
     if isinstance(obj, (bytes, bytearray, memoryview)):
         data = bytes(obj)
         if not data:
             raise ValidationError(f"{name}: empty bytes are not an image")
         return _from_bytes(data, name, "the data")
-    if isinstance(obj, str) and _looks_like_url(obj):
+    if isinstance(obj, str) and looks_like_url(obj):
         return _from_url(obj, name)
     if isinstance(obj, (str, os.PathLike)):
         return _from_path(Path(obj), name)

@@ -9,34 +9,42 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Coroutine, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Bool, Enum, Float, Int, Unicode, observe
+from traitlets import Bool, Enum, Float, Int, Unicode, observe, validate
 from traitlets.config import Configurable
 
 from flux_nb import experiments, protocol
 from flux_nb.core import batch as batches
+from flux_nb.core import guard
 from flux_nb.core.axes import Axis
 from flux_nb.core.backend import Backend, connect, resolve_backend
 from flux_nb.core.batch import Defaults, PreparedRequest, draw_seed
 from flux_nb.core.events import BatchObserver, Emit, ignore
 from flux_nb.core.jobs import Executor, cache_hit, prepared_from_record, settle_cut_off
+from flux_nb.core.ledger import Ledger
 from flux_nb.core.loop import LoopRunner
 from flux_nb.core.relay import guarded, relay
 from flux_nb.core.results import Result, SweepResult, presenter
-from flux_nb.errors import BudgetError, ValidationError
+from flux_nb.core.resuming import Resumed, plan, unsent_records
+from flux_nb.errors import ValidationError
 from flux_nb.experiments import ExperimentMethods
-from flux_nb.history.store import HistoryStore, Record, RecordStatus, process_owner
+from flux_nb.history.store import HistoryStore, Record, process_owner
 from flux_nb.http.auth import Secret
 from flux_nb.http.client import AsyncFluxClient
+from flux_nb.http.slots import SharedSlots
 from flux_nb.images import ImageInput
 
 if TYPE_CHECKING:
     import httpx
     import pandas as pd
+
+#: Upper bounds of settings that have one (a thumbnail is a preview; more than 4096 px is no thumbnail).
+LIMITS = {"thumbnail_size": 4096.0}
 
 #: The key for a non-BFL endpoint (a local server started with keys, a gateway).
 ENDPOINT_KEY_ENV = "FLUX_NB_API_KEY"
@@ -82,6 +90,21 @@ class Flux(ExperimentMethods, Configurable):
     task_timeout = Float(600.0, help="Seconds to wait for one task before leaving it to resume.").tag(config=True)
     cache = Bool(True, help="Answer a request identical to a stored one from the history, for free.").tag(config=True)
     experiment = Unicode("", help="Experiment recorded on every row from now on; empty for none.").tag(config=True)
+    share_slots = Bool(
+        True, help="Share the key's active-task slots (24) with every flux_nb process on this machine."
+    ).tag(config=True)
+    confirm_over = Float(
+        None, allow_none=True, help="Credits above which a batch needs confirming; None: 50 when billed, else off."
+    ).tag(config=True)
+
+    @validate("budget", "confirm_over")
+    def _credit_limit(self, proposal: Any) -> float | None:
+        return guard.credit_limit(proposal["trait"].name, proposal["value"])
+
+    @validate("task_timeout", "max_concurrency", "thumbnail_size")
+    def _positive(self, proposal: Any) -> float:
+        name = proposal["trait"].name
+        return guard.positive(name, proposal["value"], integer=name != "task_timeout", most=LIMITS.get(name))
 
     def __init__(
         self,
@@ -105,6 +128,7 @@ class Flux(ExperimentMethods, Configurable):
         self._backend: Backend | None = None
         self._store: HistoryStore | None = None
         self._spent = 0.0
+        self._ledger = Ledger()  # records in flight here; writes a full disk refused, made at the next chance
         self._listeners: list[Callable[[], None]] = []
         #: Makes the observer ``sweep`` reports to (the magic installs a live display).
         self.observer_factory: Callable[[], BatchObserver] | None = None
@@ -123,7 +147,7 @@ class Flux(ExperimentMethods, Configurable):
 
     # -- configuration changes drop what depended on them --------------------------------------
 
-    @observe("endpoint", "region", "max_concurrency", "task_timeout")
+    @observe("endpoint", "region", "max_concurrency", "task_timeout", "share_slots")
     def _connection_changed(self, change: dict[str, Any]) -> None:
         self._reset(backend=True)
 
@@ -176,12 +200,20 @@ class Flux(ExperimentMethods, Configurable):
         """The executor for the current settings, connecting first (built once, rebuilt after changes)."""
         if self._executor is None:
             backend = self.connect()
+            key = self._api_key if backend.billed or (self._key_given and not backend.is_embedded) else None
+            shared = None
+            if self.share_slots:  # the key's slots across processes; max_concurrency caps this one under them
+                try:
+                    shared = SharedSlots.for_key(key.reveal() if key else None, backend.base_url)
+                except ValidationError as exc:  # no writable cache folder: this process counts alone
+                    warnings.warn(f"flux_nb: slots not shared with other processes: {exc}", stacklevel=2)
             client = AsyncFluxClient(
-                self._api_key if backend.billed or (self._key_given and not backend.is_embedded) else None,
+                key,
                 backend.base_url,
                 max_active=self.max_concurrency,
                 task_timeout=self.task_timeout,
                 transport=self._transport,
+                shared_slots=shared,
             )
             self._executor = Executor(
                 client,
@@ -191,6 +223,7 @@ class Flux(ExperimentMethods, Configurable):
                 cache=self.cache,
                 on_spent=self._add_spent,
                 experiment=lambda: self.experiment,
+                ledger=self._ledger,
             )
         return self._executor
 
@@ -223,18 +256,17 @@ class Flux(ExperimentMethods, Configurable):
         """Every combination of the prompts, ``axes`` and list-valued fields, validated and priced (not sent)."""
         return batches.build(prompt, self.defaults(), axes=axes, images=images, **fields)
 
-    def check_budget(self, batch: Sequence[PreparedRequest]) -> None:
-        """Refuse, before anything is sent, a batch whose estimate would pass the budget."""
-        if self.budget is None:
+    def check_budget(self, batch: Sequence[PreparedRequest], *, confirm: bool = True) -> None:
+        """Refuse, before anything is sent, a batch whose estimate would pass the budget, or (unless
+        ``confirm``) the large-batch guard ``confirm_over``: BudgetError, LargeBatchError."""
+        threshold = None if confirm else guard.confirm_threshold(self.confirm_over, self.backend.billed)
+        if self.budget is None and threshold is None:
             return
         label = self.backend.label
-        unique = {p.identity(): p for p in batch}.values()
-        estimate = sum(p.estimated_cost for p in unique if cache_hit(self.store, label, p, enabled=self.cache) is None)
-        if self._spent + estimate > self.budget + 1e-9:
-            raise BudgetError(
-                f"estimated cost {estimate:.2f} credits for {len(batch)} request(s) would pass the budget: "
-                f"{self._spent:.2f} of {self.budget:.2f} spent"
-            )
+        cost = guard.estimate(batch, lambda p: cache_hit(self.store, label, p, enabled=self.cache) is not None)
+        guard.check_spending(
+            len(batch), cost, spent=self._spent, budget=self.budget, threshold=threshold, confirm=confirm
+        )
 
     # -- running -------------------------------------------------------------------------------
 
@@ -247,7 +279,7 @@ class Flux(ExperimentMethods, Configurable):
 
         >>> flux.generate("a red fox in snow", seed=42, width=768, height=512)  # doctest: +SKIP
         """
-        return self.run([self.prepare(prompt, **fields)])[0].raise_for_error()
+        return self.run([self.prepare(prompt, **fields)], confirm=True)[0].raise_for_error()
 
     async def agenerate(self, prompt: str, **fields: Any) -> Result:
         """Async twin of ``generate``, for ``await`` in notebook cells and async code."""
@@ -260,37 +292,51 @@ class Flux(ExperimentMethods, Configurable):
             self._notify()
         return results[0].raise_for_error()
 
-    def sweep(self, prompt: str | Sequence[str], *, images: Any = None, **fields: Any) -> SweepResult:
+    def sweep(
+        self, prompt: str | Sequence[str], *, images: Any = None, confirm: bool = False, **fields: Any
+    ) -> SweepResult:
         """Generate every combination of the list-valued fields, concurrently; shows as a grid.
+
+        ``confirm=True`` sends a batch whose estimate passes ``confirm_over``.
 
         >>> flux.sweep("a lighthouse", seed=[1, 2, 3], width=[512, 1024], height=512)  # doctest: +SKIP
         """
         batch = self.batch(prompt, images=images, **fields)
-        return SweepResult(self.run(batch, observer=self.observer_factory() if self.observer_factory else None))
+        observer = self.observer_factory() if self.observer_factory else None
+        return SweepResult(self.run(batch, observer, confirm=confirm))
 
     def prepare_images(self, images: Any) -> tuple[ImageInput, ...]:
         """Encode and check reference images once (e.g. for every request of a sweep)."""
         return batches.reference_images(images)
 
-    def run(self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None) -> list[Result]:
-        """Run prepared requests concurrently; failures come back as results with ``error`` set."""
+    def run(
+        self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None, *, confirm: bool = False
+    ) -> list[Result]:
+        """Run prepared requests concurrently; failures come back as results with ``error`` set.
+
+        A batch estimated above ``confirm_over`` is sent only with ``confirm=True`` (else LargeBatchError).
+        An interrupt (Ctrl-C) raises BatchInterrupted: never-sent requests stay for ``resume(unsent=True)``.
+        """
         batch = list(batch)
-        self.check_budget(batch)
+        self.check_budget(batch, confirm=confirm)
         executor = self._ready_executor()
         if observer is not None:
             observer.started(batch)
         try:
-            return self._relay(lambda emit: executor.run_batch(batch, emit), observer)
+            return relay(self._runner, lambda emit: executor.run_batch(batch, emit), observer, len(batch))
         finally:
             self._notify()
 
-    def start(self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None) -> Future[list[Result]]:
+    def start(
+        self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None, *, confirm: bool = False
+    ) -> Future[list[Result]]:
         """Run a batch without blocking the caller (for widgets); ``observer`` is called on flux_nb's loop thread.
 
-        Cancelling the future stops waiting: submitted records stay pending, for ``resume``.
+        Cancelling the future stops waiting: submitted records stay for ``resume``, never-sent ones for
+        ``resume(unsent=True)``. ``confirm`` as in ``run``.
         """
         batch = list(batch)
-        self.check_budget(batch)
+        self.check_budget(batch, confirm=confirm)
         executor = self._ready_executor()
         if observer is not None:
             observer.started(batch)
@@ -298,11 +344,6 @@ class Flux(ExperimentMethods, Configurable):
         future = self._runner.submit(executor.run_batch(batch, emit))
         future.add_done_callback(lambda _: self._notify())
         return future
-
-    def _relay(
-        self, start: Callable[[Emit], Coroutine[Any, Any, list[Result]]], observer: BatchObserver | None
-    ) -> list[Result]:
-        return relay(self._runner, start, observer)
 
     # -- replay and resume ---------------------------------------------------------------------
 
@@ -349,40 +390,46 @@ class Flux(ExperimentMethods, Configurable):
             prepared.fresh = fresh
         else:
             prepared = self.rebuild(str(record_id), fresh=fresh)
-        return self.run([prepared])[0]
+        return self.run([prepared], confirm=True)[0]
 
-    def resume(self, observer: BatchObserver | None = None, *, unsent: bool = False) -> list[Result]:
-        """Finish what a crash or a restart left open; one result per record settled.
+    def resume(self, observer: BatchObserver | None = None, *, unsent: bool = False) -> Resumed:
+        """Finish what a crash, a restart, an interrupt or a full disk left open; one result per record settled.
 
-        Submitted tasks are finished from their polling URLs while those still work. A submit
-        cut off mid-send is marked ``unknown`` (it may have created a task, so it is never
-        resent on its own). Requests that were never sent are sent only with ``unsent=True``.
+        Submitted tasks are finished from their polling URLs while those still work. A submit cut off
+        mid-send is marked ``unknown`` (it may have created a task, so it is never resent on its own).
+        Requests never sent are sent only with ``unsent=True``. Records another running process follows
+        (a second kernel) are left alone and listed in the result's ``elsewhere`` (``note()`` says so).
         """
-        orphans = self.store.orphans()
-        cut_off = settle_cut_off(self.store, orphans)
+        owed = self._ledger.flush()  # task ids and images a full disk kept in memory
+        if owed:
+            raise self._ledger.blocked
+        open_records = plan(self.store, self._ledger)
+        cut_off = settle_cut_off(self.store, open_records.cut_off)
         executor = self._ready_executor()
         settled = [executor.result_from_record(self.record(r.record_id), cached=False) for r in cut_off]
-        records = self.store.resumable()
+        records = open_records.finish
         resend: dict[str, PreparedRequest] = {}
         if unsent:
-            resend = {r.record_id: self.rebuild(r.record_id) for r in orphans if r.status == RecordStatus.PENDING}
+            resend = {r.record_id: self.rebuild(r.record_id) for r in open_records.unsent}
             for prepared in resend.values():
                 prepared.replay_of = None  # sent under its own record, not as a replay
         if not records and not resend:
             if settled:
                 self._notify()
-            return settled
+            return Resumed(settled, open_records.elsewhere)
         self.check_budget(list(resend.values()))
         if observer is not None:
             observer.started([prepared_from_record(r) for r in records] + list(resend.values()))
+        size = len(records) + len(resend)
         try:
-            return settled + self._relay(lambda emit: executor.resume_batch(records, emit, resend), observer)
+            results = relay(self._runner, lambda emit: executor.resume_batch(records, emit, resend), observer, size)
         finally:
             self._notify()
+        return Resumed(settled + results, open_records.elsewhere)
 
     def unsent(self) -> list[Record]:
-        """Requests a crash or a restart left unsent (``resume(unsent=True)`` sends them)."""
-        return [r for r in self.store.orphans() if r.status == RecordStatus.PENDING]
+        """Requests never sent (a crash, a restart, an interrupt): ``resume(unsent=True)`` sends them."""
+        return unsent_records(self.store, self._ledger)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every request or batch ends (e.g. to refresh ``flux_history``)."""

@@ -14,6 +14,14 @@ from flux_nb.server import EmbeddedServer, ServerConfig
 LOOPBACK = frozenset({"127.0.0.0/8", "::1", "localhost"})
 
 
+@pytest.fixture(autouse=True)
+def slots_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's shared slot table lives in a folder of its own, never in the user's cache."""
+    folder = tmp_path_factory.mktemp("slots")
+    monkeypatch.setenv("FLUX_NB_SLOTS_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def server_factory() -> Iterator[Callable[..., EmbeddedServer]]:
     """Start local servers with ServerConfig options; all are stopped after the test."""

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from flux_nb.errors import FluxTimeout, ValidationError
-from flux_nb.http import slots as slots_module
+from flux_nb.http import slot_table as slot_table_module
 from flux_nb.http.slots import (
     DATABASE,
     SharedSlots,
@@ -209,7 +209,7 @@ def test_a_killed_waiter_does_not_hold_up_the_line(tmp_path: Path) -> None:
 
 
 def test_a_stopped_waiter_is_passed_by_once_it_stops_looking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(slots_module, "STALLED_S", 0.5)  # this process's judgement; the child keeps its own
+    monkeypatch.setattr(slot_table_module, "STALLED_S", 0.5)  # this process's judgement; the child keeps its own
     slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
     got = SPAWN.Event()
     child = _start(_wait_in_line, str(tmp_path), 1, got)

@@ -7,6 +7,7 @@ or a kernel restart loses nothing; ``resume`` finishes what is still pending.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,6 +16,7 @@ from typing import Any
 from flux_nb.core.backend import Backend
 from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import Emit, Finished, Progress
+from flux_nb.core.ledger import Ledger, is_retryable
 from flux_nb.core.results import Result
 from flux_nb.errors import (
     FluxError,
@@ -24,7 +26,7 @@ from flux_nb.errors import (
     UnknownOutcomeError,
 )
 from flux_nb.history.records import KEY_FIELDS
-from flux_nb.history.store import HistoryStore, Record, RecordStatus, request_key
+from flux_nb.history.store import HistoryError, HistoryStore, Record, RecordStatus, request_key
 from flux_nb.http.client import AsyncFluxClient, Task, TaskResult
 from flux_nb.images import sha256_hex
 from flux_nb.protocol import FluxRequest
@@ -39,6 +41,8 @@ def prepared_from_record(record: Record) -> PreparedRequest:
 # The task's own final outcomes: anything else after the API gave a task id leaves it to resume.
 FINAL_OUTCOMES = (ModeratedError, TaskFailedError, TaskNotFoundError)
 RESUME_HINT = "the task was accepted and is kept as submitted: resume finishes it"
+NOT_SENT_HINT = "nothing was sent for it: free space, then resume(unsent=True) sends it"
+NOT_RECORDED_HINT = "nothing was sent for it: free space, then run it again"
 
 
 def is_final(exc: FluxError) -> bool:
@@ -98,6 +102,7 @@ class Executor:
         cache: bool = True,
         on_spent: Callable[[float], None] | None = None,
         experiment: Callable[[], str] = str,
+        ledger: Ledger | None = None,
     ) -> None:
         self.client = client
         self.backend = backend
@@ -107,6 +112,8 @@ class Executor:
         self.experiment = experiment
         self.cache = cache
         self._on_spent = on_spent
+        #: Records in flight here, and writes a full disk refused (kept in memory, made at the next chance).
+        self.ledger = ledger or Ledger()
 
     def cached(self, prepared: PreparedRequest) -> Record | None:
         return cache_hit(self.store, self.backend.label, prepared, enabled=self.cache)
@@ -176,7 +183,25 @@ class Executor:
                 use_id = await asyncio.to_thread(self._use, hit.record_id, prepared)
                 shown = replace(self.result_from_record(hit, prepared, cached=True), record_id=use_id)
                 return self._finished(emit, index, shown)
-            record_id = await asyncio.to_thread(self._record, prepared)
+            try:
+                record_id = await asyncio.to_thread(self._record_after_owed, prepared)
+            except HistoryError as exc:  # no record, nothing sent
+                exc.hint = NOT_RECORDED_HINT if exc.retryable else exc.hint
+                return self._finished(emit, index, self.result("", prepared, "failed", error=exc))
+        self.ledger.in_flight.add(record_id)
+        try:
+            return await self._send(index, prepared, emit, record_id)
+        finally:
+            self.ledger.in_flight.discard(record_id)
+
+    def _record_after_owed(self, prepared: PreparedRequest) -> str:
+        """Make what the history owes first, then write the record (in flight from its first moment)."""
+        self.ledger.flush()
+        record_id = self._record(prepared)
+        self.ledger.in_flight.add(record_id)
+        return record_id
+
+    async def _send(self, index: int, prepared: PreparedRequest, emit: Emit, record_id: str) -> Result:
         started = time.time()
         submitted: list[Task] = []
 
@@ -188,7 +213,7 @@ class Executor:
 
         async def on_submitted(task: Task) -> None:
             submitted.append(task)
-            await asyncio.to_thread(
+            write = functools.partial(
                 self.store.mark_submitted,
                 record_id,
                 task_id=task.id,
@@ -198,6 +223,11 @@ class Executor:
                 output_mp=task.output_mp,
                 submitted_at=task.submitted_at,
             )
+            try:
+                await asyncio.to_thread(self.ledger.write, record_id, write)
+            except HistoryError as exc:
+                if not exc.retryable:
+                    raise  # a full disk: the task id is kept in memory (the ledger) and the task followed to its end
             emit(Progress(index, "Submitted", 0.0))
 
         def on_progress(task: Task, status: str, fraction: float | None) -> None:
@@ -208,22 +238,29 @@ class Executor:
                 prepared.request, on_sending=on_sending, on_submitted=on_submitted, on_progress=on_progress
             )
         except asyncio.CancelledError:
-            if not sending:
-                self.store.mark_failed(
-                    record_id,
-                    status=RecordStatus.CANCELLED,
-                    error_kind="cancelled",
-                    error="cancelled before it was sent; nothing was charged",
-                    finished_at=time.time(),
-                )
-            elif not submitted:
-                self.fail(record_id, UnknownOutcomeError("cancelled while the submit was in flight"))
+            # Never sent: the record stays pending, for resume(unsent=True). Submitted: it stays for resume().
+            if sending and not submitted:
+                status = self.fail(record_id, UnknownOutcomeError("cancelled while the submit was in flight"))
+                emit(Finished(index, self.result(record_id, prepared, status, elapsed=time.time() - started)))
             raise
         except FluxError as exc:
             failed = await asyncio.to_thread(self.failed, record_id, prepared, exc, bool(submitted), started)
             return self._finished(emit, index, failed)
-        stored = await asyncio.to_thread(self.store_outcome, record_id, prepared, outcome, started)
+        stored = await asyncio.to_thread(self._store, record_id, prepared, outcome, started)
         return self._finished(emit, index, stored)
+
+    def _store(self, record_id: str, prepared: PreparedRequest, outcome: TaskResult, started: float) -> Result:
+        """Store a finished task; on a full disk keep its image in memory (written at the next chance)."""
+        try:
+            return self.ledger.write(record_id, lambda: self.store_outcome(record_id, prepared, outcome, started))
+        except HistoryError as exc:
+            if not exc.retryable:
+                raise
+            exc.hint = (
+                f"task {outcome.task.id} finished; its image is held in memory: free space, then resume stores it"
+            )
+            elapsed = time.time() - started
+            return self.result(record_id, prepared, "submitted", error=exc, elapsed=elapsed, task_id=outcome.task.id)
 
     def _record(self, prepared: PreparedRequest) -> str:
         """Keep the inputs and write the pending record: before anything is sent."""
@@ -266,12 +303,15 @@ class Executor:
             output_mp=record.output_mp,
         )
         started = record.created_at
+        self.ledger.in_flight.add(record.record_id)
         try:
             outcome = await self.client.resume(task)
         except FluxError as exc:
             result = await asyncio.to_thread(self.failed, record.record_id, prepared, exc, True, started)
         else:
-            result = await asyncio.to_thread(self.store_outcome, record.record_id, prepared, outcome, started)
+            result = await asyncio.to_thread(self._store, record.record_id, prepared, outcome, started)
+        finally:
+            self.ledger.in_flight.discard(record.record_id)
         return self._finished(emit, index, result)
 
     @staticmethod
@@ -338,21 +378,40 @@ class Executor:
         self, record_id: str, prepared: PreparedRequest, exc: FluxError, submitted: bool, started: float
     ) -> Result:
         """Record a failure. Once the API gave a task id, only the task's own final outcome ends the
-        record: after a timeout, a lost poll or a failed download it stays "submitted", for resume."""
+        record: after a timeout, a lost poll or a failed download it stays "submitted", for resume.
+        A full disk before the submit leaves it "pending" (never sent)."""
+        if is_retryable(exc) and not submitted:
+            exc.hint = NOT_SENT_HINT
+            return self.result(record_id, prepared, RecordStatus.PENDING.value, error=exc, elapsed=0.0)
         if submitted and not is_final(exc):
             status = RecordStatus.SUBMITTED.value
             exc = with_resume_hint(exc)
-            self.store.note_error(record_id, error_kind=exc.kind, error=exc.one_line())
+            note = functools.partial(self.store.note_error, record_id, error_kind=exc.kind, error=exc.one_line())
+            self._write_or_owe(record_id, note)
         else:
             status = self.fail(record_id, exc)
         return self.result(record_id, prepared, status, error=exc, elapsed=time.time() - started)
 
     def fail(self, record_id: str, exc: FluxError) -> str:
         status = record_status_for(exc)
-        self.store.mark_failed(
-            record_id, status=status, error_kind=exc.kind, error=exc.one_line(), finished_at=time.time()
+        write = functools.partial(
+            self.store.mark_failed,
+            record_id,
+            status=status,
+            error_kind=exc.kind,
+            error=exc.one_line(),
+            finished_at=time.time(),
         )
+        self._write_or_owe(record_id, write)
         return status.value
+
+    def _write_or_owe(self, record_id: str, work: Callable[[], object]) -> None:
+        """Write now or, on a full disk, at the next chance (the ledger keeps it)."""
+        try:
+            self.ledger.write(record_id, work)
+        except HistoryError as exc:
+            if not exc.retryable:
+                raise
 
     def result(
         self,

@@ -42,8 +42,10 @@ from flux_nb.http.answers import (
 from flux_nb.http.auth import ApiKey, Secret, is_loopback
 from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.exchange import Call, exchange
+from flux_nb.http.holds import duration_key, hold_seconds, may_run
 from flux_nb.http.polling import DurationModel, PollPlan
 from flux_nb.http.retry import RetryPolicy, Transient
+from flux_nb.http.slots import Lease, SharedSlots
 from flux_nb.http.tasks import (
     ProgressCallback,
     SendingCallback,
@@ -86,6 +88,7 @@ class AsyncFluxClient:
         retry: RetryPolicy | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         limits: BodyLimits | None = None,
+        shared_slots: SharedSlots | None = None,
     ) -> None:
         api_key = Secret.of(api_key)  # from here on no local or attribute holds the key in the clear
         if max_active < 1:
@@ -104,6 +107,8 @@ class AsyncFluxClient:
         self.durations = DurationModel()
         self._auth = ApiKey(api_key, self.base_url)
         self._slots = asyncio.Semaphore(max_active)
+        #: The key's slots shared with every flux_nb process on this machine (None: this process counts alone).
+        self.shared_slots = shared_slots
         self._http = httpx.AsyncClient(
             auth=self._auth,
             timeout=timeout,
@@ -129,6 +134,9 @@ class AsyncFluxClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connections; shared slots still held for tasks this client stopped following are given back."""
+        if self.shared_slots is not None:
+            await self.shared_slots.release_pending()
         await self._http.aclose()
 
     # -- one request -------------------------------------------------------------------------
@@ -148,16 +156,41 @@ class AsyncFluxClient:
         """
         request.validate()
         async with self.active_slot():
-            await maybe_await(on_sending() if on_sending else None)
-            task = await self.submit(request)
-            await maybe_await(on_submitted(task) if on_submitted else None)
-            answer, polls = await self.wait(task, on_progress=on_progress)
+            lease = await self.shared_slots.acquire() if self.shared_slots else None
+            task: Task | None = None
+            sent = False
+            try:
+                await maybe_await(on_sending() if on_sending else None)
+                sent = True
+                task = await self.submit(request)
+                await maybe_await(on_submitted(task) if on_submitted else None)
+                answer, polls = await self.wait(task, on_progress=on_progress)
+            except BaseException as exc:
+                self._give_back(lease, may_run(exc, sent, task), task, request.model)
+                raise
+            self._give_back(lease, False, task, request.model)
         return await self._finish(task, answer, polls, on_progress)
 
     async def resume(self, task: Task, *, on_progress: ProgressCallback | None = None) -> TaskResult:
-        """Finish a task submitted earlier (maybe by another process) from its polling URL."""
-        answer, polls = await self.wait(task, on_progress=on_progress)
+        """Finish a task submitted earlier (maybe by another process) from its polling URL.
+
+        The task already counts at the API: it takes a shared slot if one is free, and waits for none.
+        """
+        lease = await self.shared_slots.try_acquire() if self.shared_slots else None
+        try:
+            answer, polls = await self.wait(task, on_progress=on_progress)
+        except BaseException as exc:
+            self._give_back(lease, may_run(exc, True, task), task, task.model)
+            raise
+        self._give_back(lease, False, task, task.model)
         return await self._finish(task, answer, polls, on_progress)
+
+    def _give_back(self, lease: Lease | None, running: bool, task: Task | None, model: str) -> None:
+        """Return a shared slot: at once when no task runs at the API for it (it ended, or was never created),
+        else once the task is likely over (a lost submit answer, a timeout, a cancelled wait)."""
+        if lease is not None and self.shared_slots is not None:
+            hold = hold_seconds(self.durations, task, model, self.task_timeout) if running else 0.0
+            self.shared_slots.release_later(lease, hold)
 
     async def _finish(
         self, task: Task, answer: dict[str, Any], polls: int, on_progress: ProgressCallback | None
@@ -284,7 +317,7 @@ class AsyncFluxClient:
 
     async def wait(self, task: Task, *, on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], int]:
         """Poll until the task is Ready (returns the answer and the poll count) or raise why not."""
-        key = _duration_key(task)
+        key = duration_key(task)
         plan = PollPlan(expected=self.durations.expected(key))
         start = time.monotonic()
         deadline = start + self.task_timeout
@@ -380,11 +413,6 @@ def _sample_url(task: Task, answer: dict[str, Any]) -> str:
     if sample is None or status_of(answer)[0] is not Status.READY:
         raise DeliveryError(f"task {task.id} is Ready but its answer has no usable sample URL")
     return sample
-
-
-def _duration_key(task: Task) -> str:
-    size = f"{round(task.output_mp or 1.0, 1)}"
-    return f"{task.model}@{size}"
 
 
 __all__ = ["ApiKey", "AsyncFluxClient", "BodyLimits", "RetryPolicy", "Secret", "Task", "TaskResult"]

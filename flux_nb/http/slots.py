@@ -12,10 +12,10 @@ A waiter looks again after a short jittered pause; one of this process's release
 waiter whose process has not looked for ``STALLED_S`` (stopped, or its event loop blocked) is passed by.
 
 A lease names its owner as ``host:pid@start`` (the process start time, so a recycled pid is not taken
-for its predecessor: the rule of ``flux_nb.history.store.process_owner``, which this layer may not
-import). Leases and waiters of a process of this host that no longer runs are deleted by whoever looks
-next, so a process killed while holding slots gives them back at the next acquire elsewhere. Those of
-other hosts (a shared home folder) cannot be checked and expire after ``FOREIGN_TTL_S``.
+for its predecessor: the rule of ``flux_nb.owners``, which the history uses too). Leases and waiters of
+a process of this host that no longer runs are deleted by whoever looks next, so a process killed while
+holding slots gives them back at the next acquire elsewhere. Those of other hosts (a shared home folder)
+cannot be checked and expire after ``FOREIGN_TTL_S``.
 
     <folder>/slots.sqlite    ``leases`` (lease_id, scope, owner, acquired_at) and ``waiters`` (ticket, ...)
 
@@ -29,51 +29,32 @@ import contextlib
 import functools
 import hashlib
 import math
-import os
 import random
-import socket
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 from flux_nb.errors import FluxTimeout, ValidationError
+from flux_nb.http.slot_table import (
+    DATABASE,
+    FOLDER_ENV,
+    POLL_FIRST_S,
+    POLL_HEAD_S,
+    POLL_MAX_S,
+    TAKEN,
+    Lease,
+    SlotTable,
+    default_folder,
+    lease_owner,
+    owner_is_gone,
+    slot_table,
+)
 from flux_nb.protocol import MAX_ACTIVE_TASKS, is_bfl_hostname
-
-DATABASE = "slots.sqlite"
-FOLDER_ENV = "FLUX_NB_SLOTS_DIR"
-# SQLite's own wait for the write lock; a lock error past it is retried, never raised.
-BUSY_TIMEOUT_S = 10.0
-# Leases of another host cannot be checked for liveness: they count until they are this old.
-FOREIGN_TTL_S = 3600.0
-# A waiter looks at the table again after a jittered pause growing from the first to the last figure.
-POLL_FIRST_S = 0.005
-POLL_MAX_S = 0.1
-# ... except the first in line, which looks more often: it is the one a slot freed by another process goes to.
-POLL_HEAD_S = 0.02
-# A waiter's process says it is still looking this often; one silent for STALLED_S (a stopped process,
-# a blocked event loop) no longer holds up the line behind it, until it looks again.
-HEARTBEAT_S = 1.0
-STALLED_S = 10.0
-# What ``SlotTable.try_take`` answers when it took the slot (else: how many waiters are ahead).
-TAKEN = -1
-
-T = TypeVar("T")
-
-
-def default_folder() -> Path:
-    """``$FLUX_NB_SLOTS_DIR``, else ``$XDG_CACHE_HOME/flux_nb``, else ``~/.cache/flux_nb``."""
-    if folder := os.environ.get(FOLDER_ENV):
-        return Path(folder).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache).expanduser() / "flux_nb"
 
 
 def scope_of(api_key: str | None, endpoint: str) -> str:
@@ -92,286 +73,6 @@ def scope_of(api_key: str | None, endpoint: str) -> str:
     return hashlib.sha256(material).hexdigest()[:32]
 
 
-# -- owners (as flux_nb.history.store names them) -------------------------------------------------
-
-
-def _start_time(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or None where that is unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-@functools.cache
-def _owner_of(pid: int) -> str:
-    start = _start_time(pid)
-    return f"{socket.gethostname()}:{pid}" + (f"@{start}" if start else "")
-
-
-def lease_owner() -> str:
-    """This process as a lease's owner: ``host:pid``, plus ``@start`` where the start time is known."""
-    return _owner_of(os.getpid())
-
-
-def owner_is_gone(owner: str) -> bool:
-    """True when ``owner`` is a process of this host that no longer runs (other hosts: not known, False)."""
-    pid, _, start = owner.rpartition(":")[2].partition("@")
-    if not _is_local(owner) or not pid.isdigit():
-        return False
-    if start and _start_time(int(pid)) not in (start, None):
-        return True  # that pid now belongs to another process
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # exists, owned by someone else
-        return False
-    return False
-
-
-def _is_local(owner: str) -> bool:
-    """True for an owner whose liveness can be checked: one of this host (not on Windows, where signal 0 is Ctrl-C)."""
-    return os.name != "nt" and owner.rpartition(":")[0] == socket.gethostname()
-
-
-# -- the table -------------------------------------------------------------------------------------
-
-
-def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes (BUSY_RECOVERY, ...) share the low byte
-    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
-
-
-def _until_unlocked(work: Callable[[], T]) -> T:
-    """Run ``work``, again after a jittered pause for as long as another connection holds a lock."""
-    delay = POLL_FIRST_S
-    while True:
-        try:
-            return work()
-        except sqlite3.OperationalError as exc:
-            if not _is_lock_error(exc):
-                raise
-        time.sleep(delay * (1 + random.random()))
-        delay = min(delay * 2, POLL_MAX_S)
-
-
-@dataclass(frozen=True)
-class Lease:
-    """One slot held by this process until released."""
-
-    lease_id: str
-    scope: str
-    owner: str
-    acquired_at: float
-
-
-class SlotTable:
-    """``<folder>/slots.sqlite``: the leases of every scope; one connection per thread, short IMMEDIATE writes."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder).expanduser().resolve()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / DATABASE
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._wakers: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
-        self._heartbeat = 0.0  # time.monotonic() of this process's last "still waiting"
-        self._write(self._create_schema)
-
-    def __repr__(self) -> str:
-        return f"SlotTable({str(self.path)!r})"
-
-    @staticmethod
-    def _create_schema(db: sqlite3.Connection) -> None:
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS leases (lease_id TEXT PRIMARY KEY, scope TEXT NOT NULL,"
-            " owner TEXT NOT NULL, acquired_at REAL NOT NULL)"
-        )
-        db.execute("CREATE INDEX IF NOT EXISTS leases_scope ON leases (scope)")
-        # The line of processes waiting for a slot: first come, first served across processes.
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS waiters (ticket INTEGER PRIMARY KEY AUTOINCREMENT, lease_id TEXT UNIQUE"
-            " NOT NULL, scope TEXT NOT NULL, owner TEXT NOT NULL, since REAL NOT NULL, seen REAL NOT NULL)"
-        )
-        db.execute("CREATE INDEX IF NOT EXISTS waiters_scope ON waiters (scope)")
-
-    def _db(self) -> sqlite3.Connection:
-        """This thread's connection (a forked child opens its own: SQLite handles must not cross a fork)."""
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or self._local.pid != os.getpid():
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            _until_unlocked(lambda: db.execute("PRAGMA journal_mode = WAL"))
-            db.execute("PRAGMA synchronous = NORMAL")  # in WAL: durable at checkpoints, never corrupt
-            self._local.db, self._local.pid = db, os.getpid()
-        return db
-
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` in one IMMEDIATE transaction (the write lock taken up front), retried while locked."""
-
-        def attempt() -> T:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
-            return result
-
-        return _until_unlocked(attempt)
-
-    def _look(self, db: sqlite3.Connection, lease: Lease, limit: int) -> _Look:
-        me = lease_owner()
-        gone = functools.cache(lambda owner: owner != me and owner_is_gone(owner))  # one look per owner
-        now = time.time()
-        cutoff = now - FOREIGN_TTL_S
-        leases = db.execute(
-            "SELECT lease_id, owner, acquired_at FROM leases WHERE scope = ?", (lease.scope,)
-        ).fetchall()
-        waiters = db.execute(
-            "SELECT lease_id, owner, since, seen FROM waiters WHERE scope = ? ORDER BY ticket", (lease.scope,)
-        ).fetchall()
-        look = _Look()
-        for lease_id, owner, at in leases:
-            if gone(owner) if _is_local(owner) else at < cutoff:
-                look.stale_leases.append(lease_id)
-            else:
-                look.live += 1
-        for lease_id, owner, since, seen in waiters:
-            if lease_id == lease.lease_id:
-                look.in_line = True
-                break
-            if gone(owner) if _is_local(owner) else since < cutoff:
-                look.stale_waiters.append(lease_id)
-            elif seen > now - STALLED_S:
-                look.ahead += 1
-        look.free = look.live + look.ahead < limit
-        return look
-
-    def try_take(self, lease: Lease, limit: int, *, look_first: bool = True) -> int:
-        """Insert ``lease`` if its scope has a free slot and no live waiter of this host came first: TAKEN.
-
-        Otherwise the lease joins the line (once) and the number of waiters ahead of it comes back: call
-        again later. Leases and waiters of dead processes are deleted on the way. With ``look_first``, it
-        looks without the write lock first (in WAL a read never waits for a writer), so that waiters on a
-        full table do not queue for the lock; a first try, which writes either way (a lease or a place in
-        line), need not.
-        """
-        if look_first:
-            try:
-                look = self._look(self._db(), lease, limit)
-            except sqlite3.OperationalError as exc:
-                if not _is_lock_error(exc):
-                    raise
-                return limit
-            if look.in_line and not look.free:
-                if time.monotonic() - self._heartbeat >= HEARTBEAT_S:
-                    self._write(self._still_waiting)
-                return look.ahead
-
-        def work(db: sqlite3.Connection) -> int:
-            look = self._look(db, lease, limit)
-            db.executemany("DELETE FROM leases WHERE lease_id = ?", [(i,) for i in look.stale_leases])
-            db.executemany("DELETE FROM waiters WHERE lease_id = ?", [(i,) for i in look.stale_waiters])
-            if look.free:
-                db.execute("DELETE FROM waiters WHERE lease_id = ?", (lease.lease_id,))
-                db.execute(
-                    "INSERT INTO leases VALUES (?, ?, ?, ?)", (lease.lease_id, lease.scope, lease.owner, time.time())
-                )
-            elif not look.in_line:
-                now = time.time()
-                db.execute(
-                    "INSERT INTO waiters (lease_id, scope, owner, since, seen) VALUES (?, ?, ?, ?, ?)",
-                    (lease.lease_id, lease.scope, lease.owner, now, now),
-                )
-            return TAKEN if look.free else look.ahead
-
-        return self._write(work)
-
-    def _still_waiting(self, db: sqlite3.Connection) -> None:
-        """Mark every waiter of this process as seen now (one write a second however many wait)."""
-        db.execute("UPDATE waiters SET seen = ? WHERE owner = ?", (time.time(), lease_owner()))
-        self._heartbeat = time.monotonic()
-
-    def forget(self, lease_id: str) -> None:
-        """Give a lease back, or leave the line; one already gone (released, or reclaimed) is no error."""
-
-        def work(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM leases WHERE lease_id = ?", (lease_id,))
-            db.execute("DELETE FROM waiters WHERE lease_id = ?", (lease_id,))
-
-        self._write(work)
-        self._wake()
-
-    def count(self, scope: str) -> tuple[int, int]:
-        """(leases, waiters) that ``scope`` has now, counting dead processes' rows not yet reclaimed."""
-
-        def read() -> tuple[int, int]:
-            db = self._db()
-            leases = db.execute("SELECT COUNT(*) FROM leases WHERE scope = ?", (scope,)).fetchone()[0]
-            return leases, db.execute("SELECT COUNT(*) FROM waiters WHERE scope = ?", (scope,)).fetchone()[0]
-
-        return _until_unlocked(read)
-
-    # -- waking this process's waiters when it gives a lease back --------------------------------
-
-    def waiting_room(self) -> asyncio.Event:
-        """An event that is set (from any thread) when this process next gives a lease back or leaves the line."""
-        event = asyncio.Event()
-        with self._lock:
-            self._wakers[event] = asyncio.get_running_loop()
-        return event
-
-    def leave_room(self, event: asyncio.Event) -> None:
-        with self._lock:
-            self._wakers.pop(event, None)
-
-    def _wake(self) -> None:
-        with self._lock:
-            wakers, self._wakers = self._wakers, {}
-        for event, loop in wakers.items():
-            with contextlib.suppress(RuntimeError):  # its loop has closed
-                loop.call_soon_threadsafe(event.set)
-
-
-@dataclass
-class _Look:
-    """What a slot table says for one lease, as ``SlotTable._look`` reads it."""
-
-    live: int = 0
-    stale_leases: list[str] = field(default_factory=list)
-    stale_waiters: list[str] = field(default_factory=list)
-    ahead: int = 0
-    in_line: bool = False
-    free: bool = False
-
-
-_TABLES: dict[Path, SlotTable] = {}
-_TABLES_LOCK = threading.Lock()
-
-
-def slot_table(folder: Path | None = None) -> SlotTable:
-    """The one ``SlotTable`` of this process for ``folder`` (default: ``default_folder()``)."""
-    path = Path(folder if folder is not None else default_folder()).expanduser().resolve()
-    with _TABLES_LOCK:
-        if path not in _TABLES:
-            try:
-                _TABLES[path] = SlotTable(path)
-            except (OSError, sqlite3.DatabaseError) as exc:
-                raise ValidationError(
-                    f"slots folder {str(path)!r} cannot hold the slot table ({exc}); "
-                    f"set {FOLDER_ENV} to a writable local folder"
-                ) from None
-        return _TABLES[path]
-
-
 class SharedSlots:
     """The active-task slots of one key on one endpoint, shared by every flux_nb process on this machine.
 
@@ -386,7 +87,7 @@ class SharedSlots:
         self.table = table
         self.scope = scope
         self.limit = limit
-        self._later: set[asyncio.Future[None]] = set()
+        self._later: dict[asyncio.Future[None], Lease] = {}
         self._held: ContextVar[tuple[Lease, ...]] = ContextVar(f"flux_nb_slots_{scope}", default=())
 
     @classmethod
@@ -466,9 +167,18 @@ class SharedSlots:
             await self.release(lease)
 
         task = asyncio.ensure_future(later())
-        self._later.add(task)  # held, or the loop could drop it half way
-        task.add_done_callback(self._later.discard)
+        self._later[task] = lease  # held, or the loop could drop it half way
+        task.add_done_callback(lambda done: self._later.pop(done, None))
         return task
+
+    async def release_pending(self) -> int:
+        """Give back now every lease ``release_later`` still holds (before its loop closes); how many."""
+        later, self._later = self._later, {}
+        for task in later:
+            task.cancel()
+        for lease in later.values():
+            await self.release(lease)
+        return len(later)
 
     @asynccontextmanager
     async def slot(self, timeout: float | None = None) -> AsyncIterator[Lease]:
@@ -492,3 +202,17 @@ class SharedSlots:
 
 def _forget_in_background(table: SlotTable, lease_id: str) -> None:
     threading.Thread(target=table.forget, args=(lease_id,), name="flux_nb-slots-forget", daemon=True).start()
+
+
+__all__ = [
+    "DATABASE",
+    "FOLDER_ENV",
+    "Lease",
+    "SharedSlots",
+    "SlotTable",
+    "default_folder",
+    "lease_owner",
+    "owner_is_gone",
+    "scope_of",
+    "slot_table",
+]

@@ -116,7 +116,7 @@ def resume(session: Flux, rest: list[str]) -> Shown | None:
     unknown = sum(r.status == "unknown" for r in results)
     unsent = len(session.unsent())
     lines = []
-    if not results and not unsent:
+    if not results and not unsent and not results.elsewhere:
         lines.append("flux_nb: nothing to resume: no task is pending")
     if unknown:
         lines.append(
@@ -127,6 +127,8 @@ def resume(session: Flux, rest: list[str]) -> Shown | None:
         lines.append(
             f"flux_nb: {unsent} request(s) were never sent before their process stopped: %flux resume --unsent"
         )
+    if note := results.note():
+        lines.append(f"flux_nb: {note}")
     return Shown(lambda: "\n".join(lines)) if lines else None
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from flux_nb.errors import (
     AuthError,
+    BatchInterrupted,
     BudgetError,
     DeliveryError,
     FluxError,
     FluxTimeout,
+    LargeBatchError,
     RateLimitError,
     RejectedError,
     TaskFailedError,
@@ -24,6 +26,8 @@ from flux_nb.errors import (
 HINTS: tuple[tuple[type[FluxError], str], ...] = (
     (UnknownOutcomeError, "not resent, to avoid paying twice; pass --fresh (or fresh=True) to try again"),
     (BudgetError, "raise Flux.budget (%config Flux.budget = ...) or make the request smaller"),
+    (LargeBatchError, "add --yes to the %%flux line (confirm=True in Python, or the panel's confirm button)"),
+    (BatchInterrupted, "%flux resume --unsent finishes it: the sent ones, then the rest"),
     (RejectedError, "fix the field the API names and run the cell again; nothing was charged"),
     (AuthError, "set BFL_API_KEY, or run %flux login"),
     (RateLimitError, "lower Flux.max_concurrency or wait a moment"),

@@ -1,0 +1,63 @@
+"""Which process owns something (a history record, a slot lease), and whether that process still runs.
+
+An owner is ``host:pid@start``: the start time (from /proc) tells a later process that reuses the pid
+(a restarted container) from the one that wrote the row. Owners of this host can be checked; those of
+another host (a shared home folder) cannot, and are taken as alive.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+
+
+def _start_time(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None where that is unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_owner() -> str:
+    """This process as an owner: ``host:pid``, plus ``@start`` where the start time is known."""
+    return _owner_of(os.getpid())
+
+
+@functools.cache
+def _owner_of(pid: int) -> str:
+    start = _start_time(pid)
+    return f"{socket.gethostname()}:{pid}" + (f"@{start}" if start else "")
+
+
+def is_local(owner: str | None) -> bool:
+    """True for an owner whose liveness can be checked: one of this host (not on Windows, where signal 0 is Ctrl-C)."""
+    return os.name != "nt" and (owner or "").rpartition(":")[0] == socket.gethostname()
+
+
+def owner_is_gone(owner: str | None) -> bool:
+    """True when ``owner`` is a process of this host that no longer runs (other hosts: not known, False)."""
+    pid, _, start = (owner or "").rpartition(":")[2].partition("@")
+    if not is_local(owner) or not pid.isdigit():
+        return False
+    if start and _start_time(int(pid)) not in (start, None):
+        return True  # that pid now belongs to another process
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def owner_is_alive(owner: str | None) -> bool:
+    """True when ``owner`` is another process of this host that still runs (so its work must be left alone)."""
+    return bool(owner) and owner != process_owner() and is_local(owner) and not owner_is_gone(owner)
+
+
+__all__ = ["is_local", "owner_is_alive", "owner_is_gone", "process_owner"]
