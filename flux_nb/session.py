@@ -15,36 +15,35 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from traitlets import Bool, Enum, Float, Int, Unicode, observe, validate
-from traitlets.config import Configurable
+from traitlets import observe
 
-from flux_nb import experiments, protocol
+from flux_nb import protocol
 from flux_nb.core import batch as batches
 from flux_nb.core import guard
 from flux_nb.core.axes import Axis
 from flux_nb.core.backend import Backend, connect, resolve_backend
 from flux_nb.core.batch import Defaults, PreparedRequest, draw_seed
 from flux_nb.core.events import BatchObserver, Emit, ignore
-from flux_nb.core.jobs import Executor, cache_hit, prepared_from_record, settle_cut_off
+from flux_nb.core.jobs import Executor, cache_hit
 from flux_nb.core.ledger import Ledger
 from flux_nb.core.loop import LoopRunner
 from flux_nb.core.relay import guarded, relay
 from flux_nb.core.results import Result, SweepResult, presenter
-from flux_nb.core.resuming import Resumed, plan, unsent_records
 from flux_nb.errors import ValidationError
 from flux_nb.experiments import ExperimentMethods
-from flux_nb.history.store import HistoryStore, Record, process_owner
+from flux_nb.history.store import HistoryStore, process_owner
 from flux_nb.http.auth import Secret
 from flux_nb.http.client import AsyncFluxClient
 from flux_nb.http.slots import SharedSlots
 from flux_nb.images import ImageInput
+from flux_nb.recovery import RecoveryMethods
+from flux_nb.settings import FluxSettings
 
 if TYPE_CHECKING:
     import httpx
     import pandas as pd
 
 #: Upper bounds of settings that have one (a thumbnail is a preview; more than 4096 px is no thumbnail).
-LIMITS = {"thumbnail_size": 4096.0}
 
 #: The key for a non-BFL endpoint (a local server started with keys, a gateway).
 ENDPOINT_KEY_ENV = "FLUX_NB_API_KEY"
@@ -60,51 +59,12 @@ def notebook_name(namespace: dict[str, Any] | None = None) -> str:
     return ""
 
 
-class Flux(ExperimentMethods, Configurable):
+class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
     """A FLUX.2 session: defaults, backend, history, budget.
 
     >>> flux = Flux()                                  # doctest: +SKIP
     >>> flux.generate("a lighthouse at dusk", seed=42)  # doctest: +SKIP
     """
-
-    model = Unicode(protocol.DEFAULT_MODEL, help="FLUX.2 model used when none is given.").tag(config=True)
-    default_width = Int(None, allow_none=True, help="Width when none is given (None lets the API choose).").tag(
-        config=True
-    )
-    default_height = Int(None, allow_none=True, help="Height when none is given (None lets the API choose).").tag(
-        config=True
-    )
-    safety_tolerance = Int(protocol.DEFAULT_SAFETY, help="Moderation strictness, 0 (strict) to 5.").tag(config=True)
-    output_format = Enum(
-        list(protocol.OUTPUT_FORMATS), protocol.DEFAULT_FORMAT, help="Image format the API returns."
-    ).tag(config=True)
-    history_dir = Unicode(".flux", help="Folder of the history database and image files.").tag(config=True)
-    max_concurrency = Int(protocol.MAX_ACTIVE_TASKS, help="Tasks in flight at once (the API allows 24 per key).").tag(
-        config=True
-    )
-    budget = Float(None, allow_none=True, help="Credits this session may spend; None for no limit.").tag(config=True)
-    thumbnail_size = Int(384, help="Longest side, in pixels, of the thumbnails shown in notebooks.").tag(config=True)
-    thumbnail_format = Enum(["jpeg", "webp"], "jpeg", help="Format of notebook thumbnails.").tag(config=True)
-    endpoint = Unicode("", help="Server base URL; empty: BFL cloud with a key, else the local server.").tag(config=True)
-    region = Enum(list(protocol.BFL_HOSTS), "global", help="BFL cloud region: global, eu or us.").tag(config=True)
-    task_timeout = Float(600.0, help="Seconds to wait for one task before leaving it to resume.").tag(config=True)
-    cache = Bool(True, help="Answer a request identical to a stored one from the history, for free.").tag(config=True)
-    experiment = Unicode("", help="Experiment recorded on every row from now on; empty for none.").tag(config=True)
-    share_slots = Bool(
-        True, help="Share the key's active-task slots (24) with every flux_nb process on this machine."
-    ).tag(config=True)
-    confirm_over = Float(
-        None, allow_none=True, help="Credits above which a batch needs confirming; None: 50 when billed, else off."
-    ).tag(config=True)
-
-    @validate("budget", "confirm_over")
-    def _credit_limit(self, proposal: Any) -> float | None:
-        return guard.credit_limit(proposal["trait"].name, proposal["value"])
-
-    @validate("task_timeout", "max_concurrency", "thumbnail_size")
-    def _positive(self, proposal: Any) -> float:
-        name = proposal["trait"].name
-        return guard.positive(name, proposal["value"], integer=name != "task_timeout", most=LIMITS.get(name))
 
     def __init__(
         self,
@@ -344,92 +304,6 @@ class Flux(ExperimentMethods, Configurable):
         future = self._runner.submit(executor.run_batch(batch, emit))
         future.add_done_callback(lambda _: self._notify())
         return future
-
-    # -- replay and resume ---------------------------------------------------------------------
-
-    def record(self, record_id: str) -> Record:
-        """The history record ``record_id``."""
-        record = self.store.get(record_id)
-        if record is None:
-            raise ValidationError(f"no history record {record_id!r} in {self.history_dir}")
-        return record
-
-    def result_of(self, record_id: str) -> Result:
-        """A stored record as a Result (its image from disk)."""
-        return self._ready_executor().result_from_record(self.record(record_id), cached=False)
-
-    def references_of(self, record: Record) -> list[bytes]:
-        """The reference images of ``record`` from the store; a clear error names any no longer stored."""
-        images: list[bytes] = []
-        for digest in record.input_hashes:
-            try:
-                images.append(self.store.load_input(digest))
-            except KeyError:
-                raise ValidationError(
-                    f"record {record.record_id} used reference image {digest[:12]} which is no longer stored"
-                ) from None
-        return images
-
-    def rebuild(self, record_id: str, *, fresh: bool = True) -> PreparedRequest:
-        """The exact request of a record, reference images restored from the store."""
-        record = self.record(record_id)
-        images = self.references_of(record)
-        prepared = batches.prepare(
-            **record.request_fields(), defaults=self.defaults(), images=images or None, tag=record.tag, fresh=fresh
-        )
-        prepared.replay_of = record.record_id
-        return prepared
-
-    def replay(self, record_id: str | os.PathLike[str], *, fresh: bool = True) -> Result:
-        """Run a recorded request again, exactly (a new record pointing back to the old one).
-
-        Takes a record id or an image file carrying its request (see ``request_from``).
-        """
-        if experiments.is_image_path(record_id, self.store):
-            prepared = self.request_from(record_id)
-            prepared.fresh = fresh
-        else:
-            prepared = self.rebuild(str(record_id), fresh=fresh)
-        return self.run([prepared], confirm=True)[0]
-
-    def resume(self, observer: BatchObserver | None = None, *, unsent: bool = False) -> Resumed:
-        """Finish what a crash, a restart, an interrupt or a full disk left open; one result per record settled.
-
-        Submitted tasks are finished from their polling URLs while those still work. A submit cut off
-        mid-send is marked ``unknown`` (it may have created a task, so it is never resent on its own).
-        Requests never sent are sent only with ``unsent=True``. Records another running process follows
-        (a second kernel) are left alone and listed in the result's ``elsewhere`` (``note()`` says so).
-        """
-        owed = self._ledger.flush()  # task ids and images a full disk kept in memory
-        if owed:
-            raise self._ledger.blocked
-        open_records = plan(self.store, self._ledger)
-        cut_off = settle_cut_off(self.store, open_records.cut_off)
-        executor = self._ready_executor()
-        settled = [executor.result_from_record(self.record(r.record_id), cached=False) for r in cut_off]
-        records = open_records.finish
-        resend: dict[str, PreparedRequest] = {}
-        if unsent:
-            resend = {r.record_id: self.rebuild(r.record_id) for r in open_records.unsent}
-            for prepared in resend.values():
-                prepared.replay_of = None  # sent under its own record, not as a replay
-        if not records and not resend:
-            if settled:
-                self._notify()
-            return Resumed(settled, open_records.elsewhere)
-        self.check_budget(list(resend.values()))
-        if observer is not None:
-            observer.started([prepared_from_record(r) for r in records] + list(resend.values()))
-        size = len(records) + len(resend)
-        try:
-            results = relay(self._runner, lambda emit: executor.resume_batch(records, emit, resend), observer, size)
-        finally:
-            self._notify()
-        return Resumed(settled + results, open_records.elsewhere)
-
-    def unsent(self) -> list[Record]:
-        """Requests never sent (a crash, a restart, an interrupt): ``resume(unsent=True)`` sends them."""
-        return unsent_records(self.store, self._ledger)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every request or batch ends (e.g. to refresh ``flux_history``)."""

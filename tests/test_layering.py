@@ -30,6 +30,8 @@ LAYERS: dict[str, float] = {
     "flux_nb.export": 4.6,  # bundles, reports, MLflow: an experiment leaving the history
     "flux_nb.accessor": 4.7,  # frame.flux.grid/to_mlflow
     "flux_nb.experiments": 4.8,  # the session's experiment methods: review, restore from files, hand-over
+    "flux_nb.settings": 4.95,
+    "flux_nb.recovery": 4.95,
     "flux_nb.session": 5,
     "flux_nb.notebook": 6,
     "flux_nb.cli_client": 6.9,  # flux-nb's client commands, under the entry point (which alone starts servers)
