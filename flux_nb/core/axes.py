@@ -50,6 +50,14 @@ class Axis:
 
 
 @dataclass(frozen=True)
+class PromptAxis(Axis):
+    """An axis that varies the prompt's text (a template list, ``{a|b}`` alternatives, a search-and-replace).
+
+    It only labels a point: the prompt is rendered from the labels (``core.templates``).
+    """
+
+
+@dataclass(frozen=True)
 class SweepPoint:
     """One combination: the request fields, and the axis values that label it (in axis order)."""
 
@@ -148,7 +156,12 @@ def split_prompts(body: str) -> list[str]:
 def _check_axes(axes: list[Axis], limit: int) -> None:
     names = [axis.name for axis in axes]
     for axis in axes:
-        if axis.name not in AXIS_FIELDS:
+        if isinstance(axis, PromptAxis):
+            if axis.name in AXIS_FIELDS or axis.name in ("aspect", "labels"):
+                raise ValidationError(
+                    f"the prompt axis {{{axis.name}}} has the name of a request field; rename it (e.g. {axis.name}s)"
+                )
+        elif axis.name not in AXIS_FIELDS:
             raise ValidationError(f"cannot sweep {axis.name!r}: sweepable fields are {', '.join(AXIS_FIELDS)}")
         if not axis.values:
             raise ValidationError(f"axis {axis.name!r} has no values")
@@ -177,7 +190,10 @@ def expand(base: dict[str, Any], axes: list[Axis], limit: int = MAX_COMBINATIONS
     for combination in itertools.product(*(axis.values for axis in axes)):
         fields = dict(base)
         labels = dict(zip(names, combination, strict=True))
-        for name, value in labels.items():
+        for axis, value in zip(axes, combination, strict=True):
+            name = axis.name
+            if isinstance(axis, PromptAxis):
+                continue  # labels only: the prompt is rendered from them
             if name == "size":
                 fields["width"], fields["height"] = value
             else:
