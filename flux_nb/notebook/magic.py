@@ -41,6 +41,7 @@ HISTORY_VARIABLE = "flux_history"
 SESSION_VARIABLE = "flux"
 #: A word on the %%flux line that reads as an option: -s, --seed, --seed=5 (not -5, a negative number).
 OPTION = re.compile(r"^--?[A-Za-z]")
+CELL_MAGIC = re.compile(r"^%%flux(\s|$)")
 
 
 def fill_template(body: str, namespace: dict[str, Any], keys: Sequence[str] = ()) -> PromptTemplate:
@@ -196,7 +197,7 @@ class FluxMagics(Magics):
         if not cell.strip():
             raise ValidationError("the cell holds no prompt: write it on the lines below %%flux")
         keys = configured_keys(self.session)
-        vary = templates.parse_vary(args.vary) if args.vary else None
+        vary = templates.parse_vary([unquote(v) for v in args.vary]) if args.vary else None
         if vary:
             templates.replacement_axes(vary, keys)
         prompts = [fill_template(p, ns, keys) for p in split_prompts(cell)]
@@ -214,7 +215,7 @@ class FluxMagics(Magics):
         batch = self.session.batch(
             prompts,
             axes=axes,
-            images=[resolve_image(v, ns, keys) for v in args.image or []] or None,
+            images=[resolve_image(unquote(v), ns, keys) for v in args.image or []] or None,
             output_format=args.format,
             webhook_url=args.webhook,
             tag=args.tag,
@@ -262,6 +263,23 @@ class FluxMagics(Magics):
         elif shown is not None:
             display(shown)
         return None
+
+
+def unquote(text: str) -> str:
+    """An option value without the quotes around it (the magic's line keeps them): "red fox" -> red fox."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
+def keep_empty_cells(lines: list[str]) -> list[str]:
+    """Let a ``%%flux`` cell with nothing below its line reach the magic, which says where the prompt goes.
+
+    (IPython would stop it first with "the cell body is empty".)
+    """
+    if lines and CELL_MAGIC.match(lines[0]) and not "".join(lines[1:]).strip():
+        return [lines[0].rstrip("\n") + "\n", "\n"]
+    return lines
 
 
 def _misplaced(words: list[str]) -> str:
@@ -387,6 +405,8 @@ def load_ipython_extension(ipython: Any) -> None:
     if existing is None or isinstance(existing, Flux):
         ipython.push({SESSION_VARIABLE: session})
     ipython.set_custom_exc((FluxError,), _show_flux_error)
+    if keep_empty_cells not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(keep_empty_cells)
     session.observer_factory = BatchProgress  # flux.sweep(...) shows live progress too
     history = HistoryVariable(ipython, session)
     session.add_listener(history.after_request)
