@@ -27,6 +27,7 @@ def ipython(server: Any, history_dir: Path) -> Any:
     """A fresh IPython shell with flux_nb loaded, pointed at the test server and a temporary history."""
     InteractiveShell.clear_instance()
     shell = InteractiveShell.instance()
+    shell.config.Flux.history_dir = str(history_dir)  # read from the start: nothing lands in the working directory
     shell.run_line_magic("load_ext", "flux_nb")
     session = shell.user_ns["flux"]
     session.endpoint = server.url

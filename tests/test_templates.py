@@ -87,7 +87,7 @@ def test_an_empty_alternative_is_allowed() -> None:
 )
 def test_templates_take_plain_names_only(body: str) -> None:
     namespace = {"flux": object(), "a": [1], "x": "v", "y": 3}
-    with pytest.raises(ValidationError, match="only plain names are filled|not closed"):
+    with pytest.raises(ValidationError, match=r"only plain names are filled|not closed"):
         fill(f"a {body} b", namespace)
 
 
