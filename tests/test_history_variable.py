@@ -13,7 +13,7 @@ from IPython.utils.capture import capture_output
 
 from flux_nb import Flux
 from flux_nb.history.store import HistoryStore
-from flux_nb.notebook.magic import HistoryVariable
+from flux_nb.notebook.live_history import HistoryVariable
 
 
 class Reads:

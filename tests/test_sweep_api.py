@@ -37,6 +37,6 @@ def test_sweep_takes_alternatives_and_vary(flux: Flux, server: Any) -> None:
 def test_generate_sends_braces_as_written_and_refuses_vary(flux: Flux, server: Any) -> None:
     result = flux.generate("a sign reading {open|closed}", seed=1, width=64, height=64)
     assert result.prompt == "a sign reading {open|closed}"
-    with pytest.raises(ValidationError, match="use flux.sweep"):
+    with pytest.raises(ValidationError, match=r"use flux\.sweep"):
         flux.generate("a dog", vary={"animal": ["dog", "cat"]})
     assert server.stats()["submits"] == 1

@@ -15,7 +15,7 @@ import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -30,14 +30,11 @@ from flux_nb.core.results import Result, SweepResult
 from flux_nb.core.templates import PromptTemplate
 from flux_nb.errors import FluxError, ValidationError
 from flux_nb.notebook import commands, render
+from flux_nb.notebook.live_history import HISTORY_VARIABLE, HistoryVariable
 from flux_nb.notebook.progress import BatchProgress
 from flux_nb.notebook.render import caption, show_error
 from flux_nb.session import ENDPOINT_KEY_ENV, Flux, notebook_name
 
-if TYPE_CHECKING:
-    from flux_nb.history.view import HistoryView
-
-HISTORY_VARIABLE = "flux_history"
 SESSION_VARIABLE = "flux"
 #: A word on the %%flux line that reads as an option: -s, --seed, --seed=5 (not -5, a negative number).
 OPTION = re.compile(r"^--?[A-Za-z]")
@@ -339,59 +336,6 @@ def _show_flux_error(shell: Any, etype: type, value: BaseException, tb: Any, tb_
         show_error(value)
         return None
     return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
-
-
-class HistoryVariable:
-    """Keeps ``flux_history`` a real DataFrame of the history, read on first use and refreshed incrementally.
-
-    ``%load_ext`` reads the history only when it is small (``EAGER_ROWS``); otherwise the frame is
-    read before the first cell that names ``flux_history`` runs. After every request only the rows
-    written since the last read are read (``HistoryView.refresh``).
-    """
-
-    EAGER_ROWS = 10_000
-
-    def __init__(self, shell: Any, session: Flux) -> None:
-        self.shell = shell
-        self.session = session
-        self.view: HistoryView | None = None
-
-    def load(self) -> None:
-        """At ``%load_ext``: publish the frame now if the history is small, else on first use."""
-        if self.session.store.count() <= self.EAGER_ROWS:
-            self.publish()
-
-    def publish(self) -> None:
-        """Read the whole history afresh and put it in the namespace."""
-        self.view = self.session.store.view()
-        self._set()
-
-    def _current(self) -> bool:
-        return self.view is not None and self.view.store is self.session.store
-
-    def before_cell(self, info: Any) -> None:
-        """Before a cell runs: read the history if the cell names ``flux_history`` and it is not read yet."""
-        if not self._current() and HISTORY_VARIABLE in (getattr(info, "raw_cell", "") or ""):
-            self.publish()
-
-    def after_request(self) -> None:
-        """After a request or a batch: read what changed (or everything, once, for a new history folder)."""
-        if self._current():
-            assert self.view is not None
-            self.view.refresh()
-            self._set()
-        elif self.view is not None or HISTORY_VARIABLE in self.shell.user_ns:
-            self.view = None
-            self.shell.user_ns.pop(HISTORY_VARIABLE, None)
-            self.load()
-
-    def _set(self) -> None:
-        import flux_nb.accessor  # noqa: F401  (registers frame.flux)
-
-        assert self.view is not None
-        frame = self.view.frame.copy(deep=False)  # the user's changes to it never reach the view
-        frame.attrs["history_dir"] = str(self.session.history_dir)
-        self.shell.user_ns[HISTORY_VARIABLE] = frame
 
 
 def load_ipython_extension(ipython: Any) -> None:
