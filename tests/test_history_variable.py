@@ -120,3 +120,21 @@ def test_a_new_history_folder_is_read_afresh(shell: InteractiveShell, tmp_path: 
     shell.user_ns["flux"].history_dir = str(tmp_path / "elsewhere")
     run(shell, "%%flux --seed 97 --size 64x64\nin a new folder")
     assert list(shell.user_ns["flux_history"]["prompt"]) == ["in a new folder"]
+
+
+def test_a_history_that_cannot_be_read_does_not_stop_the_extension(tmp_path: Path) -> None:
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "history.sqlite").write_text("not a database, just text" * 10)
+    InteractiveShell.clear_instance()
+    ipython = InteractiveShell.instance()
+    ipython.config.Flux.history_dir = str(folder)
+    try:
+        with capture_output() as captured:
+            ipython.run_line_magic("load_ext", "flux_nb")
+        assert "flux" in ipython.magics_manager.magics["cell"] and "flux_history" not in ipython.user_ns
+        shown = "".join(o.data.get("text/html", "") for o in captured.outputs) + captured.stdout
+        assert "history.sqlite" in shown and "Traceback" not in shown + captured.stderr
+    finally:
+        ipython.user_ns["flux"].close()
+        InteractiveShell.clear_instance()

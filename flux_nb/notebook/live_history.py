@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from flux_nb.errors import FluxError
+from flux_nb.notebook.render import show_error
+
 if TYPE_CHECKING:
     from flux_nb.history.view import HistoryView
     from flux_nb.session import Flux
@@ -42,7 +45,10 @@ class HistoryVariable:
     def before_cell(self, info: Any) -> None:
         """Before a cell runs: read the history if the cell names ``flux_history`` and it is not read yet."""
         if not self._current() and HISTORY_VARIABLE in (getattr(info, "raw_cell", "") or ""):
-            self.publish()
+            try:
+                self.publish()
+            except FluxError as exc:  # the cell still runs; the reason is said once, not as a traceback
+                show_error(exc)
 
     def after_request(self) -> None:
         """After a request or a batch: read what changed (or everything, once, for a new history folder)."""

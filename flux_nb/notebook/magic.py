@@ -355,7 +355,10 @@ def load_ipython_extension(ipython: Any) -> None:
     history = HistoryVariable(ipython, session)
     session.add_listener(history.after_request)
     ipython.events.register("pre_run_cell", history.before_cell)
-    history.load()
+    try:
+        history.load()
+    except FluxError as exc:  # the magics still load; flux_history follows once the history can be read
+        show_error(exc)
 
 
 def _follow_display_settings(session: Flux) -> None:
