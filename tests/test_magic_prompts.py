@@ -81,9 +81,9 @@ def test_vary_searches_and_replaces_over_the_prompt(ipython: InteractiveShell, s
     [
         ({"opts": {"a": 1}}, "a {opts}", "{opts} is a dict"),
         ({"opts": {"a", "b"}}, "a {opts}", "{opts} is a set"),
-        ({"thing": object()}, "a {thing}", "{thing} is a object object"),
+        ({"thing": object()}, "a {thing}", "{thing} is a plain object"),
         ({"nothing": None}, "a {nothing}", "{nothing} is None"),
-        ({"mixed": ["a", object()]}, "a {mixed}", "{mixed}[1] is a object object"),
+        ({"mixed": ["a", object()]}, "a {mixed}", "{mixed}[1] is a plain object"),
         ({}, "a {flux._api_key}", "prompt template {flux._api_key}: only plain names are filled"),
         ({}, "a {flux.__init__.__globals__[os]}", "only plain names are filled"),
         ({}, "a {flux}", "{flux} is a Flux object"),

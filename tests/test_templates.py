@@ -52,6 +52,11 @@ def test_a_range_and_numpy_numbers_label_by_plain_values() -> None:
     assert len(combos(template)) == 6
 
 
+def test_filled_text_is_never_read_as_a_template_again() -> None:
+    template = fill("say {v}", {"v": "{a|b} {flux._api_key} {{x}}"})
+    assert template.axes == () and combos(template) == ["say {a|b} {flux._api_key} {{x}}"]
+
+
 def test_a_variable_used_twice_is_one_axis() -> None:
     template = fill("{c} sky, {c} sea", {"c": ["red", "blue"]})
     assert len(template.axes) == 1
@@ -97,7 +102,7 @@ def test_templates_take_plain_names_only(body: str) -> None:
         ({"a": 1}, "is a dict"),
         ({"a", "b"}, r"is a set \(it has no order: use a list\)"),
         (None, "is None"),
-        (object(), "is a object object"),
+        (object(), "is a plain object"),
         ([], "is an empty list"),
         (["ok", {"a": 1}], r"\{v\}\[1\] is a dict; list items must be text or numbers"),
         ([["nested"]], "is a list object"),

@@ -123,7 +123,8 @@ def _kind(value: Any) -> str:
         return "a dict"
     if isinstance(value, (set, frozenset)):
         return "a set (it has no order: use a list)"
-    return f"a {type(value).__name__} object"
+    kind = type(value).__name__
+    return "a plain object" if kind == "object" else f"{'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind} object"
 
 
 def _axis_values(name: str, items: list[Any], keys: Iterable[str]) -> tuple[Any, ...]:
