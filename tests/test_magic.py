@@ -180,6 +180,8 @@ def test_bad_options_give_one_clear_line_and_send_nothing(
         ("--wdith 512", "unknown option --wdith; did you mean --width?"),
         ("--colour red", "unknown option --colour; see %%flux? for the options"),
         ("-x 1", "unknown option -x; see %%flux? for the options"),
+        ("--s 1", "%%flux: --s could be --safety, --seed, --size, --steps; write the option in full"),
+        ("--asp 1:1 --aspect 2:1", "--aspect is given twice"),
     ],
 )
 def test_unknown_options_suggest_the_nearest(ipython: InteractiveShell, server: Any, line: str, expected: str) -> None:
@@ -193,6 +195,8 @@ def test_negative_numbers_and_option_values_are_not_taken_for_options(ipython: I
     assert "seed -5 is out of range" in html_of(captured)
     _outcome, captured = run(ipython, "%%flux -s5 --size=64x64 -o pic\na harbour")
     assert ipython.user_ns["pic"].seed == 5 and ipython.user_ns["pic"].image.size == (64, 64)
+    _outcome, captured = run(ipython, "%%flux --se 6 --si 64x64 -o pic\na harbour")  # abbreviations, as argparse
+    assert ipython.user_ns["pic"].seed == 6 and ipython.user_ns["pic"].image.size == (64, 64)
 
 
 def test_sweep_over_seeds_prompts_and_models_runs_every_combination(ipython: InteractiveShell, server: Any) -> None:

@@ -96,7 +96,7 @@ def check_options(parser: argparse.ArgumentParser, line: str) -> None:
         option, inline = (word.split("=", 1)[0], True) if word.startswith("--") and "=" in word else (word, False)
         if option not in actions and not option.startswith("--") and option[:2] in actions:
             option, inline = option[:2], True  # -s5
-        action = actions.get(option)
+        action = actions.get(option) or _abbreviation(actions, option)
         if action is None:
             longs = {o.lstrip("-"): o for o in actions if o.startswith("--")}
             near = difflib.get_close_matches(option.lstrip("-"), list(longs), n=1, cutoff=0.6)
@@ -111,6 +111,16 @@ def check_options(parser: argparse.ArgumentParser, line: str) -> None:
                     "e.g. --size 512x512,1024x768)"
                 )
             seen[action.dest] = "/".join(action.option_strings)
+
+
+def _abbreviation(actions: dict[str, argparse.Action], option: str) -> argparse.Action | None:
+    """The action an abbreviation names (``--asp`` for ``--aspect``, as argparse allows); an ambiguous one is refused."""
+    if not option.startswith("--"):
+        return None
+    matches = sorted(o for o in actions if o.startswith(option))
+    if len(matches) > 1:
+        raise ValidationError(f"%%flux: {option} could be {', '.join(matches)}; write the option in full")
+    return actions[matches[0]] if matches else None
 
 
 @magics_class
