@@ -114,7 +114,7 @@ def check_options(parser: argparse.ArgumentParser, line: str) -> None:
 
 
 def _abbreviation(actions: dict[str, argparse.Action], option: str) -> argparse.Action | None:
-    """The action an abbreviation names (``--asp`` for ``--aspect``, as argparse allows); an ambiguous one is refused."""
+    """The action an abbreviation names (``--asp`` for ``--aspect``, as argparse allows); ambiguous ones are refused."""
     if not option.startswith("--"):
         return None
     matches = sorted(o for o in actions if o.startswith(option))
