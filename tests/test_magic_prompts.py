@@ -206,3 +206,16 @@ def test_a_terminal_sweep_lists_results_in_grid_order_and_saves_the_grid(
     saved = Path(lines[-1].removeprefix("flux_nb: grid saved to "))
     assert saved.parent == history_dir / "grids" and saved.is_file()
     assert Image.open(saved).size == sweep.grid().image.size
+
+
+def test_a_terminal_sweep_over_sizes_and_pages(ipython: InteractiveShell, history_dir: Path) -> None:
+    ipython.display_formatter.active_types = ["text/plain"]
+    _, captured = run(ipython, "%%flux --seed 1,2 --size 64x64,128x64 -m flux-2-klein-4b,flux-2-klein-9b\na kite")
+    cells = [line.split(": saved ")[0] for line in captured.stdout.splitlines() if ": saved " in line]
+    assert cells[:2] == [
+        "model: flux-2-klein-4b · seed: 1 · size: 64×64",
+        "model: flux-2-klein-4b · seed: 2 · size: 64×64",
+    ]
+    assert len(cells) == 8 and cells[4].startswith("model: flux-2-klein-9b")
+    saved = [line for line in captured.stdout.splitlines() if line.startswith("flux_nb: grid saved to ")]
+    assert len(saved) == 2 and all(Path(line.split(" to ", 1)[1]).is_file() for line in saved)

@@ -238,9 +238,9 @@ def test_prompt_axes_label_points_without_setting_request_fields() -> None:
     assert all(p.fields == {"seed": 1, "prompt": "a {alt1}"} for p in points)
 
 
-@pytest.mark.parametrize("name", [*AXIS_FIELDS, "aspect", "labels"])
+@pytest.mark.parametrize("name", [*AXIS_FIELDS, "aspect", "labels", "status", "image_path", "error"])
 def test_a_prompt_axis_may_not_take_a_request_field_name(name: str) -> None:
-    with pytest.raises(ValidationError, match="has the name of a request field"):
+    with pytest.raises(ValidationError, match="has the name of a request field or of a result's detail"):
         expand({}, [PromptAxis(name, ("a", "b"))])
 
 

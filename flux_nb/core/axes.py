@@ -29,6 +29,11 @@ AXIS_FIELDS = (
     "guidance",
     "images",
 )
+#: Names a prompt axis cannot take: request fields and what a result or a grid row holds beside them.
+RESERVED_NAMES = frozenset(
+    {*AXIS_FIELDS, "aspect", "labels", "record_id", "id", "status", "path", "image_path", "cost", "estimated_cost"}
+    | {"billed", "elapsed", "cached", "task_id", "engine", "tag", "error", "out_width", "out_height", "image"}
+)
 MAX_VALUES = 1000
 MAX_COMBINATIONS = 1024
 PROMPT_SEPARATOR = "---"
@@ -157,9 +162,10 @@ def _check_axes(axes: list[Axis], limit: int) -> None:
     names = [axis.name for axis in axes]
     for axis in axes:
         if isinstance(axis, PromptAxis):
-            if axis.name in AXIS_FIELDS or axis.name in ("aspect", "labels"):
+            if axis.name in RESERVED_NAMES:
                 raise ValidationError(
-                    f"the prompt axis {{{axis.name}}} has the name of a request field; rename it (e.g. {axis.name}s)"
+                    f"the prompt axis {{{axis.name}}} has the name of a request field or of a result's detail; "
+                    f"rename it (e.g. {axis.name}s)"
                 )
         elif axis.name not in AXIS_FIELDS:
             raise ValidationError(f"cannot sweep {axis.name!r}: sweepable fields are {', '.join(AXIS_FIELDS)}")

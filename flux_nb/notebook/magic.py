@@ -322,9 +322,9 @@ def print_sweep(sweep: SweepResult, progress: BatchProgress, history_dir: Path) 
     pages = list(drawn) if isinstance(drawn, list) else [drawn]
     by_id = {r.record_id: r for r in sweep}
     for page in pages:
-        where = [f"{page.z}: {page.z_value}"] if page.z else []
+        where = [f"{page.z}: {_value_text(page.z_value)}"] if page.z else []
         for (x, y), record_id in page.cells.items():
-            label = " · ".join([*where, *(f"{n}: {v}" for n, v in ((page.x, x), (page.y, y)) if n)])
+            label = " · ".join([*where, *(f"{n}: {_value_text(v)}" for n, v in ((page.x, x), (page.y, y)) if n)])
             result = by_id.get(record_id) if record_id else None
             print(_cell_line(label, result) if result else f"{label}: missing")
     print(f"flux_nb: {progress.status_line()}")
@@ -332,6 +332,13 @@ def print_sweep(sweep: SweepResult, progress: BatchProgress, history_dir: Path) 
     saved = commands.save_grid(drawn, target)
     for path in saved if isinstance(saved, list) else [saved]:
         print(f"flux_nb: grid saved to {path}")
+
+
+def _value_text(value: Any) -> str:
+    """A grid value as a line reads it: sizes as 512×512."""
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}×{value[1]}"
+    return str(value)
 
 
 def _cell_line(label: str, result: Result) -> str:
