@@ -138,3 +138,19 @@ def test_a_history_that_cannot_be_read_does_not_stop_the_extension(tmp_path: Pat
     finally:
         ipython.user_ns["flux"].close()
         InteractiveShell.clear_instance()
+
+
+def test_a_new_folder_is_not_made_at_load(tmp_path: Path, server: Any) -> None:
+    folder = tmp_path / "fresh"
+    InteractiveShell.clear_instance()
+    ipython = InteractiveShell.instance()
+    ipython.config.Flux.history_dir = str(folder)
+    ipython.config.Flux.endpoint = server.url
+    try:
+        ipython.run_line_magic("load_ext", "flux_nb")
+        assert not folder.exists() and "flux_history" not in ipython.user_ns
+        run(ipython, "%%flux --seed 1 --size 64x64\nthe first picture")
+        assert list(ipython.user_ns["flux_history"]["prompt"]) == ["the first picture"]
+    finally:
+        ipython.user_ns["flux"].close()
+        InteractiveShell.clear_instance()

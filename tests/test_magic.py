@@ -32,7 +32,6 @@ def ipython(server: Any, history_dir: Path) -> Any:
     session = shell.user_ns["flux"]
     session.endpoint = server.url
     session.history_dir = str(history_dir)
-    shell.user_ns["flux_history"] = session.history()
     yield shell
     session.close()
     InteractiveShell.clear_instance()
@@ -62,8 +61,8 @@ def test_load_ext_registers_magics_session_and_history(ipython: InteractiveShell
     assert "flux" in ipython.magics_manager.magics["cell"]
     assert "flux" in ipython.magics_manager.magics["line"]
     assert isinstance(ipython.user_ns["flux"], Flux)
-    assert isinstance(ipython.user_ns["flux_history"], pd.DataFrame)
-    assert ipython.user_ns["flux_history"].empty
+    run(ipython, "empty = flux_history.empty")  # a new history: read when first named
+    assert isinstance(ipython.user_ns["flux_history"], pd.DataFrame) and ipython.user_ns["empty"] is True
 
 
 def test_cell_magic_generates_and_shows_the_image_with_its_caption(ipython: InteractiveShell, server: Any) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flux_nb.errors import FluxError
+from flux_nb.history.schema import DATABASE
 from flux_nb.notebook.render import show_error
 
 if TYPE_CHECKING:
@@ -28,10 +30,15 @@ class HistoryVariable:
         self.shell = shell
         self.session = session
         self.view: HistoryView | None = None
+        #: True once the history was found too large to read before it is asked for.
+        self.deferred = False
 
     def load(self) -> None:
-        """At ``%load_ext``: publish the frame now if the history is small, else on first use."""
-        if self.session.store.count() <= self.EAGER_ROWS:
+        """Publish the frame now if the history is small, else on first use (a new folder is not made here)."""
+        if not (Path(self.session.history_dir) / DATABASE).exists():
+            return  # nothing recorded yet: the first request or the first mention makes it
+        self.deferred = self.session.store.count() > self.EAGER_ROWS
+        if not self.deferred:
             self.publish()
 
     def publish(self) -> None:
@@ -51,14 +58,17 @@ class HistoryVariable:
                 show_error(exc)
 
     def after_request(self) -> None:
-        """After a request or a batch: read what changed (or everything, once, for a new history folder)."""
+        """After a request or a batch: read what changed (or, for a new history folder, start again)."""
         if self._current():
             assert self.view is not None
             self.view.refresh()
             self._set()
-        elif self.view is not None or HISTORY_VARIABLE in self.shell.user_ns:
+            return
+        if self.view is not None:  # the history folder changed: the old frame is not this history's
             self.view = None
+            self.deferred = False
             self.shell.user_ns.pop(HISTORY_VARIABLE, None)
+        if not self.deferred:
             self.load()
 
     def _set(self) -> None:
