@@ -67,6 +67,15 @@ PYTHON_API = [
     ({"webhook_secret": "s"}, "webhook_secret was given without a webhook_url"),
     ({"steps": 10}, "steps is not a setting of flux-2-klein-4b"),
     ({"model": "flux-2-flex", "guidance": 20.0}, "guidance 20.0 is out of range"),
+    ({"vary": {"bad": ["bad", "good"]}}, "vary= sweeps the prompt: generate makes one image; use flux.sweep"),
+    ({"tag": "bad\ud800tag"}, "tag holds a lone surrogate \\ud800 at character 4"),
+]
+
+PROMPTS = [
+    (123, "prompt must be text, got int 123"),
+    (None, "prompt must be text, got NoneType None"),
+    (b"a fox", "prompt must be text, got bytes b'a fox'"),
+    ("a fox\ud83d in snow", "prompt holds a lone surrogate \\ud83d at character 6"),
 ]
 
 
@@ -75,6 +84,38 @@ def test_python_api(setup: Any, fields: dict[str, Any], message: str) -> None:
     flux, server, before = setup
     with pytest.raises(FluxError) as caught:
         flux.generate("a bad request", **fields)
+    assert message in caught.value.one_line()
+    assert_nothing_sent(flux, server, before)
+
+
+@pytest.mark.parametrize(("prompt", "message"), PROMPTS, ids=[m[:40] for _, m in PROMPTS])
+def test_prompts_that_are_not_text(setup: Any, prompt: Any, message: str) -> None:
+    flux, server, before = setup
+    with pytest.raises(FluxError) as caught:
+        flux.generate(prompt, seed=1, width=64, height=64)
+    assert message in caught.value.one_line()
+    with pytest.raises(FluxError) as caught:
+        flux.sweep(prompt, seed=[1, 2], width=64, height=64)
+    assert message in caught.value.one_line()
+    with pytest.raises(FluxError, match="prompt must be text, got int 7"):
+        flux.sweep(["fine", 7], seed=1, width=64, height=64)
+    assert_nothing_sent(flux, server, before)
+
+
+SWEEPS = [
+    ({"vary": {"animal": ["horse", "cat"]}}, "vary animal: 'horse' is not in the prompt"),
+    ({"vary": {"animal": "dog"}}, "give a list whose first value is the text to find"),
+    ({"vary": ["dog", "cat"]}, "vary must be a dict"),
+    ({"vary": {"seed": ["dog", "cat"]}}, "has the name of a request field"),
+    ({"vary": {"animal": ["dog", "bad\ud800"]}}, "prompt holds a lone surrogate \\ud800"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), SWEEPS, ids=[m[:40] for _, m in SWEEPS])
+def test_python_sweeps(setup: Any, fields: dict[str, Any], message: str) -> None:
+    flux, server, before = setup
+    with pytest.raises(FluxError) as caught:
+        flux.sweep("a dog", seed=1, width=64, height=64, **fields)
     assert message in caught.value.one_line()
     assert_nothing_sent(flux, server, before)
 
@@ -124,6 +165,26 @@ MAGIC = [
     ("%flux grid --x colour", "'colour' is not a column"),
     ("%flux grid --y prompt", "%flux grid --y prompt needs --x too"),
     ("%flux teleport", "unknown %flux command 'teleport'"),
+    ("%%flux --seed 1\na fox\ud800 in snow", "prompt holds a lone surrogate \\ud800 at character 6"),
+    ("%%flux --seed 1\na {word}", "prompt holds a lone surrogate \\udc00"),
+    ("%%flux --size 512x512 --size 1024x1024\nx", "--size is given twice; give it once"),
+    ("%%flux -s 1 --seed 2\nx", "-s/--seed is given twice"),
+    ("%%flux -o a --out b\nx", "-o/--out is given twice"),
+    ("%%flux --seed=1 --seed 2\nx", "-s/--seed is given twice"),
+    ("%%flux -o flux\nx", "-o/--out 'flux' would overwrite the flux_nb session"),
+    ("%%flux -o flux_history\nx", "-o/--out 'flux_history' would overwrite the history DataFrame"),
+    ("%%flux -o my_session\nx", "-o/--out 'my_session' would overwrite the flux_nb session"),
+    ("%%flux --sed 4\nx", "unknown option --sed; did you mean --seed?"),
+    ("%%flux --colour red\nx", "unknown option --colour; see %%flux? for the options"),
+    ("%%flux a cat", "the prompt goes on the lines below %%flux"),
+    ("%%flux history", "history is a line magic: write %flux history (one percent sign)"),
+    ("%%flux\na {styles}", "{styles} is a dict"),
+    ("%%flux\na {flux._api_key}", "only plain names are filled"),
+    ("%%flux\na {x!r}", "only plain names are filled"),
+    ("%%flux --vary animal=horse,cat\na dog", "vary animal: 'horse' is not in the prompt"),
+    ("%%flux --vary dog,cat\na dog", "must read NAME=FIND,REPLACEMENT"),
+    ("%%flux -i flux._api_key\nx", "attributes not starting with _"),
+    ("%%flux -i sweep\nx", "-i sweep is a sweep of 1 results; pick one"),
 ]
 
 
@@ -136,27 +197,21 @@ def test_magic(setup: Any, cell: str, message: str) -> None:
         shell.run_line_magic("load_ext", "flux_nb")
         session = shell.user_ns["flux"]
         session.endpoint, session.history_dir = server.url, flux.history_dir
+        shell.user_ns.update(
+            my_session=session,
+            word="bad\udc00",
+            styles={"a": 1},
+            sweep=SweepResult([Result("r", "ready", "p", "m", 1, 64, 64)]),
+        )
+        before_ns = {k: v for k, v in shell.user_ns.items() if isinstance(v, (Result, SweepResult, Flux))}
         with capture_output() as captured:
             shell.run_cell(cell)
         shown = html.unescape("".join(o.data.get("text/html", "") for o in captured.outputs))
         shown += captured.stdout + captured.stderr  # usage errors (unknown option, bad choice) go to stderr
         assert message in shown and "Traceback" not in shown
-        assert not any(isinstance(v, (Result, SweepResult)) for v in shell.user_ns.values())  # nothing stored
+        after_ns = {k: v for k, v in shell.user_ns.items() if isinstance(v, (Result, SweepResult, Flux))}
+        assert after_ns == before_ns  # nothing stored, nothing overwritten
         session.close()
-    finally:
-        InteractiveShell.clear_instance()
-    assert_nothing_sent(flux, server, before)
-
-
-def test_unknown_magic_option_is_a_usage_error(setup: Any) -> None:
-    flux, server, before = setup
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
-    try:
-        shell.run_line_magic("load_ext", "flux_nb")
-        with capture_output() as captured:
-            shell.run_cell("%%flux --colour red\nx")
-        assert "unrecognized arguments: --colour" in captured.stderr + captured.stdout
     finally:
         InteractiveShell.clear_instance()
     assert_nothing_sent(flux, server, before)

@@ -27,11 +27,11 @@ def ipython(server: Any, history_dir: Path) -> Any:
     """A fresh IPython shell with flux_nb loaded, pointed at the test server and a temporary history."""
     InteractiveShell.clear_instance()
     shell = InteractiveShell.instance()
+    shell.config.Flux.history_dir = str(history_dir)  # read from the start: nothing lands in the working directory
     shell.run_line_magic("load_ext", "flux_nb")
     session = shell.user_ns["flux"]
     session.endpoint = server.url
     session.history_dir = str(history_dir)
-    shell.user_ns["flux_history"] = session.history()
     yield shell
     session.close()
     InteractiveShell.clear_instance()
@@ -61,8 +61,8 @@ def test_load_ext_registers_magics_session_and_history(ipython: InteractiveShell
     assert "flux" in ipython.magics_manager.magics["cell"]
     assert "flux" in ipython.magics_manager.magics["line"]
     assert isinstance(ipython.user_ns["flux"], Flux)
-    assert isinstance(ipython.user_ns["flux_history"], pd.DataFrame)
-    assert ipython.user_ns["flux_history"].empty
+    run(ipython, "empty = flux_history.empty")  # a new history: read when first named
+    assert isinstance(ipython.user_ns["flux_history"], pd.DataFrame) and ipython.user_ns["empty"] is True
 
 
 def test_cell_magic_generates_and_shows_the_image_with_its_caption(ipython: InteractiveShell, server: Any) -> None:
@@ -115,8 +115,12 @@ def test_unknown_template_name_is_a_clear_error_and_sends_nothing(ipython: Inter
     ("body", "expected"),
     [
         ("a {undefined_thing}", "prompt template: {undefined_thing} is not defined in the notebook"),
-        ("a {number.real.nope}", "prompt template could not be filled: 'int' object has no attribute 'nope'"),
-        ("a {0}", "prompt template could not be filled: "),
+        ("a {number.real.nope}", "prompt template {number.real.nope}: only plain names are filled"),
+        ("a {0}", "prompt template {0}: only plain names are filled"),
+        ("a {number!r}", "prompt template {number!r}: only plain names are filled"),
+        ("a {number:>8}", "prompt template {number:>8}: only plain names are filled"),
+        ("a } b", "prompt template: a single } at character 3"),
+        ("a { b", "prompt template: the { at character 3 is not closed"),
     ],
 )
 def test_template_errors_name_the_template_once(ipython: InteractiveShell, body: str, expected: str) -> None:
@@ -166,10 +170,32 @@ def test_bad_options_give_one_clear_line_and_send_nothing(
     assert records(ipython).empty
 
 
-def test_unknown_option_is_a_usage_error(ipython: InteractiveShell, server: Any) -> None:
-    outcome, captured = run(ipython, "%%flux --sead 4\na harbour")
-    assert not outcome.success or "unrecognized" in captured.stderr + captured.stdout
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("--sead 4", "unknown option --sead; did you mean --seed?"),
+        ("--sed=4", "unknown option --sed; did you mean --seed?"),
+        ("--sizes 512x512", "unknown option --sizes; did you mean --size?"),
+        ("--wdith 512", "unknown option --wdith; did you mean --width?"),
+        ("--colour red", "unknown option --colour; see %%flux? for the options"),
+        ("-x 1", "unknown option -x; see %%flux? for the options"),
+        ("--s 1", "%%flux: --s could be --safety, --seed, --size, --steps; write the option in full"),
+        ("--asp 1:1 --aspect 2:1", "--aspect is given twice"),
+    ],
+)
+def test_unknown_options_suggest_the_nearest(ipython: InteractiveShell, server: Any, line: str, expected: str) -> None:
+    _outcome, captured = run(ipython, f"%%flux {line}\na harbour")
+    assert expected in html_of(captured) + captured.stdout
     assert server.stats()["submits"] == 0
+
+
+def test_negative_numbers_and_option_values_are_not_taken_for_options(ipython: InteractiveShell) -> None:
+    _outcome, captured = run(ipython, "%%flux --seed -5\na harbour")
+    assert "seed -5 is out of range" in html_of(captured)
+    _outcome, captured = run(ipython, "%%flux -s5 --size=64x64 -o pic\na harbour")
+    assert ipython.user_ns["pic"].seed == 5 and ipython.user_ns["pic"].image.size == (64, 64)
+    _outcome, captured = run(ipython, "%%flux --se 6 --si 64x64 -o pic\na harbour")  # abbreviations, as argparse
+    assert ipython.user_ns["pic"].seed == 6 and ipython.user_ns["pic"].image.size == (64, 64)
 
 
 def test_sweep_over_seeds_prompts_and_models_runs_every_combination(ipython: InteractiveShell, server: Any) -> None:

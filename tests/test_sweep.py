@@ -8,12 +8,14 @@ from flux_nb.core.axes import (
     AXIS_FIELDS,
     MAX_COMBINATIONS,
     Axis,
+    PromptAxis,
     expand,
     grid_axes,
     parse_floats,
     parse_numbers,
     split_prompts,
 )
+from flux_nb.core.batch import Defaults, build
 from flux_nb.errors import ValidationError
 
 
@@ -228,3 +230,23 @@ def test_grid_axes_fold_a_fourth_axis_into_z() -> None:
 def test_grid_axes_handle_unhashable_label_values() -> None:
     labels = [{"images": [f"{i}.png"], "size": (64, 64)} for i in range(2)]
     assert grid_axes(labels) == ("images", None, None)
+
+
+def test_prompt_axes_label_points_without_setting_request_fields() -> None:
+    points = expand({"seed": 1}, [Axis("prompt", ("a {alt1}",)), PromptAxis("alt1", ("red", "blue"))])
+    assert [p.labels for p in points] == [{"prompt": "a {alt1}", "alt1": "red"}, {"prompt": "a {alt1}", "alt1": "blue"}]
+    assert all(p.fields == {"seed": 1, "prompt": "a {alt1}"} for p in points)
+
+
+@pytest.mark.parametrize("name", [*AXIS_FIELDS, "aspect", "labels", "status", "image_path", "error"])
+def test_a_prompt_axis_may_not_take_a_request_field_name(name: str) -> None:
+    with pytest.raises(ValidationError, match="has the name of a request field or of a result's detail"):
+        expand({}, [PromptAxis(name, ("a", "b"))])
+
+
+def test_prompt_axes_count_toward_the_combination_limit() -> None:
+    with pytest.raises(ValidationError, match="2000 combinations"):
+        build("a {x|y}", Defaults(), seed=list(range(1000)))
+    assert len(build(["a {x|y}", "b"], Defaults(), seed=list(range(341)))) == 1023
+    with pytest.raises(ValidationError, match="1026 combinations"):
+        build(["a {x|y}", "b"], Defaults(), seed=list(range(342)))

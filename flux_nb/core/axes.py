@@ -29,6 +29,11 @@ AXIS_FIELDS = (
     "guidance",
     "images",
 )
+#: Names a prompt axis cannot take: request fields and what a result or a grid row holds beside them.
+RESERVED_NAMES = frozenset(
+    {*AXIS_FIELDS, "aspect", "labels", "record_id", "id", "status", "path", "image_path", "cost", "estimated_cost"}
+    | {"billed", "elapsed", "cached", "task_id", "engine", "tag", "error", "out_width", "out_height", "image"}
+)
 MAX_VALUES = 1000
 MAX_COMBINATIONS = 1024
 PROMPT_SEPARATOR = "---"
@@ -47,6 +52,14 @@ class Axis:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", tuple(self.values))
+
+
+@dataclass(frozen=True)
+class PromptAxis(Axis):
+    """An axis that varies the prompt's text (a template list, ``{a|b}`` alternatives, a search-and-replace).
+
+    It only labels a point: the prompt is rendered from the labels (``core.templates``).
+    """
 
 
 @dataclass(frozen=True)
@@ -148,7 +161,13 @@ def split_prompts(body: str) -> list[str]:
 def _check_axes(axes: list[Axis], limit: int) -> None:
     names = [axis.name for axis in axes]
     for axis in axes:
-        if axis.name not in AXIS_FIELDS:
+        if isinstance(axis, PromptAxis):
+            if axis.name in RESERVED_NAMES:
+                raise ValidationError(
+                    f"the prompt axis {{{axis.name}}} has the name of a request field or of a result's detail; "
+                    f"rename it (e.g. {axis.name}s)"
+                )
+        elif axis.name not in AXIS_FIELDS:
             raise ValidationError(f"cannot sweep {axis.name!r}: sweepable fields are {', '.join(AXIS_FIELDS)}")
         if not axis.values:
             raise ValidationError(f"axis {axis.name!r} has no values")
@@ -177,7 +196,10 @@ def expand(base: dict[str, Any], axes: list[Axis], limit: int = MAX_COMBINATIONS
     for combination in itertools.product(*(axis.values for axis in axes)):
         fields = dict(base)
         labels = dict(zip(names, combination, strict=True))
-        for name, value in labels.items():
+        for axis, value in zip(axes, combination, strict=True):
+            name = axis.name
+            if isinstance(axis, PromptAxis):
+                continue  # labels only: the prompt is rendered from them
             if name == "size":
                 fields["width"], fields["height"] = value
             else:

@@ -8,6 +8,7 @@ and its estimated cost. No network and no history: those come after.
 
 from __future__ import annotations
 
+import math
 import numbers
 import secrets
 from collections.abc import Mapping, Sequence
@@ -15,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flux_nb import protocol
-from flux_nb.core.axes import Axis, expand
+from flux_nb.core.axes import MAX_COMBINATIONS, Axis, expand
 from flux_nb.core.results import Result
+from flux_nb.core.templates import PromptTemplate, choices, replacement_axes, with_replacements
 from flux_nb.errors import ValidationError
 from flux_nb.images import ImageInput, prepare_images
 from flux_nb.protocol import FluxRequest
@@ -140,6 +142,9 @@ def prepare(
     **fields: Any,
 ) -> PreparedRequest:
     """Validate and price one request; draws a seed when none is given."""
+    check_text(prompt, "prompt")
+    if tag is not None:
+        check_text(tag, "tag")
     unknown = sorted(set(fields) - set(REQUEST_FIELDS) - set(SIZE_FIELDS))
     if unknown:
         raise ValidationError(f"unknown field(s) {', '.join(unknown)}; a request takes {', '.join(REQUEST_FIELDS)}")
@@ -153,8 +158,6 @@ def prepare(
             f"{given}={width if height is None else height} was given without {missing}: "
             "give both (or size=(W, H), or aspect='16:9')"
         )
-    if not isinstance(prompt, str):
-        raise ValidationError(f"prompt must be text, got {type(prompt).__name__} {prompt!r}")
     inputs = reference_images(images)
     seed = fields.pop("seed", None)
     request = FluxRequest(
@@ -172,6 +175,22 @@ def prepare(
     out_w, out_h = protocol.output_size(request, first_size)
     estimate = protocol.estimate_cost(request.model, out_w, out_h, sum(i.megapixels for i in inputs))
     return PreparedRequest(request, inputs, estimate, tag=tag, fresh=fresh, labels=dict(labels or {}))
+
+
+def check_text(value: Any, name: str) -> str:
+    """``value`` if it is text that can be sent and stored (UTF-8), else a ValidationError naming the problem."""
+    if not isinstance(value, str):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValidationError(f"{name} must be text, got {type(value).__name__} {shown}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = value[exc.start]
+        raise ValidationError(
+            f"{name} holds a lone surrogate \\u{ord(char):04x} at character {exc.start + 1} (half of a character, "
+            "often from a bad copy and paste); delete it and type that character again"
+        ) from None
+    return value
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -202,44 +221,80 @@ def _axis(name: str, values: list[Any]) -> Axis:
 
 
 def build(
-    prompts: str | Sequence[str],
+    prompts: str | PromptTemplate | Sequence[str | PromptTemplate],
     defaults: Defaults,
     *,
     axes: Sequence[Axis] = (),
     images: Any = None,
+    vary: Mapping[str, Sequence[Any]] | None = None,
     **fields: Any,
 ) -> list[PreparedRequest]:
-    """Every combination of the prompts, the given ``axes`` and the list-valued ``fields``, prepared.
+    """Every combination of the prompts, their axes, the given ``axes`` and the list-valued ``fields``, prepared.
+
+    A prompt given as text sweeps its ``{a|b|c}`` alternatives (axes alt1, alt2...); ``vary={"dog": ["dog",
+    "cat"]}`` replaces the first value, found in the prompt, by each value in turn (an axis named "dog").
 
     >>> [p.request.seed for p in build("a fox", Defaults(), seed=[1, 2])]
     [1, 2]
+    >>> [p.request.prompt for p in build("a {red|blue} fox", Defaults(), seed=1)]
+    ['a red fox', 'a blue fox']
     """
-    prompt_axis = Axis("prompt", (prompts,) if isinstance(prompts, str) else tuple(prompts))
+    templates = prompt_templates(prompts, vary)
     options = {k: fields.pop(k) for k in RECORD_OPTIONS if k in fields}
     base, field_axes = split_axes(fields)
-    inputs = reference_images(images)
-    points = expand(base, [prompt_axis, *axes, *field_axes])
-    batch = []
-    for point in points:
-        fields = dict(point.fields)
-        prompt = fields.pop("prompt")
-        labels = {**options.get("labels", {}), **point.labels}
-        batch.append(
-            prepare(
-                prompt,
-                defaults,
-                images=inputs,
-                tag=options.get("tag"),
-                fresh=bool(options.get("fresh", False)),
-                labels=labels,
-                **fields,
-            )
+    shared = [*axes, *field_axes]
+    total = sum(math.prod(len(a.values) for a in (*t.axes, *shared)) for t in templates)
+    if total > MAX_COMBINATIONS:
+        raise ValidationError(
+            f"the sweep has {total} combinations; at most {MAX_COMBINATIONS} run at once (split it up)"
         )
+    inputs = reference_images(images)
+    batch = []
+    for template in templates:
+        label = template.label if template.axes else template.render({})
+        for point in expand(base, [Axis("prompt", (label,)), *template.axes, *shared]):
+            fields = dict(point.fields)
+            fields.pop("prompt")
+            batch.append(
+                prepare(
+                    template.render(point.labels),
+                    defaults,
+                    images=inputs,
+                    tag=options.get("tag"),
+                    fresh=bool(options.get("fresh", False)),
+                    labels={**options.get("labels", {}), **point.labels},
+                    **fields,
+                )
+            )
     return batch
+
+
+def prompt_templates(
+    prompts: str | PromptTemplate | Sequence[str | PromptTemplate], vary: Mapping[str, Any] | None = None
+) -> list[PromptTemplate]:
+    """The prompts as templates (text sweeps its ``{a|b}`` alternatives), with the ``vary`` replacements they hold."""
+    items = [prompts] if isinstance(prompts, (str, PromptTemplate)) else prompts
+    if not isinstance(items, (list, tuple)) or not items:
+        check_text(prompts, "prompt")  # names what was given instead of text
+        raise ValidationError("no prompt given: write what the image should show")
+    templates = [item if isinstance(item, PromptTemplate) else choices(check_text(item, "prompt")) for item in items]
+    if vary is None:
+        return templates
+    found = replacement_axes(vary)
+    templates = [with_replacements(t, found) for t in templates]
+    used = {a.name for t in templates for a in t.axes}
+    for axis, find in found:
+        if axis.name not in used:
+            raise ValidationError(
+                f"vary {axis.name}: {find!r} is not in the prompt (the first value is the text to find)"
+            )
+    return templates
 
 
 def one_request(fields: Mapping[str, Any]) -> None:
     """Refuse list-valued fields where one image is asked for, pointing at ``sweep``."""
+    if "vary" in fields:
+        raise ValidationError("vary= sweeps the prompt: generate makes one image; use flux.sweep(..., vary=...)")
     for name, value in fields.items():
         if name in ("images", "labels", "size"):
             continue
@@ -253,10 +308,12 @@ __all__ = [
     "Defaults",
     "PreparedRequest",
     "build",
+    "check_text",
     "draw_seed",
     "one_request",
     "plain",
     "prepare",
+    "prompt_templates",
     "reference_images",
     "split_axes",
 ]
