@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from flux_nb import experiments
 from flux_nb.core import batch as batches
 from flux_nb.core.events import BatchObserver
-from flux_nb.core.jobs import prepared_from_record, settle_cut_off
+from flux_nb.core.outcomes import prepared_from_record, settle_cut_off
 from flux_nb.core.relay import relay
 from flux_nb.core.results import Result
 from flux_nb.core.resuming import Resumed, plan, unsent_records

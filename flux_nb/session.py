@@ -24,9 +24,10 @@ from flux_nb.core.axes import Axis
 from flux_nb.core.backend import Backend, connect, resolve_backend
 from flux_nb.core.batch import Defaults, PreparedRequest, draw_seed
 from flux_nb.core.events import BatchObserver, Emit, ignore
-from flux_nb.core.jobs import Executor, cache_hit
+from flux_nb.core.jobs import Executor
 from flux_nb.core.ledger import Ledger
 from flux_nb.core.loop import LoopRunner
+from flux_nb.core.outcomes import cache_hit
 from flux_nb.core.relay import guarded, relay
 from flux_nb.core.results import Result, SweepResult, presenter
 from flux_nb.errors import ValidationError

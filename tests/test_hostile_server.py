@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from flux_nb.core.jobs import is_final
+from flux_nb.core.outcomes import is_final
 from flux_nb.errors import DeliveryError, FluxError, FluxTimeout, TransportError, UnknownOutcomeError, ValidationError
 from flux_nb.http.auth import ApiKey
 from flux_nb.http.bodies import MIB, BodyLimits

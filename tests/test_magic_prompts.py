@@ -219,3 +219,16 @@ def test_a_terminal_sweep_over_sizes_and_pages(ipython: InteractiveShell, histor
     assert len(cells) == 8 and cells[4].startswith("model: flux-2-klein-9b")
     saved = [line for line in captured.stdout.splitlines() if line.startswith("flux_nb: grid saved to ")]
     assert len(saved) == 2 and all(Path(line.split(" to ", 1)[1]).is_file() for line in saved)
+
+
+def test_flex_prompt_upsampling_off_is_sent_and_recorded(ipython: Any, server: Any) -> None:
+    """flux-2-flex rewrites prompts unless told not to: --prompt-upsampling off reaches the server."""
+    run(ipython, "%%flux -m flux-2-flex --prompt-upsampling off --seed 3 --size 64x64 -o flex\na kite")
+    result = ipython.user_ns["flex"]
+    assert result.ok
+    assert server.stats()["submits"] == 1
+    import httpx
+
+    polling_url = records(ipython)["polling_url"].iloc[-1]
+    details = httpx.get(polling_url, timeout=10).json()["details"]
+    assert details["settings"]["prompt_upsampling"] is False  # what the server received and recorded

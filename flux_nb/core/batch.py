@@ -37,6 +37,7 @@ REQUEST_FIELDS = (
     "webhook_secret",
     "steps",
     "guidance",
+    "prompt_upsampling",
 )
 #: Ways to give a size besides width/height: ``size=(w, h)`` or ``"1024x768"``, ``aspect="16:9"``.
 SIZE_FIELDS = ("size", "aspect")

@@ -147,7 +147,12 @@ class FluxMagics(Magics):
     @argument("--format", choices=list(protocol.OUTPUT_FORMATS), help="output format")
     @argument("-m", "--model", action="append", help="model, or several: flux-2-klein-4b,flux-2-pro")
     @argument("--steps", help="flux-2-flex only: steps 1..50, or a list")
-    @argument("--guidance", help="flux-2-flex only: guidance 1.5..10, or a list")
+    @argument("--guidance", help="flux-2-flex only: guidance 1.5..10 (the API's default 5), or a list")
+    @argument(
+        "--prompt-upsampling",
+        choices=["on", "off"],
+        help="flux-2-flex only: let BFL rewrite the prompt (the API's default is on)",
+    )
     @argument(
         "--vary",
         action="append",
@@ -228,6 +233,7 @@ class FluxMagics(Magics):
             tag=args.tag,
             fresh=args.fresh,
             vary=vary,
+            **({} if args.prompt_upsampling is None else {"prompt_upsampling": args.prompt_upsampling == "on"}),
         )
         varies = len(batch) > 1 or any(len(axis.values) > 1 for axis in axes)
         rich = render.is_rich()
