@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,8 @@ print(json.dumps({{"seconds": took, "loaded": [m for m in {heavy!r} if m in sys.
 
 
 def _neutral_dir() -> str:
-    """A working directory holding no flux_nb, so PYTHONPATH decides which one is imported."""
-    return os.environ.get("TMPDIR") or "/tmp"
+    """A new, empty working directory: no flux_nb in it (PYTHONPATH decides which one loads) and no history."""
+    return tempfile.mkdtemp(prefix="flux-nb-import-")
 
 
 def measure(source: Path, body: str, runs: int) -> dict[str, Any]:

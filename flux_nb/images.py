@@ -20,14 +20,17 @@ import hashlib
 import io
 import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from flux_nb.errors import DeliveryError, ValidationError
 from flux_nb.protocol import MAX_PIXELS, SIDE_STEP
@@ -134,6 +137,8 @@ def _encode_png(image: Image.Image) -> bytes:
     """PNG bytes in a mode every decoder takes: RGB, RGBA or L."""
     if image.mode.startswith("I;16"):
         # convert() would clip 16-bit tones to white; keep the top 8 bits instead.
+        import numpy as np
+
         image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
     elif image.mode not in ("RGB", "RGBA", "L"):
         has_alpha = "A" in image.getbands() or "transparency" in image.info
@@ -207,7 +212,15 @@ def _from_path(path: Path, name: str) -> ImageInput:
     return _from_bytes(data, name, repr(shown))
 
 
+def _is_array(obj: Any) -> bool:
+    """A NumPy array (numpy is only looked at when something has loaded it: only then can obj be one)."""
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(obj, numpy.ndarray)
+
+
 def _from_array(array: np.ndarray, name: str) -> ImageInput:
+    import numpy as np
+
     shape = tuple(array.shape)
     if array.ndim not in (2, 3) or (array.ndim == 3 and shape[2] not in (1, 3, 4)):
         hint = " (channels first? try array.transpose(1, 2, 0))" if array.ndim == 3 and shape[0] in (3, 4) else ""
@@ -259,7 +272,7 @@ def prepare_image(obj: Any, name: str = "image") -> ImageInput:
         return _from_url(obj, name)
     if isinstance(obj, (str, os.PathLike)):
         return _from_path(Path(obj), name)
-    if isinstance(obj, np.ndarray):
+    if _is_array(obj):
         return _from_array(obj, name)
     raise ValidationError(
         f"{name}: {type(obj).__name__} is not an image; use a path, an http(s) URL, bytes, a PIL image or a NumPy array"

@@ -27,15 +27,13 @@ import importlib.metadata
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
-
-import numpy as np
-import pandas as pd
 
 from flux_nb.errors import ValidationError
 from flux_nb.images import open_image, sha256_hex
@@ -74,13 +72,25 @@ def version() -> str:
         return "unknown"
 
 
+def _is_missing(value: Any) -> bool:
+    """pandas' NA or NaT (pandas is only looked at when something has loaded it: then only can they occur)."""
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and (value is pandas.NA or value is pandas.NaT)
+
+
+def _is_series(value: Any) -> bool:
+    pandas = sys.modules.get("pandas")
+    return pandas is not None and isinstance(value, pandas.Series)
+
+
 def _plain(value: Any, *, time: bool = False) -> Any:
     """A JSON value: NA and NaN become None, NumPy scalars Python ones, times ISO 8601 (UTC)."""
-    if isinstance(value, (list, tuple, np.ndarray)):
+    numpy = sys.modules.get("numpy")  # NumPy values can only occur once something has loaded it
+    if isinstance(value, (list, tuple)) or (numpy is not None and isinstance(value, numpy.ndarray)):
         return [_plain(v) for v in value]
-    if value is None or value is pd.NA or value is pd.NaT:
+    if value is None or _is_missing(value):
         return None
-    if isinstance(value, np.generic):
+    if numpy is not None and isinstance(value, numpy.generic):
         value = value.item()
     if isinstance(value, float) and math.isnan(value):
         return None
@@ -97,7 +107,7 @@ def _as_mapping(values: Any) -> dict[str, Any]:
     """A record (any dataclass), a DataFrame row or a dict, as a dict."""
     if dataclasses.is_dataclass(values) and not isinstance(values, type):
         return {f.name: getattr(values, f.name) for f in dataclasses.fields(values)}
-    if isinstance(values, (Mapping, pd.Series)):
+    if isinstance(values, Mapping) or _is_series(values):
         return {str(k): v for k, v in values.items()}
     raise ValidationError(f"provenance comes from a history record or row, not a {type(values).__name__}")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flux_nb.errors import ValidationError
-from flux_nb.notebook import render, selection, tables
+from flux_nb.notebook import render
 from flux_nb.notebook.progress import BatchProgress
 from flux_nb.session import Flux
 
@@ -81,6 +81,8 @@ def _filtered(verb: str, usage: str, *positional: tuple[str, dict[str, Any]]) ->
 
 def history(session: Flux, rest: list[str]) -> Shown:
     """``%flux history [N] [--experiment X] [--tag T]``: the newest N rows (read without the rest)."""
+    from flux_nb.notebook import selection, tables  # pandas loads with the first table, not at %load_ext
+
     usage = "[N] [--experiment NAME] [--tag TAG]"
     options = _filtered("history", usage, ("n", {"nargs": "?", "default": "20"})).parse(rest)
     if not options.n.isdigit():
@@ -134,6 +136,8 @@ def resume(session: Flux, rest: list[str]) -> Shown | None:
 
 def cost(session: Flux, rest: list[str]) -> Shown:
     """``%flux cost [--experiment X] [--tag T]``: credits by model and backend, billed and not billed apart."""
+    from flux_nb.notebook import selection, tables  # pandas loads with the first table, not at %load_ext
+
     options = _filtered("cost", "[--experiment NAME] [--tag TAG]").parse(rest)
     summary = selection.cost_summary(session, options.experiment, options.tag)
     return Shown(lambda: tables.cost_text(summary), lambda: tables.cost_html(summary))
@@ -147,6 +151,7 @@ def grid(session: Flux, rest: list[str]) -> Any:
     folder) and its path said.
     """
     from flux_nb.grids import grid as draw
+    from flux_nb.notebook import selection  # pandas loads with the first table, not at %load_ext
 
     parser = _filtered("grid", GRID_USAGE)
     for flag in ("--x", "--y", "--z", "--where", "--save"):
