@@ -70,7 +70,7 @@ def test_a_record_is_sending_at_the_moment_its_submit_reaches_the_server(history
         result = flux.generate("a lighthouse", seed=1, width=64, height=64)
         assert result.ok
         assert seen == [["sending"]]
-        assert list(flux.history()["status"]) == ["ready"]
+        assert list(flux.store.query()["status"]) == ["ready"]
     finally:
         flux.close()
 
