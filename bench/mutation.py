@@ -38,7 +38,7 @@ class Target:
 TARGETS: dict[str, Target] = {
     "protocol": Target(
         ("flux_nb/protocol.py",),
-        ("tests/test_money_guards.py", "tests/test_properties.py", "tests/test_protocol.py"),
+        ("tests/test_protocol.py", "tests/test_money_guards.py"),
     ),
     "client": Target(
         ("flux_nb/http/client.py", "flux_nb/http/retry.py", "flux_nb/http/answers.py"),
