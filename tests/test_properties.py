@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 
 from flux_nb.core.batch import Defaults, prepare
@@ -26,6 +29,8 @@ from flux_nb.errors import ValidationError
 from flux_nb.protocol import MODELS, check_size, estimate_cost
 from flux_nb.server import ServerConfig, create_app
 
+# Hypothesis keeps a cache in ./.hypothesis by default: tests never write into the source tree.
+set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "flux_nb-hypothesis")
 PROPERTY = settings(
     max_examples=80,
     deadline=None,
