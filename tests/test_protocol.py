@@ -139,6 +139,7 @@ def test_sizes_together_at_four_megapixels() -> None:
     )
     assert refused(check_size, None, 4112).startswith("size 1024x4112 is 4.21 megapixels")
     assert refused(check_size, 4112, None).startswith("size 4112x1024 is 4.21 megapixels")
+    assert refused(check_size, 1232, 6944).startswith("size 1232x6944 is 8.56 megapixels")  # 8.555008 MP, in MB
     assert refused(check_size, 63, None) == "width 63 is below the minimum of 64 pixels"
     assert refused(check_size, None, 70) == "height 70 is not a multiple of 16 (try 64 or 80)"
 
@@ -155,6 +156,8 @@ def test_aspect_ratios_give_valid_sizes_near_the_megapixels_asked() -> None:
     assert refused(aspect_size, "wide") == "aspect 'wide' is not a ratio like 16:9 or 1.5"
     assert refused(aspect_size, "20:1") == "aspect '20:1' must be between 1:16 and 16:1"
     assert refused(aspect_size, "1:17") == "aspect '1:17' must be between 1:16 and 16:1"
+    assert refused(aspect_size, "16.5") == "aspect '16.5' must be between 1:16 and 16:1"
+    assert refused(aspect_size, "1:2:3") == "aspect '1:2:3' is not a ratio like 16:9 or 1.5"
     assert refused(aspect_size, "inf") == "aspect 'inf' must be between 1:16 and 16:1"
     assert refused(aspect_size, "1:1", 5.0).startswith("size 2288x2288 is")
 
@@ -167,6 +170,8 @@ def test_size_text_is_parsed_and_checked() -> None:
     for text in ("12x", "x", "1024", "1024x768x2", "axb", "-64x64"):
         assert refused(parse_size, text) == f"size {text!r} is not of the form WIDTHxHEIGHT, e.g. 1024x768"
     assert refused(parse_size, "1000x768") == "width 1000 is not a multiple of 16 (try 992 or 1008)"
+    assert refused(parse_size, "1024x1000") == "height 1000 is not a multiple of 16 (try 992 or 1008)"
+    assert refused(parse_size, "2048x2064").startswith("size 2048x2064 is 4.23 megapixels")
 
 
 def test_cost_follows_the_megapixel_formula() -> None:
