@@ -33,7 +33,18 @@ class Target:
 
     sources: tuple[str, ...]
     tests: tuple[str, ...]
+    # Tests left out of the mutation run for their time (each mutant reruns every test that reaches it).
+    slow: tuple[str, ...] = ()
 
+
+CLIENT_SLOW = (
+    "tests/test_client.py::test_sixty_tasks_against_a_24_task_limit_all_finish",
+    "tests/test_client.py::test_a_submit_whose_answer_is_lost_is_never_resent",
+    "tests/test_client.py::test_polling_learns_durations_from_each_finished_task",
+    "tests/test_client.py::test_polls_answered_429_keep_polling_honouring_retry_after",
+    "tests/test_client.py::test_an_expired_delivery_url_is_a_clear_delivery_error",
+    "tests/test_client.py::test_a_task_slower_than_the_task_timeout_times_out",
+)
 
 TARGETS: dict[str, Target] = {
     "protocol": Target(
@@ -41,8 +52,14 @@ TARGETS: dict[str, Target] = {
         ("tests/test_protocol.py", "tests/test_money_guards.py"),
     ),
     "client": Target(
-        ("flux_nb/http/client.py", "flux_nb/http/retry.py", "flux_nb/http/answers.py"),
+        ("flux_nb/http/client.py",),
         ("tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
+        CLIENT_SLOW,
+    ),
+    "retry": Target(
+        ("flux_nb/http/retry.py", "flux_nb/http/answers.py"),
+        ("tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
+        CLIENT_SLOW,
     ),
     "store": Target(
         ("flux_nb/history/store.py",),
@@ -58,6 +75,7 @@ TARGETS: dict[str, Target] = {
 def mutmut_config(target: Target) -> str:
     """The ``[tool.mutmut]`` table for one target."""
     tests = [t for t in target.tests if (ROOT / t).exists()]
+    tests += [arg for test in target.slow for arg in ("--deselect", test)]
     lines = [
         "[tool.mutmut]",
         'source_paths = ["flux_nb"]',
