@@ -53,12 +53,12 @@ TARGETS: dict[str, Target] = {
     ),
     "client": Target(
         ("flux_nb/http/client.py",),
-        ("tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
+        ("tests/test_money_guards.py", "tests/test_client_paths.py", "tests/test_client.py", "tests/test_polling.py"),
         CLIENT_SLOW,
     ),
     "retry": Target(
         ("flux_nb/http/retry.py", "flux_nb/http/answers.py"),
-        ("tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
+        ("tests/test_money_guards.py", "tests/test_client_paths.py", "tests/test_client.py", "tests/test_polling.py"),
         CLIENT_SLOW,
     ),
     "store": Target(

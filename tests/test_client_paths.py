@@ -1,0 +1,180 @@
+"""The client's less travelled paths, in process (no socket): resuming, expired and mismatched deliveries, credits.
+
+Each test here kills mutants of flux_nb/http/client.py that survived the mutation run (bench/MUTATION.md).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from flux_nb.errors import AuthError, DeliveryError, FluxError, TransportError
+from flux_nb.http.bodies import BodyLimits
+from flux_nb.http.client import AsyncFluxClient, RetryPolicy
+from flux_nb.protocol import FluxRequest
+from flux_nb.server import ServerConfig, create_app
+
+IN_PROCESS = "http://127.0.0.1:8800"
+FAST_RETRY = RetryPolicy(attempts=3, rate_limit_attempts=3, base_delay=0.0, max_delay=0.0)
+Rewrite = Callable[[httpx.Request, httpx.Response, bytes], Awaitable[httpx.Response | None]]
+
+
+class Rewriting(httpx.AsyncBaseTransport):
+    """The local server in process; ``rewrite`` may replace an answer (None keeps it). Counts requests by kind."""
+
+    def __init__(self, rewrite: Rewrite | None = None, **config: Any) -> None:
+        self.inner = httpx.ASGITransport(create_app(ServerConfig(**config)))
+        self.rewrite = rewrite
+        self.counts: dict[str, int] = {"submit": 0, "poll": 0, "delivery": 0, "credits": 0}
+
+    @staticmethod
+    def kind(request: httpx.Request) -> str:
+        path = request.url.path
+        if request.method == "POST":
+            return "submit"
+        if path == "/v1/get_result":
+            return "poll"
+        return "credits" if path == "/v1/credits" else "delivery"
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.counts[self.kind(request)] += 1
+        response = await self.inner.handle_async_request(request)
+        body = await response.aread()
+        if self.rewrite is not None:
+            replaced = await self.rewrite(request, response, body)
+            if replaced is not None:
+                return replaced
+        return httpx.Response(response.status_code, headers=response.headers, content=body)
+
+
+def png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def test_resume_finishes_a_task_reporting_progress_with_the_task_itself() -> None:
+    transport = Rewriting(latency=0.05)
+    events: list[tuple[Any, str, float | None]] = []
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport) as client:
+        submitted = await client.submit(FluxRequest("later", seed=4, width=64, height=64, output_format="png"))
+        result = await client.resume(submitted, on_progress=lambda task, status, f: events.append((task, status, f)))
+    assert result.task is submitted and (result.width, result.height, result.format) == (64, 64, "png")
+    assert result.polls == transport.counts["poll"] >= 1
+    assert events[-1] == (submitted, "Downloading", 1.0)
+    assert all(task is submitted for task, _, _ in events)
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("jpeg", "jpeg"), ("png", "png"), ("webp", "webp")])
+async def test_the_result_names_its_format_in_lower_case(fmt: str, name: str) -> None:
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting()) as client:
+        result = await client.generate(FluxRequest("f", seed=1, width=64, height=64, output_format=fmt))
+    assert result.format == name
+
+
+def expiring(times: int) -> Rewrite:
+    """Deliveries answer 410 (an expired URL) ``times`` times, then as the server does."""
+    left = [times]
+
+    async def rewrite(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        if Rewriting.kind(request) == "delivery" and left[0] > 0:
+            left[0] -= 1
+            return httpx.Response(410, json={"detail": "expired"})
+        return None
+
+    return rewrite
+
+
+async def test_an_expired_delivery_url_is_answered_by_asking_the_task_again_twice_at_most() -> None:
+    transport = Rewriting(expiring(2))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport, retry=FAST_RETRY) as client:
+        result = await client.generate(FluxRequest("e", seed=2, width=64, height=64))
+    assert transport.counts["delivery"] == 3 and result.width == 64
+    assert result.polls == transport.counts["poll"]  # the two extra polls are counted
+    first_polls = transport.counts["poll"] - 2
+    assert first_polls >= 1
+
+    transport = Rewriting(expiring(3))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport, retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError, match="expired") as caught:
+            await client.generate(FluxRequest("e", seed=2, width=64, height=64))
+    assert caught.value.expired and transport.counts["delivery"] == 3
+
+
+def swapped(size: tuple[int, int]) -> Rewrite:
+    async def rewrite(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        if Rewriting.kind(request) == "delivery":
+            return httpx.Response(200, content=png(size), headers={"content-type": "image/png"})
+        return None
+
+    return rewrite
+
+
+async def test_a_delivery_of_another_size_than_asked_is_refused() -> None:
+    transport = Rewriting(swapped((128, 128)))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport, retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError, match="is 128x128 but 64x64 was asked"):
+            await client.generate(FluxRequest("s", seed=3, width=64, height=64))
+
+
+async def test_a_download_without_its_task_checks_only_the_absolute_caps() -> None:
+    transport = Rewriting(swapped((96, 80)))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport) as client:
+        data, image = await client.download(f"{IN_PROCESS}/anything.png")
+    assert image.size == (96, 80) and data == png((96, 80))
+
+
+async def test_credits_are_read_and_retried_within_their_deadline() -> None:
+    failures = [1]
+
+    async def flaky(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        if Rewriting.kind(request) == "credits" and failures[0]:
+            failures[0] -= 1
+            return httpx.Response(503, json={"detail": "busy"})
+        return None
+
+    transport = Rewriting(flaky)
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport, retry=FAST_RETRY) as client:
+        assert await client.credits() > 0
+    assert transport.counts["credits"] == 2
+
+
+@pytest.mark.parametrize("answer", [b"not json", b"[1, 2]", b'{"credits": "many"}', b"{}"])
+async def test_a_credits_answer_that_is_not_understood_is_a_transport_error(answer: bytes) -> None:
+    async def garbled(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        return httpx.Response(200, content=answer) if Rewriting.kind(request) == "credits" else None
+
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(garbled)) as client:
+        with pytest.raises(TransportError) as caught:
+            await client.credits()
+    assert str(caught.value).startswith("the credits answer was not understood: ")
+    assert caught.value.status == 200
+
+
+async def test_credits_with_a_wrong_key_are_an_auth_error() -> None:
+    transport = Rewriting(api_keys=frozenset({"right-key"}))
+    async with AsyncFluxClient("wrong-key", IN_PROCESS, transport=transport) as client:
+        with pytest.raises(AuthError) as caught:
+            await client.credits()
+    assert caught.value.status in (401, 403)
+
+
+async def test_an_oversized_credits_answer_says_what_was_being_done() -> None:
+    async def padded(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        return (
+            httpx.Response(200, json={"credits": 1, "pad": "x" * 4096})
+            if Rewriting.kind(request) == "credits"
+            else None
+        )
+
+    limits = BodyLimits(json_bytes=1024)
+    async with AsyncFluxClient(
+        None, IN_PROCESS, transport=Rewriting(padded), limits=limits, retry=FAST_RETRY
+    ) as client:
+        with pytest.raises(FluxError, match=r"^asking for the credits: the answer from 127\.0\.0\.1 is larger than"):
+            await client.credits()
