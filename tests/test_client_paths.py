@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_nb.errors import AuthError, DeliveryError, FluxError, TransportError
+from flux_nb.errors import AuthError, DeliveryError, FluxError, FluxTimeout, TransportError
 from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy
 from flux_nb.protocol import FluxRequest
@@ -178,3 +178,95 @@ async def test_an_oversized_credits_answer_says_what_was_being_done() -> None:
     ) as client:
         with pytest.raises(FluxError, match=r"^asking for the credits: the answer from 127\.0\.0\.1 is larger than"):
             await client.credits()
+
+
+@pytest.mark.parametrize("status", [403, 404, 410])
+async def test_each_expired_delivery_answer_is_told_apart_from_a_fault(status: int) -> None:
+    async def gone(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        return httpx.Response(status, text="gone") if Rewriting.kind(request) == "delivery" else None
+
+    transport = Rewriting(gone)
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport, retry=FAST_RETRY) as client:
+        task = await client.submit(FluxRequest("g", seed=1, width=64, height=64))
+        answer, _ = await client.wait(task)
+        with pytest.raises(DeliveryError) as caught:
+            await client.download(answer["result"]["sample"], task)
+    error = caught.value
+    assert str(error) == f"the image's delivery URL answered {status}: it has expired or never existed"
+    assert (error.expired, error.status, error.answer) == (True, status, "gone")
+    assert transport.counts["delivery"] == 1  # an expired URL is not retried
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [(400, "downloading the image failed with HTTP 400"), (500, "HTTP 500 from 127.0.0.1: oops")],
+)
+async def test_a_failing_delivery_is_retried_then_named(status: int, message: str) -> None:
+    async def broken(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        return httpx.Response(status, text="oops") if Rewriting.kind(request) == "delivery" else None
+
+    transport = Rewriting(broken)
+    async with AsyncFluxClient("k", IN_PROCESS, transport=transport, retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError) as caught:
+            await client.generate(FluxRequest("b", seed=1, width=64, height=64))
+    assert message in str(caught.value) and not caught.value.expired
+    assert transport.counts["delivery"] == FAST_RETRY.attempts
+
+
+async def test_a_delivery_past_its_deadline_is_a_timeout_naming_it() -> None:
+    async def broken(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        return httpx.Response(500, text="oops") if Rewriting.kind(request) == "delivery" else None
+
+    limits = BodyLimits(download_seconds=0.0)
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(broken), limits=limits) as client:
+        with pytest.raises(FluxTimeout) as caught:
+            await client.generate(FluxRequest("t", seed=1, width=64, height=64))
+    assert str(caught.value).startswith("the image did not arrive within 0 s (")
+
+
+async def test_deliveries_never_carry_the_key_and_oversized_ones_are_delivery_errors() -> None:
+    keys: list[str | None] = []
+
+    async def note(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        if Rewriting.kind(request) == "delivery":
+            keys.append(request.headers.get("x-key"))
+        return None
+
+    async with AsyncFluxClient("k", IN_PROCESS, transport=Rewriting(note), retry=FAST_RETRY) as client:
+        await client.generate(FluxRequest("k", seed=1, width=64, height=64))
+    assert keys == [None]
+    limits = BodyLimits(image_bytes=100)
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(), limits=limits, retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError, match=r"^downloading the image: the answer from 127\.0\.0\.1 is larger than"):
+            await client.generate(FluxRequest("o", seed=1, width=64, height=64))
+
+
+async def test_a_ready_answer_without_a_sample_url_is_a_delivery_error() -> None:
+    async def no_sample(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        if Rewriting.kind(request) == "poll" and b'"Ready"' in body:
+            return httpx.Response(200, json={"id": "t", "status": "Ready", "result": {"seed": 1}})
+        return None
+
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(no_sample), retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError) as caught:
+            task = await client.submit(FluxRequest("n", seed=1, width=64, height=64))
+            await client.resume(task)
+    assert str(caught.value) == f"task {task.id} is Ready but its answer has no usable sample URL"
+
+
+async def test_a_delivery_host_that_cannot_be_reached_is_a_delivery_error() -> None:
+    async def elsewhere(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        if Rewriting.kind(request) == "poll" and b'"Ready"' in body:
+            ready = {"id": "t", "status": "Ready", "result": {"sample": "http://127.0.0.1:9/gone.png"}}
+            return httpx.Response(200, json=ready)
+        return None
+
+    class Refusing(Rewriting):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.port == 9:
+                raise httpx.ConnectError("refused", request=request)
+            return await super().handle_async_request(request)
+
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Refusing(elsewhere), retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError, match=r"could not reach 127\.0\.0\.1"):
+            await client.generate(FluxRequest("r", seed=1, width=64, height=64))
