@@ -59,14 +59,22 @@ def png(size: tuple[int, int]) -> bytes:
 
 
 async def test_resume_finishes_a_task_reporting_progress_with_the_task_itself() -> None:
-    transport = Rewriting(latency=0.05)
+    first = [True]
+
+    async def pending_once(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        if Rewriting.kind(request) == "poll" and first[0]:
+            first[0] = False
+            return httpx.Response(200, json={"id": "t", "status": "Pending", "progress": 0.5})
+        return None
+
+    transport = Rewriting(pending_once)
     events: list[tuple[Any, str, float | None]] = []
     async with AsyncFluxClient(None, IN_PROCESS, transport=transport) as client:
         submitted = await client.submit(FluxRequest("later", seed=4, width=64, height=64, output_format="png"))
         result = await client.resume(submitted, on_progress=lambda task, status, f: events.append((task, status, f)))
     assert result.task is submitted and (result.width, result.height, result.format) == (64, 64, "png")
-    assert result.polls == transport.counts["poll"] >= 1
-    assert events[-1] == (submitted, "Downloading", 1.0)
+    assert result.polls == transport.counts["poll"] >= 2
+    assert events[0] == (submitted, "Pending", 0.5) and events[-1] == (submitted, "Downloading", 1.0)
     assert all(task is submitted for task, _, _ in events)
 
 
