@@ -13,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_nb.errors import AuthError, DeliveryError, FluxError, FluxTimeout, TransportError
+from flux_nb.errors import AuthError, DeliveryError, FluxError, FluxTimeout, TransportError, UnknownOutcomeError
 from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy
 from flux_nb.protocol import FluxRequest
@@ -278,3 +278,71 @@ async def test_a_delivery_host_that_cannot_be_reached_is_a_delivery_error() -> N
     async with AsyncFluxClient(None, IN_PROCESS, transport=Refusing(elsewhere), retry=FAST_RETRY) as client:
         with pytest.raises(DeliveryError, match=r"could not reach 127\.0\.0\.1"):
             await client.generate(FluxRequest("r", seed=1, width=64, height=64))
+
+
+def answering(kind: str, make: Callable[[bytes], httpx.Response | None]) -> Rewrite:
+    async def rewrite(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        return make(body) if Rewriting.kind(request) == kind else None
+
+    return rewrite
+
+
+async def test_a_submit_answer_becomes_a_task_holding_what_was_asked() -> None:
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting()) as client:
+        request = FluxRequest("a", model="flux-2-pro", seed=1, width=128, height=64, output_format="png")
+        task = await client.submit(request)
+        one_side = await client.submit(FluxRequest("b", seed=1, width=128))
+    assert (task.model, task.size, task.output_format) == ("flux-2-pro", (128, 64), "png")
+    assert task.output_mp == pytest.approx(128 * 64 / 2**20, abs=1e-4) and task.cost == pytest.approx(3.0)
+    assert task.polling_url == f"{IN_PROCESS}/v1/get_result?id={task.id}"
+    assert one_side.size is None and one_side.output_format == "jpeg"
+
+
+async def test_the_answers_polling_url_is_used_and_a_missing_one_falls_back_to_get_result() -> None:
+    own = f"{IN_PROCESS}/v1/get_result?id=t-1&cluster=us3"
+    transport = Rewriting(answering("submit", lambda body: httpx.Response(200, json={"id": "t-1", "polling_url": own})))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport) as client:
+        assert (await client.submit(FluxRequest("a", seed=1))).polling_url == own
+    transport = Rewriting(answering("submit", lambda body: httpx.Response(200, json={"id": "t-2"})))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport) as client:
+        assert (await client.submit(FluxRequest("a", seed=1))).polling_url == f"{IN_PROCESS}/v1/get_result?id=t-2"
+
+
+@pytest.mark.parametrize("answer", [b"not json", b"[1, 2]", b'{"status": "Pending"}', b'{"id": ""}'])
+async def test_a_submit_answer_without_a_task_id_is_an_unknown_outcome(answer: bytes) -> None:
+    transport = Rewriting(answering("submit", lambda body: httpx.Response(200, content=answer)))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport) as client:
+        with pytest.raises(UnknownOutcomeError) as caught:
+            await client.submit(FluxRequest("a", seed=1))
+    error = caught.value
+    assert str(error).startswith(f"the submit answer from {IN_PROCESS} has no usable task id: ")
+    assert error.status == 200 and error.answer is not None
+    assert transport.counts["submit"] == 1  # never sent twice
+
+
+async def test_a_poll_is_retried_within_the_tasks_own_deadline_by_default() -> None:
+    busy = [1]
+
+    def once(body: bytes) -> httpx.Response | None:
+        if busy[0]:
+            busy[0] -= 1
+            return httpx.Response(429, json={"detail": "slow down"}, headers={"Retry-After": "0"})
+        return None
+
+    transport = Rewriting(answering("poll", once))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport, retry=FAST_RETRY) as client:
+        task = await client.submit(FluxRequest("p", seed=1, width=64, height=64))
+        answer = await client.poll(task)
+    assert answer["id"] == task.id and transport.counts["poll"] == 2
+
+
+async def test_an_oversized_poll_answer_names_the_task() -> None:
+    padded = answering("poll", lambda body: httpx.Response(200, json={"status": "Pending", "pad": "x" * 4096}))
+    limits = BodyLimits(json_bytes=1024)
+    async with AsyncFluxClient(
+        None, IN_PROCESS, transport=Rewriting(padded), limits=limits, retry=FAST_RETRY
+    ) as client:
+        task = await client.submit(FluxRequest("p", seed=1, width=64, height=64))
+        with pytest.raises(FluxError) as caught:
+            await client.poll(task)
+    assert str(caught.value).startswith(f"polling task {task.id}: the answer from 127.0.0.1 is larger than")
