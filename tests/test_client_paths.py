@@ -6,6 +6,7 @@ Each test here kills mutants of flux_nb/http/client.py that survived the mutatio
 from __future__ import annotations
 
 import io
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -346,3 +347,14 @@ async def test_an_oversized_poll_answer_names_the_task() -> None:
         with pytest.raises(FluxError) as caught:
             await client.poll(task)
     assert str(caught.value).startswith(f"polling task {task.id}: the answer from 127.0.0.1 is larger than")
+
+
+async def test_a_delivery_far_larger_than_the_size_asked_is_cut_off_before_decoding() -> None:
+    noise = Image.frombytes("RGB", (1024, 1024), random.Random(0).randbytes(1024 * 1024 * 3))  # incompressible
+    buffer = io.BytesIO()
+    noise.save(buffer, "PNG")
+    big = buffer.getvalue()
+    huge = answering("delivery", lambda body: httpx.Response(200, content=big, headers={"content-type": "image/png"}))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(huge), retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError, match=r"^downloading the image: the answer from 127\.0\.0\.1 is larger than"):
+            await client.generate(FluxRequest("h", seed=1, width=64, height=64))
