@@ -211,6 +211,8 @@ async def test_each_expired_delivery_answer_is_told_apart_from_a_fault(status: i
     [(400, "downloading the image failed with HTTP 400"), (500, "HTTP 500 from 127.0.0.1: oops")],
 )
 async def test_a_failing_delivery_is_retried_then_named(status: int, message: str) -> None:
+    """A 5xx keeps its status through the retries; a 4xx other than an expiry is retried as a fault."""
+
     async def broken(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
         return httpx.Response(status, text="oops") if Rewriting.kind(request) == "delivery" else None
 
@@ -219,6 +221,7 @@ async def test_a_failing_delivery_is_retried_then_named(status: int, message: st
         with pytest.raises(DeliveryError) as caught:
             await client.generate(FluxRequest("b", seed=1, width=64, height=64))
     assert message in str(caught.value) and not caught.value.expired
+    assert caught.value.status == (500 if status == 500 else None)
     assert transport.counts["delivery"] == FAST_RETRY.attempts
 
 
