@@ -14,9 +14,17 @@ import httpx
 import pytest
 from PIL import Image
 
-from flux_nb.errors import AuthError, DeliveryError, FluxError, FluxTimeout, TransportError, UnknownOutcomeError
+from flux_nb.errors import (
+    AuthError,
+    DeliveryError,
+    FluxError,
+    FluxTimeout,
+    TaskNotFoundError,
+    TransportError,
+    UnknownOutcomeError,
+)
 from flux_nb.http.bodies import BodyLimits
-from flux_nb.http.client import AsyncFluxClient, RetryPolicy
+from flux_nb.http.client import AsyncFluxClient, RetryPolicy, Task
 from flux_nb.protocol import FluxRequest
 from flux_nb.server import ServerConfig, create_app
 
@@ -361,3 +369,22 @@ async def test_a_delivery_far_larger_than_the_size_asked_is_cut_off_before_decod
     async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(huge), retry=FAST_RETRY) as client:
         with pytest.raises(DeliveryError, match=r"^downloading the image: the answer from 127\.0\.0\.1 is larger than"):
             await client.generate(FluxRequest("h", seed=1, width=64, height=64))
+
+
+async def test_polling_an_unknown_task_is_task_not_found_with_its_404() -> None:
+    task = Task(id="nope", polling_url=f"{IN_PROCESS}/v1/get_result?id=nope", model="flux-2-klein-4b", submitted_at=0)
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting()) as client:
+        with pytest.raises(TaskNotFoundError) as caught:
+            await client.poll(task)
+    assert str(caught.value) == "task nope is unknown to the API (expired or never created)"
+    assert caught.value.status == 404
+
+
+async def test_a_poll_answered_with_no_json_is_retried_then_named() -> None:
+    transport = Rewriting(answering("poll", lambda body: httpx.Response(200, content=b"<html>busy</html>")))
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport, retry=FAST_RETRY) as client:
+        task = await client.submit(FluxRequest("j", seed=1, width=64, height=64))
+        with pytest.raises(TransportError) as caught:
+            await client.poll(task)
+    assert str(caught.value) == f"polling task {task.id} returned no JSON" and caught.value.status == 200
+    assert transport.counts["poll"] == FAST_RETRY.attempts
