@@ -53,12 +53,12 @@ TARGETS: dict[str, Target] = {
     ),
     "client": Target(
         ("flux_nb/http/client.py",),
-        ("tests/test_money_guards.py", "tests/test_client_paths.py", "tests/test_client.py", "tests/test_polling.py"),
+        ("tests/test_client_paths.py", "tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
         CLIENT_SLOW,
     ),
     "retry": Target(
         ("flux_nb/http/retry.py", "flux_nb/http/answers.py"),
-        ("tests/test_money_guards.py", "tests/test_client_paths.py", "tests/test_client.py", "tests/test_polling.py"),
+        ("tests/test_client_paths.py", "tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
         CLIENT_SLOW,
     ),
     "store": Target(
@@ -81,7 +81,8 @@ def mutmut_config(target: Target) -> str:
         'source_paths = ["flux_nb"]',
         f"only_mutate = {json.dumps(list(target.sources))}",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
-        'pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q"]',
+        # a mutant that makes a test sleep until a deadline fails it after 20 s (pytest-timeout), not 15x its time
+        'pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "--timeout=20"]',
         'also_copy = ["tests", "bench"]',
     ]
     return "\n".join(lines) + "\n"
