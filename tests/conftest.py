@@ -15,6 +15,12 @@ LOOPBACK = frozenset({"127.0.0.0/8", "::1", "localhost"})
 
 
 @pytest.fixture(autouse=True)
+def same_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test (or a cell it runs) that changes directory gets the old one back afterwards."""
+    monkeypatch.chdir(Path.cwd())
+
+
+@pytest.fixture(autouse=True)
 def slots_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test's shared slot table lives in a folder of its own, never in the user's cache."""
     folder = tmp_path_factory.mktemp("slots")

@@ -424,15 +424,14 @@ def test_the_kernel_thread_stays_free_while_the_panel_generates(
         panel.size.value = DRAFT
         panel.count.value = 2
         assert flux._ready_executor() is not None  # built up front, so the timing below is the submit alone
-        began = time.monotonic()
         panel.submit()
-        assert time.monotonic() - began < 0.5, "submit blocked the calling thread"
+        assert panel._future is not None and not panel._future.done(), "submit waited for the images"
         ticks, seen = 0, set()
         while panel._future is not None:  # the "kernel" keeps running code while the images are made
             ticks += 1
             seen.add(panel.status.value.split("·")[0])
             time.sleep(0.01)
-        assert ticks > 50 and len(panel.gallery.children) == 2
+        assert ticks > 0 and len(panel.gallery.children) == 2  # the calling thread ran on while they were made
         assert threads == {"flux-nb-loop"} and threading.current_thread().name not in threads
         assert len(seen) > 1  # the status line changed while the kernel thread was busy elsewhere
     finally:

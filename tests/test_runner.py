@@ -37,19 +37,19 @@ def test_run_inside_a_running_loop_does_not_need_nest_asyncio(runner: LoopRunner
 
 
 async def test_await_from_another_loop_keeps_that_loop_free(runner: LoopRunner) -> None:
-    ticks = 0
+    """The runner's coroutine waits for a flag only the caller's loop sets: a blocked caller would never set it."""
+    flag = threading.Event()
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.005)
+    async def caller_side() -> None:
+        flag.set()
 
-    ticking = asyncio.create_task(ticker())
-    name = await runner.wrap(which_thread(0.1))
-    ticking.cancel()
-    assert name == "test-loop"
-    assert ticks >= 5  # the caller's loop kept running while it waited
+    async def runner_side() -> tuple[bool, str]:
+        seen = await asyncio.to_thread(flag.wait, 30)
+        return seen, await which_thread()
+
+    setting = asyncio.create_task(caller_side())
+    assert await runner.wrap(runner_side()) == (True, "test-loop")
+    await setting
 
 
 def test_exceptions_propagate_with_their_type(runner: LoopRunner) -> None:

@@ -368,11 +368,15 @@ def test_a_trickling_reference_host_cannot_hold_a_submit_past_the_fetch_timeout(
     data = buffer.getvalue()
     site = FastAPI()
 
+    served: list[int] = []
+    step = len(data) // 60 + 1
+    starts = range(0, len(data), step)
+
     @site.get("/trickle.png")
     async def trickle() -> Any:
         async def pieces() -> Any:  # a valid PNG over about 6 s, each piece well inside the per-read timeout
-            step = len(data) // 60 + 1
-            for start in range(0, len(data), step):
+            for start in starts:
+                served.append(start)
                 yield data[start : start + step]
                 await _asyncio.sleep(0.1)
 
@@ -380,13 +384,11 @@ def test_a_trickling_reference_host_cannot_hold_a_submit_past_the_fetch_timeout(
 
     with EmbeddedServer(app=site) as images:
         server = server_factory(fetch_timeout=1.0)
-        started = time.monotonic()
         answer = http.post(
             f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "input_image": f"{images.url}/trickle.png"}
         )
-        elapsed = time.monotonic() - started
     assert answer.status_code == 422 and "could not fetch" in answer.text, answer.text
-    assert elapsed < 4.0, elapsed
+    assert 0 < len(served) < len(starts)  # it gave up before the whole image had trickled in
     assert server.stats()["submits"] == 0
 
 

@@ -62,6 +62,7 @@ def submit(store: HistoryStore, record_id: str, polling_url: str | None = "http:
 
 def test_a_record_is_written_before_sending_with_every_request_field(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
+    before = time.time()
     request = FluxRequest(
         "a fox", model="flux-2-flex", seed=7, width=768, height=512, steps=20, guidance=3.5, output_format="png"
     )
@@ -99,7 +100,7 @@ def test_a_record_is_written_before_sending_with_every_request_field(history_dir
     )
     assert record.input_hashes == ["h1", "h2"] and record.webhook_url == "https://hook.example/x"
     assert record.request_key == request_key(request, "bfl", ["h1", "h2"]) and record.estimated_cost == 5.0
-    assert record.created_at == record.updated_at and abs(record.created_at - time.time()) < 60
+    assert record.created_at == record.updated_at and before <= record.created_at <= time.time()
     assert all(b"s3cret" not in path.read_bytes() for path in history_dir.iterdir())  # database and WAL
 
 
@@ -340,7 +341,8 @@ def test_an_empty_history_gives_an_empty_typed_frame(history_dir: Path) -> None:
     assert {c: str(t) for c, t in frame.dtypes.items()} == expected
 
 
-def test_a_100k_row_history_becomes_a_frame_quickly(history_dir: Path) -> None:
+def test_a_100k_row_history_becomes_a_whole_frame_in_order(history_dir: Path) -> None:
+    """Every row, in order (its speed is measured in bench/history_scale.py, not here)."""
     store = HistoryStore(history_dir)
     names = list(COLUMNS)
     assert names[:3] == ["record_id", "created_at", "updated_at"]
@@ -350,11 +352,9 @@ def test_a_100k_row_history_becomes_a_frame_quickly(history_dir: Path) -> None:
     rows = [(f"{i:012x}", float(i), float(i), *rest) for i in range(100_000)]
     with sqlite3.connect(store.path) as db:
         db.executemany(f"INSERT INTO records ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})", rows)
-    started = time.perf_counter()
     frame = store.to_frame()
-    took = time.perf_counter() - started
     assert len(frame) == 100_000 and frame["record_id"].iloc[-1] == f"{99_999:012x}"
-    assert took < 5.0, f"to_frame took {took:.2f} s for 100k rows"
+    assert frame["record_id"].is_unique and frame["cost"].sum() == pytest.approx(140_000.0)
 
 
 def test_spent_counts_ready_records_by_model_and_never_failed_or_moderated(history_dir: Path) -> None:

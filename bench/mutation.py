@@ -1,0 +1,169 @@
+"""Mutation testing of the modules that guard money and data, on demand (never in CI).
+
+``mutmut`` changes one operator, constant or call at a time and runs the tests that reach it; a
+mutant the tests still pass ("survived") is a bug the suite would let through. The run works in a
+scratch copy of the project (the source tree is never touched) and prints, per module, the score and
+the survivors; ``bench/MUTATION.md`` keeps the latest figures and explains every survivor left.
+
+    pip install "mutmut>=3.8"                              # not a dev dependency: the suite never needs it
+    python -m bench.mutation --module protocol             # the cheapest module, about ten minutes on 2 cores
+    python -m bench.mutation --module client --module store --jobs 2
+    python -m bench.mutation --list                        # the modules and their test selections
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Target:
+    """A module to mutate and the fast tests that guard it (pure or in-process: no subprocess servers)."""
+
+    sources: tuple[str, ...]
+    tests: tuple[str, ...]
+    # Tests left out of the mutation run for their time (each mutant reruns every test that reaches it).
+    slow: tuple[str, ...] = ()
+
+
+CLIENT_SLOW = (
+    "tests/test_client.py::test_sixty_tasks_against_a_24_task_limit_all_finish",
+    "tests/test_client.py::test_a_submit_whose_answer_is_lost_is_never_resent",
+    "tests/test_client.py::test_polling_learns_durations_from_each_finished_task",
+    "tests/test_client.py::test_polls_answered_429_keep_polling_honouring_retry_after",
+    "tests/test_client.py::test_an_expired_delivery_url_is_a_clear_delivery_error",
+    "tests/test_client.py::test_a_task_slower_than_the_task_timeout_times_out",
+)
+
+TARGETS: dict[str, Target] = {
+    "protocol": Target(
+        ("flux_nb/protocol.py",),
+        ("tests/test_protocol.py", "tests/test_money_guards.py"),
+    ),
+    "client": Target(
+        ("flux_nb/http/client.py",),
+        ("tests/test_client_paths.py", "tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
+        CLIENT_SLOW,
+    ),
+    "retry": Target(
+        ("flux_nb/http/retry.py", "flux_nb/http/answers.py"),
+        ("tests/test_client_paths.py", "tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
+        CLIENT_SLOW,
+    ),
+    "store": Target(
+        ("flux_nb/history/store.py",),
+        ("tests/test_store.py", "tests/test_money_guards.py"),
+    ),
+    "jobs": Target(
+        ("flux_nb/core/jobs.py",),
+        ("tests/test_money_guards.py", "tests/test_faults.py"),
+    ),
+}
+
+
+def mutmut_config(target: Target) -> str:
+    """The ``[tool.mutmut]`` table for one target."""
+    tests = [t for t in target.tests if (ROOT / t).exists()]
+    tests += [arg for test in target.slow for arg in ("--deselect", test)]
+    lines = [
+        "[tool.mutmut]",
+        'source_paths = ["flux_nb"]',
+        f"only_mutate = {json.dumps(list(target.sources))}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        # a mutant that makes a test sleep until a deadline fails it after 20 s (pytest-timeout), not 15x its time
+        'pytest_add_cli_args = ["-p", "no:randomly", "-p", "no:cacheprovider", "-q", "--timeout=20"]',
+        'also_copy = ["tests", "bench"]',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def scratch_copy(name: str, target: Target, workdir: Path) -> Path:
+    """A fresh copy of the package and its tests, with mutmut's settings in its pyproject.toml."""
+    where = workdir / name
+    if where.exists():
+        shutil.rmtree(where)
+    where.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".flux", "artifacts")
+    for folder in ("flux_nb", "tests", "bench"):
+        shutil.copytree(ROOT / folder, where / folder, ignore=ignore)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (where / "pyproject.toml").write_text(pyproject + "\n" + mutmut_config(target))
+    return where
+
+
+def mutmut(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "BFL_API_KEY")}
+    return subprocess.run(
+        [sys.executable, "-m", "mutmut", *args], cwd=where, env=env, capture_output=True, text=True, check=False
+    )
+
+
+def survivors(where: Path) -> list[str]:
+    """The names of the mutants no test killed (``mutmut show NAME`` in ``where`` prints each diff)."""
+    out = mutmut(where, "results").stdout
+    return [line.split(":")[0].strip() for line in out.splitlines() if line.strip().endswith("survived")]
+
+
+def run(name: str, workdir: Path, jobs: int) -> dict[str, object]:
+    target = TARGETS[name]
+    where = scratch_copy(name, target, workdir)
+    started = time.monotonic()
+    done = mutmut(where, "run", "--max-children", str(jobs))
+    took = time.monotonic() - started
+    mutmut(where, "export-cicd-stats")
+    stats_file = where / "mutants" / "mutmut-cicd-stats.json"
+    if done.returncode or not stats_file.exists():
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"mutmut failed for {name} (see above); the scratch copy is {where}")
+    stats = json.loads(stats_file.read_text())
+    tested = int(stats.get("total", 0)) - int(stats.get("skipped", 0))
+    killed = int(stats.get("killed", 0)) + int(stats.get("timeout", 0))
+    left = survivors(where)
+    report = {"module": name, "score": killed / tested if tested else 0.0, "seconds": round(took), **stats}
+    report["survivors"] = left
+    report["workdir"] = str(where)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--module", action="append", choices=sorted(TARGETS), help="module(s) to mutate")
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "flux_nb-mutation")
+    parser.add_argument("--jobs", type=int, default=2, help="test processes at once")
+    parser.add_argument("--list", action="store_true", help="show the modules and their tests")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, target in TARGETS.items():
+            print(f"{name:9} {', '.join(target.sources)}\n          tests: {', '.join(target.tests)}")
+        return
+    if shutil.which("mutmut") is None and subprocess.run([sys.executable, "-c", "import mutmut"]).returncode:
+        raise SystemExit('mutmut is not installed: pip install "mutmut>=3.8"')
+    reports = []
+    for name in args.module or list(TARGETS):
+        report = run(name, args.workdir, args.jobs)
+        reports.append(report)
+        print(
+            f"{name:9} {report['score']:.1%} killed ({report.get('killed', 0)} killed, "
+            f"{report.get('timeout', 0)} timed out, {report.get('survived', 0)} survived, "
+            f"{report.get('no_tests', 0)} without tests) in {report['seconds']} s"
+        )
+        for mutant in report["survivors"]:
+            print(f"    survived: {mutant}")
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=2))
+
+
+if __name__ == "__main__":
+    main()
