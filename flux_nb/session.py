@@ -27,6 +27,7 @@ from flux_nb.core.events import BatchObserver, Emit, ignore
 from flux_nb.core.jobs import Executor
 from flux_nb.core.ledger import Ledger
 from flux_nb.core.loop import LoopRunner
+from flux_nb.core.notebooks import notebook_name
 from flux_nb.core.outcomes import cache_hit
 from flux_nb.core.relay import guarded, relay
 from flux_nb.core.results import Result, SweepResult, presenter
@@ -48,16 +49,6 @@ if TYPE_CHECKING:
 
 #: The key for a non-BFL endpoint (a local server started with keys, a gateway).
 ENDPOINT_KEY_ENV = "FLUX_NB_API_KEY"
-
-
-def notebook_name(namespace: dict[str, Any] | None = None) -> str:
-    """The notebook's name where the environment exposes it (JupyterLab, VS Code)."""
-    if namespace and isinstance(namespace.get("__vsc_ipynb_file__"), str):
-        return os.path.basename(namespace["__vsc_ipynb_file__"])
-    for var in ("JPY_SESSION_NAME", "FLUX_NB_NOTEBOOK"):
-        if os.environ.get(var):
-            return os.path.basename(os.environ[var])
-    return ""
 
 
 class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
