@@ -417,3 +417,9 @@ def test_own_colours_reach_4_5_to_1_on_jupyterlabs_themes_and_without_them(theme
     for colour in (display.TEXT, display.MUTED, display.ERROR):
         assert contrast_ratio(resolve(colour, variables), page) >= 4.5, colour
         assert contrast_ratio(resolve(colour, {}), (255, 255, 255, 1.0)) >= 4.5, colour  # fallbacks on white
+
+
+def test_the_caption_says_what_the_engine_changed(tmp_path: Path) -> None:
+    result = ready(tmp_path, details={"engine": "diffusers", "warnings": ["prompt truncated to 512 tokens"]})
+    assert display.caption(result).endswith("note: prompt truncated to 512 tokens")
+    assert "note:" not in display.caption(ready(tmp_path))

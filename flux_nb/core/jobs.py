@@ -297,6 +297,7 @@ class Executor:
             elapsed=elapsed,
             task_id=outcome.task.id,
             engine=outcome.engine,
+            details=outcome.details,
         )
 
     def _with_provenance(self, record_id: str, image: bytes, values: dict[str, Any]) -> bytes:

@@ -66,6 +66,8 @@ class Result:
     cached: bool = False
     task_id: str | None = None
     engine: str | None = None
+    #: What the server said about the task: its engine, a replica, warnings (e.g. a truncated prompt).
+    details: dict[str, Any] = field(default_factory=dict)
     tag: str | None = None
     error: FluxError | None = field(default=None, repr=False)
     labels: dict[str, Any] = field(default_factory=dict)

@@ -194,6 +194,16 @@ def seed_of(answer: dict[str, Any]) -> int | None:
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
 
 
+def details_of(answer: dict[str, Any]) -> dict[str, Any]:
+    """The task's ``details`` (what the engine says: its name, a replica, warnings), only if it is small JSON."""
+    details = answer.get("details")
+    if not isinstance(details, dict) or len(details) > 50:
+        return {}
+    return {
+        str(k)[:100]: v for k, v in details.items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))
+    }
+
+
 def engine_of(answer: dict[str, Any]) -> str | None:
     details = answer.get("details")
     engine = details.get("engine") if isinstance(details, dict) else None

@@ -28,6 +28,7 @@ from flux_nb.errors import (
 )
 from flux_nb.http.answers import (
     Answer,
+    details_of,
     engine_of,
     error_for_answer,
     error_for_status,
@@ -219,6 +220,7 @@ class AsyncFluxClient:
             finished_at=time.time(),
             polls=polls,
             engine=engine_of(answer),
+            details=details_of(answer),
         )
 
     @asynccontextmanager

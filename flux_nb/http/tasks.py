@@ -7,7 +7,8 @@ polling URL, plus what was asked (size, format) so that the delivered image can 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -42,6 +43,8 @@ class TaskResult:
     finished_at: float
     polls: int
     engine: str | None = None
+    #: The task's details from the API (the engine, a replica, warnings such as a truncated prompt).
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 ProgressCallback = Callable[[Task, str, float | None], Awaitable[None] | None]

@@ -115,6 +115,9 @@ def caption(result: Result) -> str:
     parts = [f"seed {result.seed}", size, result.model, cost, took, f"id {result.record_id}"]
     if result.tag:
         parts.append(f"tag {result.tag}")
+    warnings = result.details.get("warnings") if isinstance(result.details, dict) else None
+    if isinstance(warnings, list) and warnings:
+        parts.append("note: " + "; ".join(str(w) for w in warnings))  # e.g. "prompt truncated to 512 tokens"
     return " · ".join(p for p in parts if p)
 
 
