@@ -357,15 +357,14 @@ def test_a_dark_grid_has_a_dark_page_and_light_labels(tmp_path: Path) -> None:
 
 
 def test_a_kernel_grid_follows_the_jupyter_theme_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-    import types
+    from flux_nb.grids import theme as theme_module
 
     settings = tmp_path / "settings" / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
     settings.parent.mkdir(parents=True)
     settings.write_text('{\n    // "theme": "JupyterLab Light" is the default\n    "theme": "JupyterLab Dark"\n}')
     monkeypatch.setenv("JUPYTERLAB_SETTINGS_DIR", str(tmp_path / "settings"))
     assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == BACKGROUND  # not in a kernel
-    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    monkeypatch.setattr(theme_module, "in_kernel", lambda: True)
     assert grid(frame(tmp_path), x="seed", cell=64).image.getpixel((0, 0)) == DARK.background
     assert grid(frame(tmp_path), x="seed", cell=64, theme="light").image.getpixel((0, 0)) == BACKGROUND
     settings.write_text('{"theme": "JupyterLab Dark"}')  # as the server writes it: one line

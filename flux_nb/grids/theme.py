@@ -48,9 +48,16 @@ def theme_named(name: str | None) -> Theme:
     return THEMES[name]
 
 
+def in_kernel() -> bool:
+    """True inside a Jupyter kernel (its shell is ipykernel's), where the theme setting is the user's."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
 def notebook_theme() -> str | None:
     """ "dark" or "light" from the Jupyter theme setting, when running in a kernel that can read it."""
-    if "ipykernel" not in sys.modules:
+    if not in_kernel():
         return None
     for chosen in (_user_setting(), _override()):
         if chosen:
