@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,13 @@ from flux_nb.server import EmbeddedServer, ServerConfig
 
 # Test servers may fetch from and post webhooks to loopback (their own image sites and receivers).
 LOOPBACK = frozenset({"127.0.0.0/8", "::1", "localhost"})
+
+
+# Hypothesis (and schemathesis on it) keep their example database outside the source tree.
+with contextlib.suppress(ImportError):
+    from hypothesis import configuration as _hypothesis_configuration
+
+    _hypothesis_configuration.set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "flux-nb-hypothesis")
 
 
 @pytest.fixture(autouse=True)

@@ -144,6 +144,10 @@ def test_cancel_stops_waiting_and_keeps_the_record_for_resume(server_factory: An
         wait_idle(panel)
         assert "cancelled" in panel.status.value
         assert len(flux.store.resumable()) == 1
+        # The cancelled request leaves this process's in-flight set on flux_nb's loop thread, a moment later.
+        deadline = time.monotonic() + 10
+        while flux._ledger.in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert [r.status for r in flux.resume()] == ["ready"]
     finally:
         flux.close()
