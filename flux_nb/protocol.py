@@ -36,6 +36,8 @@ MAX_PIXELS = 4 * 1024 * 1024
 DEFAULT_SIDE = 1024
 # One megapixel as the pricing counts it: a 1024x1024 image is 1 MP.
 PIXELS_PER_MP = 1024 * 1024
+# A reference whose size is not known before sending (a URL the API fetches) is priced at the most it can be.
+REFERENCE_MP_CAP = MAX_PIXELS / PIXELS_PER_MP
 
 SAFETY_RANGE = (0, 5)
 DEFAULT_SAFETY = 2

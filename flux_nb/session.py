@@ -211,13 +211,21 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
     def check_budget(self, batch: Sequence[PreparedRequest], *, confirm: bool = True) -> None:
         """Refuse, before anything is sent, a batch whose estimate would pass the budget, or (unless
         ``confirm``) the large-batch guard ``confirm_over``: BudgetError, LargeBatchError."""
+        guard.check_webhooks(batch, to_bfl=self.backend.label == "bfl")
         threshold = None if confirm else guard.confirm_threshold(self.confirm_over, self.backend.billed)
         if self.budget is None and threshold is None:
             return
         label = self.backend.label
         cost = guard.estimate(batch, lambda p: cache_hit(self.store, label, p, enabled=self.cache) is not None)
+        at_most = any(p.estimate_is_bound for p in batch)
         guard.check_spending(
-            len(batch), cost, spent=self._spent, budget=self.budget, threshold=threshold, confirm=confirm
+            len(batch),
+            cost,
+            spent=self._spent,
+            budget=self.budget,
+            threshold=threshold,
+            confirm=confirm,
+            at_most=at_most,
         )
 
     # -- running -------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from traitlets.config import Config
 
 from flux_nb import Flux
@@ -135,3 +136,33 @@ def test_a_zero_budget_still_refuses_and_nan_is_no_longer_off(flux: Flux, server
         flux.generate("nothing", seed=1, width=64, height=64)
     assert server.stats()["submits"] == 0
     assert not HistoryStore(flux.history_dir).count() if Path(flux.history_dir).exists() else True
+
+
+def test_a_url_reference_is_priced_at_the_most_it_can_cost(tmp_path: Path) -> None:
+    """The API fetches a URL reference itself, so its size is unknown here: the estimate says "at most"."""
+    flux = Flux(endpoint="http://127.0.0.1:9", history_dir=tmp_path, budget=4.0)
+    try:
+        prepared = flux.prepare("an edit", images=["https://images.example/ref.png"], model="flux-2-pro", seed=1)
+        # pro: 3 for the first output MP, then 1.5 per further MP; the reference is counted at 4 MP
+        assert prepared.estimate_is_bound and prepared.estimated_cost == pytest.approx(3 + 4 * 1.5)
+        with pytest.raises(BudgetError, match=r"estimated cost at most 9\.00 credits"):
+            flux.check_budget([prepared])
+        known = flux.prepare("an edit", images=[Image.new("RGB", (1024, 1024))], model="flux-2-pro", seed=1)
+        assert not known.estimate_is_bound and known.estimated_cost == pytest.approx(4.5)
+    finally:
+        flux.close()
+
+
+def test_bfl_webhooks_must_be_https_before_anything_is_sent(tmp_path: Path) -> None:
+    flux = Flux(api_key="sk-test-not-used", history_dir=tmp_path)  # the BFL cloud: refused before any socket
+    try:
+        with pytest.raises(ValidationError, match="https:// URLs only"):
+            flux.generate("a kite", seed=1, webhook_url="http://hooks.example/flux")
+        assert flux.history().empty
+    finally:
+        flux.close()
+    local = Flux(endpoint="http://127.0.0.1:9", history_dir=tmp_path)  # a local server posts to http too
+    try:
+        local.check_budget([local.prepare("a kite", seed=1, webhook_url="http://127.0.0.1:9/hook")])
+    finally:
+        local.close()

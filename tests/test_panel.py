@@ -681,3 +681,19 @@ def test_a_running_panel_batch_has_a_ticker_that_ends_with_it(flux: Flux) -> Non
     wait_idle(panel)
     ticker.join(timeout=5)
     assert not ticker.is_alive() and panel.status.value.startswith("<span>done: 1 image")
+
+
+def test_a_large_batch_waits_for_the_send_anyway_button(flux: Flux) -> None:
+    """Past Flux.confirm_over nothing is sent until the user confirms; then the same form goes out."""
+    flux.confirm_over = 1.0  # two 512x512 klein images are estimated at 2.8 credits
+    panel = Panel(flux)
+    panel.prompt.value = "a guarded pair"
+    panel.size.value = DRAFT
+    panel.count.value = 2
+    panel.submit()
+    assert panel._future is None and flux.server.stats()["submits"] == 0  # type: ignore[attr-defined]
+    assert "2 request" in panel.error.value and panel.confirm.layout.display == ""
+    panel.confirm.click()
+    wait_idle(panel)
+    assert flux.server.stats()["submits"] == 2  # type: ignore[attr-defined]
+    assert len(panel.gallery.children) == 2 and panel.confirm.layout.display == "none"

@@ -71,6 +71,8 @@ class PreparedRequest:
     fresh: bool = False
     replay_of: str | None = None
     labels: dict[str, Any] = field(default_factory=dict)
+    #: True when the estimate is an upper bound ("at most"): a URL reference's size is not known before sending.
+    estimate_is_bound: bool = False
 
     @property
     def input_hashes(self) -> list[str]:
@@ -174,8 +176,15 @@ def prepare(
     ).validate()
     first_size = inputs[0].size if inputs else None
     out_w, out_h = protocol.output_size(request, first_size)
-    estimate = protocol.estimate_cost(request.model, out_w, out_h, sum(i.megapixels for i in inputs))
-    return PreparedRequest(request, inputs, estimate, tag=tag, fresh=fresh, labels=dict(labels or {}))
+    estimate = protocol.estimate_cost(request.model, out_w, out_h, sum(_priced_megapixels(i) for i in inputs))
+    prepared = PreparedRequest(request, inputs, estimate, tag=tag, fresh=fresh, labels=dict(labels or {}))
+    prepared.estimate_is_bound = any(i.size is None for i in inputs)
+    return prepared
+
+
+def _priced_megapixels(image: ImageInput) -> float:
+    """A reference's megapixels as the API bills them; a URL's size is unknown here, so the largest it takes."""
+    return image.megapixels if image.size is not None else protocol.REFERENCE_MP_CAP
 
 
 def check_text(value: Any, name: str) -> str:

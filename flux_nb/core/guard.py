@@ -25,6 +25,19 @@ def estimate(batch: Sequence[PreparedRequest], is_cached: Callable[[PreparedRequ
     return sum(p.estimated_cost for p in unique if not is_cached(p))
 
 
+def check_webhooks(batch: Sequence[PreparedRequest], *, to_bfl: bool) -> None:
+    """BFL posts webhooks to ``https://`` URLs only: an ``http://`` one would silently never arrive."""
+    if not to_bfl:
+        return  # a local server posts to http too
+    for prepared in batch:
+        url = prepared.request.webhook_url
+        if url and not url.lower().startswith("https://"):
+            raise ValidationError(
+                f"webhook_url {url!r}: BFL sends webhooks to https:// URLs only, so it would never arrive; "
+                "use an https URL"
+            )
+
+
 def confirm_threshold(confirm_over: float | None, billed: bool) -> float | None:
     """The guard's threshold in credits (None: off): the setting, else 50 on a billed backend."""
     if confirm_over is not None:
@@ -40,16 +53,21 @@ def check_spending(
     budget: float | None,
     threshold: float | None,
     confirm: bool,
+    at_most: bool = False,
 ) -> None:
-    """Refuse a batch of ``count`` requests estimated at ``cost`` that passes the budget or, unconfirmed, the guard."""
+    """Refuse a batch of ``count`` requests estimated at ``cost`` that passes the budget or, unconfirmed, the guard.
+
+    ``at_most``: the estimate is an upper bound (a URL reference, priced at the largest size the API takes).
+    """
+    bound = "at most " if at_most else ""
     if budget is not None and spent + cost > budget + 1e-9:
         raise BudgetError(
-            f"estimated cost {cost:.2f} credits for {count} request(s) would pass the budget: "
+            f"estimated cost {bound}{cost:.2f} credits for {count} request(s) would pass the budget: "
             f"{spent:.2f} of {budget:.2f} spent"
         )
     if not confirm and threshold is not None and cost > threshold + 1e-9:
         raise LargeBatchError(
-            f"{count} request(s) estimated at {cost:.2f} credits pass the confirmation threshold of "
+            f"{count} request(s) estimated at {bound}{cost:.2f} credits pass the confirmation threshold of "
             f"{threshold:g} credits: nothing was sent",
             count=count,
             estimate=cost,
@@ -85,4 +103,12 @@ def positive(name: str, value: float, *, integer: bool = False, most: float | No
     return value
 
 
-__all__ = ["BILLED_CONFIRM_OVER", "check_spending", "confirm_threshold", "credit_limit", "estimate", "positive"]
+__all__ = [
+    "BILLED_CONFIRM_OVER",
+    "check_spending",
+    "check_webhooks",
+    "confirm_threshold",
+    "credit_limit",
+    "estimate",
+    "positive",
+]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from flux_nb.core.results import Result
-from flux_nb.errors import FluxError
+from flux_nb.errors import FluxError, LargeBatchError
 from flux_nb.notebook.panel.form import SIZE_PRESETS, Form
 from flux_nb.notebook.panel.gallery import CARD_THUMB, Gallery
 from flux_nb.notebook.panel.messages import Messages
@@ -55,6 +55,9 @@ class Panel(w.VBox):
         self.generate = w.Button(description="Generate", button_style="primary", icon="magic")
         self.generate.add_class("flux-generate")
         self.cancel = w.Button(description="Cancel", disabled=True, icon="stop")
+        #: Shown when a batch's estimate passes Flux.confirm_over: sends the same form anyway.
+        self.confirm = w.Button(description="Send anyway", button_style="warning", layout=w.Layout(display="none"))
+        self.confirm.add_class("flux-confirm")
         self.messages = Messages(session)
         self.form = Form(session, on_change=self._refresh_generate)
         self.references = References(namespace, report=self.messages.report, clear=self.messages.clear_error)
@@ -68,6 +71,7 @@ class Panel(w.VBox):
         self._expose_widgets()
         self.generate.on_click(lambda _: self.submit())
         self.cancel.on_click(lambda _: self.stop())
+        self.confirm.on_click(lambda _: self.submit(confirm=True))
         super().__init__(children=self._layout(), **kwargs)
         self.add_class("flux-panel")
         self._refresh_generate()
@@ -90,7 +94,7 @@ class Panel(w.VBox):
             w.HBox([self.safety, self.format]),
             w.HBox([self.upload, self.variable, self.add_variable, self.count]),
             self.slots_box,
-            w.HBox([self.generate, self.cancel, self.status]),
+            w.HBox([self.generate, self.cancel, self.confirm, self.status]),
             self.error,
             self.cost,
             self.gallery,
@@ -115,30 +119,39 @@ class Panel(w.VBox):
 
     # -- generating ----------------------------------------------------------------------------
 
-    def submit(self) -> None:
-        """Check the form and start generating; a second click while busy does nothing."""
+    def submit(self, confirm: bool = False) -> None:
+        """Check the form and start generating; a second click while busy does nothing.
+
+        ``confirm`` sends a batch whose estimate passes ``Flux.confirm_over`` (the "Send anyway" button).
+        """
         if self._future is not None:
             return
+        self.confirm.layout.display = "none"
         self.messages.clear_error()
         try:
             batch = self._batch()
         except Exception as exc:  # shown in words: the panel never dies
             self.messages.report(exc)
             return
-        self._start(batch)
+        self._start(batch, confirm)
 
     def _batch(self) -> list[PreparedRequest]:
         prompt, fields = self.form.request()
         return self.session.batch(prompt, images=self.references.images, tag="panel", **fields)
 
-    def _start(self, batch: list[PreparedRequest]) -> None:
+    def _start(self, batch: list[PreparedRequest], confirm: bool = False) -> None:
         """Run ``batch`` on flux_nb's loop; Generate stays disabled until its future resolves."""
         self._future = Future()
         self.cancel.disabled = False
         self._refresh_generate()
         self.observer = PanelObserver(self.messages, self._show_result)
         try:
-            self._running = self.session.start(batch, self.observer)  # checks the budget, then sends
+            self._running = self.session.start(batch, self.observer, confirm=confirm)  # checks, then sends
+        except LargeBatchError as exc:
+            self.messages.report(exc)
+            self._idle([])
+            self.confirm.layout.display = ""  # the count and estimate are said; one click sends it
+            return
         except Exception as exc:
             self.messages.report(exc)
             self._idle([])
