@@ -1,6 +1,6 @@
 """``flux-nb`` client commands: generate, history, cost, grid, replay, resume and the review verbs.
 
-Requests are built the way the magic builds them (``core.axes.option_axes`` then ``Flux.batch``).
+Requests are built the way the magic builds them (``core.axes.axes_of_options`` then ``Flux.batch``).
 Output is plain text on stdout; errors are one line on stderr, worded with this command's flags.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flux_nb import errors, protocol
-from flux_nb.core.axes import option_axes, split_prompts
+from flux_nb.core.axes import axes_of_options, split_prompts
 from flux_nb.core.events import Finished, Progress
 from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import FluxError, ValidationError
@@ -137,17 +137,7 @@ def _worst(results: Sequence[Result]) -> int:
 
 def generate(args: argparse.Namespace) -> int:
     """Generate an image, or a sweep (printed in grid order, its grid saved)."""
-    axes = option_axes(
-        seed=args.seed,
-        width=args.width,
-        height=args.height,
-        size=args.size,
-        aspect=args.aspect,
-        safety=args.safety,
-        steps=args.steps,
-        guidance=args.guidance,
-        models=args.model,
-    )
+    axes = axes_of_options(args)
     prompts = split_prompts(args.prompt)
     fields: dict[str, Any] = {"output_format": args.format, "webhook_url": args.webhook, "tag": args.tag}
     if args.fresh:

@@ -284,3 +284,18 @@ def option_axes(
             protocol.model_spec(model)
         axes.append(Axis("model", tuple(names)))
     return axes
+
+
+def axes_of_options(args: Any) -> list[Axis]:
+    """``option_axes`` from a parsed command line (the magic's and the CLI's options share their names)."""
+    return option_axes(
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        size=args.size,
+        aspect=args.aspect,
+        safety=args.safety,
+        steps=args.steps,
+        guidance=args.guidance,
+        models=args.model,
+    )

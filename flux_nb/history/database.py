@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from flux_nb.history import faults, schema
 from flux_nb.history.faults import HistoryError
+from flux_nb.sqlite import in_immediate_transaction
 
 # SQLite's own wait for a lock; then, for the few cases where it answers "locked" at once, we retry this long.
 BUSY_TIMEOUT_S = 30.0
@@ -147,17 +148,7 @@ class Database:
             raise faults.read_only(self.path, doing)
 
         def attempt() -> T:
-            db = self.connection()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
-            return result
+            return in_immediate_transaction(self.connection(), work)
 
         try:
             return retrying(attempt)

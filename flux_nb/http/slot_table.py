@@ -26,6 +26,7 @@ from flux_nb.errors import ValidationError
 from flux_nb.owners import is_local as _is_local
 from flux_nb.owners import owner_is_gone
 from flux_nb.owners import process_owner as lease_owner
+from flux_nb.sqlite import in_immediate_transaction
 
 DATABASE = "slots.sqlite"
 FOLDER_ENV = "FLUX_NB_SLOTS_DIR"
@@ -128,17 +129,7 @@ class SlotTable:
         """Run ``work`` in one IMMEDIATE transaction (the write lock taken up front), retried while locked."""
 
         def attempt() -> T:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("ROLLBACK")
-                raise
-            return result
+            return in_immediate_transaction(self._db(), work)
 
         return _until_unlocked(attempt)
 

@@ -24,7 +24,7 @@ from IPython.utils.process import arg_split
 
 from flux_nb import protocol
 from flux_nb.core import templates
-from flux_nb.core.axes import option_axes, split_prompts
+from flux_nb.core.axes import axes_of_options, split_prompts
 from flux_nb.core.events import Finished
 from flux_nb.core.results import Result, SweepResult
 from flux_nb.core.templates import PromptTemplate
@@ -213,17 +213,7 @@ class FluxMagics(Magics):
         if vary:
             templates.replacement_axes(vary, keys)
         prompts = [fill_template(p, ns, keys) for p in split_prompts(cell)]
-        axes = option_axes(
-            seed=args.seed,
-            width=args.width,
-            height=args.height,
-            size=args.size,
-            aspect=args.aspect,
-            safety=args.safety,
-            steps=args.steps,
-            guidance=args.guidance,
-            models=args.model,
-        )
+        axes = axes_of_options(args)
         batch = self.session.batch(
             prompts,
             axes=axes,
