@@ -62,3 +62,13 @@ def server(server_factory: Callable[..., EmbeddedServer]) -> EmbeddedServer:
 @pytest.fixture
 def history_dir(tmp_path: Path) -> Path:
     return tmp_path / "history"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Ray tests share one Ray instance whose replicas some of them kill: they keep their written order
+    (the rest of the suite stays shuffled)."""
+    positions = [i for i, item in enumerate(items) if item.nodeid.startswith("tests/test_ray.py::")]
+    written = sorted((items[i] for i in positions), key=lambda item: item.location[1])
+    for position, item in zip(positions, written, strict=True):
+        items[position] = item

@@ -207,11 +207,15 @@ def test_a_replica_killed_mid_sweep_costs_a_rerun_not_a_task(
 
     results, killed = asyncio.run(run())
     assert all(isinstance(r, TaskResult) for r in results), [r for r in results if not isinstance(r, TaskResult)]
-    assert results[0].details["rerun"] == "the first replica died (ActorDiedError)"
+    # The held image was rendered again by another replica: by our engine's one re-run (said in its details),
+    # or, when the replica died before Ray Serve handed the call over, by Serve's own routing.
+    assert results[0].details["replica"] != killed
+    assert results[0].details.get("rerun", "the first replica died (ActorDiedError)") == (
+        "the first replica died (ActorDiedError)"
+    )
     # The killed replica held the blocked render and at most the one waiting behind it: each was re-run elsewhere.
     rerun = [r for r in results if "rerun" in r.details]
-    assert results[0] in rerun and len(rerun) <= 2
-    assert killed not in {r.details["replica"] for r in rerun}
+    assert len(rerun) <= 2 and killed not in {r.details["replica"] for r in rerun}
     after = server.stats()
     assert after["active"] == 0 and held.engine.reruns == reruns + len(rerun)
     assert [after[k] - before[k] for k in ("submits", "ready", "failed", "charged")] == [16, 16, 0, 16]
