@@ -99,7 +99,8 @@ def test_an_interrupted_sweep_says_what_was_sent_and_resume_unsent_finishes_it(
         "%config Flux.max_concurrency = 2"
     )
     cell = kernel.start("%%flux --seed 1:6 --size 64x64\nan interrupted sweep")
-    _until(lambda: server.stats()["submits"] >= 2)  # two in flight, four waiting for a slot
+    # Two in flight (their submits answered and recorded), four waiting for a slot.
+    _until(lambda: history.exists() and list(HistoryStore(history).to_frame()["status"]).count("submitted") >= 2)
     kernel.manager.interrupt_kernel()
     text, errors = kernel.outputs(cell)
     assert errors == [] and "Traceback" not in text and "KeyboardInterrupt" not in text, text
