@@ -36,6 +36,7 @@ from flux_nb.experiments import ExperimentMethods
 from flux_nb.history.store import HistoryStore, process_owner
 from flux_nb.http.auth import Secret
 from flux_nb.http.client import AsyncFluxClient
+from flux_nb.http.probe import ProbePolicy, ReferenceSizes
 from flux_nb.http.slots import SharedSlots
 from flux_nb.images import ImageInput
 from flux_nb.recovery import RecoveryMethods
@@ -80,6 +81,7 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
         self._backend: Backend | None = None
         self._store: HistoryStore | None = None
         self._spent = 0.0
+        self._url_sizes: dict[ProbePolicy, ReferenceSizes] = {}
         self._ledger = Ledger()  # records in flight here; writes a full disk refused, made at the next chance
         self._listeners: list[Callable[[], None]] = []
         #: Makes the observer ``sweep`` reports to (the magic installs a live display).
@@ -192,7 +194,17 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
             height=self.default_height,
             safety_tolerance=self.safety_tolerance,
             output_format=self.output_format,
+            measure_url=self._reference_sizes() if self.measure_references else None,
         )
+
+    def _reference_sizes(self) -> ReferenceSizes:
+        """Measures URL references for this backend (each URL once per session and backend)."""
+        backend = self.backend
+        base_url = backend.base_url or ("http://127.0.0.1" if backend.is_embedded else "")
+        policy = ProbePolicy.for_endpoint(base_url)
+        if policy not in self._url_sizes:
+            self._url_sizes[policy] = ReferenceSizes(policy)
+        return self._url_sizes[policy]
 
     def prepare(self, prompt: str, **fields: Any) -> PreparedRequest:
         """Validate and price one request without sending it; draws a seed when none is given.
@@ -267,7 +279,7 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
 
     def prepare_images(self, images: Any) -> tuple[ImageInput, ...]:
         """Encode and check reference images once (e.g. for every request of a sweep)."""
-        return batches.reference_images(images)
+        return batches.reference_images(images, self.defaults().measure_url)
 
     def run(
         self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None, *, confirm: bool = False

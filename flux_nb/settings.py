@@ -45,6 +45,10 @@ class FluxSettings(Configurable):
     share_slots = Bool(
         True, help="Share the key's active-task slots (24) with every flux_nb process on this machine."
     ).tag(config=True)
+    measure_references = Bool(
+        True,
+        help="Learn a URL reference's size (a ranged GET of its first bytes) to price it; off: priced as the largest.",
+    ).tag(config=True)
     confirm_over = Float(
         None, allow_none=True, help="Credits above which a batch needs confirming; None: 50 when billed, else off."
     ).tag(config=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,22 @@ with contextlib.suppress(ImportError):
 def same_working_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     """A test (or a cell it runs) that changes directory gets the old one back afterwards."""
     monkeypatch.chdir(Path.cwd())
+
+
+def loopback_only_resolver(host: str, port: int) -> list[str]:
+    """Loopback only: a test never sends a DNS query nor reaches another address (tests inject their own resolvers)."""
+    if host.lower() == "localhost":
+        return ["127.0.0.1"]
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return [host.strip("[]")]
+    raise OSError(f"tests resolve only loopback addresses, not {host!r}; inject a resolver")
+
+
+@pytest.fixture(autouse=True)
+def no_name_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """URL references are measured before pricing: in tests, only loopback literals ever resolve."""
+    monkeypatch.setattr("flux_nb.addresses.resolve", loopback_only_resolver)
 
 
 @pytest.fixture(autouse=True)

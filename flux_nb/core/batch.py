@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import numbers
 import secrets
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flux_nb import protocol
@@ -23,6 +23,7 @@ from flux_nb.errors import ValidationError
 from flux_nb.images import ImageInput, prepare_images
 from flux_nb.protocol import FluxRequest
 
+SizeOfUrl = Callable[[str], "tuple[int, int] | None"]
 # Seeds drawn client-side stay within 32 bits: easy to read, type and share.
 SEED_DRAW_LIMIT = 2**32
 #: Fields of a request a caller may set (besides the prompt and the reference images).
@@ -58,6 +59,8 @@ class Defaults:
     height: int | None = None
     safety_tolerance: int = protocol.DEFAULT_SAFETY
     output_format: str = protocol.DEFAULT_FORMAT
+    #: Learns a URL reference's (width, height) to price it, or None when it cannot (``flux_nb.http.probe``).
+    measure_url: SizeOfUrl | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -94,14 +97,20 @@ def plain(value: Any) -> Any:
     return value
 
 
-def reference_images(images: Any) -> tuple[ImageInput, ...]:
-    """Encode and check reference images once: paths, URLs, bytes, PIL images, arrays or earlier Results."""
+def reference_images(images: Any, measure_url: SizeOfUrl | None = None) -> tuple[ImageInput, ...]:
+    """Encode and check reference images once: paths, URLs, bytes, PIL images, arrays or earlier Results.
+
+    With ``measure_url``, a URL reference gets the size it measures (else it stays unknown: priced at the cap).
+    """
     if isinstance(images, tuple) and all(isinstance(i, ImageInput) for i in images):
         return images
     if images is None:
         return ()
     items = list(images) if isinstance(images, (list, tuple)) else [images]
-    return prepare_images([_reference(item, i) for i, item in enumerate(items)])
+    inputs = prepare_images([_reference(item, i) for i, item in enumerate(items)])
+    if measure_url is None:
+        return inputs
+    return tuple(replace(i, size=measure_url(i.value)) if i.is_url and i.size is None else i for i in inputs)
 
 
 def _reference(item: Any, index: int) -> Any:
@@ -161,7 +170,7 @@ def prepare(
             f"{given}={width if height is None else height} was given without {missing}: "
             "give both (or size=(W, H), or aspect='16:9')"
         )
-    inputs = reference_images(images)
+    inputs = reference_images(images, defaults.measure_url)
     seed = fields.pop("seed", None)
     request = FluxRequest(
         prompt=prompt,
@@ -258,7 +267,7 @@ def build(
         raise ValidationError(
             f"the sweep has {total} combinations; at most {MAX_COMBINATIONS} run at once (split it up)"
         )
-    inputs = reference_images(images)
+    inputs = reference_images(images, defaults.measure_url)
     batch = []
     for template in templates:
         label = template.label if template.axes else template.render({})

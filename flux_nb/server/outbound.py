@@ -19,9 +19,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from flux_nb.addresses import Address, is_public, parse_address, unwrap
+
 logger = logging.getLogger("flux_nb.server")
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # host, port -> the addresses the host resolves to (as text)
 Resolver = Callable[[str, int], Awaitable[list[str]]]
@@ -58,34 +59,6 @@ async def system_resolver(host: str, port: int) -> list[str]:
     """Resolve with the system's resolver (numeric forms such as 2130706433 included)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
-
-
-def unwrap(address: Address) -> Address:
-    """The IPv4 address inside an IPv4-mapped, 6to4 or Teredo IPv6 address (else the address itself)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        inner = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
-        if inner is not None:
-            return inner
-        if address in ipaddress.IPv6Network("64:ff9b::/96"):  # NAT64: the IPv4 address is the low 32 bits
-            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address
-
-
-def is_public(address: Address) -> bool:
-    """True for a globally routable unicast address (an IPv6 wrapper counts as what it wraps)."""
-    inner = unwrap(address)
-    for candidate in {address, inner}:
-        if (
-            candidate.is_loopback
-            or candidate.is_private
-            or candidate.is_link_local
-            or candidate.is_multicast
-            or candidate.is_reserved
-            or candidate.is_unspecified
-            or not candidate.is_global
-        ):
-            return False
-    return True
 
 
 @dataclass(frozen=True)
@@ -136,7 +109,7 @@ class OutboundPolicy:
         addresses = []
         for text in resolved:
             try:
-                addresses.append(ipaddress.ip_address(text.split("%", 1)[0]))
+                addresses.append(parse_address(text))
             except ValueError:
                 raise OutboundRefused(f"{host!r} resolved to {text!r}, not an address") from None
         if not addresses:
