@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flux_nb import errors, protocol
+from flux_nb.core import templates
 from flux_nb.core.axes import axes_of_options, split_prompts
 from flux_nb.core.events import Finished, Progress
 from flux_nb.core.results import Result, SweepResult
@@ -144,8 +145,9 @@ def generate(args: argparse.Namespace) -> int:
         fields["fresh"] = True
     if args.prompt_upsampling is not None:
         fields["prompt_upsampling"] = args.prompt_upsampling
+    vary = templates.parse_vary(args.vary) if args.vary else None
     with session_of(args) as flux:
-        batch = flux.batch(prompts, axes=axes, images=args.image or None, **fields)
+        batch = flux.batch(prompts, axes=axes, images=args.image or None, vary=vary, **fields)
         confirm = {"confirm": True} if args.yes and "confirm" in inspect.signature(flux.run).parameters else {}
         if args.experiment:
             _needs(flux, "experimenting")
@@ -154,7 +156,7 @@ def generate(args: argparse.Namespace) -> int:
             scope = contextlib.nullcontext()
         with scope:
             results = flux.run(batch, Lines(), **confirm)
-        sweep = len(prompts) > 1 or any(len(axis.values) > 1 for axis in axes)
+        sweep = len(batch) > 1 or any(len(axis.values) > 1 for axis in axes)
         if sweep:
             _print_sweep(flux, results, args.out)
         else:
@@ -376,6 +378,13 @@ def add_generate_parser(commands: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="flux-2-flex only: let the API rewrite the prompt (unset: the API's default, which is on)",
+    )
+    g.add_argument(
+        "--vary",
+        action="append",
+        metavar="NAME=FIND,REPL,...",
+        help="search and replace over the prompt: the first value is the text to find, each value one image "
+        "(repeatable; quote a value holding commas)",
     )
     g.add_argument("-t", "--tag", help="free label stored in the history")
     g.add_argument("--fresh", action="store_true", help="send even if an identical request is in the history")

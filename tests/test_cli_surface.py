@@ -49,7 +49,7 @@ def test_help_documents_the_exit_codes_and_every_option() -> None:
             assert action.help, f"flux-nb {name} {action.option_strings or action.dest} has no help text"
     generate = {s for a in sub.choices["generate"]._actions for s in a.option_strings}
     magic_options = ["--seed", "-W", "-H", "--size", "--aspect", "-i", "--safety", "--format", "-m", "--steps"]
-    magic_options += ["--guidance", "--tag", "--fresh", "--webhook", "--out", "--experiment", "--yes"]
+    magic_options += ["--guidance", "--tag", "--fresh", "--webhook", "--out", "--experiment", "--yes", "--vary"]
     assert set(magic_options) | {"--prompt-upsampling", "--no-prompt-upsampling"} <= generate
 
 
@@ -72,6 +72,21 @@ def test_a_sweep_prints_in_grid_order_copies_its_images_and_saves_the_grid(serve
     assert grid.width > 2 * 64 and grid.height > 2 * 64
     assert server.stats()["submits"] == 4
     assert neutral(out)
+
+
+def test_vary_replaces_text_in_the_prompt_one_image_per_value(server: Any, tmp_path: Path) -> None:
+    out = flux_nb(
+        "generate", "a dog on a red, sunny beach", "--vary", "animal=dog,cat,\"red fox\"", "--seed", "4",
+        "--size", "64x64", "--endpoint", server.url, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = HistoryStore(tmp_path / ".flux").query()
+    assert sorted(rows["prompt"]) == ["a cat on a red, sunny beach", "a dog on a red, sunny beach",
+                                      "a red fox on a red, sunny beach"]  # fmt: skip
+    assert server.stats()["submits"] == 3
+    assert lines(out)[-1].startswith("grid saved to ")
+    bad = flux_nb("generate", "a dog", "--vary", "animal", "--endpoint", server.url, cwd=tmp_path)
+    assert bad.returncode == 2 and "NAME=FIND,REPLACEMENT" in bad.stderr and server.stats()["submits"] == 3
 
 
 def test_identical_requests_in_one_run_are_sent_once(server: Any, tmp_path: Path) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from flux_nb.server import EmbeddedServer, ServerConfig
 from flux_nb.server.engines import RenderJob
 from flux_nb.server.engines.preview import PreviewEngine
 from flux_nb.server.ray_serve import RayServing, serve_with_ray
+from tests import official_client
 
 # Found, not imported: serve_with_ray imports Ray itself, after asking it to stay on 127.0.0.1.
 if importlib.util.find_spec("ray") is None:
@@ -118,43 +117,10 @@ def test_same_request_gives_the_same_bytes_as_the_single_process_server(
     assert "replica" in through_ray.details and "replica" not in in_process.details
 
 
-BLACKFOREST_SCRIPT = """
-import sys, requests
-from pydantic import BaseModel
-from blackforest import BFLClient
-from blackforest.types.general.client_config import ClientConfig
-
-class Klein4bInputs(BaseModel):
-    prompt: str
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    output_format: str = "jpeg"
-
-BFLClient.model_input_registry["flux-2-klein-4b"] = Klein4bInputs
-client = BFLClient(api_key="local", base_url=sys.argv[1])
-result = client.generate("flux-2-klein-4b", {"prompt": "a teapot", "seed": 3, "width": 256, "height": 256},
-                         ClientConfig(sync=True, timeout=60))
-print(result.result["seed"], len(requests.get(result.result["sample"], timeout=30).content))
-"""
-
-
-def blackforest_python() -> str | None:
-    """A Python with the official ``blackforest`` client: this one, or the venv bench/throughput.py caches."""
-    if importlib.util.find_spec("blackforest") is not None:
-        return sys.executable
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flux-nb-bench"
-    found = sorted(cache.glob("blackforest-*/bin/python"))
-    return str(found[-1]) if found else None
-
-
 def test_the_official_blackforest_client_works_against_the_front(front: EmbeddedServer) -> None:
-    python = blackforest_python()
-    if python is None:
-        pytest.skip("the official blackforest client is not installed (bench/throughput.py caches a venv with it)")
-    out = subprocess.run([python, "-c", BLACKFOREST_SCRIPT, front.url], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    seed, size = out.stdout.strip().splitlines()[-1].split()  # the client prints its own lines first
+    code, last = official_client.generate(front.url)
+    assert code == 0, last
+    seed, size = last.split()  # the client prints its own lines first
     assert seed == "3" and int(size) > 1000
 
 

@@ -235,7 +235,9 @@ def test_a_measured_url_reference_is_priced_as_the_server_bills_it(
 def test_a_budget_message_is_exact_when_the_url_was_measured(site: Site, tmp_path: Path) -> None:
     flux = Flux(endpoint="http://127.0.0.1:9", history_dir=tmp_path, budget=3.5)
     try:
-        prepared = flux.prepare("an edit", images=[site.url("/whole/b.png")], model="flux-2-pro", seed=1, size="1024x1024")
+        prepared = flux.prepare(
+            "an edit", images=[site.url("/whole/b.png")], model="flux-2-pro", seed=1, size="1024x1024"
+        )
         cost = estimate_cost("flux-2-pro", 1024, 1024, SIZE[0] * SIZE[1] / 2**20)
         assert prepared.estimated_cost == pytest.approx(cost)
         with pytest.raises(BudgetError, match=rf"estimated cost {cost:.2f} credits") as refused:

@@ -13,6 +13,7 @@ from flux_nb.http.client import AsyncFluxClient, RetryPolicy
 from flux_nb.protocol import MODELS, FluxRequest
 from flux_nb.server import ServerConfig, create_app
 from flux_nb.server.faults import FaultPlan
+from tests import official_client
 
 ONCE = RetryPolicy(attempts=1, rate_limit_attempts=1, base_delay=0.0, max_delay=0.0)
 BODY = {"prompt": "x", "width": 64, "height": 64}
@@ -129,3 +130,18 @@ async def test_the_server_takes_records_and_checks_prompt_upsampling() -> None:
     assert [r.status_code for r in refused] == [422] * 3
     assert all(r.json()["detail"][0]["loc"] == ["body", "prompt_upsampling"] for r in refused)
     assert elsewhere.status_code == 422  # only flex takes it
+
+
+def test_the_official_client_generates_and_reads_an_invalid_key_the_way_bfl_documents_it(
+    server_factory: Any,
+) -> None:
+    """BFL's own ``blackforest`` package, a second independent client: it works with a good key, and reports
+    the ``message`` of a 401 (it reads ``message`` from the body; a body without one left it a bare HTTPError)."""
+    server = server_factory(api_keys=frozenset({"good-key"}))
+    code, last = official_client.generate(server.url, "good-key")
+    assert code == 0, last
+    seed, size = last.split()
+    assert seed == "3" and int(size) > 1000
+    code, last = official_client.generate(server.url, "bad-key")
+    assert code == 1 and last == "BFLError API request failed: invalid key", last
+    assert server.stats()["submits"] == 1
