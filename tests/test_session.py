@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,9 @@ from PIL import Image
 from flux_nb import Flux
 from flux_nb.core.backend import resolve_backend
 from flux_nb.core.results import SweepResult
-from flux_nb.errors import AuthError, BudgetError, ValidationError
+from flux_nb.errors import AuthError, BatchInterrupted, BudgetError, ValidationError
 from flux_nb.history.store import HistoryStore
+from flux_nb.server.faults import FaultPlan
 
 
 @pytest.fixture
@@ -184,14 +187,17 @@ flux.sweep("a long sweep", seed=list(range(30)), width=64, height=64)
 
 
 def test_resume_finishes_every_task_after_a_kill_9(server_factory: Any, history_dir: Path) -> None:
-    server = server_factory(latency=1.5, max_active=24)
+    # Submits 21 and 22 are held by the server for a minute: the kill lands while they are mid-send.
+    server = server_factory(latency=1.5, max_active=24, faults=FaultPlan.parse("slow_submit=#21|#22,slow_seconds=60"))
     proc = subprocess.Popen([sys.executable, "-c", SWEEPER, server.url, str(history_dir)])
-    store = HistoryStore(history_dir) if history_dir.exists() else None
-    deadline = time.monotonic() + 30
+    store = None
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if history_dir.exists():
-            store = store or HistoryStore(history_dir)
-            if len(store.resumable()) >= 20:
+        if store is None and (history_dir / "history.sqlite").exists():
+            store = HistoryStore(history_dir)
+        if store is not None:
+            statuses = store.to_frame()["status"].value_counts()
+            if statuses.get("submitted", 0) >= 20 and statuses.get("sending", 0) >= 2:
                 break
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
@@ -202,6 +208,7 @@ def test_resume_finishes_every_task_after_a_kill_9(server_factory: Any, history_
     assert 20 <= len(before) <= 30 and (before["status"] == "ready").sum() < len(before)
     by_status = {s: set(before.index[before["status"] == s]) for s in ("pending", "sending", "submitted")}
     assert len(by_status["submitted"]) >= 20 and len(by_status["submitted"] | by_status["sending"]) <= 24
+    assert len(by_status["sending"]) >= 2  # the two held submits at least: their outcome is unknown
     # What the server saw: every submitted record, maybe some of those cut off mid-send, never a pending one.
     seen = {int(key.rsplit("|", 2)[1]) for key in server.stats()["requests_seen"]}
     seeds = before["seed"].astype(int)
@@ -289,5 +296,40 @@ def test_a_session_runs_in_process_through_an_injected_transport(history_dir: Pa
         result = flux.generate("in process", seed=5, width=64, height=64)
         assert result.ok and result.image.size == (64, 64)
         assert list(flux.history()["status"]) == ["ready"]
+    finally:
+        flux.close()
+
+
+def test_an_interrupt_reports_a_submit_cut_off_mid_send_as_unknown_not_as_never_sent(
+    server_factory: Any, history_dir: Path
+) -> None:
+    """Ctrl-C while one submit is answered and another is held mid-send by the server: the one-line report
+    counts one running, one cut off (its record ``unknown``, never resent) and two never sent (``pending``)."""
+    server = server_factory(latency=30.0, faults=FaultPlan.parse("slow_submit=#2,slow_seconds=60"))
+    flux = Flux(endpoint=server.url, history_dir=history_dir, max_concurrency=2)
+    try:
+        batch = flux.batch("held", seed=[1, 2, 3, 4], width=64, height=64)
+
+        def interrupt_when_both_are_out() -> None:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                statuses = list(flux.store.to_frame()["status"]) if flux.store.count() else []
+                if statuses.count("submitted") == 1 and statuses.count("sending") == 1:
+                    break
+                time.sleep(0.02)
+            _thread.interrupt_main()
+
+        watcher = threading.Thread(target=interrupt_when_both_are_out)
+        watcher.start()
+        with pytest.raises(BatchInterrupted) as interrupted:
+            flux.run(batch)
+        watcher.join()
+        report = interrupted.value
+        assert str(report).startswith(
+            "interrupted: 0 of 4 request(s) finished, 1 sent and still running, "
+            "1 cut off mid-send (outcome unknown, not resent), 2 never sent"
+        ), str(report)
+        assert (report.finished, report.running, report.unsent) == (0, 1, 2)
+        assert sorted(flux.history()["status"]) == ["pending", "pending", "submitted", "unknown"]
     finally:
         flux.close()

@@ -17,6 +17,7 @@ from flux_nb.core.backend import Backend
 from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import Emit, Finished, Progress
 from flux_nb.core.ledger import Ledger, is_retryable
+from flux_nb.core.loop import settled_gather
 from flux_nb.core.outcomes import (
     NOT_RECORDED_HINT,
     NOT_SENT_HINT,
@@ -91,7 +92,7 @@ class Executor:
             return {owner: result, **dict(zip(extra, uses, strict=True))}
 
         shown: dict[int, Result] = {}
-        for part in await asyncio.gather(*(run_one(owner) for owner in copies)):
+        for part in await settled_gather([run_one(owner) for owner in copies]):
             shown.update(part)
         return [shown[index] for index in range(len(batch))]
 
@@ -236,7 +237,7 @@ class Executor:
             self.execute(len(records) + i, prepared, emit, record_id=record_id)
             for i, (record_id, prepared) in enumerate((unsent or {}).items())
         ]
-        return list(await asyncio.gather(*finishing, *sending))
+        return await settled_gather([*finishing, *sending])
 
     async def resume(self, index: int, record: Record, emit: Emit) -> Result:
         """Finish a record whose task was submitted earlier, from its stored polling URL."""

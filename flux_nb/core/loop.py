@@ -88,3 +88,19 @@ class LoopRunner:
             thread.join(timeout=5)
             if not loop.is_running():
                 loop.close()
+
+
+async def settled_gather(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """``asyncio.gather``, except that a cancelled batch ends only once every request has settled its record.
+
+    A cancelled gather ends as soon as its first child ends, while the others still write their outcome
+    (a submit cut off mid-send becomes ``unknown``): whoever reports the interrupt must see all of them.
+    """
+    tasks = [asyncio.ensure_future(coro) for coro in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
