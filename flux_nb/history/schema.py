@@ -29,7 +29,10 @@ _SQL_TYPES = {
 RECORD_FIELDS = [f.name for f in fields(Record) if f.name != "root"]
 COLUMNS: dict[str, str] = {f.name: _SQL_TYPES[str(f.type)] for f in fields(Record) if f.name != "root"}
 COLUMNS["record_id"] = "TEXT PRIMARY KEY"
-INDEXED = ("request_key", "status", "created_at", "seq", "notebook", "tag", "experiment", "cached_from")
+INDEXED = ("request_key", "status", "created_at", "seq", "cached_from")
+# Filters that read the newest rows first (``%flux history 20 --tag T``): an index on (column, created_at)
+# hands over the newest matches without sorting every match.
+NEWEST_FIRST = ("notebook", "tag", "experiment")
 TIME_COLUMNS = ["created_at", "updated_at", "submitted_at", "ready_at", "finished_at"]
 INT_COLUMNS = [name for name, kind in COLUMNS.items() if kind.startswith("INTEGER")]
 FLOAT_COLUMNS = [name for name, kind in COLUMNS.items() if kind.startswith("REAL") and name not in TIME_COLUMNS]
@@ -60,6 +63,8 @@ def create_schema(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE records ADD COLUMN {name} {kind.replace(' NOT NULL', '')}")
     for column in INDEXED:
         db.execute(f"CREATE INDEX IF NOT EXISTS records_{column} ON records ({column})")
+    for column in NEWEST_FIRST:
+        db.execute(f"CREATE INDEX IF NOT EXISTS records_{column}_newest ON records ({column}, created_at)")
     for statement in _TABLES:
         db.execute(statement)
     create_spent_totals(db)
@@ -125,7 +130,7 @@ def needs_migration(db: sqlite3.Connection) -> bool:
     return (
         not {"records", "reviews", "review_tags", "changes"} <= tables(db)
         or not {*COLUMNS, "seq"} <= table_columns(db, "records")
-        or not {f"records_{c}" for c in INDEXED} <= indexes
+        or not {f"records_{c}" for c in INDEXED} | {f"records_{c}_newest" for c in NEWEST_FIRST} <= indexes
         or "spent_update" not in {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     )
 
