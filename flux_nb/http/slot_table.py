@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from flux_nb.errors import ValidationError
+from flux_nb.http.slot_wakeups import Wakeups
 from flux_nb.owners import is_local as _is_local
 from flux_nb.owners import owner_is_gone
 from flux_nb.owners import process_owner as lease_owner
@@ -30,6 +31,7 @@ from flux_nb.sqlite import in_immediate_transaction
 
 DATABASE = "slots.sqlite"
 FOLDER_ENV = "FLUX_NB_SLOTS_DIR"
+WAKEUPS_ENV = "FLUX_NB_SLOT_WAKEUPS"
 # SQLite's own wait for the write lock; a lock error past it is retried, never raised.
 BUSY_TIMEOUT_S = 10.0
 # Leases of another host cannot be checked for liveness: they count until they are this old.
@@ -55,6 +57,11 @@ def default_folder() -> Path:
         return Path(folder).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "flux_nb"
+
+
+def wakeups_enabled() -> bool:
+    """False when ``$FLUX_NB_SLOT_WAKEUPS`` is ``0``: waiters then only poll (as where AF_UNIX is missing)."""
+    return os.environ.get(WAKEUPS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
@@ -97,6 +104,10 @@ class SlotTable:
         self._wakers: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
         self._heartbeat = 0.0  # time.monotonic() of this process's last "still waiting"
         self._write(self._create_schema)
+        #: Other processes' releases wake this one's waiters through it (polling stays the fallback).
+        self.wakeups = Wakeups(self.folder, self._wake, enabled=wakeups_enabled())
+        #: Looks at the table by ``try_take`` in this process (each a read, or a write transaction).
+        self.looks = 0
 
     def __repr__(self) -> str:
         return f"SlotTable({str(self.path)!r})"
@@ -170,6 +181,7 @@ class SlotTable:
         full table do not queue for the lock; a first try, which writes either way (a lease or a place in
         line), need not.
         """
+        self.looks += 1
         if look_first:
             try:
                 look = self._look(self._db(), lease, limit)
@@ -215,6 +227,7 @@ class SlotTable:
 
         self._write(work)
         self._wake()
+        self.wakeups.notify_others()
 
     def count(self, scope: str) -> tuple[int, int]:
         """(leases, waiters) that ``scope`` has now, counting dead processes' rows not yet reclaimed."""

@@ -114,6 +114,7 @@ class SharedSlots:
         lease = Lease(uuid.uuid4().hex, self.scope, lease_owner(), time.time())
         pause = POLL_FIRST_S
         step: asyncio.Future[int] | None = None
+        listening = False
         try:
             while True:
                 woken = self.table.waiting_room()  # before looking, so a release during the look wakes us
@@ -127,6 +128,10 @@ class SharedSlots:
                     left = math.inf if deadline is None else deadline - time.monotonic()
                     if left <= 0:
                         raise FluxTimeout(f"no free slot of {self.limit} active tasks within {timeout:g} s")
+                    if not listening:
+                        listening = True
+                        if self.table.wakeups.hold():
+                            continue  # listening only now: a release a moment ago sent nothing, look again
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), min(pause * (0.5 + random.random()), left))
                 finally:
@@ -143,6 +148,9 @@ class SharedSlots:
         except BaseException:
             await asyncio.to_thread(self.table.forget, lease.lease_id)
             raise
+        finally:
+            if listening:
+                self.table.wakeups.release()
 
     async def try_acquire(self) -> Lease | None:
         """A slot if one is free now (nobody waiting first), else None, leaving no place in line behind."""
