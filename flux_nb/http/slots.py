@@ -25,6 +25,7 @@ The scope is a truncated SHA-256 of the key and the endpoint: the key itself is 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -113,16 +114,17 @@ class SharedSlots:
         deadline = None if timeout is None else time.monotonic() + timeout
         lease = Lease(uuid.uuid4().hex, self.scope, lease_owner(), time.time())
         pause = POLL_FIRST_S
-        step: asyncio.Future[int] | None = None
+        step: concurrent.futures.Future[int] | None = None
         listening = False
         try:
             while True:
                 woken = self.table.waiting_room()  # before looking, so a release during the look wakes us
                 try:
                     # The first try writes either way (the lease or a place in line): no need to look first.
-                    call = functools.partial(self.table.try_take, lease, self.limit, look_first=step is not None)
-                    step = asyncio.ensure_future(asyncio.to_thread(call))
-                    ahead = await asyncio.shield(step)
+                    step, leader = self.table.queue_look(lease, self.limit, look_first=step is not None)
+                    if leader:
+                        asyncio.get_running_loop().run_in_executor(None, self.table.run_looks)
+                    ahead = await asyncio.shield(asyncio.wrap_future(step))
                     if ahead == TAKEN:
                         return lease
                     left = math.inf if deadline is None else deadline - time.monotonic()
