@@ -74,8 +74,7 @@ class Wakeups:
         self._listener: _Listener | None = None
         self._sender: socket.socket | None = None
         self._pid = os.getpid()
-        longest = self.folder / socket_name(f"{socket.gethostname()}:{2**22}@{2**63}")
-        self.enabled = enabled and len(os.fsencode(longest)) <= MAX_ADDRESS
+        self.enabled = enabled
         self.sent = self.received = self.wakes = 0
         _OPEN.add(self)
 
@@ -102,7 +101,7 @@ class Wakeups:
         with self._lock:
             self._after_fork()
             self._holders += 1
-            if self._listener is not None:
+            if self._listener is not None or len(os.fsencode(self.path)) > MAX_ADDRESS:
                 return False
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)

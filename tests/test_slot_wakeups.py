@@ -1,0 +1,201 @@
+"""flux_nb.http.slot_wakeups: a slot given back in one process reaches a waiter in another without polling."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flux_nb.http import slots as slots_module
+from flux_nb.http.slot_table import TAKEN, WAKEUPS_ENV
+from flux_nb.http.slot_wakeups import WAKE_DIR, owner_of, socket_name
+from flux_nb.http.slots import SharedSlots, lease_owner
+from flux_nb.owners import process_owner
+
+KEY = "bfl-test-key-wakeups-5e21"
+ENDPOINT = "http://127.0.0.1:8800"
+SPAWN = multiprocessing.get_context("spawn")
+WAIT = 60.0  # bound on how long a child may take to start or a state to show up (not a speed check)
+NEVER = 3600.0  # a poll pause no test outlives: only a wake-up can make such a waiter look again
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="AF_UNIX wake-ups; Windows only polls")
+
+
+def _wait_in_line(folder: str, poll: float, listening: Any, answers: Any) -> None:
+    """Wait for one slot, looking on its own only every ``poll`` seconds; report every answer of every look."""
+    for name in ("POLL_FIRST_S", "POLL_HEAD_S", "POLL_MAX_S"):
+        setattr(slots_module, name, poll)
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, Path(folder))
+    seen: list[int] = []
+    take_many = slots.table.try_take_many
+
+    def recorded(*args: Any, **kwargs: Any) -> list[int]:
+        found = take_many(*args, **kwargs)
+        seen.extend(found)
+        if len(seen) == 2:
+            listening.set()  # in line, its socket open, and the look after opening it done
+        return found
+
+    slots.table.try_take_many = recorded  # type: ignore[method-assign]
+
+    async def main() -> None:
+        await slots.acquire()
+        answers.put((seen, slots.table.looks, slots.table.wakeups.wakes, slots.table.wakeups.enabled))
+        await asyncio.sleep(NEVER)
+
+    asyncio.run(main())
+
+
+def _start(target: Any, *args: Any) -> Any:
+    process = SPAWN.Process(target=target, args=args, daemon=True)
+    process.start()
+    return process
+
+
+def _stop(process: Any) -> None:
+    process.kill()
+    process.join(WAIT)
+
+
+def _sockets(folder: Path) -> list[str]:
+    wake = folder / WAKE_DIR
+    return sorted(path.name for path in wake.iterdir()) if wake.exists() else []
+
+
+def test_a_release_here_wakes_a_waiter_in_another_process_which_takes_the_slot_in_one_look(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+    listening, answers = SPAWN.Event(), SPAWN.Queue()
+    child = None
+
+    async def scenario() -> tuple[Any, ...]:
+        nonlocal child
+        lease = await slots.acquire()
+        child = _start(_wait_in_line, str(tmp_path), NEVER, listening, answers)
+        assert await asyncio.to_thread(listening.wait, WAIT)
+        assert slots.table.count(slots.scope) == (1, 1)
+        assert _sockets(tmp_path) == [socket_name(f"{socket.gethostname()}:{child.pid}@{_start_of(child.pid)}")]
+        await slots.release(lease)
+        return await asyncio.to_thread(answers.get, True, WAIT)
+
+    try:
+        seen, looks, wakes, enabled = asyncio.run(scenario())
+    finally:
+        if child is not None:
+            _stop(child)
+    # The first try joined the line, the look once its socket was open saw it still full, and the one look
+    # after the wake-up took the slot: no poll in between (the child's pause is an hour).
+    assert (seen, looks, wakes, enabled) == ([0, 0, TAKEN], 3, 1, True)
+    assert slots.table.wakeups.sent == 1
+    assert slots.table.count(slots.scope) == (1, 0)
+
+
+def _start_of(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[19]
+
+
+def test_polling_still_hands_the_slot_over_with_wakeups_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(WAKEUPS_ENV, "0")  # the child (spawned now) reads it; this process's table is made after
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+    listening, answers = SPAWN.Event(), SPAWN.Queue()
+    child = None
+
+    async def scenario() -> tuple[Any, ...]:
+        nonlocal child
+        lease = await slots.acquire()
+        child = _start(_wait_in_line, str(tmp_path), 0.01, listening, answers)
+        assert await asyncio.to_thread(listening.wait, WAIT)
+        await slots.release(lease)
+        return await asyncio.to_thread(answers.get, True, WAIT)
+
+    try:
+        seen, looks, wakes, enabled = asyncio.run(scenario())
+    finally:
+        if child is not None:
+            _stop(child)
+    assert not enabled and not slots.table.wakeups.enabled
+    assert seen[-1] == TAKEN and all(answer == 0 for answer in seen[:-1]) and looks == len(seen) >= 3
+    assert wakes == 0 and slots.table.wakeups.sent == 0
+    assert _sockets(tmp_path) == []
+
+
+def test_a_waiting_process_listens_only_while_it_has_waiters(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+    wakeups = slots.table.wakeups
+    mine = socket_name(process_owner())
+
+    async def scenario() -> list[Any]:
+        steps: list[Any] = [_sockets(tmp_path)]
+        lease = await slots.acquire()  # free: no waiting, no socket
+        steps.append(_sockets(tmp_path))
+        first, second = asyncio.create_task(slots.acquire()), asyncio.create_task(slots.acquire())
+        while slots.table.count(slots.scope) != (1, 2) or not wakeups.listening:
+            await asyncio.sleep(0.01)
+        steps.append(_sockets(tmp_path))
+        await slots.release(lease)
+        await asyncio.wait_for(first, WAIT)
+        steps.append(_sockets(tmp_path))  # the second still waits
+        await slots.release(first.result())
+        await asyncio.wait_for(second, WAIT)
+        steps.append(_sockets(tmp_path))
+        return steps
+
+    assert asyncio.run(scenario()) == [[], [], [mine], [mine], []]
+    assert wakeups.sent == 0  # nobody else listened: this process woke its own waiters directly
+
+
+def test_stale_sockets_do_not_break_a_release_and_dead_local_ones_are_removed(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path)
+    wake = tmp_path / WAKE_DIR
+    wake.mkdir()
+    host = socket.gethostname()
+    dead = SPAWN.Process(target=int)
+    dead.start()
+    dead.join(WAIT)
+    names = {
+        "dead": socket_name(f"{host}:{dead.pid}@1"),
+        "foreign": socket_name(f"another-{host}:{os.getpid()}@1"),
+        "alive": socket_name(f"{host}:{os.getppid()}@{_start_of(os.getppid())}"),
+    }
+    for which in ("dead", "foreign"):  # bound, then closed without unlinking: refuses every datagram
+        left = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        left.bind(str(wake / names[which]))
+        left.close()
+    (wake / "notes.txt").write_text("not a socket")
+    alive = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    alive.bind(str(wake / names["alive"]))
+    alive.setblocking(False)
+
+    async def scenario() -> int:
+        first, second = await slots.acquire(), await slots.acquire()
+        await slots.release(first)
+        await slots.release(second)
+        return slots.held()
+
+    try:
+        assert asyncio.run(scenario()) == 0
+        received = []
+        while True:
+            try:
+                received.append(alive.recv(64))
+            except BlockingIOError:
+                break
+    finally:
+        alive.close()
+    assert received == [b"\1", b"\1"]  # one byte per release, to the one live listener
+    assert slots.table.wakeups.sent == 2
+    assert sorted(path.name for path in wake.iterdir()) == sorted([names["foreign"], names["alive"], "notes.txt"])
+
+
+def test_socket_names_carry_the_owner_of_this_host_only() -> None:
+    owner = lease_owner()
+    assert owner_of(socket_name(owner)) == owner
+    assert owner_of(socket_name(f"{socket.gethostname()}:123")) == f"{socket.gethostname()}:123"
+    assert owner_of(socket_name(f"another-{socket.gethostname()}:123@4")) is None
+    assert owner_of("notes.txt") is None
