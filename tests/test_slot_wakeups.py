@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="AF_UNIX wake-up
 
 def _wait_in_line(folder: str, poll: float, listening: Any, answers: Any) -> None:
     """Wait for one slot, looking on its own only every ``poll`` seconds; report every answer of every look."""
-    for name in ("POLL_FIRST_S", "POLL_HEAD_S", "POLL_MAX_S"):
+    for name in ("POLL_FIRST_S", "POLL_HEAD_S", "POLL_MAX_S", "POLL_LISTENING_S"):
         setattr(slots_module, name, poll)
     slots = SharedSlots.for_key(KEY, ENDPOINT, 1, Path(folder))
     seen: list[int] = []
@@ -135,7 +136,9 @@ def test_a_waiting_process_listens_only_while_it_has_waiters(tmp_path: Path) -> 
         lease = await slots.acquire()  # free: no waiting, no socket
         steps.append(_sockets(tmp_path))
         first, second = asyncio.create_task(slots.acquire()), asyncio.create_task(slots.acquire())
+        deadline = time.monotonic() + WAIT
         while slots.table.count(slots.scope) != (1, 2) or not wakeups.listening:
+            assert time.monotonic() < deadline, "the two waiters never stood in line with the socket open"
             await asyncio.sleep(0.01)
         steps.append(_sockets(tmp_path))
         await slots.release(lease)

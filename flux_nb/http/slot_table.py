@@ -42,6 +42,9 @@ POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.1
 # ... except the first in line, which looks more often: it is the one a slot freed by another process goes to.
 POLL_HEAD_S = 0.02
+# ... and a waiter whose process listens for wake-ups (``slot_wakeups``) only as a fallback: releases anywhere
+# wake it; its own looks still find slots of processes that died, and waiters that stalled, passed by.
+POLL_LISTENING_S = 0.5
 # A waiter's process says it is still looking this often; one silent for STALLED_S (a stopped process,
 # a blocked event loop) no longer holds up the line behind it, until it looks again.
 HEARTBEAT_S = 1.0

@@ -46,6 +46,7 @@ from flux_nb.http.slot_table import (
     FOLDER_ENV,
     POLL_FIRST_S,
     POLL_HEAD_S,
+    POLL_LISTENING_S,
     POLL_MAX_S,
     TAKEN,
     Lease,
@@ -138,7 +139,10 @@ class SharedSlots:
                         await asyncio.wait_for(woken.wait(), min(pause * (0.5 + random.random()), left))
                 finally:
                     self.table.leave_room(woken)
-                pause = min(pause * 2, POLL_HEAD_S if ahead == 0 else POLL_MAX_S)
+                if self.table.wakeups.listening:
+                    pause = min(pause * 2, POLL_LISTENING_S)
+                else:
+                    pause = min(pause * 2, POLL_HEAD_S if ahead == 0 else POLL_MAX_S)
         except asyncio.CancelledError:
             # The look may still be running in its thread: undo it (lease or place in line) once it ends.
             forget = functools.partial(_forget_in_background, self.table, lease.lease_id)
