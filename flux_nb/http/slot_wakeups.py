@@ -127,9 +127,12 @@ class Wakeups:
             self._close()
 
     def _close(self) -> None:
+        self._after_fork()
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.stop(self._send_socket())
+            with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)) as sender:
+                sender.setblocking(False)
+                listener.stop(sender)
 
     def _after_fork(self) -> None:
         """A forked child starts with nothing: the socket and its thread are the parent's."""
@@ -142,17 +145,18 @@ class Wakeups:
         self._on_wake()
 
     def _send_socket(self) -> socket.socket:
-        if self._sender is None or self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._sender.setblocking(False)
-        return self._sender
+        with self._lock:
+            self._after_fork()
+            if self._sender is None:
+                self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sender.setblocking(False)
+            return self._sender
 
     def notify_others(self) -> int:
         """Send one byte to every other process listening on this folder, never waiting; how many were sent."""
         if not self.enabled:
             return 0
-        mine = socket_name(process_owner())
+        mine, sender = socket_name(process_owner()), self._send_socket()
         try:
             names = [entry.name for entry in os.scandir(self.folder) if entry.name.endswith(SUFFIX)]
         except OSError:
@@ -162,7 +166,7 @@ class Wakeups:
             if name == mine:
                 continue
             try:
-                self._send_socket().sendto(b"\1", os.fspath(self.folder / name))
+                sender.sendto(b"\1", os.fspath(self.folder / name))
                 sent += 1
             except (BlockingIOError, InterruptedError):
                 sent += 1  # its queue is full: a wake-up is already waiting there

@@ -124,7 +124,7 @@ class SharedSlots:
                     # The first try writes either way (the lease or a place in line): no need to look first.
                     step, leader = self.table.queue_look(lease, self.limit, look_first=step is not None)
                     if leader:
-                        asyncio.get_running_loop().run_in_executor(None, self.table.run_looks)
+                        _run_looks(self.table)
                     ahead = await asyncio.shield(asyncio.wrap_future(step))
                     if ahead == TAKEN:
                         return lease
@@ -212,6 +212,14 @@ class SharedSlots:
         *rest, lease = self._held.get()
         self._held.set(tuple(rest))
         await self.release(lease)
+
+
+def _run_looks(table: SlotTable) -> None:
+    """Run the table's queued looks in this loop's thread pool (a thread of its own once the pool is shut)."""
+    try:
+        asyncio.get_running_loop().run_in_executor(None, table.run_looks)
+    except RuntimeError:
+        threading.Thread(target=table.run_looks, name="flux_nb-slots-looks", daemon=True).start()
 
 
 def _forget_in_background(table: SlotTable, lease_id: str) -> None:
