@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from flux_nb.http import slots as slots_module
-from flux_nb.http.slot_table import TAKEN, WAKEUPS_ENV
+from flux_nb.http.slot_table import TAKEN, WAKEUPS_ENV, Lease
 from flux_nb.http.slot_wakeups import WAKE_DIR, owner_of, socket_name
 from flux_nb.http.slots import SharedSlots, lease_owner
 from flux_nb.owners import process_owner
@@ -202,3 +202,27 @@ def test_socket_names_carry_the_owner_of_this_host_only() -> None:
     assert owner_of(socket_name(f"{socket.gethostname()}:123")) == f"{socket.gethostname()}:123"
     assert owner_of(socket_name(f"another-{socket.gethostname()}:123@4")) is None
     assert owner_of("notes.txt") is None
+
+
+def test_waiters_of_one_process_that_look_together_share_one_look_first_come_first_served(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path)
+    table = slots.table
+    other = Lease("other-process", slots.scope, f"another-{socket.gethostname()}:1@1", 0.0)  # alive: not checkable
+    leases = [Lease(f"mine-{i}", slots.scope, lease_owner(), 0.0) for i in range(4)]
+    assert table.try_take(other, 2, look_first=False) == TAKEN
+
+    def together(batch: list[Lease], look_first: bool) -> list[Any]:
+        queued = [table.queue_look(lease, 2, look_first=look_first) for lease in batch]
+        assert [leader for _, leader in queued] == [True] + [False] * (len(batch) - 1)
+        looks = table.looks
+        table.run_looks()  # what the leader's thread runs
+        return [table.looks - looks, [future.result(0) for future, _ in queued]]
+
+    # One look for four first tries: one slot was free, the other three joined the line in the order they came.
+    assert together(leases, False) == [1, [TAKEN, 0, 1, 2]]
+    assert table.count(slots.scope) == (2, 3)
+    table.forget(other.lease_id)
+    table.forget(leases[0].lease_id)
+    # Both slots free: the first two in line take them in one look, the last is now first in line.
+    assert together(list(reversed(leases[1:])), True) == [1, [0, TAKEN, TAKEN]]
+    assert table.count(slots.scope) == (2, 1)
