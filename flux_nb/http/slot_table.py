@@ -5,6 +5,10 @@
 Every write is one short IMMEDIATE transaction (WAL), retried while another connection holds the lock. Rows
 of a process of this host that no longer runs are deleted by whoever looks next (the owner rule of
 ``flux_nb.owners``); those of other hosts expire after ``FOREIGN_TTL_S``.
+
+A look decides for several leases of one scope at once (``try_take_many``): the waiters of a process that
+ask together (``queue_look``) are answered by one read and at most one write, first come first served.
+``forget`` wakes this process's waiters directly and every other waiting process through ``Wakeups``.
 """
 
 from __future__ import annotations

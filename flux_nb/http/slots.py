@@ -8,8 +8,14 @@ across threads and processes.
 
 Waiting processes stand in one line (the ``waiters`` table), so a slot goes to whoever asked first in
 any process, not to whoever happens to look first: two notebooks sweeping at once share the slots.
-A waiter looks again after a short jittered pause; one of this process's releases wakes it at once. A
-waiter whose process has not looked for ``STALLED_S`` (stopped, or its event loop blocked) is passed by.
+A release wakes the waiters at once: those of its own process directly, those of other processes through
+their wake-up socket (``flux_nb.http.slot_wakeups``: one AF_UNIX datagram socket per waiting process in
+``<folder>/wake/``). The table stays the only truth: a wake-up only says "look again", and a waiter also
+looks on its own after a short jittered pause (every 0.5 s at most while its process listens; more often
+where wake-ups are off, ``FLUX_NB_SLOT_WAKEUPS=0``, or missing, as on Windows). The waiters of one process
+that look at the same moment share one look (``SlotTable.queue_look``): one read, and at most one write,
+however many a release woke. A waiter whose process has not looked for ``STALLED_S`` (stopped, or its
+event loop blocked) is passed by.
 
 A lease names its owner as ``host:pid@start`` (the process start time, so a recycled pid is not taken
 for its predecessor: the rule of ``flux_nb.owners``, which the history uses too). Leases and waiters of
@@ -18,6 +24,7 @@ holding slots gives them back at the next acquire elsewhere. Those of other host
 cannot be checked and expire after ``FOREIGN_TTL_S``.
 
     <folder>/slots.sqlite    ``leases`` (lease_id, scope, owner, acquired_at) and ``waiters`` (ticket, ...)
+    <folder>/wake/*.sock     the wake-up sockets of the processes waiting now
 
 The scope is a truncated SHA-256 of the key and the endpoint: the key itself is never written.
 """
