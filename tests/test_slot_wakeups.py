@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import socket
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 from flux_nb.http import slots as slots_module
 from flux_nb.http.slot_table import TAKEN, WAKEUPS_ENV, Lease
 from flux_nb.http.slot_wakeups import WAKE_DIR, owner_of, socket_name
-from flux_nb.http.slots import SharedSlots, lease_owner
+from flux_nb.http.slots import DATABASE, SharedSlots, lease_owner
 from flux_nb.owners import process_owner
 
 KEY = "bfl-test-key-wakeups-5e21"
@@ -153,7 +155,17 @@ def test_a_waiting_process_listens_only_while_it_has_waiters(tmp_path: Path) -> 
     assert wakeups.sent == 0  # nobody else listened: this process woke its own waiters directly
 
 
-def test_stale_sockets_do_not_break_a_release_and_dead_local_ones_are_removed(tmp_path: Path) -> None:
+def _stand_in_line(folder: Path, scope: str, owner: str) -> None:
+    """A waiter row of ``owner`` (a process that looks: seen now), as its first try would write it."""
+    now = time.time()
+    with sqlite3.connect(folder / DATABASE) as db:
+        db.execute(
+            "INSERT INTO waiters (lease_id, scope, owner, since, seen) VALUES (?, ?, ?, ?, ?)",
+            (f"waiter-of-{owner}", scope, owner, now, now),
+        )
+
+
+def test_a_release_wakes_only_the_processes_whose_turn_it_is_and_stale_sockets_do_no_harm(tmp_path: Path) -> None:
     slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path)
     wake = tmp_path / WAKE_DIR
     wake.mkdir()
@@ -161,39 +173,51 @@ def test_stale_sockets_do_not_break_a_release_and_dead_local_ones_are_removed(tm
     dead = SPAWN.Process(target=int)
     dead.start()
     dead.join(WAIT)
-    names = {
-        "dead": socket_name(f"{host}:{dead.pid}@1"),
-        "foreign": socket_name(f"another-{host}:{os.getpid()}@1"),
-        "alive": socket_name(f"{host}:{os.getppid()}@{_start_of(os.getppid())}"),
+    owners = {
+        "dead": f"{host}:{dead.pid}@1",
+        "foreign": f"another-{host}:{os.getpid()}@1",
+        "alive": f"{host}:{os.getppid()}@{_start_of(os.getppid())}",
+        "behind": f"{host}:1@{_start_of(1)}",  # alive too, but third in line: never its turn here
     }
+    names = {which: socket_name(owner) for which, owner in owners.items()}
     for which in ("dead", "foreign"):  # bound, then closed without unlinking: refuses every datagram
         left = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         left.bind(str(wake / names[which]))
         left.close()
     (wake / "notes.txt").write_text("not a socket")
-    alive = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    alive.bind(str(wake / names["alive"]))
-    alive.setblocking(False)
+    listening = {}
+    for which in ("alive", "behind"):
+        listening[which] = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        listening[which].bind(str(wake / names[which]))
+        listening[which].setblocking(False)
 
     async def scenario() -> int:
         first, second = await slots.acquire(), await slots.acquire()
-        await slots.release(first)
-        await slots.release(second)
+        for which in ("alive", "foreign", "behind"):
+            _stand_in_line(tmp_path, slots.scope, owners[which])
+        await slots.release(first)  # one slot free: the first in line's turn
+        await slots.release(second)  # two free: the first two's turn (the foreign one's socket refuses)
         return slots.held()
 
     try:
         assert asyncio.run(scenario()) == 0
-        received = []
-        while True:
-            try:
-                received.append(alive.recv(64))
-            except BlockingIOError:
-                break
+        received = {which: _drain(sock) for which, sock in listening.items()}
     finally:
-        alive.close()
-    assert received == [b"\1", b"\1"]  # one byte per release, to the one live listener
+        for sock in listening.values():
+            sock.close()
+    assert received == {"alive": [b"\1", b"\1"], "behind": []}
     assert slots.table.wakeups.sent == 2
-    assert sorted(path.name for path in wake.iterdir()) == sorted([names["foreign"], names["alive"], "notes.txt"])
+    assert slots.table.wakeups.hold()  # this process opens its own socket: dead processes' ones go
+    slots.table.wakeups.release()
+    assert _sockets(tmp_path) == sorted([names["foreign"], names["alive"], names["behind"], "notes.txt"])
+
+
+def _drain(sock: socket.socket) -> list[bytes]:
+    got = []
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            got.append(sock.recv(64))
+    return got
 
 
 def test_socket_names_carry_the_owner_of_this_host_only() -> None:

@@ -8,7 +8,8 @@ of a process of this host that no longer runs are deleted by whoever looks next 
 
 A look decides for several leases of one scope at once (``try_take_many``): the waiters of a process that
 ask together (``queue_look``) are answered by one read and at most one write, first come first served.
-``forget`` wakes this process's waiters directly and every other waiting process through ``Wakeups``.
+``forget`` wakes the processes whose waiters a look would now let in (judged with the releaser's limit):
+this one's directly, others through ``Wakeups``.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class SlotTable:
             if gone(owner) if _is_local(owner) else since < cutoff:
                 snap.stale_waiters.append(lease_id)
             else:
-                snap.line.append((lease_id, seen > now - STALLED_S))
+                snap.line.append((lease_id, seen > now - STALLED_S, owner))
         return snap
 
     def try_take(self, lease: Lease, limit: int, *, look_first: bool = True) -> int:
@@ -269,16 +270,30 @@ class SlotTable:
         db.execute("UPDATE waiters SET seen = ? WHERE owner = ?", (time.time(), lease_owner()))
         self._heartbeat = time.monotonic()
 
-    def forget(self, lease_id: str) -> None:
-        """Give a lease back, or leave the line; one already gone (released, or reclaimed) is no error."""
+    def forget(self, lease_id: str, limit: int | None = None) -> None:
+        """Give a lease back, or leave the line; one already gone (released, or reclaimed) is no error.
 
-        def work(db: sqlite3.Connection) -> None:
+        With the scope's ``limit``, only the processes whose waiters a look would now let in are woken (their
+        owners are read in the same transaction); without it, every waiting process is.
+        """
+
+        def work(db: sqlite3.Connection) -> set[str] | None:
+            found = db.execute(
+                "SELECT scope FROM leases WHERE lease_id = ? UNION ALL SELECT scope FROM waiters WHERE lease_id = ?",
+                (lease_id, lease_id),
+            ).fetchone()
             db.execute("DELETE FROM leases WHERE lease_id = ?", (lease_id,))
             db.execute("DELETE FROM waiters WHERE lease_id = ?", (lease_id,))
+            if found is None or limit is None:
+                return set() if found is None else None
+            snap = self._snapshot(db, found[0])
+            first = [owner for _, looking, owner in snap.line if looking][: max(0, limit - snap.live)]
+            return set(first)
 
-        self._write(work)
-        self._wake()
-        self.wakeups.notify_others()
+        owners = self._write(work)
+        if owners is None or lease_owner() in owners:
+            self._wake()
+        self.wakeups.notify(None if owners is None else owners - {lease_owner()})
 
     def count(self, scope: str) -> tuple[int, int]:
         """(leases, waiters) that ``scope`` has now, counting dead processes' rows not yet reclaimed."""
@@ -313,10 +328,10 @@ class SlotTable:
 
 @dataclass
 class _Snapshot:
-    """A scope as ``SlotTable._snapshot`` reads it: live leases, and the line (lease_id, still looking)."""
+    """A scope as ``SlotTable._snapshot`` reads it: live leases, and the line (lease_id, still looking, owner)."""
 
     live: int = 0
-    line: list[tuple[str, bool]] = field(default_factory=list)
+    line: list[tuple[str, bool, str]] = field(default_factory=list)
     stale_leases: list[str] = field(default_factory=list)
     stale_waiters: list[str] = field(default_factory=list)
 
@@ -336,9 +351,9 @@ class _Decided:
 
 def _decide(snap: _Snapshot, leases: list[Lease], limit: int) -> _Decided:
     """Which of ``leases`` take a slot (first come, first served: those in line in its order, then new ones)."""
-    position = {lease_id: i for i, (lease_id, _) in enumerate(snap.line)}
+    position = {lease_id: i for i, (lease_id, *_) in enumerate(snap.line)}
     ahead_of, counting = [], 0
-    for _, looking in snap.line:
+    for _, looking, _ in snap.line:
         ahead_of.append(counting)
         counting += looking
     order = sorted(range(len(leases)), key=lambda i: position.get(leases[i].lease_id, len(position) + i))

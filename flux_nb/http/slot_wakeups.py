@@ -6,10 +6,12 @@ socket in the slots folder, named after its owner (``flux_nb.owners``: host, pid
 
     <folder>/wake/<host hash>-<pid>-<start>.sock
 
-A process that gives a lease back (or leaves the line) sends one byte to every other socket there after its
-commit, never waiting (a full queue already holds a wake-up). A socket left by a process of this host that no
-longer runs is unlinked by the first sender that finds it refusing; one of another host is skipped. Where
-AF_UNIX is missing (Windows), or the folder's path is too long for a socket address, waiters only poll.
+A process that gives a lease back (or leaves the line) reads, in the same transaction, whose turn it is now
+(the owners of the first waiters a look would let in) and after its commit sends one byte to each of their
+sockets, never waiting (a full queue already holds a wake-up); waiters further back are not disturbed. A
+socket left by a process of this host that no longer runs is unlinked by a sender that finds it refusing, and
+by any process opening its own; one of another host is left alone. Where AF_UNIX is missing (Windows), or the
+folder's path is too long for a socket address, waiters only poll.
 
 One thread per listening process reads the socket, drains what has queued and calls ``on_wake`` once, which
 wakes that process's waiters on whichever event loops they run.
@@ -62,8 +64,8 @@ class Wakeups:
     """This process's wake-up socket for one slots folder, and the sending side of everyone else's.
 
     ``hold()`` while a coroutine waits (the socket is opened by the first holder, closed and unlinked when the
-    last lets go); ``notify_others()`` after a commit that may free a slot. ``sent`` and ``received`` count the
-    datagrams, ``wakes`` the times ``on_wake`` ran.
+    last lets go); ``notify(owners)`` after a commit that may let their waiters in. ``sent`` and ``received``
+    count the datagrams, ``wakes`` the times ``on_wake`` ran.
     """
 
     def __init__(self, folder: Path, on_wake: Callable[[], None], *, enabled: bool = SUPPORTED) -> None:
@@ -106,6 +108,7 @@ class Wakeups:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._listener = _Listener(self.path, self._woken)
+                self.remove_dead()
             except OSError:
                 return False  # polling still finds the slot
             return True
@@ -152,19 +155,23 @@ class Wakeups:
                 self._sender.setblocking(False)
             return self._sender
 
-    def notify_others(self) -> int:
-        """Send one byte to every other process listening on this folder, never waiting; how many were sent."""
-        if not self.enabled:
+    def notify(self, owners: set[str] | None = None) -> int:
+        """Send one byte to the socket of each of ``owners`` (None: every other process listening on this
+        folder), never waiting; how many were sent. A missing or refusing socket is no error."""
+        if not self.enabled or owners == set():
             return 0
-        mine, sender = socket_name(process_owner()), self._send_socket()
-        try:
-            names = [entry.name for entry in os.scandir(self.folder) if entry.name.endswith(SUFFIX)]
-        except OSError:
-            return 0
+        sender = self._send_socket()
+        if owners is None:
+            mine = socket_name(process_owner())
+            try:
+                names = [entry.name for entry in os.scandir(self.folder) if entry.name.endswith(SUFFIX)]
+            except OSError:
+                return 0
+            names = [name for name in names if name != mine]
+        else:
+            names = [socket_name(owner) for owner in owners]
         sent = 0
         for name in names:
-            if name == mine:
-                continue
             try:
                 sender.sendto(b"\1", os.fspath(self.folder / name))
                 sent += 1
@@ -177,11 +184,21 @@ class Wakeups:
         self.sent += sent
         return sent
 
-    def _unlink_if_dead(self, name: str) -> None:
+    def remove_dead(self) -> int:
+        """Unlink the sockets that processes of this host which no longer run left behind; how many."""
+        try:
+            names = [entry.name for entry in os.scandir(self.folder) if entry.name.endswith(SUFFIX)]
+        except OSError:
+            return 0
+        return sum(self._unlink_if_dead(name) for name in names)
+
+    def _unlink_if_dead(self, name: str) -> bool:
         owner = owner_of(name)
-        if owner is not None and owner_is_gone(owner):
-            with contextlib.suppress(OSError):
-                (self.folder / name).unlink()
+        if owner is None or not owner_is_gone(owner):
+            return False
+        with contextlib.suppress(OSError):
+            (self.folder / name).unlink()
+        return True
 
 
 class _Listener:

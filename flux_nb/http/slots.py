@@ -8,14 +8,14 @@ across threads and processes.
 
 Waiting processes stand in one line (the ``waiters`` table), so a slot goes to whoever asked first in
 any process, not to whoever happens to look first: two notebooks sweeping at once share the slots.
-A release wakes the waiters at once: those of its own process directly, those of other processes through
-their wake-up socket (``flux_nb.http.slot_wakeups``: one AF_UNIX datagram socket per waiting process in
-``<folder>/wake/``). The table stays the only truth: a wake-up only says "look again", and a waiter also
-looks on its own after a short jittered pause (every 0.5 s at most while its process listens; more often
-where wake-ups are off, ``FLUX_NB_SLOT_WAKEUPS=0``, or missing, as on Windows). The waiters of one process
-that look at the same moment share one look (``SlotTable.queue_look``): one read, and at most one write,
-however many a release woke. A waiter whose process has not looked for ``STALLED_S`` (stopped, or its
-event loop blocked) is passed by.
+A release wakes the waiters whose turn it now is at once: those of its own process directly, those of
+other processes through their wake-up socket (``flux_nb.http.slot_wakeups``: one AF_UNIX datagram socket
+per waiting process in ``<folder>/wake/``). The table stays the only truth: a wake-up only says "look
+again", and a waiter also looks on its own after a short jittered pause (every 0.5 s at most while its
+process listens; more often where wake-ups are off, ``FLUX_NB_SLOT_WAKEUPS=0``, or missing, as on
+Windows). The waiters of one process that look at the same moment share one look
+(``SlotTable.queue_look``): one read, and at most one write, however many a release woke. A waiter whose
+process has not looked for ``STALLED_S`` (stopped, or its event loop blocked) is passed by.
 
 A lease names its owner as ``host:pid@start`` (the process start time, so a recycled pid is not taken
 for its predecessor: the rule of ``flux_nb.owners``, which the history uses too). Leases and waiters of
@@ -152,14 +152,14 @@ class SharedSlots:
                     pause = min(pause * 2, POLL_HEAD_S if ahead == 0 else POLL_MAX_S)
         except asyncio.CancelledError:
             # The look may still be running in its thread: undo it (lease or place in line) once it ends.
-            forget = functools.partial(_forget_in_background, self.table, lease.lease_id)
+            forget = functools.partial(_forget_in_background, self.table, lease.lease_id, self.limit)
             if step is None:
                 forget()
             else:
                 step.add_done_callback(lambda _: forget())
             raise
         except BaseException:
-            await asyncio.to_thread(self.table.forget, lease.lease_id)
+            await asyncio.to_thread(self.table.forget, lease.lease_id, self.limit)
             raise
         finally:
             if listening:
@@ -177,7 +177,7 @@ class SharedSlots:
 
         The delete runs in a thread that finishes even when the caller is cancelled meanwhile.
         """
-        await asyncio.to_thread(self.table.forget, lease.lease_id)
+        await asyncio.to_thread(self.table.forget, lease.lease_id, self.limit)
 
     def release_later(self, lease: Lease, delay: float) -> asyncio.Task[None]:
         """Give ``lease`` back after ``delay`` seconds, not waiting here: for a task the API may still be running
@@ -229,8 +229,8 @@ def _run_looks(table: SlotTable) -> None:
         threading.Thread(target=table.run_looks, name="flux_nb-slots-looks", daemon=True).start()
 
 
-def _forget_in_background(table: SlotTable, lease_id: str) -> None:
-    threading.Thread(target=table.forget, args=(lease_id,), name="flux_nb-slots-forget", daemon=True).start()
+def _forget_in_background(table: SlotTable, lease_id: str, limit: int) -> None:
+    threading.Thread(target=table.forget, args=(lease_id, limit), name="flux_nb-slots-forget", daemon=True).start()
 
 
 __all__ = [
