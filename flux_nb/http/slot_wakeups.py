@@ -108,10 +108,10 @@ class Wakeups:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 self._listener = _Listener(self.path, self._woken)
-                self.remove_dead()
             except OSError:
                 return False  # polling still finds the slot
-            return True
+        self.remove_dead()
+        return True
 
     def release(self) -> None:
         """The caller no longer waits; the last one out closes the socket and removes it."""
