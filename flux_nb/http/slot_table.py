@@ -5,11 +5,17 @@
 Every write is one short IMMEDIATE transaction (WAL), retried while another connection holds the lock. Rows
 of a process of this host that no longer runs are deleted by whoever looks next (the owner rule of
 ``flux_nb.owners``); those of other hosts expire after ``FOREIGN_TTL_S``.
+
+A look decides for several leases of one scope at once (``try_take_many``): the waiters of a process that
+ask together (``queue_look``) are answered by one read and at most one write, first come first served.
+``forget`` wakes the processes whose waiters a look would now let in (judged with the releaser's limit):
+this one's directly, others through ``Wakeups``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import os
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from flux_nb.errors import ValidationError
+from flux_nb.http.slot_wakeups import Wakeups
 from flux_nb.owners import is_local as _is_local
 from flux_nb.owners import owner_is_gone
 from flux_nb.owners import process_owner as lease_owner
@@ -30,6 +37,7 @@ from flux_nb.sqlite import in_immediate_transaction
 
 DATABASE = "slots.sqlite"
 FOLDER_ENV = "FLUX_NB_SLOTS_DIR"
+WAKEUPS_ENV = "FLUX_NB_SLOT_WAKEUPS"
 # SQLite's own wait for the write lock; a lock error past it is retried, never raised.
 BUSY_TIMEOUT_S = 10.0
 # Leases of another host cannot be checked for liveness: they count until they are this old.
@@ -39,6 +47,9 @@ POLL_FIRST_S = 0.005
 POLL_MAX_S = 0.1
 # ... except the first in line, which looks more often: it is the one a slot freed by another process goes to.
 POLL_HEAD_S = 0.02
+# ... and a waiter whose process listens for wake-ups (``slot_wakeups``) only as a fallback: releases anywhere
+# wake it; its own looks still find slots of processes that died, and waiters that stalled, passed by.
+POLL_LISTENING_S = 0.5
 # A waiter's process says it is still looking this often; one silent for STALLED_S (a stopped process,
 # a blocked event loop) no longer holds up the line behind it, until it looks again.
 HEARTBEAT_S = 1.0
@@ -55,6 +66,11 @@ def default_folder() -> Path:
         return Path(folder).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "flux_nb"
+
+
+def wakeups_enabled() -> bool:
+    """False when ``$FLUX_NB_SLOT_WAKEUPS`` is ``0``: waiters then only poll (as where AF_UNIX is missing)."""
+    return os.environ.get(WAKEUPS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
@@ -97,6 +113,12 @@ class SlotTable:
         self._wakers: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
         self._heartbeat = 0.0  # time.monotonic() of this process's last "still waiting"
         self._write(self._create_schema)
+        #: Other processes' releases wake this one's waiters through it (polling stays the fallback).
+        self.wakeups = Wakeups(self.folder, self._wake, enabled=wakeups_enabled())
+        #: Looks at the table by ``try_take_many`` in this process (each a read, or a write transaction).
+        self.looks = 0
+        self._queued: list[tuple[Lease, int, bool, concurrent.futures.Future[int]]] = []
+        self._looking = 0  # the pid whose thread runs the queued looks (0: none)
 
     def __repr__(self) -> str:
         return f"SlotTable({str(self.path)!r})"
@@ -133,88 +155,145 @@ class SlotTable:
 
         return _until_unlocked(attempt)
 
-    def _look(self, db: sqlite3.Connection, lease: Lease, limit: int) -> _Look:
+    def _snapshot(self, db: sqlite3.Connection, scope: str) -> _Snapshot:
+        """The scope's live leases and its line, as this process judges them (dead owners' rows set apart)."""
         me = lease_owner()
         gone = functools.cache(lambda owner: owner != me and owner_is_gone(owner))  # one look per owner
         now = time.time()
         cutoff = now - FOREIGN_TTL_S
-        leases = db.execute(
-            "SELECT lease_id, owner, acquired_at FROM leases WHERE scope = ?", (lease.scope,)
-        ).fetchall()
-        waiters = db.execute(
-            "SELECT lease_id, owner, since, seen FROM waiters WHERE scope = ? ORDER BY ticket", (lease.scope,)
-        ).fetchall()
-        look = _Look()
+        snap = _Snapshot()
+        leases = db.execute("SELECT lease_id, owner, acquired_at FROM leases WHERE scope = ?", (scope,))
         for lease_id, owner, at in leases:
             if gone(owner) if _is_local(owner) else at < cutoff:
-                look.stale_leases.append(lease_id)
+                snap.stale_leases.append(lease_id)
             else:
-                look.live += 1
-        for lease_id, owner, since, seen in waiters:
-            if lease_id == lease.lease_id:
-                look.in_line = True
-                break
+                snap.live += 1
+        rows = db.execute("SELECT lease_id, owner, since, seen FROM waiters WHERE scope = ? ORDER BY ticket", (scope,))
+        for lease_id, owner, since, seen in rows:
             if gone(owner) if _is_local(owner) else since < cutoff:
-                look.stale_waiters.append(lease_id)
-            elif seen > now - STALLED_S:
-                look.ahead += 1
-        look.free = look.live + look.ahead < limit
-        return look
+                snap.stale_waiters.append(lease_id)
+            else:
+                snap.line.append((lease_id, seen > now - STALLED_S, owner))
+        return snap
 
     def try_take(self, lease: Lease, limit: int, *, look_first: bool = True) -> int:
-        """Insert ``lease`` if its scope has a free slot and no live waiter of this host came first: TAKEN.
+        """Insert ``lease`` if its scope has a free slot and no live waiter came first: TAKEN.
 
         Otherwise the lease joins the line (once) and the number of waiters ahead of it comes back: call
-        again later. Leases and waiters of dead processes are deleted on the way. With ``look_first``, it
-        looks without the write lock first (in WAL a read never waits for a writer), so that waiters on a
-        full table do not queue for the lock; a first try, which writes either way (a lease or a place in
-        line), need not.
+        again later. See ``try_take_many``, which this is for one lease.
         """
+        return self.try_take_many([lease], limit, look_first=look_first)[0]
+
+    def try_take_many(self, leases: list[Lease], limit: int, *, look_first: bool = True) -> list[int]:
+        """``try_take`` for several leases of one scope in one look (and at most one write transaction).
+
+        Leases and waiters of dead processes are deleted on the way. With ``look_first``, it looks without
+        the write lock first (in WAL a read never waits for a writer), so that waiters on a full table do
+        not queue for the lock; a first try, which writes either way (a lease or a place in line), need not.
+        """
+        self.looks += 1
+        scope = leases[0].scope
         if look_first:
             try:
-                look = self._look(self._db(), lease, limit)
+                decided = _decide(self._snapshot(self._db(), scope), leases, limit)
             except sqlite3.OperationalError as exc:
                 if not _is_lock_error(exc):
                     raise
-                return limit
-            if look.in_line and not look.free:
+                return [limit] * len(leases)
+            if not decided.changes:
                 if time.monotonic() - self._heartbeat >= HEARTBEAT_S:
                     self._write(self._still_waiting)
-                return look.ahead
+                return decided.answers
 
-        def work(db: sqlite3.Connection) -> int:
-            look = self._look(db, lease, limit)
-            db.executemany("DELETE FROM leases WHERE lease_id = ?", [(i,) for i in look.stale_leases])
-            db.executemany("DELETE FROM waiters WHERE lease_id = ?", [(i,) for i in look.stale_waiters])
-            if look.free:
-                db.execute("DELETE FROM waiters WHERE lease_id = ?", (lease.lease_id,))
-                db.execute(
-                    "INSERT INTO leases VALUES (?, ?, ?, ?)", (lease.lease_id, lease.scope, lease.owner, time.time())
-                )
-            elif not look.in_line:
-                now = time.time()
-                db.execute(
-                    "INSERT INTO waiters (lease_id, scope, owner, since, seen) VALUES (?, ?, ?, ?, ?)",
-                    (lease.lease_id, lease.scope, lease.owner, now, now),
-                )
-            return TAKEN if look.free else look.ahead
+        def work(db: sqlite3.Connection) -> list[int]:
+            snap = self._snapshot(db, scope)
+            decided = _decide(snap, leases, limit)
+            db.executemany("DELETE FROM leases WHERE lease_id = ?", [(i,) for i in snap.stale_leases])
+            db.executemany("DELETE FROM waiters WHERE lease_id = ?", [(i,) for i in snap.stale_waiters])
+            now = time.time()
+            db.executemany("DELETE FROM waiters WHERE lease_id = ?", [(x.lease_id,) for x in decided.taken])
+            rows = [(x.lease_id, x.scope, x.owner, now) for x in decided.taken]
+            db.executemany("INSERT INTO leases VALUES (?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT INTO waiters (lease_id, scope, owner, since, seen) VALUES (?, ?, ?, ?, ?)",
+                [(x.lease_id, x.scope, x.owner, now, now) for x in decided.joined],
+            )
+            return decided.answers
 
         return self._write(work)
+
+    def queue_look(self, lease: Lease, limit: int, *, look_first: bool) -> tuple[concurrent.futures.Future[int], bool]:
+        """Join the next look at the table (``try_take``'s answer comes in the future) and whether the caller leads.
+
+        The leader runs ``run_looks`` in a thread: waiters that ask while a look is under way share the next
+        one, so a process looks once for all its waiters that a release woke, not once for each.
+        """
+        future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        with self._lock:
+            if self._looking not in (0, os.getpid()):  # a forked child: the parent's looks are not ours
+                self._queued, self._looking = [], 0
+            self._queued.append((lease, limit, look_first, future))
+            leader = not self._looking
+            self._looking = os.getpid()
+        return future, leader
+
+    def run_looks(self) -> None:
+        """Run the queued looks, one per scope and kind each round, until none is left (the leader's thread)."""
+        try:
+            while True:
+                with self._lock:
+                    queued, self._queued = self._queued, []
+                    if not queued:
+                        self._looking = 0
+                        return
+                groups: dict[tuple[str, int, bool], list[tuple[Lease, concurrent.futures.Future[int]]]] = {}
+                for lease, limit, look_first, future in queued:
+                    groups.setdefault((lease.scope, limit, look_first), []).append((lease, future))
+                for (_, limit, look_first), items in groups.items():
+                    try:
+                        answers = self.try_take_many([lease for lease, _ in items], limit, look_first=look_first)
+                    except Exception as exc:
+                        for _, future in items:
+                            future.set_exception(exc)
+                        continue
+                    for (_, future), answer in zip(items, answers, strict=True):
+                        future.set_result(answer)
+        except BaseException as exc:
+            with self._lock:
+                queued, self._queued, self._looking = self._queued, [], 0
+            for *_, future in queued:
+                future.set_exception(exc)
+            raise
 
     def _still_waiting(self, db: sqlite3.Connection) -> None:
         """Mark every waiter of this process as seen now (one write a second however many wait)."""
         db.execute("UPDATE waiters SET seen = ? WHERE owner = ?", (time.time(), lease_owner()))
         self._heartbeat = time.monotonic()
 
-    def forget(self, lease_id: str) -> None:
-        """Give a lease back, or leave the line; one already gone (released, or reclaimed) is no error."""
+    def forget(self, lease_id: str, limit: int | None = None) -> None:
+        """Give a lease back, or leave the line; one already gone (released, or reclaimed) is no error.
 
-        def work(db: sqlite3.Connection) -> None:
+        With the scope's ``limit``, only the processes whose waiters a look would now let in are woken (their
+        owners are read in the same transaction); without it, every waiting process is.
+        """
+
+        def work(db: sqlite3.Connection) -> set[str] | None:
+            found = db.execute(
+                "SELECT scope FROM leases WHERE lease_id = ? UNION ALL SELECT scope FROM waiters WHERE lease_id = ?",
+                (lease_id, lease_id),
+            ).fetchone()
             db.execute("DELETE FROM leases WHERE lease_id = ?", (lease_id,))
             db.execute("DELETE FROM waiters WHERE lease_id = ?", (lease_id,))
+            if found is None or limit is None:
+                return set() if found is None else None
+            snap = self._snapshot(db, found[0])
+            first = [owner for _, looking, owner in snap.line if looking][: max(0, limit - snap.live)]
+            return set(first)
 
-        self._write(work)
-        self._wake()
+        owners = self._write(work)
+        if owners is None or lease_owner() in owners:
+            self._wake()
+        self.wakeups.notify(None if owners is None else owners - {lease_owner()})
 
     def count(self, scope: str) -> tuple[int, int]:
         """(leases, waiters) that ``scope`` has now, counting dead processes' rows not yet reclaimed."""
@@ -248,15 +327,54 @@ class SlotTable:
 
 
 @dataclass
-class _Look:
-    """What a slot table says for one lease, as ``SlotTable._look`` reads it."""
+class _Snapshot:
+    """A scope as ``SlotTable._snapshot`` reads it: live leases, and the line (lease_id, still looking, owner)."""
 
     live: int = 0
+    line: list[tuple[str, bool, str]] = field(default_factory=list)
     stale_leases: list[str] = field(default_factory=list)
     stale_waiters: list[str] = field(default_factory=list)
-    ahead: int = 0
-    in_line: bool = False
-    free: bool = False
+
+
+@dataclass
+class _Decided:
+    """What a look means for some leases: an answer each (TAKEN or how many are ahead), and the rows to write."""
+
+    answers: list[int] = field(default_factory=list)
+    taken: list[Lease] = field(default_factory=list)
+    joined: list[Lease] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.taken or self.joined)
+
+
+def _decide(snap: _Snapshot, leases: list[Lease], limit: int) -> _Decided:
+    """Which of ``leases`` take a slot (first come, first served: those in line in its order, then new ones)."""
+    position = {lease_id: i for i, (lease_id, *_) in enumerate(snap.line)}
+    ahead_of, counting = [], 0
+    for _, looking, _ in snap.line:
+        ahead_of.append(counting)
+        counting += looking
+    order = sorted(range(len(leases)), key=lambda i: position.get(leases[i].lease_id, len(position) + i))
+    answers, decided = [0] * len(leases), _Decided()
+    live, moved, joined = snap.live, 0, 0  # moved: waiters of this look that took a slot (no longer ahead)
+    for i in order:
+        lease = leases[i]
+        at = position.get(lease.lease_id)
+        ahead = ahead_of[at] - moved if at is not None else counting - moved + joined
+        if live + ahead < limit:
+            answers[i] = TAKEN
+            decided.taken.append(lease)
+            live += 1
+            moved += at is not None and snap.line[at][1]
+        else:
+            answers[i] = ahead
+            if at is None:
+                decided.joined.append(lease)
+                joined += 1
+    decided.answers = answers
+    return decided
 
 
 _TABLES: dict[Path, SlotTable] = {}

@@ -8,8 +8,14 @@ across threads and processes.
 
 Waiting processes stand in one line (the ``waiters`` table), so a slot goes to whoever asked first in
 any process, not to whoever happens to look first: two notebooks sweeping at once share the slots.
-A waiter looks again after a short jittered pause; one of this process's releases wakes it at once. A
-waiter whose process has not looked for ``STALLED_S`` (stopped, or its event loop blocked) is passed by.
+A release wakes the waiters whose turn it now is at once: those of its own process directly, those of
+other processes through their wake-up socket (``flux_nb.http.slot_wakeups``: one AF_UNIX datagram socket
+per waiting process in ``<folder>/wake/``). The table stays the only truth: a wake-up only says "look
+again", and a waiter also looks on its own after a short jittered pause (every 0.5 s at most while its
+process listens; more often where wake-ups are off, ``FLUX_NB_SLOT_WAKEUPS=0``, or missing, as on
+Windows). The waiters of one process that look at the same moment share one look
+(``SlotTable.queue_look``): one read, and at most one write, however many a release woke. A waiter whose
+process has not looked for ``STALLED_S`` (stopped, or its event loop blocked) is passed by.
 
 A lease names its owner as ``host:pid@start`` (the process start time, so a recycled pid is not taken
 for its predecessor: the rule of ``flux_nb.owners``, which the history uses too). Leases and waiters of
@@ -18,6 +24,7 @@ holding slots gives them back at the next acquire elsewhere. Those of other host
 cannot be checked and expire after ``FOREIGN_TTL_S``.
 
     <folder>/slots.sqlite    ``leases`` (lease_id, scope, owner, acquired_at) and ``waiters`` (ticket, ...)
+    <folder>/wake/*.sock     the wake-up sockets of the processes waiting now
 
 The scope is a truncated SHA-256 of the key and the endpoint: the key itself is never written.
 """
@@ -25,6 +32,7 @@ The scope is a truncated SHA-256 of the key and the endpoint: the key itself is 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -45,6 +53,7 @@ from flux_nb.http.slot_table import (
     FOLDER_ENV,
     POLL_FIRST_S,
     POLL_HEAD_S,
+    POLL_LISTENING_S,
     POLL_MAX_S,
     TAKEN,
     Lease,
@@ -113,36 +122,48 @@ class SharedSlots:
         deadline = None if timeout is None else time.monotonic() + timeout
         lease = Lease(uuid.uuid4().hex, self.scope, lease_owner(), time.time())
         pause = POLL_FIRST_S
-        step: asyncio.Future[int] | None = None
+        step: concurrent.futures.Future[int] | None = None
+        listening = False
         try:
             while True:
                 woken = self.table.waiting_room()  # before looking, so a release during the look wakes us
                 try:
                     # The first try writes either way (the lease or a place in line): no need to look first.
-                    call = functools.partial(self.table.try_take, lease, self.limit, look_first=step is not None)
-                    step = asyncio.ensure_future(asyncio.to_thread(call))
-                    ahead = await asyncio.shield(step)
+                    step, leader = self.table.queue_look(lease, self.limit, look_first=step is not None)
+                    if leader:
+                        _run_looks(self.table)
+                    ahead = await asyncio.shield(asyncio.wrap_future(step))
                     if ahead == TAKEN:
                         return lease
                     left = math.inf if deadline is None else deadline - time.monotonic()
                     if left <= 0:
                         raise FluxTimeout(f"no free slot of {self.limit} active tasks within {timeout:g} s")
+                    if not listening:
+                        listening = True
+                        if self.table.wakeups.hold():
+                            continue  # listening only now: a release a moment ago sent nothing, look again
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), min(pause * (0.5 + random.random()), left))
                 finally:
                     self.table.leave_room(woken)
-                pause = min(pause * 2, POLL_HEAD_S if ahead == 0 else POLL_MAX_S)
+                if self.table.wakeups.listening:
+                    pause = min(pause * 2, POLL_LISTENING_S)
+                else:
+                    pause = min(pause * 2, POLL_HEAD_S if ahead == 0 else POLL_MAX_S)
         except asyncio.CancelledError:
             # The look may still be running in its thread: undo it (lease or place in line) once it ends.
-            forget = functools.partial(_forget_in_background, self.table, lease.lease_id)
+            forget = functools.partial(_forget_in_background, self.table, lease.lease_id, self.limit)
             if step is None:
                 forget()
             else:
                 step.add_done_callback(lambda _: forget())
             raise
         except BaseException:
-            await asyncio.to_thread(self.table.forget, lease.lease_id)
+            await asyncio.to_thread(self.table.forget, lease.lease_id, self.limit)
             raise
+        finally:
+            if listening:
+                self.table.wakeups.release()
 
     async def try_acquire(self) -> Lease | None:
         """A slot if one is free now (nobody waiting first), else None, leaving no place in line behind."""
@@ -156,7 +177,7 @@ class SharedSlots:
 
         The delete runs in a thread that finishes even when the caller is cancelled meanwhile.
         """
-        await asyncio.to_thread(self.table.forget, lease.lease_id)
+        await asyncio.to_thread(self.table.forget, lease.lease_id, self.limit)
 
     def release_later(self, lease: Lease, delay: float) -> asyncio.Task[None]:
         """Give ``lease`` back after ``delay`` seconds, not waiting here: for a task the API may still be running
@@ -200,8 +221,16 @@ class SharedSlots:
         await self.release(lease)
 
 
-def _forget_in_background(table: SlotTable, lease_id: str) -> None:
-    threading.Thread(target=table.forget, args=(lease_id,), name="flux_nb-slots-forget", daemon=True).start()
+def _run_looks(table: SlotTable) -> None:
+    """Run the table's queued looks in this loop's thread pool (a thread of its own once the pool is shut)."""
+    try:
+        asyncio.get_running_loop().run_in_executor(None, table.run_looks)
+    except RuntimeError:
+        threading.Thread(target=table.run_looks, name="flux_nb-slots-looks", daemon=True).start()
+
+
+def _forget_in_background(table: SlotTable, lease_id: str, limit: int) -> None:
+    threading.Thread(target=table.forget, args=(lease_id, limit), name="flux_nb-slots-forget", daemon=True).start()
 
 
 __all__ = [
