@@ -391,7 +391,7 @@ def test_resume_settles_what_a_dead_process_left_open(ipython: InteractiveShell,
     session = session_of(ipython)
     never_sent = session.prepare("never sent", seed=5, width=64, height=64)
     cut_off = session.prepare("cut off", seed=6, width=64, height=64)
-    ids = [session._ready_executor()._record(p) for p in (never_sent, cut_off)]
+    ids = session._ready_executor()._record([never_sent, cut_off])
     session.store.mark_sending(ids[1])
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with sqlite3.connect(session.store.path) as db:

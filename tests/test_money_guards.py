@@ -75,6 +75,33 @@ def test_a_record_is_sending_at_the_moment_its_submit_reaches_the_server(history
         flux.close()
 
 
+def test_a_batch_writes_every_pending_record_before_its_first_submit(history_dir: Path) -> None:
+    """A sweep's rows are written in one go before anything is sent: the first submit finds them all pending
+    (but its own, sending), with distinct creation times in batch order; a crash from then on loses none."""
+    seen: list[list[str]] = []
+    flux: Flux | None = None
+
+    def read_history(request: httpx.Request) -> None:
+        if is_submit(request) and not seen:
+            assert flux is not None
+            seen.append(sorted(flux.store.query()["status"]))
+
+    flux = Flux(endpoint=IN_PROCESS, history_dir=history_dir, transport=Hooked(read_history), max_concurrency=1)
+    writes: list[str] = []
+    write = flux.store._db.write
+    flux.store._db.write = lambda work, doing: (writes.append(doing), write(work, doing))[1]  # type: ignore[method-assign]
+    try:
+        results = flux.sweep("a lighthouse", seed=[1, 2, 3, 4, 5], width=64, height=64)
+        assert all(r.ok for r in results)
+        assert seen == [["pending"] * 4 + ["sending"]]
+        assert writes.count("add 5 records") == 1 and "add a record" not in writes  # one transaction
+        frame = flux.history()
+        assert frame["seed"].tolist() == [1, 2, 3, 4, 5] and frame["created_at"].is_monotonic_increasing
+        assert frame["created_at"].nunique() == 5
+    finally:
+        flux.close()
+
+
 async def test_the_client_calls_on_sending_before_the_submit_and_only_once() -> None:
     """Mutant: AsyncFluxClient.generate drops (or moves after the submit) ``await on_sending()``."""
     order: list[str] = []

@@ -83,8 +83,14 @@ class Executor:
             for index in copies[event.index] if isinstance(event, Progress) else [event.index]:
                 emit(replace(event, index=index))
 
+        recorded = await self._record_fresh({owner: batch[owner] for owner in copies})
+
         async def run_one(owner: int) -> dict[int, Result]:
-            result = await self.execute(owner, batch[owner], fan_out)
+            made = recorded.get(owner)
+            if isinstance(made, HistoryError):
+                result = self._not_recorded(fan_out, owner, batch[owner], made)
+            else:
+                result = await self.execute(owner, batch[owner], fan_out, record_id=made)
             extra = copies[owner][1:]
             uses = await asyncio.to_thread(self._shared, result, [batch[i] for i in extra]) if extra else []
             for index, use in zip(extra, uses, strict=True):
@@ -133,22 +139,38 @@ class Executor:
                 shown = replace(self.result_from_record(hit, prepared, cached=True), record_id=use_id)
                 return self._finished(emit, index, shown)
             try:
-                record_id = await asyncio.to_thread(self._record_after_owed, prepared)
-            except HistoryError as exc:  # no record, nothing sent
-                exc.hint = NOT_RECORDED_HINT if exc.retryable else exc.hint
-                return self._finished(emit, index, self.result("", prepared, "failed", error=exc))
+                (record_id,) = await asyncio.to_thread(self._record_after_owed, [prepared])
+            except HistoryError as exc:
+                return self._not_recorded(emit, index, prepared, exc)
         self.ledger.in_flight.add(record_id)
         try:
             return await self._send(index, prepared, emit, record_id)
         finally:
             self.ledger.in_flight.discard(record_id)
 
-    def _record_after_owed(self, prepared: PreparedRequest) -> str:
-        """Make what the history owes first, then write the record (in flight from its first moment)."""
+    async def _record_fresh(self, batch: dict[int, PreparedRequest]) -> dict[int, str | HistoryError]:
+        """The pending records of a batch's requests the cache cannot answer, written in one transaction
+        before any is sent (the first submit does not wait behind the others' rows); index -> id or refusal."""
+        fresh = {index: prepared for index, prepared in batch.items() if self.cached(prepared) is None}
+        if not fresh:
+            return {}
+        try:
+            ids = await asyncio.to_thread(self._record_after_owed, list(fresh.values()))
+        except HistoryError as exc:
+            return dict.fromkeys(fresh, exc)
+        return dict(zip(fresh, ids, strict=True))
+
+    def _not_recorded(self, emit: Emit, index: int, prepared: PreparedRequest, exc: HistoryError) -> Result:
+        """A request whose record could not be written: failed, and nothing was sent."""
+        exc.hint = NOT_RECORDED_HINT if exc.retryable else exc.hint
+        return self._finished(emit, index, self.result("", prepared, "failed", error=exc))
+
+    def _record_after_owed(self, batch: list[PreparedRequest]) -> list[str]:
+        """Make what the history owes first, then write the records (in flight from their first moment)."""
         self.ledger.flush()
-        record_id = self._record(prepared)
-        self.ledger.in_flight.add(record_id)
-        return record_id
+        record_ids = self._record(batch)
+        self.ledger.in_flight.update(record_ids)
+        return record_ids
 
     async def _send(self, index: int, prepared: PreparedRequest, emit: Emit, record_id: str) -> Result:
         started = time.time()
@@ -211,21 +233,28 @@ class Executor:
             elapsed = time.time() - started
             return self.result(record_id, prepared, "submitted", error=exc, elapsed=elapsed, task_id=outcome.task.id)
 
-    def _record(self, prepared: PreparedRequest) -> str:
-        """Keep the inputs and write the pending record: before anything is sent."""
-        for image in prepared.inputs:
-            self.store.save_input(image)
-        return self.store.create(
-            prepared.request,
-            backend=self.backend.label,
-            endpoint=self.backend.base_url,
-            notebook=self.notebook(),
-            input_hashes=prepared.input_hashes,
-            estimated_cost=prepared.estimated_cost,
-            tag=prepared.tag,
-            replay_of=prepared.replay_of,
-            experiment=self.experiment() or None,
-            labels=prepared.labels or None,
+    def _record(self, batch: list[PreparedRequest]) -> list[str]:
+        """Keep the inputs and write the pending records: before anything is sent."""
+        for prepared in batch:
+            for image in prepared.inputs:
+                self.store.save_input(image)
+        notebook, experiment = self.notebook(), self.experiment() or None
+        return self.store.create_many(
+            [
+                {
+                    "request": prepared.request,
+                    "backend": self.backend.label,
+                    "endpoint": self.backend.base_url,
+                    "notebook": notebook,
+                    "input_hashes": prepared.input_hashes,
+                    "estimated_cost": prepared.estimated_cost,
+                    "tag": prepared.tag,
+                    "replay_of": prepared.replay_of,
+                    "experiment": experiment,
+                    "labels": prepared.labels or None,
+                }
+                for prepared in batch
+            ]
         )
 
     async def resume_batch(

@@ -163,7 +163,39 @@ class HistoryStore(Reviews, Queries):
         labels: dict[str, Any] | None = None,
     ) -> str:
         """Write a pending record before the request is sent; returns its id (12 hex digits)."""
-        now = time.time()
+        fields = {"backend": backend, "endpoint": endpoint, "notebook": notebook, "input_hashes": input_hashes}
+        fields.update(estimated_cost=estimated_cost, tag=tag, replay_of=replay_of, experiment=experiment, labels=labels)
+        return self.create_many([{"request": request, **fields}])[0]
+
+    def create_many(self, requests: list[dict[str, Any]]) -> list[str]:
+        """``create`` for several requests (each a dict of its arguments) in one transaction; their ids in order."""
+        rows: list[dict[str, Any]] = []
+        for fields in requests:  # each its own creation time, in order: the history sorts by it
+            now = max(time.time(), rows[-1]["created_at"] + 1e-6) if rows else time.time()
+            rows.append(self._pending_row(now=now, **fields))
+
+        def insert(db: sqlite3.Connection) -> None:
+            for row in rows:
+                self._insert_row(db, row)
+
+        self._db.write(insert, "add a record" if len(rows) == 1 else f"add {len(rows)} records")
+        return [str(row["record_id"]) for row in rows]
+
+    @staticmethod
+    def _pending_row(
+        request: FluxRequest,
+        *,
+        now: float,
+        backend: str,
+        endpoint: str,
+        notebook: str,
+        input_hashes: list[str],
+        estimated_cost: float,
+        tag: str | None = None,
+        replay_of: str | None = None,
+        experiment: str | None = None,
+        labels: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         row: dict[str, Any] = {name: getattr(request, name) for name in KEY_FIELDS}
         row.update(
             record_id=uuid.uuid4().hex[:12],
@@ -183,25 +215,25 @@ class HistoryStore(Reviews, Queries):
             experiment=as_text(experiment),
             labels=labels_json(labels),
         )
-        return self._insert(row, "add a record")
+        return row
 
     def _insert(self, row: dict[str, Any], doing: str, copy_of: str | None = None) -> str:
         """Insert ``row`` (or, with ``copy_of``, that record with ``row``'s columns replaced) under a fresh id."""
+        self._db.write(lambda db: self._insert_row(db, row, copy_of), doing)
+        return str(row["record_id"])
+
+    @staticmethod
+    def _insert_row(db: sqlite3.Connection, row: dict[str, Any], copy_of: str | None = None) -> None:
         names = list(row) if copy_of is None else [*COLUMNS]
         values_sql = (
             ", ".join("?" * len(row)) if copy_of is None else ", ".join("?" if name in row else name for name in names)
         )
         source = "" if copy_of is None else " FROM records WHERE record_id = ?"
         sql = f"INSERT INTO records ({', '.join(names)}, seq) SELECT {values_sql}, ?{source}"
-
-        def insert(db: sqlite3.Connection) -> None:
-            while db.execute("SELECT 1 FROM records WHERE record_id = ?", (row["record_id"],)).fetchone():
-                row["record_id"] = uuid.uuid4().hex[:12]  # 48 random bits: rare, but a clash must not lose a row
-            ordered = list(row.values()) if copy_of is None else [row[n] for n in names if n in row]
-            db.execute(sql, [*ordered, next_seq(db), *([copy_of] if copy_of else [])])
-
-        self._db.write(insert, doing)
-        return str(row["record_id"])
+        while db.execute("SELECT 1 FROM records WHERE record_id = ?", (row["record_id"],)).fetchone():
+            row["record_id"] = uuid.uuid4().hex[:12]  # 48 random bits: rare, but a clash must not lose a row
+        ordered = list(row.values()) if copy_of is None else [row[n] for n in names if n in row]
+        db.execute(sql, [*ordered, next_seq(db), *([copy_of] if copy_of else [])])
 
     def record_use(
         self,
