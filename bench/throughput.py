@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import venv
-from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench import official_client
 from bench.common import server_process, server_stats
 from flux_nb import Flux
 
 SIZE = 512
-BLACKFOREST_VERSION = "0.1.3"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flux-nb-bench"
 
 
 def run_flux_nb(url: str, count: int, repeats: int = 3) -> tuple[float, float]:
@@ -69,20 +65,9 @@ def run_plain_httpx(url: str, count: int) -> float:
     return asyncio.run(_plain(url, count))
 
 
-BLACKFOREST_LOOP = """
-import sys, time, requests
-from pydantic import BaseModel
-from blackforest import BFLClient
-from blackforest.types.general.client_config import ClientConfig
-
-class Klein4bInputs(BaseModel):
-    prompt: str
-    seed: int | None = None
-    width: int | None = None
-    height: int | None = None
-    output_format: str = "jpeg"
-
-BFLClient.model_input_registry["flux-2-klein-4b"] = Klein4bInputs
+BLACKFOREST_LOOP = (
+    official_client.PREAMBLE
+    + """
 url, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 client = BFLClient(api_key="bench", base_url=url)
 started = time.perf_counter()
@@ -92,27 +77,11 @@ for seed in range(count):
     assert requests.get(result.result["sample"], timeout=60).content
 print(time.perf_counter() - started)
 """
-
-
-def blackforest_python() -> Path | None:
-    """A venv with the official ``blackforest`` package (it pins its own Pillow), made once and cached."""
-    env_dir = CACHE / f"blackforest-{BLACKFOREST_VERSION}"
-    python = env_dir / "bin" / "python"
-    if not python.exists():
-        venv.create(env_dir, with_pip=True)
-        install = subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", f"blackforest=={BLACKFOREST_VERSION}"],
-            capture_output=True,
-            text=True,
-        )
-        if install.returncode != 0:
-            print(f"  (blackforest {BLACKFOREST_VERSION} could not be installed: {install.stderr.strip()[-200:]})")
-            return None
-    return python
+)
 
 
 def run_blackforest(url: str, count: int) -> float | None:
-    python = blackforest_python()
+    python = official_client.python()
     if python is None:
         return None
     out = subprocess.run(

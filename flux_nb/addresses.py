@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -54,3 +56,26 @@ def parse_address(text: str) -> Address:
 def resolve(host: str, port: int) -> list[str]:
     """The addresses ``host`` resolves to, with the system's resolver (numeric forms such as 2130706433 too)."""
     return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked destination: the URL as given, and the address to connect to."""
+
+    url: str
+    host: str
+    port: int
+    address: str
+
+    @property
+    def connect_url(self) -> str:
+        """The URL with the checked address in place of the host name."""
+        parts = urlsplit(self.url)
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return urlunsplit((parts.scheme, f"{host}:{self.port}", parts.path or "/", parts.query, ""))
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.url.startswith("https:") else 80
+        return host if self.port == default else f"{host}:{self.port}"

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,30 +73,42 @@ def _sockets(folder: Path) -> list[str]:
 
 
 def test_a_release_here_wakes_a_waiter_in_another_process_which_takes_the_slot_in_one_look(tmp_path: Path) -> None:
-    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+    def while_in_line(slots: SharedSlots, child: Any) -> None:
+        assert slots.table.count(slots.scope) == (1, 1)
+        assert _sockets(tmp_path) == [socket_name(f"{socket.gethostname()}:{child.pid}@{_start_of(child.pid)}")]
+
+    slots, (seen, looks, wakes, enabled) = _hand_over(tmp_path, NEVER, while_in_line)
+    # The first try joined the line, the look once its socket was open saw it still full, and the one look
+    # after the wake-up took the slot: no poll in between (the child's pause is an hour).
+    assert (seen, looks, wakes, enabled) == ([0, 0, TAKEN], 3, 1, True)
+    assert slots.table.wakeups.sent == 1
+    assert slots.table.count(slots.scope) == (1, 0)
+
+
+def _hand_over(
+    folder: Path, pause: float, while_in_line: Callable[[SharedSlots, Any], None] | None = None
+) -> tuple[SharedSlots, tuple[Any, ...]]:
+    """This process holds the only slot while a spawned child (looking every ``pause`` s) waits in line, then
+    releases it; the child's answers: (what each look saw, its looks, its wake-ups, whether it listened)."""
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, folder)
     listening, answers = SPAWN.Event(), SPAWN.Queue()
     child = None
 
     async def scenario() -> tuple[Any, ...]:
         nonlocal child
         lease = await slots.acquire()
-        child = _start(_wait_in_line, str(tmp_path), NEVER, listening, answers)
+        child = _start(_wait_in_line, str(folder), pause, listening, answers)
         assert await asyncio.to_thread(listening.wait, WAIT)
-        assert slots.table.count(slots.scope) == (1, 1)
-        assert _sockets(tmp_path) == [socket_name(f"{socket.gethostname()}:{child.pid}@{_start_of(child.pid)}")]
+        if while_in_line is not None:
+            while_in_line(slots, child)
         await slots.release(lease)
         return await asyncio.to_thread(answers.get, True, WAIT)
 
     try:
-        seen, looks, wakes, enabled = asyncio.run(scenario())
+        return slots, asyncio.run(scenario())
     finally:
         if child is not None:
             _stop(child)
-    # The first try joined the line, the look once its socket was open saw it still full, and the one look
-    # after the wake-up took the slot: no poll in between (the child's pause is an hour).
-    assert (seen, looks, wakes, enabled) == ([0, 0, TAKEN], 3, 1, True)
-    assert slots.table.wakeups.sent == 1
-    assert slots.table.count(slots.scope) == (1, 0)
 
 
 def _start_of(pid: int) -> str:
@@ -105,23 +118,7 @@ def _start_of(pid: int) -> str:
 
 def test_polling_still_hands_the_slot_over_with_wakeups_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(WAKEUPS_ENV, "0")  # the child (spawned now) reads it; this process's table is made after
-    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
-    listening, answers = SPAWN.Event(), SPAWN.Queue()
-    child = None
-
-    async def scenario() -> tuple[Any, ...]:
-        nonlocal child
-        lease = await slots.acquire()
-        child = _start(_wait_in_line, str(tmp_path), 0.01, listening, answers)
-        assert await asyncio.to_thread(listening.wait, WAIT)
-        await slots.release(lease)
-        return await asyncio.to_thread(answers.get, True, WAIT)
-
-    try:
-        seen, looks, wakes, enabled = asyncio.run(scenario())
-    finally:
-        if child is not None:
-            _stop(child)
+    slots, (seen, looks, wakes, enabled) = _hand_over(tmp_path, 0.01)
     assert not enabled and not slots.table.wakeups.enabled
     assert seen[-1] == TAKEN and all(answer == 0 for answer in seen[:-1]) and looks == len(seen) >= 3
     assert wakes == 0 and slots.table.wakeups.sent == 0

@@ -172,7 +172,7 @@ class HistoryStore(Reviews, Queries):
         rows: list[dict[str, Any]] = []
         for fields in requests:  # each its own creation time, in order: the history sorts by it
             now = max(time.time(), rows[-1]["created_at"] + 1e-6) if rows else time.time()
-            rows.append(self._pending_row(now=now, **fields))
+            rows.append(self._pending_row(now, fields))
 
         def insert(db: sqlite3.Connection) -> None:
             for row in rows:
@@ -182,38 +182,27 @@ class HistoryStore(Reviews, Queries):
         return [str(row["record_id"]) for row in rows]
 
     @staticmethod
-    def _pending_row(
-        request: FluxRequest,
-        *,
-        now: float,
-        backend: str,
-        endpoint: str,
-        notebook: str,
-        input_hashes: list[str],
-        estimated_cost: float,
-        tag: str | None = None,
-        replay_of: str | None = None,
-        experiment: str | None = None,
-        labels: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def _pending_row(now: float, fields: dict[str, Any]) -> dict[str, Any]:
+        """The row of a request about to be sent (``fields``: the arguments of ``create``)."""
+        request: FluxRequest = fields["request"]
         row: dict[str, Any] = {name: getattr(request, name) for name in KEY_FIELDS}
         row.update(
             record_id=uuid.uuid4().hex[:12],
             created_at=now,
             updated_at=now,
-            notebook=notebook,
-            backend=backend,
-            endpoint=endpoint,
+            notebook=fields["notebook"],
+            backend=fields["backend"],
+            endpoint=fields["endpoint"],
             webhook_url=request.webhook_url,
-            input_hashes=json.dumps(list(input_hashes)),
-            request_key=request_key(request, backend, input_hashes),
-            tag=tag,
-            replay_of=replay_of,
+            input_hashes=json.dumps(list(fields["input_hashes"])),
+            request_key=request_key(request, fields["backend"], fields["input_hashes"]),
+            tag=fields.get("tag"),
+            replay_of=fields.get("replay_of"),
             owner=process_owner(),
             status=RecordStatus.PENDING.value,
-            estimated_cost=as_float(estimated_cost),
-            experiment=as_text(experiment),
-            labels=labels_json(labels),
+            estimated_cost=as_float(fields["estimated_cost"]),
+            experiment=as_text(fields.get("experiment")),
+            labels=labels_json(fields.get("labels")),
         )
         return row
 

@@ -18,13 +18,13 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 import imagesize
 
 from flux_nb import addresses as address_rules
-from flux_nb.addresses import is_loopback, is_public, parse_address
+from flux_nb.addresses import Target, is_loopback, is_public, parse_address
 
 PROBE_BYTES = 128 * 1024
 PROBE_TIMEOUT_S = 3.0
@@ -34,26 +34,6 @@ Resolver = Callable[[str, int], list[str]]
 
 class ProbeRefused(Exception):
     """This URL is not contacted to measure it (the message says why)."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A checked destination: where to connect, and the name the request still carries."""
-
-    url: str
-    host: str
-    port: int
-    address: str
-
-    def connect_url(self) -> str:
-        parts = urlsplit(self.url)
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return urlunsplit((parts.scheme, f"{host}:{self.port}", parts.path or "/", parts.query, ""))
-
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.url.lower().startswith("https:") else 80
-        return host if self.port == default else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -104,12 +84,12 @@ def measure(
         target = policy.target(url, resolver)
     except ProbeRefused:
         return None
-    headers = {"host": target.host_header(), "range": f"bytes=0-{PROBE_BYTES - 1}", "accept": "image/*"}
+    headers = {"host": target.host_header, "range": f"bytes=0-{PROBE_BYTES - 1}", "accept": "image/*"}
     extensions = {"sni_hostname": target.host} if url.lower().startswith("https:") else {}
     head = b""
     try:
         with httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            request = client.build_request("GET", target.connect_url(), headers=headers, extensions=extensions)
+            request = client.build_request("GET", target.connect_url, headers=headers, extensions=extensions)
             with contextlib.closing(client.send(request, stream=True)) as answer:
                 if answer.status_code not in (200, 206):
                     return None

@@ -15,11 +15,11 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 
-from flux_nb.addresses import Address, is_public, parse_address, unwrap
+from flux_nb.addresses import Address, Target, is_public, parse_address, unwrap
 
 logger = logging.getLogger("flux_nb.server")
 
@@ -30,29 +30,6 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 class OutboundRefused(Exception):
     """The server will not contact this URL; the message is for the log, never for the client."""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A checked destination: the URL as given, and the address to connect to."""
-
-    url: str
-    host: str
-    port: int
-    address: str
-
-    @property
-    def connect_url(self) -> str:
-        """The URL with the checked address in place of the host name."""
-        parts = urlsplit(self.url)
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return urlunsplit((parts.scheme, f"{host}:{self.port}", parts.path or "/", parts.query, ""))
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.url.startswith("https:") else 80
-        return host if self.port == default else f"{host}:{self.port}"
 
 
 async def system_resolver(host: str, port: int) -> list[str]:
