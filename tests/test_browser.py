@@ -438,6 +438,8 @@ def test_a_star_click_in_the_panel_rates_the_result_in_flux_history(lab: Lab, pa
     page.fill(".flux-panel .flux-prompt textarea", "a kite to be rated, browser test")
     page.click(".flux-panel button.flux-generate")
     page.wait_for_selector(".flux-card .flux-review button.flux-star-4", timeout=60_000)
+    # The batch has ended (Generate is usable again): its closing status line cannot overwrite the rating's.
+    page.wait_for_selector(".flux-panel button.flux-generate:not([disabled])", timeout=60_000)
     page.click(".flux-card .flux-review button.flux-star-4")
     page.wait_for_function("() => document.querySelector('.flux-panel .flux-status').innerText.includes('rated')")
     assert error_text(page) == ""
