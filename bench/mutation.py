@@ -63,11 +63,18 @@ TARGETS: dict[str, Target] = {
     ),
     "store": Target(
         ("flux_nb/history/store.py",),
-        ("tests/test_store.py", "tests/test_money_guards.py"),
+        (
+            "tests/test_store_mutants.py",
+            "tests/test_store.py",
+            "tests/test_history_experiments.py",
+            "tests/test_history_faults.py",
+            "tests/test_money_guards.py",
+        ),
     ),
     "jobs": Target(
         ("flux_nb/core/jobs.py",),
-        ("tests/test_money_guards.py", "tests/test_faults.py"),
+        ("tests/test_jobs_mutants.py", "tests/test_money_guards.py", "tests/test_faults.py", "tests/test_session.py"),
+        ("tests/test_faults.py::test_a_300_request_sweep_under_mixed_faults_loses_nothing",),
     ),
 }
 

@@ -1,0 +1,210 @@
+"""One request's life in the Executor, field by field, against a scripted client (no network at all).
+
+Written against the survivors of ``bench/mutation.py --module jobs`` (see ``bench/MUTATION.md``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from flux_nb.core.backend import Backend
+from flux_nb.core.batch import PreparedRequest
+from flux_nb.core.events import BatchEvent, Finished, Progress
+from flux_nb.core.jobs import Executor
+from flux_nb.core.outcomes import NOT_SENT_HINT, RESUME_HINT
+from flux_nb.errors import FluxError, ModeratedError, TransportError, UnknownOutcomeError
+from flux_nb.history.faults import HistoryError
+from flux_nb.history.store import HistoryStore
+from flux_nb.http.client import Task, TaskResult
+from flux_nb.protocol import FluxRequest
+
+BACKEND = Backend("http://127.0.0.1:9", "local:test", True)
+
+
+def png(color: str = "red", size: tuple[int, int] = (40, 24)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def prepared(prompt: str = "a cat", seed: int = 1, **options: Any) -> PreparedRequest:
+    return PreparedRequest(FluxRequest(prompt, seed=seed, width=64, height=48), (), 1.5, **options)
+
+
+def task(task_id: str = "t1", cost: float | None = 2.0) -> Task:
+    return Task(task_id, "http://127.0.0.1:9/v1/get_result?id=" + task_id, "flux-2-pro", 100.0, cost, 0.0, 0.1)
+
+
+def outcome(the_task: Task, **fields: Any) -> TaskResult:
+    values: dict[str, Any] = dict(
+        image=png(), width=40, height=24, format="png", seed=5, ready_at=110.0, finished_at=111.0, polls=2
+    )
+    values.update(engine="scripted", details={"engine": "scripted"})
+    return TaskResult(the_task, **{**values, **fields})
+
+
+class ScriptedClient:
+    """Answers ``generate`` from a script: each call submits (or not) and returns or raises."""
+
+    def __init__(self, *steps: Callable[[], Any], submit: bool = True) -> None:
+        self.steps = list(steps)
+        self.submit = submit
+        self.calls = 0
+
+    async def generate(self, request: FluxRequest, *, on_sending: Any, on_submitted: Any, on_progress: Any) -> Any:
+        self.calls += 1
+        step = self.steps.pop(0)
+        await on_sending()
+        the_task = task(f"t{self.calls}")
+        if self.submit:
+            await on_submitted(the_task)
+            on_progress(the_task, "Pending", 0.5)
+        answer = step()
+        if isinstance(answer, BaseException):
+            raise answer
+        return outcome(the_task) if answer is None else answer
+
+    async def resume(self, the_task: Task) -> TaskResult:
+        step = self.steps.pop(0)()
+        if isinstance(step, BaseException):
+            raise step
+        return outcome(the_task)
+
+
+def executor(store: HistoryStore, client: Any, **options: Any) -> Executor:
+    return Executor(client, BACKEND, store, notebook=lambda: "nb.ipynb", experiment=lambda: "exp", **options)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# -- a batch with identical requests ----------------------------------------------------------------
+
+
+def test_identical_requests_are_sent_once_and_each_further_index_is_a_use(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    client = ScriptedClient(lambda: None)
+    events: list[BatchEvent] = []
+    batch = [prepared(tag="first"), prepared(tag="second", labels={"row": 2}), prepared(tag="third")]
+    results = run(executor(store, client).run_batch(batch, events.append))
+    assert client.calls == 1
+    first, second, third = results
+    assert first.cached is False and first.cost == 2.0 and first.tag == "first"
+    assert (second.cached, second.cost, second.tag, second.labels) == (True, 0.0, "second", {"row": 2})
+    assert (third.cached, third.cost, third.tag, third.labels) == (True, 0.0, "third", {})
+    assert len({first.record_id, second.record_id, third.record_id}) == 3
+    assert second.path == first.path and second.ok
+    use = store.get(second.record_id)
+    assert use is not None and use.cached_from == first.record_id
+    assert (use.notebook, use.tag, use.experiment, use.labels) == ("nb.ipynb", "second", "exp", '{"row": 2}')
+    assert store.get(third.record_id).labels is None  # type: ignore[union-attr]
+    progress = [e.index for e in events if isinstance(e, Progress)]
+    assert sorted(set(progress)) == [0, 1, 2]
+    assert sorted(e.index for e in events if isinstance(e, Finished)) == [0, 1, 2]
+
+
+def test_a_failed_shared_request_is_the_same_failure_at_every_index(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    client = ScriptedClient(lambda: ModeratedError("moderated", reasons=[]))
+    results = run(executor(store, client).run_batch([prepared(), prepared(tag="b")], lambda e: None))
+    assert results[0] is results[1] and results[0].status == "moderated"
+    assert store.count() == 1
+
+
+def test_a_use_without_experiment_or_labels_keeps_none(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    runner = Executor(ScriptedClient(lambda: None), BACKEND, store, notebook=lambda: "nb.ipynb")
+    results = run(runner.run_batch([prepared(), prepared()], lambda e: None))
+    use = store.get(results[1].record_id)
+    assert use is not None and (use.experiment, use.labels, use.tag) == (None, None, None)
+
+
+# -- the cache ---------------------------------------------------------------------------------------
+
+
+def test_a_cache_hit_is_shown_from_its_record_as_a_use(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    first = run(executor(store, ScriptedClient(lambda: None)).execute(0, prepared(), lambda e: None))
+    again = ScriptedClient()
+    hit = run(executor(store, again).execute(0, prepared(tag="again"), lambda e: None))
+    assert again.calls == 0
+    assert hit.record_id != first.record_id and store.get(hit.record_id).cached_from == first.record_id  # type: ignore[union-attr]
+    assert (hit.status, hit.cached, hit.cost, hit.tag) == ("ready", True, 0.0, "again")
+    assert (hit.width, hit.height, hit.task_id, hit.engine) == (40, 24, "t1", "scripted")
+    assert hit.elapsed == pytest.approx(first.elapsed) and hit.path == first.path and hit.error is None
+
+
+def test_an_old_record_is_shown_with_its_own_cost_error_and_request(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    runner = executor(store, ScriptedClient(lambda: TransportError("the line dropped")))
+    failed = run(runner.execute(0, prepared(prompt="a dog", seed=9), lambda e: None))
+    record = store.get(failed.record_id)
+    assert record is not None and record.status == "submitted"
+    shown = runner.result_from_record(record, cached=False)
+    assert (shown.record_id, shown.status, shown.prompt, shown.seed) == (record.record_id, "submitted", "a dog", 9)
+    assert (shown.width, shown.height, shown.task_id, shown.cost) == (64, 48, "t1", 2.0)
+    assert isinstance(shown.error, FluxError) and str(shown.error).startswith("the line dropped")
+    done = run(executor(store, ScriptedClient(lambda: None)).execute(0, prepared(seed=2), lambda e: None))
+    old = runner.result_from_record(store.get(done.record_id), cached=False)  # type: ignore[arg-type]
+    assert (old.width, old.height, old.cost, old.engine, old.error) == (40, 24, 2.0, "scripted", None)
+    assert old.elapsed == pytest.approx(done.elapsed)
+
+
+def test_a_record_with_one_side_of_its_size_unknown_shows_the_requested_size(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    runner = executor(store, ScriptedClient(lambda: None))
+    done = run(runner.execute(0, prepared(), lambda e: None))
+    record = store.get(done.record_id)
+    assert record is not None and record.out_width == 40
+    shown = runner.result_from_record(dataclasses.replace(record, out_height=None), cached=True)
+    assert (shown.width, shown.height) == (64, 48)
+
+
+# -- failures ----------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_before_the_submit_leaves_the_record_pending(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    runner = executor(store, ScriptedClient())
+    record_id = store.create(
+        prepared().request, backend="b", endpoint="e", notebook="n", input_hashes=[], estimated_cost=1.5
+    )
+    full = HistoryError("the disk is full", path=history_dir, retryable=True)
+    result = runner.failed(record_id, prepared(), full, False, time.time())
+    assert (result.record_id, result.status, result.error, result.elapsed) == (record_id, "pending", full, 0.0)
+    assert full.hint == NOT_SENT_HINT and result.prompt == "a cat"
+    assert store.get(record_id).status == "pending"  # type: ignore[union-attr]
+
+
+def test_a_full_disk_after_the_submit_keeps_the_record_for_resume(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    runner = executor(store, ScriptedClient())
+    record_id = store.create(
+        prepared().request, backend="b", endpoint="e", notebook="n", input_hashes=[], estimated_cost=1.5
+    )
+    full = HistoryError("the disk is full", path=history_dir, retryable=True)
+    result = runner.failed(record_id, prepared(), full, True, time.time())
+    assert result.status == "submitted" and full.hint == RESUME_HINT
+    record = store.get(record_id)
+    assert record is not None and (record.error_kind, record.error) == (full.kind, full.one_line())
+
+
+def test_a_failure_before_any_task_ends_the_record_with_its_kind_message_and_time(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    before = time.time()
+    error = UnknownOutcomeError("the submit's answer was lost")
+    result = run(executor(store, ScriptedClient(lambda: error, submit=False)).execute(0, prepared(), lambda e: None))
+    record = store.get(result.record_id)
+    assert result.status == "unknown" and record is not None and record.status == "unknown"
+    assert (record.error_kind, record.error) == (error.kind, error.one_line())
+    assert record.finished_at is not None and before <= record.finished_at <= time.time()
