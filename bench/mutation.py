@@ -58,8 +58,14 @@ TARGETS: dict[str, Target] = {
     ),
     "retry": Target(
         ("flux_nb/http/retry.py", "flux_nb/http/answers.py"),
-        ("tests/test_client_paths.py", "tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
-        CLIENT_SLOW,
+        # pure and in-process only: RetryPolicy.run is reached by every client test, so test_client.py's
+        # local servers would rerun for each of its mutants
+        (
+            "tests/test_retry_mutants.py",
+            "tests/test_client_paths.py",
+            "tests/test_polling.py",
+            "tests/test_money_guards.py",
+        ),
     ),
     "store": Target(
         ("flux_nb/history/store.py",),
