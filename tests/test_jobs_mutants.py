@@ -208,3 +208,133 @@ def test_a_failure_before_any_task_ends_the_record_with_its_kind_message_and_tim
     assert result.status == "unknown" and record is not None and record.status == "unknown"
     assert (record.error_kind, record.error) == (error.kind, error.one_line())
     assert record.finished_at is not None and before <= record.finished_at <= time.time()
+
+
+def test_a_failure_after_the_submit_notes_its_kind_and_leaves_the_record_submitted(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    error = TransportError("the line dropped")
+    result = run(executor(store, ScriptedClient(lambda: error)).execute(0, prepared(), lambda e: None))
+    record = store.get(result.record_id)
+    assert result.status == "submitted" and record is not None and record.status == "submitted"
+    assert (record.error_kind, record.error) == ("TransportError", error.one_line()) and error.hint == RESUME_HINT
+
+
+# -- writes a full disk refuses ----------------------------------------------------------------------
+
+
+def full_disk(history_dir: Path, retryable: bool = True) -> Callable[..., None]:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise HistoryError("the disk is full", path=history_dir, retryable=retryable)
+
+    return refuse
+
+
+def test_an_end_a_full_disk_refuses_is_owed_for_its_record(history_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = HistoryStore(history_dir)
+    runner = executor(store, ScriptedClient())
+    record_id = store.create(
+        prepared().request, backend="b", endpoint="e", notebook="n", input_hashes=[], estimated_cost=1.5
+    )
+    monkeypatch.setattr(store, "mark_failed", full_disk(history_dir))
+    assert runner.fail(record_id, TransportError("x")) == "failed"
+    assert runner.ledger.owed() == [record_id]
+    monkeypatch.setattr(store, "mark_failed", full_disk(history_dir, retryable=False))
+    with pytest.raises(HistoryError):
+        runner.fail(
+            store.create(
+                prepared().request, backend="b", endpoint="e", notebook="n", input_hashes=[], estimated_cost=1.5
+            ),
+            TransportError("x"),
+        )
+
+
+# -- resuming ----------------------------------------------------------------------------------------
+
+
+class ResumingClient:
+    """Finishes (or fails) each resumed task, keeping the Task it was given and what was in flight then."""
+
+    def __init__(self, runner_of: Callable[[], Executor], *answers: BaseException | None) -> None:
+        self.answers = list(answers)
+        self.tasks: list[Task] = []
+        self.in_flight: list[set[str]] = []
+        self.runner_of = runner_of
+
+    async def resume(self, the_task: Task) -> TaskResult:
+        self.tasks.append(the_task)
+        self.in_flight.append(set(self.runner_of().ledger.in_flight))
+        answer = self.answers.pop(0)
+        if answer is not None:
+            raise answer
+        return outcome(the_task)
+
+
+def submitted_record(store: HistoryStore, seed: int = 1) -> str:
+    record_id = store.create(
+        prepared(seed=seed).request, backend="b", endpoint="e", notebook="n", input_hashes=[], estimated_cost=1.5
+    )
+    store.mark_submitted(
+        record_id,
+        task_id=f"t{seed}",
+        polling_url="http://127.0.0.1:9/p",
+        cost=3.0,
+        input_mp=0.5,
+        output_mp=0.25,
+        submitted_at=50.0,
+    )
+    return record_id
+
+
+def test_resume_follows_the_task_the_record_kept(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    record_id = submitted_record(store)
+    client = ResumingClient(lambda: runner, None)
+    runner = executor(store, client)
+    record = store.get(record_id)
+    assert record is not None
+    result = run(runner.resume(0, record, lambda e: None))
+    kept = Task("t1", "http://127.0.0.1:9/p", record.model, 50.0, 3.0, 0.5, 0.25)
+    assert client.tasks == [kept] and client.in_flight == [{record_id}] and runner.ledger.in_flight == set()
+    assert result.status == "ready" and result.cost == 3.0 and store.get(record_id).status == "ready"  # type: ignore[union-attr]
+
+
+def test_resume_of_a_record_without_task_fields_sends_empty_ones(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    record_id = submitted_record(store)
+    client = ResumingClient(lambda: runner, None)
+    runner = executor(store, client)
+    record = dataclasses.replace(store.get(record_id), task_id=None, polling_url=None, submitted_at=None)  # type: ignore[type-var]
+    run(runner.resume(0, record, lambda e: None))
+    assert (client.tasks[0].id, client.tasks[0].polling_url, client.tasks[0].submitted_at) == (
+        "",
+        "",
+        record.created_at,
+    )
+
+
+def test_resume_that_fails_on_the_way_keeps_the_record_submitted(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    lost, moderated = submitted_record(store, 1), submitted_record(store, 2)
+    client = ResumingClient(lambda: runner, TransportError("the poll was lost"), ModeratedError("moderated"))
+    runner = executor(store, client)
+    first = run(runner.resume(0, store.get(lost), lambda e: None))  # type: ignore[arg-type]
+    assert (first.record_id, first.status, first.prompt) == (lost, "submitted", "a cat")
+    assert store.get(lost).error_kind == "TransportError"  # type: ignore[union-attr]
+    second = run(runner.resume(1, store.get(moderated), lambda e: None))  # type: ignore[arg-type]
+    assert second.status == "moderated" and store.get(moderated).status == "moderated"  # type: ignore[union-attr]
+
+
+def test_resume_batch_numbers_finishing_records_first_then_unsent_ones(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    records = [store.get(submitted_record(store, 1)), store.get(submitted_record(store, 2))]
+    unsent = store.create(
+        prepared(seed=3).request, backend="b", endpoint="e", notebook="n", input_hashes=[], estimated_cost=1.5
+    )
+    client = ResumingClient(lambda: runner, None, None)
+    runner = executor(store, client)
+    runner.client.generate = ScriptedClient(lambda: None).generate  # type: ignore[attr-defined]
+    events: list[BatchEvent] = []
+    results = run(runner.resume_batch(records, events.append, {unsent: prepared(seed=3)}))  # type: ignore[arg-type]
+    finished = {e.index: e.result.record_id for e in events if isinstance(e, Finished)}
+    assert finished == {0: records[0].record_id, 1: records[1].record_id, 2: unsent}  # type: ignore[union-attr]
+    assert [r.status for r in results] == ["ready", "ready", "ready"]
