@@ -20,6 +20,7 @@ from flux_nb.core.backend import Backend
 from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import BatchEvent, Finished, Progress
 from flux_nb.core.jobs import Executor
+from flux_nb.core.ledger import Ledger
 from flux_nb.core.outcomes import NOT_SENT_HINT, RESUME_HINT
 from flux_nb.errors import FluxError, ModeratedError, TransportError, UnknownOutcomeError
 from flux_nb.history.faults import HistoryError
@@ -338,3 +339,22 @@ def test_resume_batch_numbers_finishing_records_first_then_unsent_ones(history_d
     finished = {e.index: e.result.record_id for e in events if isinstance(e, Finished)}
     assert finished == {0: records[0].record_id, 1: records[1].record_id, 2: unsent}  # type: ignore[union-attr]
     assert [r.status for r in results] == ["ready", "ready", "ready"]
+
+
+def test_the_cache_can_be_turned_off_and_a_given_ledger_is_used(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    run(executor(store, ScriptedClient(lambda: None)).execute(0, prepared(), lambda e: None))
+    client = ScriptedClient(lambda: None)
+    ledger = Ledger()
+    runner = executor(store, client, cache=False, ledger=ledger)
+    assert runner.ledger is ledger and runner.cache is False
+    result = run(runner.execute(0, prepared(), lambda e: None))
+    assert client.calls == 1 and result.cached is False and store.count() == 2
+
+
+def test_a_read_only_history_shows_a_cache_hit_as_the_original_record(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    first = run(executor(store, ScriptedClient(lambda: None)).execute(0, prepared(), lambda e: None))
+    readonly = HistoryStore(history_dir, readonly=True)
+    hit = run(executor(readonly, ScriptedClient()).execute(0, prepared(), lambda e: None))
+    assert (hit.record_id, hit.cached, hit.cost) == (first.record_id, True, 0.0) and store.count() == 1
