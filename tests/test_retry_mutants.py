@@ -240,6 +240,8 @@ def test_the_detail_of_an_answer_in_its_every_shape() -> None:
     assert answers.detail_text(answer(422, {"detail": ["only text"]})) == "['only text']"
     assert answers.detail_text(answer(422, {"detail": [{"msg": "m" * 400}]})) == "m" * 300
     assert answers.detail_text(answer(422, {"detail": "d" * 400})) == "d" * 300
+    assert answers.detail_text(answer(422, {"detail": [{"loc": ["body", "w"]}, {"msg": "a"}, {}]})) == "w: ; a; "
+    assert answers.detail_text(answer(502, b"\xff bad gateway")) == "\ufffd bad gateway"
 
 
 def test_an_excerpt_is_parsed_json_when_small_else_the_start_of_the_text() -> None:
@@ -250,6 +252,13 @@ def test_an_excerpt_is_parsed_json_when_small_else_the_start_of_the_text() -> No
     exactly = b'"' + b"c" * 1198 + b'"'  # 1200 bytes of JSON: still parsed
     assert answer(500, exactly).excerpt() == "c" * 1198
     assert answer(500, b"\xff" * 10).excerpt() == "\ufffd" * 10
+    assert answer(500, b'"\xff"').excerpt() == "\ufffd"  # JSON with a byte that is not UTF-8: still parsed
+    assert answer(500, b"\xff" * 1300).excerpt() == "\ufffd" * 300
+
+
+def test_a_long_excerpt_is_scrubbed_within_its_first_1200_bytes() -> None:
+    body = b"x" * 1190 + b"SECRETKEY" + b"y" * 400
+    assert answer(500, body, scrub=lambda text: text.replace("x", "")).excerpt() == "SECRETKEYy"
     assert answer(200, {"x": 1}).json() == {"x": 1}
 
 
