@@ -111,7 +111,8 @@ def test_identical_requests_are_sent_once_and_each_further_index_is_a_use(histor
     assert store.get(third.record_id).labels is None  # type: ignore[union-attr]
     progress = [e.index for e in events if isinstance(e, Progress)]
     assert sorted(set(progress)) == [0, 1, 2]
-    assert sorted(e.index for e in events if isinstance(e, Finished)) == [0, 1, 2]
+    finished = {e.index: e.result for e in events if isinstance(e, Finished)}
+    assert finished == {0: first, 1: second, 2: third}
 
 
 def test_a_failed_shared_request_is_the_same_failure_at_every_index(history_dir: Path) -> None:
@@ -328,17 +329,18 @@ def test_resume_that_fails_on_the_way_keeps_the_record_submitted(history_dir: Pa
 def test_resume_batch_numbers_finishing_records_first_then_unsent_ones(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
     records = [store.get(submitted_record(store, 1)), store.get(submitted_record(store, 2))]
-    unsent = store.create(
-        prepared(seed=3).request, backend="b", endpoint="e", notebook="n", input_hashes=[], estimated_cost=1.5
-    )
+    unsent = {
+        store.create(p.request, backend="b", endpoint="e", notebook="n", input_hashes=[], estimated_cost=1.5): p
+        for p in (prepared(seed=3), prepared(seed=4))
+    }
     client = ResumingClient(lambda: runner, None, None)
     runner = executor(store, client)
-    runner.client.generate = ScriptedClient(lambda: None).generate  # type: ignore[attr-defined]
+    runner.client.generate = ScriptedClient(lambda: None, lambda: None).generate  # type: ignore[attr-defined]
     events: list[BatchEvent] = []
-    results = run(runner.resume_batch(records, events.append, {unsent: prepared(seed=3)}))  # type: ignore[arg-type]
+    results = run(runner.resume_batch(records, events.append, unsent))  # type: ignore[arg-type]
     finished = {e.index: e.result.record_id for e in events if isinstance(e, Finished)}
-    assert finished == {0: records[0].record_id, 1: records[1].record_id, 2: unsent}  # type: ignore[union-attr]
-    assert [r.status for r in results] == ["ready", "ready", "ready"]
+    assert finished == dict(enumerate([r.record_id for r in records] + list(unsent)))  # type: ignore[union-attr]
+    assert [r.status for r in results] == ["ready"] * 4
 
 
 def test_the_cache_can_be_turned_off_and_a_given_ledger_is_used(history_dir: Path) -> None:
@@ -358,3 +360,16 @@ def test_a_read_only_history_shows_a_cache_hit_as_the_original_record(history_di
     readonly = HistoryStore(history_dir, readonly=True)
     hit = run(executor(readonly, ScriptedClient()).execute(0, prepared(), lambda e: None))
     assert (hit.record_id, hit.cached, hit.cost) == (first.record_id, True, 0.0) and store.count() == 1
+
+
+def test_a_note_a_full_disk_refuses_is_owed_and_the_failure_timed(
+    history_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = HistoryStore(history_dir)
+    runner = executor(store, ScriptedClient())
+    record_id = submitted_record(store)
+    monkeypatch.setattr(store, "note_error", full_disk(history_dir))
+    started = time.time() - 100.0
+    result = runner.failed(record_id, prepared(), TransportError("the poll was lost"), True, started)
+    assert result.status == "submitted" and runner.ledger.owed() == [record_id]
+    assert result.elapsed is not None and 100.0 <= result.elapsed <= time.time() - started
