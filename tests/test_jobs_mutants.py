@@ -97,8 +97,9 @@ def test_identical_requests_are_sent_once_and_each_further_index_is_a_use(histor
     client = ScriptedClient(lambda: None)
     events: list[BatchEvent] = []
     batch = [prepared(tag="first"), prepared(tag="second", labels={"row": 2}), prepared(tag="third")]
-    results = run(executor(store, client).run_batch(batch, events.append))
-    assert client.calls == 1
+    runner = executor(store, client)
+    results = run(runner.run_batch(batch, events.append))
+    assert client.calls == 1 and runner.ledger.in_flight == set()
     first, second, third = results
     assert first.cached is False and first.cost == 2.0 and first.tag == "first"
     assert (second.cached, second.cost, second.tag, second.labels) == (True, 0.0, "second", {"row": 2})
@@ -108,6 +109,8 @@ def test_identical_requests_are_sent_once_and_each_further_index_is_a_use(histor
     use = store.get(second.record_id)
     assert use is not None and use.cached_from == first.record_id
     assert (use.notebook, use.tag, use.experiment, use.labels) == ("nb.ipynb", "second", "exp", '{"row": 2}')
+    original = store.get(first.record_id)
+    assert original is not None and (original.backend, original.endpoint) == ("local:test", "http://127.0.0.1:9")
     assert store.get(third.record_id).labels is None  # type: ignore[union-attr]
     progress = [e.index for e in events if isinstance(e, Progress)]
     assert sorted(set(progress)) == [0, 1, 2]
