@@ -152,12 +152,12 @@ def test_429s_have_their_own_count_and_faults_theirs(clock: Clock) -> None:
 
 
 def test_without_a_429_cap_the_deadline_ends_the_waiting(clock: Clock) -> None:
-    policy = RetryPolicy(attempts=2, base_delay=4.0, max_delay=4.0)
+    policy = RetryPolicy(attempts=2, base_delay=1.0, max_delay=1.0)
     limited = RateLimitError("HTTP 429")
     attempt, calls = failing(*(Transient(limited, rate_limited=True, retry_after=4.0) for _ in range(10)))
     with pytest.raises(RateLimitError) as caught:
-        run(policy, attempt, deadline=clock.now + 10, rate_limit_attempts=None)
-    assert caught.value is limited and clock.slept == [4.0, 4.0, 2.0] and len(calls) == 4
+        run(policy, attempt, deadline=clock.now + 8.5, rate_limit_attempts=None)
+    assert caught.value is limited and clock.slept == [4.0, 4.0, 0.5] and len(calls) == 4
 
 
 def test_the_deadline_error_is_made_from_the_last_error(clock: Clock) -> None:
