@@ -21,7 +21,7 @@ from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import BatchEvent, Finished, Progress
 from flux_nb.core.jobs import Executor
 from flux_nb.core.ledger import Ledger
-from flux_nb.core.outcomes import NOT_SENT_HINT, RESUME_HINT
+from flux_nb.core.outcomes import NOT_RECORDED_HINT, NOT_SENT_HINT, RESUME_HINT
 from flux_nb.errors import FluxError, ModeratedError, TransportError, UnknownOutcomeError
 from flux_nb.history.faults import HistoryError
 from flux_nb.history.store import HistoryStore
@@ -376,3 +376,35 @@ def test_a_note_a_full_disk_refuses_is_owed_and_the_failure_timed(
     result = runner.failed(record_id, prepared(), TransportError("the poll was lost"), True, started)
     assert result.status == "submitted" and runner.ledger.owed() == [record_id]
     assert result.elapsed is not None and 100.0 <= result.elapsed <= time.time() - started
+
+
+def test_a_record_is_written_with_the_notebook_experiment_labels_and_estimate(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    events: list[BatchEvent] = []
+    runner = executor(store, ScriptedClient(lambda: None))
+    result = run(runner.execute(3, prepared(labels={"seed": 1}), events.append))
+    record = store.get(result.record_id)
+    assert record is not None and (record.notebook, record.experiment, record.labels) == (
+        "nb.ipynb",
+        "exp",
+        '{"seed": 1}',
+    )
+    assert record.estimated_cost == 1.5 and [e.index for e in events if isinstance(e, Finished)] == [3]
+    hit_events: list[BatchEvent] = []
+    hit = run(runner.execute(4, prepared(), hit_events.append))
+    assert hit.cached and [(e.index, e.result) for e in hit_events if isinstance(e, Finished)] == [(4, hit)]
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_a_record_the_history_refuses_is_a_failure_with_nothing_sent(
+    history_dir: Path, monkeypatch: pytest.MonkeyPatch, retryable: bool
+) -> None:
+    store = HistoryStore(history_dir)
+    monkeypatch.setattr(store, "create", full_disk(history_dir, retryable=retryable))
+    client = ScriptedClient(lambda: None)
+    events: list[BatchEvent] = []
+    result = run(executor(store, client).execute(2, prepared(), events.append))
+    assert client.calls == 0 and (result.record_id, result.status, result.prompt) == ("", "failed", "a cat")
+    assert isinstance(result.error, HistoryError)
+    assert result.error.hint == (NOT_RECORDED_HINT if retryable else HistoryError.hint)
+    assert [(e.index, e.result) for e in events if isinstance(e, Finished)] == [(2, result)]
