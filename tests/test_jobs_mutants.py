@@ -408,3 +408,34 @@ def test_a_record_the_history_refuses_is_a_failure_with_nothing_sent(
     assert isinstance(result.error, HistoryError)
     assert result.error.hint == (NOT_RECORDED_HINT if retryable else HistoryError.hint)
     assert [(e.index, e.result) for e in events if isinstance(e, Finished)] == [(2, result)]
+
+
+def test_events_of_one_request_in_order(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    events: list[BatchEvent] = []
+    result = run(executor(store, ScriptedClient(lambda: None)).execute(5, prepared(), events.append))
+    assert events == [Progress(5, "Submitted", 0.0), Progress(5, "Pending", 0.5), Finished(5, result)]
+
+
+def test_the_submitted_task_is_kept_with_its_figures(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    result = run(executor(store, ScriptedClient(lambda: TransportError("lost"))).execute(0, prepared(), lambda e: None))
+    record = store.get(result.record_id)
+    assert record is not None and (record.task_id, record.polling_url) == ("t1", task("t1").polling_url)
+    assert (record.cost, record.input_mp, record.output_mp, record.submitted_at) == (2.0, 0.0, 0.1, 100.0)
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_a_task_id_the_history_refuses_is_held_and_the_task_followed(
+    history_dir: Path, monkeypatch: pytest.MonkeyPatch, retryable: bool
+) -> None:
+    store = HistoryStore(history_dir)
+    monkeypatch.setattr(store, "mark_submitted", full_disk(history_dir, retryable=retryable))
+    runner = executor(store, ScriptedClient(lambda: None))
+    result = run(runner.execute(0, prepared(), lambda e: None))
+    assert result.status == "submitted" and isinstance(result.error, HistoryError)
+    if retryable:  # a full disk: the task id and then the image are held in memory for the record
+        assert runner.ledger.owed() == [result.record_id] and result.task_id == "t1"
+        assert result.error.hint == "task t1 finished; its image is held in memory: free space, then resume stores it"
+    else:
+        assert runner.ledger.owed() == [] and result.error.hint == RESUME_HINT
