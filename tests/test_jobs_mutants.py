@@ -439,3 +439,68 @@ def test_a_task_id_the_history_refuses_is_held_and_the_task_followed(
         assert result.error.hint == "task t1 finished; its image is held in memory: free space, then resume stores it"
     else:
         assert runner.ledger.owed() == [] and result.error.hint == RESUME_HINT
+
+
+def test_an_image_the_history_refuses_is_held_and_the_record_stays_submitted(
+    history_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = HistoryStore(history_dir)
+    monkeypatch.setattr(store, "mark_ready", full_disk(history_dir))
+    runner = executor(store, ScriptedClient(lambda: None))
+    before = time.time()
+    events: list[BatchEvent] = []
+    result = run(runner.execute(7, prepared(), events.append))
+    elapsed = time.time() - before
+    assert (result.status, result.task_id, result.prompt) == ("submitted", "t1", "a cat")
+    assert result.record_id and runner.ledger.owed() == [result.record_id] and isinstance(result.error, HistoryError)
+    assert result.error.hint == "task t1 finished; its image is held in memory: free space, then resume stores it"
+    assert result.elapsed is not None and 0.0 <= result.elapsed <= elapsed
+    assert events[-1] == Finished(7, result)
+    monkeypatch.setattr(store, "mark_ready", full_disk(history_dir, retryable=False))
+    with pytest.raises(HistoryError):
+        run(executor(store, ScriptedClient(lambda: None)).execute(0, prepared(seed=2), lambda e: None))
+
+
+def test_a_failure_is_finished_at_its_index(history_dir: Path) -> None:
+    events: list[BatchEvent] = []
+    error = TransportError("lost")
+    result = run(
+        executor(HistoryStore(history_dir), ScriptedClient(lambda: error)).execute(6, prepared(), events.append)
+    )
+    assert events[-1] == Finished(6, result) and result.error is error
+
+
+async def cancelled(runner: Executor, emit: Callable[[BatchEvent], None]) -> bool:
+    try:
+        await runner.execute(8, prepared(), emit)
+    except asyncio.CancelledError:
+        return True
+    return False
+
+
+def test_a_cancel_while_the_submit_is_in_flight_ends_the_record_unknown(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    events: list[BatchEvent] = []
+    before = time.time()
+    assert run(cancelled(executor(store, ScriptedClient(asyncio.CancelledError, submit=False)), events.append))
+    took = time.time() - before
+    [finished] = events
+    assert isinstance(finished, Finished) and finished.index == 8
+    shown = finished.result
+    assert (shown.status, shown.prompt) == ("unknown", "a cat") and shown.elapsed is not None
+    assert 0.0 <= shown.elapsed <= took
+    record = store.get(shown.record_id)
+    error = UnknownOutcomeError("cancelled while the submit was in flight")
+    assert record is not None and (record.status, record.error_kind, record.error) == (
+        "unknown",
+        "UnknownOutcomeError",
+        error.one_line(),
+    )
+
+
+def test_a_cancel_after_the_submit_leaves_the_record_submitted_for_resume(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    events: list[BatchEvent] = []
+    assert run(cancelled(executor(store, ScriptedClient(asyncio.CancelledError)), events.append))
+    assert not [e for e in events if isinstance(e, Finished)]
+    assert store.query()["status"].tolist() == ["submitted"]
