@@ -504,3 +504,75 @@ def test_a_cancel_after_the_submit_leaves_the_record_submitted_for_resume(histor
     assert run(cancelled(executor(store, ScriptedClient(asyncio.CancelledError)), events.append))
     assert not [e for e in events if isinstance(e, Finished)]
     assert store.query()["status"].tolist() == ["submitted"]
+
+
+# -- storing a finished task -------------------------------------------------------------------------
+
+
+def test_a_finished_task_is_stored_with_its_figures_and_spent_once(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    spent: list[float] = []
+    runner = executor(store, ScriptedClient(lambda: None), on_spent=spent.append)
+    result = run(runner.execute(0, prepared(), lambda e: None))
+    record = store.get(result.record_id)
+    assert record is not None and record.status == "ready" and spent == [2.0]
+    assert (record.out_width, record.out_height, record.ready_at, record.finished_at) == (40, 24, 110.0, 111.0)
+    assert (record.engine, record.result_seed, record.cost, record.image_path.endswith(".png")) == (  # type: ignore[union-attr]
+        "scripted",
+        5,
+        2.0,
+        True,
+    )
+    assert result.path == record.image_file and result.path is not None and result.path.is_file()
+    assert (result.width, result.height, result.cost, result.task_id, result.engine) == (40, 24, 2.0, "t1", "scripted")
+    assert result.details == {"engine": "scripted"} and result.elapsed == record.duration_s
+    assert (result.estimated_cost, result.billed, result.seed, result.model) == (1.5, True, 1, "flux-2-klein-4b")
+
+
+def test_a_task_without_a_cost_is_spent_at_its_estimate_and_kept_in_the_requested_format(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    spent: list[float] = []
+    unpriced = task("t1", cost=None)
+    client = ScriptedClient(lambda: outcome(unpriced, format=""))
+    result = run(executor(store, client, on_spent=spent.append).execute(0, prepared(), lambda e: None))
+    record = store.get(result.record_id)
+    assert spent == [1.5] and result.cost == 1.5 and record is not None and record.cost == 1.5
+    assert record.image_path is not None and record.image_path.endswith(".jpeg")
+
+
+def test_the_stored_image_carries_what_made_it(history_dir: Path) -> None:
+    from flux_nb.images import sha256_hex
+    from flux_nb.metadata import read_provenance
+
+    store = HistoryStore(history_dir)
+    result = run(executor(store, ScriptedClient(lambda: None)).execute(0, prepared(), lambda e: None))
+    document = read_provenance(result.path)  # type: ignore[arg-type]
+    assert document is not None
+    assert document["record"] == {
+        "api_sha256": sha256_hex(png()),
+        "backend": "local:test",
+        "engine": "scripted",
+        "out_height": 24,
+        "out_width": 40,
+        "result_seed": 5,
+        "status": "ready",
+    }
+    request = {k: document["request"][k] for k in ("prompt", "seed", "width", "height", "model", "input_hashes")}
+    assert request == {
+        "prompt": "a cat",
+        "seed": 1,
+        "width": 64,
+        "height": 48,
+        "model": "flux-2-klein-4b",
+        "input_hashes": [],
+    }
+    assert Image.open(result.path).tobytes() == Image.open(io.BytesIO(png())).tobytes()  # type: ignore[arg-type]
+
+
+def test_an_image_that_cannot_carry_provenance_is_stored_as_it_came(history_dir: Path) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 24), "blue").save(buffer, "GIF")
+    store = HistoryStore(history_dir)
+    client = ScriptedClient(lambda: outcome(task("t1"), image=buffer.getvalue(), format="gif"))
+    result = run(executor(store, client).execute(0, prepared(), lambda e: None))
+    assert result.ok and result.path is not None and result.path.read_bytes() == buffer.getvalue()
