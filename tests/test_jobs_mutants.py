@@ -576,3 +576,14 @@ def test_an_image_that_cannot_carry_provenance_is_stored_as_it_came(history_dir:
     client = ScriptedClient(lambda: outcome(task("t1"), image=buffer.getvalue(), format="gif"))
     result = run(executor(store, client).execute(0, prepared(), lambda e: None))
     assert result.ok and result.path is not None and result.path.read_bytes() == buffer.getvalue()
+
+
+def test_a_stored_task_took_from_the_send_to_its_finish(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    finished_at = time.time() + 5.0
+    before = time.time()
+    client = ScriptedClient(lambda: outcome(task("t1"), finished_at=finished_at))
+    result = run(executor(store, client).execute(0, prepared(), lambda e: None))
+    after = time.time()
+    assert result.elapsed is not None and finished_at - after <= result.elapsed <= finished_at - before
+    assert store.get(result.record_id).duration_s == result.elapsed  # type: ignore[union-attr]
