@@ -587,3 +587,10 @@ def test_a_stored_task_took_from_the_send_to_its_finish(history_dir: Path) -> No
     after = time.time()
     assert result.elapsed is not None and finished_at - after <= result.elapsed <= finished_at - before
     assert store.get(result.record_id).duration_s == result.elapsed  # type: ignore[union-attr]
+
+
+def test_a_request_without_a_seed_shows_seed_0(history_dir: Path) -> None:
+    runner = executor(HistoryStore(history_dir), ScriptedClient())
+    unseeded = PreparedRequest(FluxRequest("a cat", width=64, height=48), (), 1.5)
+    assert unseeded.request.seed is None and runner.result("r", unseeded, "failed").seed == 0
+    assert runner.result("r", prepared(seed=7), "failed").seed == 7
