@@ -58,16 +58,29 @@ TARGETS: dict[str, Target] = {
     ),
     "retry": Target(
         ("flux_nb/http/retry.py", "flux_nb/http/answers.py"),
-        ("tests/test_client_paths.py", "tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
-        CLIENT_SLOW,
+        # pure and in-process only: RetryPolicy.run is reached by every client test, so test_client.py's
+        # local servers would rerun for each of its mutants
+        (
+            "tests/test_retry_mutants.py",
+            "tests/test_client_paths.py",
+            "tests/test_polling.py",
+            "tests/test_money_guards.py",
+        ),
     ),
     "store": Target(
         ("flux_nb/history/store.py",),
-        ("tests/test_store.py", "tests/test_money_guards.py"),
+        (
+            "tests/test_store_mutants.py",
+            "tests/test_store.py",
+            "tests/test_history_experiments.py",
+            "tests/test_history_faults.py",
+            "tests/test_money_guards.py",
+        ),
     ),
     "jobs": Target(
         ("flux_nb/core/jobs.py",),
-        ("tests/test_money_guards.py", "tests/test_faults.py"),
+        ("tests/test_jobs_mutants.py", "tests/test_money_guards.py", "tests/test_faults.py", "tests/test_session.py"),
+        ("tests/test_faults.py::test_a_300_request_sweep_under_mixed_faults_loses_nothing",),
     ),
 }
 

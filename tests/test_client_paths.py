@@ -5,6 +5,7 @@ Each test here kills mutants of flux_nb/http/client.py that survived the mutatio
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 from collections.abc import Awaitable, Callable
@@ -388,3 +389,74 @@ async def test_a_poll_answered_with_no_json_is_retried_then_named() -> None:
             await client.poll(task)
     assert str(caught.value) == f"polling task {task.id} returned no JSON" and caught.value.status == 200
     assert transport.counts["poll"] == FAST_RETRY.attempts
+
+
+# -- the shared slot a request holds -------------------------------------------------------------------
+
+
+class Leases:
+    """A stand-in for SharedSlots: hands out one lease and keeps how long each was held after its request."""
+
+    def __init__(self) -> None:
+        self.released: list[tuple[str, float]] = []
+
+    async def acquire(self) -> str:
+        return "lease"
+
+    async def try_acquire(self) -> str:
+        return "lease"
+
+    def release_later(self, lease: str, hold: float) -> None:
+        self.released.append((lease, hold))
+
+    async def release_pending(self) -> None:
+        return None
+
+
+def one_request() -> FluxRequest:
+    return FluxRequest("slot", seed=1, width=64, height=64)
+
+
+async def test_a_finished_request_gives_its_shared_slot_back_at_once() -> None:
+    leases = Leases()
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(), shared_slots=leases) as client:  # type: ignore[arg-type]
+        await client.generate(one_request())
+    assert leases.released == [("lease", 0.0)]
+
+
+async def test_a_request_stopped_before_its_submit_went_out_gives_the_slot_back_at_once() -> None:
+    leases = Leases()
+
+    def stop() -> None:
+        raise asyncio.CancelledError
+
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(), shared_slots=leases) as client:  # type: ignore[arg-type]
+        with pytest.raises(asyncio.CancelledError):
+            await client.generate(one_request(), on_sending=stop)
+    assert leases.released == [("lease", 0.0)]
+
+
+async def test_a_submit_whose_answer_was_lost_keeps_the_slot_held() -> None:
+    async def lose_the_answer(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        if Rewriting.kind(request) == "submit":
+            raise httpx.ReadError("the connection dropped", request=request)
+        return None
+
+    leases = Leases()
+    transport = Rewriting(lose_the_answer)
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport, shared_slots=leases) as client:  # type: ignore[arg-type]
+        with pytest.raises(UnknownOutcomeError):
+            await client.generate(one_request())
+    assert transport.counts["submit"] == 1 and [lease for lease, _ in leases.released] == ["lease"]
+    assert leases.released[0][1] > 0.0
+
+
+async def test_a_task_left_running_keeps_the_slot_held() -> None:
+    def fail(task: Task) -> None:
+        raise RuntimeError("the caller stopped following it")
+
+    leases = Leases()
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(), shared_slots=leases) as client:  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError):
+            await client.generate(one_request(), on_submitted=fail)
+    assert [lease for lease, _ in leases.released] == ["lease"] and leases.released[0][1] > 0.0
