@@ -400,7 +400,7 @@ def test_a_record_the_history_refuses_is_a_failure_with_nothing_sent(
     history_dir: Path, monkeypatch: pytest.MonkeyPatch, retryable: bool
 ) -> None:
     store = HistoryStore(history_dir)
-    monkeypatch.setattr(store, "create", full_disk(history_dir, retryable=retryable))
+    monkeypatch.setattr(store, "create_many", full_disk(history_dir, retryable=retryable))
     client = ScriptedClient(lambda: None)
     events: list[BatchEvent] = []
     result = run(executor(store, client).execute(2, prepared(), events.append))
@@ -408,6 +408,20 @@ def test_a_record_the_history_refuses_is_a_failure_with_nothing_sent(
     assert isinstance(result.error, HistoryError)
     assert result.error.hint == (NOT_RECORDED_HINT if retryable else HistoryError.hint)
     assert [(e.index, e.result) for e in events if isinstance(e, Finished)] == [(2, result)]
+
+
+def test_a_batch_whose_records_the_history_refuses_sends_nothing(history_dir: Path) -> None:
+    """The batch's rows are written in one go: refused, every request fails at its own index, none is sent."""
+    store = HistoryStore(history_dir)
+    store.create_many = full_disk(history_dir, retryable=True)  # type: ignore[method-assign]
+    client = ScriptedClient(lambda: None)
+    events: list[BatchEvent] = []
+    batch = [prepared(seed=1), prepared(seed=2), prepared(seed=1)]  # the third repeats the first
+    results = run(executor(store, client).run_batch(batch, events.append))
+    assert client.calls == 0 and [r.status for r in results] == ["failed"] * 3
+    assert all(isinstance(r.error, HistoryError) and r.error.hint == NOT_RECORDED_HINT for r in results)
+    assert sorted(e.index for e in events if isinstance(e, Finished)) == [0, 1, 2]
+    assert store.count() == 0
 
 
 def test_events_of_one_request_in_order(history_dir: Path) -> None:
