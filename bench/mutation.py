@@ -78,7 +78,7 @@ TARGETS: dict[str, Target] = {
         ),
     ),
     "jobs": Target(
-        ("flux_nb/core/jobs.py",),
+        ("flux_nb/core/jobs.py", "flux_nb/core/outcomes.py"),
         ("tests/test_jobs_mutants.py", "tests/test_money_guards.py", "tests/test_faults.py", "tests/test_session.py"),
         ("tests/test_faults.py::test_a_300_request_sweep_under_mixed_faults_loses_nothing",),
     ),

@@ -25,6 +25,8 @@ from flux_nb.core.outcomes import (
     is_final,
     prepared_from_record,
     record_status_for,
+    result_of,
+    with_provenance,
     with_resume_hint,
 )
 from flux_nb.core.results import Result
@@ -32,10 +34,8 @@ from flux_nb.errors import (
     FluxError,
     UnknownOutcomeError,
 )
-from flux_nb.history.records import KEY_FIELDS
 from flux_nb.history.store import HistoryError, HistoryStore, Record, RecordStatus
 from flux_nb.http.client import AsyncFluxClient, Task, TaskResult
-from flux_nb.images import sha256_hex
 
 
 class Executor:
@@ -311,7 +311,7 @@ class Executor:
             result_seed=outcome.seed,
             cost=cost,
         )
-        image = self._with_provenance(record_id, outcome.image, values)
+        image = with_provenance(self.store, record_id, outcome.image, values)
         path = self.store.mark_ready(
             record_id, image=image, ext=outcome.format or prepared.request.output_format, **values
         )
@@ -329,29 +329,6 @@ class Executor:
             engine=outcome.engine,
             details=outcome.details,
         )
-
-    def _with_provenance(self, record_id: str, image: bytes, values: dict[str, Any]) -> bytes:
-        """The API's image bytes with the request that made them written in (no pixel re-encoded).
-
-        The file carries what made the image (the request, its reference hashes, the backend and what
-        the API said of the result) and ``api_sha256``, the SHA-256 of the bytes as the API sent them
-        (the bytes the delivery checks passed). Nothing per record goes in (id, task, times, cost): an
-        identical answer to an identical request is the same file, so the history keeps it once and it
-        keeps one hash as a reference image. ``Flux.export_image`` writes copies with the whole record.
-        A format that cannot carry metadata is stored as it came.
-        """
-        from flux_nb.metadata import embed_provenance  # pandas comes with it: only once an image arrives
-
-        record = self.store.get(record_id)
-        if record is None:
-            return image
-        made_of = {name: getattr(record, name) for name in (*KEY_FIELDS, "input_hashes", "backend")}
-        made_of.update(status=RecordStatus.READY.value, out_width=values["width"], out_height=values["height"])
-        made_of.update(engine=values["engine"], result_seed=values["result_seed"], api_sha256=sha256_hex(image))
-        try:
-            return embed_provenance(image, made_of)
-        except FluxError:
-            return image
 
     def failed(
         self, record_id: str, prepared: PreparedRequest, exc: FluxError, submitted: bool, started: float
@@ -392,31 +369,8 @@ class Executor:
             if not exc.retryable:
                 raise
 
-    def result(
-        self,
-        record_id: str,
-        prepared: PreparedRequest,
-        status: str,
-        *,
-        size: tuple[int, int] | None = None,
-        **fields: Any,
-    ) -> Result:
-        request = prepared.request
-        width, height = size or (request.width, request.height)
-        return Result(
-            record_id=record_id,
-            status=status,
-            prompt=request.prompt,
-            model=request.model,
-            seed=request.seed if request.seed is not None else 0,
-            width=width,
-            height=height,
-            estimated_cost=prepared.estimated_cost,
-            billed=self.backend.billed,
-            tag=prepared.tag,
-            labels=prepared.labels,
-            **fields,
-        )
+    def result(self, record_id: str, prepared: PreparedRequest, status: str, **fields: Any) -> Result:
+        return result_of(record_id, prepared, status, billed=self.backend.billed, **fields)
 
     def result_from_record(self, record: Record, prepared: PreparedRequest | None = None, *, cached: bool) -> Result:
         """A Result for a stored record (a cache hit, or an old record shown beside its replay)."""

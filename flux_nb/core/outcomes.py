@@ -1,12 +1,15 @@
 """What a record means for its request: the request it rebuilds, the status an error leaves,
-whether the cache answers it, and the submits a stopped process cut off mid-send.
+whether the cache answers it, the submits a stopped process cut off mid-send, and the provenance
+its stored image carries.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flux_nb.core.batch import PreparedRequest
+from flux_nb.core.results import Result
 from flux_nb.errors import (
     FluxError,
     ModeratedError,
@@ -14,8 +17,38 @@ from flux_nb.errors import (
     TaskNotFoundError,
     UnknownOutcomeError,
 )
+from flux_nb.history.records import KEY_FIELDS
 from flux_nb.history.store import HistoryStore, Record, RecordStatus, request_key
+from flux_nb.images import sha256_hex
 from flux_nb.protocol import FluxRequest
+
+
+def result_of(
+    record_id: str,
+    prepared: PreparedRequest,
+    status: str,
+    *,
+    billed: bool,
+    size: tuple[int, int] | None = None,
+    **fields: Any,
+) -> Result:
+    """The Result a caller sees for ``prepared`` (its size unless the image's ``size`` is known)."""
+    request = prepared.request
+    width, height = size or (request.width, request.height)
+    return Result(
+        record_id=record_id,
+        status=status,
+        prompt=request.prompt,
+        model=request.model,
+        seed=request.seed if request.seed is not None else 0,
+        width=width,
+        height=height,
+        estimated_cost=prepared.estimated_cost,
+        billed=billed,
+        tag=prepared.tag,
+        labels=prepared.labels,
+        **fields,
+    )
 
 
 def prepared_from_record(record: Record) -> PreparedRequest:
@@ -73,3 +106,27 @@ def settle_cut_off(store: HistoryStore, orphans: list[Record]) -> list[Record]:
             finished_at=time.time(),
         )
     return cut_off
+
+
+def with_provenance(store: HistoryStore, record_id: str, image: bytes, values: dict[str, Any]) -> bytes:
+    """The API's image bytes with the request that made them written in (no pixel re-encoded).
+
+    The file carries what made the image (the request, its reference hashes, the backend and what
+    the API said of the result) and ``api_sha256``, the SHA-256 of the bytes as the API sent them
+    (the bytes the delivery checks passed). Nothing per record goes in (id, task, times, cost): an
+    identical answer to an identical request is the same file, so the history keeps it once and it
+    keeps one hash as a reference image. ``Flux.export_image`` writes copies with the whole record.
+    A format that cannot carry metadata is stored as it came.
+    """
+    from flux_nb.metadata import embed_provenance  # pandas comes with it: only once an image arrives
+
+    record = store.get(record_id)
+    if record is None:
+        return image
+    made_of = {name: getattr(record, name) for name in (*KEY_FIELDS, "input_hashes", "backend")}
+    made_of.update(status=RecordStatus.READY.value, out_width=values["width"], out_height=values["height"])
+    made_of.update(engine=values["engine"], result_seed=values["result_seed"], api_sha256=sha256_hex(image))
+    try:
+        return embed_provenance(image, made_of)
+    except FluxError:
+        return image
