@@ -340,3 +340,15 @@ async def test_a_lost_submit_answer_holds_the_slot_for_the_models_expected_time(
         with pytest.raises(UnknownOutcomeError):
             await client.generate(one_request())
     assert leases.released == [("lease", 12.0)]  # no task to date it: the model's whole expected time
+
+
+async def test_a_resumed_task_that_found_no_free_shared_slot_gives_nothing_back() -> None:
+    class NoneFree(Leases):
+        async def try_acquire(self) -> None:  # type: ignore[override]
+            return None
+
+    leases = NoneFree()
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(), shared_slots=leases) as client:  # type: ignore[arg-type]
+        task = await client.submit(one_request())
+        result = await client.resume(task)
+    assert result.task is task and leases.released == []
