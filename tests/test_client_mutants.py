@@ -352,3 +352,41 @@ async def test_a_resumed_task_that_found_no_free_shared_slot_gives_nothing_back(
         task = await client.submit(one_request())
         result = await client.resume(task)
     assert result.task is task and leases.released == []
+
+
+def polls_answered(answer: dict[str, Any]) -> Rewriting:
+    async def rewrite(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        return httpx.Response(200, json=answer) if Rewriting.kind(request) == "poll" else None
+
+    return Rewriting(rewrite)
+
+
+async def test_a_resumed_task_gives_its_shared_slot_back_at_once_when_it_ends(wall_clock: None) -> None:
+    leases = Leases()
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(), shared_slots=leases) as client:  # type: ignore[arg-type]
+        task = await client.submit(one_request())
+        await client.resume(task)
+    assert leases.released == [("lease", 0.0)]
+
+    leases = Leases()
+    failed = polls_answered({"status": "Error", "details": {"error": "out of memory"}})
+    async with AsyncFluxClient(None, IN_PROCESS, transport=failed, shared_slots=leases) as client:  # type: ignore[arg-type]
+        task = await client.submit(one_request())
+        with pytest.raises(TaskFailedError):
+            await client.resume(task)
+    assert leases.released == [("lease", 0.0)]  # a failed task no longer runs at the API
+
+
+async def test_a_resumed_task_left_running_holds_its_slot_for_its_expected_time_left(wall_clock: None) -> None:
+    leases = Leases()
+    pending_forever = polls_answered({"status": "Pending", "progress": 0.5})
+    async with AsyncFluxClient(None, IN_PROCESS, transport=pending_forever, shared_slots=leases) as client:  # type: ignore[arg-type]
+
+        def stop(task: Task, text: str, fraction: float | None) -> None:
+            client.durations.observe("flux-2-klein-4b@0.0", 30.0)  # learned from another task meanwhile
+            raise RuntimeError("the caller stopped following it")
+
+        task = await client.submit(one_request())
+        with pytest.raises(RuntimeError):
+            await client.resume(task, on_progress=stop)
+    assert leases.released == [("lease", 26.0)]
