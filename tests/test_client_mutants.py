@@ -7,6 +7,7 @@ by a scripted ``poll`` while ``time.monotonic`` and ``asyncio.sleep`` are replac
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import types
 from typing import Any
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 from flux_nb.errors import (
+    DeliveryError,
     FluxTimeout,
     ModeratedError,
     TaskFailedError,
@@ -390,3 +392,43 @@ async def test_a_resumed_task_left_running_holds_its_slot_for_its_expected_time_
         with pytest.raises(RuntimeError):
             await client.resume(task, on_progress=stop)
     assert leases.released == [("lease", 26.0)]
+
+
+# -- the delivery ------------------------------------------------------------------------------------
+
+
+async def test_a_delivery_is_capped_by_the_format_asked_for() -> None:
+    """A 1000x1000 JPEG may take 4 bytes a pixel plus 1 MiB; a body past that is refused before it is read."""
+    served: list[str] = []
+
+    def deliver(request: httpx.Request) -> httpx.Response:
+        served.append(str(request.url))
+        return httpx.Response(200, content=b"\xff" * 5_100_000, headers={"content-type": "image/jpeg"})
+
+    task = Task(id="t-1", polling_url=f"{IN_PROCESS}/p", model="m", submitted_at=0, size=(1000, 1000))
+    jpeg = Task(**{**task.__dict__, "output_format": "jpeg"})
+    transport = httpx.MockTransport(deliver)
+    async with AsyncFluxClient(None, IN_PROCESS, transport=transport, retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError) as caught:
+            await client.download(f"{IN_PROCESS}/s.jpg", jpeg)
+    assert str(caught.value) == "downloading the image: the answer from 127.0.0.1 is larger than 5,048,576 bytes"
+    assert len(served) == 1
+
+
+async def test_a_delivery_url_that_cannot_be_used_is_a_delivery_error_naming_it() -> None:
+    """httpx's own transport refuses the scheme before any socket opens (and the host is this machine anyway)."""
+    async with AsyncFluxClient(None, IN_PROCESS, retry=FAST_RETRY) as client:
+        with pytest.raises(DeliveryError) as caught:
+            await client.download("ftp://127.0.0.1/s.png")
+    assert str(caught.value).startswith("downloading the image: 'ftp://127.0.0.1/s.png' is not a usable URL (")
+
+
+async def test_a_result_carries_the_details_of_its_ready_answer() -> None:
+    async def detailed(request: httpx.Request, response: httpx.Response, body: bytes) -> httpx.Response | None:
+        if Rewriting.kind(request) == "poll" and b'"Ready"' in body:
+            return httpx.Response(200, json={**json.loads(body), "details": {"replica": "r-2", "warm": True}})
+        return None
+
+    async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(detailed)) as client:
+        result = await client.generate(one_request())
+    assert result.details == {"replica": "r-2", "warm": True}
