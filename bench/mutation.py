@@ -53,7 +53,13 @@ TARGETS: dict[str, Target] = {
     ),
     "client": Target(
         ("flux_nb/http/client.py",),
-        ("tests/test_client_paths.py", "tests/test_money_guards.py", "tests/test_client.py", "tests/test_polling.py"),
+        (
+            "tests/test_client_mutants.py",
+            "tests/test_client_paths.py",
+            "tests/test_money_guards.py",
+            "tests/test_client.py",
+            "tests/test_polling.py",
+        ),
         CLIENT_SLOW,
     ),
     "retry": Target(
