@@ -233,13 +233,29 @@ def write_notebook(lab: Lab, name: str, *cells: str) -> None:
     nbformat.write(source, lab.root / name)
 
 
+# True once the first code cell is queued or has run: its prompt reads [*] or [1], not [ ].
+FIRST_CELL_STARTED = (
+    "() => /\\[(\\*|\\d+)\\]/.test(document.querySelector('.jp-Notebook .jp-CodeCell .jp-InputPrompt').innerText)"
+)
+
+
 def open_and_run_all(page: object, lab: Lab, notebook: str, front_end: str = "jupyterlab") -> None:
+    """Open ``notebook`` and run all its cells from the menu bar, again if a busy page swallowed the click."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     page.goto(lab.url(notebook, front_end))
     page.wait_for_selector(".jp-Notebook .jp-Cell", state="visible")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-    page.click(".jp-Notebook .jp-Cell >> nth=0")
-    page.get_by_role("menuitem", name="Run", exact=True).click()  # the menu bar's Run, not a cell's text
-    page.locator("li[data-command='runmenu:run-all']").click()
+    for _ in range(3):
+        page.click(".jp-Notebook .jp-Cell >> nth=0")
+        page.get_by_role("menuitem", name="Run", exact=True).click()  # the menu bar's Run, not a cell's text
+        page.locator("li[data-command='runmenu:run-all']").click()
+        try:
+            page.wait_for_function(FIRST_CELL_STARTED, timeout=20_000)
+            return
+        except PlaywrightTimeoutError:
+            page.keyboard.press("Escape")  # a menu left open
+    raise AssertionError(f"Run All never started the cells of {notebook}")
 
 
 def loaded_images(page: object, selector: str) -> list[dict[str, int]]:
