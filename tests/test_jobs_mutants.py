@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -408,6 +409,38 @@ def test_a_record_the_history_refuses_is_a_failure_with_nothing_sent(
     assert isinstance(result.error, HistoryError)
     assert result.error.hint == (NOT_RECORDED_HINT if retryable else HistoryError.hint)
     assert [(e.index, e.result) for e in events if isinstance(e, Finished)] == [(2, result)]
+
+
+def test_a_batch_cancelled_while_its_records_are_written_leaves_them_resumable(history_dir: Path) -> None:
+    """The rows are written all the same; none is sent, and none stays "in flight" here (resume would skip it)."""
+    store = HistoryStore(history_dir)
+    entered, release = threading.Event(), threading.Event()
+    create_many = store.create_many
+
+    def slow_create_many(requests: list[dict[str, Any]]) -> list[str]:
+        entered.set()
+        release.wait(30)
+        return create_many(requests)
+
+    store.create_many = slow_create_many  # type: ignore[method-assign]
+    client = ScriptedClient(lambda: None)
+    runner = executor(store, client)
+
+    async def scenario() -> None:
+        batch = asyncio.ensure_future(runner.run_batch([prepared(seed=1), prepared(seed=2)], lambda e: None))
+        assert await asyncio.to_thread(entered.wait, 30)
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+        release.set()
+        for _ in range(3000):  # the write ends in its thread; its ids must then leave the in-flight set
+            if store.count() == 2 and not runner.ledger.in_flight:
+                return
+            await asyncio.sleep(0.01)
+
+    run(scenario())
+    assert client.calls == 0 and store.count() == 2
+    assert sorted(store.query()["status"]) == ["pending", "pending"] and runner.ledger.in_flight == set()
 
 
 def test_a_batch_whose_records_the_history_refuses_sends_nothing(history_dir: Path) -> None:

@@ -26,6 +26,7 @@ from flux_nb.core.outcomes import (
     prepared_from_record,
     record_status_for,
     result_of,
+    result_of_record,
     with_provenance,
     with_resume_hint,
 )
@@ -83,14 +84,10 @@ class Executor:
             for index in copies[event.index] if isinstance(event, Progress) else [event.index]:
                 emit(replace(event, index=index))
 
-        recorded = await self._record_fresh({owner: batch[owner] for owner in copies})
+        begun = await self._begin({owner: batch[owner] for owner in copies})
 
         async def run_one(owner: int) -> dict[int, Result]:
-            made = recorded.get(owner)
-            if isinstance(made, HistoryError):
-                result = self._not_recorded(fan_out, owner, batch[owner], made)
-            else:
-                result = await self.execute(owner, batch[owner], fan_out, record_id=made)
+            result = await self._run_begun(owner, batch[owner], fan_out, begun[owner])
             extra = copies[owner][1:]
             uses = await asyncio.to_thread(self._shared, result, [batch[i] for i in extra]) if extra else []
             for index, use in zip(extra, uses, strict=True):
@@ -98,8 +95,11 @@ class Executor:
             return {owner: result, **dict(zip(extra, uses, strict=True))}
 
         shown: dict[int, Result] = {}
-        for part in await settled_gather([run_one(owner) for owner in copies]):
-            shown.update(part)
+        try:
+            for part in await settled_gather([run_one(owner) for owner in copies]):
+                shown.update(part)
+        finally:  # a request cancelled before it began keeps its pending record, resumable
+            self.ledger.in_flight.difference_update(b for b in begun.values() if isinstance(b, str))
         return [shown[index] for index in range(len(batch))]
 
     def _shared(self, result: Result, copies: list[PreparedRequest]) -> list[Result]:
@@ -133,32 +133,52 @@ class Executor:
         ``record_id`` sends an existing, never-sent record (left pending by a crash) instead of a new one.
         """
         if record_id is None:
-            hit = self.cached(prepared)
-            if hit is not None:
-                use_id = await asyncio.to_thread(self._use, hit.record_id, prepared)
-                shown = replace(self.result_from_record(hit, prepared, cached=True), record_id=use_id)
-                return self._finished(emit, index, shown)
-            try:
-                (record_id,) = await asyncio.to_thread(self._record_after_owed, [prepared])
-            except HistoryError as exc:
-                return self._not_recorded(emit, index, prepared, exc)
+            begun = (await self._begin({index: prepared}))[index]
+            if not isinstance(begun, str):
+                return await self._run_begun(index, prepared, emit, begun)
+            record_id = begun
         self.ledger.in_flight.add(record_id)
         try:
             return await self._send(index, prepared, emit, record_id)
         finally:
             self.ledger.in_flight.discard(record_id)
 
-    async def _record_fresh(self, batch: dict[int, PreparedRequest]) -> dict[int, str | HistoryError]:
-        """The pending records of a batch's requests the cache cannot answer, written in one transaction
-        before any is sent (the first submit does not wait behind the others' rows); index -> id or refusal."""
-        fresh = {index: prepared for index, prepared in batch.items() if self.cached(prepared) is None}
+    async def _begin(self, batch: dict[int, PreparedRequest]) -> dict[int, Record | str | HistoryError]:
+        """How each request begins: the stored record that answers it (a cache hit), else the id of its new
+        pending record, all written in one transaction before anything is sent (the first submit does not
+        wait behind the others' rows), or the history's refusal to write them."""
+        begun: dict[int, Record | str | HistoryError] = {}
+        for index, prepared in batch.items():
+            if (hit := self.cached(prepared)) is not None:
+                begun[index] = hit
+        fresh = {index: prepared for index, prepared in batch.items() if index not in begun}
         if not fresh:
-            return {}
+            return begun
+        writing = asyncio.ensure_future(asyncio.to_thread(self._record_after_owed, list(fresh.values())))
         try:
-            ids = await asyncio.to_thread(self._record_after_owed, list(fresh.values()))
+            ids = await asyncio.shield(writing)
         except HistoryError as exc:
-            return dict.fromkeys(fresh, exc)
-        return dict(zip(fresh, ids, strict=True))
+            return {**begun, **dict.fromkeys(fresh, exc)}
+        except asyncio.CancelledError:  # the rows are written all the same: never sent, they stay resumable
+            writing.add_done_callback(self._not_in_flight)
+            raise
+        return {**begun, **dict(zip(fresh, ids, strict=True))}
+
+    def _not_in_flight(self, writing: asyncio.Future[list[str]]) -> None:
+        if not writing.cancelled() and writing.exception() is None:
+            self.ledger.in_flight.difference_update(writing.result())
+
+    async def _run_begun(
+        self, index: int, prepared: PreparedRequest, emit: Emit, begun: Record | str | HistoryError
+    ) -> Result:
+        """Show a cache hit (as a use of it), fail a request the history refused, or send a new record."""
+        if isinstance(begun, HistoryError):
+            return self._not_recorded(emit, index, prepared, begun)
+        if isinstance(begun, Record):
+            use_id = await asyncio.to_thread(self._use, begun.record_id, prepared)
+            shown = replace(self.result_from_record(begun, prepared, cached=True), record_id=use_id)
+            return self._finished(emit, index, shown)
+        return await self.execute(index, prepared, emit, record_id=begun)
 
     def _not_recorded(self, emit: Emit, index: int, prepared: PreparedRequest, exc: HistoryError) -> Result:
         """A request whose record could not be written: failed, and nothing was sent."""
@@ -374,19 +394,4 @@ class Executor:
 
     def result_from_record(self, record: Record, prepared: PreparedRequest | None = None, *, cached: bool) -> Result:
         """A Result for a stored record (a cache hit, or an old record shown beside its replay)."""
-        prepared = prepared or prepared_from_record(record)
-        size = (record.out_width, record.out_height) if record.out_width and record.out_height else None
-        error = FluxError(record.error) if record.error else None
-        return self.result(
-            record.record_id,
-            prepared,
-            record.status,
-            size=size,
-            path=record.image_file,
-            cost=0.0 if cached else record.cost,
-            elapsed=record.duration_s,
-            cached=cached,
-            task_id=record.task_id,
-            engine=record.engine,
-            error=error,
-        )
+        return result_of_record(record, prepared, cached=cached, billed=self.backend.billed)

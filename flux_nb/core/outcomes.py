@@ -51,6 +51,26 @@ def result_of(
     )
 
 
+def result_of_record(record: Record, prepared: PreparedRequest | None, *, cached: bool, billed: bool) -> Result:
+    """The Result of a stored record (a cache hit, or an old record shown beside its replay)."""
+    prepared = prepared or prepared_from_record(record)
+    size = (record.out_width, record.out_height) if record.out_width and record.out_height else None
+    return result_of(
+        record.record_id,
+        prepared,
+        record.status,
+        billed=billed,
+        size=size,
+        path=record.image_file,
+        cost=0.0 if cached else record.cost,
+        elapsed=record.duration_s,
+        cached=cached,
+        task_id=record.task_id,
+        engine=record.engine,
+        error=FluxError(record.error) if record.error else None,
+    )
+
+
 def prepared_from_record(record: Record) -> PreparedRequest:
     """The request of a record, without its images (enough to describe and display it)."""
     request = FluxRequest(**record.request_fields())
