@@ -118,8 +118,6 @@ class ReferenceSizes:
     """``measure`` with a policy, remembering each URL's answer for the session (a URL is measured once)."""
 
     policy: ProbePolicy
-    resolver: Resolver | None = None
-    transport: httpx.BaseTransport | None = None
     known: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -127,7 +125,7 @@ class ReferenceSizes:
         with self._lock:
             if url in self.known:
                 return self.known[url]
-        size = measure(url, self.policy, resolver=self.resolver, transport=self.transport)
+        size = measure(url, self.policy)
         with self._lock:
             self.known[url] = size
         return size
