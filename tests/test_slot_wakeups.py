@@ -236,7 +236,7 @@ def test_waiters_of_one_process_that_look_together_share_one_look_first_come_fir
         queued = [table.queue_look(lease, 2, look_first=look_first) for lease in batch]
         assert [leader for _, leader in queued] == [True] + [False] * (len(batch) - 1)
         looks = table.looks
-        table.run_looks()  # what the leader's thread runs
+        table.run_queued()  # what the leader's thread runs
         return [table.looks - looks, [future.result(0) for future, _ in queued]]
 
     # One look for four first tries: one slot was free, the other three joined the line in the order they came.

@@ -9,14 +9,13 @@ of a process of this host that no longer runs are deleted by whoever looks next 
 A look decides for several leases of one scope at once (``try_take_many``): the waiters of a process that
 ask together (``queue_look``) are answered by one read and at most one write, first come first served.
 ``forget`` wakes the processes whose waiters a look would now let in (judged with the releaser's limit):
-this one's directly, others through ``Wakeups``.
+this one's directly, others through ``Wakeups``. Releases queued by ``queue_release`` are written together by
+``run_queued``, which hands the freed slots to this process's parked waiters whose turn it is (``park``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import contextlib
 import functools
 import os
 import random
@@ -24,11 +23,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 from flux_nb.errors import ValidationError
+from flux_nb.http.slot_room import WaitingRoom
+from flux_nb.http.slot_rules import TAKEN, Lease, Snapshot, decide, hand_to_parked
 from flux_nb.http.slot_wakeups import Wakeups
 from flux_nb.owners import is_local as _is_local
 from flux_nb.owners import owner_is_gone
@@ -54,10 +54,9 @@ POLL_LISTENING_S = 0.5
 # a blocked event loop) no longer holds up the line behind it, until it looks again.
 HEARTBEAT_S = 1.0
 STALLED_S = 10.0
-# What ``SlotTable.try_take`` answers when it took the slot (else: how many waiters are ahead).
-TAKEN = -1
 
 T = TypeVar("T")
+_SCOPE_OF = "SELECT scope FROM leases WHERE lease_id = ? UNION ALL SELECT scope FROM waiters WHERE lease_id = ?"
 
 
 def default_folder() -> Path:
@@ -91,16 +90,6 @@ def _until_unlocked(work: Callable[[], T]) -> T:
         delay = min(delay * 2, POLL_MAX_S)
 
 
-@dataclass(frozen=True)
-class Lease:
-    """One slot held by this process until released."""
-
-    lease_id: str
-    scope: str
-    owner: str
-    acquired_at: float
-
-
 class SlotTable:
     """``<folder>/slots.sqlite``: the leases of every scope; one connection per thread, short IMMEDIATE writes."""
 
@@ -110,15 +99,19 @@ class SlotTable:
         self.path = self.folder / DATABASE
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._wakers: dict[asyncio.Event, asyncio.AbstractEventLoop] = {}
+        #: This process's waiters: woken when a release lets them in, or handed the slot (``park``).
+        self.room = WaitingRoom()
         self._heartbeat = 0.0  # time.monotonic() of this process's last "still waiting"
+        #: Write transactions this process began (each try of one that waited for the lock counts).
+        self.writes = 0
         self._write(self._create_schema)
         #: Other processes' releases wake this one's waiters through it (polling stays the fallback).
-        self.wakeups = Wakeups(self.folder, self._wake, enabled=wakeups_enabled())
+        self.wakeups = Wakeups(self.folder, self.room.wake, enabled=wakeups_enabled())
         #: Looks at the table by ``try_take_many`` in this process (each a read, or a write transaction).
         self.looks = 0
         self._queued: list[tuple[Lease, int, bool, concurrent.futures.Future[int]]] = []
-        self._looking = 0  # the pid whose thread runs the queued looks (0: none)
+        self._releases: list[tuple[str, int | None, concurrent.futures.Future[None]]] = []
+        self._looking = 0  # the pid whose thread runs the queued looks and releases (0: none)
 
     def __repr__(self) -> str:
         return f"SlotTable({str(self.path)!r})"
@@ -151,17 +144,18 @@ class SlotTable:
         """Run ``work`` in one IMMEDIATE transaction (the write lock taken up front), retried while locked."""
 
         def attempt() -> T:
+            self.writes += 1
             return in_immediate_transaction(self._db(), work)
 
         return _until_unlocked(attempt)
 
-    def _snapshot(self, db: sqlite3.Connection, scope: str) -> _Snapshot:
+    def _snapshot(self, db: sqlite3.Connection, scope: str) -> Snapshot:
         """The scope's live leases and its line, as this process judges them (dead owners' rows set apart)."""
         me = lease_owner()
         gone = functools.cache(lambda owner: owner != me and owner_is_gone(owner))  # one look per owner
         now = time.time()
         cutoff = now - FOREIGN_TTL_S
-        snap = _Snapshot()
+        snap = Snapshot()
         leases = db.execute("SELECT lease_id, owner, acquired_at FROM leases WHERE scope = ?", (scope,))
         for lease_id, owner, at in leases:
             if gone(owner) if _is_local(owner) else at < cutoff:
@@ -195,7 +189,7 @@ class SlotTable:
         scope = leases[0].scope
         if look_first:
             try:
-                decided = _decide(self._snapshot(self._db(), scope), leases, limit)
+                decided = decide(self._snapshot(self._db(), scope), leases, limit)
             except sqlite3.OperationalError as exc:
                 if not _is_lock_error(exc):
                     raise
@@ -207,7 +201,7 @@ class SlotTable:
 
         def work(db: sqlite3.Connection) -> list[int]:
             snap = self._snapshot(db, scope)
-            decided = _decide(snap, leases, limit)
+            decided = decide(snap, leases, limit)
             db.executemany("DELETE FROM leases WHERE lease_id = ?", [(i,) for i in snap.stale_leases])
             db.executemany("DELETE FROM waiters WHERE lease_id = ?", [(i,) for i in snap.stale_waiters])
             now = time.time()
@@ -225,31 +219,56 @@ class SlotTable:
     def queue_look(self, lease: Lease, limit: int, *, look_first: bool) -> tuple[concurrent.futures.Future[int], bool]:
         """Join the next look at the table (``try_take``'s answer comes in the future) and whether the caller leads.
 
-        The leader runs ``run_looks`` in a thread: waiters that ask while a look is under way share the next
+        The leader runs ``run_queued`` in a thread: waiters that ask while a look is under way share the next
         one, so a process looks once for all its waiters that a release woke, not once for each.
         """
         future: concurrent.futures.Future[int] = concurrent.futures.Future()
+        return future, self._enqueue(lambda: self._queued.append((lease, limit, look_first, future)))
+
+    def queue_release(self, lease_id: str, limit: int | None) -> tuple[concurrent.futures.Future[None], bool]:
+        """``forget`` in the next round of ``run_queued`` (done when the future is) and whether the caller leads.
+
+        Releases that arrive together are written in one transaction, before the looks of the same round:
+        a process's own threads never queue for SQLite's write lock, whose busy wait sleeps in steps of
+        milliseconds, and a waiter woken by a release always sees it.
+        """
+        future: concurrent.futures.Future[None] = concurrent.futures.Future()
+        return future, self._enqueue(lambda: self._releases.append((lease_id, limit, future)))
+
+    def _enqueue(self, add: Callable[[], None]) -> bool:
         with self._lock:
-            if self._looking not in (0, os.getpid()):  # a forked child: the parent's looks are not ours
-                self._queued, self._looking = [], 0
-            self._queued.append((lease, limit, look_first, future))
+            if self._looking not in (0, os.getpid()):  # a forked child: the parent's queue is not ours
+                self._queued, self._releases, self._looking = [], [], 0
+            add()
             leader = not self._looking
             self._looking = os.getpid()
-        return future, leader
+        return leader
 
-    def run_looks(self) -> None:
-        """Run the queued looks, one per scope and kind each round, until none is left (the leader's thread)."""
+    def run_queued(self) -> None:
+        """Run the queued releases, then the looks (one per scope and kind), round after round until none is
+        left (the leader's thread)."""
         try:
             while True:
                 with self._lock:
                     queued, self._queued = self._queued, []
-                    if not queued:
+                    releases, self._releases = self._releases, []
+                    if not queued and not releases:
                         self._looking = 0
                         return
+                if releases:
+                    self._release_all(releases)
                 groups: dict[tuple[str, int, bool], list[tuple[Lease, concurrent.futures.Future[int]]]] = {}
                 for lease, limit, look_first, future in queued:
                     groups.setdefault((lease.scope, limit, look_first), []).append((lease, future))
-                for (_, limit, look_first), items in groups.items():
+                for (_, limit, look_first), all_items in groups.items():
+                    items = []
+                    for lease, future in all_items:
+                        if self.room.granted(lease.lease_id):  # a release of this round handed it the slot
+                            future.set_result(TAKEN)
+                        else:
+                            items.append((lease, future))
+                    if not items:
+                        continue
                     try:
                         answers = self.try_take_many([lease for lease, _ in items], limit, look_first=look_first)
                     except Exception as exc:
@@ -261,9 +280,20 @@ class SlotTable:
         except BaseException as exc:
             with self._lock:
                 queued, self._queued, self._looking = self._queued, [], 0
-            for *_, future in queued:
+                releases, self._releases = self._releases, []
+            for *_, future in [*queued, *releases]:
                 future.set_exception(exc)
             raise
+
+    def _release_all(self, releases: list[tuple[str, int | None, concurrent.futures.Future[None]]]) -> None:
+        try:
+            self.forget_many({lease_id: limit for lease_id, limit, _ in releases}, hand_over=True)
+        except Exception as exc:
+            for *_, future in releases:
+                future.set_exception(exc)
+            return
+        for *_, future in releases:
+            future.set_result(None)
 
     def _still_waiting(self, db: sqlite3.Connection) -> None:
         """Mark every waiter of this process as seen now (one write a second however many wait)."""
@@ -276,24 +306,45 @@ class SlotTable:
         With the scope's ``limit``, only the processes whose waiters a look would now let in are woken (their
         owners are read in the same transaction); without it, every waiting process is.
         """
+        self.forget_many({lease_id: limit})
 
-        def work(db: sqlite3.Connection) -> set[str] | None:
-            found = db.execute(
-                "SELECT scope FROM leases WHERE lease_id = ? UNION ALL SELECT scope FROM waiters WHERE lease_id = ?",
-                (lease_id, lease_id),
-            ).fetchone()
-            db.execute("DELETE FROM leases WHERE lease_id = ?", (lease_id,))
-            db.execute("DELETE FROM waiters WHERE lease_id = ?", (lease_id,))
-            if found is None or limit is None:
-                return set() if found is None else None
-            snap = self._snapshot(db, found[0])
-            first = [owner for _, looking, owner in snap.line if looking][: max(0, limit - snap.live)]
-            return set(first)
+    def forget_many(self, limits: dict[str, int | None], *, hand_over: bool = False) -> None:
+        """``forget`` for several leases (lease id: its scope's limit) in one transaction.
 
-        owners = self._write(work)
-        if owners is None or lease_owner() in owners:
-            self._wake()
-        self.wakeups.notify(None if owners is None else owners - {lease_owner()})
+        With ``hand_over`` (only ``run_queued`` passes it, so that hand-overs and looks never overlap), the
+        freed slots go in the same transaction to this process's parked waiters whose turn it is, first come
+        first served across processes (a waiter of another process ahead of them keeps its place).
+        """
+        me = lease_owner()
+        parked = self.room.parked() if hand_over else set()
+
+        def work(db: sqlite3.Connection) -> tuple[set[str] | None, list[str]]:
+            scopes: dict[str, int | None] = {}
+            for lease_id, limit in limits.items():
+                found = db.execute(_SCOPE_OF, (lease_id, lease_id)).fetchone()
+                db.execute("DELETE FROM leases WHERE lease_id = ?", (lease_id,))
+                db.execute("DELETE FROM waiters WHERE lease_id = ?", (lease_id,))
+                if found is not None:
+                    known = scopes.get(found[0], 0)
+                    scopes[found[0]] = None if limit is None or known is None else max(limit, known)
+            owners: set[str] | None = set()
+            granted: list[str] = []
+            for scope, limit in scopes.items():
+                if limit is None:
+                    owners = None
+                    continue
+                snap = self._snapshot(db, scope)
+                if parked:
+                    granted += hand_to_parked(db, scope, snap, limit, parked)
+                if owners is not None:
+                    owners.update([owner for _, looking, owner in snap.line if looking][: max(0, limit - snap.live)])
+            return owners, granted
+
+        owners, granted = self._write(work)
+        self.room.grant(granted)
+        if owners is None or me in owners:
+            self.room.wake()
+        self.wakeups.notify(None if owners is None else owners - {me})
 
     def count(self, scope: str) -> tuple[int, int]:
         """(leases, waiters) that ``scope`` has now, counting dead processes' rows not yet reclaimed."""
@@ -304,77 +355,6 @@ class SlotTable:
             return leases, db.execute("SELECT COUNT(*) FROM waiters WHERE scope = ?", (scope,)).fetchone()[0]
 
         return _until_unlocked(read)
-
-    # -- waking this process's waiters when it gives a lease back --------------------------------
-
-    def waiting_room(self) -> asyncio.Event:
-        """An event that is set (from any thread) when this process next gives a lease back or leaves the line."""
-        event = asyncio.Event()
-        with self._lock:
-            self._wakers[event] = asyncio.get_running_loop()
-        return event
-
-    def leave_room(self, event: asyncio.Event) -> None:
-        with self._lock:
-            self._wakers.pop(event, None)
-
-    def _wake(self) -> None:
-        with self._lock:
-            wakers, self._wakers = self._wakers, {}
-        for event, loop in wakers.items():
-            with contextlib.suppress(RuntimeError):  # its loop has closed
-                loop.call_soon_threadsafe(event.set)
-
-
-@dataclass
-class _Snapshot:
-    """A scope as ``SlotTable._snapshot`` reads it: live leases, and the line (lease_id, still looking, owner)."""
-
-    live: int = 0
-    line: list[tuple[str, bool, str]] = field(default_factory=list)
-    stale_leases: list[str] = field(default_factory=list)
-    stale_waiters: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Decided:
-    """What a look means for some leases: an answer each (TAKEN or how many are ahead), and the rows to write."""
-
-    answers: list[int] = field(default_factory=list)
-    taken: list[Lease] = field(default_factory=list)
-    joined: list[Lease] = field(default_factory=list)
-
-    @property
-    def changes(self) -> bool:
-        return bool(self.taken or self.joined)
-
-
-def _decide(snap: _Snapshot, leases: list[Lease], limit: int) -> _Decided:
-    """Which of ``leases`` take a slot (first come, first served: those in line in its order, then new ones)."""
-    position = {lease_id: i for i, (lease_id, *_) in enumerate(snap.line)}
-    ahead_of, counting = [], 0
-    for _, looking, _ in snap.line:
-        ahead_of.append(counting)
-        counting += looking
-    order = sorted(range(len(leases)), key=lambda i: position.get(leases[i].lease_id, len(position) + i))
-    answers, decided = [0] * len(leases), _Decided()
-    live, moved, joined = snap.live, 0, 0  # moved: waiters of this look that took a slot (no longer ahead)
-    for i in order:
-        lease = leases[i]
-        at = position.get(lease.lease_id)
-        ahead = ahead_of[at] - moved if at is not None else counting - moved + joined
-        if live + ahead < limit:
-            answers[i] = TAKEN
-            decided.taken.append(lease)
-            live += 1
-            moved += at is not None and snap.line[at][1]
-        else:
-            answers[i] = ahead
-            if at is None:
-                decided.joined.append(lease)
-                joined += 1
-    decided.answers = answers
-    return decided
 
 
 _TABLES: dict[Path, SlotTable] = {}

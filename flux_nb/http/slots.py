@@ -8,13 +8,16 @@ across threads and processes.
 
 Waiting processes stand in one line (the ``waiters`` table), so a slot goes to whoever asked first in
 any process, not to whoever happens to look first: two notebooks sweeping at once share the slots.
-A release wakes the waiters whose turn it now is at once: those of its own process directly, those of
-other processes through their wake-up socket (``flux_nb.http.slot_wakeups``: one AF_UNIX datagram socket
-per waiting process in ``<folder>/wake/``). The table stays the only truth: a wake-up only says "look
-again", and a waiter also looks on its own after a short jittered pause (every 0.5 s at most while its
-process listens; more often where wake-ups are off, ``FLUX_NB_SLOT_WAKEUPS=0``, or missing, as on
-Windows). The waiters of one process that look at the same moment share one look
-(``SlotTable.queue_look``): one read, and at most one write, however many a release woke. A waiter whose
+A release hands its slot over in its own transaction when a waiter of its own process is next in line
+(no look, no second write), and the releases a process makes at the same moment share that transaction
+(``SlotTable.queue_release``). Waiters of other processes whose turn it is are woken through their wake-up
+socket (``flux_nb.http.slot_wakeups``: one AF_UNIX datagram socket per waiting process in ``<folder>/wake/``)
+and take the slot themselves: a process that stopped is never handed one it would hold while stopped.
+The table stays the only truth: a wake-up only says "look again", and a waiter also looks on its own
+after a short jittered pause (every 0.5 s at most while its process listens; more often where wake-ups
+are off, ``FLUX_NB_SLOT_WAKEUPS=0``, or missing, as on Windows). The waiters of one process that look at
+the same moment share one look (``SlotTable.queue_look``): one read, and at most one write, however many
+a release woke. A waiter whose
 process has not looked for ``STALLED_S`` (stopped, or its event loop blocked) is passed by.
 
 A lease names its owner as ``host:pid@start`` (the process start time, so a recycled pid is not taken
@@ -126,12 +129,13 @@ class SharedSlots:
         listening = False
         try:
             while True:
-                woken = self.table.waiting_room()  # before looking, so a release during the look wakes us
+                woken = self.table.room.enter()  # before looking, so a release during the look wakes us
+                self.table.room.park(lease.lease_id, woken)  # a release of this process may hand us its slot directly
                 try:
                     # The first try writes either way (the lease or a place in line): no need to look first.
                     step, leader = self.table.queue_look(lease, self.limit, look_first=step is not None)
                     if leader:
-                        _run_looks(self.table)
+                        _run_queued(self.table)
                     ahead = await asyncio.shield(asyncio.wrap_future(step))
                     if ahead == TAKEN:
                         return lease
@@ -144,8 +148,10 @@ class SharedSlots:
                             continue  # listening only now: a release a moment ago sent nothing, look again
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), min(pause * (0.5 + random.random()), left))
+                    if self.table.room.granted(lease.lease_id):
+                        return lease
                 finally:
-                    self.table.leave_room(woken)
+                    self.table.room.leave(woken)
                 if self.table.wakeups.listening:
                     pause = min(pause * 2, POLL_LISTENING_S)
                 else:
@@ -162,6 +168,7 @@ class SharedSlots:
             await asyncio.to_thread(self.table.forget, lease.lease_id, self.limit)
             raise
         finally:
+            self.table.room.unpark(lease.lease_id)
             if listening:
                 self.table.wakeups.release()
 
@@ -175,9 +182,13 @@ class SharedSlots:
     async def release(self, lease: Lease) -> None:
         """Give ``lease`` back; releasing it twice, or after it was reclaimed, is no error.
 
-        The delete runs in a thread that finishes even when the caller is cancelled meanwhile.
+        The delete runs in a thread that finishes even when the caller is cancelled meanwhile, in one
+        transaction with the releases this process makes at the same moment (``SlotTable.queue_release``).
         """
-        await asyncio.to_thread(self.table.forget, lease.lease_id, self.limit)
+        done, leader = self.table.queue_release(lease.lease_id, self.limit)
+        if leader:
+            _run_queued(self.table)
+        await asyncio.shield(asyncio.wrap_future(done))
 
     def release_later(self, lease: Lease, delay: float) -> asyncio.Task[None]:
         """Give ``lease`` back after ``delay`` seconds, not waiting here: for a task the API may still be running
@@ -221,12 +232,13 @@ class SharedSlots:
         await self.release(lease)
 
 
-def _run_looks(table: SlotTable) -> None:
-    """Run the table's queued looks in this loop's thread pool (a thread of its own once the pool is shut)."""
+def _run_queued(table: SlotTable) -> None:
+    """Run the table's queued looks and releases in this loop's thread pool (a thread of its own once the
+    pool is shut)."""
     try:
-        asyncio.get_running_loop().run_in_executor(None, table.run_looks)
+        asyncio.get_running_loop().run_in_executor(None, table.run_queued)
     except RuntimeError:
-        threading.Thread(target=table.run_looks, name="flux_nb-slots-looks", daemon=True).start()
+        threading.Thread(target=table.run_queued, name="flux_nb-slots-queue", daemon=True).start()
 
 
 def _forget_in_background(table: SlotTable, lease_id: str, limit: int) -> None:
