@@ -233,12 +233,9 @@ class SharedSlots:
 
 
 def _run_queued(table: SlotTable) -> None:
-    """Run the table's queued looks and releases in this loop's thread pool (a thread of its own once the
-    pool is shut)."""
-    try:
-        asyncio.get_running_loop().run_in_executor(None, table.run_queued)
-    except RuntimeError:
-        threading.Thread(target=table.run_queued, name="flux_nb-slots-queue", daemon=True).start()
+    """Run the table's queued looks and releases in a thread of their own: never queued in the loop's pool
+    behind slower work (history writes, decoding), which would hold up every hand-over."""
+    threading.Thread(target=table.run_queued, name="flux_nb-slots-queue", daemon=True).start()
 
 
 def _forget_in_background(table: SlotTable, lease_id: str, limit: int) -> None:
