@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,3 +24,23 @@ def in_immediate_transaction(db: sqlite3.Connection, work: Callable[[sqlite3.Con
                 db.execute("ROLLBACK")
         raise
     return result
+
+
+class WriterLock:
+    """The lock this process's writers of one database queue on, instead of in SQLite's busy handler (which
+    sleeps in steps of milliseconds while another thread of the same process holds the write lock).
+
+    Reentrant; a forked child gets a fresh one (a parent's thread may have held it at the fork).
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        if self._pid != os.getpid():
+            self._pid, self._lock = os.getpid(), threading.RLock()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from flux_nb.history import faults, schema
 from flux_nb.history.faults import HistoryError
-from flux_nb.sqlite import in_immediate_transaction
+from flux_nb.sqlite import WriterLock, in_immediate_transaction
 
 # SQLite's own wait for a lock; then, for the few cases where it answers "locked" at once, we retry this long.
 BUSY_TIMEOUT_S = 30.0
@@ -78,6 +78,7 @@ class Database:
         self.path = path
         self.readonly = readonly or not _writable(path)
         self._local = threading.local()
+        self._writing = WriterLock()
         self.read_uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
         self._open()
 
@@ -148,7 +149,8 @@ class Database:
             raise faults.read_only(self.path, doing)
 
         def attempt() -> T:
-            return in_immediate_transaction(self.connection(), work)
+            with self._writing:
+                return in_immediate_transaction(self.connection(), work)
 
         try:
             return retrying(attempt)

@@ -33,7 +33,7 @@ from flux_nb.http.slot_wakeups import Wakeups
 from flux_nb.owners import is_local as _is_local
 from flux_nb.owners import owner_is_gone
 from flux_nb.owners import process_owner as lease_owner
-from flux_nb.sqlite import in_immediate_transaction
+from flux_nb.sqlite import WriterLock, in_immediate_transaction
 
 DATABASE = "slots.sqlite"
 FOLDER_ENV = "FLUX_NB_SLOTS_DIR"
@@ -98,6 +98,7 @@ class SlotTable:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / DATABASE
         self._local = threading.local()
+        self._writing = WriterLock()
         self._lock = threading.Lock()
         #: This process's waiters: woken when a release lets them in, or handed the slot (``park``).
         self.room = WaitingRoom()
@@ -144,8 +145,9 @@ class SlotTable:
         """Run ``work`` in one IMMEDIATE transaction (the write lock taken up front), retried while locked."""
 
         def attempt() -> T:
-            self.writes += 1
-            return in_immediate_transaction(self._db(), work)
+            with self._writing:
+                self.writes += 1
+                return in_immediate_transaction(self._db(), work)
 
         return _until_unlocked(attempt)
 
