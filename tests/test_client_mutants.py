@@ -432,3 +432,27 @@ async def test_a_result_carries_the_details_of_its_ready_answer() -> None:
     async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting(detailed)) as client:
         result = await client.generate(one_request())
     assert result.details == {"replica": "r-2", "warm": True}
+
+
+async def test_the_schedule_counts_from_the_submits_answer_not_from_when_the_wait_began(clock: Clock) -> None:
+    task = a_task()
+    async with AsyncFluxClient(None, IN_PROCESS, task_timeout=30.0) as client:
+        client.durations.observe(duration_key(task), 4.0)
+        client.poll = Polls(clock, (0.0, None, pending()), (0.0, None, READY))  # type: ignore[method-assign]
+        answered = clock.now
+        clock.now += 0.5  # recording the task took half a second
+        answer, polls = await client.wait(task, since=answered)
+        assert (answer, polls) == (READY, 2)
+        assert clock.sleeps[0] == pytest.approx(3.1)  # 3.6 s after the answer, of which 0.5 s had passed
+        assert client.poll.calls[0][1] == answered + 30.0  # and the deadline counts from the answer too
+
+
+async def test_tight_durations_put_the_first_poll_just_before_the_earliest_of_them(clock: Clock) -> None:
+    task = a_task()
+    async with AsyncFluxClient(None, IN_PROCESS, task_timeout=30.0) as client:
+        for seconds in (0.98, 1.0, 1.01, 1.02):
+            client.durations.observe(duration_key(task), seconds)
+        client.poll = Polls(clock, (0.0, None, READY))  # type: ignore[method-assign]
+        await client.wait(task)
+        # median 1.005, dense step 3% of it: half a step before the earliest (0.98), not at 90% of the median
+        assert clock.sleeps == pytest.approx([0.98 - 0.015075])

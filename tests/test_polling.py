@@ -98,3 +98,27 @@ def test_an_upper_bound_drops_longer_durations() -> None:
         model.observe("k", seconds)
     model.observe("k", 0.5, upper_bound=True)
     assert model.expected("k") == 0.5
+
+
+def test_the_earliest_duration_needs_a_few_of_them() -> None:
+    model = DurationModel()
+    for seconds in (1.0, 0.9, 1.1):
+        model.observe("k", seconds)
+    assert model.earliest("k") is None
+    model.observe("k", 1.05)
+    assert model.earliest("k") == 0.9
+    assert model.earliest("other") is None
+
+
+def test_tight_durations_are_noticed_with_one_poll_fewer() -> None:
+    loose, loose_polls = simulate(PollPlan(expected=1.0, jitter=0.0), 1.0, progress_reported=True)
+    assert loose <= DENSE_FRACTION  # as quick to notice, with one poll more
+    tight, tight_polls = simulate(PollPlan(expected=1.0, earliest=0.99, jitter=0.0), 1.0, progress_reported=True)
+    assert (loose_polls, tight_polls) == (3, 2)
+    assert tight <= DENSE_FRACTION
+
+
+def test_spread_durations_keep_the_first_poll_well_ahead_of_the_median() -> None:
+    assert PollPlan(expected=5.0, earliest=2.0, jitter=0.0).first_delay() == pytest.approx(4.5)
+    # and never past the median, however late the earliest one was
+    assert PollPlan(expected=1.0, earliest=1.5, jitter=0.0).first_delay() == 1.0

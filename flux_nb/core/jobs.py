@@ -16,6 +16,7 @@ from typing import Any
 from flux_nb.core.backend import Backend
 from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import Emit, Finished, Progress
+from flux_nb.core.group_commit import GroupCommit
 from flux_nb.core.ledger import Ledger, is_retryable
 from flux_nb.core.loop import settled_gather
 from flux_nb.core.outcomes import (
@@ -64,6 +65,7 @@ class Executor:
         self._on_spent = on_spent
         #: Records in flight here, and writes a full disk refused (kept in memory, made at the next chance).
         self.ledger = ledger or Ledger()
+        self._sending_marks = GroupCommit(store.mark_sending_many, "sending marks")
 
     def cached(self, prepared: PreparedRequest) -> Record | None:
         return cache_hit(self.store, self.backend.label, prepared, enabled=self.cache)
@@ -199,7 +201,7 @@ class Executor:
         sending: list[bool] = []
 
         async def on_sending() -> None:
-            await asyncio.to_thread(self.store.mark_sending, record_id)
+            await self._sending_marks.write(record_id)  # with the marks of the other submits of this moment
             sending.append(True)
 
         async def on_submitted(task: Task) -> None:

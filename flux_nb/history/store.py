@@ -101,18 +101,27 @@ class HistoryStore(Reviews, Queries):
 
     def _update(self, record_id: str, values: dict[str, Any], keep: tuple[str, ...] = (), doing: str = "") -> None:
         """Set ``values`` on a record, unless its status is in ``keep``; KeyError if there is no such record."""
+        (missing,) = self._update_many([record_id], values, keep, doing or f"update record {record_id}")
+        if missing is not None:
+            raise missing
+
+    def _update_many(
+        self, record_ids: list[str], values: dict[str, Any], keep: tuple[str, ...], doing: str
+    ) -> list[KeyError | None]:
+        """``_update`` for several records in one transaction: a KeyError for each one missing, None for the rest."""
         values = {**values, "updated_at": time.time()}
-        assignments = ", ".join(f"{name} = ?" for name in values)
+        sql = f"UPDATE records SET {', '.join(f'{name} = ?' for name in values)}, seq = ? WHERE record_id = ?"
 
-        def work(db: sqlite3.Connection) -> None:
-            row = db.execute("SELECT status FROM records WHERE record_id = ?", (record_id,)).fetchone()
-            if row is None:
-                raise KeyError(record_id)
-            if row[0] not in keep:
-                sql = f"UPDATE records SET {assignments}, seq = ? WHERE record_id = ?"
-                db.execute(sql, [*values.values(), next_seq(db), record_id])
+        def work(db: sqlite3.Connection) -> list[KeyError | None]:
+            outcomes: list[KeyError | None] = []
+            for record_id in record_ids:
+                row = db.execute("SELECT status FROM records WHERE record_id = ?", (record_id,)).fetchone()
+                outcomes.append(KeyError(record_id) if row is None else None)
+                if row is not None and row[0] not in keep:
+                    db.execute(sql, [*values.values(), next_seq(db), record_id])
+            return outcomes
 
-        self._db.write(work, doing or f"update record {record_id}")
+        return self._db.write(work, doing)
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -255,8 +264,14 @@ class HistoryStore(Reviews, Queries):
 
     def mark_sending(self, record_id: str) -> None:
         """The submit is about to go out: from now on a crash leaves its outcome unknown."""
+        (missing,) = self.mark_sending_many([record_id])
+        if missing is not None:
+            raise missing
+
+    def mark_sending_many(self, record_ids: list[str]) -> list[KeyError | None]:
+        """``mark_sending`` for several records in one transaction: a KeyError for each one missing."""
         values = {"status": RecordStatus.SENDING.value, "owner": process_owner()}
-        self._update(record_id, values, keep=_FINAL, doing="mark a request as sending")
+        return self._update_many(record_ids, values, _FINAL, "mark a request as sending")
 
     def mark_submitted(
         self,

@@ -164,8 +164,9 @@ class AsyncFluxClient:
                 await maybe_await(on_sending() if on_sending else None)
                 sent = True
                 task = await self.submit(request)
+                answered = time.monotonic()
                 await maybe_await(on_submitted(task) if on_submitted else None)
-                answer, polls = await self.wait(task, on_progress=on_progress)
+                answer, polls = await self.wait(task, on_progress=on_progress, since=answered)
             except BaseException as exc:
                 self._give_back(lease, may_run(exc, sent, task), task, request.model)
                 raise
@@ -317,13 +318,19 @@ class AsyncFluxClient:
 
         return await self.retry.run(attempt, deadline=deadline, on_deadline=timed_out)
 
-    async def wait(self, task: Task, *, on_progress: ProgressCallback | None = None) -> tuple[dict[str, Any], int]:
-        """Poll until the task is Ready (returns the answer and the poll count) or raise why not."""
+    async def wait(
+        self, task: Task, *, on_progress: ProgressCallback | None = None, since: float | None = None
+    ) -> tuple[dict[str, Any], int]:
+        """Poll until the task is Ready (returns the answer and the poll count) or raise why not.
+
+        ``since``: the ``time.monotonic()`` of the submit's answer, when this client sent it. The schedule and
+        the durations learned count from there, not from whenever recording the task let the wait begin.
+        """
         key = duration_key(task)
-        plan = PollPlan(expected=self.durations.expected(key))
-        start = time.monotonic()
+        plan = PollPlan(expected=self.durations.expected(key), earliest=self.durations.earliest(key))
+        start = time.monotonic() if since is None else since
         deadline = start + self.task_timeout
-        await asyncio.sleep(min(plan.first_delay(), self.task_timeout))
+        await asyncio.sleep(max(0.0, min(plan.first_delay(), self.task_timeout) - (time.monotonic() - start)))
         while True:
             try:
                 answer = await self.poll(task, deadline=deadline)

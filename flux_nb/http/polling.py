@@ -23,6 +23,8 @@ DENSE_FRACTION = 0.03
 AIM_FRACTION = 0.9
 # Progress readings this early are too noisy to extrapolate from.
 MIN_ELAPSED_FOR_PROGRESS = 0.05
+# Durations needed before the shortest of them says when a task can finish at the earliest.
+MIN_SAMPLES_FOR_EARLIEST = 4
 
 
 def _aim(remaining: float, dense: float) -> float:
@@ -53,6 +55,11 @@ class DurationModel:
         recent = self._recent.get(key)
         return statistics.median(recent) if recent else None
 
+    def earliest(self, key: str) -> float | None:
+        """The shortest recent duration for ``key``, once there are enough of them to trust it."""
+        recent = self._recent.get(key)
+        return min(recent) if recent and len(recent) >= MIN_SAMPLES_FOR_EARLIEST else None
+
 
 @dataclass
 class PollPlan:
@@ -64,6 +71,8 @@ class PollPlan:
     """
 
     expected: float | None = None
+    #: The shortest recent duration (``DurationModel.earliest``): no task of late finished before it.
+    earliest: float | None = None
     jitter: float = 0.1
     polls: int = 0
     _overdue_polls: int = field(default=0, repr=False)
@@ -87,10 +96,18 @@ class PollPlan:
         return self._jittered(min(delay, MAX_INTERVAL))
 
     def first_delay(self) -> float:
-        """Seconds to wait after submitting, before the first poll."""
+        """Seconds to wait after submitting, before the first poll.
+
+        Where recent durations were close together, the first poll goes just before the earliest of them
+        instead of well ahead of the median: a poll that could only answer "pending" is not sent.
+        """
         if self.expected is None:
             return FIRST_POLL_UNKNOWN
-        return _aim(self.expected, self._dense(self.expected))
+        dense = self._dense(self.expected)
+        aim = _aim(self.expected, dense)
+        if self.earliest is not None:
+            aim = min(max(aim, self.earliest - dense / 2), self.expected)
+        return aim
 
     def _dense(self, elapsed: float) -> float:
         """The gap between polls near the expected finish."""
