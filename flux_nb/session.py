@@ -146,14 +146,15 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
         return self._store
 
     def connect(self) -> Backend:
-        """Make the backend reachable: starts the embedded preview server if it is the one (announced once)."""
-        self._backend = connect(self.backend)
-        return self._backend
+        """Make the backend reachable (starts the embedded preview server if it is the one, announced once)
+        and ready what sending needs (the HTTP client, the history, the key's shared slots), so that the
+        first request goes out at once."""
+        return self._ready_executor().backend
 
     def _ready_executor(self) -> Executor:
         """The executor for the current settings, connecting first (built once, rebuilt after changes)."""
         if self._executor is None:
-            backend = self.connect()
+            backend = self._backend = connect(self.backend)
             key = self._api_key if backend.billed or (self._key_given and not backend.is_embedded) else None
             shared = None
             if self.share_slots:  # the key's slots across processes; max_concurrency caps this one under them

@@ -22,6 +22,7 @@ from flux_nb.core.backend import resolve_backend
 from flux_nb.core.results import SweepResult
 from flux_nb.errors import AuthError, BatchInterrupted, BudgetError, ValidationError
 from flux_nb.history.store import HistoryStore
+from flux_nb.http import client as client_module
 from flux_nb.server.faults import FaultPlan
 
 
@@ -333,3 +334,21 @@ def test_an_interrupt_reports_a_submit_cut_off_mid_send_as_unknown_not_as_never_
         assert sorted(flux.history()["status"]) == ["pending", "pending", "submitted", "unknown"]
     finally:
         flux.close()
+
+
+def test_connect_readies_what_sending_needs_so_the_first_request_builds_nothing(
+    flux: Flux, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[object] = []
+    init = client_module.AsyncFluxClient.__init__
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(self)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(client_module.AsyncFluxClient, "__init__", counted)
+    backend = flux.connect()
+    assert backend.base_url == server.url and len(built) == 1  # the HTTP client exists before any request
+    assert flux.connect() is backend and len(built) == 1  # and connecting again rebuilds nothing
+    assert flux.generate("a lighthouse", seed=3, width=64, height=64).status == "ready"
+    assert len(built) == 1
