@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -162,3 +163,22 @@ def test_a_waiter_cancelled_as_the_hand_over_reaches_it_gives_the_slot_back(
         assert await slots.try_acquire() is not None
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_never_hands_a_slot_to_its_parents_waiters(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+    table = slots.table
+
+    async def scenario() -> int:
+        parent_waiter = Lease("parents-waiter", slots.scope, lease_owner(), 0.0)
+        table.room.park(parent_waiter.lease_id, asyncio.Event())
+        assert table.room.parked() == {"parents-waiter"}
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's waiter is not one of its own
+            os._exit(0 if table.room.parked() == set() else 1)
+        _, status = os.waitpid(pid, 0)
+        assert table.room.parked() == {"parents-waiter"}  # the parent's own view is unchanged
+        return os.waitstatus_to_exitcode(status)
+
+    assert asyncio.run(scenario()) == 0
