@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from flux_nb.server import EmbeddedServer, ServerConfig
+from flux_nb.session import Flux
 
 # Test servers may fetch from and post webhooks to loopback (their own image sites and receivers).
 LOOPBACK = frozenset({"127.0.0.0/8", "::1", "localhost"})
@@ -74,6 +75,30 @@ def server_factory() -> Iterator[Callable[..., EmbeddedServer]]:
 def server(server_factory: Callable[..., EmbeddedServer]) -> EmbeddedServer:
     """A local preview server with no simulated latency."""
     return server_factory()
+
+
+@pytest.fixture
+def flux(server: EmbeddedServer, history_dir: Path) -> Iterator[Flux]:
+    """A session on the test server with a fresh history, closed after the test."""
+    session = Flux(endpoint=server.url, history_dir=history_dir)
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def ipython(server: EmbeddedServer, history_dir: Path) -> Iterator[Any]:
+    """A fresh IPython shell with flux_nb loaded, pointed at the test server and a temporary history."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    shell.config.Flux.history_dir = str(history_dir)  # read from the start: nothing lands in the working directory
+    shell.run_line_magic("load_ext", "flux_nb")
+    session = shell.user_ns["flux"]
+    session.endpoint, session.history_dir = server.url, str(history_dir)
+    yield shell
+    session.close()
+    InteractiveShell.clear_instance()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import hashlib
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,6 @@ from flux_nb.session import Flux
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = {"width": 64, "height": 64}
-
-
-@pytest.fixture
-def server(server_factory: Callable[..., EmbeddedServer]) -> EmbeddedServer:
-    return server_factory()
-
-
-@pytest.fixture
-def flux(server: EmbeddedServer, history_dir: Path) -> Iterator[Flux]:
-    session = Flux(endpoint=server.url, history_dir=history_dir)
-    yield session
-    session.close()
 
 
 class Recorder:

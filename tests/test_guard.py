@@ -15,13 +15,6 @@ from flux_nb.errors import BudgetError, LargeBatchError, ValidationError
 from flux_nb.history.store import HistoryStore
 
 
-@pytest.fixture
-def flux(server: Any, history_dir: Path) -> Flux:
-    session = Flux(endpoint=server.url, history_dir=history_dir)
-    yield session
-    session.close()
-
-
 def billed(flux: Flux, url: str) -> Flux:
     """The session as if its backend billed (a test double for BFL's cloud): requests still go to ``url``."""
     flux._backend = Backend(url, "endpoint:billed-double", billed=True)

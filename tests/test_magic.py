@@ -22,21 +22,6 @@ from flux_nb.history import store as store_module
 from flux_nb.session import Flux
 
 
-@pytest.fixture
-def ipython(server: Any, history_dir: Path) -> Any:
-    """A fresh IPython shell with flux_nb loaded, pointed at the test server and a temporary history."""
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
-    shell.config.Flux.history_dir = str(history_dir)  # read from the start: nothing lands in the working directory
-    shell.run_line_magic("load_ext", "flux_nb")
-    session = shell.user_ns["flux"]
-    session.endpoint = server.url
-    session.history_dir = str(history_dir)
-    yield shell
-    session.close()
-    InteractiveShell.clear_instance()
-
-
 def run(shell: InteractiveShell, code: str) -> tuple[Any, Any]:
     """Run a cell; return (execution result, captured output)."""
     with capture_output() as captured:

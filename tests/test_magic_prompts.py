@@ -20,20 +20,6 @@ from tests.test_magic import html_of, records, run, session_of
 KEY = "sk-prompt-test-5566778899"
 
 
-@pytest.fixture
-def ipython(server: Any, history_dir: Path) -> Any:
-    """A fresh IPython shell with flux_nb loaded, pointed at the test server and a temporary history."""
-    InteractiveShell.clear_instance()
-    shell = InteractiveShell.instance()
-    shell.config.Flux.history_dir = str(history_dir)  # read from the start: nothing lands in the working directory
-    shell.run_line_magic("load_ext", "flux_nb")
-    session = shell.user_ns["flux"]
-    session.endpoint, session.history_dir = server.url, str(history_dir)
-    yield shell
-    session.close()
-    InteractiveShell.clear_instance()
-
-
 def shown(captured: Any) -> str:
     return html_of(captured) + captured.stdout + captured.stderr
 

@@ -11,7 +11,7 @@ import io
 import json
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -28,18 +28,6 @@ needs_exiftool = pytest.mark.skipif(
     EXIFTOOL is None, reason="exiftool is not installed (apt-get install -y libimage-exiftool-perl)"
 )
 SIZE = {"width": 80, "height": 64}
-
-
-@pytest.fixture
-def server(server_factory: Callable[..., EmbeddedServer]) -> EmbeddedServer:
-    return server_factory()
-
-
-@pytest.fixture
-def flux(server: EmbeddedServer, history_dir: Path) -> Iterator[Flux]:
-    session = Flux(endpoint=server.url, history_dir=history_dir)
-    yield session
-    session.close()
 
 
 def server_bytes(server: EmbeddedServer, task_id: str | None) -> bytes:

@@ -24,13 +24,6 @@ def png(width: int, height: int, noise: bool = False) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def flux(server: Any, history_dir: Path) -> Flux:
-    session = Flux(endpoint=server.url, history_dir=history_dir)
-    yield session
-    session.close()
-
-
 def test_a_valid_png_padded_past_the_byte_limit_is_refused_before_anything_is_kept(
     flux: Flux, server: Any, tmp_path: Path
 ) -> None:

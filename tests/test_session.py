@@ -26,13 +26,6 @@ from flux_nb.http import client as client_module
 from flux_nb.server.faults import FaultPlan
 
 
-@pytest.fixture
-def flux(server: Any, history_dir: Path) -> Flux:
-    session = Flux(endpoint=server.url, history_dir=history_dir)
-    yield session
-    session.close()
-
-
 def test_generate_returns_an_image_on_disk_with_its_metadata(flux: Flux, server: Any) -> None:
     result = flux.generate("a lighthouse", seed=42, width=512, height=384)
     assert result.ok and result.status == "ready"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,13 +9,6 @@ import pytest
 
 from flux_nb import Flux
 from flux_nb.errors import ValidationError
-
-
-@pytest.fixture
-def flux(server: Any, history_dir: Path) -> Any:
-    session = Flux(endpoint=server.url, history_dir=history_dir)
-    yield session
-    session.close()
 
 
 def test_sweep_takes_alternatives_and_vary(flux: Flux, server: Any) -> None:

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,21 +44,27 @@ def _hammer(write: Callable[[int], None]) -> None:
     assert errors == []
 
 
+def _count_lock_errors(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[sqlite3.OperationalError]:
+    """Every "locked" error the module's check sees from now on (the test fails on any)."""
+    locked: list[sqlite3.OperationalError] = []
+    is_lock_error = getattr(module, name)
+
+    def counted(exc: sqlite3.OperationalError) -> bool:
+        found = bool(is_lock_error(exc))
+        if found:
+            locked.append(exc)
+        return found
+
+    monkeypatch.setattr(module, name, counted)
+    return locked
+
+
 def test_history_writers_of_one_process_never_meet_a_locked_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     HistoryStore(tmp_path)  # a fresh history, with its tables
     monkeypatch.setattr(database_module, "BUSY_TIMEOUT_S", 0.0)  # a lock met would fail at once, not sleep
-    locked: list[sqlite3.OperationalError] = []
-    is_lock_error = history_faults.is_lock_error
-
-    def counted(exc: sqlite3.OperationalError) -> bool:
-        found = is_lock_error(exc)
-        if found:
-            locked.append(exc)
-        return found
-
-    monkeypatch.setattr(history_faults, "is_lock_error", counted)
+    locked = _count_lock_errors(monkeypatch, history_faults, "is_lock_error")
     db = Database(tmp_path / "history.sqlite")
 
     def write(n: int) -> None:
@@ -72,16 +79,7 @@ def test_slot_table_writers_of_one_process_never_meet_a_locked_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(slot_table_module, "BUSY_TIMEOUT_S", 0.0)
-    locked: list[sqlite3.OperationalError] = []
-    is_lock_error = slot_table_module._is_lock_error
-
-    def counted(exc: sqlite3.OperationalError) -> bool:
-        found = is_lock_error(exc)
-        if found:
-            locked.append(exc)
-        return found
-
-    monkeypatch.setattr(slot_table_module, "_is_lock_error", counted)
+    locked = _count_lock_errors(monkeypatch, slot_table_module, "_is_lock_error")
     table = SlotTable(tmp_path)
 
     def write(n: int) -> None:
