@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import ipaddress
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -114,3 +117,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     written = sorted((items[i] for i in positions), key=lambda item: item.location[1])
     for position, item in zip(positions, written, strict=True):
         items[position] = item
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the exit cleanups of the IPython shells the tests made and threw away.
+
+    IPython registers one per shell, each ending in a ``gc.collect()``: after a whole run, with hundreds of
+    shells and a large heap, pytest took minutes to exit.
+    """
+    shells = sys.modules.get("IPython.core.interactiveshell")
+    if shells is None:
+        return
+    for found in gc.get_objects():
+        if isinstance(found, shells.InteractiveShell):
+            atexit.unregister(found.atexit_operations)
