@@ -129,5 +129,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if shells is None:
         return
     for found in gc.get_objects():
-        if isinstance(found, shells.InteractiveShell):
+        if issubclass(type(found), shells.InteractiveShell):  # type(), not isinstance: no __class__ lookups
             atexit.unregister(found.atexit_operations)
