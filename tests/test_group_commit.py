@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flux_nb.core.group_commit import GroupCommit, Outcomes
+from flux_nb.group_commit import GroupCommit
 from flux_nb.history.store import HistoryStore
 from tests.test_store import complete, create
 
@@ -21,7 +21,7 @@ class Gate:
         self.entered = threading.Event()
         self.gate = threading.Event()
 
-    def __call__(self, items: list[str]) -> Outcomes:
+    def __call__(self, items: list[str]) -> list[BaseException | None]:
         self.calls.append(items)
         if len(self.calls) == 1:
             self.entered.set()
@@ -31,7 +31,7 @@ class Gate:
 
 def test_items_queued_during_a_write_share_the_next_one_and_each_gets_its_own_outcome() -> None:
     write_many = Gate()
-    commit: GroupCommit[str] = GroupCommit(write_many, "test writes")
+    commit: GroupCommit[str, None] = GroupCommit(write_many, "test writes")
 
     async def scenario() -> list[object]:
         first = asyncio.ensure_future(commit.write("a"))
@@ -49,10 +49,10 @@ def test_items_queued_during_a_write_share_the_next_one_and_each_gets_its_own_ou
 
 
 def test_a_write_that_fails_as_a_whole_fails_every_item_of_it() -> None:
-    def broken(items: list[str]) -> Outcomes:
+    def broken(items: list[str]) -> list[BaseException | None]:
         raise OSError("disk full")
 
-    commit: GroupCommit[str] = GroupCommit(broken, "broken writes")
+    commit: GroupCommit[str, None] = GroupCommit(broken, "broken writes")
 
     async def scenario() -> None:
         with pytest.raises(OSError, match="disk full"):
@@ -66,7 +66,7 @@ def test_a_write_that_fails_as_a_whole_fails_every_item_of_it() -> None:
 
 def test_a_caller_cancelled_while_waiting_does_not_stop_the_write() -> None:
     write_many = Gate()
-    commit: GroupCommit[str] = GroupCommit(write_many, "test writes")
+    commit: GroupCommit[str, None] = GroupCommit(write_many, "test writes")
 
     async def scenario() -> None:
         waiting = asyncio.ensure_future(commit.write("a"))

@@ -16,7 +16,6 @@ from typing import Any
 from flux_nb.core.backend import Backend
 from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import Emit, Finished, Progress
-from flux_nb.core.group_commit import GroupCommit
 from flux_nb.core.ledger import Ledger, is_retryable
 from flux_nb.core.loop import settled_gather
 from flux_nb.core.outcomes import (
@@ -36,6 +35,7 @@ from flux_nb.errors import (
     FluxError,
     UnknownOutcomeError,
 )
+from flux_nb.group_commit import GroupCommit
 from flux_nb.history.store import HistoryError, HistoryStore, Record, RecordStatus
 from flux_nb.http.client import AsyncFluxClient, Task, TaskResult
 

@@ -23,10 +23,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from flux_nb.errors import ValidationError
+from flux_nb.group_commit import GroupCommit
 from flux_nb.http.slot_room import WaitingRoom
 from flux_nb.http.slot_rules import TAKEN, Lease, Snapshot, decide, hand_to_parked
 from flux_nb.http.slot_wakeups import Wakeups
@@ -110,9 +112,8 @@ class SlotTable:
         self.wakeups = Wakeups(self.folder, self.room.wake, enabled=wakeups_enabled())
         #: Looks at the table by ``try_take_many`` in this process (each a read, or a write transaction).
         self.looks = 0
-        self._queued: list[tuple[Lease, int, bool, concurrent.futures.Future[int]]] = []
-        self._releases: list[tuple[str, int | None, concurrent.futures.Future[None]]] = []
-        self._looking = 0  # the pid whose thread runs the queued looks and releases (0: none)
+        #: Looks and releases of this process that arrive together, run in one round by one thread.
+        self.queue: GroupCommit[_Look | _Release, int | None] = GroupCommit(self._run_round, "slots queue")
 
     def __repr__(self) -> str:
         return f"SlotTable({str(self.path)!r})"
@@ -221,11 +222,10 @@ class SlotTable:
     def queue_look(self, lease: Lease, limit: int, *, look_first: bool) -> tuple[concurrent.futures.Future[int], bool]:
         """Join the next look at the table (``try_take``'s answer comes in the future) and whether the caller leads.
 
-        The leader runs ``run_queued`` in a thread: waiters that ask while a look is under way share the next
-        one, so a process looks once for all its waiters that a release woke, not once for each.
+        The leader starts ``queue`` (``run_queued`` in a thread): waiters that ask while a look is under way
+        share the next one, so a process looks once for all its waiters that a release woke, not once for each.
         """
-        future: concurrent.futures.Future[int] = concurrent.futures.Future()
-        return future, self._enqueue(lambda: self._queued.append((lease, limit, look_first, future)))
+        return cast("tuple[concurrent.futures.Future[int], bool]", self.queue.submit(_Look(lease, limit, look_first)))
 
     def queue_release(self, lease_id: str, limit: int | None) -> tuple[concurrent.futures.Future[None], bool]:
         """``forget`` in the next round of ``run_queued`` (done when the future is) and whether the caller leads.
@@ -234,68 +234,38 @@ class SlotTable:
         a process's own threads never queue for SQLite's write lock, whose busy wait sleeps in steps of
         milliseconds, and a waiter woken by a release always sees it.
         """
-        future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        return future, self._enqueue(lambda: self._releases.append((lease_id, limit, future)))
-
-    def _enqueue(self, add: Callable[[], None]) -> bool:
-        with self._lock:
-            if self._looking not in (0, os.getpid()):  # a forked child: the parent's queue is not ours
-                self._queued, self._releases, self._looking = [], [], 0
-            add()
-            leader = not self._looking
-            self._looking = os.getpid()
-        return leader
+        return cast("tuple[concurrent.futures.Future[None], bool]", self.queue.submit(_Release(lease_id, limit)))
 
     def run_queued(self) -> None:
-        """Run the queued releases, then the looks (one per scope and kind), round after round until none is
-        left (the leader's thread)."""
-        try:
-            while True:
-                with self._lock:
-                    queued, self._queued = self._queued, []
-                    releases, self._releases = self._releases, []
-                    if not queued and not releases:
-                        self._looking = 0
-                        return
-                if releases:
-                    self._release_all(releases)
-                groups: dict[tuple[str, int, bool], list[tuple[Lease, concurrent.futures.Future[int]]]] = {}
-                for lease, limit, look_first, future in queued:
-                    groups.setdefault((lease.scope, limit, look_first), []).append((lease, future))
-                for (_, limit, look_first), all_items in groups.items():
-                    items = []
-                    for lease, future in all_items:
-                        if self.room.granted(lease.lease_id):  # a release of this round handed it the slot
-                            future.set_result(TAKEN)
-                        else:
-                            items.append((lease, future))
-                    if not items:
-                        continue
-                    try:
-                        answers = self.try_take_many([lease for lease, _ in items], limit, look_first=look_first)
-                    except Exception as exc:
-                        for _, future in items:
-                            future.set_exception(exc)
-                        continue
-                    for (_, future), answer in zip(items, answers, strict=True):
-                        future.set_result(answer)
-        except BaseException as exc:
-            with self._lock:
-                queued, self._queued, self._looking = self._queued, [], 0
-                releases, self._releases = self._releases, []
-            for *_, future in [*queued, *releases]:
-                future.set_exception(exc)
-            raise
+        """Run the queued releases, then the looks, round after round until none is left (the leader's thread)."""
+        self.queue.drain()
 
-    def _release_all(self, releases: list[tuple[str, int | None, concurrent.futures.Future[None]]]) -> None:
-        try:
-            self.forget_many({lease_id: limit for lease_id, limit, _ in releases}, hand_over=True)
-        except Exception as exc:
-            for *_, future in releases:
-                future.set_exception(exc)
-            return
-        for *_, future in releases:
-            future.set_result(None)
+    def _run_round(self, items: list[_Look | _Release]) -> list[int | BaseException | None]:
+        """One round: the releases in one transaction, then one look per scope and kind."""
+        outcomes: list[int | BaseException | None] = [None] * len(items)
+        releases = {i: item for i, item in enumerate(items) if isinstance(item, _Release)}
+        if releases:
+            try:
+                self.forget_many({item.lease_id: item.limit for item in releases.values()}, hand_over=True)
+            except Exception as exc:
+                outcomes = [exc if i in releases else None for i in range(len(items))]
+        groups: dict[tuple[str, int, bool], list[int]] = {}
+        for i, item in enumerate(items):
+            if isinstance(item, _Look):
+                if self.room.granted(item.lease.lease_id):  # a release of this round handed it the slot
+                    outcomes[i] = TAKEN
+                else:
+                    groups.setdefault((item.lease.scope, item.limit, item.look_first), []).append(i)
+        for (_, limit, look_first), indexes in groups.items():
+            leases = [cast(_Look, items[i]).lease for i in indexes]
+            answers: list[int | BaseException]
+            try:
+                answers = list(self.try_take_many(leases, limit, look_first=look_first))
+            except Exception as exc:
+                answers = [exc] * len(indexes)
+            for i, answer in zip(indexes, answers, strict=True):
+                outcomes[i] = answer
+        return outcomes
 
     def _still_waiting(self, db: sqlite3.Connection) -> None:
         """Mark every waiter of this process as seen now (one write a second however many wait)."""
@@ -357,6 +327,19 @@ class SlotTable:
             return leases, db.execute("SELECT COUNT(*) FROM waiters WHERE scope = ?", (scope,)).fetchone()[0]
 
         return _until_unlocked(read)
+
+
+@dataclass(frozen=True)
+class _Look:
+    lease: Lease
+    limit: int
+    look_first: bool
+
+
+@dataclass(frozen=True)
+class _Release:
+    lease_id: str
+    limit: int | None
 
 
 _TABLES: dict[Path, SlotTable] = {}

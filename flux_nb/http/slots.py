@@ -17,8 +17,8 @@ The table stays the only truth: a wake-up only says "look again", and a waiter a
 after a short jittered pause (every 0.5 s at most while its process listens; more often where wake-ups
 are off, ``FLUX_NB_SLOT_WAKEUPS=0``, or missing, as on Windows). The waiters of one process that look at
 the same moment share one look (``SlotTable.queue_look``): one read, and at most one write, however many
-a release woke. A waiter whose
-process has not looked for ``STALLED_S`` (stopped, or its event loop blocked) is passed by.
+a release woke. A waiter whose process has not looked for ``STALLED_S`` (stopped, or its event loop
+blocked) is passed by.
 
 A lease names its owner as ``host:pid@start`` (the process start time, so a recycled pid is not taken
 for its predecessor: the rule of ``flux_nb.owners``, which the history uses too). Leases and waiters of
@@ -135,7 +135,7 @@ class SharedSlots:
                     # The first try writes either way (the lease or a place in line): no need to look first.
                     step, leader = self.table.queue_look(lease, self.limit, look_first=step is not None)
                     if leader:
-                        _run_queued(self.table)
+                        self.table.queue.start()
                     ahead = await asyncio.shield(asyncio.wrap_future(step))
                     if ahead == TAKEN:
                         return lease
@@ -187,7 +187,7 @@ class SharedSlots:
         """
         done, leader = self.table.queue_release(lease.lease_id, self.limit)
         if leader:
-            _run_queued(self.table)
+            self.table.queue.start()
         await asyncio.shield(asyncio.wrap_future(done))
 
     def release_later(self, lease: Lease, delay: float) -> asyncio.Task[None]:
@@ -230,12 +230,6 @@ class SharedSlots:
         *rest, lease = self._held.get()
         self._held.set(tuple(rest))
         await self.release(lease)
-
-
-def _run_queued(table: SlotTable) -> None:
-    """Run the table's queued looks and releases in a thread of their own: never queued in the loop's pool
-    behind slower work (history writes, decoding), which would hold up every hand-over."""
-    threading.Thread(target=table.run_queued, name="flux_nb-slots-queue", daemon=True).start()
 
 
 def _forget_in_background(table: SlotTable, lease_id: str, limit: int) -> None:
