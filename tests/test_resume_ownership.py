@@ -4,6 +4,7 @@ in the database file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -185,13 +186,18 @@ def test_resume_never_sees_a_batch_record_written_but_not_yet_in_flight(history_
 
 
 def test_resume_unsent_in_another_session_leaves_a_queued_batch_alone(server_factory: Any, history_dir: Path) -> None:
-    server = server_factory(latency=0.3)
+    server = server_factory(latency=0.5)
     batcher = Flux(endpoint=server.url, history_dir=history_dir, max_concurrency=1, share_slots=False)
     resumer = Flux(endpoint=server.url, history_dir=history_dir, share_slots=False)
     try:
+        for session in (batcher, resumer):
+            session.connect()
         running = batcher.start(batcher.batch("queued", seed=[1, 2, 3], width=64, height=64))
-        wait_for(lambda: server.stats()["submits"] >= 1, "the batch's first submit")
-        assert batcher.store.count() == 3  # two of them wait for the one slot
+
+        def queued() -> bool:
+            return [r.status for r in batcher.store.unsettled()] == ["pending", "pending"]
+
+        wait_for(queued, "the batch's first submit, the other two waiting for the one slot")
         resumed = resumer.resume(unsent=True)
         assert list(resumed) == [] and resumed.elsewhere == [] and resumer.unsent() == []
         assert [r.status for r in running.result(timeout=60)] == ["ready"] * 3
@@ -205,20 +211,34 @@ def test_resume_unsent_in_another_session_leaves_a_queued_batch_alone(server_fac
 # -- close ------------------------------------------------------------------------------------------
 
 
-def test_closing_the_history_leaves_every_row_in_its_database_file(history_dir: Path, tmp_path: Path) -> None:
+def without_its_wal(store: HistoryStore, folder: Path) -> HistoryStore:
+    """The history's database file alone, opened elsewhere: as if its WAL were lost."""
+    folder.mkdir()
+    shutil.copy(store.path, folder / store.path.name)
+    return HistoryStore(folder)
+
+
+def test_closing_the_history_closes_every_thread_connection(history_dir: Path, tmp_path: Path) -> None:
     store = HistoryStore(history_dir)
     written = [create(store, seed=i) for i in range(5)]
     thread = threading.Thread(target=lambda: written.append(create(store, seed=9)))  # a connection of its own
     thread.start()
     thread.join()
     store.close()
-    wal = store.path.with_name(store.path.name + "-wal")
-    assert not wal.exists() or wal.stat().st_size == 0
-    alone = tmp_path / "without-its-wal"
-    alone.mkdir()
-    shutil.copy(store.path, alone / store.path.name)  # the database file only: as if the WAL were lost
-    assert sorted(HistoryStore(alone).query()["record_id"]) == sorted(written)
+    assert not store.path.with_name(store.path.name + "-wal").exists()  # SQLite removes it at the last close
+    assert sorted(without_its_wal(store, tmp_path / "alone").query()["record_id"]) == sorted(written)
     assert store.count() == 6 and store.get(create(store, seed=10)) is not None  # a closed store reopens
+
+
+def test_closing_the_history_while_another_process_reads_it_leaves_every_row_in_its_file(
+    history_dir: Path, tmp_path: Path
+) -> None:
+    store = HistoryStore(history_dir)
+    written = [create(store, seed=i) for i in range(5)]
+    with contextlib.closing(sqlite3.connect(store.path)) as other:  # another kernel's connection stays open
+        assert other.execute("SELECT COUNT(*) FROM records").fetchone() == (5,)
+        store.close()
+        assert sorted(without_its_wal(store, tmp_path / "alone").query()["record_id"]) == sorted(written)
 
 
 def test_closing_a_session_leaves_its_rows_in_the_file_even_with_a_damaged_wal(server: Any, history_dir: Path) -> None:
