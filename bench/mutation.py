@@ -88,6 +88,11 @@ TARGETS: dict[str, Target] = {
         ("tests/test_jobs_mutants.py", "tests/test_money_guards.py", "tests/test_faults.py", "tests/test_session.py"),
         ("tests/test_faults.py::test_a_300_request_sweep_under_mixed_faults_loses_nothing",),
     ),
+    "resuming": Target(
+        ("flux_nb/core/resuming.py", "flux_nb/owners.py"),
+        ("tests/test_resume_ownership.py",),
+        ("tests/test_resume_ownership.py::test_resume_unsent_in_another_session_leaves_a_queued_batch_alone",),
+    ),
 }
 
 

@@ -18,6 +18,7 @@ it as one clear line. The tree:
     ├── TransportError ......... network faults or 5xx answers after every retry
     │   └── UnknownOutcomeError  a submit may have reached the API: never resent blindly
     ├── DeliveryError .......... the finished image could not be downloaded or decoded
+    ├── RecordTakenError ....... another request took the record up first: it is not sent twice
     └── BatchInterrupted ....... a batch was interrupted (also a KeyboardInterrupt): what was sent, what was not
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "LargeBatchError",
     "ModeratedError",
     "RateLimitError",
+    "RecordTakenError",
     "RejectedError",
     "TaskFailedError",
     "TaskNotFoundError",
@@ -188,6 +190,19 @@ class DeliveryError(FluxError):
     ) -> None:
         super().__init__(message, hint=hint, status=status, answer=answer)
         self.expired = expired
+
+
+class RecordTakenError(FluxError):
+    """Another request (of this process or another) took the record up first: this one did not send it.
+
+    ``record_status`` is the status the record had then ("sending", "submitted", "ready", ...).
+    """
+
+    hint = "nothing was sent again; the history shows what the other request made of it"
+
+    def __init__(self, message: str, *, record_status: str) -> None:
+        super().__init__(message)
+        self.record_status = record_status
 
 
 class BatchInterrupted(FluxError, KeyboardInterrupt):

@@ -2,7 +2,8 @@
 
 An owner is ``host:pid@start``: the start time (from /proc) tells a later process that reuses the pid
 (a restarted container) from the one that wrote the row. Owners of this host can be checked; those of
-another host (a shared home folder) cannot, and are taken as alive.
+another host (a shared home folder) cannot, and are taken as alive. ``may_take_over`` is the one rule
+for taking up work an owner left: only this process's own (when nothing here runs it) or a dead local process's.
 """
 
 from __future__ import annotations
@@ -60,4 +61,19 @@ def owner_is_alive(owner: str | None) -> bool:
     return bool(owner) and owner != process_owner() and is_local(owner) and not owner_is_gone(owner)
 
 
-__all__ = ["is_local", "owner_is_alive", "owner_is_gone", "process_owner"]
+def may_take_over(owner: str | None, *, running_here: bool = False) -> bool:
+    """True when this process may take up work ``owner`` left: never what a request here runs now
+    (``running_here``); its own otherwise; else only a process of this host that no longer runs. A live
+    process (one answering EPERM included), another host's and an unknown owner keep their work.
+
+    >>> may_take_over(process_owner())
+    True
+    >>> may_take_over("another-host:1")
+    False
+    """
+    if running_here:
+        return False
+    return owner == process_owner() or owner_is_gone(owner)
+
+
+__all__ = ["is_local", "may_take_over", "owner_is_alive", "owner_is_gone", "process_owner"]

@@ -78,13 +78,15 @@ class RecoveryMethods:
 
         Submitted tasks are finished from their polling URLs while those still work. A submit cut off
         mid-send is marked ``unknown`` (it may have created a task, so it is never resent on its own).
-        Requests never sent are sent only with ``unsent=True``. Records another running process follows
-        (a second kernel) are left alone and listed in the result's ``elsewhere`` (``note()`` says so).
+        Requests never sent are sent only with ``unsent=True``. Only this process's own records (none that a
+        session here has queued or runs) and a dead local process's are taken up: submitted records another
+        running process follows (a second kernel) or another host owns are left alone and listed in the
+        result's ``elsewhere`` (``note()`` says so).
         """
         owed = self._ledger.flush()  # task ids and images a full disk kept in memory
         if owed:
             raise self._ledger.blocked
-        open_records = plan(self.store, self._ledger)
+        open_records = plan(self.store)
         cut_off = settle_cut_off(self.store, open_records.cut_off)
         executor = self._ready_executor()
         settled = [executor.result_from_record(self.record(r.record_id), cached=False) for r in cut_off]
@@ -110,4 +112,4 @@ class RecoveryMethods:
 
     def unsent(self) -> list[Record]:
         """Requests never sent (a crash, a restart, an interrupt): ``resume(unsent=True)`` sends them."""
-        return unsent_records(self.store, self._ledger)
+        return unsent_records(self.store)

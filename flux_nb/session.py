@@ -363,11 +363,13 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
         return self._spent
 
     def close(self) -> None:
-        """Close the HTTP client and stop the private loop."""
+        """Close the HTTP client, stop the private loop and close the history (its rows in its main file)."""
         if self._executor is not None:
             self._runner.run(self._executor.client.aclose())
             self._executor = None
         self._runner.close()
+        if self._store is not None:
+            self._store.close()
 
 
 __all__ = ["BatchObserver", "Flux", "PreparedRequest", "draw_seed", "notebook_name"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from flux_nb.errors import RecordTakenError
 from flux_nb.group_commit import GroupCommit
 from flux_nb.history.store import HistoryStore
 from tests.test_store import complete, create
@@ -87,7 +88,7 @@ def test_sending_marks_of_several_records_are_one_transaction(tmp_path: Path) ->
     done = create(store, seed=9)
     complete(store, done)
     outcomes = store.mark_sending_many([*pending, "no-such-record", done])
-    assert [type(o) for o in outcomes] == [type(None)] * 3 + [KeyError, type(None)]
+    assert [type(o) for o in outcomes] == [type(None)] * 3 + [KeyError, RecordTakenError]
     assert [store.get(r).status for r in pending] == ["sending"] * 3  # type: ignore[union-attr]
     assert store.get(done).status == "ready"  # type: ignore[union-attr]  # a finished record never goes back
     with pytest.raises(KeyError):

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from flux_nb.errors import RecordTakenError
 from flux_nb.history import database as database_module
 from flux_nb.history import store as store_module
 from flux_nb.history.store import COLUMNS, FRAME_COLUMNS, HistoryStore, RecordStatus, request_key
@@ -182,7 +183,8 @@ def test_orphans_and_resumable(history_dir: Path) -> None:
     submit(store, submitted)
     submit(store, no_url, polling_url=None)
     complete(store, done)
-    store.mark_sending(done)  # a finished record never goes back
+    with pytest.raises(RecordTakenError):  # a finished record never goes back, nor goes out again
+        store.mark_sending(done)
     assert store.get(done).status == "ready"  # type: ignore[union-attr]
     assert [r.record_id for r in store.resumable()] == [submitted]
     assert store.orphans() == []  # this process still runs: its open records are its own

@@ -16,7 +16,7 @@ from typing import Any
 from flux_nb.core.backend import Backend
 from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import Emit, Finished, Progress
-from flux_nb.core.ledger import Ledger, is_retryable
+from flux_nb.core.ledger import CLAIMING, Ledger, is_retryable
 from flux_nb.core.loop import settled_gather
 from flux_nb.core.outcomes import (
     NOT_RECORDED_HINT,
@@ -33,6 +33,7 @@ from flux_nb.core.outcomes import (
 from flux_nb.core.results import Result
 from flux_nb.errors import (
     FluxError,
+    RecordTakenError,
     UnknownOutcomeError,
 )
 from flux_nb.group_commit import GroupCommit
@@ -190,8 +191,9 @@ class Executor:
     def _record_after_owed(self, batch: list[PreparedRequest]) -> list[str]:
         """Make what the history owes first, then write the records (in flight from their first moment)."""
         self.ledger.flush()
-        record_ids = self._record(batch)
-        self.ledger.in_flight.update(record_ids)
+        with CLAIMING:  # no ``resume`` of this process sees them written but not yet in flight
+            record_ids = self._record(batch)
+            self.ledger.in_flight.update(record_ids)
         return record_ids
 
     async def _send(self, index: int, prepared: PreparedRequest, emit: Emit, record_id: str) -> Result:
@@ -236,6 +238,8 @@ class Executor:
                 status = self.fail(record_id, UnknownOutcomeError("cancelled while the submit was in flight"))
                 emit(Finished(index, self.result(record_id, prepared, status, elapsed=time.time() - started)))
             raise
+        except RecordTakenError as exc:  # another request sends it: its record is that one's to write
+            return self._finished(emit, index, self.result(record_id, prepared, exc.record_status, error=exc))
         except FluxError as exc:
             failed = await asyncio.to_thread(self.failed, record_id, prepared, exc, bool(submitted), started)
             return self._finished(emit, index, failed)

@@ -3,17 +3,25 @@
 When the disk fills up mid-sweep, the history refuses writes (``HistoryError(retryable=True)``). A task the API
 already runs must not be lost for that: its id, and its image once downloaded, are kept here and written at the
 next chance (the next request's first write, or ``resume``), in the order they were meant to happen.
+
+Every session's ledger counts for the whole process: a record one session has queued or runs is not free
+for another session's ``resume`` (``running_here``).
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
 from flux_nb.history.store import HistoryError
 
 T = TypeVar("T")
+
+#: Held while a batch writes its records and enters them in flight, and while ``resume`` picks free ones:
+#: a record is never seen written but not yet in flight.
+CLAIMING = threading.RLock()
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -28,6 +36,8 @@ class Ledger:
         self.in_flight: set[str] = set()
         self._owed: dict[str, list[Callable[[], object]]] = {}
         self._lock = threading.RLock()
+        with CLAIMING:
+            _LEDGERS.add(self)
 
     def owe(self, record_id: str, work: Callable[[], object]) -> None:
         """Keep ``work`` (a write about ``record_id``) for later."""
@@ -78,4 +88,13 @@ class Ledger:
     blocked: HistoryError
 
 
-__all__ = ["Ledger", "is_retryable"]
+_LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()
+
+
+def running_here(record_id: str) -> bool:
+    """True when a request of this process (in any session) has ``record_id`` queued or in flight."""
+    with CLAIMING:
+        return any(record_id in ledger.in_flight for ledger in _LEDGERS)
+
+
+__all__ = ["CLAIMING", "Ledger", "is_retryable", "running_here"]

@@ -1,17 +1,19 @@
 """What ``resume`` may take up: records left open by a crash, a restart, an interrupt or a full disk.
 
-A record belongs to the process that last sent it (its ``owner``). Records of a dead process are fair game;
-those of another live process (a second kernel still polling them) are left alone and counted; this
-process's own are taken up unless they are in flight here right now.
+A record belongs to the process that last sent it (its ``owner``); ``flux_nb.owners.may_take_over`` says
+whose records this process may take up: its own that no request here has queued or runs (in any session),
+and a dead local process's. Those of another live process (a second kernel still polling them, or one of
+another user), of another host (a shared folder: its liveness is not known) or of no known owner are left
+alone; the submitted ones among them are counted.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flux_nb.core.ledger import Ledger
+from flux_nb.core.ledger import CLAIMING, running_here
 from flux_nb.history.store import HistoryStore, Record, RecordStatus
-from flux_nb.owners import owner_is_alive, owner_is_gone, process_owner
+from flux_nb.owners import may_take_over, process_owner
 
 
 @dataclass
@@ -21,37 +23,36 @@ class ResumePlan:
     finish: list[Record] = field(default_factory=list)  # submitted: finished from their polling URLs
     unsent: list[Record] = field(default_factory=list)  # never sent: sent only when asked
     cut_off: list[Record] = field(default_factory=list)  # their process died mid-submit: outcome unknown
-    elsewhere: list[Record] = field(default_factory=list)  # another live process runs them
+    elsewhere: list[Record] = field(default_factory=list)  # submitted, followed by another process or host
 
 
-def _mine_and_idle(record: Record, ledger: Ledger) -> bool:
-    return record.owner == process_owner() and record.record_id not in ledger.in_flight
+def _free(record: Record) -> bool:
+    return may_take_over(record.owner, running_here=running_here(record.record_id))
 
 
-def unsent_records(store: HistoryStore, ledger: Ledger) -> list[Record]:
-    """Never-sent records ``resume(unsent=True)`` may send: a dead process's, or this one's that no request runs."""
-    dead = [r for r in store.orphans() if r.status == RecordStatus.PENDING]
-    mine = store.query(status=RecordStatus.PENDING.value, owner=process_owner())
-    ids = {r.record_id for r in dead}
-    own = [store.get(i) for i in mine["record_id"] if i not in ids and i not in ledger.in_flight]
-    return dead + [r for r in own if r is not None and r.status == RecordStatus.PENDING]
+def unsent_records(store: HistoryStore) -> list[Record]:
+    """Never-sent records ``resume(unsent=True)`` may send: a dead process's, or this one's that nothing here runs."""
+    with CLAIMING:
+        return [r for r in store.unsettled() if r.status == RecordStatus.PENDING and _free(r)]
 
 
-def plan(store: HistoryStore, ledger: Ledger) -> ResumePlan:
+def plan(store: HistoryStore) -> ResumePlan:
     """Sort what is open in ``store`` by who may take it up now."""
     result = ResumePlan()
-    result.cut_off = [r for r in store.orphans() if r.status == RecordStatus.SENDING]
-    for record in store.resumable():
-        if owner_is_alive(record.owner):
-            result.elsewhere.append(record)
-        elif owner_is_gone(record.owner) or record.owner != process_owner() or _mine_and_idle(record, ledger):
-            result.finish.append(record)
-    result.unsent = unsent_records(store, ledger)
+    with CLAIMING:
+        free = [r for r in store.unsettled() if _free(r)]
+        for record in store.resumable():
+            if _free(record):
+                result.finish.append(record)
+            elif record.owner != process_owner():
+                result.elsewhere.append(record)
+    result.cut_off = [r for r in free if r.status == RecordStatus.SENDING]
+    result.unsent = [r for r in free if r.status == RecordStatus.PENDING]
     return result
 
 
 class Resumed(list):  # type: ignore[type-arg]
-    """``resume``'s results, one per record settled, and the records left alone (another live process runs them)."""
+    """``resume``'s results, one per record settled, and the records left alone (another process runs them)."""
 
     def __init__(self, results: list, elsewhere: list[Record]) -> None:  # type: ignore[type-arg]
         super().__init__(results)
@@ -63,8 +64,8 @@ class Resumed(list):  # type: ignore[type-arg]
             return ""
         owners = sorted({r.owner or "?" for r in self.elsewhere})
         return (
-            f"{len(self.elsewhere)} submitted record(s) left alone: another running process follows them "
-            f"({', '.join(owners)})"
+            f"{len(self.elsewhere)} submitted record(s) left alone: another running process, or one on another "
+            f"host, follows them ({', '.join(owners)})"
         )
 
 

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,8 @@ from flux_nb.sqlite import WriterLock, in_immediate_transaction
 # SQLite's own wait for a lock; then, for the few cases where it answers "locked" at once, we retry this long.
 BUSY_TIMEOUT_S = 30.0
 LOCK_RETRY_S = 30.0
+# How long ``close`` waits for other connections to let its checkpoint through.
+CLOSE_WAIT_MS = 2000
 
 T = TypeVar("T")
 
@@ -79,6 +82,9 @@ class Database:
         self.readonly = readonly or not _writable(path)
         self._local = threading.local()
         self._writing = WriterLock()
+        self._opened: tuple[int, weakref.WeakSet[sqlite3.Connection]] = (os.getpid(), weakref.WeakSet())
+        self._opening = threading.Lock()
+        self._generation = 0  # bumped by ``close``: a thread's older connection is not used again
         self.read_uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
         self._open()
 
@@ -119,7 +125,7 @@ class Database:
     def _connect(self) -> sqlite3.Connection:
         if self.readonly:
             try:
-                db = sqlite3.connect(self.read_uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                db = _connect(self.read_uri, uri=True)
                 db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
                 return db
             except sqlite3.OperationalError as exc:
@@ -127,8 +133,8 @@ class Database:
                     raise
             # A WAL history in a folder nobody may write: no -shm can be made, and no writer can be at work.
             self.read_uri += "&immutable=1"
-            return sqlite3.connect(self.read_uri, uri=True, isolation_level=None)
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            return _connect(self.read_uri, uri=True)
+        db = _connect(str(self.path))
         retrying(lambda: db.execute("PRAGMA journal_mode = WAL"))
         db.execute("PRAGMA synchronous = NORMAL")  # in WAL: durable at checkpoints, never corrupt
         return db
@@ -136,10 +142,39 @@ class Database:
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (a forked child opens its own: SQLite handles must not cross a fork)."""
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None or self._local.pid != os.getpid():
+        opened = (os.getpid(), self._generation)
+        if db is None or self._local.opened != opened:
             db = self._connect()
-            self._local.db, self._local.pid = db, os.getpid()
+            self._local.db, self._local.opened = db, opened
+            with self._opening:
+                self._mine().add(db)
         return db
+
+    def _mine(self) -> weakref.WeakSet[sqlite3.Connection]:
+        """The connections this process opened (every thread's: ``close`` closes them all)."""
+        if self._opened[0] != os.getpid():
+            self._opened = (os.getpid(), weakref.WeakSet())
+        return self._opened[1]
+
+    def close(self) -> None:
+        """Move what the WAL holds into the database file (``wal_checkpoint(TRUNCATE)``), then close every
+        thread's connection; a later read or write opens new ones.
+
+        Where the checkpoint cannot finish (a full disk, another process's writer for longer than
+        ``CLOSE_WAIT_MS``), the rows stay in the WAL, where SQLite finds them on the next open.
+        """
+        try:
+            if not self.readonly:
+                with self._writing, contextlib.suppress(sqlite3.Error, OSError):
+                    db = self.connection()
+                    db.execute(f"PRAGMA busy_timeout = {CLOSE_WAIT_MS}")
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            with self._opening:
+                self._generation += 1
+                opened = list(self._mine())
+            for db in opened:
+                db.close()
 
     # -- reading and writing -------------------------------------------------------------------
 
@@ -170,6 +205,16 @@ class Database:
     def adbc_target(self) -> str:
         """What the Arrow reader opens: the file itself, or the read-only URI where writing is not allowed."""
         return self.read_uri if self.readonly else str(self.path)
+
+
+class _Connection(sqlite3.Connection):
+    """A connection ``Database.close`` can reach from any thread (each is still used by one thread only)."""
+
+
+def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
+    return sqlite3.connect(
+        target, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False, factory=_Connection, uri=uri
+    )
 
 
 def next_seq(db: sqlite3.Connection) -> int:

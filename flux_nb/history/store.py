@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flux_nb.errors import RecordTakenError
 from flux_nb.history import faults
 from flux_nb.history.database import BUSY_TIMEOUT_S, Database, next_seq
 from flux_nb.history.faults import HistoryError
@@ -69,6 +70,13 @@ _USE_EMPTY = ("webhook_url", "replay_of", "task_id", "polling_url", "submitted_a
               "error_kind", "error")  # fmt: skip
 
 
+def _taken(record_id: str, status: str) -> RecordTakenError:
+    return RecordTakenError(
+        f"record {record_id} is already {status}: another request took it up, so it is not sent again",
+        record_status=status,
+    )
+
+
 class HistoryStore(Reviews, Queries):
     """The history folder: ``history.sqlite`` (WAL), ``images/`` (results) and ``inputs/`` (references).
 
@@ -94,6 +102,10 @@ class HistoryStore(Reviews, Queries):
     def __repr__(self) -> str:
         return f"HistoryStore({str(self.root)!r}{', readonly=True' if self.readonly else ''})"
 
+    def close(self) -> None:
+        """Write what the WAL holds into ``history.sqlite`` and close the connections (a later call reopens)."""
+        self._db.close()
+
     @property
     def readonly(self) -> bool:
         """True when this store only reads (its folder or file cannot be written here)."""
@@ -106,19 +118,24 @@ class HistoryStore(Reviews, Queries):
             raise missing
 
     def _update_many(
-        self, record_ids: list[str], values: dict[str, Any], keep: tuple[str, ...], doing: str
-    ) -> list[KeyError | None]:
-        """``_update`` for several records in one transaction: a KeyError for each one missing, None for the rest."""
+        self, record_ids: list[str], values: dict[str, Any], keep: tuple[str, ...], doing: str, *, refuse: bool = False
+    ) -> list[Exception | None]:
+        """``_update`` for several records in one transaction: a KeyError for each one missing, None for the rest;
+        with ``refuse``, a RecordTakenError for each one kept (its status is in ``keep``)."""
         values = {**values, "updated_at": time.time()}
         sql = f"UPDATE records SET {', '.join(f'{name} = ?' for name in values)}, seq = ? WHERE record_id = ?"
 
-        def work(db: sqlite3.Connection) -> list[KeyError | None]:
-            outcomes: list[KeyError | None] = []
+        def work(db: sqlite3.Connection) -> list[Exception | None]:
+            outcomes: list[Exception | None] = []
             for record_id in record_ids:
                 row = db.execute("SELECT status FROM records WHERE record_id = ?", (record_id,)).fetchone()
-                outcomes.append(KeyError(record_id) if row is None else None)
-                if row is not None and row[0] not in keep:
+                if row is None:
+                    outcomes.append(KeyError(record_id))
+                elif row[0] in keep:
+                    outcomes.append(_taken(record_id, row[0]) if refuse else None)
+                else:
                     db.execute(sql, [*values.values(), next_seq(db), record_id])
+                    outcomes.append(None)
             return outcomes
 
         return self._db.write(work, doing)
@@ -263,15 +280,20 @@ class HistoryStore(Reviews, Queries):
         return self._insert(row, "record a cached image's use", copy_of=original.record_id)
 
     def mark_sending(self, record_id: str) -> None:
-        """The submit is about to go out: from now on a crash leaves its outcome unknown."""
-        (missing,) = self.mark_sending_many([record_id])
-        if missing is not None:
-            raise missing
+        """The submit is about to go out: from now on a crash leaves its outcome unknown.
 
-    def mark_sending_many(self, record_ids: list[str]) -> list[KeyError | None]:
-        """``mark_sending`` for several records in one transaction: a KeyError for each one missing."""
+        Only a pending record is marked: one another request took up first (sending, or further) raises
+        RecordTakenError, and must not be sent again.
+        """
+        (refused,) = self.mark_sending_many([record_id])
+        if refused is not None:
+            raise refused
+
+    def mark_sending_many(self, record_ids: list[str]) -> list[Exception | None]:
+        """``mark_sending`` for several records in one transaction: a KeyError for each one missing, a
+        RecordTakenError for each one no longer pending, None for each one marked."""
         values = {"status": RecordStatus.SENDING.value, "owner": process_owner()}
-        return self._update_many(record_ids, values, _FINAL, "mark a request as sending")
+        return self._update_many(record_ids, values, _FINAL, "mark a request as sending", refuse=True)
 
     def mark_submitted(
         self,
@@ -360,14 +382,17 @@ class HistoryStore(Reviews, Queries):
         where = "WHERE status = ? AND polling_url IS NOT NULL ORDER BY created_at, rowid"
         return self._records(where, (RecordStatus.SUBMITTED.value,))
 
-    def orphans(self) -> list[Record]:
-        """Pending and sending records whose process has died (a crash, a kernel restart), oldest first.
+    def unsettled(self) -> list[Record]:
+        """Pending and sending records of any owner, oldest first.
 
         A pending one was never sent; a sending one may have created a task: its outcome is unknown.
         """
         where = "WHERE status IN (?, ?) ORDER BY created_at, rowid"
-        found = self._records(where, (RecordStatus.PENDING.value, RecordStatus.SENDING.value))
-        return [r for r in found if owner_is_gone(r.owner)]
+        return self._records(where, (RecordStatus.PENDING.value, RecordStatus.SENDING.value))
+
+    def orphans(self) -> list[Record]:
+        """Pending and sending records whose process has died (a crash, a kernel restart), oldest first."""
+        return [r for r in self.unsettled() if owner_is_gone(r.owner)]
 
     def find_cached(self, key: str) -> Record | None:
         """The newest ready record (not a use) with this request key whose image file still exists."""
