@@ -88,6 +88,11 @@ TARGETS: dict[str, Target] = {
         ("tests/test_jobs_mutants.py", "tests/test_money_guards.py", "tests/test_faults.py", "tests/test_session.py"),
         ("tests/test_faults.py::test_a_300_request_sweep_under_mixed_faults_loses_nothing",),
     ),
+    "bundle": Target(
+        ("flux_nb/export/bundle.py",),
+        ("tests/test_bundle_handover.py", "tests/test_export.py"),
+        ("tests/test_export.py::test_a_hundred_rows_reopen_in_a_fresh_process_and_rebuild_the_same_grid",),
+    ),
 }
 
 
