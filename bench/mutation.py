@@ -93,6 +93,11 @@ TARGETS: dict[str, Target] = {
         ("tests/test_resume_ownership.py",),
         ("tests/test_resume_ownership.py::test_resume_unsent_in_another_session_leaves_a_queued_batch_alone",),
     ),
+    "bundle": Target(
+        ("flux_nb/export/bundle.py",),
+        ("tests/test_bundle_handover.py", "tests/test_export.py"),
+        ("tests/test_export.py::test_a_hundred_rows_reopen_in_a_fresh_process_and_rebuild_the_same_grid",),
+    ),
 }
 
 

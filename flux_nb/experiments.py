@@ -28,7 +28,7 @@ from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import ValidationError
 from flux_nb.history.records import SHA256, Record
 from flux_nb.history.store import HistoryStore
-from flux_nb.images import sha256_hex
+from flux_nb.images import ImageInput, prepare_image, sha256_hex
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,15 +81,23 @@ def is_image_path(value: Any, store: HistoryStore) -> bool:
     return value.lower().endswith(IMAGE_SUFFIXES) or os.sep in value or "/" in value or Path(value).is_file()
 
 
-def load_reference(store: HistoryStore, digest: str) -> bytes | str:
+def stored_reference(found: bytes | str, digest: str) -> ImageInput:
+    """A reference read back from a history, to send as it is: a URL stays the URL string (never fetched,
+    measured or read as a path here), bytes are checked as an image."""
+    if isinstance(found, str):
+        return ImageInput(found, digest, is_url=True)
+    return prepare_image(found, f"reference {digest[:12]}")
+
+
+def load_reference(store: HistoryStore, digest: str) -> ImageInput:
     """A reference image by content hash: a kept input, else a result image with that hash; KeyError if neither."""
     try:
-        return store.load_input(digest)
+        return stored_reference(store.load_input(digest), digest)
     except KeyError:
         pass
     if SHA256.fullmatch(digest):
         for candidate in sorted((store.root / "images" / digest[:2]).glob(f"{digest}.*")):
-            return candidate.read_bytes()
+            return stored_reference(candidate.read_bytes(), digest)
     raise KeyError(digest)
 
 
@@ -118,7 +126,7 @@ def restore_request(store: HistoryStore, source: str | os.PathLike[str], default
     fields = request_from_file(path)
     document = read_provenance(path)
     hashes = list(fields.pop("input_hashes", None) or [])
-    images: list[bytes | str] = []
+    images: list[ImageInput] = []
     missing: list[str] = []
     for digest in hashes:
         try:
@@ -133,7 +141,7 @@ def restore_request(store: HistoryStore, source: str | os.PathLike[str], default
         )
     fields = _mapped(fields, defaults, ours=document is not None)
     prompt = fields.pop("prompt", None) or ""
-    prepared = batches.prepare(prompt, defaults, images=images or None, **fields)
+    prepared = batches.prepare(prompt, defaults, images=tuple(images) or None, **fields)
     prepared.replay_of = _origin(store, path, document)
     return prepared
 

@@ -17,6 +17,7 @@ from flux_nb.core.results import Result
 from flux_nb.core.resuming import Resumed, plan, unsent_records
 from flux_nb.errors import ValidationError
 from flux_nb.history.store import Record
+from flux_nb.images import ImageInput
 
 if TYPE_CHECKING:
     from flux_nb.core.batch import PreparedRequest
@@ -39,17 +40,19 @@ class RecoveryMethods:
         """A stored record as a Result (its image from disk)."""
         return self._ready_executor().result_from_record(self.record(record_id), cached=False)
 
-    def references_of(self, record: Record) -> list[bytes]:
-        """The reference images of ``record`` from the store; a clear error names any no longer stored."""
-        images: list[bytes] = []
+    def references_of(self, record: Record) -> tuple[ImageInput, ...]:
+        """The reference images of ``record`` from the store, ready to send as stored (a URL is never fetched
+        or measured here); a clear error names any no longer stored."""
+        images: list[ImageInput] = []
         for digest in record.input_hashes:
             try:
-                images.append(self.store.load_input(digest))
+                found = self.store.load_input(digest)
             except KeyError:
                 raise ValidationError(
                     f"record {record.record_id} used reference image {digest[:12]} which is no longer stored"
                 ) from None
-        return images
+            images.append(experiments.stored_reference(found, digest))
+        return tuple(images)
 
     def rebuild(self, record_id: str, *, fresh: bool = True) -> PreparedRequest:
         """The exact request of a record, reference images restored from the store."""

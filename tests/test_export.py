@@ -132,13 +132,16 @@ def test_open_bundle_refuses_symlinks_unlisted_and_damaged_files(tmp_path: Path)
         archive.writestr("stowaway.py", b"print('hi')")
     with pytest.raises(ValidationError, match=r"'stowaway\.py' is not in the manifest"):
         open_bundle(tmp_path / "extra.zip", tmp_path / "b")
-    damaged = crafted(tmp_path / "damaged.zip", {"images/a.png": b"one"})
+    digest = hashlib.sha256(b"one").hexdigest()
+    image = f"images/{digest[:2]}/{digest}.png"  # bundle images are named by their sha256
+    damaged = crafted(tmp_path / "damaged.zip", {"history.sqlite": b"", image: b"one"})
     with zipfile.ZipFile(damaged) as archive:
         manifest = json.loads(archive.read("manifest.json"))
-    manifest["files"]["images/a.png"]["sha256"] = "0" * 64
+    manifest["files"][image]["sha256"] = "0" * 64
     with zipfile.ZipFile(tmp_path / "damaged2.zip", "w") as archive:
         archive.writestr("manifest.json", json.dumps(manifest))
-        archive.writestr("images/a.png", b"one")
+        archive.writestr("history.sqlite", b"")
+        archive.writestr(image, b"one")
     with pytest.raises(ValidationError, match="does not match its sha256"):
         open_bundle(tmp_path / "damaged2.zip", tmp_path / "c")
     with zipfile.ZipFile(tmp_path / "plain.zip", "w") as archive:

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from flux_nb.errors import ValidationError
+from flux_nb.history.files import image_file
 from flux_nb.metadata.provenance import REQUEST_FIELDS, embed_provenance, version
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
@@ -88,7 +89,7 @@ def _image(row: Mapping[str, Any], root: Path) -> Path | None:
     if _missing(value) or not value or row.get("status") != "ready":
         return None
     path = Path(str(value))
-    path = path if path.is_absolute() else root / path
+    path = path if path.is_absolute() else image_file(root, str(value))
     return path if path.is_file() else None
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 
 from flux_nb.errors import ValidationError
 from flux_nb.grids import Grid, GridPages, grid
+from flux_nb.history.files import image_file
 from flux_nb.images import thumbnail
 from flux_nb.metadata.provenance import version
 
@@ -86,7 +87,7 @@ def _image_path(row: Mapping[str, Any], root: Path) -> Path | None:
     if _missing(value) or not value:
         return None
     path = Path(str(value))
-    return path if path.is_absolute() else root / path
+    return path if path.is_absolute() else image_file(root, str(value))
 
 
 def _thumbnail_uri(path: Path | None, size: int) -> str | None:

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from flux_nb.history.arrow_reader import READER, ReaderError
 from flux_nb.history.database import Database
+from flux_nb.history.files import IMAGE_PATH
 from flux_nb.history.schema import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, TIME_COLUMNS, select_list
 
 # Below this many rows one connection reads everything; above, READERS connections read a range each.
@@ -153,8 +154,13 @@ def _column(name: str, column: pa.ChunkedArray) -> Any:
 
 
 def to_pandas(table: pa.Table, root: Path, reviews: pa.Table | None) -> pd.DataFrame:
-    """The frame of ``table``: typed columns, absolute ``image_path``, ``cached``, and the review columns."""
-    image_path = pc.binary_join_element_wise(pa.scalar(str(root) + os.sep), table.column("image_path"), "")
+    """The frame of ``table``: typed columns, absolute ``image_path``, ``cached``, and the review columns.
+
+    A stored image path that would leave the history folder (see ``files.IMAGE_PATH``) is left out (NA).
+    """
+    stored = table.column("image_path")
+    inside = pc.match_substring_regex(stored, f"^{IMAGE_PATH}$")
+    image_path = pc.if_else(inside, pc.binary_join_element_wise(pa.scalar(str(root) + os.sep), stored, ""), None)
     table = table.set_column(table.schema.get_field_index("image_path"), "image_path", image_path)
     data: dict[str, Any] = {name: _column(name, table.column(name)) for name in COLUMNS}
     data["cached"] = pc.is_valid(table.column("cached_from")).to_numpy(zero_copy_only=False)

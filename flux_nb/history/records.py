@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from flux_nb.history.files import image_file
 from flux_nb.protocol import FluxRequest
 
 
@@ -109,8 +110,8 @@ class Record:
 
     @property
     def image_file(self) -> Path | None:
-        """The absolute path of the result image, if there is one."""
-        return self.root / self.image_path if self.image_path and self.root else None
+        """The absolute path of the result image, if there is one (ValidationError if it leaves the folder)."""
+        return image_file(self.root, self.image_path) if self.image_path and self.root else None
 
     @property
     def cached(self) -> bool:

@@ -29,7 +29,7 @@ from flux_nb.errors import RecordTakenError
 from flux_nb.history import faults
 from flux_nb.history.database import BUSY_TIMEOUT_S, Database, next_seq
 from flux_nb.history.faults import HistoryError
-from flux_nb.history.files import write_file
+from flux_nb.history.files import url_reference, write_file
 from flux_nb.history.owners import owner_is_gone, process_owner
 from flux_nb.history.queries import Queries
 from flux_nb.history.records import (
@@ -166,10 +166,15 @@ class HistoryStore(Reviews, Queries):
             self._write_file(self.root / "inputs" / f"{image.sha256}.{image.format or 'png'}", image.data)
 
     def load_input(self, sha256: str) -> bytes | str:
-        """A stored reference image's bytes, or the URL (a str) for a URL input; KeyError when not stored."""
+        """A stored reference image's bytes, or the URL (a str) for a URL input; KeyError when not stored.
+
+        A ``.url`` file is only ever an http(s) URL of its own name (``files.url_reference``), else ValidationError.
+        """
         if SHA256.fullmatch(sha256):
             for candidate in sorted((self.root / "inputs").glob(f"{sha256}.*")):
-                return candidate.read_text() if candidate.suffix == ".url" else candidate.read_bytes()
+                if candidate.suffix == ".url":
+                    return url_reference(candidate.read_text(errors="replace"), sha256)
+                return candidate.read_bytes()
         raise KeyError(sha256)
 
     # -- writing records -----------------------------------------------------------------------

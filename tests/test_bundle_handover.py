@@ -1,0 +1,449 @@
+"""Handing a bundle over: what a colleague's zip holds is checked at ``open_bundle`` and never makes the
+recipient read, upload, fetch or poll anything outside it; a history row's paths stay inside its folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import tracemalloc
+import zipfile
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flux_nb.errors import ValidationError
+from flux_nb.export import bundle as bundles
+from flux_nb.export.bundle import export_bundle, open_bundle
+from flux_nb.export.mlflow import _image as mlflow_image
+from flux_nb.export.report import write_report
+from flux_nb.history.store import HistoryStore
+from flux_nb.server import EmbeddedServer
+from flux_nb.session import Flux
+from tests.experiments import make_experiment, picture
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def url_name(url: str) -> str:
+    """The name a URL reference is stored under: ``inputs/<sha256 of "url:" + URL>.url``."""
+    return f"inputs/{sha(f'url:{url}'.encode())}.url"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> HistoryStore:
+    """Six records (the last failed), a reference image on every third, reviews on the first two."""
+    store = make_experiment(tmp_path_factory.mktemp("source") / "history", count=6, size=(64, 64), failed=1)
+    ids = list(store.to_frame()["record_id"])
+    store.rate(ids[0], 5)
+    store.note(ids[1], "private: do not share")
+    store.tag(ids[:2], add="keep")
+    return store
+
+
+@pytest.fixture(scope="module")
+def good(source: HistoryStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_bundle(source.to_frame(), source.root, tmp_path_factory.mktemp("bundles") / "good.zip")
+
+
+@pytest.fixture(scope="module")
+def ids(source: HistoryStore) -> list[str]:
+    """The records' ids, oldest first (the last one failed)."""
+    return [str(i) for i in source.to_frame()["record_id"]]
+
+
+def rebundle(
+    good: Path,
+    target: Path,
+    *,
+    sql: str = "",
+    members: dict[str, bytes] | None = None,
+    manifest: Any = None,
+    raw_manifest: bytes | None = None,
+) -> Path:
+    """``good`` with its history changed by ``sql`` and ``members`` added, listed in a true manifest
+    (unless ``manifest`` or ``raw_manifest`` is given): what a colleague's crafted zip could hold."""
+    with zipfile.ZipFile(good) as archive:
+        files = {name: archive.read(name) for name in archive.namelist() if name != "manifest.json"}
+    if sql:
+        database = target.with_suffix(".sqlite")
+        database.write_bytes(files["history.sqlite"])
+        db = sqlite3.connect(database)
+        db.executescript(sql)
+        db.close()
+        files["history.sqlite"] = database.read_bytes()
+        database.unlink()
+    files.update(members or {})
+    listed = {name: {"sha256": sha(data), "bytes": len(data)} for name, data in files.items()}
+    if raw_manifest is None:
+        raw_manifest = json.dumps(manifest if manifest is not None else {"format": "flux_nb-bundle/1", "files": listed})
+        raw_manifest = raw_manifest.encode()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.json", raw_manifest)
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return target
+
+
+def assert_nothing_left(into: Path) -> None:
+    """No folder, and no half-unpacked temporary folder beside it."""
+    assert not into.exists() and not list(into.parent.glob(".flux-bundle-*"))
+
+
+class Counter:
+    """A loopback HTTP service that counts the requests it gets (an admin page, a polling URL)."""
+
+    def __init__(self) -> None:
+        hits: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                body = json.dumps({"id": "t", "status": "Pending"}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.hits = hits
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def counter() -> Iterator[Counter]:
+    service = Counter()
+    yield service
+    service.close()
+
+
+# -- finding 1: a row's image path never leads outside its history folder ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "path", ["../../victim/secret.png", "/etc/hostname", "history.sqlite", "images/../../x.png", "images/ab/.x"]
+)
+def test_a_bundle_row_naming_a_file_outside_its_images_is_refused_at_open(
+    good: Path, tmp_path: Path, path: str
+) -> None:
+    bad = rebundle(good, tmp_path / "bad.zip", sql=f"UPDATE records SET image_path = '{path}'")
+    into = tmp_path / "into" / "history"
+    with pytest.raises(ValidationError, match="not an image of the bundle"):
+        open_bundle(bad, into)
+    assert_nothing_left(into)
+    assert not (tmp_path / "into").exists()
+    assert HistoryStore(open_bundle(good, into)).count() == 6  # a retry into the same folder works
+
+
+def test_a_history_row_naming_a_file_outside_its_folder_is_never_read(
+    source: HistoryStore, server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """As if a bundle had been opened by an older flux_nb: every reader refuses the outside file."""
+    folder = open_bundle(export_bundle(source.to_frame(), source.root, tmp_path / "b.zip"), tmp_path / "opened")
+    secret = tmp_path / "victim" / "secret.png"
+    secret.parent.mkdir()
+    secret.write_bytes(picture(7, (32, 32)))
+    store = HistoryStore(folder)
+    record_id = str(store.to_frame()["record_id"].iloc[0])
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE records SET image_path = '../victim/secret.png' WHERE record_id = ?", (record_id,))
+    db.close()
+    frame = store.to_frame()
+    assert frame.set_index("record_id")["image_path"].isna()[record_id]  # the frame never names the file
+    record = store.get(record_id)
+    assert record is not None
+    with pytest.raises(ValidationError, match="outside the history folder"):
+        _ = record.image_file
+    with pytest.raises(ValidationError, match="outside the history folder"):
+        export_bundle(frame, folder, tmp_path / "again.zip")
+    assert not (tmp_path / "again.zip").exists()
+    relative = frame.assign(image_path=["../victim/secret.png"] + [None] * (len(frame) - 1))
+    with pytest.raises(ValidationError, match="outside the history folder"):
+        write_report(relative, folder, tmp_path / "r.html", grids=[])
+    with pytest.raises(ValidationError, match="outside the history folder"):
+        mlflow_image({"image_path": "../victim/secret.png", "status": "ready"}, folder)
+    flux = Flux(endpoint=server.url, history_dir=folder)
+    try:
+        with pytest.raises(ValidationError, match="outside the history folder"):
+            flux.result_of(record_id)
+        with pytest.raises(ValidationError, match="outside the history folder"):
+            flux.export_image(record_id, tmp_path / "copy.png")
+    finally:
+        flux.close()
+    assert not (tmp_path / "copy.png").exists()
+
+
+def test_a_link_inside_the_history_folder_is_not_followed_out_of_it(source: HistoryStore, tmp_path: Path) -> None:
+    folder = open_bundle(export_bundle(source.to_frame(), source.root, tmp_path / "b.zip"), tmp_path / "opened")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "x.png").write_bytes(picture(3, (16, 16)))
+    (folder / "images" / "zz").symlink_to(outside)
+    store = HistoryStore(folder)
+    record_id = str(store.to_frame()["record_id"].iloc[0])
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE records SET image_path = 'images/zz/x.png' WHERE record_id = ?", (record_id,))
+    db.close()
+    record = store.get(record_id)
+    assert record is not None
+    with pytest.raises(ValidationError, match="outside the history folder"):
+        _ = record.image_file
+
+
+# -- finding 2: a URL input is data: never read as a path, never fetched ------------------------------------
+
+
+def test_a_bundle_url_input_that_is_not_an_http_url_of_its_name_is_refused(
+    good: Path, tmp_path: Path, source: HistoryStore
+) -> None:
+    secret = str(tmp_path / "id_rsa")
+    for index, (name, text) in enumerate(
+        [
+            (url_name(secret), secret),  # a local path, under the name its text gives
+            (url_name("file:///etc/passwd"), "file:///etc/passwd"),
+            (url_name("https://example.com/a.png"), "https://example.com/b.png"),  # edited after it was named
+        ]
+    ):
+        bad = rebundle(good, tmp_path / f"url{index}.zip", members={name: text.encode()})
+        with pytest.raises(ValidationError, match="http\\(s\\) URL it is named after"):
+            open_bundle(bad, tmp_path / f"into{index}")
+        assert_nothing_left(tmp_path / f"into{index}")
+
+
+def _with_url_input(good: Path, tmp_path: Path, url: str, record_id: str) -> Path:
+    """A bundle whose record ``record_id`` used the URL ``url`` as its reference image."""
+    digest = url_name(url).split("/")[1].split(".")[0]
+    return rebundle(
+        good,
+        tmp_path / "url.zip",
+        sql=f"UPDATE records SET input_hashes = '[\"{digest}\"]' WHERE record_id = '{record_id}'",
+        members={url_name(url): url.encode()},
+    )
+
+
+def test_a_url_input_from_a_bundle_replays_as_the_url_and_is_never_fetched(
+    good: Path, ids: list[str], tmp_path: Path, server_factory: Callable[..., EmbeddedServer], counter: Counter
+) -> None:
+    url = f"{counter.url}/internal/admin?delete=all"
+    record_id = ids[0]
+    bundle = _with_url_input(good, tmp_path, url, record_id)
+    server = server_factory(allow_fetch=frozenset())  # as the local server runs by default: public URLs only
+    flux = Flux(endpoint=server.url, history_dir=tmp_path / "mine")
+    opened = flux.open_bundle(bundle, into=tmp_path / "opened")
+    try:
+        prepared = opened.rebuild(record_id)
+        assert [(i.value, i.is_url) for i in prepared.inputs] == [(url, True)]
+        assert prepared.request.images == (url,) and prepared.estimate_is_bound
+        result = opened.replay(record_id)  # sent as the URL: the server (public addresses only) refuses it
+        assert result.status == "failed" and "input_image: could not fetch the image at this URL" in str(result.error)
+    finally:
+        opened.close()
+        flux.close()
+    assert counter.hits == []
+
+
+def test_a_url_input_edited_into_a_local_path_is_never_read(
+    good: Path, ids: list[str], tmp_path: Path, server: EmbeddedServer
+) -> None:
+    url = "https://example.com/cat.png"
+    record_id = ids[0]
+    bundle = _with_url_input(good, tmp_path, url, record_id)
+    folder = open_bundle(bundle, tmp_path / "opened")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(picture(5, (16, 16)))
+    (folder / url_name(url)).write_text(str(secret))  # edited after the open
+    flux = Flux(endpoint=server.url, history_dir=folder)
+    try:
+        with pytest.raises(ValidationError, match="not read, fetched or sent"):
+            flux.rebuild(record_id)
+    finally:
+        flux.close()
+
+
+# -- finding 3: streamed, capped ---------------------------------------------------------------------------
+
+
+def peak_bytes(work: Callable[[], Any]) -> int:
+    """The peak of Python allocations while ``work`` runs."""
+    tracemalloc.start()
+    try:
+        work()
+    except ValidationError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_open_bundle_streams_each_file_never_holding_it_whole(good: Path, tmp_path: Path) -> None:
+    zeros = bytes(32 * 2**20)
+    big = rebundle(good, tmp_path / "big.zip", members={f"images/{sha(zeros)[:2]}/{sha(zeros)}.png": zeros})
+    del zeros
+    into = tmp_path / "into"
+    assert peak_bytes(lambda: open_bundle(big, into)) < 8 * 2**20
+    assert HistoryStore(into).count() == 6
+
+
+def test_a_zip_bomb_is_refused_before_a_byte_of_it_is_read(
+    good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bundles, "MEMBER_MAX", 2**20)
+    zeros = bytes(16 * 2**20)
+    bomb = rebundle(good, tmp_path / "bomb.zip", members={f"images/{sha(zeros)[:2]}/{sha(zeros)}.png": zeros})
+    del zeros
+    into = tmp_path / "into"
+    with pytest.raises(ValidationError, match="over the 1 MiB"):
+        open_bundle(bomb, into)
+    assert peak_bytes(lambda: open_bundle(bomb, into)) < 2**20
+    assert_nothing_left(into)
+    monkeypatch.setattr(bundles, "MEMBER_MAX", 64 * 2**20)
+    monkeypatch.setattr(bundles, "TOTAL_MAX", 8 * 2**20)
+    with pytest.raises(ValidationError, match="over the 8 MiB limit"):
+        open_bundle(bomb, into)
+    assert_nothing_left(into)
+
+
+def test_a_huge_manifest_is_refused_without_parsing_it(good: Path, tmp_path: Path) -> None:
+    padded = json.dumps({"format": "flux_nb-bundle/1", "files": {}, "pad": "x" * (bundles.MANIFEST_MAX + 1)})
+    huge = rebundle(good, tmp_path / "huge.zip", raw_manifest=padded.encode())
+    del padded
+    into = tmp_path / "into"
+    with pytest.raises(ValidationError, match="over the 32 MiB"):
+        open_bundle(huge, into)
+    assert peak_bytes(lambda: open_bundle(huge, into)) < 2**20
+    assert_nothing_left(into)
+
+
+# -- finding 4: records from elsewhere are archived ----------------------------------------------------------
+
+
+def test_open_requests_in_a_bundle_are_archived_never_polled_or_sent(
+    good: Path, ids: list[str], tmp_path: Path, server: EmbeddedServer, counter: Counter
+) -> None:
+    polling = f"{counter.url}/v1/get_result?id=theirs"
+    bundle = rebundle(
+        good,
+        tmp_path / "open.zip",
+        sql=(
+            f"UPDATE records SET status = 'submitted', polling_url = '{polling}', owner = 'colleague:41' "
+            f"WHERE record_id = '{ids[0]}'; "
+            f"UPDATE records SET status = 'pending', owner = 'colleague:42' WHERE record_id = '{ids[1]}'; "
+            f"UPDATE records SET status = 'sending', owner = 'colleague:43' WHERE record_id = '{ids[2]}';"
+        ),
+    )
+    flux = Flux(endpoint=server.url, history_dir=tmp_path / "mine")
+    opened = flux.open_bundle(bundle, into=tmp_path / "opened")
+    try:
+        assert list(opened.resume(unsent=True)) == [] and opened.unsent() == []
+        frame = opened.history()
+    finally:
+        opened.close()
+        flux.close()
+    assert counter.hits == []
+    archived = frame.iloc[:3]
+    assert list(archived["status"]) == ["unknown"] * 3 and set(archived["error_kind"]) == {"bundled"}
+    assert archived["error"].str.contains("came in a bundle while (?:submitted|pending|sending)").all()
+    assert archived["polling_url"].iloc[0] == polling  # kept, as history
+    assert list(frame["status"].iloc[3:]) == ["ready", "ready", "failed"]
+
+
+# -- finding 5: one clear error for every malformed bundle, nothing left behind ------------------------------
+
+VIEW = (
+    "DROP TABLE records; CREATE VIEW records AS WITH RECURSIVE n(x) AS "
+    "(SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT printf('%012d', x) AS record_id FROM n;"
+)
+NO_CONSTRAINTS = "ALTER TABLE records RENAME TO kept; CREATE TABLE records AS SELECT * FROM kept; DROP TABLE kept;"
+MALFORMED: dict[str, tuple[dict[str, Any], str]] = {
+    "manifest a list": ({"manifest": []}, r"not a flux_nb bundle \(format 'list'\)"),
+    "manifest not JSON": ({"raw_manifest": b"{nope"}, "is not JSON"),
+    "manifest nested too deep": ({"raw_manifest": b"[" * 200_000 + b"]" * 200_000}, "is not JSON"),
+    "manifest without files": ({"manifest": {"format": "flux_nb-bundle/1"}}, "does not list its files"),
+    "files not a table": ({"manifest": {"format": "flux_nb-bundle/1", "files": ["history.sqlite"]}}, "does not list"),
+    "a file and a folder of one name": ({"members": {"images/ab": b"x", "images/ab/x.png": b"y"}}, "not one a bundle"),
+    "a 300-byte name": ({"members": {f"images/{'a' * 300}.png": b"x"}}, "not one a bundle holds"),
+    "an image that is not its name": (
+        {"members": {f"images/{sha(b'a')[:2]}/{sha(b'a')}.png": b"b"}},
+        "not the file its name says",
+    ),
+    "records an endless view": ({"sql": VIEW}, "holds view 'records'; a bundle holds plain tables only"),
+    "a trigger": ({"sql": "CREATE TRIGGER t AFTER UPDATE ON records BEGIN DELETE FROM reviews; END;"}, "trigger"),
+    "a computed column": ({"sql": "ALTER TABLE records ADD COLUMN g AS (1);"}, "computed columns"),
+    "an unknown status": ({"sql": "UPDATE records SET status = 'weird';"}, "status 'weird'"),
+    "reference hashes that are paths": (
+        {"sql": "UPDATE records SET input_hashes = '[\"../../x\"]';"},
+        "reference hashes",
+    ),
+    "a row without a creation time": ({"sql": NO_CONSTRAINTS + "UPDATE records SET created_at = NULL;"}, "history"),
+    "not a database": ({"members": {"history.sqlite": b"not sqlite at all" * 10}}, "not a history"),
+    "a table naming an outside image": (
+        {"members": {"records.csv": b"record_id,image_path\nx,/home/someone/.ssh/id_rsa\n"}},
+        "names an image outside",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_bundle_is_one_clear_error_and_a_retry_works(good: Path, tmp_path: Path, case: str) -> None:
+    changes, message = MALFORMED[case]
+    bad = rebundle(good, tmp_path / "bad.zip", **changes)
+    into = tmp_path / "nested" / "into"
+    with pytest.raises(ValidationError, match=message):
+        open_bundle(bad, into)
+    assert not (tmp_path / "nested").exists()
+    assert HistoryStore(open_bundle(good, into)).count() == 6
+
+
+def test_duplicate_members_and_odd_compression_are_refused(good: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(good) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    twice = tmp_path / "twice.zip"
+    with zipfile.ZipFile(twice, "w") as archive, pytest.warns(UserWarning, match="Duplicate name"):
+        for name, data in files.items():
+            archive.writestr(name, data)
+        archive.writestr("records.csv", b"record_id\nsomething else\n")
+    with pytest.raises(ValidationError, match=r"holds 'records\.csv' twice"):
+        open_bundle(twice, tmp_path / "a")
+    packed = tmp_path / "bzip2.zip"
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_BZIP2) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValidationError, match="compressed in a way bundles never are"):
+        open_bundle(packed, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# -- finding 6: an export carries the reviews of what it exports and nothing more ----------------------------
+
+
+def test_an_export_carries_only_the_reviews_of_the_records_it_exports(source: HistoryStore, tmp_path: Path) -> None:
+    frame = source.to_frame()
+    first, second = list(frame["record_id"].iloc[:2])
+    for chosen in (first, second):
+        bundle = export_bundle(frame[frame["record_id"] == chosen], source.root, tmp_path / f"{chosen}.zip")
+        with zipfile.ZipFile(bundle) as archive:
+            (tmp_path / "h.sqlite").write_bytes(archive.read("history.sqlite"))
+        db = sqlite3.connect(tmp_path / "h.sqlite")
+        reviews = db.execute("SELECT record_id, rating, note FROM reviews").fetchall()
+        tags = db.execute("SELECT record_id, tag FROM review_tags").fetchall()
+        db.close()
+        (tmp_path / "h.sqlite").unlink()
+        assert {r[0] for r in reviews} == {chosen} and tags == [(chosen, "keep")]
+    opened = HistoryStore(open_bundle(tmp_path / f"{first}.zip", tmp_path / "opened")).to_frame()
+    assert opened["note"].isna().all() and list(opened["rating"]) == [5]  # the other record's note stayed home
