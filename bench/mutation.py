@@ -88,6 +88,10 @@ TARGETS: dict[str, Target] = {
         ("tests/test_jobs_mutants.py", "tests/test_money_guards.py", "tests/test_faults.py", "tests/test_session.py"),
         ("tests/test_faults.py::test_a_300_request_sweep_under_mixed_faults_loses_nothing",),
     ),
+    "metadata": Target(
+        ("flux_nb/metadata/__init__.py", "flux_nb/metadata/containers.py", "flux_nb/metadata/provenance.py"),
+        ("tests/test_metadata_handover.py", "tests/test_metadata.py", "tests/test_provenance_files.py"),
+    ),
 }
 
 
