@@ -98,6 +98,10 @@ TARGETS: dict[str, Target] = {
         ("tests/test_bundle_handover.py", "tests/test_export.py"),
         ("tests/test_export.py::test_a_hundred_rows_reopen_in_a_fresh_process_and_rebuild_the_same_grid",),
     ),
+    "metadata": Target(
+        ("flux_nb/metadata/__init__.py", "flux_nb/metadata/containers.py", "flux_nb/metadata/provenance.py"),
+        ("tests/test_metadata_handover.py", "tests/test_metadata.py", "tests/test_provenance_files.py"),
+    ),
 }
 
 

@@ -16,7 +16,10 @@ pixels. ``export_image`` copies carry the whole record (id, task, cost, times) a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IGNORED_SHOWN = 12  # names of fields a file asked for and a restored request left out, shown in one line
 FORMAT_SUFFIXES = {"png": (".png",), "jpeg": (".jpg", ".jpeg"), "webp": (".webp",)}
 
 
@@ -101,29 +105,40 @@ def load_reference(store: HistoryStore, digest: str) -> ImageInput:
     raise KeyError(digest)
 
 
-def _mapped(fields: dict[str, Any], defaults: Defaults, *, ours: bool) -> dict[str, Any]:
-    """The request fields of a file that this session can send: all of flux_nb's own; of another tool's,
-    those with a FLUX.2 meaning (a model flux_nb does not know, or a setting the model lacks, is left out)."""
+def _mapped(fields: dict[str, Any], defaults: Defaults, *, ours: bool) -> tuple[dict[str, Any], list[str]]:
+    """The request fields of a file that this session can send, and the names of those it cannot: all of
+    flux_nb's own are sent; of another tool's, a model flux_nb does not know, or a setting the model lacks,
+    is left out."""
     fields = {k: v for k, v in fields.items() if v is not None}
     if ours:
-        return fields
-    if fields.get("model") not in protocol.MODELS:
-        fields.pop("model", None)
-    spec = protocol.MODELS[fields.get("model") or defaults.model]
-    takes = {f.name for f in spec.extra_fields}
-    return {k: v for k, v in fields.items() if k not in ("steps", "guidance") or k in takes}
+        return fields, []
+    model = fields.get("model") if fields.get("model") in protocol.MODELS else None
+    takes = {f.name for f in protocol.MODELS[model or defaults.model].extra_fields}
+    unfit = {"steps", "guidance"} - takes | (set() if model else {"model"})
+    kept = {k: v for k, v in fields.items() if k not in unfit}
+    return kept, sorted(set(fields) - set(kept))
+
+
+def _tell_ignored(path: Path, names: list[str]) -> None:
+    """One line naming what a file asked for that its restored request leaves out (names shown safely)."""
+    if names:
+        shown = [n if re.fullmatch(r"\w{1,40}", n, re.ASCII) else json.dumps(n[:40]) for n in names[:IGNORED_SHOWN]]
+        more = f" and {len(names) - IGNORED_SHOWN} more" if len(names) > IGNORED_SHOWN else ""
+        print(f"flux_nb: ignored from the file {path.name}: {', '.join(shown)}{more}", file=sys.stderr)
 
 
 def restore_request(store: HistoryStore, source: str | os.PathLike[str], defaults: Defaults) -> PreparedRequest:
     """The request that made an image file, validated and priced, its references loaded from ``store``.
 
     Reads flux_nb's provenance, or A1111-style ``parameters`` another tool wrote (as far as its
-    fields map). A reference image that ``store`` does not hold is named in a ValidationError.
+    fields map). A reference image that ``store`` does not hold is named in a ValidationError. Only
+    the fields the restored request shows are kept: anything else the file asks for (a webhook, a
+    tag, a cache switch) is left out and named in one line on stderr.
     """
-    from flux_nb.metadata import read_provenance, request_from_file
+    from flux_nb.metadata import read_provenance, read_request
 
     path = Path(source).expanduser()
-    fields = request_from_file(path)
+    fields, ignored = read_request(path)
     document = read_provenance(path)
     hashes = list(fields.pop("input_hashes", None) or [])
     images: list[ImageInput] = []
@@ -139,7 +154,8 @@ def restore_request(store: HistoryStore, source: str | os.PathLike[str], default
             f"{path.name} was made with {len(missing)} reference image(s) not in the history at {store.root}: "
             f"{listed}; open the bundle it came from (or copy those inputs into its inputs/ folder) first"
         )
-    fields = _mapped(fields, defaults, ours=document is not None)
+    fields, dropped = _mapped(fields, defaults, ours=document is not None)
+    _tell_ignored(path, ignored + dropped)
     prompt = fields.pop("prompt", None) or ""
     prepared = batches.prepare(prompt, defaults, images=tuple(images) or None, **fields)
     prepared.replay_of = _origin(store, path, document)

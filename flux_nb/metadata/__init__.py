@@ -2,13 +2,15 @@
 
 ``embed_provenance`` / ``save_with_provenance`` write a history record's request and outcome into a
 PNG, JPEG or WebP copy without re-encoding its pixels; ``read_provenance`` and ``request_from_file``
-read it back (``request_from_file`` also reads A1111-style ``parameters`` written by other tools);
+read it back (``request_from_file`` also reads A1111-style ``parameters`` written by other tools;
+``read_request`` also names what a file asked for beyond the request fields, which is never sent);
 ``pixel_hash`` checks that two files hold the same pixels. See ``provenance`` for what goes where.
 """
 
 from flux_nb.metadata.provenance import (
     FORMAT,
     REQUEST_FIELDS,
+    RESTORED_FIELDS,
     embed_provenance,
     grid_document,
     parameters_text,
@@ -17,6 +19,7 @@ from flux_nb.metadata.provenance import (
     provenance,
     read_parameters,
     read_provenance,
+    read_request,
     request_from_file,
     save_with_provenance,
     source_sha256,
@@ -26,6 +29,7 @@ from flux_nb.metadata.provenance import (
 __all__ = [
     "FORMAT",
     "REQUEST_FIELDS",
+    "RESTORED_FIELDS",
     "embed_provenance",
     "grid_document",
     "parameters_text",
@@ -34,6 +38,7 @@ __all__ = [
     "provenance",
     "read_parameters",
     "read_provenance",
+    "read_request",
     "request_from_file",
     "save_with_provenance",
     "source_sha256",

@@ -26,7 +26,8 @@ JPEG_XMP = b"http://ns.adobe.com/xap/1.0/\x00"
 JPEG_SEGMENT_MAX = 65533  # a segment's length field counts itself: 65535 - 2
 JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
 WEBP_EXIF_FLAG, WEBP_XMP_FLAG, WEBP_ALPHA_FLAG = 0x08, 0x04, 0x10
-TEXT_LIMIT = 16 * 1024 * 1024  # a compressed text chunk may not inflate past this
+TEXT_LIMIT = 16 * 1024 * 1024  # the text of one chunk (or XMP packet), inflated
+FILE_TEXT_LIMIT = 32 * 1024 * 1024  # the text of all of a file's chunks together, inflated
 
 
 @dataclass
@@ -56,10 +57,13 @@ def read_embedded(data: bytes) -> Embedded:
     found = Embedded(kind)
     try:
         if kind == "png":
+            left = FILE_TEXT_LIMIT
             for chunk_type, body, _ in _png_chunks(data):
-                if chunk_type in PNG_TEXT_CHUNKS:
-                    keyword, text = _png_text(chunk_type, body)
-                    found.texts.setdefault(keyword, text)
+                keyword = body.partition(b"\x00")[0].decode("latin-1") if chunk_type in PNG_TEXT_CHUNKS else None
+                if keyword is not None and keyword not in found.texts:  # the first chunk of a keyword counts
+                    text, encoding = _png_text(chunk_type, body, min(TEXT_LIMIT, left))
+                    left -= len(text)
+                    found.texts[keyword] = text.decode(encoding, "replace")
             found.xmp = found.texts.pop(XMP_KEYWORD, None)
         elif kind == "jpeg":
             for marker, payload in _jpeg_segments(data)[0]:
@@ -72,7 +76,12 @@ def read_embedded(data: bytes) -> Embedded:
                 if fourcc == b"EXIF":
                     found.exif = body
                 elif fourcc == b"XMP ":
-                    found.xmp = body.decode("utf-8", "replace")
+                    found.xmp = _capped(body, TEXT_LIMIT).decode("utf-8", "replace")
+    except _TextTooLarge:
+        raise ValidationError(
+            f"the {kind.upper()} file's metadata is too large: flux_nb reads at most {TEXT_LIMIT:,} bytes of text "
+            f"from one chunk and {FILE_TEXT_LIMIT:,} from one file"
+        ) from None
     except (struct.error, zlib.error, IndexError, ValueError) as exc:
         raise ValidationError(f"the {kind.upper()} file is damaged: its metadata cannot be read ({exc})") from None
     return found
@@ -143,25 +152,32 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, bytes, bytes]]:
     return chunks
 
 
-def _inflate(data: bytes) -> bytes:
-    inflater = zlib.decompressobj()
-    out = inflater.decompress(data, TEXT_LIMIT)
-    if inflater.unconsumed_tail:
-        raise ValueError(f"a compressed text chunk inflates past {TEXT_LIMIT} bytes")
-    return out
+class _TextTooLarge(ValueError):
+    """Metadata text past a size cap (a chunk's, or a whole file's)."""
 
 
-def _png_text(chunk_type: bytes, body: bytes) -> tuple[str, str]:
-    """A text chunk's keyword and text (tEXt and zTXt are Latin-1, iTXt is UTF-8)."""
-    keyword, _, rest = body.partition(b"\x00")
+def _capped(text: bytes, limit: int) -> bytes:
+    if len(text) > limit:
+        raise _TextTooLarge
+    return text
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    """``data`` inflated; _TextTooLarge past ``limit`` bytes, having inflated no more than one byte past it."""
+    return _capped(zlib.decompressobj().decompress(data, limit + 1), limit)
+
+
+def _png_text(chunk_type: bytes, body: bytes, limit: int) -> tuple[bytes, str]:
+    """A text chunk's text, at most ``limit`` bytes, and its encoding (tEXt and zTXt: Latin-1, iTXt: UTF-8)."""
+    rest = body.partition(b"\x00")[2]
     if chunk_type == b"tEXt":
-        return keyword.decode("latin-1"), rest.decode("latin-1")
+        return _capped(rest, limit), "latin-1"
     if chunk_type == b"zTXt":
-        return keyword.decode("latin-1"), _inflate(rest[1:]).decode("latin-1")
+        return _inflate(rest[1:], limit), "latin-1"
     compressed, rest = rest[0], rest[2:]
     _language, _, rest = rest.partition(b"\x00")
     _translated, _, text = rest.partition(b"\x00")
-    return keyword.decode("latin-1"), (_inflate(text) if compressed else text).decode("utf-8", "replace")
+    return (_inflate(text, limit) if compressed else _capped(text, limit)), "utf-8"
 
 
 def _png_chunk(chunk_type: bytes, body: bytes) -> bytes:

@@ -45,19 +45,26 @@ from flux_nb.metadata.containers import (
     read_embedded,
     write_embedded,
 )
+from flux_nb.protocol import PROMPT_MAX
 
 FORMAT = "flux_nb/1"
 REQUEST_FIELDS = (
     *("prompt", "model", "seed", "width", "height"),
     *("safety_tolerance", "output_format", "steps", "guidance"),
 )
+#: What a request restored from a file carries: the fields the restored request shows, and nothing else.
+RESTORED_FIELDS = (*REQUEST_FIELDS, "prompt_upsampling", "input_hashes")
 LEFT_OUT = frozenset({"owner", "webhook_url", "polling_url", "image_path", "root", "image_file"})
 CELL_FIELDS = ("record_id", "x", "y", "status", "image_sha256")
 NAMESPACE = "https://github.com/flux-nb/flux_nb/ns/provenance/1.0/"
 DESCRIPTION_MAX = 300
 COMMENT_PROMPT_MAX = 8000  # of the prompt in EXIF's UserComment (UTF-16: 16 KB)
-# A1111's "Key: value" pairs; a value holding a comma is JSON-quoted.
-_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+PARAMETERS_MAX = 100_000  # characters of A1111 text read: a prompt takes 32,000, a negative one as many
+# A1111's "Key: value" pairs; a value holding a comma is JSON-quoted. A key of at most 64 characters, with
+# no leading spaces to try from each position, keeps ``findall`` linear in the text.
+_PARAM = re.compile(r'(\w[\w \-/]{1,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# Characters XML 1.0 cannot hold, even escaped.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _INTS = {"Seed": "seed", "Steps": "steps", "Safety tolerance": "safety_tolerance"}
 
 Source = str | Path | bytes
@@ -176,6 +183,11 @@ def parse_parameters(text: str) -> dict[str, Any]:
     >>> parse_parameters("a cat\\nSteps: 4, Seed: 42, Size: 512x768, Model: flux-2-klein-4b")["height"]
     768
     """
+    if len(text) > PARAMETERS_MAX:
+        raise ValidationError(
+            f"the A1111-style parameters are {len(text):,} characters; flux_nb reads at most {PARAMETERS_MAX:,} "
+            f"(a prompt takes at most {PROMPT_MAX:,})"
+        )
     lines = text.strip().replace("\r\n", "\n").split("\n")
     settings = lines[-1] if len(_PARAM.findall(lines[-1])) >= 3 else ""  # A1111's own test for the line
     if settings:
@@ -215,7 +227,9 @@ def xmp_packet(document: Mapping[str, Any], *, describe: bool = True) -> str:
     """An XMP packet holding the document as JSON (``fluxnb:provenance``), the tool and (``describe``)
     the prompt again as ``dc:description``, for tools that show it."""
     prompt = str(document.get("request", {}).get("prompt") or document.get("kind", "")) if describe else ""
-    payload = json.dumps(document, ensure_ascii=False, sort_keys=True)
+    prompt = _NOT_XML.sub("\ufffd", prompt)
+    # Such characters only occur inside JSON strings, where a \\u escape stands for them exactly.
+    payload = _NOT_XML.sub(_json_escape, json.dumps(document, ensure_ascii=False, sort_keys=True))
     description = f'<rdf:Alt><rdf:li xml:lang="x-default">{escape(prompt)}</rdf:li></rdf:Alt>'
     return (
         '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -227,6 +241,10 @@ def xmp_packet(document: Mapping[str, Any], *, describe: bool = True) -> str:
         f"<fluxnb:provenance>{escape(payload)}</fluxnb:provenance>"
         '</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end="w"?>'
     )
+
+
+def _json_escape(found: re.Match[str]) -> str:
+    return f"\\u{ord(found.group()):04x}"
 
 
 def _from_xmp(packet: str) -> str | None:
@@ -347,25 +365,39 @@ def read_parameters(source: Source) -> str | None:
 def request_from_file(source: Source) -> dict[str, Any]:
     """The request fields (and reference hashes) that made an image, from its provenance or its parameters.
 
-    Every key of ``REQUEST_FIELDS`` plus ``input_hashes`` is present (None where the file does not say).
+    Every key of ``REQUEST_FIELDS`` plus ``input_hashes`` is present (None where the file does not say),
+    and ``prompt_upsampling`` where it does; anything else the file asks for is left out (``read_request``
+    names it).
     """
+    return read_request(source)[0]
+
+
+def read_request(source: Source) -> tuple[dict[str, Any], list[str]]:
+    """``request_from_file``'s fields, and the names of what the file asked for beyond them (a webhook,
+    a tag, a cache switch, an unknown key): a file is data, so those are left out, never sent."""
     data, name = _read_bytes(source)
     document = read_provenance(data)
     if document is not None and document.get("kind") == "grid":
+        cells = document.get("cells")
         raise ValidationError(
-            f"{name} is a grid of {len(document.get('cells', []))} images, not one; "
+            f"{name} is a grid of {len(cells) if isinstance(cells, list) else 'several'} images, not one; "
             "read its cells with read_provenance and pick one"
         )
     if document is not None:
-        return {**{k: None for k in REQUEST_FIELDS}, "input_hashes": [], **document.get("request", {})}
-    parameters = read_parameters(data)
-    fields = parse_parameters(parameters) if parameters else {}
-    if not fields.get("prompt"):
-        raise ValidationError(
-            f"{name} carries neither flux_nb provenance nor A1111-style parameters; "
-            "use an image exported by flux_nb or one whose tool wrote its settings"
-        )
-    return {**{k: None for k in REQUEST_FIELDS}, "input_hashes": [], **fields}
+        asked = document.get("request")
+        fields = asked if isinstance(asked, dict) else {}
+        if not isinstance(fields.get("input_hashes") or [], list):
+            raise ValidationError(f"{name}'s provenance names its reference images as something other than a list")
+    else:
+        parameters = read_parameters(data)
+        fields = parse_parameters(parameters) if parameters else {}
+        if not fields.get("prompt"):
+            raise ValidationError(
+                f"{name} carries neither flux_nb provenance nor A1111-style parameters; "
+                "use an image exported by flux_nb or one whose tool wrote its settings"
+            )
+    kept = {k: v for k, v in fields.items() if k in RESTORED_FIELDS}
+    return {**dict.fromkeys(REQUEST_FIELDS), "input_hashes": [], **kept}, sorted(set(fields) - set(kept))
 
 
 def source_sha256(source: Source) -> str:

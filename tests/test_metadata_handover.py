@@ -1,0 +1,404 @@
+"""Image files handed over from elsewhere are data: what a replay sends is what the restored request shows,
+and reading a file's metadata is bounded in time and memory.
+
+The replays go to a real local server on 127.0.0.1, which keeps every task it was sent (its webhook too).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+import tracemalloc
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from flux_nb import cli
+from flux_nb.errors import ValidationError
+from flux_nb.metadata import (
+    FORMAT,
+    REQUEST_FIELDS,
+    containers,
+    embed_provenance,
+    parse_parameters,
+    read_parameters,
+    read_provenance,
+    read_request,
+    request_from_file,
+)
+from flux_nb.metadata.containers import _png_chunk, _png_chunks, _webp_chunks, read_embedded
+from flux_nb.metadata.provenance import PARAMETERS_MAX, embed, parameters_text, xmp_packet
+from flux_nb.server import EmbeddedServer
+from flux_nb.session import Flux
+
+# What a file may ask for beyond the request a user sees (all of it valid for a request, so nothing else refuses it).
+HIDDEN = {
+    "webhook_url": "http://127.0.0.1:9/hook",
+    "webhook_secret": "secret-from-the-file",
+    "tag": "from-the-file",
+    "labels": {"planted": "yes"},
+    "fresh": True,
+}
+IGNORED_LINE = "flux_nb: ignored from the file {}: fresh, labels, tag, webhook_secret, webhook_url\n"
+REQUEST = {"prompt": "a quiet harbour", "model": "flux-2-klein-4b", "seed": 7, "width": 80, "height": 64}
+
+
+def plain_image(fmt: str, size: tuple[int, int] = (16, 12)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (40, 90, 140)).save(buffer, fmt.upper())
+    return buffer.getvalue()
+
+
+def planted(path: Path, fmt: str = "png", **request: Any) -> Path:
+    """An image whose provenance asks for more than its visible ``parameters`` text shows."""
+    document = {"format": FORMAT, "kind": "image", "request": {**REQUEST, **HIDDEN, **request}, "record": {}}
+    path.write_bytes(embed(plain_image(fmt), document))
+    return path
+
+
+def sent_tasks(server: EmbeddedServer) -> list[Any]:
+    return list(server.app.state.table.tasks.values())  # every task the server was sent, as it received it
+
+
+def assert_nothing_hidden_was_sent(server: EmbeddedServer, flux: Flux) -> None:
+    tasks = sent_tasks(server)
+    assert len(tasks) == 1
+    assert (tasks[0].webhook_url, tasks[0].webhook_secret) == (None, None)
+    assert (tasks[0].job.prompt, tasks[0].job.seed, tasks[0].job.width, tasks[0].job.height) == (
+        "a quiet harbour",
+        7,
+        80,
+        64,
+    )
+    stats = server.stats()
+    assert stats["webhooks_sent"] == stats["webhooks_refused"] == 0
+    (record,) = [flux.record(r) for r in flux.history()["record_id"]]
+    assert (record.tag, record.labels, record.webhook_url) == (None, None, None)
+
+
+# -- 1. a file adds no field the user does not see -----------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_flux_replay_of_a_file_sends_only_the_request_it_shows(
+    flux: Flux, server: EmbeddedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    path = planted(tmp_path / f"harbour.{fmt}", fmt)
+    visible = read_parameters(path) or ""
+    assert "a quiet harbour" in visible and "hook" not in visible and "from-the-file" not in visible
+    result = flux.replay(path)
+    assert result.ok and result.tag is None and result.labels == {}
+    assert_nothing_hidden_was_sent(server, flux)
+    captured = capsys.readouterr()
+    assert captured.err == IGNORED_LINE.format(path.name)
+    assert "secret-from-the-file" not in captured.out + captured.err
+
+
+def test_percent_flux_replay_of_a_file_sends_only_the_request_it_shows(
+    ipython: Any, server: EmbeddedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = planted(tmp_path / "harbour.png")
+    ipython.run_line_magic("flux", f"replay {path}")
+    assert_nothing_hidden_was_sent(server, ipython.user_ns["flux"])
+    captured = capsys.readouterr()
+    assert IGNORED_LINE.format(path.name) in captured.err
+    assert captured.err.count("ignored from the file") == 1 and "secret-from-the-file" not in captured.err
+
+
+def test_flux_nb_replay_of_a_file_sends_only_the_request_it_shows(
+    server: EmbeddedServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = planted(tmp_path / "harbour.webp", "webp")
+    history = tmp_path / "cli-history"
+    code = cli.main(["replay", str(path), "--endpoint", server.url, "--history-dir", str(history)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == IGNORED_LINE.format(path.name)
+    assert "secret-from-the-file" not in captured.out + captured.err
+    flux = Flux(endpoint=server.url, history_dir=history)
+    try:
+        assert_nothing_hidden_was_sent(server, flux)
+    finally:
+        flux.close()
+
+
+def test_request_from_a_file_shows_what_it_would_send_and_names_the_rest(
+    flux: Flux, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = planted(tmp_path / "harbour.png", model="flux-2-flex", steps=12, guidance=3.5, prompt_upsampling=False)
+    prepared = flux.request_from(path)
+    request = prepared.request
+    assert (request.webhook_url, request.webhook_secret) == (None, None)
+    assert (prepared.tag, prepared.labels, prepared.fresh) == (None, {}, False)
+    assert (request.model, request.steps, request.guidance, request.prompt_upsampling) == (
+        "flux-2-flex",
+        12,
+        3.5,
+        False,
+    )
+    assert capsys.readouterr().err == IGNORED_LINE.format(path.name)
+    assert len(flux.history()) == 0  # nothing sent, nothing recorded
+
+
+def test_read_request_keeps_the_request_fields_and_names_everything_else(tmp_path: Path) -> None:
+    path = planted(tmp_path / "harbour.jpeg", "jpeg", x_unknown=1, prompt_upsampling=True, input_hashes=["ab" * 32])
+    fields, ignored = read_request(path)
+    assert fields == {
+        **REQUEST,
+        "safety_tolerance": None,
+        "output_format": None,
+        "steps": None,
+        "guidance": None,
+        "prompt_upsampling": True,
+        "input_hashes": ["ab" * 32],
+    }
+    assert ignored == ["fresh", "labels", "tag", "webhook_secret", "webhook_url", "x_unknown"]
+    assert request_from_file(path) == fields
+    plain = tmp_path / "plain.png"  # our own files name nothing: their provenance holds only request fields
+    plain.write_bytes(embed(plain_image("png"), {"format": FORMAT, "kind": "image", "request": REQUEST}))
+    assert read_request(plain) == ({**dict.fromkeys(REQUEST_FIELDS), **REQUEST, "input_hashes": []}, [])
+
+
+def test_unknown_keys_are_dropped_and_named_safely_in_one_line(
+    flux: Flux, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = {"line\nbreak\x1b[31m": 1, "k" * 100: 2, **{f"extra_{i:02}": i for i in range(12)}}
+    path = tmp_path / "odd.png"
+    path.write_bytes(embed(plain_image("png"), {"format": FORMAT, "kind": "image", "request": {**REQUEST, **odd}}))
+    prepared = flux.request_from(path)
+    assert prepared.request.prompt == "a quiet harbour"
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "\x1b" not in err and "k" * 41 not in err
+    assert err == (
+        "flux_nb: ignored from the file odd.png: extra_00, extra_01, extra_02, extra_03, extra_04, extra_05, "
+        "extra_06, extra_07, extra_08, extra_09, extra_10, extra_11 and 2 more\n"
+    )
+    shown = {"b\n": 1, "k" * 41: 2}
+    path.write_bytes(embed(plain_image("png"), {"format": FORMAT, "kind": "image", "request": {**REQUEST, **shown}}))
+    flux.request_from(path)
+    assert capsys.readouterr().err == f'flux_nb: ignored from the file odd.png: "b\\n", "{"k" * 40}"\n'
+
+
+def test_a1111_settings_that_do_not_map_are_named(
+    flux: Flux, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a castle\nSteps: 20, CFG scale: 7, Seed: 12, Size: 512x768, Model: sd_xl_base_1.0")
+    path = tmp_path / "a1111.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    request = flux.request_from(path).request
+    assert (request.model, request.steps, request.guidance, request.seed) == (flux.model, None, None, 12)
+    assert capsys.readouterr().err == "flux_nb: ignored from the file a1111.png: guidance, model, steps\n"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a barn\nSteps: 30, CFG scale: 4.5, Seed: 9, Size: 512x512, Model: flux-2-flex")
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    assert flux.request_from(path).request.steps == 30
+    assert capsys.readouterr().err == ""  # everything mapped: no line
+
+
+def test_reference_hashes_that_are_not_a_list_are_refused_before_anything_is_sent(
+    flux: Flux, server: EmbeddedServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "odd.png"
+    document = {"format": FORMAT, "kind": "image", "request": {**REQUEST, "input_hashes": 5}}
+    path.write_bytes(embed(plain_image("png"), document))
+    with pytest.raises(ValidationError, match="names its reference images as something other than a list"):
+        flux.replay(path)
+    grid = {"format": FORMAT, "kind": "grid", "cells": 3}
+    path.write_bytes(embed(plain_image("png"), grid))
+    with pytest.raises(ValidationError, match="is a grid of several images, not one"):
+        flux.replay(path)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("flux_nb", json.dumps({**document, "request": ["not", "a", "request"]}))
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    with pytest.raises(ValidationError, match="prompt is empty"):
+        flux.replay(path)  # a request that is not an object: nothing of it is read
+    assert sent_tasks(server) == [] and len(flux.history()) == 0
+
+
+# -- 2. A1111 text: linear time, and a cap ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a " * 12_000, "a" + " " * 24_000 + "b", "a-" * 12_000, 'k: "a, ' * 3_400, "x: 1, " * 4_000],
+    ids=["words", "spaces", "dashes", "open-quotes", "pairs"],
+)
+def test_a1111_parameters_parse_in_linear_time(text: str) -> None:
+    started = time.perf_counter()
+    parse_parameters(text)
+    assert time.perf_counter() - started < 1.0  # the quadratic reader took about 6 s on 24,000 characters
+
+
+def test_a1111_parameters_over_the_cap_are_refused_at_once(tmp_path: Path) -> None:
+    text = "a " * 500_000  # 1 MB
+    started = time.perf_counter()
+    with pytest.raises(ValidationError, match=r"parameters are 1,000,000 characters; flux_nb reads at most 100,000"):
+        parse_parameters(text)
+    assert time.perf_counter() - started < 0.5
+    assert parse_parameters("a" * PARAMETERS_MAX)["prompt"] == "a" * PARAMETERS_MAX  # the cap itself is read
+    with pytest.raises(ValidationError, match="are 100,001 characters"):
+        parse_parameters("a" * (PARAMETERS_MAX + 1))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    path = tmp_path / "long.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    with pytest.raises(ValidationError, match="flux_nb reads at most 100,000"):
+        request_from_file(path)
+
+
+def test_a1111_keys_and_quoted_values_still_read() -> None:
+    key = "K" * 64
+    text = f'a prompt\nSteps: 4, {key}: 1, Model: "flux-2-flex, quoted", Seed: 3, Size: 80x64, Long{key}: 2'
+    assert parse_parameters(text) == {
+        "prompt": "a prompt",
+        "steps": 4,
+        "model": "flux-2-flex, quoted",
+        "seed": 3,
+        "width": 80,
+        "height": 64,
+    }
+    assert parse_parameters("a prompt\n  Seed: 5,Steps:6,  Size: 8x8")["seed"] == 5
+    assert parse_parameters("a prompt\nSeed: 5, Steps: 6") == {"prompt": "a prompt\nSeed: 5, Steps: 6"}  # 2 pairs
+
+
+# -- 3. metadata: a cap per chunk and per file ------------------------------------------------------------
+
+
+def png_with_texts(chunks: list[bytes]) -> bytes:
+    """A tiny PNG with these chunks (whole, with length and CRC) before its image data."""
+    data = plain_image("png", (4, 4))
+    parts = _png_chunks(data)
+    return data[:8] + parts[0][2] + b"".join(chunks) + b"".join(raw for _, _, raw in parts[1:])
+
+
+def ztxt(keyword: str, text: bytes) -> bytes:
+    return _png_chunk(b"zTXt", keyword.encode() + b"\x00\x00" + zlib.compress(text, 9))
+
+
+def itxt(keyword: str, text: bytes, *, compressed: bool) -> bytes:
+    body = zlib.compress(text) if compressed else text
+    return _png_chunk(b"iTXt", keyword.encode() + b"\x00" + bytes((compressed, 0)) + b"\x00\x00" + body)
+
+
+def test_forty_zip_bombs_in_one_png_are_refused_within_the_per_file_cap() -> None:
+    bomb = zlib.compress(b"\x00" * containers.TEXT_LIMIT, 9)  # 16 MB that inflates from 16 KB
+    data = png_with_texts([_png_chunk(b"zTXt", f"k{i}".encode() + b"\x00\x00" + bomb) for i in range(40)])
+    assert len(data) < 700_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValidationError, match=r"metadata is too large: flux_nb reads at most 16,777,216 bytes"):
+            read_embedded(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 * 1024 * 1024  # about 50 MB: two chunks' text, then one byte of the third (it was 683 MB)
+
+
+@pytest.fixture
+def small_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(containers, "TEXT_LIMIT", 100)
+    monkeypatch.setattr(containers, "FILE_TEXT_LIMIT", 250)
+
+
+@pytest.mark.usefixtures("small_caps")
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        lambda n: _png_chunk(b"tEXt", b"k\x00" + b"t" * n),
+        lambda n: ztxt("k", b"z" * n),
+        lambda n: itxt("k", b"i" * n, compressed=True),
+        lambda n: itxt("k", b"u" * n, compressed=False),
+    ],
+    ids=["tEXt", "zTXt", "iTXt", "iTXt-plain"],
+)
+def test_each_kind_of_text_chunk_is_capped_at_its_limit(chunk: Callable[[int], bytes]) -> None:
+    assert len(read_embedded(png_with_texts([chunk(100)])).texts["k"]) == 100
+    with pytest.raises(ValidationError, match="the PNG file's metadata is too large"):
+        read_embedded(png_with_texts([chunk(101)]))
+
+
+@pytest.mark.usefixtures("small_caps")
+def test_the_text_of_all_chunks_together_is_capped_per_file() -> None:
+    full = [ztxt("a", b"a" * 100), ztxt("b", b"b" * 100), itxt("c", b"c" * 50, compressed=False)]
+    assert read_embedded(png_with_texts(full)).texts == {"a": "a" * 100, "b": "b" * 100, "c": "c" * 50}
+    with pytest.raises(ValidationError, match="too large"):
+        read_embedded(png_with_texts([*full, _png_chunk(b"tEXt", b"d\x00d")]))
+    with pytest.raises(ValidationError, match="too large"):
+        read_embedded(png_with_texts([*full[:2], itxt("c", b"c" * 51, compressed=True)]))
+    # Later chunks of a keyword already read are skipped, not inflated: they count for nothing.
+    again = [ztxt("a", b"a" * 100), *[ztxt("a", b"x" * 100) for _ in range(5)], ztxt("b", b"b" * 100)]
+    assert read_embedded(png_with_texts(again)).texts == {"a": "a" * 100, "b": "b" * 100}
+
+
+@pytest.mark.usefixtures("small_caps")
+def test_a_webp_xmp_packet_is_capped() -> None:
+    data = plain_image("webp")
+    packet = b"<x:xmpmeta>" + b"x" * 89
+    grown = embed(data, {"format": FORMAT, "kind": "image", "request": REQUEST})
+    chunks = [(f, b) for f, b in _webp_chunks(grown) if f != b"XMP "]
+    for body, refused in ((packet, False), (packet + b"x", True)):
+        riff = b"WEBP" + b"".join(containers._webp_chunk(f, b) for f, b in [*chunks, (b"XMP ", body)])
+        webp = b"RIFF" + struct.pack("<I", len(riff)) + riff
+        if refused:
+            with pytest.raises(ValidationError, match="the WEBP file's metadata is too large"):
+                read_embedded(webp)
+        else:
+            assert read_embedded(webp).xmp == packet.decode()
+
+
+# -- 4. XMP escaping, and a PNG rewrite that keeps every other chunk --------------------------------------
+
+AWKWARD = "fish & chips <b>bold</b> > \"quoted\" 'single' \x0c\x0b\x00\ufffe\uffff tab\there ]]> &amp;"
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "webp", "png"])
+def test_a_prompt_with_xml_characters_round_trips_in_every_format(fmt: str) -> None:
+    document = {"format": FORMAT, "kind": "image", "request": {**REQUEST, "prompt": AWKWARD}, "record": {}}
+    written = embed(plain_image(fmt), document)
+    found = read_provenance(written)
+    assert found is not None and found["request"]["prompt"] == AWKWARD
+    packet = read_embedded(written).xmp or ""
+    assert "fish &amp; chips &lt;b&gt;" in packet  # escaped in the XMP, where JPEG and WebP keep it
+    from flux_nb.metadata.provenance import _from_xmp
+
+    assert json.loads(_from_xmp(packet) or "")["request"]["prompt"] == AWKWARD  # PNG's XMP copy too
+
+
+def test_the_xmp_description_holds_the_prompt_in_xml_it_can_carry() -> None:
+    packet = xmp_packet({"request": {"prompt": "a\x0cb & c"}})
+    assert '<rdf:li xml:lang="x-default">a\ufffdb &amp; c</rdf:li>' in packet
+
+
+def test_a_png_rewrite_keeps_every_other_chunk_byte_for_byte() -> None:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "GIMP 2.10")
+    info.add_text("Comment", "shot at dawn", zip=True)
+    info.add_itxt("Author", "Zoë", lang="fr", tkey="Auteur")
+    info.add_text("parameters", "an old prompt\nSteps: 1, Seed: 2, Size: 8x8")
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buffer, "PNG", pnginfo=info, dpi=(300, 300))
+    original = buffer.getvalue()
+    before = [(kind, raw) for kind, _, raw in _png_chunks(original)]
+    document = {"format": FORMAT, "kind": "image", "request": REQUEST, "record": {}}
+    written = embed(original, document)
+    ours = {b"flux_nb", b"parameters", b"XML:com.adobe.xmp"}
+    after = [(kind, raw) for kind, body, raw in _png_chunks(written) if body.split(b"\x00")[0] not in ours]
+    assert after == [(kind, raw) for kind, raw in before if b"parameters" not in raw]
+    assert {b"pHYs", b"tEXt", b"zTXt", b"iTXt"} <= {kind for kind, _ in after}
+    texts = read_embedded(written).texts
+    assert (texts["Software"], texts["Comment"], texts["Author"]) == ("GIMP 2.10", "shot at dawn", "Zoë")
+    assert texts["parameters"] == parameters_text(document)  # the file's own parameters, replaced
+    assert embed(written, document) == written  # writing again changes nothing
+
+
+def test_a_record_embeds_with_the_same_escaping(tmp_path: Path) -> None:
+    record = {**REQUEST, "record_id": "r1", "prompt": AWKWARD, "safety_tolerance": 2, "output_format": "jpeg"}
+    written = embed_provenance(plain_image("jpeg"), record)
+    assert request_from_file(written)["prompt"] == AWKWARD
