@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from flux_nb import Flux
+from flux_nb import Flux, addresses
 from flux_nb.core.axes import Axis
 from flux_nb.core.batch import Defaults, build, one_request, prepare
 from flux_nb.core.templates import MIN_KEY_LENGTH, fill, refuse_keys
@@ -34,6 +34,7 @@ from tests.hostile import HostileServer, png, png_header_only
 from tests.test_magic import html_of, run
 
 LOCAL = ProbePolicy(loopback=True)
+SYSTEM_RESOLVE = addresses.resolve  # taken before conftest's autouse fixture swaps it for a loopback-only one
 STEP = 0.25  # seconds between two trickled bytes
 KEY = "sk-bounds-test-0123456789abcdef"
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
@@ -331,3 +332,98 @@ def test_flux_download_stall_is_a_setting_and_the_stalled_task_resumes(
             flux.download_stall = 0
     finally:
         flux.close()
+
+
+# -- addresses: which hosts may be contacted (decided on address values, no socket opened) --------
+
+PUBLIC_V4 = "93.184.215.14"
+NOT_PUBLIC = [
+    "127.0.0.1",  # loopback
+    "10.1.2.3",  # private
+    "192.168.1.9",
+    "172.16.0.1",
+    "169.254.169.254",  # link-local (cloud metadata)
+    "224.0.0.1",  # multicast
+    "240.0.0.1",  # reserved
+    "0.0.0.0",  # unspecified
+    "100.64.0.1",  # shared address space: not private, not global
+    "::1",
+    "::",
+    "fe80::1",
+    "fc00::1",
+    "ff02::1",
+    "::ffff:10.0.0.1",  # IPv4-mapped private
+    "::ffff:127.0.0.1",
+    "2002:a00:1::1",  # 6to4 of 10.0.0.1
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo of 10.0.0.1
+    "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+    "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+    f"::ffff:{PUBLIC_V4}",  # a wrapper passes only where both it and what it wraps are global
+    "64:ff9b::5db8:d70e",
+]
+
+
+@pytest.mark.parametrize("text", NOT_PUBLIC)
+def test_addresses_that_are_not_public_are_refused(text: str) -> None:
+    assert not addresses.is_public(addresses.parse_address(text))
+
+
+@pytest.mark.parametrize("text", [PUBLIC_V4, "2606:4700::1111", "8.8.8.8", "2a00:1450:4001::200e"])
+def test_public_addresses_pass(text: str) -> None:
+    assert addresses.is_public(addresses.parse_address(text))
+
+
+@pytest.mark.parametrize(
+    ("text", "inner"),
+    [
+        ("::ffff:10.0.0.1", "10.0.0.1"),
+        ("2002:a00:1::1", "10.0.0.1"),
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "10.0.0.1"),
+        ("64:ff9b::a00:1", "10.0.0.1"),
+        ("64:ff9b::1:a00:1", "64:ff9b::1:a00:1"),  # outside the NAT64 /96: itself
+        ("2606:4700::1111", "2606:4700::1111"),
+        ("10.0.0.1", "10.0.0.1"),
+    ],
+)
+def test_an_ipv6_wrapper_is_judged_by_the_ipv4_address_it_carries(text: str, inner: str) -> None:
+    assert addresses.unwrap(addresses.parse_address(text)) == addresses.parse_address(inner)
+
+
+@pytest.mark.parametrize(
+    ("text", "loopback"),
+    [
+        *[("127.0.0.1", True), ("127.9.9.9", True), ("::1", True), ("::ffff:127.0.0.1", True)],
+        *[("64:ff9b::7f00:1", True), ("10.0.0.1", False), (PUBLIC_V4, False), ("::2", False)],
+        ("::ffff:10.0.0.1", False),
+    ],
+)
+def test_loopback_is_recognised_also_when_wrapped(text: str, loopback: bool) -> None:
+    assert addresses.is_loopback(addresses.parse_address(text)) is loopback
+
+
+def test_a_resolvers_answer_is_parsed_without_its_zone_and_names_are_refused() -> None:
+    assert addresses.parse_address("fe80::1%eth0") == addresses.parse_address("fe80::1")
+    with pytest.raises(ValueError):
+        addresses.parse_address("images.example")
+
+
+def test_numeric_hosts_resolve_without_a_lookup() -> None:
+    assert SYSTEM_RESOLVE("2130706433", 80) == ["127.0.0.1"]
+    assert SYSTEM_RESOLVE("::1", 80) == ["::1"]
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port", "address", "connect", "host_header"),
+    [
+        ("https://img.example/a?v=1#x", "img.example", 443, PUBLIC_V4, f"https://{PUBLIC_V4}:443/a?v=1", "img.example"),
+        ("http://img.example:8080", "img.example", 8080, PUBLIC_V4, f"http://{PUBLIC_V4}:8080/", "img.example:8080"),
+        ("http://img.example/x", "img.example", 80, "2606:4700::1111", "http://[2606:4700::1111]:80/x", "img.example"),
+        ("http://[::1]:8800/x", "::1", 8800, "::1", "http://[::1]:8800/x", "[::1]:8800"),
+        ("https://img.example:80/x", "img.example", 80, PUBLIC_V4, f"https://{PUBLIC_V4}:80/x", "img.example:80"),
+    ],
+)
+def test_a_target_connects_to_the_checked_address_and_names_the_host(
+    url: str, host: str, port: int, address: str, connect: str, host_header: str
+) -> None:
+    target = addresses.Target(url, host, port, address)
+    assert target.connect_url == connect and target.host_header == host_header
