@@ -115,7 +115,7 @@ TARGETS: dict[str, Target] = {
 
 def mutmut_config(target: Target) -> str:
     """The ``[tool.mutmut]`` table for one target."""
-    tests = [t for t in target.tests if (ROOT / t).exists()]
+    tests = [t for t in target.tests if (ROOT / t.split("::")[0]).exists()]
     tests += [arg for test in target.slow for arg in ("--deselect", test)]
     lines = [
         "[tool.mutmut]",
