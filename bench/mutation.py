@@ -46,6 +46,25 @@ CLIENT_SLOW = (
     "tests/test_client.py::test_a_task_slower_than_the_task_timeout_times_out",
 )
 
+# The pure tests of tests/test_client_bounds.py (its probe, notebook and download tests start servers).
+CLIENT_BOUNDS_PURE = tuple(
+    f"tests/test_client_bounds.py::{name}"
+    for name in (
+        "test_a_huge_list_like_is_refused_before_it_is_copied",
+        "test_list_likes_at_the_limits_still_sweep",
+        "test_ipythons_history_names_are_never_filled_in",
+        "test_names_that_only_look_like_history_are_filled",
+        "test_the_key_check_is_exact_at_the_minimum_key_length",
+        "test_addresses_that_are_not_public_are_refused",
+        "test_public_addresses_pass",
+        "test_an_ipv6_wrapper_is_judged_by_the_ipv4_address_it_carries",
+        "test_loopback_is_recognised_also_when_wrapped",
+        "test_a_resolvers_answer_is_parsed_without_its_zone_and_names_are_refused",
+        "test_numeric_hosts_resolve_without_a_lookup",
+        "test_a_target_connects_to_the_checked_address_and_names_the_host",
+    )
+)
+
 TARGETS: dict[str, Target] = {
     "protocol": Target(
         ("flux_nb/protocol.py",),
@@ -102,12 +121,15 @@ TARGETS: dict[str, Target] = {
         ("flux_nb/metadata/__init__.py", "flux_nb/metadata/containers.py", "flux_nb/metadata/provenance.py"),
         ("tests/test_metadata_handover.py", "tests/test_metadata.py", "tests/test_provenance_files.py"),
     ),
+    "templates": Target(("flux_nb/core/templates.py",), ("tests/test_templates.py", *CLIENT_BOUNDS_PURE)),
+    "axes": Target(("flux_nb/core/axes.py",), ("tests/test_sweep.py", "tests/test_templates.py", *CLIENT_BOUNDS_PURE)),
+    "addresses": Target(("flux_nb/addresses.py",), ("tests/test_reference_probe.py", *CLIENT_BOUNDS_PURE)),
 }
 
 
 def mutmut_config(target: Target) -> str:
     """The ``[tool.mutmut]`` table for one target."""
-    tests = [t for t in target.tests if (ROOT / t).exists()]
+    tests = [t for t in target.tests if (ROOT / t.split("::")[0]).exists()]
     tests += [arg for test in target.slow for arg in ("--deselect", test)]
     lines = [
         "[tool.mutmut]",

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# NAT64's well-known prefix: the IPv4 address is the low 32 bits.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def unwrap(address: Address) -> Address:
@@ -21,7 +23,7 @@ def unwrap(address: Address) -> Address:
         inner = address.ipv4_mapped or address.sixtofour or (address.teredo[1] if address.teredo else None)
         if inner is not None:
             return inner
-        if address in ipaddress.IPv6Network("64:ff9b::/96"):  # NAT64: the IPv4 address is the low 32 bits
+        if address in NAT64:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
 
@@ -50,7 +52,7 @@ def is_loopback(address: Address) -> bool:
 
 def parse_address(text: str) -> Address:
     """An address from a resolver's answer (an IPv6 zone such as ``%eth0`` dropped); ValueError if not one."""
-    return ipaddress.ip_address(text.split("%", 1)[0])
+    return ipaddress.ip_address(text.partition("%")[0])
 
 
 def resolve(host: str, port: int) -> list[str]:

@@ -35,6 +35,7 @@ from flux_nb.errors import ValidationError
 from flux_nb.experiments import ExperimentMethods
 from flux_nb.history.store import HistoryStore, process_owner
 from flux_nb.http.auth import Secret
+from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.client import AsyncFluxClient
 from flux_nb.http.probe import ProbePolicy, ReferenceSizes
 from flux_nb.http.slots import SharedSlots
@@ -101,7 +102,7 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
 
     # -- configuration changes drop what depended on them --------------------------------------
 
-    @observe("endpoint", "region", "max_concurrency", "task_timeout", "share_slots")
+    @observe("endpoint", "region", "max_concurrency", "task_timeout", "download_stall", "share_slots")
     def _connection_changed(self, change: dict[str, Any]) -> None:
         self._reset(backend=True)
 
@@ -167,6 +168,7 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
                 backend.base_url,
                 max_active=self.max_concurrency,
                 task_timeout=self.task_timeout,
+                limits=BodyLimits(download_stall=self.download_stall),
                 transport=self._transport,
                 shared_slots=shared,
             )
@@ -196,6 +198,7 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
             safety_tolerance=self.safety_tolerance,
             output_format=self.output_format,
             measure_url=self._reference_sizes() if self.measure_references else None,
+            keys=tuple(configured_keys(self)),
         )
 
     def _reference_sizes(self) -> ReferenceSizes:
@@ -370,6 +373,14 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
         self._runner.close()
         if self._store is not None:
             self._store.close()
+
+
+def configured_keys(session: Any) -> list[str]:
+    """The API keys no prompt or request field may carry: the session's and those in the environment."""
+    secret = getattr(session, "_api_key", None)
+    keys = [secret.reveal()] if secret else []
+    keys += [os.environ.get(name, "") for name in (protocol.KEY_ENV, ENDPOINT_KEY_ENV)]
+    return list(dict.fromkeys(key for key in keys if key))
 
 
 __all__ = ["BatchObserver", "Flux", "PreparedRequest", "draw_seed", "notebook_name"]

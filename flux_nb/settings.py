@@ -40,6 +40,9 @@ class FluxSettings(Configurable):
     endpoint = Unicode("", help="Server base URL; empty: BFL cloud with a key, else the local server.").tag(config=True)
     region = Enum(list(protocol.BFL_HOSTS), "global", help="BFL cloud region: global, eu or us.").tag(config=True)
     task_timeout = Float(600.0, help="Seconds to wait for one task before leaving it to resume.").tag(config=True)
+    download_stall = Float(
+        30.0, help="Seconds without a byte after which an image download is given up (the task stays to resume)."
+    ).tag(config=True)
     cache = Bool(True, help="Answer a request identical to a stored one from the history, for free.").tag(config=True)
     experiment = Unicode("", help="Experiment recorded on every row from now on; empty for none.").tag(config=True)
     share_slots = Bool(
@@ -57,7 +60,8 @@ class FluxSettings(Configurable):
     def _credit_limit(self, proposal: Any) -> float | None:
         return guard.credit_limit(proposal["trait"].name, proposal["value"])
 
-    @validate("task_timeout", "max_concurrency", "thumbnail_size")
+    @validate("task_timeout", "download_stall", "max_concurrency", "thumbnail_size")
     def _positive(self, proposal: Any) -> float:
         name = proposal["trait"].name
-        return guard.positive(name, proposal["value"], integer=name != "task_timeout", most=LIMITS.get(name))
+        integer = name in ("max_concurrency", "thumbnail_size")
+        return guard.positive(name, proposal["value"], integer=integer, most=LIMITS.get(name))

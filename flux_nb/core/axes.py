@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,33 @@ class Axis:
     values: tuple[Any, ...]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "values", tuple(self.values))
+        values = self.values
+        if hasattr(values, "__len__"):
+            values = listed(values, f"axis {self.name!r}", MAX_COMBINATIONS)
+        object.__setattr__(self, "values", tuple(values))
+
+
+def is_list_like(value: Any) -> bool:
+    """A list, tuple, range, 1-d NumPy array, pandas Series or Index: a value that sweeps."""
+    if isinstance(value, (list, tuple, range)):
+        return True
+    numpy, pandas = sys.modules.get("numpy"), sys.modules.get("pandas")
+    if numpy is not None and isinstance(value, numpy.ndarray):
+        return value.ndim == 1
+    return pandas is not None and isinstance(value, (pandas.Series, pandas.Index))
+
+
+def listed(value: Any, what: str, most: int = MAX_VALUES) -> list[Any]:
+    """The items of a sized ``value`` as a list, counted with ``len()`` first: more than ``most`` is refused
+    before any item is copied (``range(10**9)`` is one error, not gigabytes).
+
+    >>> listed(range(3), "seed")
+    [0, 1, 2]
+    """
+    count = len(value)
+    if count > most:
+        raise ValidationError(f"{what} has {count} values; at most {most} run at once (narrow it or split it up)")
+    return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flux_nb import protocol
-from flux_nb.core.axes import MAX_COMBINATIONS, Axis, expand
+from flux_nb.core.axes import MAX_COMBINATIONS, Axis, expand, is_list_like, listed
 from flux_nb.core.results import Result
-from flux_nb.core.templates import PromptTemplate, choices, replacement_axes, with_replacements
+from flux_nb.core.templates import PromptTemplate, choices, refuse_keys, replacement_axes, with_replacements
 from flux_nb.errors import ValidationError
 from flux_nb.images import ImageInput, prepare_images
 from flux_nb.protocol import FluxRequest
@@ -61,6 +61,8 @@ class Defaults:
     output_format: str = protocol.DEFAULT_FORMAT
     #: Learns a URL reference's (width, height) to price it, or None when it cannot (``flux_nb.http.probe``).
     measure_url: SizeOfUrl | None = field(default=None, compare=False)
+    #: API keys no prompt, axis value or request field may carry (``refuse_secrets``).
+    keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass
@@ -155,6 +157,7 @@ def prepare(
 ) -> PreparedRequest:
     """Validate and price one request; draws a seed when none is given."""
     check_text(prompt, "prompt")
+    refuse_secrets(defaults.keys, prompt, labels or {}, fields)
     if tag is not None:
         check_text(tag, "tag")
     unknown = sorted(set(fields) - set(REQUEST_FIELDS) - set(SIZE_FIELDS))
@@ -191,6 +194,14 @@ def prepare(
     return prepared
 
 
+def refuse_secrets(keys: Sequence[str], prompt: str, labels: Mapping[str, Any], fields: Mapping[str, Any]) -> None:
+    """The one check that no API key goes out, however it got there (typed, a template variable, a vary value, an
+    alternative): in the prompt, an axis value or a request field. The ValidationError never shows the key."""
+    refuse_keys("prompt", prompt, keys)
+    for name, value in (*labels.items(), *fields.items()):
+        refuse_keys(name, value, keys)
+
+
 def _priced_megapixels(image: ImageInput) -> float:
     """A reference's megapixels as the API bills them; a URL's size is unknown here, so the largest it takes."""
     return image.megapixels if image.size is not None else protocol.REFERENCE_MP_CAP
@@ -217,14 +228,15 @@ def _or(value: Any, default: Any) -> Any:
 
 
 def split_axes(fields: Mapping[str, Any]) -> tuple[dict[str, Any], list[Axis]]:
-    """Fixed fields and axes: a list, tuple or range value sweeps (``size`` takes a list of pairs)."""
+    """Fixed fields and axes: a list-like value (list, tuple, range, NumPy vector, Series) sweeps (``size`` takes a
+    list of pairs)."""
     base: dict[str, Any] = {}
     axes: list[Axis] = []
     for name, value in fields.items():
         if name == "size" and isinstance(value, tuple) and len(value) == 2 and not isinstance(value[0], tuple):
             base[name] = value  # one (width, height) pair
-        elif isinstance(value, (list, tuple, range)):
-            axes.append(_axis(name, [plain(v) for v in value]))
+        elif is_list_like(value):
+            axes.append(_axis(name, [plain(v) for v in listed(value, name, MAX_COMBINATIONS)]))
         else:
             base[name] = value
     return base, axes
@@ -267,25 +279,21 @@ def build(
         raise ValidationError(
             f"the sweep has {total} combinations; at most {MAX_COMBINATIONS} run at once (split it up)"
         )
-    inputs = reference_images(images, defaults.measure_url)
-    batch = []
+    planned = []
     for template in templates:
         label = template.label if template.axes else template.render({})
         for point in expand(base, [Axis("prompt", (label,)), *template.axes, *shared]):
             fields = dict(point.fields)
             fields.pop("prompt")
-            batch.append(
-                prepare(
-                    template.render(point.labels),
-                    defaults,
-                    images=inputs,
-                    tag=options.get("tag"),
-                    fresh=bool(options.get("fresh", False)),
-                    labels={**options.get("labels", {}), **point.labels},
-                    **fields,
-                )
-            )
-    return batch
+            planned.append((template.render(point.labels), {**options.get("labels", {}), **point.labels}, fields))
+    for prompt, labels, fields in planned:  # before a reference is read or a URL measured
+        refuse_secrets(defaults.keys, prompt, labels, fields)
+    inputs = reference_images(images, defaults.measure_url)
+    tag, fresh = options.get("tag"), bool(options.get("fresh", False))
+    return [
+        prepare(prompt, defaults, images=inputs, tag=tag, fresh=fresh, labels=labels, **fields)
+        for prompt, labels, fields in planned
+    ]
 
 
 def prompt_templates(
@@ -317,9 +325,9 @@ def one_request(fields: Mapping[str, Any]) -> None:
     for name, value in fields.items():
         if name in ("images", "labels", "size"):
             continue
-        if isinstance(value, (list, tuple, range)):
+        if is_list_like(value):
             raise ValidationError(
-                f"{name}={list(value)!r} is a list: generate makes one image; use flux.sweep(...) for several"
+                f"{name} is a list of {len(value)} values: generate makes one image; use flux.sweep(...) for several"
             )
 
 
@@ -334,5 +342,6 @@ __all__ = [
     "prepare",
     "prompt_templates",
     "reference_images",
+    "refuse_secrets",
     "split_axes",
 ]

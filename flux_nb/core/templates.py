@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flux_nb.core.axes import MAX_VALUES, PromptAxis
+from flux_nb.core.axes import PromptAxis, is_list_like, listed
 from flux_nb.errors import FluxError, ValidationError
 
 #: Inline alternatives are named ALTERNATIVES_NAME + their number in the prompt: alt1, alt2...
@@ -33,6 +33,9 @@ ALTERNATIVES_NAME = "alt"
 #: A key shorter than this is refused only when a value equals it (not when a value contains it).
 MIN_KEY_LENGTH = 8
 _CHOICES = re.compile(r"\{([^{}]*\|[^{}]*)\}")
+#: IPython's input and output history (_i1, In, Out, _, __...): never filled in, since any earlier cell (one
+#: that held a password, say) would go out with the prompt.
+IPYTHON_HISTORY = re.compile(r"_{1,3}|_i{1,3}|_i\d+|_\d+|_oh|_ih|_dh|In|Out")
 _PLAIN_ONLY = (
     "only plain names are filled ({name}); attribute access, indexing, conversions and format specs are not "
     "(put the value in a variable first, or write {{ and }} for literal braces)"
@@ -90,18 +93,6 @@ def _is_numpy_scalar(value: Any) -> bool:
     return numpy is not None and isinstance(value, numpy.generic) and not isinstance(value, numpy.void)
 
 
-def _sequence(value: Any) -> list[Any] | None:
-    """The items of a list-like (list, tuple, range, 1-d NumPy array, pandas Series or Index), else None."""
-    if isinstance(value, (list, tuple, range)):
-        return list(value)
-    numpy, pandas = sys.modules.get("numpy"), sys.modules.get("pandas")
-    if numpy is not None and isinstance(value, numpy.ndarray) and value.ndim == 1:
-        return value.tolist()
-    if pandas is not None and isinstance(value, (pandas.Series, pandas.Index)):
-        return value.tolist()
-    return None
-
-
 def _plain(value: Any) -> Any:
     """NumPy scalars as Python ones, so labels sort and print plainly."""
     return value.item() if _is_numpy_scalar(value) else value
@@ -127,11 +118,10 @@ def _kind(value: Any) -> str:
     return "a plain object" if kind == "object" else f"{'an' if kind[0] in 'aeiouAEIOU' else 'a'} {kind} object"
 
 
-def _axis_values(name: str, items: list[Any], keys: Iterable[str]) -> tuple[Any, ...]:
+def _axis_values(name: str, value: Any, keys: Iterable[str]) -> tuple[Any, ...]:
+    items = listed(value, f"prompt template: {{{name}}}")
     if not items:
         raise ValidationError(f"prompt template: {{{name}}} is an empty list; give it at least one value")
-    if len(items) > MAX_VALUES:
-        raise ValidationError(f"prompt template: {{{name}}} has {len(items)} values; at most {MAX_VALUES}")
     for i, item in enumerate(items):
         if not is_scalar(item):
             raise ValidationError(
@@ -223,6 +213,11 @@ def fill(body: str, namespace: Mapping[str, Any], *, keys: Sequence[str] = ()) -
 
 
 def _fill_slot(name: str, namespace: Mapping[str, Any], axes: dict[str, PromptAxis], keys: Sequence[str]) -> Part:
+    if IPYTHON_HISTORY.fullmatch(name):
+        raise ValidationError(
+            f"prompt template: {{{name}}} is IPython's input/output history, which can hold any earlier cell; "
+            f"it is never filled in: assign what you mean to a normal name (e.g. subject = ...) and write {{subject}}"
+        )
     if name not in namespace:
         raise ValidationError(
             f"prompt template: {{{name}}} is not defined in the notebook (define it, or write {{{{{name}}}}} "
@@ -232,8 +227,7 @@ def _fill_slot(name: str, namespace: Mapping[str, Any], axes: dict[str, PromptAx
     if is_scalar(value):
         refuse_keys(f"prompt template: {{{name}}}", value, keys)
         return text_of(_plain(value))
-    items = _sequence(value)
-    if items is None:
+    if not is_list_like(value):
         raise ValidationError(
             f"prompt template: {{{name}}} is {_kind(value)}; a template takes text, a number, "
             "or a list of them (which sweeps)"
@@ -241,7 +235,7 @@ def _fill_slot(name: str, namespace: Mapping[str, Any], axes: dict[str, PromptAx
     if name not in axes:
         if name.startswith(ALTERNATIVES_NAME) and name[len(ALTERNATIVES_NAME) :].isdigit():
             raise ValidationError(f"prompt template: {{{name}}} is a name kept for {{a|b}} alternatives; rename it")
-        axes[name] = PromptAxis(name, _axis_values(name, items, keys))
+        axes[name] = PromptAxis(name, _axis_values(name, value, keys))
     return Slot(name)
 
 
@@ -292,12 +286,11 @@ def replacement_axes(vary: Mapping[str, Any], keys: Sequence[str] = ()) -> list[
     for name, values in vary.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise ValidationError(f"vary: the name {name!r} must be a plain name like animal")
-        items = _sequence(values)
-        if items is None or isinstance(values, str):
+        if not is_list_like(values):
             raise ValidationError(
                 f"vary {name}: give a list whose first value is the text to find, e.g. {name}=['dog', 'cat']"
             )
-        values = _axis_values(name, items, keys)
+        values = _axis_values(name, values, keys)
         if not text_of(values[0]):
             raise ValidationError(f"vary {name}: the first value is the text to find in the prompt; it is empty")
         axes.append((PromptAxis(name, values), text_of(values[0])))

@@ -358,12 +358,13 @@ class AsyncFluxClient:
         """Fetch a sample at once (delivery URLs expire), within a byte cap and one deadline, and decode it fully.
 
         ``task`` (what was asked) sets the byte cap and the expected size; without it only the absolute caps apply.
-        Every fault is retried under the policy; an expired URL (403/404/410) is not.
+        Faults are retried under the policy, but not an expired URL (403/404/410) nor a stall (``download_stall``).
         """
         size, fmt = (task.size, task.output_format) if task else (None, None)
-        limit = self.limits.image_cap(size, fmt)
-        call = Call("GET", url, "downloading the image", limit, oversize=DeliveryError, send_key=False)
-        deadline = time.monotonic() + self.limits.download_seconds
+        limit, stall = self.limits.image_cap(size, fmt), self.limits.download_stall
+        call = Call("GET", url, "downloading the image", limit, oversize=DeliveryError, send_key=False, stall=stall)
+        seconds = self.limits.download_time(self.task_timeout)
+        deadline = time.monotonic() + seconds
 
         async def attempt() -> tuple[bytes, Any]:
             try:
@@ -389,7 +390,7 @@ class AsyncFluxClient:
                 raise Transient(exc) from None
 
         def timed_out(error: FluxError) -> FluxError:
-            return FluxTimeout(f"the image did not arrive within {self.limits.download_seconds:g} s ({error})")
+            return FluxTimeout(f"the image did not arrive within {seconds:g} s ({error})")
 
         return await self.retry.run(attempt, deadline=deadline, on_deadline=timed_out)
 

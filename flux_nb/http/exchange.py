@@ -18,7 +18,7 @@ import httpx
 
 from flux_nb.errors import FluxError, TransportError, UnknownOutcomeError
 from flux_nb.http.answers import Answer, error_for_answer, retry_after
-from flux_nb.http.bodies import TooLarge, read_capped
+from flux_nb.http.bodies import Stalled, TooLarge, read_capped
 from flux_nb.http.retry import Transient
 
 # Faults where the request cannot have reached the server: always safe to retry.
@@ -30,7 +30,8 @@ class Call:
     """What one exchange is: its words for errors, its limits, and whether resending is safe.
 
     ``what`` names it in messages ("the submit", "polling task t1"); ``oversize`` is the error
-    kind for a body past ``limit`` bytes.
+    kind for a body past ``limit`` bytes; ``stall`` ends the exchange, not retried, with a
+    TransportError once no byte arrived for that many seconds (None: only the deadline applies).
     """
 
     method: str
@@ -41,6 +42,7 @@ class Call:
     oversize: type[FluxError] = TransportError
     json: Any = field(default=None, repr=False)  # the payload: base64 images, maybe a webhook secret
     send_key: bool = True
+    stall: float | None = None
 
 
 def describe(exc: BaseException) -> str:
@@ -61,6 +63,8 @@ async def exchange(http: httpx.AsyncClient, call: Call, *, deadline: float, scru
             answer = await _send(http, call, scrub)
     except TooLarge as big:
         raise call.oversize(f"{call.what}: the answer from {host} is larger than {big.limit:,} bytes") from None
+    except Stalled as stalled:
+        raise TransportError(f"{call.what}: {host} sent nothing for {stalled.seconds:g} s (it stalled)") from None
     except TimeoutError:
         lost = f"{call.what}: the answer did not arrive in time"
         raise _lost(call, lost) from None
@@ -86,6 +90,17 @@ def _lost(call: Call, message: str) -> Exception:
 
 async def _send(http: httpx.AsyncClient, call: Call, scrub: Callable[[str], str]) -> Answer:
     auth: Any = httpx.USE_CLIENT_DEFAULT if call.send_key else None
-    async with http.stream(call.method, call.url, json=call.json, auth=auth) as response:
-        body = await read_capped(response, call.limit, truncate=response.is_error)
+    idle = asyncio.timeout(call.stall)  # rearmed by every chunk: fires only after ``stall`` s without a byte
+
+    def rearm() -> None:
+        if call.stall is not None:
+            idle.reschedule(asyncio.get_running_loop().time() + call.stall)
+
+    try:
+        async with idle, http.stream(call.method, call.url, json=call.json, auth=auth) as response:
+            body = await read_capped(response, call.limit, truncate=response.is_error, on_bytes=rearm)
+    except TimeoutError:
+        if call.stall is not None and idle.expired():
+            raise Stalled(call.stall) from None
+        raise
     return Answer(response.status_code, body, response.url, response.headers, scrub)

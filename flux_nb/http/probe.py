@@ -5,9 +5,10 @@ request before paying for it, ``measure`` asks for the first ``PROBE_BYTES`` of 
 ``Range`` request; a server that ignores it is read no further) and reads the width and height from
 the header (``imagesize``). Only addresses the API itself could fetch are contacted: public ones, and
 loopback ones when the backend is a server on this machine. The host is resolved and checked first,
-the connection goes to the checked address, and redirects are not followed. Anything else (a refused
-address, an error, a non-image) gives None: the estimate then assumes the largest reference and says
-"at most".
+the connection goes to the checked address, and redirects are not followed. The whole probe (resolving,
+connecting, headers and a trickling body) has one deadline, ``PROBE_TIMEOUT_S``. Anything else (a refused
+address, an error, a non-image, no size by the deadline, a size beyond the API's limits) gives None: the
+estimate then assumes the largest reference and says "at most".
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import io
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -25,8 +27,10 @@ import imagesize
 
 from flux_nb import addresses as address_rules
 from flux_nb.addresses import Target, is_loopback, is_public, parse_address
+from flux_nb.protocol import MAX_PIXELS
 
 PROBE_BYTES = 128 * 1024
+# Seconds one probe may take in all, from resolving the host to the last byte read.
 PROBE_TIMEOUT_S = 3.0
 # host, port -> the addresses it resolves to (as text)
 Resolver = Callable[[str, int], list[str]]
@@ -79,13 +83,31 @@ def measure(
     transport: httpx.BaseTransport | None = None,
     timeout: float = PROBE_TIMEOUT_S,
 ) -> tuple[int, int] | None:
-    """The width and height of the image at ``url``, from its first bytes; None when they cannot be learned."""
+    """The width and height of the image at ``url``, from its first bytes; None when they cannot be learned
+    within ``timeout`` seconds in all (a server trickling bytes is left behind at the deadline)."""
+    deadline = time.monotonic() + timeout
+    found: list[tuple[int, int] | None] = []
+
+    def probe() -> None:
+        found.append(_measure(url, policy, resolver, transport, deadline))
+
+    worker = threading.Thread(target=probe, name="flux-nb-probe", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return found[0] if found else None
+
+
+def _measure(
+    url: str, policy: ProbePolicy, resolver: Resolver | None, transport: httpx.BaseTransport | None, deadline: float
+) -> tuple[int, int] | None:
+    """``measure``'s work; it stops reading at ``deadline`` (``time.monotonic()``)."""
     try:
         target = policy.target(url, resolver)
     except ProbeRefused:
         return None
     headers = {"host": target.host_header, "range": f"bytes=0-{PROBE_BYTES - 1}", "accept": "image/*"}
     extensions = {"sni_hostname": target.host} if url.lower().startswith("https:") else {}
+    timeout = max(0.0, deadline - time.monotonic())
     head = b""
     try:
         with httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False) as client:
@@ -94,9 +116,12 @@ def measure(
                 if answer.status_code not in (200, 206):
                     return None
                 for chunk in answer.iter_bytes():
+                    if time.monotonic() >= deadline:
+                        return None
                     head = (head + chunk)[:PROBE_BYTES]
                     if (size := size_of_header(head)) is not None:
-                        return size
+                        # a size the API would not take is not believed: priced at the cap, as "at most"
+                        return size if size[0] * size[1] <= MAX_PIXELS else None
                     if len(head) >= PROBE_BYTES:
                         break
     except (httpx.HTTPError, OSError, ValueError):
@@ -118,6 +143,7 @@ class ReferenceSizes:
     """``measure`` with a policy, remembering each URL's answer for the session (a URL is measured once)."""
 
     policy: ProbePolicy
+    timeout: float = PROBE_TIMEOUT_S
     known: dict[str, tuple[int, int] | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -125,10 +151,10 @@ class ReferenceSizes:
         with self._lock:
             if url in self.known:
                 return self.known[url]
-        size = measure(url, self.policy)
+        size = measure(url, self.policy, timeout=self.timeout)
         with self._lock:
             self.known[url] = size
         return size
 
 
-__all__ = ["PROBE_BYTES", "ProbePolicy", "ProbeRefused", "ReferenceSizes", "Target", "measure"]
+__all__ = ["PROBE_BYTES", "PROBE_TIMEOUT_S", "ProbePolicy", "ProbeRefused", "ReferenceSizes", "Target", "measure"]

@@ -9,7 +9,6 @@ import argparse
 import difflib
 import inspect
 import keyword
-import os
 import re
 import shlex
 import time
@@ -33,7 +32,7 @@ from flux_nb.notebook import commands, render
 from flux_nb.notebook.live_history import HISTORY_VARIABLE, HistoryVariable
 from flux_nb.notebook.progress import BatchProgress
 from flux_nb.notebook.render import caption, show_error
-from flux_nb.session import ENDPOINT_KEY_ENV, Flux, notebook_name
+from flux_nb.session import Flux, configured_keys, notebook_name
 
 SESSION_VARIABLE = "flux"
 #: A word on the %%flux line that reads as an option: -s, --seed, --seed=5 (not -5, a negative number).
@@ -44,14 +43,6 @@ CELL_MAGIC = re.compile(r"^%%flux(\s|$)")
 def fill_template(body: str, namespace: dict[str, Any], keys: Sequence[str] = ()) -> PromptTemplate:
     """A prompt from the cell: ``{name}`` filled from the namespace (lists sweep), ``{a|b}`` alternatives."""
     return templates.fill(body, namespace, keys=keys)
-
-
-def configured_keys(session: Flux) -> list[str]:
-    """The API keys a prompt or a reference must never carry: the session's and those in the environment."""
-    secret = getattr(session, "_api_key", None)
-    keys = [secret.reveal()] if secret else []
-    keys += [os.environ.get(name, "") for name in (protocol.KEY_ENV, ENDPOINT_KEY_ENV)]
-    return [key for key in keys if key]
 
 
 def check_variable_name(name: str, namespace: dict[str, Any] | None = None) -> str:
