@@ -29,6 +29,8 @@ def server_process(latency: float = 0.0, max_active: int = 24) -> Iterator[str]:
             str(latency),
             "--max-active",
             str(max_active),
+            "--max-active-per-key",
+            str(max_active),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

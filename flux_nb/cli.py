@@ -162,6 +162,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig | None:
     return ServerConfig(
         latency=args.latency,
         max_active=args.max_active,
+        max_active_per_key=args.max_active_per_key,
         delivery_ttl=args.delivery_ttl,
         api_keys=keys,  # keys given are always checked; --require-key only insists that there are some
         engine=args.engine,
@@ -173,6 +174,8 @@ def serve_config(args: argparse.Namespace) -> ServerConfig | None:
         admin_keys=admin_keys,
         header_timeout=args.header_timeout,
         limit_concurrency=args.limit_concurrency,
+        body_timeout=args.body_timeout,
+        reference_memory=args.reference_memory * 2**20,
     )
 
 
@@ -195,7 +198,18 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8800, help="port (0 picks a free one)")
     p.add_argument("--latency", type=float, default=0.0, help="simulated generation seconds")
-    p.add_argument("--max-active", type=int, default=protocol.MAX_ACTIVE_TASKS, help="in-flight tasks before 429")
+    p.add_argument(
+        "--max-active",
+        type=int,
+        default=10 * protocol.MAX_ACTIVE_TASKS,
+        help="in-flight tasks on the whole server, all keys together, before 429 (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-active-per-key",
+        type=int,
+        default=protocol.MAX_ACTIVE_TASKS,
+        help="in-flight tasks of one key (of everyone, without keys) before 429 (default %(default)s, as the BFL API)",
+    )
     p.add_argument(
         "--delivery-ttl", type=float, default=protocol.DELIVERY_TTL_SECONDS, help="seconds a sample URL stays valid"
     )
@@ -246,6 +260,19 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "--header-timeout", type=float, default=10.0, help="seconds a connection has to send a request's headers"
     )
     p.add_argument("--limit-concurrency", type=int, default=1000, help="connections plus running requests before 503")
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request's body has to arrive, after its headers, before 408 (default %(default)g)",
+    )
+    p.add_argument(
+        "--reference-memory",
+        type=int,
+        default=1024,
+        metavar="MB",
+        help="memory decoded reference images may take at once, before 429 (default %(default)s MB)",
+    )
     add_ray_options(p)
 
 

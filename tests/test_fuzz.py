@@ -22,7 +22,7 @@ CHECKS = [not_a_server_error, response_schema_conformance, status_code_conforman
 
 # Outbound traffic is off: generated reference-image and webhook URLs are never contacted.
 # Building the app starts nothing; the server runs only while this module's test does.
-APP = create_app(ServerConfig(max_active=100_000, outbound_hosts=frozenset()))
+APP = create_app(ServerConfig(max_active=100_000, max_active_per_key=100_000, outbound_hosts=frozenset()))
 schema = schemathesis.openapi.from_dict(APP.openapi())
 
 

@@ -72,7 +72,7 @@ def formula(model: str, width: int, height: int, references: list[tuple[int, int
 def server() -> Iterator[tuple[asyncio.AbstractEventLoop, httpx.AsyncClient]]:
     """One in-process local server for every example: tasks never finish rendering (latency of an hour)."""
     loop = asyncio.new_event_loop()
-    app = create_app(ServerConfig(latency=3600.0, max_active=100_000))
+    app = create_app(ServerConfig(latency=3600.0, max_active=100_000, max_active_per_key=100_000))
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=IN_PROCESS)
     yield loop, http
     loop.run_until_complete(http.aclose())

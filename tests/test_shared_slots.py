@@ -131,7 +131,7 @@ def test_slots_of_a_killed_process_come_back_and_the_next_sweep_runs(
     server_factory: Any, tmp_path: Path, slots_dir: Path
 ) -> None:
     # The server allows more than the key's 24: only the shared table limits what is sent.
-    server = server_factory(latency=2.0, max_active=200, api_keys=frozenset({KEY}))
+    server = server_factory(latency=2.0, max_active=200, max_active_per_key=200, api_keys=frozenset({KEY}))
     env = {**os.environ, "FLUX_NB_API_KEY": KEY}
     child = subprocess.Popen([sys.executable, "-c", KILLED, server.url, str(tmp_path / "killed")], env=env)
     slots = SharedSlots.for_key(KEY, server.url, 24, slots_dir)

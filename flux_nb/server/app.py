@@ -6,9 +6,10 @@ every registered model has a route, invalid bodies get FastAPI's 422, and the Op
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,41 +26,71 @@ from flux_nb.server.tasks import TaskTable
 __all__ = ["CountAndLimit", "PollListener", "create_app", "server_stats"]
 
 
-class CountAndLimit:
-    """Pure ASGI middleware: counts requests by route and refuses bodies over the size limit (413).
+class BodyTooLarge(Exception):
+    """A request body grew past the size limit while it was read."""
 
-    A declared Content-Length over the limit is refused before the body is read; a body sent
-    without one (chunked) is counted as it arrives and refused once it passes the limit.
+
+class CountAndLimit:
+    """Pure ASGI middleware: counts requests by route, and reads each body whole before the app sees it.
+
+    A declared Content-Length over ``max_body_bytes`` is refused before the body is read (413); a body
+    sent without one (chunked) is counted as it arrives and refused once it passes the limit. A body
+    that has not fully arrived ``body_timeout`` seconds after its head is answered 408 and the
+    connection closed, so a client that stalls mid-body cannot hold a connection slot.
     """
 
-    def __init__(self, app: ASGIApp, table: TaskTable, max_body_bytes: int) -> None:
-        self.app, self.table, self.max_body_bytes = app, table, max_body_bytes
+    def __init__(self, app: ASGIApp, table: TaskTable, max_body_bytes: int, body_timeout: float) -> None:
+        self.app, self.table, self.max_body_bytes, self.body_timeout = app, table, max_body_bytes, body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         self.table.stats.http_requests[f"{scope['method']} {scope['path'].split('/')[1]}"] += 1
-        too_large = f"request body over {self.max_body_bytes} bytes"
+        too_large = JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, status_code=413)
         length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit():
-            if int(length) > self.max_body_bytes:
-                await JSONResponse({"detail": too_large}, status_code=413)(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await too_large(scope, receive, send)
             return
-        received = 0
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await read_body(receive, self.max_body_bytes)
+        except TimeoutError:
+            late = f"request body not received within {self.body_timeout:g} s"
+            await JSONResponse({"detail": late}, status_code=408, headers={"connection": "close"})(scope, receive, send)
+            return
+        except BodyTooLarge:
+            await too_large(scope, receive, send)
+            return
+        if body is None:  # the client went away
+            return
+        await self.app(scope, replay(body, receive), send)
 
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                # FastAPI lets an HTTPException raised while reading the body through to its handler.
-                raise HTTPException(413, detail=too_large)
-            return message
 
-        await self.app(scope, counted, send)
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """A request's whole body (None when the client disconnects first); BodyTooLarge past ``limit`` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then what the client sends next."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def next_message() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return next_message
 
 
 class PollListener:
@@ -116,7 +147,9 @@ def create_app(
     app.state.poll_listener_requests = Counter()
     if config.faults.active:
         app.add_middleware(FaultMiddleware, counter=faults)
-    app.add_middleware(CountAndLimit, table=table, max_body_bytes=config.max_body_bytes)
+    app.add_middleware(
+        CountAndLimit, table=table, max_body_bytes=config.max_body_bytes, body_timeout=config.body_timeout
+    )
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(APIError, api_error_handler)
     include_routes(app)

@@ -42,7 +42,7 @@ async def system_resolver(host: str, port: int) -> list[str]:
 class OutboundPolicy:
     """Which URLs the server may contact.
 
-    ``hosts``: when set, only these host names (as written in the URL). ``allowed``: host names,
+    ``hosts``: when set, only these host names (as written in the URL; empty: none). ``allowed``: host names,
     addresses or networks (CIDR) that may be contacted although they are not public.
     """
 

@@ -34,6 +34,9 @@ DEPLOYMENT = "flux-engine"
 ON_EACH_REPLICA = 2
 # Ray's switch for Windows/macOS clusters: "0" keeps a local instance on the loopback address.
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Where each replica's inter-deployment gRPC server listens (Ray's own choice: every interface). The
+# front calls replicas through Ray's actor calls, never through it.
+REPLICA_GRPC_HOST = "127.0.0.1"
 
 
 class RayUnavailable(RuntimeError):
@@ -51,7 +54,10 @@ class EngineReplica:
     would be), so N replicas render N times as many images per second as one.
     """
 
-    def __init__(self, engine_factory: Callable[[], Engine], latency: float = 0.0) -> None:
+    def __init__(
+        self, engine_factory: Callable[[], Engine], latency: float = 0.0, grpc_host: str | None = REPLICA_GRPC_HOST
+    ) -> None:
+        listen_on(grpc_host)  # before Ray starts this replica's gRPC server, which it does once we are built
         self.engine = engine_factory()
         self.latency = latency
         self.busy = asyncio.Lock()  # one image at a time; the next one waits here, already delivered
@@ -68,6 +74,32 @@ class EngineReplica:
                 await asyncio.sleep(remaining)
         image.info[DETAILS_KEY] = {"replica": serve.get_replica_context().replica_id.to_full_id_str()}
         return image
+
+
+def grpc_address(address: str, host: str) -> str:
+    """``address`` (``[::]:0``, as Ray binds it) on ``host`` instead, same port."""
+    port = address.rpartition(":")[2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class BindOn:
+    """Ray's gRPC port binding, moved to ``host``."""
+
+    bind: Callable[[Any, str], int]
+    host: str
+
+    def __call__(self, server: Any, address: str) -> int:
+        return self.bind(server, grpc_address(address, self.host))
+
+
+def listen_on(host: str | None) -> None:
+    """Bind this process's replica gRPC server on ``host`` instead of every interface (None: Ray's own choice)."""
+    from ray.serve._private import replica
+
+    current = replica.add_port_to_grpc_server
+    ray_bind = current.bind if isinstance(current, BindOn) else current
+    replica.add_port_to_grpc_server = ray_bind if host is None else BindOn(ray_bind, host)
 
 
 class RayEngine:
@@ -172,6 +204,7 @@ def serve_with_ray(
     timeout: float = 600.0,
     app_name: str = "flux-nb",
     runtime_env: dict[str, Any] | None = None,
+    replica_grpc_host: str | None = REPLICA_GRPC_HOST,
 ) -> RayServing:
     """Deploy ``config.engine`` on Ray Serve and return the engine the front renders through.
 
@@ -181,6 +214,8 @@ def serve_with_ray(
     head); without it a local instance starts on 127.0.0.1 (or the one this process already uses).
     A cluster's workers need flux_nb and the engine's packages: in their image, or via ``runtime_env``
     (e.g. ``{"pip": ["flux-nb[local]"]}``). A call that outlives ``timeout`` seconds ends its task Error.
+    Each replica's gRPC server (Ray's inter-deployment calls) listens on ``replica_grpc_host`` (None: every
+    interface, Ray's default).
 
     >>> serving = serve_with_ray(ServerConfig(engine="diffusers"), replicas=2)  # doctest: +SKIP
     >>> print(serving.note)  # doctest: +SKIP
@@ -207,8 +242,8 @@ def serve_with_ray(
     factory = engine_factory or engine_builder(config.engine, config.engine_options)
     try:
         serve.start(proxy_location="Disabled")
-        deployment = serve.deployment(EngineReplica, **options)
-        handle = serve.run(deployment.bind(factory, config.latency), name=app_name, route_prefix=None)
+        deployment = serve.deployment(EngineReplica, **options).bind(factory, config.latency, replica_grpc_host)
+        handle = serve.run(deployment, name=app_name, route_prefix=None)
     except Exception as exc:
         reason = failure_reason(app_name) or str(exc)
         disconnect(started, connected)

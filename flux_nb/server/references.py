@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
+import warnings
 
 import httpx
 from fastapi import HTTPException
@@ -12,8 +14,13 @@ from PIL import Image
 
 from flux_nb.errors import ValidationError
 from flux_nb.images import open_image
+from flux_nb.server.bfl_errors import APIError
 from flux_nb.server.config import ServerConfig
+from flux_nb.server.memory import ReferenceMemory, decoded_bytes
 from flux_nb.server.outbound import OutboundRefused, Resolver, checked_request, logger, system_resolver
+
+# What the server reads as reference images: the formats the API takes.
+FORMATS = ("PNG", "JPEG", "WEBP")
 
 
 def field_error(field: str, message: str) -> HTTPException:
@@ -32,23 +39,83 @@ def fetch_failed(field: str, config: ServerConfig) -> HTTPException:
     )
 
 
-async def load_reference(
-    field: str, value: str, config: ServerConfig, resolver: Resolver = system_resolver
-) -> Image.Image:
-    """Decode a reference image given as base64 (raw or data: URI) or fetch it from an http(s) URL."""
-    if value.startswith(("http://", "https://")):
-        data = await fetch_reference(field, value, config, resolver)
-    else:
-        payload = value.split(",", 1)[1] if value.startswith("data:") else value
-        payload = "".join(payload.split())  # line-wrapped base64 (as `base64` prints it) is still base64
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise field_error(field, "not base64 image data nor an http(s) URL") from None
+async def load_references(
+    given: list[tuple[str, str]], config: ServerConfig, memory: ReferenceMemory, resolver: Resolver = system_resolver
+) -> tuple[list[Image.Image], int]:
+    """Decode a submit's reference images (``(field, value)`` pairs); returns them and the bytes reserved for them.
+
+    Each image is measured from its header first: one over ``reference_max_pixels`` is refused (422),
+    and the memory decoding takes is reserved in ``memory`` (429 when the server holds too much, 422
+    when these images alone are over the budget). Decoding then runs on a worker thread. The caller
+    gives the reserved bytes back once the images are no longer needed.
+    """
+    data = [await reference_bytes(field, value, config, resolver) for field, value in given]
+    sizes = [measure(field, blob, config) for (field, _), blob in zip(given, data, strict=True)]
+    need = decoded_bytes(sizes)
+    if given and need > memory.limit:
+        raise field_error(
+            given[0][0],
+            f"these reference images take {need / 2**20:.0f} MB to decode, over this server's "
+            f"reference memory of {memory.limit / 2**20:.0f} MB; send smaller images",
+        )
+    if not memory.take(need):
+        retry = {"Retry-After": f"{config.retry_after:g}"}
+        raise APIError(429, "the server holds too many reference images right now; retry shortly", retry)
     try:
-        return open_image(data, field).convert("RGB")
-    except ValidationError as exc:
-        raise field_error(field, str(exc)) from None
+        images = await asyncio.to_thread(decode_all, given, data)
+    except BaseException:
+        memory.give_back(need)
+        raise
+    return images, need
+
+
+async def reference_bytes(field: str, value: str, config: ServerConfig, resolver: Resolver) -> bytes:
+    """The bytes of a reference image given as base64 (raw or data: URI), or fetched from an http(s) URL."""
+    if value.startswith(("http://", "https://")):
+        return await fetch_reference(field, value, config, resolver)
+    return await asyncio.to_thread(from_base64, field, value)
+
+
+def from_base64(field: str, value: str) -> bytes:
+    payload = value.split(",", 1)[1] if value.startswith("data:") else value
+    payload = "".join(payload.split())  # line-wrapped base64 (as `base64` prints it) is still base64
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise field_error(field, "not base64 image data nor an http(s) URL") from None
+
+
+def measure(field: str, data: bytes, config: ServerConfig) -> tuple[int, int]:
+    """An image's width and height from its header alone (nothing is decoded); 422 when over the pixel limit.
+
+    Only the formats the API takes are read: their headers give the size that decoding allocates.
+    """
+    limit = f"this server takes reference images of at most {config.reference_max_pixels / 2**20:g} MP; downscale it"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+                width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise field_error(field, f"the image is too large: {limit}") from None
+    except Image.UnidentifiedImageError:
+        raise field_error(field, "the data is not a PNG, JPEG or WebP image") from None
+    except Exception as exc:
+        raise field_error(field, f"the data is not a readable image ({type(exc).__name__}: {exc})") from None
+    if width * height > config.reference_max_pixels:
+        raise field_error(field, f"the image is {width}x{height} ({width * height / 2**20:.1f} MP), too large: {limit}")
+    return width, height
+
+
+def decode_all(given: list[tuple[str, str]], data: list[bytes]) -> list[Image.Image]:
+    """Decode measured images to RGB (on a worker thread); 422 naming the field of one that does not decode."""
+    images = []
+    for (field, _), blob in zip(given, data, strict=True):
+        try:
+            images.append(open_image(blob, field).convert("RGB"))
+        except ValidationError as exc:
+            raise field_error(field, str(exc)) from None
+    return images
 
 
 async def fetch_reference(field: str, url: str, config: ServerConfig, resolver: Resolver = system_resolver) -> bytes:

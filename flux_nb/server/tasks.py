@@ -9,7 +9,7 @@ import secrets
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -19,6 +19,7 @@ from flux_nb import protocol
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.engines import DETAILS_KEY, Engine, RenderJob
 from flux_nb.server.faults import FaultCounter
+from flux_nb.server.memory import ReferenceMemory
 from flux_nb.server.outbound import OutboundRefused, Resolver, checked_request, logger, system_resolver
 from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook
 
@@ -26,7 +27,7 @@ MEDIA_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
 class TooManyActiveTasks(Exception):
-    """The server already runs ``max_active`` tasks (answered with 429)."""
+    """The server already runs ``max_active`` tasks, or the caller's key ``max_active_per_key`` (answered with 429)."""
 
 
 @dataclass
@@ -53,6 +54,7 @@ class ServerTask:
     details: dict[str, Any] = field(default_factory=dict)  # the engine's own, e.g. the replica that rendered it
     owner: str | None = field(default=None, repr=False)  # who submitted it (a digest of the key), None: no keys
     warnings: tuple[str, ...] = ()  # what the engine changed or cut (e.g. a truncated prompt)
+    reference_bytes: int = 0  # held in the table's reference memory until the task is rendered
 
     @property
     def active(self) -> bool:
@@ -93,7 +95,8 @@ def encode(image: Image.Image, output_format: str) -> bytes:
 
 
 class TaskTable:
-    """Accepts tasks up to ``max_active``, renders them on worker threads, hands out results."""
+    """Accepts tasks up to ``max_active`` (``max_active_per_key`` per key), renders them on worker threads,
+    hands out results."""
 
     def __init__(
         self,
@@ -109,6 +112,8 @@ class TaskTable:
         self.tasks: dict[str, ServerTask] = {}
         self.tokens: dict[str, tuple[str, float]] = {}
         self.stats = Statistics()
+        self.active_by_owner: Counter[str | None] = Counter()
+        self.reference_memory = ReferenceMemory(config.reference_memory)
         self._background: set[asyncio.Task[None]] = set()
 
     def submit(
@@ -123,12 +128,20 @@ class TaskTable:
         base_url: str = "",
         owner: str | None = None,
         warnings: tuple[str, ...] = (),
+        reference_bytes: int = 0,
     ) -> ServerTask:
-        """Accept a task and start rendering it; raises TooManyActiveTasks at the limit."""
+        """Accept a task and start rendering it; raises TooManyActiveTasks at either limit.
+
+        ``reference_bytes`` (of the table's reference memory) are given back once the task is rendered.
+        """
         self._forget_old()
+        per_key = self.config.max_active_per_key
         if self.stats.active >= self.config.max_active:
             self.stats.rejected += 1
             raise TooManyActiveTasks(f"more than {self.config.max_active} active tasks")
+        if self.active_by_owner[owner] >= per_key:
+            self.stats.rejected += 1
+            raise TooManyActiveTasks(f"more than {per_key} active tasks" + (" for this key" if owner else ""))
         output_mp = round(protocol.megapixels(job.width, job.height), 4)
         task = ServerTask(
             id=str(uuid.uuid4()),
@@ -144,12 +157,14 @@ class TaskTable:
             base_url=base_url,
             owner=owner,
             warnings=warnings,
+            reference_bytes=reference_bytes,
         )
         self.tasks[task.id] = task
         self.stats.submits += 1
         self.stats.requests_seen[f"{model}|{job.prompt}|{job.seed}|{job.width}x{job.height}"] += 1
         self.stats.submitted_times[task.id] = time.time()
         self.stats.active += 1
+        self.active_by_owner[owner] += 1
         self.stats.peak_active = max(self.stats.peak_active, self.stats.active)
         runner = asyncio.get_running_loop().create_task(self._run(task))
         self._background.add(runner)
@@ -179,9 +194,18 @@ class TaskTable:
             task.status, task.error = protocol.Status.ERROR.value, f"{type(exc).__name__}: {exc}"
             self.stats.failed += 1
         finally:
-            self.stats.active -= 1
+            self._finished(task)
         if task.webhook_url:
             await self._send_webhook(task)
+
+    def _finished(self, task: ServerTask) -> None:
+        """The task no longer counts as active, and its reference images and their memory are let go."""
+        self.stats.active -= 1
+        self.active_by_owner[task.owner] -= 1
+        if self.active_by_owner[task.owner] <= 0:
+            del self.active_by_owner[task.owner]
+        self.reference_memory.give_back(task.reference_bytes)
+        task.reference_bytes, task.job = 0, replace(task.job, references=())
 
     def _mark_ready(self, task: ServerTask, data: bytes) -> None:
         task.image, task.token = data, secrets.token_urlsafe(24)
@@ -300,6 +324,7 @@ class TaskTable:
             "webhooks_sent": stats.webhooks_sent,
             "webhooks_refused": stats.webhooks_refused,
             "charged": stats.charged,
+            "reference_bytes": self.reference_memory.held,
             "most_tasks_for_one_request": max(stats.requests_seen.values(), default=0),
             "requests_seen": dict(stats.requests_seen),
             "faults_fired": dict(self.faults.fired),

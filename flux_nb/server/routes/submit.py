@@ -14,8 +14,8 @@ from flux_nb.errors import ValidationError
 from flux_nb.server.answers import APIError, SubmitAnswer, error_responses
 from flux_nb.server.engines import JobRefused, RenderJob, review
 from flux_nb.server.keys import Caller, caller
-from flux_nb.server.references import field_error, load_reference
-from flux_nb.server.tasks import TaskTable, TooManyActiveTasks
+from flux_nb.server.references import field_error, load_references
+from flux_nb.server.tasks import ServerTask, TaskTable, TooManyActiveTasks
 
 
 class SubmitBody(BaseModel):
@@ -53,14 +53,12 @@ def body_model(spec: protocol.ModelSpec) -> type[SubmitBody]:
     return create_model(name, __base__=SubmitBody, **fields)
 
 
-async def build_job(spec: protocol.ModelSpec, body: SubmitBody, request: Request) -> tuple[RenderJob, float]:
-    """The render job of a submit (reference images loaded), and the input megapixels it is charged for."""
-    config = request.app.state.config
-    references = [
-        await load_reference(name, value, config, request.app.state.resolver)
-        for name in spec.image_fields()
-        if (value := getattr(body, name)) is not None
-    ]
+async def build_job(spec: protocol.ModelSpec, body: SubmitBody, request: Request) -> tuple[RenderJob, float, int]:
+    """The render job of a submit (reference images loaded), the input megapixels it is charged for, and the
+    bytes its references hold in the table's reference memory."""
+    state = request.app.state
+    given = [(name, value) for name in spec.image_fields() if (value := getattr(body, name)) is not None]
+    references, reserved = await load_references(given, state.config, state.table.reference_memory, state.resolver)
     width, height = protocol.output_size(
         protocol.FluxRequest(body.prompt, width=body.width, height=body.height),
         references[0].size if references else None,
@@ -70,7 +68,7 @@ async def build_job(spec: protocol.ModelSpec, body: SubmitBody, request: Request
     # Like BFL, a request without a seed gets a random one, reported in the result.
     seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
     job = RenderJob(body.prompt, seed, width, height, spec.name, tuple(references), extra)
-    return job, sum(protocol.megapixels(*r.size) for r in references)
+    return job, sum(protocol.megapixels(*r.size) for r in references), reserved
 
 
 def base_url(request: Request) -> str:
@@ -80,13 +78,11 @@ def base_url(request: Request) -> str:
 async def accept(spec: protocol.ModelSpec, body: SubmitBody, request: Request, who: Caller) -> SubmitAnswer:
     """Check, create and start the task of one submit; its BFL-shaped answer."""
     state = request.app.state
-    job, input_mp = await build_job(spec, body, request)
+    job, input_mp, reserved = await build_job(spec, body, request)
     table: TaskTable = state.table
+    task: ServerTask | None = None
     try:
         warnings = review(table.engine, job)
-    except JobRefused as exc:
-        raise field_error(exc.field, str(exc)) from None
-    try:
         task = table.submit(
             spec.name,
             job,
@@ -97,9 +93,15 @@ async def accept(spec: protocol.ModelSpec, body: SubmitBody, request: Request, w
             base_url=base_url(request),
             owner=who.owner,
             warnings=warnings,
+            reference_bytes=reserved,
         )
+    except JobRefused as exc:
+        raise field_error(exc.field, str(exc)) from None
     except TooManyActiveTasks as exc:
         raise APIError(429, str(exc), {"Retry-After": f"{state.config.retry_after:g}"}) from None
+    finally:
+        if task is None:  # no task holds the references: their memory is free again
+            table.reference_memory.give_back(reserved)
     answer = SubmitAnswer(id=task.id, cost=task.cost, input_mp=task.input_mp, output_mp=task.output_mp)
     if body.webhook_url:
         answer.status, answer.webhook_url = task.status, body.webhook_url
