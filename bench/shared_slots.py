@@ -4,14 +4,14 @@
 per lease side by side with an ``asyncio.Semaphore`` (the per-process limit it adds to) and the JSON of every figure.
 
 - *sequential*: one task acquires and releases ``N`` times, nobody else waits (the cost a submit pays).
-- *3 processes, sequential*: the same in three processes at once on one table (they share SQLite's lock).
+- *3 processes, sequential*: the same in three processes at once on one lock file.
 - *3 processes, contended*: 8 tasks in each of three processes, limit 4, each lease held 2 ms: leases per
   second when most acquires wait in line and slots pass between processes.
 - *sweeps* (``--sweep``): three processes each sweep 48 images at once through ``Flux`` against
   ``flux-nb serve --max-active 24 --latency S`` with a key, with shared slots off (each process assumes all 24)
-  and on (with and without wake-ups between processes), and one process sweeping all 144 for reference: the
-  429s the server answered, and the wall time against the floor ``ceil(144 / 24) x S``. The wall time runs from
-  the go signal to the moment the last process has its last image (``to_exit_s``: until the last one exited).
+  and on, and one process sweeping all 144 for reference: the 429s the server answered, and the wall time against
+  the floor ``ceil(144 / 24) x S``. The wall time runs from the go signal to the moment the last process has its
+  last image (``first_s``: the first process; ``to_exit_s``: until the last one exited).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from flux_nb.http.slot_table import WAKEUPS_ENV
 from flux_nb.http.slots import SharedSlots
 
 KEY = "bench-key"
@@ -42,7 +41,7 @@ SPAWN = multiprocessing.get_context("spawn")
 async def _sequential(slots: SharedSlots, leases: int) -> float:
     started = time.perf_counter()
     for _ in range(leases):
-        await slots.release(await slots.acquire())
+        slots.release(await slots.acquire())
     return time.perf_counter() - started
 
 
@@ -151,14 +150,11 @@ def _stats(url: str) -> dict[str, Any]:
         return json.loads(answer.read())
 
 
-def _sweep_once(
-    latency: float, share: bool, processes: int = 3, count: int = 48, *, wakeups: bool = True
-) -> dict[str, Any]:
+def _sweep_once(latency: float, share: bool, processes: int = 3, count: int = 48) -> dict[str, Any]:
     """One round: a fresh server and slot table, ``processes`` children sweeping ``count`` each at one moment."""
     with tempfile.TemporaryDirectory() as folder:
         env = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT")}
         env.update(FLUX_NB_SERVER_KEYS=SWEEP_KEY, FLUX_NB_API_KEY=SWEEP_KEY, FLUX_NB_SLOTS_DIR=f"{folder}/slots")
-        env[WAKEUPS_ENV] = "1" if wakeups else "0"
         server = subprocess.Popen(
             [sys.executable, "-m", "flux_nb", "serve", "--port", "0", "--max-active", "24", "--latency", f"{latency}"],
             stdout=subprocess.PIPE,
@@ -186,6 +182,7 @@ def _sweep_once(
             to_exit = time.monotonic() - started
             ready = sum(int(count) for count, _ in reports)
             wall = max(float(done) for _, done in reports) - started
+            first = min(float(done) for _, done in reports) - started
             stats = _stats(url)
         finally:
             server.terminate()
@@ -195,6 +192,7 @@ def _sweep_once(
         "ready": ready,
         "rejected_429": stats["rejected"],
         "wall_s": wall,
+        "first_s": first,
         "floor_s": floor,
         "ratio": wall / floor,
         "to_exit_s": to_exit,
@@ -204,17 +202,16 @@ def _sweep_once(
 def sweeps(latency: float = 1.0, rounds: int = 3) -> dict[str, Any]:
     """3 processes x 48 images, shared slots off and on, alternated ``rounds`` times; the median of each.
 
-    ``polled``: shared, with wake-ups between processes off (``FLUX_NB_SLOT_WAKEUPS=0``): waiters only poll.
     ``one``: a single process sweeping all 144 (same floor, no other process to share with): what this machine
     gives without any sharing between processes, for comparison; ``on_vs_one`` is the ratio of each round.
     """
-    runs: dict[str, list[dict[str, Any]]] = {"off": [], "polled": [], "on": [], "one": []}
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": [], "one": []}
     for _ in range(rounds):
         for mode in runs:
             if mode == "one":
                 runs[mode].append(_sweep_once(latency, share=True, processes=1, count=144))
             else:
-                runs[mode].append(_sweep_once(latency, share=mode != "off", wakeups=mode != "polled"))
+                runs[mode].append(_sweep_once(latency, share=mode == "on"))
     summary: dict[str, Any] = {"latency_s": latency, "rounds": rounds}
     for mode, results in runs.items():
         median = sorted(results, key=lambda r: r["wall_s"])[len(results) // 2]
@@ -222,12 +219,10 @@ def sweeps(latency: float = 1.0, rounds: int = 3) -> dict[str, Any]:
             **median,
             "rejected_429_all": [r["rejected_429"] for r in results],
             "wall_s_all": [round(r["wall_s"], 2) for r in results],
+            "first_s_all": [round(r["first_s"], 2) for r in results],
             "to_exit_s_all": [round(r["to_exit_s"], 2) for r in results],
         }
     summary["on_vs_one"] = [round(a["wall_s"] / b["wall_s"], 3) for a, b in zip(runs["on"], runs["one"], strict=True)]
-    summary["polled_vs_one"] = [
-        round(a["wall_s"] / b["wall_s"], 3) for a, b in zip(runs["polled"], runs["one"], strict=True)
-    ]
     return summary
 
 
@@ -256,16 +251,16 @@ def main() -> None:
         print(f"3 processes x 48 images, latency {args.latency:g} s, floor {found['on']['floor_s']:g} s (median run):")
         for mode, label in (
             ("off", "3 procs, shared slots off    "),
-            ("polled", "3 procs, shared, no wake-ups"),
             ("on", "3 procs, shared slots on     "),
             ("one", "1 proc x 144 (reference)     "),
         ):
             r = found[mode]
             print(
                 f"  {label}: {r['rejected_429']:5d} x 429  {r['wall_s']:6.2f} s  {r['ratio']:5.2f}x the floor"
-                f"  ({r['ready']} ready; per round: 429s {r['rejected_429_all']}, s {r['wall_s_all']})"
+                f"  ({r['ready']} ready; per round: 429s {r['rejected_429_all']}, s {r['wall_s_all']},"
+                f" first process done {r['first_s_all']})"
             )
-        print(f"  on / one per round: {found['on_vs_one']}   no wake-ups / one: {found['polled_vs_one']}")
+        print(f"  on / one per round: {found['on_vs_one']}")
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

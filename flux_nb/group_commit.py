@@ -2,7 +2,7 @@
 
 Each caller gets its own item's outcome; the items queued while a call runs share the next one. The
 thread is not the loop's pool, so work on the path to a submit never queues behind slower work there.
-The history's sending marks and the slot table's releases and looks both go through it.
+The history's sending marks go through it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class GroupCommit(Generic[T, R]):
         self._lock = threading.Lock()
         self._queued: list[tuple[T, concurrent.futures.Future[R]]] = []
         self._running = 0  # the pid whose thread drains the queue (0: none)
-        #: Calls of ``run`` so far (each a transaction, for the history and the slot table).
+        #: Calls of ``run`` so far (each a transaction, for the history).
         self.calls = 0
 
     def submit(self, item: T) -> tuple[concurrent.futures.Future[R], bool]:

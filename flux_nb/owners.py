@@ -1,4 +1,4 @@
-"""Which process owns something (a history record, a slot lease), and whether that process still runs.
+"""Which process owns something (a history record), and whether that process still runs.
 
 An owner is ``host:pid@start``: the start time (from /proc) tells a later process that reuses the pid
 (a restarted container) from the one that wrote the row. Owners of this host can be checked; those of

@@ -102,7 +102,9 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
 
     # -- configuration changes drop what depended on them --------------------------------------
 
-    @observe("endpoint", "region", "max_concurrency", "task_timeout", "download_stall", "share_slots")
+    @observe(
+        "endpoint", "region", "max_concurrency", "task_timeout", "download_stall", "share_slots", "slots_say_after"
+    )
     def _connection_changed(self, change: dict[str, Any]) -> None:
         self._reset(backend=True)
 
@@ -160,7 +162,9 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
             shared = None
             if self.share_slots:  # the key's slots across processes; max_concurrency caps this one under them
                 try:
-                    shared = SharedSlots.for_key(key.reveal() if key else None, backend.base_url)
+                    shared = SharedSlots.for_key(
+                        key.reveal() if key else None, backend.base_url, say_after=self.slots_say_after
+                    )
                 except ValidationError as exc:  # no writable cache folder: this process counts alone
                     warnings.warn(f"flux_nb: slots not shared with other processes: {exc}", stacklevel=2)
             client = AsyncFluxClient(

@@ -48,6 +48,9 @@ class FluxSettings(Configurable):
     share_slots = Bool(
         True, help="Share the key's active-task slots (24) with every flux_nb process on this machine."
     ).tag(config=True)
+    slots_say_after = Float(
+        30.0, help="Seconds a request waits for a shared slot before flux_nb says which processes hold them."
+    ).tag(config=True)
     measure_references = Bool(
         True,
         help="Learn a URL reference's size (a ranged GET of its first bytes) to price it; off: priced as the largest.",
@@ -60,7 +63,7 @@ class FluxSettings(Configurable):
     def _credit_limit(self, proposal: Any) -> float | None:
         return guard.credit_limit(proposal["trait"].name, proposal["value"])
 
-    @validate("task_timeout", "download_stall", "max_concurrency", "thumbnail_size")
+    @validate("task_timeout", "download_stall", "max_concurrency", "thumbnail_size", "slots_say_after")
     def _positive(self, proposal: Any) -> float:
         name = proposal["trait"].name
         integer = name in ("max_concurrency", "thumbnail_size")

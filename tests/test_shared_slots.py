@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from flux_nb import Flux
+from flux_nb import Flux, ValidationError
 from flux_nb.http.slots import SharedSlots
 
 KEY = "shared-slots-key-7d1e"
@@ -162,11 +162,12 @@ def test_share_slots_off_leaves_the_shared_table_alone(server: Any, history_dir:
         assert flux._ready_executor().client.shared_slots is None
     finally:
         flux.close()
+    assert list(slots_dir.iterdir()) == []
     shared = Flux(endpoint=server.url, history_dir=history_dir)
     try:
         assert shared.generate("shared", seed=2, width=64, height=64).ok
         assert shared._ready_executor().client.shared_slots is not None
-        assert (slots_dir / "slots.sqlite").exists()
+        assert len(list(slots_dir.glob("slots-*.lock"))) == 1
     finally:
         shared.close()
 
@@ -209,6 +210,17 @@ def test_a_slots_folder_that_cannot_be_used_warns_and_generation_goes_on(
         with pytest.warns(UserWarning, match="not shared with other processes"):
             assert flux.generate("alone after all", seed=1, width=64, height=64).ok
         assert flux._ready_executor().client.shared_slots is None
+    finally:
+        flux.close()
+
+
+def test_the_wait_before_flux_nb_says_who_holds_the_slots_is_a_setting(server: Any, history_dir: Path) -> None:
+    flux = Flux(endpoint=server.url, history_dir=history_dir, slots_say_after=0.5)
+    try:
+        slots = flux._ready_executor().client.shared_slots
+        assert slots is not None and slots.say_after == 0.5
+        with pytest.raises(ValidationError, match="slots_say_after must be a finite number above 0"):
+            flux.slots_say_after = 0
     finally:
         flux.close()
 

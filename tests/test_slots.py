@@ -1,15 +1,17 @@
-"""flux_nb.http.slots: a key's active-task slots shared by real processes, crash-safe and key-free on disk."""
+"""flux_nb.http.slots: a key's active-task slots shared by real processes through file locks, key-free on disk."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import multiprocessing
 import os
+import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -19,15 +21,8 @@ from typing import Any
 import pytest
 
 from flux_nb.errors import FluxTimeout, ValidationError
-from flux_nb.http import slot_table as slot_table_module
-from flux_nb.http.slots import (
-    DATABASE,
-    SharedSlots,
-    default_folder,
-    lease_owner,
-    owner_is_gone,
-    scope_of,
-)
+from flux_nb.http import slot_locks
+from flux_nb.http.slots import WANTED, SharedSlots, default_folder, scope_of
 
 KEY = "bfl-test-key-3f9c1a7e-never-on-disk"
 ENDPOINT = "http://127.0.0.1:8800"
@@ -43,11 +38,6 @@ def _until(check: Callable[[], bool]) -> None:
         time.sleep(0.01)
 
 
-def _owners(folder: Path) -> list[str]:
-    with sqlite3.connect(folder / DATABASE) as db:
-        return [row[0] for row in db.execute("SELECT owner FROM leases ORDER BY owner")]
-
-
 # -- children (module level: spawned processes import them) ---------------------------------------
 
 
@@ -55,9 +45,9 @@ def _sweep(folder: str, limit: int, tasks: int, rounds: int, shared: tuple[Any, 
     """After every child is ready, ``tasks`` concurrent tasks each take a slot ``rounds`` times and
     hold it a moment, counting holders (now, peak, total) in shared memory."""
     ready, counter, peak, total, lock = shared
+    slots = SharedSlots.for_key(KEY, ENDPOINT, limit, Path(folder))
 
     async def one() -> None:
-        slots = SharedSlots.for_key(KEY, ENDPOINT, limit, Path(folder))
         for _ in range(rounds):
             async with slots.slot():
                 with lock:
@@ -71,7 +61,6 @@ def _sweep(folder: str, limit: int, tasks: int, rounds: int, shared: tuple[Any, 
     async def main() -> None:
         await asyncio.gather(*(one() for _ in range(tasks)))
 
-    SharedSlots.for_key(KEY, ENDPOINT, limit, Path(folder)).held()  # the table is open: start together
     ready.wait()
     asyncio.run(main())
 
@@ -89,17 +78,6 @@ def _hold(folder: str, limit: int, count: int, holding: Any) -> None:
     asyncio.run(main())
 
 
-def _wait_in_line(folder: str, limit: int, got: Any) -> None:
-    """Wait for one slot, say when it came, and keep it until killed."""
-
-    async def main() -> None:
-        await SharedSlots.for_key(KEY, ENDPOINT, limit, Path(folder)).acquire()
-        got.set()
-        await asyncio.sleep(3600)
-
-    asyncio.run(main())
-
-
 def _start(target: Callable[..., None], *args: Any) -> Any:
     process = SPAWN.Process(target=target, args=args, daemon=True)
     process.start()
@@ -108,8 +86,37 @@ def _start(target: Callable[..., None], *args: Any) -> Any:
 
 def _kill(process: Any) -> None:
     if process.is_alive():
+        os.kill(process.pid, signal.SIGCONT)
         os.kill(process.pid, signal.SIGKILL)
     process.join(WAIT)
+
+
+def _holding(tmp_path: Path, limit: int, count: int) -> Any:
+    """A child process holding ``count`` of ``limit`` slots until killed."""
+    holding = SPAWN.Event()
+    child = _start(_hold, str(tmp_path), limit, count, holding)
+    assert holding.wait(WAIT), "the child never took its slots"
+    return child
+
+
+FOREIGN = textwrap.dedent(
+    """
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    fcntl.lockf(fd, fcntl.LOCK_SH if sys.argv[2] == "shared" else fcntl.LOCK_EX, int(sys.argv[3]), int(sys.argv[4]))
+    print("locked", flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+def _foreign_lock(path: Path, kind: str, length: int = 0, start: int = 0) -> subprocess.Popen[str]:
+    """Another program (not flux_nb) holding a lock on ``path``: the whole file by default."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", FOREIGN, str(path), kind, str(length), str(start)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+    return child
 
 
 # -- the limit across processes and threads --------------------------------------------------------
@@ -126,7 +133,7 @@ def test_three_processes_never_hold_more_than_the_limit_together(tmp_path: Path)
     assert total.value == 3 * tasks * rounds
     assert 1 <= peak.value <= limit  # 12 tasks wanted a slot at once: unshared, peak would pass 4
     assert counter.value == 0
-    assert SharedSlots.for_key(KEY, ENDPOINT, limit, tmp_path).table.count(scope_of(KEY, ENDPOINT)) == (0, 0)
+    assert SharedSlots.for_key(KEY, ENDPOINT, limit, tmp_path).held() == 0
 
 
 def test_threads_with_their_own_loops_share_one_instance_within_the_limit(tmp_path: Path) -> None:
@@ -157,143 +164,181 @@ def test_threads_with_their_own_loops_share_one_instance_within_the_limit(tmp_pa
     assert slots.held() == 0
 
 
-# -- crashes ----------------------------------------------------------------------------------------
-
-
-def test_slots_of_a_killed_process_go_to_a_waiter_in_another_process(tmp_path: Path) -> None:
-    holding = SPAWN.Event()
-    holder = _start(_hold, str(tmp_path), 3, 3, holding)
-    try:
-        assert holding.wait(WAIT)
-        slots = SharedSlots.for_key(KEY, ENDPOINT, 3, tmp_path)
-        assert slots.held() == 3
-
-        async def scenario() -> list[str]:
-            with pytest.raises(FluxTimeout):
-                await slots.acquire(timeout=0.2)  # full while the holder lives
-            waiter = asyncio.create_task(slots.acquire())
-            await asyncio.sleep(0.2)
-            steps = ["waiting" if not waiter.done() else "took a live process's slot"]
-            _kill(holder)
-            await asyncio.wait_for(waiter, WAIT)
-            steps.append("got a slot after the kill")
-            for _ in range(2):
-                await asyncio.wait_for(slots.acquire(), WAIT)
-            return steps
-
-        assert asyncio.run(scenario()) == ["waiting", "got a slot after the kill"]
-        assert slots.held() == 3
-        assert set(_owners(tmp_path)) == {lease_owner()}
-        assert owner_is_gone(f"{os.uname().nodename}:{holder.pid}")
-    finally:
-        _kill(holder)
-
-
-def test_a_killed_waiter_does_not_hold_up_the_line(tmp_path: Path) -> None:
+def test_waiters_of_one_process_are_served_first_come_first_served(tmp_path: Path) -> None:
     slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
-
-    async def scenario() -> None:
-        lease = await slots.acquire()
-        got = SPAWN.Event()  # kept referenced until the child has it
-        waiter = _start(_wait_in_line, str(tmp_path), 1, got)
-        await asyncio.to_thread(_until, lambda: slots.table.count(slots.scope) == (1, 1))
-        _kill(waiter)
-        mine = asyncio.create_task(slots.acquire())  # behind the dead child in the line
-        await slots.release(lease)
-        await asyncio.wait_for(mine, WAIT)
-        assert not got.is_set()
-
-    asyncio.run(scenario())
-    assert slots.table.count(slots.scope) == (1, 0)
-    assert _owners(tmp_path) == [lease_owner()]
-
-
-def test_a_stopped_waiter_is_passed_by_once_it_stops_looking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(slot_table_module, "STALLED_S", 0.5)  # this process's judgement; the child keeps its own
-    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
-    got = SPAWN.Event()
-    child = _start(_wait_in_line, str(tmp_path), 1, got)
-
-    async def scenario() -> None:
-        lease = await slots.acquire()
-        await asyncio.to_thread(_until, lambda: slots.table.count(slots.scope) == (1, 1))
-        os.kill(child.pid, signal.SIGSTOP)  # alive, first in line, no longer looking
-        mine = asyncio.create_task(slots.acquire())
-        await slots.release(lease)
-        await asyncio.wait_for(mine, WAIT)
-        assert not got.is_set()
-
-    try:
-        asyncio.run(scenario())
-        assert slots.table.count(slots.scope) == (1, 1)  # the stopped child keeps its place for when it wakes
-    finally:
-        os.kill(child.pid, signal.SIGCONT)
-        _kill(child)
-
-
-# -- order and giving back --------------------------------------------------------------------------
-
-
-def test_first_come_first_served_across_processes(tmp_path: Path) -> None:
-    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
-    got = SPAWN.Event()
-    child = None
 
     async def scenario() -> list[str]:
-        nonlocal child
+        order: list[str] = []
+
+        async def wait(name: str) -> None:
+            async with slots.slot():
+                order.append(name)
+
+        async with slots.slot():
+            waiters = []
+            for name in "abc":
+                waiters.append(asyncio.create_task(wait(name)))
+                await asyncio.sleep(0.01)  # each in line before the next
+        await asyncio.wait_for(asyncio.gather(*waiters), WAIT)
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "b", "c"]
+    assert slots.held() == 0
+
+
+def test_a_slot_given_back_is_left_free_while_another_process_waits(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+    other = _foreign_lock(slots.path, "shared", 1, WANTED)  # a waiting process's sign, as flux_nb makes it
+
+    async def scenario() -> list[Any]:
         lease = await slots.acquire()
-        child = _start(_wait_in_line, str(tmp_path), 1, got)
-        await asyncio.to_thread(_until, lambda: slots.table.count(slots.scope) == (1, 1))
-        mine = asyncio.create_task(slots.acquire())  # in line behind the child
-        await asyncio.to_thread(_until, lambda: slots.table.count(slots.scope) == (1, 2))
-        await slots.release(lease)  # wakes `mine` at once, but the child came first
-        await asyncio.to_thread(got.wait, WAIT)
-        order = ["child" if got.is_set() and not mine.done() else "this process"]
-        _kill(child)
-        await asyncio.wait_for(mine, WAIT)
-        return [*order, "this process"]
+        waiter = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        slots.release(lease)
+        seen = [waiter.done(), slots.held()]  # not handed over here: the other process may take it first
+        slots.release(await asyncio.wait_for(waiter, WAIT))  # nobody took it: this process's next look does
+        return seen
 
     try:
-        assert asyncio.run(scenario()) == ["child", "this process"]
+        assert asyncio.run(scenario()) == [False, 0]
     finally:
-        if child is not None:
-            _kill(child)
+        other.kill()
+        other.wait()
 
 
-def test_release_is_idempotent_and_the_context_managers_give_back(tmp_path: Path) -> None:
+# -- processes that die, stop, fork ---------------------------------------------------------------
+
+
+def test_slots_of_a_killed_process_are_free_at_once(tmp_path: Path) -> None:
+    child = _holding(tmp_path, 3, 3)
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 3, tmp_path)
+    try:
+
+        async def scenario() -> list[Any]:
+            steps: list[Any] = [await slots.try_acquire(), dict(slots.holders())]
+            waiter = asyncio.create_task(slots.acquire())
+            await asyncio.sleep(0.05)
+            steps.append(waiter.done())
+            await asyncio.to_thread(_kill, child)
+            await asyncio.wait_for(waiter, WAIT)
+            steps.append([await slots.try_acquire() is not None for _ in range(3)])  # no waiting: free already
+            return steps
+
+        assert asyncio.run(scenario()) == [None, {child.pid: 3}, False, [True, True, False]]
+        assert slots.holders() == {os.getpid(): 3}
+    finally:
+        _kill(child)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_holds_none_of_its_parents_slots(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path)
+
+    async def scenario() -> int:
+        lease = await slots.acquire()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's slot is another process's, and its lease is not the child's
+
+            async def child() -> bool:
+                slots.release(lease)
+                seen = dict(slots.holders())
+                mine, none = await slots.try_acquire(), await slots.try_acquire()
+                return seen == {parent: 1} and mine is not None and none is None
+
+            os._exit(0 if asyncio.run(child()) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert slots.holders() == {parent: 1}  # the child's slot went with it; the parent's stays
+        slots.release(lease)
+        return os.waitstatus_to_exitcode(status)
+
+    assert asyncio.run(scenario()) == 0
+    assert slots.held() == 0
+
+
+def test_a_wait_behind_a_stopped_holder_says_who_holds_the_slots(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    child = _holding(tmp_path, 2, 2)
+    os.kill(child.pid, signal.SIGSTOP)  # alive, holding its slots, doing nothing
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path, say_after=0.2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="flux_nb.slots"), pytest.raises(FluxTimeout):
+            asyncio.run(slots.acquire(timeout=1.0))
+    finally:
+        _kill(child)
+    [told] = [record.getMessage() for record in caplog.records]  # once for the whole stall
+    assert f"held by pid {child.pid} (2)" in told and "Flux.share_slots = False" in told
+    assert "FLUX_NB_SLOTS_DIR" in told and "\n" not in told
+
+
+def test_a_foreign_lock_on_the_whole_file_is_named_in_the_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 24, tmp_path, say_after=0.2)
+    other = _foreign_lock(slots.path, "exclusive")
+    try:
+        with caplog.at_level(logging.WARNING, logger="flux_nb.slots"), pytest.raises(FluxTimeout):
+            asyncio.run(slots.acquire(timeout=1.0))
+        assert slots.holders() == {other.pid: 24}
+    finally:
+        other.kill()
+        other.wait()
+    [told] = [record.getMessage() for record in caplog.records]
+    assert f"24 shared active-task slots; held by pid {other.pid} (24)" in told
+    assert asyncio.run(slots.try_acquire()) is not None  # its end freed them
+
+
+def test_a_short_wait_says_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path, say_after=WAIT)
+
+    async def scenario() -> None:
+        lease = await slots.acquire()
+        waiter = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.1)
+        slots.release(lease)
+        slots.release(await asyncio.wait_for(waiter, WAIT))
+
+    with caplog.at_level(logging.WARNING, logger="flux_nb.slots"):
+        asyncio.run(scenario())
+    assert caplog.records == []
+
+
+# -- giving back ------------------------------------------------------------------------------------
+
+
+def test_release_is_idempotent_and_the_context_manager_gives_back(tmp_path: Path) -> None:
     slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path)
 
     async def scenario() -> list[int]:
         seen = []
         lease = await slots.acquire()
-        await slots.release(lease)
-        await slots.release(lease)
+        slots.release(lease)
+        again = await slots.acquire()  # the same slot, a new lease
+        slots.release(lease)  # the old lease: not the new holder's slot
         seen.append(slots.held())
+        slots.release(again)
         with pytest.raises(RuntimeError):
             async with slots.slot():
                 seen.append(slots.held())
                 raise RuntimeError("the task failed")
-        async with slots as first, slots as second:
-            assert first.lease_id != second.lease_id
-            seen.append(slots.held())
         seen.append(slots.held())
         return seen
 
-    assert asyncio.run(scenario()) == [0, 1, 2, 0]
+    assert asyncio.run(scenario()) == [1, 1, 0]
 
 
-def test_release_later_gives_the_lease_back_after_the_delay_without_waiting_for_it(tmp_path: Path) -> None:
+def test_release_later_keeps_the_slot_for_the_delay_and_release_pending_ends_it(tmp_path: Path) -> None:
     slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
 
-    async def scenario() -> list[int]:
-        lease = await slots.acquire()
-        later = slots.release_later(lease, 0.05)
-        held = [slots.held()]
-        await asyncio.wait_for(slots.acquire(), WAIT)  # the one slot comes back to the line
-        await later
-        return [*held, slots.held()]
+    async def scenario() -> list[Any]:
+        slots.release_later(await slots.acquire(), 0.2)  # a lost submit's task may still run that long
+        seen: list[Any] = [await slots.try_acquire()]
+        lease = await asyncio.wait_for(slots.acquire(), WAIT)  # back after the delay
+        slots.release_later(lease, 3600)
+        return [*seen, slots.held(), await slots.release_pending(), slots.held()]
 
-    assert asyncio.run(scenario()) == [1, 1]
+    assert asyncio.run(scenario()) == [None, 1, 1, 0]
 
 
 def test_try_acquire_takes_a_free_slot_or_none_without_joining_the_line(tmp_path: Path) -> None:
@@ -301,12 +346,12 @@ def test_try_acquire_takes_a_free_slot_or_none_without_joining_the_line(tmp_path
 
     async def scenario() -> list[Any]:
         first, second, third = [await slots.try_acquire() for _ in range(3)]
-        counts = slots.table.count(slots.scope)
+        held = slots.held()
         assert first is not None and second is not None
-        await slots.release(first)
-        return [third, counts, slots.table.count(slots.scope)]
+        slots.release(first)
+        return [third, held, slots.held()]
 
-    assert asyncio.run(scenario()) == [None, (2, 0), (1, 0)]
+    assert asyncio.run(scenario()) == [None, 2, 1]
 
 
 def test_a_cancelled_or_timed_out_acquire_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -316,18 +361,24 @@ def test_a_cancelled_or_timed_out_acquire_leaves_nothing_behind(tmp_path: Path) 
         lease = await slots.acquire()
         with pytest.raises(FluxTimeout, match="no free slot of 1"):
             await slots.acquire(timeout=0.05)
-        assert slots.table.count(slots.scope) == (1, 0)
         waiter = asyncio.create_task(slots.acquire())
-        await asyncio.to_thread(_until, lambda: slots.table.count(slots.scope) == (1, 1))
+        await asyncio.sleep(0.01)
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        await asyncio.to_thread(_until, lambda: slots.table.count(slots.scope) == (1, 0))
-        await slots.release(lease)
-        await asyncio.wait_for(slots.acquire(), WAIT)
+        slots.release(lease)
+        assert slots.held() == 0  # the cancelled waiter was not handed it
+        lease = await slots.acquire()
+        handed = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        slots.release(lease)  # handed to the waiter in line...
+        handed.cancel()  # ... which is cancelled before it runs again: it gives the slot back
+        with pytest.raises(asyncio.CancelledError):
+            await handed
+        assert slots.held() == 0
 
     asyncio.run(scenario())
-    assert slots.table.count(slots.scope) == (1, 0)
+    assert asyncio.run(SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path).try_acquire()) is not None
 
 
 # -- scopes, the key, the folder --------------------------------------------------------------------
@@ -360,21 +411,13 @@ def test_every_bfl_host_is_one_endpoint_for_a_key() -> None:
         scope_of(KEY, "http://127.0.0.1:99999")
 
 
-def test_the_key_never_reaches_the_database_or_a_repr(tmp_path: Path) -> None:
+def test_the_key_never_reaches_the_folder_or_a_repr(tmp_path: Path) -> None:
     slots = SharedSlots.for_key(KEY, ENDPOINT, 3, tmp_path)
-
-    async def scenario() -> Any:
-        kept = await slots.acquire()
-        await slots.release(await slots.acquire())
-        return kept
-
-    lease = asyncio.run(scenario())
-    files = [path for path in tmp_path.iterdir() if path.name.startswith(DATABASE)]
-    assert tmp_path / DATABASE in files
-    data = b"".join(path.read_bytes() for path in files)
-    assert scope_of(KEY, ENDPOINT).encode() in data  # the scan reads what was written
-    assert KEY.encode() not in data and KEY[:12].encode() not in data
-    assert KEY not in repr(slots) and KEY not in repr(lease)
+    lease = asyncio.run(slots.acquire())
+    files = list(tmp_path.iterdir())
+    assert files == [tmp_path / f"slots-{scope_of(KEY, ENDPOINT)}.lock"]
+    assert files[0].read_bytes() == b""  # only its locks count
+    assert KEY not in repr(slots) and KEY not in repr(lease) and KEY[:12] not in str(files)
 
 
 def test_the_folder_comes_from_the_argument_then_the_environment_then_the_cache(
@@ -385,32 +428,54 @@ def test_the_folder_comes_from_the_argument_then_the_environment_then_the_cache(
     assert default_folder() == tmp_path / "cache" / "flux_nb"
     monkeypatch.setenv("FLUX_NB_SLOTS_DIR", str(tmp_path / "env"))
     assert default_folder() == tmp_path / "env"
-    assert SharedSlots.for_key(KEY, ENDPOINT).table.folder == (tmp_path / "env").resolve()
-    assert SharedSlots.for_key(KEY, ENDPOINT, folder=tmp_path / "arg").table.folder == (tmp_path / "arg").resolve()
-    assert (tmp_path / "arg" / DATABASE).exists()
+    assert SharedSlots.for_key(KEY, ENDPOINT).path.parent == (tmp_path / "env").resolve()
+    missing = tmp_path / "arg" / "not" / "there"
+    assert SharedSlots.for_key(KEY, ENDPOINT, folder=missing).path.parent == missing.resolve()
+    assert [path.suffix for path in missing.iterdir()] == [".lock"]  # the folder is made
 
 
-def test_a_folder_that_cannot_hold_the_table_is_one_clear_error(tmp_path: Path) -> None:
+def test_a_folder_that_cannot_hold_the_lock_file_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    with pytest.raises(ValidationError, match=r"a-file.*FLUX_NB_SLOTS_DIR"):
-        SharedSlots.for_key(KEY, ENDPOINT, folder=tmp_path / "a-file")
-    (tmp_path / "garbage").mkdir()
-    (tmp_path / "garbage" / DATABASE).write_bytes(b"this is not a database" * 100)
-    with pytest.raises(ValidationError, match="garbage"):
-        SharedSlots.for_key(KEY, ENDPOINT, folder=tmp_path / "garbage")
+    for folder in (tmp_path / "a-file", tmp_path / "a-file" / "slots"):
+        with pytest.raises(ValidationError, match=r"a-file.*cannot hold the lock file.*FLUX_NB_SLOTS_DIR"):
+            SharedSlots.for_key(KEY, ENDPOINT, folder=folder)
 
 
-def test_owners_name_host_pid_and_start_and_only_dead_local_ones_are_gone() -> None:
-    host, _, process = lease_owner().rpartition(":")
-    assert host == os.uname().nodename and process.startswith(f"{os.getpid()}@")
-    assert not owner_is_gone(lease_owner())
-    assert owner_is_gone(f"{host}:{os.getpid()}@1")  # this pid, another start time: a recycled pid
-    assert not owner_is_gone(f"another-host-{host}:{os.getpid() + 1}@1")
+def test_slots_go_on_when_their_folder_goes_away_after_it_opened(tmp_path: Path) -> None:
+    folder = tmp_path / "slots"
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, folder)
+
+    async def sweep() -> int:
+        async def one() -> None:
+            async with slots.slot():
+                await asyncio.sleep(0.001)
+
+        await asyncio.gather(*(one() for _ in range(10)))
+        return slots.held()
+
+    assert asyncio.run(sweep()) == 0
+    shutil.rmtree(folder)  # deleted, unmounted, or full: nothing is written while slots come and go
+    assert asyncio.run(sweep()) == 0
 
 
-def test_a_limit_below_one_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="at least 1, got 0"):
-        SharedSlots.for_key(KEY, ENDPOINT, 0, tmp_path)
+def test_a_limit_out_of_range_is_refused(tmp_path: Path) -> None:
+    for limit in (0, WANTED):
+        with pytest.raises(ValidationError, match=f"between 1 and {WANTED - 1}, got {limit}"):
+            SharedSlots.for_key(KEY, ENDPOINT, limit, tmp_path)
+
+
+def test_without_file_locks_the_limit_holds_in_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slot_locks, "fcntl", None)  # as on Windows
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path / "no-locks")
+
+    async def scenario() -> list[Any]:
+        first, second, third = [await slots.try_acquire() for _ in range(3)]
+        held = slots.held()
+        slots.release(first)  # type: ignore[arg-type]
+        return [second is not None, third, held, slots.held()]
+
+    assert asyncio.run(scenario()) == [True, None, 2, 1]
+    assert not (tmp_path / "no-locks").exists()
 
 
 def test_the_bench_runs_at_tiny_sizes(tmp_path: Path) -> None:

@@ -15,8 +15,6 @@ from flux_nb.history import database as database_module
 from flux_nb.history import faults as history_faults
 from flux_nb.history.database import Database
 from flux_nb.history.store import HistoryStore
-from flux_nb.http import slot_table as slot_table_module
-from flux_nb.http.slot_table import SlotTable
 from flux_nb.sqlite import WriterLock
 
 THREADS = 8
@@ -73,22 +71,6 @@ def test_history_writers_of_one_process_never_meet_a_locked_database(
     _hammer(write)
     assert locked == []
     assert db.read("SELECT seq FROM changes")[0][0] >= THREADS * WRITES
-
-
-def test_slot_table_writers_of_one_process_never_meet_a_locked_table(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(slot_table_module, "BUSY_TIMEOUT_S", 0.0)
-    locked = _count_lock_errors(monkeypatch, slot_table_module, "_is_lock_error")
-    table = SlotTable(tmp_path)
-
-    def write(n: int) -> None:
-        sql = "INSERT INTO leases VALUES (?, 'scope', 'owner', 0)"
-        table._write(lambda db: db.execute(sql, (f"lease-{n}",)))
-
-    _hammer(write)
-    assert locked == []
-    assert table.count("scope") == (THREADS * WRITES, 0)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
