@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def test_an_owner_is_gone_only_when_its_local_process_is(kills: Kills, monkeypat
     monkeypatch.setattr(owners.socket, "gethostname", lambda: "odd:host")  # a host name with a colon
     assert owners.is_local(f"odd:host:{NOT_A_PID}") and owners.owner_is_gone(f"odd:host:{NOT_A_PID}")
     assert not owners.is_local(f"odd:{NOT_A_PID}")
-    monkeypatch.setattr(owners.os, "name", "nt")  # Windows: signal 0 is Ctrl-C, so nothing is local there
+    monkeypatch.setattr(owners, "os", types.SimpleNamespace(name="nt"))  # Windows: signal 0 is Ctrl-C, nothing is local
     assert not owners.is_local(f"odd:host:{NOT_A_PID}")
 
 
