@@ -112,10 +112,11 @@ def test_an_owner_is_gone_only_when_its_local_process_is(kills: Kills, monkeypat
     assert not owners.owner_is_gone(f"{host}:not-a-pid") and not owners.owner_is_gone(None)
     assert kills.calls == [(parent, 0), (int(NOT_A_PID), 0)]
     assert not owners.owner_is_gone(f"elsewhere:{NOT_A_PID}")  # another host's: never looked up here
-    monkeypatch.setattr(owners.socket, "gethostname", lambda: "odd:host")  # a host name with a colon
+    monkeypatch.setattr(owners, "socket", types.SimpleNamespace(gethostname=lambda: "odd:host"))  # with a colon
     assert owners.is_local(f"odd:host:{NOT_A_PID}") and owners.owner_is_gone(f"odd:host:{NOT_A_PID}")
     assert not owners.is_local(f"odd:{NOT_A_PID}")
-    monkeypatch.setattr(owners, "os", types.SimpleNamespace(name="nt"))  # Windows: signal 0 is Ctrl-C, nothing is local
+    windows = types.SimpleNamespace(name="nt", getpid=os.getpid)  # signal 0 is Ctrl-C there: nothing is local
+    monkeypatch.setattr(owners, "os", windows)
     assert not owners.is_local(f"odd:host:{NOT_A_PID}")
 
 
@@ -248,7 +249,8 @@ def test_resume_never_sees_a_batch_record_written_but_not_yet_in_flight(history_
     results = run(executor(store, ScriptedClient(lambda: None)).run_batch([prepared()], ignore))
     for looker in lookers:
         looker.join()
-    assert [r.status for r in results] == ["ready"] and seen == [[]]
+    assert [r.status for r in results] == ["ready"]
+    assert seen == [[]]
 
 
 def test_resume_unsent_in_another_session_leaves_a_queued_batch_alone(server_factory: Any, history_dir: Path) -> None:
