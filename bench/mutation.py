@@ -110,7 +110,10 @@ TARGETS: dict[str, Target] = {
     "resuming": Target(
         ("flux_nb/core/resuming.py", "flux_nb/owners.py"),
         ("tests/test_resume_ownership.py",),
-        ("tests/test_resume_ownership.py::test_resume_unsent_in_another_session_leaves_a_queued_batch_alone",),
+        (  # the first for its time; the second runs flux-nb in a subprocess, which imports the unmutated package
+            "tests/test_resume_ownership.py::test_resume_unsent_in_another_session_leaves_a_queued_batch_alone",
+            "tests/test_resume_ownership.py::test_flux_nb_resume_leaves_another_host_s_task_alone_and_says_so",
+        ),
     ),
     "bundle": Target(
         ("flux_nb/export/bundle.py",),

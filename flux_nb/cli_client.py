@@ -265,13 +265,15 @@ def resume(args: argparse.Namespace) -> int:
         left = len(flux.unsent())
     for result in results:
         print(line_of(result))
-    if not results and not left:
+    if not results and not left and not results.elsewhere:
         print("nothing to resume: no task is pending")
     if unknown := sum(r.status == "unknown" for r in results):
         print(f"{unknown} submit(s) were cut off mid-send and may have created a task: marked unknown, not resent "
               "(flux-nb replay ID sends one again on purpose)")  # fmt: skip
     if left:
         print(f"{left} request(s) were never sent before their process stopped: flux-nb resume --unsent sends them")
+    if note := results.note():
+        print(note)
     return _worst(results)
 
 

@@ -56,11 +56,6 @@ def owner_is_gone(owner: str | None) -> bool:
     return False
 
 
-def owner_is_alive(owner: str | None) -> bool:
-    """True when ``owner`` is another process of this host that still runs (so its work must be left alone)."""
-    return bool(owner) and owner != process_owner() and is_local(owner) and not owner_is_gone(owner)
-
-
 def may_take_over(owner: str | None, *, running_here: bool = False) -> bool:
     """True when this process may take up work ``owner`` left: never what a request here runs now
     (``running_here``); its own otherwise; else only a process of this host that no longer runs. A live
@@ -76,4 +71,4 @@ def may_take_over(owner: str | None, *, running_here: bool = False) -> bool:
     return owner == process_owner() or owner_is_gone(owner)
 
 
-__all__ = ["is_local", "may_take_over", "owner_is_alive", "owner_is_gone", "process_owner"]
+__all__ = ["is_local", "may_take_over", "owner_is_gone", "process_owner"]

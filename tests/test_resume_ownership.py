@@ -5,12 +5,14 @@ in the database file."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import socket
 import sqlite3
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from flux_nb.errors import RecordTakenError
 from flux_nb.history.store import HistoryStore
 from flux_nb.owners import may_take_over, process_owner
 from flux_nb.session import Flux
+from tests.test_cli import flux_nb
 from tests.test_jobs_mutants import ScriptedClient, executor, prepared, run
 from tests.test_store import create, submit
 
@@ -56,34 +59,39 @@ def wait_for(condition: Any, what: str, limit: float = 30.0) -> None:
 # -- whose a record is ------------------------------------------------------------------------------
 
 
+class Kills:
+    """``os.kill`` staged per pid, never sent: None (the process exists) or the error it raises; calls kept."""
+
+    def __init__(self) -> None:
+        self.answers: dict[int, type[OSError] | None] = {}
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, pid: int, signal: int) -> None:
+        self.calls.append((pid, signal))
+        answer = self.answers[pid]
+        if answer is not None:
+            raise answer()
+
+
 @pytest.fixture
-def kill_answers(monkeypatch: pytest.MonkeyPatch) -> dict[int, type[OSError]]:
-    """``os.kill(pid, 0)`` raises the error set here for a pid (the tests run as root: EPERM must be staged)."""
-    answers: dict[int, type[OSError]] = {}
-    real = os.kill
-
-    def kill(pid: int, signal: int) -> None:
-        if pid in answers:
-            raise answers[pid]()
-        real(pid, signal)
-
-    monkeypatch.setattr(owners.os, "kill", kill)
-    return answers
+def kills(monkeypatch: pytest.MonkeyPatch) -> Kills:
+    """The owner checks' ``os.kill``, staged (the tests run as root: EPERM must be staged, and nothing is signalled)."""
+    staged = Kills()
+    monkeypatch.setattr(owners.os, "kill", staged)
+    return staged
 
 
-def test_a_process_answering_eperm_is_alive_and_keeps_its_records(
-    history_dir: Path, kill_answers: dict[int, type[OSError]]
-) -> None:
+def test_a_process_answering_eperm_is_alive_and_keeps_its_records(history_dir: Path, kills: Kills) -> None:
     store = HistoryStore(history_dir)
     pending, sending, submitted = open_records(store)
     owner = f"{socket.gethostname()}:{NOT_A_PID}"
     owned_by(store, owner, pending, sending, submitted)
-    kill_answers[int(NOT_A_PID)] = PermissionError  # another user's live process
-    assert not may_take_over(owner) and not owners.owner_is_gone(owner) and owners.owner_is_alive(owner)
+    kills.answers[int(NOT_A_PID)] = PermissionError  # another user's live process
+    assert not may_take_over(owner) and not owners.owner_is_gone(owner)
     left = plan(store)
     assert (left.finish, left.unsent, left.cut_off) == ([], [], [])
     assert ids(left.elsewhere) == [submitted] and unsent_records(store) == []
-    kill_answers[int(NOT_A_PID)] = ProcessLookupError  # the same owner, gone: all three are taken up
+    kills.answers[int(NOT_A_PID)] = ProcessLookupError  # the same owner, gone: all three are taken up
     taken = plan(store)
     assert (ids(taken.finish), ids(taken.unsent), ids(taken.cut_off), taken.elsewhere) == (
         [submitted],
@@ -91,21 +99,66 @@ def test_a_process_answering_eperm_is_alive_and_keeps_its_records(
         [sending],
         [],
     )
+    assert {signal for _, signal in kills.calls} == {0}  # only asked whether it exists
 
 
-def test_records_owned_on_another_host_are_left_alone_with_the_note(history_dir: Path) -> None:
+def test_an_owner_is_gone_only_when_its_local_process_is(kills: Kills, monkeypatch: pytest.MonkeyPatch) -> None:
+    host, parent = socket.gethostname(), os.getppid()
+    kills.answers.update({parent: None, int(NOT_A_PID): ProcessLookupError})
+    assert not owners.owner_is_gone(f"{host}:{parent}")  # it runs (no start time kept: none compared)
+    assert owners.owner_is_gone(f"{host}:{NOT_A_PID}")
+    assert not owners.owner_is_gone(process_owner()) and not owners.owner_is_gone(f"{host}:{os.getpid()}")
+    assert owners.owner_is_gone(f"{host}:{os.getpid()}@1")  # this pid, another start time: a recycled pid
+    assert not owners.owner_is_gone(f"{host}:not-a-pid") and not owners.owner_is_gone(None)
+    assert kills.calls == [(parent, 0), (int(NOT_A_PID), 0)]
+    assert not owners.owner_is_gone(f"elsewhere:{NOT_A_PID}")  # another host's: never looked up here
+    monkeypatch.setattr(owners, "socket", types.SimpleNamespace(gethostname=lambda: "odd:host"))  # with a colon
+    assert owners.is_local(f"odd:host:{NOT_A_PID}") and owners.owner_is_gone(f"odd:host:{NOT_A_PID}")
+    assert not owners.is_local(f"odd:{NOT_A_PID}")
+    windows = types.SimpleNamespace(name="nt", getpid=os.getpid)  # signal 0 is Ctrl-C there: nothing is local
+    monkeypatch.setattr(owners, "os", windows)
+    assert not owners.is_local(f"odd:host:{NOT_A_PID}")
+
+
+def test_this_process_is_named_by_host_pid_and_start_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    host, _, process = process_owner().rpartition(":")
+    pid, _, start = process.partition("@")
+    assert (host, pid) == (socket.gethostname(), str(os.getpid())) and start.isdigit()
+    fields = " ".join(str(n) for n in range(3, 53))  # /proc/PID/stat after the name: field 22 is the start time
+    stat = io.StringIO(f"77 (a name) with ) in it) {fields}")
+    monkeypatch.setattr(owners, "open", lambda path: stat if path == "/proc/77/stat" else None, raising=False)
+    assert owners._start_time(77) == "22"
+
+
+def test_records_owned_on_another_host_are_left_alone_with_the_note(history_dir: Path, kills: Kills) -> None:
     store = HistoryStore(history_dir)
     pending, sending, submitted = open_records(store)
-    owner = f"another-{socket.gethostname()}:{os.getpid()}"  # its liveness cannot be known from here
+    owner = f"another-{socket.gethostname()}:{NOT_A_PID}"  # its liveness cannot be known from here
+    kills.answers[int(NOT_A_PID)] = ProcessLookupError  # no such pid here says nothing of another host's
     owned_by(store, owner, pending, sending, submitted)
     assert not may_take_over(owner)
     left = plan(store)
     assert (left.finish, left.unsent, left.cut_off, ids(left.elsewhere)) == ([], [], [], [submitted])
-    assert unsent_records(store) == []
+    assert unsent_records(store) == [] and kills.calls == []
     note = Resumed([], left.elsewhere).note()
     assert note == (
         f"1 submitted record(s) left alone: another running process, or one on another host, follows them ({owner})"
     )
+
+
+def test_the_note_names_every_owner_left_alone_and_is_empty_when_none_was(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    records = [create(store, seed=i) for i in range(3)]
+    for record_id in records:
+        submit(store, record_id)
+    owned_by(store, "b-host:2", records[0])
+    owned_by(store, "a-host:1", records[1])
+    with sqlite3.connect(store.path) as db:  # a record from before owners were kept: its owner is not known
+        db.execute("UPDATE records SET owner = NULL WHERE record_id = ?", (records[2],))
+    left = plan(store)
+    assert left.finish == [] and ids(left.elsewhere) == records
+    assert Resumed([], left.elsewhere).note().endswith("follows them (?, a-host:1, b-host:2)")
+    assert Resumed([], []).note() == ""
 
 
 def test_this_process_takes_up_its_own_records_unless_it_runs_them(history_dir: Path) -> None:
@@ -134,6 +187,20 @@ def test_a_dead_process_record_another_session_here_took_up_is_not_offered_again
     runner = executor(store, ScriptedClient())  # another session of this process sends and finishes them
     runner.ledger.in_flight.update([pending, submitted])
     assert unsent_records(store) == [] and plan(store).finish == []
+
+
+def test_flux_nb_resume_leaves_another_host_s_task_alone_and_says_so(server: Any, tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / ".flux")
+    record_id = create(store)
+    submit(store, record_id, polling_url=f"{server.url}/v1/get_result?id=t1")
+    owned_by(store, "another-host:1", record_id)
+    out = flux_nb("resume", "--endpoint", server.url, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "1 submitted record(s) left alone: another running process, or one on another host, follows them "
+        "(another-host:1)"
+    ]
+    assert server.stats()["polls"] == 0 and store.get(record_id).status == "submitted"  # type: ignore[union-attr]
 
 
 # -- a record goes out once -------------------------------------------------------------------------
@@ -182,7 +249,8 @@ def test_resume_never_sees_a_batch_record_written_but_not_yet_in_flight(history_
     results = run(executor(store, ScriptedClient(lambda: None)).run_batch([prepared()], ignore))
     for looker in lookers:
         looker.join()
-    assert [r.status for r in results] == ["ready"] and seen == [[]]
+    assert [r.status for r in results] == ["ready"]
+    assert seen == [[]]
 
 
 def test_resume_unsent_in_another_session_leaves_a_queued_batch_alone(server_factory: Any, history_dir: Path) -> None:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from flux_nb.owners import owner_is_alive, owner_is_gone, process_owner
+from flux_nb.owners import may_take_over, owner_is_gone, process_owner
 
-__all__ = ["owner_is_alive", "owner_is_gone", "process_owner"]
+__all__ = ["may_take_over", "owner_is_gone", "process_owner"]
