@@ -620,6 +620,9 @@ def test_axes_of_options_reads_a_parsed_command_line() -> None:
     assert [a.name for a in axes_of_options(args)] == ["seed", "steps", "guidance", "size", "model"]
     args.aspect, args.width, args.height = None, "512", "256"
     assert [(a.name, a.values) for a in axes_of_options(args)][3:5] == [("width", (512,)), ("height", (256,))]
+    args.width, args.height, args.size, args.safety = None, None, "512x512", "1"
+    assert [(a.name, a.values) for a in axes_of_options(args)][1:3] == [("safety_tolerance", (1,)), ("steps", (2,))]
+    assert axes_of_options(args)[4] == Axis("size", ((512, 512),))
 
 
 def test_floats_keep_six_decimals_and_an_empty_cell_says_so() -> None:
