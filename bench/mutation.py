@@ -46,22 +46,21 @@ CLIENT_SLOW = (
     "tests/test_client.py::test_a_task_slower_than_the_task_timeout_times_out",
 )
 
-# The pure tests of tests/test_client_bounds.py (its probe, notebook and download tests start servers).
-CLIENT_BOUNDS_PURE = tuple(
-    f"tests/test_client_bounds.py::{name}"
+# tests/test_client_bounds.py without its tests that start servers or IPython shells (the rest is pure).
+CLIENT_BOUNDS = "tests/test_client_bounds.py"
+CLIENT_BOUNDS_SERVERS = tuple(
+    f"{CLIENT_BOUNDS}::{name}"
     for name in (
-        "test_a_huge_list_like_is_refused_before_it_is_copied",
-        "test_list_likes_at_the_limits_still_sweep",
-        "test_ipythons_history_names_are_never_filled_in",
-        "test_names_that_only_look_like_history_are_filled",
-        "test_the_key_check_is_exact_at_the_minimum_key_length",
-        "test_addresses_that_are_not_public_are_refused",
-        "test_public_addresses_pass",
-        "test_an_ipv6_wrapper_is_judged_by_the_ipv4_address_it_carries",
-        "test_loopback_is_recognised_also_when_wrapped",
-        "test_a_resolvers_answer_is_parsed_without_its_zone_and_names_are_refused",
-        "test_numeric_hosts_resolve_without_a_lookup",
-        "test_a_target_connects_to_the_checked_address_and_names_the_host",
+        "test_a_trickling_reference_is_left_at_the_probes_one_deadline",
+        "test_the_sessions_probe_takes_its_stated_deadline",
+        "test_a_claimed_size_beyond_the_apis_limits_is_not_believed",
+        "test_an_absurd_claim_is_priced_at_the_cap_and_said_at_most",
+        "test_the_previous_cell_is_never_sent_from_a_notebook",
+        "test_a_key_anywhere_in_a_batch_is_refused_before_anything_is_sent_or_read",
+        "test_a_key_typed_in_a_cell_or_a_vary_value_is_never_sent",
+        "test_a_download_that_stalls_ends_early_with_a_delivery_error",
+        "test_the_whole_download_deadline_follows_a_shorter_task_timeout",
+        "test_flux_download_stall_is_a_setting_and_the_stalled_task_resumes",
     )
 )
 
@@ -124,9 +123,17 @@ TARGETS: dict[str, Target] = {
         ("flux_nb/metadata/__init__.py", "flux_nb/metadata/containers.py", "flux_nb/metadata/provenance.py"),
         ("tests/test_metadata_handover.py", "tests/test_metadata.py", "tests/test_provenance_files.py"),
     ),
-    "templates": Target(("flux_nb/core/templates.py",), ("tests/test_templates.py", *CLIENT_BOUNDS_PURE)),
-    "axes": Target(("flux_nb/core/axes.py",), ("tests/test_sweep.py", "tests/test_templates.py", *CLIENT_BOUNDS_PURE)),
-    "addresses": Target(("flux_nb/addresses.py",), ("tests/test_reference_probe.py", *CLIENT_BOUNDS_PURE)),
+    "templates": Target(
+        ("flux_nb/core/templates.py",), ("tests/test_templates.py", CLIENT_BOUNDS), CLIENT_BOUNDS_SERVERS
+    ),
+    "axes": Target(
+        ("flux_nb/core/axes.py",),
+        ("tests/test_sweep.py", "tests/test_templates.py", CLIENT_BOUNDS),
+        CLIENT_BOUNDS_SERVERS,
+    ),
+    "addresses": Target(
+        ("flux_nb/addresses.py",), ("tests/test_reference_probe.py", CLIENT_BOUNDS), CLIENT_BOUNDS_SERVERS
+    ),
 }
 
 

@@ -7,6 +7,7 @@ server of ``tests/hostile.py`` with a delivery that stalls.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import socketserver
 import threading
@@ -22,9 +23,30 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from flux_nb import Flux, addresses
-from flux_nb.core.axes import Axis
+from flux_nb.core.axes import (
+    Axis,
+    PromptAxis,
+    axes_of_options,
+    expand,
+    grid_axes,
+    listed,
+    option_axes,
+    parse_floats,
+    split_prompts,
+)
 from flux_nb.core.batch import Defaults, build, one_request, prepare
-from flux_nb.core.templates import MIN_KEY_LENGTH, fill, refuse_keys
+from flux_nb.core.templates import (
+    MIN_KEY_LENGTH,
+    Slot,
+    choices,
+    fill,
+    parse,
+    parse_vary,
+    reference,
+    refuse_keys,
+    replacement_axes,
+    with_replacements,
+)
 from flux_nb.errors import BudgetError, DeliveryError, FluxError, FluxTimeout, ValidationError
 from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy
@@ -427,3 +449,216 @@ def test_a_target_connects_to_the_checked_address_and_names_the_host(
 ) -> None:
     target = addresses.Target(url, host, port, address)
     assert target.connect_url == connect and target.host_header == host_header
+
+
+# -- templates, word for word (what a cell's prompt becomes, and each refusal's message) -----------
+
+
+class Orange:
+    pass
+
+
+class owl:  # a lower-case class name: "an owl object"
+    pass
+
+
+def test_numpy_scalars_are_written_in_and_listed_as_python_values() -> None:
+    assert fill("a {v}", {"v": np.bool_(True)}).render({}) == "a True"
+    values = fill("a {v}", {"v": [np.int64(1), np.float64(2.5)]}).axes[0].values
+    assert values == (1, 2.5) and [type(v) for v in values] == [int, float]
+    with pytest.raises(ValidationError, match=r"\{v\} is a void object"):
+        fill("a {v}", {"v": np.zeros(1, dtype=[("a", "i4")])[0]})
+
+
+@pytest.mark.parametrize(("value", "kind"), [(Orange(), "an Orange object"), (owl(), "an owl object"), (Path(), "a")])
+def test_a_refused_value_is_named_with_its_article(value: object, kind: str) -> None:
+    with pytest.raises(ValidationError, match=rf"\{{v\}} is {kind}[ ;]"):
+        fill("a {v}", {"v": value})
+
+
+def test_values_that_are_not_text_are_never_compared_with_keys() -> None:
+    refuse_keys("size", (1024, 768), ["(1024, 768)"])
+    refuse_keys("image", object(), ["XXXX"])
+
+
+def test_a_key_refusal_names_where_the_key_was() -> None:
+    with pytest.raises(ValidationError, match=r"^prompt template: \{v\}\[1\] holds an API key"):
+        fill("a {v}", {"v": ["x", KEY]}, keys=[KEY])
+    with pytest.raises(ValidationError, match=r"^prompt template: \{v\} holds an API key"):
+        fill("a {v}", {"v": KEY}, keys=[KEY])
+    with pytest.raises(ValidationError, match=r"^-i k holds an API key"):
+        reference("k", {"k": KEY}, what="-i k", keys=[KEY])
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("a {b", "prompt template: the { at character 3 is not closed; write {{ for a literal brace"),
+        ("{a{b} {c}", "prompt template: the { at character 1 is not closed; write {{ for a literal brace"),
+        ("a {} b", "prompt template {}: only plain names are filled"),
+        ("a } b", "prompt template: a single } at character 3; write }} for a literal brace"),
+        ("a {\ud800 x}", "prompt template {\\ud800 x}: only plain names"),
+        ("{" + "a b" * 20 + "}", "prompt template {" + "a b" * 20 + "}: only plain names"),
+        ("{" + "a b" * 20 + "c}", "prompt template {" + ("a b" * 20)[:57] + "...}: only plain names"),
+        ("{nope}", "prompt template: {nope} is not defined in the notebook (define it, or write {{nope}} for literal "),
+        ("{d}", "prompt template: {d} is a dict; a template takes text, a number, or a list of them (which sweeps)"),
+        ("{alt2}", "prompt template: {alt2} is a name kept for {a|b} alternatives; rename it"),
+    ],
+)
+def test_template_refusals_say_where_and_what_to_do(body: str, message: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        fill(body, {"d": {}, "alt2": ["x", "y"]})
+    assert str(refused.value).startswith(message)
+
+
+def test_a_template_keeps_text_braces_and_names_apart() -> None:
+    assert fill("XXL {{shirt}} in {colours}", {"colours": ["red", "blue"]}).label == "XXL {shirt} in {colours}"
+    assert parse("{a}") == [Slot("a")]
+    assert fill("{alto} {alt}", {"alto": ["x", "y"], "alt": ["p", "q"]}).label == "{alto} {alt}"
+
+
+def test_inline_alternatives_are_numbered_in_order() -> None:
+    template = choices("x {a|b} y {c|d} z")
+    assert [a.name for a in template.axes] == ["alt1", "alt2"]
+    assert template.render({"alt1": "b", "alt2": "c"}) == "x b y c z"
+    assert choices("{a|b}").parts == (Slot("alt1"),)
+
+
+def test_vary_options_split_on_the_first_equals_and_honour_quotes_after_spaces() -> None:
+    assert parse_vary(["eq=x=1,y=2"]) == {"eq": ["x=1", "y=2"]}
+    assert parse_vary(['animal=dog, "red, fox"']) == {"animal": ["dog", "red, fox"]}
+    with pytest.raises(ValidationError) as refused:
+        parse_vary(["1bad=x,y"])
+    assert str(refused.value).endswith("(e.g. animal=dog,cat,fox: the first value is the text to find in the prompt)")
+
+
+def test_vary_refusals_name_the_axis_and_what_was_given() -> None:
+    with pytest.raises(ValidationError, match=r"vary must be a dict like .*, got a list object"):
+        replacement_axes(["dog"])  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match=r"\{animal\} is an empty list"):
+        replacement_axes({"animal": []})
+
+
+def test_a_replacement_is_found_in_the_prompt_at_every_axis_first_value() -> None:
+    found = with_replacements(choices("a {dog|cat}"), replacement_axes({"x": ["dog", "wolf"]}))
+    assert found.replacements == (("x", "dog"),)
+
+
+def test_reference_expressions_index_from_the_end_and_say_what_failed() -> None:
+    assert reference("s[-1]", {"s": [1, 2, 3]}, what="-i s[-1]") == 3
+    with pytest.raises(ValidationError, match=r"\(like s1\[0\] or results.image\); nothing is called or evaluated$"):
+        reference('s[-"a"]', {"s": [1]}, what="-i x")
+    with pytest.raises(ValidationError, match=r"^-i s\[5\]\.x: IndexError: list index out of range$"):
+        reference("s[5].x", {"s": [1]}, what="-i s[5].x")
+
+
+# -- axes, word for word (option text, expansion and grid axes) ------------------------------------
+
+
+def test_list_likes_are_listed_as_python_values() -> None:
+    for value in (np.array([1, 2]), pd.Series([1, 2]), range(1, 3), (1, 2)):
+        assert [type(v) for v in listed(value, "seed")] == [int, int]
+
+
+def test_option_text_becomes_axes_in_a_fixed_order() -> None:
+    axes = option_axes(
+        seed="1:2",
+        width="512",
+        height="512,768",
+        safety="0,5",
+        steps="4",
+        guidance="2.5:3.5:0.5",
+        models=["flux-2-pro, flux-2-flex", " ", "flux-2-klein-4b"],
+    )
+    assert [(a.name, a.values) for a in axes] == [
+        ("seed", (1, 2)),
+        ("safety_tolerance", (0, 5)),
+        ("steps", (4,)),
+        ("guidance", (2.5, 3.0, 3.5)),
+        ("width", (512,)),
+        ("height", (512, 768)),
+        ("model", ("flux-2-pro", "flux-2-flex", "flux-2-klein-4b")),
+    ]
+    assert option_axes() == [] and option_axes(models=[" , "]) == []
+
+
+def test_sizes_come_from_size_or_aspect_lists() -> None:
+    assert option_axes(size="512x512,1024x768") == [Axis("size", ((512, 512), (1024, 768)))]
+    assert option_axes(aspect="1:1, 2:1") == [Axis("size", ((1024, 1024), (1456, 720)))]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"safety": "x"}, "--safety: 'x' is not a whole number"),
+        ({"steps": "1:x"}, "--steps: 'x' is not a whole number"),
+        ({"seed": "x:3"}, "--seed: 'x' is not a whole number"),
+        ({"seed": "1:3:x"}, "--seed: 'x' is not a whole number"),
+        ({"width": "x"}, "--width: 'x' is not a whole number"),
+        ({"height": "x"}, "--height: 'x' is not a whole number"),
+        ({"guidance": "x"}, "--guidance: 'x' is not a number"),
+        ({"size": "512x512", "aspect": "16:9"}, "give either --size or --aspect, not both (--aspect picks the size"),
+        ({"size": "512x512", "width": "512"}, "give either --size/--aspect or --width/--height, not both"),
+        ({"aspect": "16:9", "height": "512"}, "give either --size/--aspect or --width/--height, not both"),
+        ({"models": ["flux-2-pro,nope"]}, "model 'nope' is not a FLUX.2 model"),
+        ({"seed": "1,2,1:999"}, "--seed '1,2,1:999' gives more than 1000 values; narrow the range or raise STEP"),
+    ],
+)
+def test_bad_option_text_names_the_option(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        option_axes(**options)
+    assert str(refused.value).startswith(message)
+
+
+def test_axes_of_options_reads_a_parsed_command_line() -> None:
+    args = argparse.Namespace(
+        seed="1", width=None, height=None, size=None, aspect="16:9", safety=None, steps="2", guidance="3", model=["m"]
+    )
+    with pytest.raises(ValidationError, match="model 'm'"):
+        axes_of_options(args)
+    args.model = ["flux-2-flex"]
+    assert [a.name for a in axes_of_options(args)] == ["seed", "steps", "guidance", "size", "model"]
+    args.aspect, args.width, args.height = None, "512", "256"
+    assert [(a.name, a.values) for a in axes_of_options(args)][3:5] == [("width", (512,)), ("height", (256,))]
+    args.width, args.height, args.size, args.safety = None, None, "512x512", "1"
+    assert [(a.name, a.values) for a in axes_of_options(args)][1:3] == [("safety_tolerance", (1,)), ("steps", (2,))]
+    assert axes_of_options(args)[4] == Axis("size", ((512, 512),))
+
+
+def test_floats_keep_six_decimals_and_an_empty_cell_says_so() -> None:
+    assert parse_floats("0.12345678", "guidance") == [0.123457]
+    with pytest.raises(ValidationError) as refused:
+        split_prompts("---\n  \n")
+    assert str(refused.value) == "the cell holds no prompt: write what the image should show"
+
+
+@pytest.mark.parametrize(
+    ("axes", "message"),
+    [
+        ([Axis("colour", (1,))], "cannot sweep 'colour': sweepable fields are prompt, seed, width, height, size,"),
+        (
+            [Axis("seed", (1,)), Axis("model", ("a",)), Axis("seed", (2,)), Axis("model", ("b",))],
+            "axis model, seed is given twice; merge its values into one list",
+        ),
+        (
+            [Axis("size", ((512, 512),)), Axis("height", (512,))],
+            "sweep either size or width/height, not both (size sets width and height)",
+        ),
+    ],
+)
+def test_axis_refusals_are_exact(axes: list[Axis], message: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        expand({}, axes)
+    assert str(refused.value) == message or str(refused.value).startswith(message)
+
+
+def test_a_prompt_axis_labels_a_point_and_later_axes_still_set_fields() -> None:
+    points = expand({"model": "m"}, [PromptAxis("alt1", ("a", "b")), Axis("seed", (1, 2))])
+    assert [p.fields for p in points] == [{"model": "m", "seed": s} for _ in "ab" for s in (1, 2)]
+    assert points[1].labels == {"alt1": "a", "seed": 2}
+
+
+def test_unhashable_label_values_vary_by_identity() -> None:
+    assert grid_axes([{"images": {"a": 1}}, {"images": {"b": 2}}]) == ("images", None, None)
+    shared = {"a": 1}
+    assert grid_axes([{"images": shared, "seed": 1}, {"images": shared, "seed": 2}]) == ("seed", None, None)
