@@ -88,6 +88,11 @@ TARGETS: dict[str, Target] = {
         ("tests/test_jobs_mutants.py", "tests/test_money_guards.py", "tests/test_faults.py", "tests/test_session.py"),
         ("tests/test_faults.py::test_a_300_request_sweep_under_mixed_faults_loses_nothing",),
     ),
+    "outbound": Target(
+        ("flux_nb/server/outbound.py",),
+        ("tests/test_server_bounds.py", "tests/test_server_security.py"),
+        ("tests/test_server_bounds.py::test_four_9000_square_references_cost_the_server_no_memory",),
+    ),
 }
 
 
