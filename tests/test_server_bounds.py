@@ -482,6 +482,9 @@ async def test_allowed_networks_take_host_bits_bracketed_addresses_and_wrapped_a
         assert ipaddress.ip_address(target.address) == ipaddress.ip_address(address)
     with pytest.raises(OutboundRefused):
         await policy.check("http://inside.example/x", answering("fd00::2")[1])
+    # Host names beside a network (a set: in any order) do not hide it.
+    names = OutboundPolicy.of(None, [f"host-{i}.example" for i in range(30)] + ["10.0.0.0/8"])
+    assert (await names.check("http://inside.example/x", answering("10.1.2.3")[1])).address == "10.1.2.3"
 
 
 async def test_the_system_resolver_answers_each_address_once() -> None:
