@@ -134,6 +134,11 @@ TARGETS: dict[str, Target] = {
     "addresses": Target(
         ("flux_nb/addresses.py",), ("tests/test_reference_probe.py", CLIENT_BOUNDS), CLIENT_BOUNDS_SERVERS
     ),
+    "outbound": Target(
+        ("flux_nb/server/outbound.py",),
+        ("tests/test_server_bounds.py", "tests/test_server_security.py"),
+        ("tests/test_server_bounds.py::test_four_9000_square_references_cost_the_server_no_memory",),
+    ),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import ipaddress
 import os
 import socket
 import struct
@@ -431,3 +432,76 @@ async def test_an_empty_outbound_host_list_contacts_nothing() -> None:
             await policy.check("https://images.example/a.png", resolver)
     assert asked == []  # refused before the name was even resolved
     assert (await OutboundPolicy().check("https://images.example/a.png", resolver)).address == "93.184.216.34"
+
+
+PUBLIC = "93.184.216.34"  # only ever handed back by fake resolvers, never contacted
+
+
+def answering(*addresses: str) -> tuple[list[tuple[str, int]], Callable[[str, int], Any]]:
+    """A resolver that answers ``addresses`` for any host, and the (host, port) pairs it was asked."""
+    asked: list[tuple[str, int]] = []
+
+    async def resolver(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        return list(addresses)
+
+    return asked, resolver
+
+
+async def test_the_outbound_check_resolves_the_urls_own_port_and_says_why_it_refuses() -> None:
+    asked, resolver = answering(PUBLIC)
+    assert (await OutboundPolicy().check("http://public.example/x", resolver)).port == 80
+    assert (await OutboundPolicy().check("https://public.example:8443/x", resolver)).port == 8443
+    assert asked == [("public.example", 80), ("public.example", 8443)]
+
+    async def unresolvable(host: str, port: int) -> list[str]:
+        raise OSError("no such host")
+
+    refusals = [
+        ("ftp://public.example/x", resolver, "not an http(s) URL with a host: 'ftp://public.example/x'"),
+        ("http://public.example:99999/x", resolver, "bad port in 'http://public.example:99999/x'"),
+        ("http://nowhere.example/x", unresolvable, "'nowhere.example' does not resolve: no such host"),
+        ("http://odd.example/x", answering("not-an-ip")[1], "'odd.example' resolved to 'not-an-ip', not an address"),
+        ("http://empty.example/x", answering()[1], "'empty.example' resolved to no address"),
+        (
+            "http://two.example/x",
+            answering(PUBLIC, "10.0.0.1", "127.0.0.1")[1],
+            "'two.example' resolves to 10.0.0.1, 127.0.0.1, which this server does not contact",
+        ),
+    ]
+    for url, resolve, message in refusals:
+        with pytest.raises(OutboundRefused) as refused:
+            await OutboundPolicy().check(url, resolve)
+        assert str(refused.value) == message
+
+
+async def test_allowed_networks_take_host_bits_bracketed_addresses_and_wrapped_addresses() -> None:
+    policy = OutboundPolicy.of(None, ["10.1.2.3/8", "[fd00::1]"])
+    for address in ("10.9.9.9", "fd00::1", "::ffff:10.9.9.9"):  # the last: IPv4-mapped, inside 10.0.0.0/8
+        target = await policy.check("http://inside.example/x", answering(address)[1])
+        assert ipaddress.ip_address(target.address) == ipaddress.ip_address(address)
+    with pytest.raises(OutboundRefused):
+        await policy.check("http://inside.example/x", answering("fd00::2")[1])
+    # Host names beside a network (a set: in any order) do not hide it.
+    names = OutboundPolicy.of(None, [f"host-{i}.example" for i in range(30)] + ["10.0.0.0/8"])
+    assert (await names.check("http://inside.example/x", answering("10.1.2.3")[1])).address == "10.1.2.3"
+
+
+async def test_the_system_resolver_answers_each_address_once() -> None:
+    from flux_nb.server.outbound import system_resolver
+
+    assert await system_resolver("127.0.0.1", 80) == ["127.0.0.1"]  # a literal: no query leaves the machine
+
+
+async def test_a_checked_request_names_the_urls_host_once_and_its_tls_name_only_for_https() -> None:
+    from flux_nb.addresses import Target
+    from flux_nb.server.outbound import checked_request
+
+    async with httpx.AsyncClient() as client:  # builds requests only: nothing is sent
+        secure = Target("https://public.example/a.png", "public.example", 443, PUBLIC)
+        request = checked_request(client, "POST", secure, content=b"body", headers={"host": "evil", "x-a": "1"})
+        assert str(request.url) == f"https://{PUBLIC}/a.png"
+        assert request.headers.get_list("host") == ["public.example"] and request.headers["x-a"] == "1"
+        assert request.extensions["sni_hostname"] == "public.example" and request.content == b"body"
+        plain = checked_request(client, "GET", Target("http://public.example/a.png", "public.example", 80, PUBLIC))
+        assert "sni_hostname" not in plain.extensions and plain.headers.get_list("host") == ["public.example"]

@@ -85,7 +85,7 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
 
 def replay(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that hands the app the body already read, then what the client sends next."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def next_message() -> Message:
         return pending.pop() if pending else await receive()

@@ -1,4 +1,8 @@
-"""Reference images of a submit: base64 (raw or a data: URI) or an http(s) URL the server fetches."""
+"""Reference images of a submit: base64 (raw or a data: URI) or an http(s) URL the server fetches.
+
+Each is measured from its header before anything is decoded, and decoded on a worker thread within the
+server's reference memory (``ServerConfig.reference_memory``).
+"""
 
 from __future__ import annotations
 
@@ -49,10 +53,12 @@ async def load_references(
     when these images alone are over the budget). Decoding then runs on a worker thread. The caller
     gives the reserved bytes back once the images are no longer needed.
     """
+    if not given:
+        return [], 0
     data = [await reference_bytes(field, value, config, resolver) for field, value in given]
     sizes = [measure(field, blob, config) for (field, _), blob in zip(given, data, strict=True)]
     need = decoded_bytes(sizes)
-    if given and need > memory.limit:
+    if need > memory.limit:
         raise field_error(
             given[0][0],
             f"these reference images take {need / 2**20:.0f} MB to decode, over this server's "
