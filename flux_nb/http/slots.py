@@ -12,7 +12,7 @@ process keeps one descriptor per lock file and counts its own slots. Its waiters
 first served; the first in line looks for a free byte, again after a short pause that grows to ``POLL_MAX_S``.
 A slot given back goes at once to the next waiter of the same process, unless a waiter of another process
 wants one too (each waiting process holds a shared lock on the ``WANTED`` byte): then whoever looks first takes
-it. A wait longer than ``say_after`` seconds is told in one log line naming the processes that hold the slots.
+it. When no slot came to a waiter for ``say_after`` seconds and other processes hold some, one log line names them.
 Where there are no file locks (Windows), the limit holds per process.
 """
 
@@ -104,6 +104,7 @@ class _LockFile:
         self.held: dict[int, Lease] = {}
         self.line: deque[_Waiter] = deque()
         self.wanting = False
+        self.moved = time.monotonic()  # when a slot last came to a waiter, or the line last formed
         self.told = False  # the current stall was told already
 
     def take(self, limit: int) -> Lease | None:
@@ -119,7 +120,7 @@ class _LockFile:
         granted = False
         while self.line and (lease := self.take(self.line[0].limit)):
             waiter = self.line.popleft()
-            waiter.lease, granted, self.told = lease, True, False
+            waiter.lease, granted, self.told, self.moved = lease, True, False, time.monotonic()
             waiter.wake()
         if granted and self.line:
             self.line[0].wake()  # it looks from now on
@@ -242,6 +243,8 @@ class SharedSlots:
         file, started = self._file(), time.monotonic()
         waiter, pause = _Waiter(self.limit, asyncio.get_running_loop()), POLL_FIRST_S
         with file.lock:
+            if not file.line:
+                file.moved = started
             file.line.append(waiter)
             file.serve()
             first = bool(file.line) and file.line[0] is waiter
@@ -261,10 +264,11 @@ class SharedSlots:
                     if waiter.lease is None:
                         file.serve()
                     first = bool(file.line) and file.line[0] is waiter
-                    tell = first and not file.told and waited >= self.say_after
+                    stalled = time.monotonic() - file.moved
+                    tell = first and not file.told and stalled >= self.say_after
                     file.told |= tell
                 if tell:
-                    self._tell(waited)
+                    self._tell(stalled)
             return waiter.lease
         except BaseException:
             with file.lock:
@@ -274,20 +278,25 @@ class SharedSlots:
                 file.give_back(waiter.lease)
             raise
 
-    def _tell(self, waited: float) -> None:
-        """One log line: who holds the slots this process waits for, and how to go on."""
-        me = os.getpid()
+    def _tell(self, stalled: float) -> None:
+        """One log line: which processes hold the slots this one waits for, and how to go on.
+
+        Nothing when this process holds them all: its own tasks end or time out.
+        """
+        me, holders = os.getpid(), self.holders()
+        if set(holders) <= {me}:
+            return
         who = ", ".join(
             f"{'this process' if pid == me else f'pid {pid}' if pid > 0 else 'unnamed processes'} ({count})"
-            for pid, count in self.holders().most_common()
+            for pid, count in holders.most_common()
         )
         logger.warning(
-            "flux_nb: waited %.0f s for one of the key's %d shared active-task slots; held by %s. "
+            "flux_nb: no shared slot came free for this process in %.0f s (the key's %d active tasks); held by %s. "
             "End a holder that is stopped or hung, or stop sharing in this process: "
             "Flux.share_slots = False, or a slots folder of its own (%s)",
-            waited,
+            stalled,
             self.limit,
-            who or "no process now",
+            who,
             FOLDER_ENV,
         )
 
