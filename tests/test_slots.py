@@ -206,6 +206,52 @@ def test_a_slot_given_back_is_left_free_while_another_process_waits(tmp_path: Pa
         other.wait()
 
 
+def test_the_next_waiter_looks_for_slots_once_the_first_got_one(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path)
+    others = [_foreign_lock(slots.path, "exclusive", 1, index) for index in range(2)]  # one slot each
+
+    async def scenario() -> None:
+        first = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)  # both in line
+        leases = []
+        for other, waiter in zip(others, (first, second), strict=True):
+            other.kill()
+            other.wait()
+            leases.append(await asyncio.wait_for(waiter, WAIT))  # found by its own look: nobody here gave one back
+        assert slots.holders() == {os.getpid(): 2}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for other in others:
+            other.kill()
+            other.wait()
+
+
+def test_the_next_waiter_looks_for_slots_once_the_first_stopped_waiting(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+    other = _foreign_lock(slots.path, "exclusive", 1, 0)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        other.kill()
+        other.wait()
+        await asyncio.wait_for(second, WAIT)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        other.kill()
+        other.wait()
+
+
 # -- processes that die, stop, fork ---------------------------------------------------------------
 
 
