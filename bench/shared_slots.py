@@ -182,7 +182,7 @@ def _sweep_once(latency: float, share: bool, processes: int = 3, count: int = 48
             to_exit = time.monotonic() - started
             ready = sum(int(count) for count, _ in reports)
             wall = max(float(done) for _, done in reports) - started
-            first = min(float(done) for _, done in reports) - started
+            earliest = min(float(done) for _, done in reports) - started
             stats = _stats(url)
         finally:
             server.terminate()
@@ -192,7 +192,7 @@ def _sweep_once(latency: float, share: bool, processes: int = 3, count: int = 48
         "ready": ready,
         "rejected_429": stats["rejected"],
         "wall_s": wall,
-        "first_s": first,
+        "first_s": earliest,
         "floor_s": floor,
         "ratio": wall / floor,
         "to_exit_s": to_exit,

@@ -206,6 +206,52 @@ def test_a_slot_given_back_is_left_free_while_another_process_waits(tmp_path: Pa
         other.wait()
 
 
+def test_the_next_waiter_looks_for_slots_once_the_first_got_one(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path)
+    others = [_foreign_lock(slots.path, "exclusive", 1, index) for index in range(2)]  # one slot each
+
+    async def scenario() -> None:
+        first = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)  # both in line
+        leases = []
+        for other, waiter in zip(others, (first, second), strict=True):
+            other.kill()
+            other.wait()
+            leases.append(await asyncio.wait_for(waiter, WAIT))  # found by its own look: nobody here gave one back
+        assert slots.holders() == {os.getpid(): 2}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for other in others:
+            other.kill()
+            other.wait()
+
+
+def test_the_next_waiter_looks_for_slots_once_the_first_stopped_waiting(tmp_path: Path) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path)
+    other = _foreign_lock(slots.path, "exclusive", 1, 0)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(slots.acquire())
+        await asyncio.sleep(0.01)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        other.kill()
+        other.wait()
+        await asyncio.wait_for(second, WAIT)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        other.kill()
+        other.wait()
+
+
 # -- processes that die, stop, fork ---------------------------------------------------------------
 
 
@@ -241,8 +287,8 @@ def test_a_forked_child_holds_none_of_its_parents_slots(tmp_path: Path) -> None:
         if pid == 0:  # the child: the parent's slot is another process's, and its lease is not the child's
 
             async def child() -> bool:
-                slots.release(lease)
                 seen = dict(slots.holders())
+                slots.release(lease)
                 mine, none = await slots.try_acquire(), await slots.try_acquire()
                 return seen == {parent: 1} and mine is not None and none is None
 
@@ -285,19 +331,36 @@ def test_a_foreign_lock_on_the_whole_file_is_named_in_the_wait(
         other.kill()
         other.wait()
     [told] = [record.getMessage() for record in caplog.records]
-    assert f"24 shared active-task slots; held by pid {other.pid} (24)" in told
+    assert f"(the key's 24 active tasks); held by pid {other.pid} (24)." in told
     assert asyncio.run(slots.try_acquire()) is not None  # its end freed them
 
 
-def test_a_short_wait_says_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path, say_after=WAIT)
+def test_a_long_line_that_moves_says_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    child = _holding(tmp_path, 2, 1)  # another process holds one slot all along
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 2, tmp_path, say_after=0.3)
+
+    async def one() -> None:
+        async with slots.slot():
+            await asyncio.sleep(0.02)
+
+    async def line() -> None:
+        await asyncio.wait_for(asyncio.gather(*(one() for _ in range(30))), WAIT)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="flux_nb.slots"):
+            asyncio.run(line())
+    finally:
+        _kill(child)
+    assert caplog.records == []  # the last one waited about 0.6 s, but a slot came every 0.02 s
+
+
+def test_a_wait_behind_this_processs_own_slots_says_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    slots = SharedSlots.for_key(KEY, ENDPOINT, 1, tmp_path, say_after=0.1)
 
     async def scenario() -> None:
-        lease = await slots.acquire()
-        waiter = asyncio.create_task(slots.acquire())
-        await asyncio.sleep(0.1)
-        slots.release(lease)
-        slots.release(await asyncio.wait_for(waiter, WAIT))
+        async with slots.slot():  # its own task, which ends or times out by itself
+            with pytest.raises(FluxTimeout):
+                await slots.acquire(timeout=0.5)
 
     with caplog.at_level(logging.WARNING, logger="flux_nb.slots"):
         asyncio.run(scenario())
@@ -416,7 +479,7 @@ def test_the_key_never_reaches_the_folder_or_a_repr(tmp_path: Path) -> None:
     lease = asyncio.run(slots.acquire())
     files = list(tmp_path.iterdir())
     assert files == [tmp_path / f"slots-{scope_of(KEY, ENDPOINT)}.lock"]
-    assert files[0].read_bytes() == b""  # only its locks count
+    assert files[0].stat().st_size == 0  # only its locks count (reading it here would drop them: one fd each)
     assert KEY not in repr(slots) and KEY not in repr(lease) and KEY[:12] not in str(files)
 
 

@@ -33,7 +33,7 @@ def open_file(path: Path) -> int | None:
 
 def try_lock(fd: int | None, offset: int, *, shared: bool = False) -> bool:
     """Lock the byte at ``offset`` without waiting (a write lock, or a read lock with ``shared``); True if taken."""
-    if fd is None or fcntl is None:
+    if fd is None:
         return True
     try:
         fcntl.lockf(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB, 1, offset)
@@ -44,14 +44,14 @@ def try_lock(fd: int | None, offset: int, *, shared: bool = False) -> bool:
 
 def unlock(fd: int | None, offset: int) -> None:
     """Drop this process's lock on the byte at ``offset`` (none held: no error)."""
-    if fd is not None and fcntl is not None:
+    if fd is not None:
         with contextlib.suppress(OSError):
             fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
 
 
 def holder(fd: int | None, offset: int) -> int | None:
     """The pid of another process holding a lock on the byte at ``offset`` (-1: the OS does not say), or None."""
-    if fd is None or fcntl is None:
+    if fd is None:
         return None
     fields = (fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0) if LINUX else (offset, 1, 0, fcntl.F_WRLCK, os.SEEK_SET)
     try:
@@ -62,6 +62,3 @@ def holder(fd: int | None, offset: int) -> int | None:
     if kind == fcntl.F_UNLCK:
         return None
     return pid if pid > 0 else -1
-
-
-__all__ = ["holder", "open_file", "try_lock", "unlock"]
