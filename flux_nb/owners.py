@@ -49,7 +49,7 @@ def owner_is_gone(owner: str | None) -> bool:
         return False
     try:
         os.kill(int(pid), 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process, or a pid no process can have
         return True
     except OSError:  # exists, owned by someone else
         return False

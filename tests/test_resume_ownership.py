@@ -319,3 +319,12 @@ def test_closing_a_session_leaves_its_rows_in_the_file_even_with_a_damaged_wal(s
     reopened = HistoryStore(history_dir)
     assert sorted(reopened.query()["record_id"]) == sorted(r.record_id for r in made)
     assert set(reopened.query()["status"]) == {"ready"}
+
+
+def test_a_pid_no_process_can_have_is_gone_not_an_overflow(history_dir: Path) -> None:
+    huge = f"{socket.gethostname()}:{10**30}"
+    assert owners.owner_is_gone(huge) and may_take_over(huge)
+    store = HistoryStore(history_dir)
+    record_id = create(store)
+    owned_by(store, huge, record_id)
+    assert ids(unsent_records(store)) == [record_id]
