@@ -505,3 +505,13 @@ async def test_a_checked_request_names_the_urls_host_once_and_its_tls_name_only_
         assert request.extensions["sni_hostname"] == "public.example" and request.content == b"body"
         plain = checked_request(client, "GET", Target("http://public.example/a.png", "public.example", 80, PUBLIC))
         assert "sni_hostname" not in plain.extensions and plain.headers.get_list("host") == ["public.example"]
+
+
+def test_a_local_ray_instance_stays_on_loopback_where_ray_was_imported_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    constants = pytest.importorskip("ray._private.ray_constants")
+    from flux_nb.server.ray_serve import LOOPBACK_ONLY, keep_local_on_loopback
+
+    monkeypatch.delenv(LOOPBACK_ONLY, raising=False)
+    monkeypatch.setattr(constants, "ENABLE_RAY_CLUSTER", True)  # Ray imported before the switch was set
+    keep_local_on_loopback()
+    assert constants.ENABLE_RAY_CLUSTER is False  # Ray's node address is then 127.0.0.1, never a route's

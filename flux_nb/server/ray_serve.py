@@ -275,20 +275,27 @@ def check_sizes(
     return gpus if gpus is not None else (1.0 if config.engine == "diffusers" else 0.0)
 
 
+def keep_local_on_loopback() -> None:
+    """Keep a local instance on 127.0.0.1, also where Ray was imported before (it reads its switch at import)."""
+    os.environ.setdefault(LOOPBACK_ONLY, "0")
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ[LOOPBACK_ONLY] != "0"
+
+
 def connect(
     ray_address: str | None, cpus: float, gpus: float, runtime_env: dict[str, Any] | None = None
 ) -> tuple[bool, bool, str]:
     """Join the cluster at ``ray_address`` or start a local instance; returns (started, connected, where).
 
-    A local instance is one machine's: Ray then puts every process on 127.0.0.1 (read when Ray is
-    first imported, so it holds when this is the first import of Ray in the process).
+    A local instance is one machine's: Ray then puts every process on 127.0.0.1.
     """
-    if not ray_address:
-        os.environ.setdefault(LOOPBACK_ONLY, "0")
     try:
         import ray
     except ImportError:
         raise RayUnavailable(f"Ray is not installed: {INSTALL_HINT}") from None
+    if not ray_address:
+        keep_local_on_loopback()
     if ray.is_initialized():
         return False, False, "using the Ray instance this process is connected to"
     if ray_address:
