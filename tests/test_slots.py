@@ -314,7 +314,7 @@ def test_a_wait_behind_a_stopped_holder_says_who_holds_the_slots(
     finally:
         _kill(child)
     [told] = [record.getMessage() for record in caplog.records]  # once for the whole stall
-    assert f"held by pid {child.pid} (2)" in told and "Flux.share_slots = False" in told
+    assert f"held by pid {child.pid} (2)" in told and "the setting share_slots off" in told
     assert "FLUX_NB_SLOTS_DIR" in told and "\n" not in told
 
 

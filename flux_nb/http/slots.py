@@ -32,7 +32,7 @@ from flux_nb.http import slot_locks
 from flux_nb.protocol import MAX_ACTIVE_TASKS, is_bfl_hostname
 
 FOLDER_ENV = "FLUX_NB_SLOTS_DIR"
-SAY_AFTER_S = 30.0  # ``Flux.slots_say_after``
+SAY_AFTER_S = 30.0  # the session setting ``slots_say_after``
 POLL_FIRST_S, POLL_MAX_S = 0.001, 0.025
 WANTED = 1 << 20  # past every slot
 
@@ -247,8 +247,8 @@ class SharedSlots:
             who = ", ".join(f"{names.get(pid, f'pid {pid}')} ({n})" for pid, n in holders.most_common())
             logger.warning(
                 "flux_nb: no shared slot came free for this process in %.0f s (the key's %d active tasks); held by "
-                "%s. End a holder that is stopped or hung, or stop sharing in this process: Flux.share_slots = "
-                "False, or a slots folder of its own (%s)",
+                "%s. End a holder that is stopped or hung, or stop sharing in this process: the setting share_slots "
+                "off, or a slots folder of its own (%s)",
                 *(stalled, self.limit, who, FOLDER_ENV),
             )
 
