@@ -4,16 +4,20 @@ recipient read, upload, fetch or poll anything outside it; a history row's paths
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
 import sqlite3
 import threading
 import tracemalloc
 import zipfile
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from flux_nb.errors import ValidationError
@@ -64,11 +68,14 @@ def rebundle(
     *,
     sql: str = "",
     members: dict[str, bytes] | None = None,
+    drop: tuple[str, ...] = (),
     manifest: Any = None,
+    edit: Callable[[dict[str, Any]], Any] | None = None,
     raw_manifest: bytes | None = None,
+    stored: bool = False,
 ) -> Path:
-    """``good`` with its history changed by ``sql`` and ``members`` added, listed in a true manifest
-    (unless ``manifest`` or ``raw_manifest`` is given): what a colleague's crafted zip could hold."""
+    """``good`` with its history changed by ``sql``, ``members`` added and ``drop`` left out, listed in a true
+    manifest (unless ``manifest``, ``edit`` or ``raw_manifest`` says otherwise): a colleague's crafted zip."""
     with zipfile.ZipFile(good) as archive:
         files = {name: archive.read(name) for name in archive.namelist() if name != "manifest.json"}
     if sql:
@@ -80,15 +87,30 @@ def rebundle(
         files["history.sqlite"] = database.read_bytes()
         database.unlink()
     files.update(members or {})
+    files = {name: data for name, data in files.items() if name not in drop}
     listed = {name: {"sha256": sha(data), "bytes": len(data)} for name, data in files.items()}
+    default = {"format": "flux_nb-bundle/1", "files": listed}
+    if edit is not None:
+        edit(default)
     if raw_manifest is None:
-        raw_manifest = json.dumps(manifest if manifest is not None else {"format": "flux_nb-bundle/1", "files": listed})
-        raw_manifest = raw_manifest.encode()
-    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("manifest.json", raw_manifest)
+        raw_manifest = json.dumps(manifest if manifest is not None else default).encode()
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED) as archive:
+        if "manifest.json" not in drop:
+            archive.writestr("manifest.json", raw_manifest)
         for name, data in files.items():
             archive.writestr(name, data)
     return target
+
+
+def damaged(bundle: Path, name: str) -> Path:
+    """``bundle`` (written stored) with one byte of ``name``'s data flipped: its CRC no longer matches."""
+    with zipfile.ZipFile(bundle) as archive:
+        info = archive.getinfo(name)
+    data = bytearray(bundle.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    data[start + 1] ^= 0xFF
+    bundle.write_bytes(bytes(data))
+    return bundle
 
 
 def assert_nothing_left(into: Path) -> None:
@@ -358,7 +380,11 @@ def test_open_requests_in_a_bundle_are_archived_never_polled_or_sent(
     assert counter.hits == []
     archived = frame.iloc[:3]
     assert list(archived["status"]) == ["unknown"] * 3 and set(archived["error_kind"]) == {"bundled"}
-    assert archived["error"].str.contains("came in a bundle while (?:submitted|pending|sending)").all()
+    assert list(archived["error"]) == [
+        f"it came in a bundle while {status}: its sender followed it, so it is kept as history and never resumed "
+        "or polled here"
+        for status in ("submitted", "pending", "sending")
+    ]
     assert archived["polling_url"].iloc[0] == polling  # kept, as history
     assert list(frame["status"].iloc[3:]) == ["ready", "ready", "failed"]
 
@@ -370,31 +396,127 @@ VIEW = (
     "(SELECT 1 UNION ALL SELECT x + 1 FROM n) SELECT printf('%012d', x) AS record_id FROM n;"
 )
 NO_CONSTRAINTS = "ALTER TABLE records RENAME TO kept; CREATE TABLE records AS SELECT * FROM kept; DROP TABLE kept;"
+OUTSIDE_CSV = b"record_id,image_path\nx,/home/someone/.ssh/id_rsa\n"
+LONG_URL = "https://example.com/" + "a" * 70_000
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+# Each case: how the zip differs from a good bundle, and the whole message ({zip}: the zip's path, as repr).
 MALFORMED: dict[str, tuple[dict[str, Any], str]] = {
-    "manifest a list": ({"manifest": []}, r"not a flux_nb bundle \(format 'list'\)"),
-    "manifest not JSON": ({"raw_manifest": b"{nope"}, "is not JSON"),
-    "manifest nested too deep": ({"raw_manifest": b"[" * 200_000 + b"]" * 200_000}, "is not JSON"),
-    "manifest without files": ({"manifest": {"format": "flux_nb-bundle/1"}}, "does not list its files"),
-    "files not a table": ({"manifest": {"format": "flux_nb-bundle/1", "files": ["history.sqlite"]}}, "does not list"),
-    "a file and a folder of one name": ({"members": {"images/ab": b"x", "images/ab/x.png": b"y"}}, "not one a bundle"),
-    "a 300-byte name": ({"members": {f"images/{'a' * 300}.png": b"x"}}, "not one a bundle holds"),
+    "no manifest": ({"drop": ("manifest.json",)}, r"{zip} is not a flux_nb bundle \(no manifest\.json\)"),
+    "manifest a list": ({"manifest": []}, r"{zip} is not a flux_nb bundle \(format 'list'\)"),
+    "another format": (
+        {"edit": lambda m: m.update(format="zip/2")},
+        r"{zip} is not a flux_nb bundle \(format 'zip/2'\)",
+    ),
+    "manifest not JSON": ({"raw_manifest": b"{nope"}, r"{zip} is not a flux_nb bundle \(manifest\.json is not JSON\)"),
+    "manifest nested too deep": (
+        {"raw_manifest": b"[" * 200_000 + b"]" * 200_000},
+        r"{zip} is not a flux_nb bundle \(manifest\.json is not JSON\)",
+    ),
+    "manifest without files": (
+        {"manifest": {"format": "flux_nb-bundle/1"}},
+        r"the manifest of {zip} does not list its files; refusing it",
+    ),
+    "files not a table": (
+        {"manifest": {"format": "flux_nb-bundle/1", "files": ["history.sqlite"]}},
+        r"the manifest of {zip} does not list its files; refusing it",
+    ),
+    "a listed file missing": (
+        {"edit": lambda m: m["files"].update({"inputs/" + "0" * 64 + ".png": {"sha256": "0" * 64, "bytes": 1}})},
+        r"bundle file 'inputs/0{64}\.png' is missing; refusing it",
+    ),
+    "a sha256 that is not text": (
+        {"edit": lambda m: m["files"]["records.csv"].update(sha256=5)},
+        r"the manifest gives bundle file 'records\.csv' no sha256; refusing it",
+    ),
+    "a size the manifest does not give": (
+        {"edit": lambda m: m["files"]["records.csv"].update(bytes=1)},
+        r"bundle file 'records\.csv' holds \d+ bytes: not the size its manifest gives, or over the 512 MiB a "
+        r"bundle file may hold",
+    ),
+    "no history": ({"drop": ("history.sqlite",)}, r"{zip} holds no history\.sqlite; it is not a whole bundle"),
+    "a file and a folder of one name": (
+        {"members": {"images/ab": b"x", "images/ab/x.png": b"y"}},
+        r"bundle file 'images/ab' is not one a bundle holds \(its tables, images, inputs\)",
+    ),
+    "a 300-byte name": (
+        {"members": {f"images/{'a' * 300}.png": b"x"}},
+        r"bundle file 'images/a{300}\.png' is not one a bundle holds \(its tables, images, inputs\)",
+    ),
     "an image that is not its name": (
         {"members": {f"images/{sha(b'a')[:2]}/{sha(b'a')}.png": b"b"}},
-        "not the file its name says",
+        r"bundle file 'images/.*\.png' is not the file its name says \(its sha256 differs\)",
     ),
-    "records an endless view": ({"sql": VIEW}, "holds view 'records'; a bundle holds plain tables only"),
-    "a trigger": ({"sql": "CREATE TRIGGER t AFTER UPDATE ON records BEGIN DELETE FROM reviews; END;"}, "trigger"),
-    "a computed column": ({"sql": "ALTER TABLE records ADD COLUMN g AS (1);"}, "computed columns"),
-    "an unknown status": ({"sql": "UPDATE records SET status = 'weird';"}, "status 'weird'"),
+    "a URL that is not UTF-8": (
+        {"members": {url_name("https://example.com/a.png"): b"\xff\xfe"}},
+        r"the stored reference [0-9a-f]{12}\.url does not hold the http\(s\) URL it is named after; "
+        r"it is not read, fetched or sent",
+    ),
+    "a URL too long": (
+        {"members": {url_name(LONG_URL): LONG_URL.encode()}},
+        r"bundle file 'inputs/[0-9a-f]{64}\.url' is too long to be a URL; refusing it",
+    ),
+    "records an endless view": (
+        {"sql": VIEW},
+        r"the bundle's history\.sqlite holds view 'records'; a bundle holds plain tables only",
+    ),
+    "no records table": (
+        {"sql": "DROP TABLE records;"},
+        r"the bundle's history\.sqlite holds no records table; a bundle holds plain tables only",
+    ),
+    "a trigger": (
+        {"sql": "CREATE TRIGGER t AFTER UPDATE ON records BEGIN DELETE FROM reviews; END;"},
+        r"the bundle's history\.sqlite holds trigger 't'; a bundle holds plain tables only",
+    ),
+    "an index": (
+        {"sql": "CREATE INDEX i ON records (prompt);"},
+        r"the bundle's history\.sqlite holds index 'i'; a bundle holds plain tables only",
+    ),
+    "a computed column": (
+        {"sql": "ALTER TABLE records ADD COLUMN g AS (1);"},
+        r"the bundle's history\.sqlite has computed columns in records; refusing it",
+    ),
+    "an unknown status": (
+        {"sql": "UPDATE records SET status = 'weird';"},
+        r"a row of the bundle has the status 'weird'; refusing it",
+    ),
+    "an image row not of its hash": (
+        {"sql": "UPDATE records SET image_sha256 = '" + "0" * 64 + "';"},
+        r"row '[0-9a-f]{12}' of the bundle names the image 'images/.*', not an image of the bundle; refusing it",
+    ),
     "reference hashes that are paths": (
         {"sql": "UPDATE records SET input_hashes = '[\"../../x\"]';"},
-        "reference hashes",
+        r"row '[0-9a-f]{12}' of the bundle has reference hashes '\[\"\.\./\.\./x\"\]'; refusing it",
     ),
-    "a row without a creation time": ({"sql": NO_CONSTRAINTS + "UPDATE records SET created_at = NULL;"}, "history"),
-    "not a database": ({"members": {"history.sqlite": b"not sqlite at all" * 10}}, "not a history"),
-    "a table naming an outside image": (
-        {"members": {"records.csv": b"record_id,image_path\nx,/home/someone/.ssh/id_rsa\n"}},
-        "names an image outside",
+    "a row without a creation time": (
+        {"sql": NO_CONSTRAINTS + "UPDATE records SET created_at = NULL;"},
+        r"the bundle's history\.sqlite is not a history flux_nb can read \(NOT NULL constraint failed: .*\)",
+    ),
+    "not a database": (
+        {"members": {"history.sqlite": b"not sqlite at all" * 10}},
+        r"the bundle's history\.sqlite is not a history flux_nb can read \(file is not a database\)",
+    ),
+    "a CSV naming an outside image": (
+        {"members": {"records.csv": OUTSIDE_CSV}},
+        r"bundle file 'records\.csv' names an image outside the bundle's images/; refusing it",
+    ),
+    "a CSV naming an outside image, no Parquet": (
+        {"members": {"records.csv": OUTSIDE_CSV}, "drop": ("records.parquet",)},
+        r"bundle file 'records\.csv' names an image outside the bundle's images/; refusing it",
+    ),
+    "a Parquet naming an outside image": (
+        {"members": {"records.parquet": _parquet(pd.DataFrame({"image_path": ["/etc/hostname"]}))}},
+        r"bundle file 'records\.parquet' names an image outside the bundle's images/; refusing it",
+    ),
+    "a Parquet that is not one": (
+        {"members": {"records.parquet": b"PAR1 not really"}},
+        r"bundle file 'records\.parquet' is not a table flux_nb can read \(.*\)",
     ),
 }
 
@@ -404,10 +526,18 @@ def test_a_malformed_bundle_is_one_clear_error_and_a_retry_works(good: Path, tmp
     changes, message = MALFORMED[case]
     bad = rebundle(good, tmp_path / "bad.zip", **changes)
     into = tmp_path / "nested" / "into"
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValidationError, match="^" + message.replace("{zip}", re.escape(repr(str(bad)))) + "$"):
         open_bundle(bad, into)
     assert not (tmp_path / "nested").exists()
     assert HistoryStore(open_bundle(good, into)).count() == 6
+
+
+@pytest.mark.parametrize("name", ["manifest.json", "records.csv"])
+def test_a_damaged_member_is_named(good: Path, tmp_path: Path, name: str) -> None:
+    bad = damaged(rebundle(good, tmp_path / "bad.zip", stored=True), name)
+    with pytest.raises(ValidationError, match=f"^bundle file {re.escape(repr(name))} cannot be read \\(Bad CRC-32"):
+        open_bundle(bad, tmp_path / "into")
+    assert_nothing_left(tmp_path / "into")
 
 
 def test_duplicate_members_and_odd_compression_are_refused(good: Path, tmp_path: Path) -> None:
@@ -447,3 +577,164 @@ def test_an_export_carries_only_the_reviews_of_the_records_it_exports(source: Hi
         assert {r[0] for r in reviews} == {chosen} and tags == [(chosen, "keep")]
     opened = HistoryStore(open_bundle(tmp_path / f"{first}.zip", tmp_path / "opened")).to_frame()
     assert opened["note"].isna().all() and list(opened["rating"]) == [5]  # the other record's note stayed home
+
+
+# -- opening: where it lands, what it says, its limits --------------------------------------------------------
+
+
+def test_a_bundle_opens_into_an_empty_folder_with_nothing_but_its_files(good: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(good) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    with_folders = tmp_path / "folders.zip"
+    with zipfile.ZipFile(with_folders, "w") as archive:  # folder entries first, as some zip tools write them
+        archive.writestr("images/", b"")
+        archive.writestr("inputs/", b"")
+        for name, data in files.items():
+            archive.writestr(name, data)
+    into = tmp_path / "empty"
+    into.mkdir()
+    assert open_bundle(with_folders, into) == into
+    assert sorted(p.name for p in into.iterdir()) == [
+        "history.sqlite",
+        "images",
+        "inputs",
+        "manifest.json",
+        "records.csv",
+        "records.parquet",
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "folders.zip"]
+    db = sqlite3.connect(into / "history.sqlite")
+    (rows,) = db.execute("SELECT MAX(seq) FROM records").fetchone()
+    (reviews,) = db.execute("SELECT MAX(seq) FROM reviews").fetchone()
+    db.close()
+    store = HistoryStore(into)
+    assert store.change_token() == max(rows, reviews) > 0  # the next write gets a newer number than any row's
+    first = str(store.to_frame()["record_id"].iloc[2])
+    store.rate(first, 2)
+    assert store.changed_ids(max(rows, reviews)) == [first]
+
+
+def test_where_a_bundle_cannot_go_is_said_with_the_folder(good: Path, tmp_path: Path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("mine")
+    with pytest.raises(ValidationError, match=f"^into_dir {re.escape(repr(str(tmp_path / 'full')))} is not empty"):
+        open_bundle(good, tmp_path / "full")
+    with pytest.raises(ValidationError, match=f"^cannot open bundle {re.escape(repr(str(tmp_path / 'no.zip')))}: "):
+        open_bundle(tmp_path / "no.zip", tmp_path / "x")
+    (tmp_path / "afile").write_text("a file, not a folder")
+    into = tmp_path / "afile" / "sub" / "into"
+    message = f"cannot unpack the bundle into {str(into)!r}: Not a directory"
+    with pytest.raises(ValidationError, match=f"^{re.escape(message)}$"):
+        open_bundle(good, into)
+    assert (tmp_path / "full" / "mine.txt").read_text() == "mine"
+
+
+def test_the_limits_are_inclusive(good: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "https://example.com/cat.png"
+    bundle = rebundle(good, tmp_path / "url.zip", members={url_name(url): url.encode()})
+    with zipfile.ZipFile(bundle) as archive:
+        sizes = {info.filename: info.file_size for info in archive.infolist()}
+    manifest = sizes.pop("manifest.json")
+    limits = {"MEMBER_MAX": max(sizes.values()), "TOTAL_MAX": sum(sizes.values()), "MANIFEST_MAX": manifest}
+    limits["URL_MAX"] = len(url)
+    for name, limit in limits.items():
+        monkeypatch.setattr(bundles, name, limit)
+    assert HistoryStore(open_bundle(bundle, tmp_path / "at")).count() == 6
+    for index, name in enumerate(limits):
+        monkeypatch.setattr(bundles, name, limits[name] - 1)
+        with pytest.raises(ValidationError, match=r"over the|too long"):
+            open_bundle(bundle, tmp_path / f"over{index}")
+        monkeypatch.setattr(bundles, name, limits[name])
+        assert_nothing_left(tmp_path / f"over{index}")
+
+
+# -- exporting: what the zip holds, and why it refuses -------------------------------------------------------
+
+
+def test_an_export_lists_its_versions_and_stores_images_as_they_are(
+    source: HistoryStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import platform
+
+    import numpy
+    import PIL
+    import pyarrow
+
+    from flux_nb.metadata.provenance import version
+
+    before = datetime.now(UTC)
+    bundle = export_bundle(source.to_frame(), source.root, tmp_path / "a" / "b" / "x.zip")  # folders made
+    with zipfile.ZipFile(bundle) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        kinds = {info.filename: info.compress_type for info in archive.infolist()}
+    assert manifest["versions"] == {
+        "flux_nb": version(),
+        "python": platform.python_version(),
+        "pandas": pd.__version__,
+        "pyarrow": pyarrow.__version__,
+        "pillow": PIL.__version__,
+        "numpy": numpy.__version__,
+    }
+    created = datetime.fromisoformat(manifest["created_at"])
+    assert created.tzinfo is not None and before <= created <= datetime.now(UTC)
+    stored = {name for name, kind in kinds.items() if kind == zipfile.ZIP_STORED}
+    assert stored == {n for n in kinds if n.startswith("images/") or n.endswith((".png", ".parquet"))}
+    assert {kinds[n] for n in ("manifest.json", "history.sqlite", "records.csv")} == {zipfile.ZIP_DEFLATED}
+
+    def missing(package: str) -> str:
+        raise bundles.PackageNotFoundError(package)
+
+    monkeypatch.setattr(bundles, "installed_version", missing)
+    assert set(bundles.versions().values()) - {version(), platform.python_version()} == {"not installed"}
+
+
+def test_the_tables_hold_the_frames_columns_and_open_without_image_paths(source: HistoryStore, tmp_path: Path) -> None:
+    frame = source.to_frame().iloc[[1, 3, 5]].copy()  # an index that is not 0..n
+    frame["input_hashes"] = [None, ["a" * 64], []]
+    bundle = export_bundle(frame, source.root, tmp_path / "t.zip")
+    with zipfile.ZipFile(bundle) as archive:
+        parquet = pd.read_parquet(io.BytesIO(archive.read("records.parquet")))
+        csv = pd.read_csv(io.BytesIO(archive.read("records.csv")))
+    assert list(parquet.columns) == list(csv.columns) == list(frame.columns)
+    assert list(csv["input_hashes"]) == ["[]", json.dumps(["a" * 64]), "[]"]
+    bare = export_bundle(frame.drop(columns="image_path"), source.root, tmp_path / "bare.zip")
+    assert HistoryStore(open_bundle(bare, tmp_path / "opened")).count() == 3
+
+
+def test_export_refusals_say_exactly_why(source: HistoryStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = source.to_frame()
+
+    def refused(message: str, *args: Any) -> None:
+        with pytest.raises(ValidationError, match=f"^{re.escape(message)}$"):
+            export_bundle(*args)
+
+    target = tmp_path / "x.zip"
+    refused(
+        "the frame has no record_id column; export rows of a history frame (flux.history())",
+        frame.drop(columns="record_id"),
+        source.root,
+        target,
+    )
+    refused(
+        "the frame has no rows to export; select some rows of the history first", frame.iloc[:0], source.root, target
+    )
+    nowhere = tmp_path / "nowhere"
+    refused(f"history_dir has no history.sqlite: {str(nowhere)!r} is not a history folder", frame, nowhere, target)
+    stranger = frame.iloc[:1].assign(record_id="0123456789ab")
+    refused(
+        f"1 row(s) of the frame are not in the history at {str(source.root)!r} (first: 0123456789ab); "
+        "export rows of that folder's history",
+        stranger,
+        source.root,
+        target,
+    )
+    odd = frame.assign(odd=[{"a": 1}, 2, "x", None, 1.5, b"b"])
+    with pytest.raises(ValidationError, match=r"^a column of the frame cannot be stored as Parquet .*; drop it first$"):
+        export_bundle(odd, source.root, target)
+
+    def no_pyarrow(*args: Any, **kwargs: Any) -> None:
+        raise ImportError("pyarrow")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", no_pyarrow)
+    refused("pyarrow is not installed; pip install pyarrow to export bundles", frame, source.root, target)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
