@@ -4,7 +4,7 @@ One query on this process's own connection (one SQLite in the process, no helper
 is converted once: integers to ``Int64`` (no float detour that would round 64-bit seeds), numbers to
 ``Float64``, times to UTC datetimes, text to pandas' ``string`` dtype (Arrow-backed where pyarrow is
 installed, Python strings otherwise: the same values either way). A value of the wrong kind (text in
-a number column) is read as NULL in SQL (see ``schema.select_list``), so one bad value never breaks a read.
+a number column) is read as missing, so one bad value never breaks a read.
 """
 
 from __future__ import annotations
@@ -30,15 +30,25 @@ Columns = dict[str, Sequence[Any]]
 
 def read_table(database: Database, where: str = "", params: Sequence[Any] = ()) -> Columns:
     """The matching records as one sequence per column (plus ``_rowid``), oldest first."""
-    columns = select_list(COLUMNS, database.columns, clean=True)
+    columns = select_list(COLUMNS, database.columns, clean=False)
     rows = database.read(f"SELECT rowid, {columns} FROM records {'WHERE ' + where if where else ''}", params)
-    created = NAMES.index("created_at")
-    times = np.array([row[created] for row in rows], dtype=float)
-    if len(times) > 1 and not (times[1:] >= times[:-1]).all():  # usually written in order already: no sort
-        order = np.lexsort((np.array([row[0] for row in rows], dtype=np.int64), times))
-        rows = [rows[i] for i in order]
     values = list(zip(*rows, strict=True)) if rows else [()] * len(NAMES)
-    return dict(zip(NAMES, values, strict=True))
+    table = {name: _of_kind(name, column) for name, column in zip(NAMES, values, strict=True)}
+    times = np.array(table["created_at"], dtype=float)
+    if len(times) > 1 and not (times[1:] >= times[:-1]).all():  # usually written in order already: no sort
+        order = np.lexsort((np.array(table["_rowid"], dtype=np.int64), times))
+        table = {name: [column[i] for i in order] for name, column in table.items()}
+    return table
+
+
+def _of_kind(name: str, values: Sequence[Any]) -> Sequence[Any]:
+    """``values`` with any value of another kind than the column's (text in a number column) made None."""
+    kinds = (int,) if name in INT_COLUMNS or name == "_rowid" else (str,)
+    if name in FLOAT_COLUMNS or name in TIME_COLUMNS:
+        kinds = (float, int)
+    if set(map(type, values)) <= {*kinds, type(None)}:
+        return values
+    return [v if type(v) in kinds else None for v in values]
 
 
 def _floats(values: Sequence[Any]) -> pd.arrays.FloatingArray:
