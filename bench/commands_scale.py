@@ -12,7 +12,6 @@ import tempfile
 from typing import Any
 
 from bench.history_scale import best, build
-from flux_nb.history.arrow_reader import READER
 from flux_nb.notebook import commands, selection, tables
 from flux_nb.session import Flux
 
@@ -25,7 +24,6 @@ def measure(rows: int) -> dict[str, Any]:
     """Seconds for each verb (the rows it reads plus its text table), and for the whole-frame way."""
     with tempfile.TemporaryDirectory() as folder:
         build(folder, rows)
-        READER.close()
         flux = Flux(endpoint="http://127.0.0.1:9", history_dir=folder)
         flux.notebook_detector = lambda: "a.ipynb"
         try:

@@ -18,7 +18,6 @@ from typing import Any
 
 import pandas as pd
 
-from flux_nb.history.arrow_reader import READER
 from flux_nb.history.store import HistoryStore
 from flux_nb.protocol import FluxRequest
 
@@ -66,33 +65,29 @@ def best(work: Callable[[], Any], repeat: int = 3) -> tuple[float, Any]:
 PEAK = """
 import sys, time
 from bench.common import peak_rss_mb, rss_mb
-from flux_nb.history.arrow_reader import READER
 from flux_nb.history.store import HistoryStore
 store = HistoryStore(sys.argv[1])
 store.tail(1)
 base = rss_mb()
 frame = store.to_frame()
-with open(f"/proc/{READER._process.pid}/status") as status:
-    helper = [int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")][0]
-print(base, peak_rss_mb(), rss_mb(), frame.memory_usage(deep=False).sum() / 1e6, helper)
+print(base, peak_rss_mb(), rss_mb(), frame.memory_usage(deep=False).sum() / 1e6)
 """
 
 
 def peak_memory(folder: str) -> dict[str, float]:
-    """Memory of a fresh process turning the history into a frame (and of its Arrow reading process)."""
+    """Memory of a fresh process turning the history into a frame."""
     out = subprocess.run(
         [sys.executable, "-c", PEAK, folder], capture_output=True, text=True, check=True, cwd=ROOT
     ).stdout.split()
-    base, peak, _after, frame_mb, helper = map(float, out)
-    return {"rss_before_mb": base, "peak_growth_mb": peak - base, "frame_mb": frame_mb, "reader_peak_mb": helper}
+    base, peak, _after, frame_mb = map(float, out)
+    return {"rss_before_mb": base, "peak_growth_mb": peak - base, "frame_mb": frame_mb}
 
 
 def measure(rows: int, memory: bool = False) -> dict[str, Any]:
     """Every figure for one database of ``rows`` rows."""
     with tempfile.TemporaryDirectory() as folder:
         store = build(folder, rows)
-        READER.close()
-        cold, frame = best(store.to_frame, repeat=1)  # starts the reading process
+        cold, frame = best(store.to_frame, repeat=1)
         assert len(frame) == rows
         warm, frame = best(store.to_frame)
         with sqlite3.connect(store.path) as db:
@@ -152,8 +147,8 @@ def table(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                            ("to_frame_notebook_s", "to_frame(notebook=)")]:  # fmt: skip
             out.append((f"{label}, {n}", f"{s[key]:.3f} s", "< 0.5 s at 1M"))
         if m := s.get("memory"):
-            out.append((f"to_frame memory, {n}", f"+{m['peak_growth_mb']:.0f} MB peak (frame {m['frame_mb']:.0f} MB, "
-                        f"reader process {m['reader_peak_mb']:.0f} MB)", ""))  # fmt: skip
+            memory = f"+{m['peak_growth_mb']:.0f} MB peak (frame {m['frame_mb']:.0f} MB)"
+            out.append((f"to_frame memory, {n}", memory, ""))
     return out
 
 

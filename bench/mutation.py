@@ -101,6 +101,10 @@ TARGETS: dict[str, Target] = {
             "tests/test_money_guards.py",
         ),
     ),
+    "frame": Target(
+        ("flux_nb/history/frame.py",),
+        ("tests/test_store.py", "tests/test_history_experiments.py", "tests/test_history_faults.py"),
+    ),
     "jobs": Target(
         ("flux_nb/core/jobs.py", "flux_nb/core/outcomes.py"),
         ("tests/test_jobs_mutants.py", "tests/test_money_guards.py", "tests/test_faults.py", "tests/test_session.py"),

@@ -12,8 +12,6 @@ import pandas as pd
 import pytest
 
 from flux_nb.errors import ValidationError
-from flux_nb.history import arrow_reader
-from flux_nb.history import frame as frame_module
 from flux_nb.history.store import HistoryStore, RecordStatus
 from flux_nb.history.view import HistoryView
 from tests.test_store import complete, create
@@ -202,11 +200,7 @@ def test_a_history_without_the_newest_first_indexes_gets_them_when_opened(histor
     assert "records_tag_newest" in names and reopened.tail(5, tag="t")["seed"].tolist() == [1]
 
 
-def test_a_large_read_in_parallel_ranges_keeps_creation_order(
-    history_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(frame_module, "PARALLEL_MIN_ROWS", 10)
-    monkeypatch.setattr(frame_module, "READERS", 3)
+def test_a_read_keeps_creation_order_when_rows_were_written_out_of_it(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
     ids = [create(store, seed=seed) for seed in range(40)]
     with sqlite3.connect(store.path) as db:  # a row written late but created early (another process's clock)
@@ -302,21 +296,6 @@ def test_frames_see_rows_written_between_reads(history_dir: Path) -> None:
     store.rate(first, 1)
     frame = store.to_frame()
     assert frame["record_id"].tolist() == [first, second] and frame["rating"].tolist()[0] == 1
-
-
-def test_frames_still_come_when_the_arrow_reader_cannot_start(
-    history_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    reader = arrow_reader.ArrowReader()
-    monkeypatch.setattr(arrow_reader, "WORKER", history_dir / "missing.py")
-    monkeypatch.setattr(frame_module, "READER", reader)
-    store = HistoryStore(history_dir)
-    ids = [ready(store, seed) for seed in range(3)]
-    for _ in range(3):
-        frame = store.to_frame()
-        assert frame["record_id"].tolist() == ids and str(frame["seed"].dtype) == "Int64"
-    assert reader._silent == 2  # tried twice, then no more
-    reader.close()
 
 
 def test_a_view_reads_afresh_after_many_appends_and_still_matches(

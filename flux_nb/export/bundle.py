@@ -1,7 +1,8 @@
 """Experiment bundles: selected history rows, their images and references, in one self-contained zip.
 
     manifest.json           format, versions (flux_nb, python, pandas, pyarrow, pillow), per-file sha256
-    records.parquet         the rows as given (extra columns such as ratings included), typed
+    records.parquet         the rows as given (extra columns such as ratings included), typed;
+                            written where pyarrow is installed (the ``arrow`` extra)
     records.csv             the same rows for any spreadsheet (``image_path`` relative, lists as JSON)
     history.sqlite          the rows exactly as the history stores them (its ``records`` table), and the
                             reviews (stars, notes, tags, favourites) of the images they show
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -59,6 +61,7 @@ URL_MAX = 64 * 2**10
 MEMBER_MAX = 512 * 2**20
 TOTAL_MAX = 8 * 2**30
 CHUNK = 2**20
+CSV_ROWS = 50_000
 
 
 def versions() -> dict[str, str]:
@@ -140,21 +143,23 @@ def _files(database: Path, root: Path) -> list[str]:
     return sorted(found)
 
 
-def _tables(frame: pd.DataFrame, root: Path) -> tuple[bytes, bytes]:
-    """The rows as Parquet and as CSV, with image paths made relative to the bundle."""
+def _tables(frame: pd.DataFrame, root: Path) -> dict[str, bytes]:
+    """The rows as CSV, and as Parquet where pyarrow is installed, with image paths made relative to the bundle."""
     rows = frame.copy()
     if "image_path" in rows.columns:
         rows["image_path"] = pd.array([_relative_image(p, root) for p in rows["image_path"]], dtype="string")
-    parquet = io.BytesIO()
-    try:
-        rows.to_parquet(parquet, engine="pyarrow", index=False)
-    except ImportError:
-        raise ValidationError("pyarrow is not installed; pip install pyarrow to export bundles") from None
-    except (TypeError, ValueError) as exc:  # pyarrow's ArrowInvalid and ArrowTypeError derive from these
-        raise ValidationError(f"a column of the frame cannot be stored as Parquet ({exc}); drop it first") from None
+    tables = {}
+    if importlib.util.find_spec("pyarrow") is not None:
+        parquet = io.BytesIO()
+        try:
+            rows.to_parquet(parquet, engine="pyarrow", index=False)
+        except (TypeError, ValueError) as exc:  # pyarrow's ArrowInvalid and ArrowTypeError derive from these
+            raise ValidationError(f"a column of the frame cannot be stored as Parquet ({exc}); drop it first") from None
+        tables["records.parquet"] = parquet.getvalue()
     if "input_hashes" in rows.columns:
         rows["input_hashes"] = [json.dumps(list(v)) if v is not None else "[]" for v in rows["input_hashes"]]
-    return parquet.getvalue(), rows.to_csv(index=False).encode()
+    tables["records.csv"] = rows.to_csv(index=False).encode()
+    return tables
 
 
 def export_bundle(frame: pd.DataFrame, history_dir: str | os.PathLike[str], path_zip: str | os.PathLike[str]) -> Path:
@@ -174,8 +179,7 @@ def export_bundle(frame: pd.DataFrame, history_dir: str | os.PathLike[str], path
                 f"{len(missing)} row(s) of the frame are not in the history at {str(root)!r} "
                 f"(first: {missing[0]}); export rows of that folder's history"
             )
-        parquet, csv = _tables(frame, root)
-        members: dict[str, bytes | Path] = {"records.parquet": parquet, "records.csv": csv}
+        members: dict[str, bytes | Path] = {**_tables(frame, root)}
         members[DATABASE] = database
         members.update({relative: root / relative for relative in _files(database, root)})
         _write_zip(target, members, ids)
@@ -374,35 +378,45 @@ def _check_named(name: str, path: Path, digest: str) -> None:
 
 
 def _check_tables(folder: Path) -> None:
-    """The Parquet and CSV tables name images only inside the bundle (``image_path`` relative, under images/)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pq
+    """The Parquet and CSV tables name images only inside the bundle (``image_path`` relative, under images/).
 
+    Without pyarrow a ``records.parquet`` cannot be checked, so it is not kept (its rows are in the other tables).
+    """
     for name in ("records.parquet", "records.csv"):
         path = folder / name
         if not path.is_file():
             continue
+        if name.endswith(".parquet") and importlib.util.find_spec("pyarrow") is None:
+            path.unlink()
+            continue
         try:
-            if name.endswith(".parquet"):
-                table = pq.ParquetFile(path)
-                names = table.schema_arrow.names
-                batches: Any = table.iter_batches(columns=["image_path"]) if "image_path" in names else []
-            else:
-                options = pa_csv.ConvertOptions(
-                    column_types={"image_path": pa.string()},
-                    include_columns=["image_path"],
-                    include_missing_columns=True,
-                    strings_can_be_null=True,
-                )
-                batches = pa_csv.open_csv(path, convert_options=options)
-            pattern = f"^{IMAGE_PATH}$"
-            inside = all(pc.all(pc.match_substring_regex(b.column(0), pattern), min_count=0).as_py() for b in batches)
-        except (pa.ArrowException, OSError, ValueError) as exc:
+            paths = _parquet_paths(path) if name.endswith(".parquet") else _csv_paths(path)
+            inside = all(re.fullmatch(IMAGE_PATH, value) for value in paths)
+        except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
             raise ValidationError(f"bundle file {name!r} is not a table flux_nb can read ({exc})") from None
         if not inside:
             raise ValidationError(f"bundle file {name!r} names an image outside the bundle's images/; refusing it")
+
+
+def _parquet_paths(path: Path) -> Iterator[str]:
+    """The image paths a Parquet table names, a batch at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.ParquetFile(path)
+        names = table.schema_arrow.names
+        for batch in table.iter_batches(columns=["image_path"]) if "image_path" in names else ():
+            yield from (value for value in batch.column(0).to_pylist() if value is not None)
+    except pa.ArrowException as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def _csv_paths(path: Path) -> Iterator[str]:
+    """The image paths a CSV table names (empty cells name none), a chunk at a time."""
+    only = "image_path".__eq__
+    for chunk in pd.read_csv(path, usecols=only, dtype=str, keep_default_na=False, chunksize=CSV_ROWS):
+        yield from (value for value in chunk.get("image_path", ()) if value)
 
 
 def _rebuild_history(folder: Path) -> None:

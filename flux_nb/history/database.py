@@ -202,10 +202,6 @@ class Database:
         """True when the history has ``table`` (a read-only history of an older flux_nb may not)."""
         return table in self.tables
 
-    def adbc_target(self) -> str:
-        """What the Arrow reader opens: the file itself, or the read-only URI where writing is not allowed."""
-        return self.read_uri if self.readonly else str(self.path)
-
 
 class _Connection(sqlite3.Connection):
     """A connection ``Database.close`` can reach from any thread (each is still used by one thread only)."""

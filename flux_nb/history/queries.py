@@ -1,6 +1,6 @@
 """Reading the history as frames: filters, the newest rows, changes since a token, credits by model.
 
-Filters and sums run in SQL; pandas (and Arrow) are imported only when a frame is built, so
+Filters and sums run in SQL; pandas is imported only when a frame is built, so
 importing the store stays light. ``HistoryStore`` takes these methods from ``Queries``.
 """
 
@@ -19,10 +19,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from flux_nb.history.view import HistoryView
-
-
-# Reads of at most this many rows go through sqlite3 directly (no round trip to the Arrow reader).
-SMALL_READ = 5_000
 
 
 class Queries:
@@ -58,7 +54,7 @@ class Queries:
         where, params = where_clause(equals)
         newest = f"SELECT rowid FROM records {'WHERE ' + where if where else ''} "
         newest += "ORDER BY created_at DESC, rowid DESC LIMIT ?"
-        return self._frame(f"rowid IN ({newest})", [*params, n], small=n <= SMALL_READ)
+        return self._frame(f"rowid IN ({newest})", [*params, n])
 
     def change_token(self) -> int:
         """The number of the newest change: ``frame_since`` of it returns what changed after it."""
@@ -70,11 +66,11 @@ class Queries:
         """Rows added or changed after change ``token`` (a review counts), and the token to ask with next."""
         new_token = self.change_token()
         if new_token == token:
-            return self._frame("0", [], small=True), token
+            return self._frame("0", []), token
         where, params = where_clause(equals)
         changed = f"records.rowid IN ({self._changed_rowids()})"
         params = [token] * (3 if self._db.has("reviews") else 1) + params
-        changed_rows = self._frame(f"{changed}{' AND ' + where if where else ''}", params, small=True)
+        changed_rows = self._frame(f"{changed}{' AND ' + where if where else ''}", params)
         return changed_rows, new_token
 
     def _changed_rowids(self) -> str:
@@ -99,13 +95,13 @@ class Queries:
 
         return HistoryView(self, **equals)
 
-    def _frame(self, where: str, params: Sequence[Any], *, small: bool = False) -> pd.DataFrame:
+    def _frame(self, where: str, params: Sequence[Any]) -> pd.DataFrame:
         from flux_nb.history import frame
 
-        table = frame.read_table(self._db, where, params, small=small)
+        table = frame.read_table(self._db, where, params)
         reviews = None
-        if self._db.has("reviews") and table.num_rows:
-            reviews = frame.reviews_table(self._db.read(review.REVIEWS_SQL))
+        if self._db.has("reviews") and table["record_id"]:
+            reviews = self._db.read(review.REVIEWS_SQL)
         return frame.to_pandas(table, self.root, reviews)
 
     def spent(
