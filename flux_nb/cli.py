@@ -35,6 +35,8 @@ from flux_nb.errors import FluxError
 from flux_nb.notebook.commands import unknown_words
 
 if TYPE_CHECKING:
+    import socket
+
     from flux_nb.server import ServerConfig
 
 SERVER_KEYS_ENV = "FLUX_NB_SERVER_KEYS"
@@ -50,7 +52,7 @@ def announcing_server() -> type:
             super().__init__(config)
             self.note, self.after = note, after
 
-        async def startup(self, sockets: list | None = None) -> None:
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             host = f"[{host}]" if ":" in host else host
@@ -192,7 +194,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def add_serve_parser(commands: argparse._SubParsersAction) -> None:
+def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``serve`` sub-command's options."""
     p = commands.add_parser("serve", help="run the local BFL-compatible server")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -292,7 +294,7 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
 # -- client options --------------------------------------------------------------------------------------
 
 
-def add_client_parsers(commands: argparse._SubParsersAction) -> dict[str, Handler]:
+def add_client_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
     """The sub-commands that read the history or send through a session, and their handlers."""
     add_generate_parser(commands)
     h = commands.add_parser("history", help="show the newest requests", epilog=EXIT_CODES)

@@ -354,7 +354,7 @@ def filter_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tag", help="only rows with this tag")
 
 
-def add_generate_parser(commands: argparse._SubParsersAction) -> None:
+def add_generate_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``generate``: every option of the notebook magic, under the same names."""
     g = commands.add_parser(
         "generate",

@@ -20,7 +20,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -248,7 +248,6 @@ class ExperimentMethods:
     ``record``, ``defaults`` and listeners.
     """
 
-    store: HistoryStore
     history_dir: str
     experiment: str
     _transport: Any
@@ -259,6 +258,8 @@ class ExperimentMethods:
 
     if TYPE_CHECKING:  # the session's own, declared for type checkers only (never shadowing them)
 
+        @property
+        def store(self) -> HistoryStore: ...
         def _notify(self) -> None: ...
         def record(self, record_id: str) -> Record: ...
         def defaults(self) -> Defaults: ...
@@ -333,7 +334,8 @@ class ExperimentMethods:
 
         folder = open_bundle(path, bundle_folder(path, into))
         names = [n for n in self.trait_names(config=True) if n not in ("history_dir", "experiment")]
-        session = type(self)(history_dir=folder, transport=self._transport, **{n: getattr(self, n) for n in names})
+        make_session: Callable[..., ExperimentMethods] = type(self)
+        session = make_session(history_dir=folder, transport=self._transport, **{n: getattr(self, n) for n in names})
         session._api_key, session._key_given = self._api_key, self._key_given
         session.observer_factory, session.notebook_detector = self.observer_factory, self.notebook_detector
         return session

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from flux_nb.errors import ValidationError
 
@@ -42,7 +42,7 @@ REFERENCE_MP_CAP = MAX_PIXELS / PIXELS_PER_MP
 SAFETY_RANGE = (0, 5)
 DEFAULT_SAFETY = 2
 OUTPUT_FORMATS = ("jpeg", "png", "webp")
-DEFAULT_FORMAT = "jpeg"
+DEFAULT_FORMAT: Final = "jpeg"
 WEBHOOK_URL_MAX = 2083
 SEED_RANGE = (0, 2**63 - 1)
 PROMPT_MAX = 32_000

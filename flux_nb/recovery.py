@@ -6,7 +6,8 @@ A part of ``Flux`` (a mixin): it uses the session's store, executor, relay and b
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from flux_nb import experiments
 from flux_nb.core import batch as batches
@@ -16,18 +17,35 @@ from flux_nb.core.relay import relay
 from flux_nb.core.results import Result
 from flux_nb.core.resuming import Resumed, plan, unsent_records
 from flux_nb.errors import ValidationError
-from flux_nb.history.store import Record
+from flux_nb.history.store import HistoryStore, Record
 from flux_nb.images import ImageInput
 
 if TYPE_CHECKING:
-    from flux_nb.core.batch import PreparedRequest
+    from flux_nb.core.batch import Defaults, PreparedRequest
+    from flux_nb.core.jobs import Executor
+    from flux_nb.core.ledger import Ledger
+    from flux_nb.core.loop import LoopRunner
 
 
 class RecoveryMethods:
     """``record``, ``result_of``, ``references_of``, ``rebuild``, ``replay``, ``resume``, ``unsent``."""
 
-    store: Any
     history_dir: str
+    _ledger: Ledger
+    _runner: LoopRunner
+
+    if TYPE_CHECKING:  # the session's own, declared for type checkers only (never shadowing them)
+
+        @property
+        def store(self) -> HistoryStore: ...
+        def _ready_executor(self) -> Executor: ...
+        def _notify(self) -> None: ...
+        def defaults(self) -> Defaults: ...
+        def request_from(self, path: str | os.PathLike[str]) -> PreparedRequest: ...
+        def check_budget(self, batch: Sequence[PreparedRequest], *, confirm: bool = True) -> None: ...
+        def run(
+            self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None, *, confirm: bool = False
+        ) -> list[Result]: ...
 
     def record(self, record_id: str) -> Record:
         """The history record ``record_id``."""

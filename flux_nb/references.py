@@ -64,7 +64,8 @@ def shrunk(inner: Any, name: str) -> ImageInput:
         return prepare_image(inner, name)
     scale = min(1.0, (REFERENCE_MAX_PIXELS / (image.width * image.height)) ** 0.5)
     if scale < 1.0:
-        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.LANCZOS)
+        size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS)
     try:
         return from_pil(image, name)
     except ValidationError:  # a noisy 4 MP PNG can pass the byte limit: JPEG fits

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
     import httpx
     import pandas as pd
 
+    from flux_nb.core.templates import PromptTemplate
+
 #: Upper bounds of settings that have one (a thumbnail is a preview; more than 4096 px is no thumbnail).
 
 #: The key for a non-BFL endpoint (a local server started with keys, a gateway).
@@ -223,7 +225,12 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
         return batches.prepare(prompt, self.defaults(), **fields)
 
     def batch(
-        self, prompt: str | Sequence[str], *, axes: Sequence[Axis] = (), images: Any = None, **fields: Any
+        self,
+        prompt: str | PromptTemplate | Sequence[str | PromptTemplate],
+        *,
+        axes: Sequence[Axis] = (),
+        images: Any = None,
+        **fields: Any,
     ) -> list[PreparedRequest]:
         """Every combination of the prompts, ``axes`` and list-valued fields, validated and priced (not sent)."""
         return batches.build(prompt, self.defaults(), axes=axes, images=images, **fields)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ class Axis:
     values: tuple[Any, ...]
 
     def __post_init__(self) -> None:
-        values = self.values
+        values: Iterable[Any] = self.values
         if hasattr(values, "__len__"):
             values = listed(values, f"axis {self.name!r}", MAX_COMBINATIONS)
         object.__setattr__(self, "values", tuple(values))
@@ -250,7 +251,8 @@ def grid_axes(labels: list[dict[str, Any]]) -> tuple[str | None, str | None, str
     if "seed" in varying:
         varying.remove("seed")
         varying.insert(0, "seed")
-    x, y, *rest = [*varying, None, None]
+    padded: list[str | None] = [*varying, None, None]
+    x, y, *rest = padded
     z = COMBINED.join(n for n in rest if n) or None
     return x, y, z
 

@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from flux_nb.core.events import BatchEvent, BatchObserver, Emit, Finished, deliver
@@ -92,7 +93,7 @@ def relay(
             if event is None:
                 break
             tally.note(event)
-            watcher = _safely(watcher, lambda w, e=event: deliver(w, e))
+            watcher = _safely(watcher, partial(deliver, event=event))
         return future.result()
     except KeyboardInterrupt:
         if not future.cancel() and future.done() and not future.cancelled():

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flux_nb.core.ledger import CLAIMING, running_here
+from flux_nb.core.results import Result
 from flux_nb.history.store import HistoryStore, Record, RecordStatus
 from flux_nb.owners import may_take_over, process_owner
 
@@ -51,10 +52,10 @@ def plan(store: HistoryStore) -> ResumePlan:
     return result
 
 
-class Resumed(list):  # type: ignore[type-arg]
+class Resumed(list[Result]):
     """``resume``'s results, one per record settled, and the records left alone (another process runs them)."""
 
-    def __init__(self, results: list, elsewhere: list[Record]) -> None:  # type: ignore[type-arg]
+    def __init__(self, results: list[Result], elsewhere: list[Record]) -> None:
         super().__init__(results)
         self.elsewhere = elsewhere
 

@@ -79,7 +79,7 @@ def _params(row: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _metrics(row: Mapping[str, Any]) -> dict[str, float]:
-    metrics = {"credits": _credits(row), "duration_s": row.get("duration_s")}
+    metrics: dict[str, Any] = {"credits": _credits(row), "duration_s": row.get("duration_s")}
     metrics["billed"] = 1.0 if str(row.get("backend")) == "bfl" and row.get("status") == "ready" else 0.0
     return {k: float(v) for k, v in metrics.items() if not _missing(v)}
 

@@ -112,6 +112,8 @@ def _credits(row: Mapping[str, Any]) -> float | None:
 def _cell(name: str, row: Mapping[str, Any]) -> tuple[str, str]:
     """(shown text, sort key) for one column of a row."""
     if name == "size":
+        width: Any
+        height: Any
         width, height = (row.get("width"), row.get("height"))
         if _missing(width) or _missing(height):
             width, height = row.get("out_width"), row.get("out_height")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -98,7 +99,7 @@ class Grid:
     theme: str = "light"
     pages: list[Grid] = field(default_factory=list)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the full-size grid as PNG; returns the path."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,7 @@ class Grid:
 class GridPages(list[Grid]):
     """One grid per value of the Z axis; displays every page, saves one PNG per page."""
 
-    def save(self, path: str | Path) -> list[Path]:
+    def save(self, path: str | os.PathLike[str]) -> list[Path]:
         """Write each page as PNG, its Z value in the name: grid.png -> grid_width_512.png, ..."""
         target = Path(path)
         saved: list[Path] = []
@@ -243,9 +244,8 @@ def _page(
     caption: str,
 ) -> Grid:
     """Lay out and draw one page; images are opened only for the cells that show them."""
-    latest: dict[tuple[Any, Any], Row] = {}
-    for row in rows:
-        latest[(get_x(row), get_y(row))] = row  # rows run oldest first: the newest wins
+    # rows run oldest first: the newest wins
+    latest: dict[tuple[Any, Any], Row] = {(get_x(r), get_y(r)): r for r in rows}
     xs, ys = ordered(k[0] for k in latest), ordered(k[1] for k in latest)
     if options.sort:
         xs = _best_first(xs, {v: [r for k, r in latest.items() if k[0] == v] for v in xs}, options.sort)

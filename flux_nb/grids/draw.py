@@ -104,7 +104,7 @@ def load_cell(path: str, cell: int) -> Image.Image | None:
             image.draft("RGB", (cell, cell))  # JPEG: decode at a reduced scale, much faster
             if image.width > cell or image.height > cell:
                 image.thumbnail((cell, cell), Image.Resampling.BILINEAR, reducing_gap=2.0)
-                fitted = image
+                fitted: Image.Image = image
             else:  # small images grow to the box too, so every cell compares at one scale
                 scale = min(cell / image.width, cell / image.height)
                 size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))

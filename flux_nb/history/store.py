@@ -194,7 +194,7 @@ class HistoryStore(Reviews, Queries):
         labels: dict[str, Any] | None = None,
     ) -> str:
         """Write a pending record before the request is sent; returns its id (12 hex digits)."""
-        fields = {"backend": backend, "endpoint": endpoint, "notebook": notebook, "input_hashes": input_hashes}
+        fields: dict[str, Any] = dict(backend=backend, endpoint=endpoint, notebook=notebook, input_hashes=input_hashes)
         fields.update(estimated_cost=estimated_cost, tag=tag, replay_of=replay_of, experiment=experiment, labels=labels)
         return self.create_many([{"request": request, **fields}])[0]
 
@@ -350,7 +350,7 @@ class HistoryStore(Reviews, Queries):
         self, record_id: str, *, status: RecordStatus, error_kind: str, error: str, finished_at: float
     ) -> None:
         """End a record without an image. A record already ready stays ready (another process finished it)."""
-        values = {"status": RecordStatus(status).value, "error_kind": str(error_kind), "error": str(error)}
+        values: dict[str, Any] = dict(status=RecordStatus(status).value, error_kind=str(error_kind), error=str(error))
         values["finished_at"] = as_float(finished_at)
         self._update(record_id, values, keep=(RecordStatus.READY,), doing="end a record")
 

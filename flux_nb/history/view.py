@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 if TYPE_CHECKING:
-    from flux_nb.history.store import HistoryStore
+    from flux_nb.history.queries import Queries
 
 
 class HistoryView:
@@ -19,7 +19,7 @@ class HistoryView:
     >>> view.refresh().tail()  # doctest: +SKIP
     """
 
-    def __init__(self, store: HistoryStore, **filters: Any) -> None:
+    def __init__(self, store: Queries, **filters: Any) -> None:
         self.store = store
         self.filters = filters
         self.token = store.change_token()  # taken first: a write during the read is read again next time

@@ -14,7 +14,7 @@ import html
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from flux_nb.errors import ValidationError
 from flux_nb.notebook import render
@@ -48,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(prog=f"%flux {verb}", add_help=False, exit_on_error=False, allow_abbrev=False)
         self.verb_usage = f"%flux {verb} {usage}"
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise ValidationError(f"{self.prog}: {message} (usage: {self.verb_usage})")
 
     def parse(self, rest: list[str]) -> argparse.Namespace:

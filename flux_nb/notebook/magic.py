@@ -14,7 +14,7 @@ import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -33,6 +33,9 @@ from flux_nb.notebook.live_history import HISTORY_VARIABLE, HistoryVariable
 from flux_nb.notebook.progress import BatchProgress
 from flux_nb.notebook.render import caption, show_error
 from flux_nb.session import Flux, configured_keys, notebook_name
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 SESSION_VARIABLE = "flux"
 #: A word on the %%flux line that reads as an option: -s, --seed, --seed=5 (not -5, a negative number).
@@ -117,6 +120,8 @@ def _abbreviation(actions: dict[str, argparse.Action], option: str) -> argparse.
 @magics_class
 class FluxMagics(Magics):
     """``%%flux`` generates; ``%flux`` manages history, replay, resume, cost, grids and login."""
+
+    shell: InteractiveShell  # always set: the magics are registered on a running shell
 
     def __init__(self, shell: Any, session: Flux) -> None:
         super().__init__(shell)
@@ -312,8 +317,8 @@ def print_sweep(sweep: SweepResult, progress: BatchProgress, history_dir: Path) 
         where = [f"{page.z}: {_value_text(page.z_value)}"] if page.z else []
         for (x, y), record_id in page.cells.items():
             label = " · ".join([*where, *(f"{n}: {_value_text(v)}" for n, v in ((page.x, x), (page.y, y)) if n)])
-            result = by_id.get(record_id) if record_id else None
-            print(_cell_line(label, result) if result else f"{label}: missing")
+            found = by_id.get(record_id) if record_id else None
+            print(_cell_line(label, found) if found else f"{label}: missing")
     print(f"flux_nb: {progress.status_line()}")
     target = commands.free_path(history_dir / "grids", f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     saved = commands.save_grid(drawn, target)

@@ -196,7 +196,7 @@ class BatchProgress:
                 display(result)
             return
         self._clear_terminal()
-        if result.ok:
+        if result.ok and result.path is not None:
             print(f"saved {shown_path(result.path)} ({caption(result)})")
         else:
             print(f"flux_nb: {result.status}: {result.error_message} (record {result.record_id})")

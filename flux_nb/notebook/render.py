@@ -189,7 +189,7 @@ def is_rich() -> bool:
 
 def result_text(result: Result) -> str:
     """A result as one plain line: its caption and image path, or why it has no image."""
-    if result.ok:
+    if result.ok and result.path is not None:
         return f"{caption(result)} · {shown_path(result.path)}"
     return f"{result.status}: {result.error_message or 'no image'} (record {result.record_id}, seed {result.seed})"
 

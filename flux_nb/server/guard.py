@@ -37,10 +37,10 @@ def guarded_protocol(config: ServerConfig, base: type | None = None) -> type:
     parent: Any = base or base_protocol()
     header_timeout, max_header_bytes, limit = config.header_timeout, config.max_header_bytes, config.limit_concurrency
 
-    class GuardedProtocol(parent):  # type: ignore[misc, valid-type]
+    class GuardedProtocol(parent):
         """uvicorn's protocol, plus the guard's timer and counters."""
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:
             self._head_timer: asyncio.TimerHandle | None = None
             self._head_bytes = 0
             self._awaiting_since: float | None = None

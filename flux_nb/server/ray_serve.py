@@ -242,7 +242,7 @@ def serve_with_ray(
     factory = engine_factory or engine_builder(config.engine, config.engine_options)
     try:
         serve.start(proxy_location="Disabled")
-        deployment = serve.deployment(EngineReplica, **options).bind(factory, config.latency, replica_grpc_host)
+        deployment = serve.deployment(**options)(EngineReplica).bind(factory, config.latency, replica_grpc_host)
         handle = serve.run(deployment, name=app_name, route_prefix=None)
     except Exception as exc:
         reason = failure_reason(app_name) or str(exc)
@@ -301,13 +301,12 @@ def connect(
     if ray_address:
         ray.init(address=ray_address, log_to_driver=False, runtime_env=runtime_env)
         return False, True, f"joined the cluster at {ray_address}"
-    options = {"num_cpus": max(os.cpu_count() or 1, math.ceil(cpus)), "include_dashboard": False}
-    options["runtime_env"] = runtime_env
+    num_cpus = max(os.cpu_count() or 1, math.ceil(cpus))
     try:
-        ray.init(**options, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
     except Exception:  # Ray gives its processes 30 s to come up, which a busy machine can miss: once more
         ray.shutdown()
-        ray.init(**options, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
     found = ray.cluster_resources().get("GPU", 0.0)
     if gpus > found:
         ray.shutdown()

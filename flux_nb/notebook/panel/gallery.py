@@ -94,6 +94,8 @@ class Gallery(w.HBox):
     ``on_error`` gets the exception and the card keeps showing what is stored.
     """
 
+    children: tuple[w.Widget, ...]  # the widget's trait, declared for type checkers
+
     def __init__(
         self,
         on_remix: Callable[[Result], None],
