@@ -43,7 +43,7 @@ def read_table(database: Database, where: str = "", params: Sequence[Any] = ()) 
 
 def _of_kind(name: str, values: Sequence[Any]) -> Sequence[Any]:
     """``values`` with any value of another kind than the column's (text in a number column) made None."""
-    kinds = (int,) if name in INT_COLUMNS or name == "_rowid" else (str,)
+    kinds: tuple[type, ...] = (int,) if name in INT_COLUMNS or name == "_rowid" else (str,)
     if name in FLOAT_COLUMNS or name in TIME_COLUMNS:
         kinds = (float, int)
     if set(map(type, values)) <= {*kinds, type(None)}:
