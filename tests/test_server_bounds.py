@@ -410,7 +410,7 @@ def test_serve_with_ray_builds_replicas_that_listen_on_loopback(monkeypatch: pyt
 
     monkeypatch.setattr(ray_serve, "connect", lambda *args: (False, False, "a test"))
     monkeypatch.setattr(serve, "start", lambda **options: None)
-    monkeypatch.setattr(serve, "deployment", lambda cls, **options: Deployment())
+    monkeypatch.setattr(serve, "deployment", lambda **options: lambda cls: Deployment())
     monkeypatch.setattr(serve, "run", lambda app, **options: object())
     serving = ray_serve.serve_with_ray(ServerConfig(latency=0.25))
     serving.engine.close()
