@@ -419,6 +419,12 @@ def exif_with_comment(raw: bytes | str) -> bytes:
         (b"UNICODE\x00" + "Zoë ✓".encode("utf-16-be"), "Zoë ✓"),
         (b"UNICODE\x00" + "Zoë ✓\x00\x00".encode("utf-16-le"), "Zoë ✓"),  # a writer that used little-endian
         (b"UNICODE\x00A", "\ufffd"),  # one byte: not UTF-16 at all
+        (b"UNICODE\x00A\x00", "A"),  # two bytes, little-endian
+        (b"UNICODE\x00\x01\x00", "\x01"),
+        (b"UNICODE\x00" + "ZoëX\x00".encode("utf-16-be"), "ZoëX"),
+        (b"ASCII\x00\x00\x00caf\xffX\x00", "caf\ufffdX"),
+        (b"\x00" * 8 + b"X\xff\x00", "X\ufffd"),
+        (b"unmarked\xffX\x00", "unmarked\ufffdX"),
         (b"UNICODE\x00\x00A\x00", "A\ufffd"),
         (b"ASCII\x00\x00\x00plain\x00\x00", "plain"),
         (b"\x00" * 8 + "naïve\x00".encode(), "naïve"),
@@ -501,6 +507,8 @@ def test_source_sha256_is_the_hash_the_provenance_names_else_the_files(tmp_path:
         document = {"format": FORMAT, "kind": "image", "request": REQUEST, "record": {"api_sha256": recorded}}
         data = embed(plain_image("png"), document)
         assert source_sha256(data) == (expected or hashlib.sha256(data).hexdigest())
+    data = embed(plain_image("png"), {"format": FORMAT, "kind": "image"})  # no request, no record
+    assert source_sha256(data) == hashlib.sha256(data).hexdigest()
     path = tmp_path / "plain.webp"
     path.write_bytes(plain_image("webp"))
     assert source_sha256(path) == source_sha256(str(path)) == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -749,3 +757,80 @@ def test_parameters_text_falls_back_on_what_the_record_learned() -> None:
         f"an edit\nSeed: 5, Size: 96x64, Version: flux_nb {version()}"
     )
     assert parameters_text({}) == f"\nVersion: flux_nb {version()}"
+    assert parameters_text({"request": {"width": 80}}) == f"\nVersion: flux_nb {version()}"  # half a size: none
+
+
+def test_what_each_format_carries_is_read_leniently_and_only_where_it_is() -> None:
+    assert [read_embedded(plain_image(f)).format for f in ("png", "jpeg", "webp")] == ["png", "jpeg", "webp"]
+    assert read_embedded(plain_image("jpeg")).xmp is None  # a JFIF header is not an XMP packet
+    bad = png_with_texts([itxt("k", b"caf\xff", compressed=False)])
+    assert read_embedded(bad).texts == {"k": "caf\ufffd"}
+    jfif, rest, scan = jpeg_parts()
+    packet = containers.JPEG_XMP + b"<x:xmpmeta>\xff</x:xmpmeta>"
+    assert read_embedded(jpeg([(0xE0, jfif), (0xE1, packet), *rest], scan)).xmp == "<x:xmpmeta>\ufffd</x:xmpmeta>"
+    assert read_embedded(riff((b"VP8X", bytes(10)), (b"XMP ", b"\xff"))).xmp == "\ufffd"
+    with pytest.raises(ValidationError) as refused:
+        read_embedded(b"RIFF\x00\x00\x00\x00WAVEfmt ")
+    assert str(refused.value) == "the file is not a PNG, JPEG or WebP image; provenance is kept in those three formats"
+
+
+def test_an_extended_webp_keeps_its_own_flags() -> None:
+    data, _ = webp_image(alpha=True)  # lossy with alpha: already extended, with an ALPH chunk
+    assert _webp_chunks(data)[0][0] == b"VP8X" and _webp_chunks(data)[0][1][0] & 0x10
+    written = embed(data, {"format": FORMAT, "kind": "image", "request": REQUEST})
+    assert _webp_chunks(written)[0][1][0] == 0x1C
+
+
+def test_the_xmp_packet_is_the_standard_wrapper_in_plain_utf8() -> None:
+    document = {"format": FORMAT, "kind": "image", "request": {**REQUEST, "prompt": "Zoë"}}
+    packet = xmp_packet(document)
+    assert packet.startswith('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n')
+    assert packet.endswith('<?xpacket end="w"?>') and '"prompt": "Zoë"' in packet
+    assert '<rdf:li xml:lang="x-default">Zoë</rdf:li>' in packet
+    assert "</xmp:CreatorTool><fluxnb:provenance>" in xmp_packet(document, describe=False)
+    assert "</xmp:CreatorTool><fluxnb:provenance>" in xmp_packet({"request": {}})  # nothing to describe
+    assert '<rdf:li xml:lang="x-default">grid</rdf:li>' in xmp_packet({"kind": "grid"})
+    written = embed(plain_image("png"), document)
+    assert '"prompt": "Zoë"' in read_embedded(written).texts["flux_nb"]
+
+
+def test_a_grid_file_carries_no_parameters_text() -> None:
+    written = embed(plain_image("png"), {"format": FORMAT, "kind": "grid", "record_ids": []})
+    assert set(read_embedded(written).texts) == {"flux_nb"}
+    with Image.open(io.BytesIO(embed(plain_image("jpeg"), {"format": FORMAT, "kind": "grid"}))) as image:
+        assert image.getexif()[0x010E] == "flux_nb grid"
+
+
+def test_a_long_prompt_is_shortened_in_the_exif_comment_only() -> None:
+    from flux_nb.metadata.provenance import COMMENT_PROMPT_MAX
+
+    prompt = "x" * (COMMENT_PROMPT_MAX + 10)
+    document = {"format": FORMAT, "kind": "image", "request": {**REQUEST, "prompt": prompt}}
+    written = embed(plain_image("jpeg"), document)
+    comment = containers.exif_comment(read_embedded(written).exif) or ""
+    assert comment.startswith("x" * COMMENT_PROMPT_MAX + "…\nSeed: 7")
+    assert read_provenance(written)["request"]["prompt"] == prompt  # type: ignore[index]
+    document["request"]["prompt"] = prompt[:COMMENT_PROMPT_MAX]  # the longest kept whole
+    written = embed(plain_image("jpeg"), document)
+    assert (containers.exif_comment(read_embedded(written).exif) or "").startswith(prompt[:COMMENT_PROMPT_MAX] + "\n")
+
+
+def test_provenance_values_become_plain_json() -> None:
+    import numpy as np
+
+    from flux_nb.metadata import provenance
+
+    class Odd:
+        def __str__(self) -> str:
+            return "odd"
+
+    document = provenance({**REQUEST, "input_hashes": np.array(["ab" * 32]), "engine": Odd(), "seed": np.int64(3)})
+    assert document["request"]["input_hashes"] == ["ab" * 32] and document["request"]["seed"] == 3
+    assert document["record"]["engine"] == "odd"
+
+
+def test_the_same_document_writes_the_same_bytes_whatever_its_key_order() -> None:
+    one = {"format": FORMAT, "kind": "image", "request": {"prompt": "a", "seed": 1}, "record": {"b": 1, "a": 2}}
+    two = {"record": {"a": 2, "b": 1}, "request": {"seed": 1, "prompt": "a"}, "kind": "image", "format": FORMAT}
+    for fmt in ("png", "jpeg", "webp"):
+        assert embed(plain_image(fmt), one) == embed(plain_image(fmt), two)  # one answer, one file, one hash
