@@ -125,7 +125,7 @@ TARGETS: dict[str, Target] = {
     ),
     "metadata": Target(
         ("flux_nb/metadata/__init__.py", "flux_nb/metadata/containers.py", "flux_nb/metadata/provenance.py"),
-        ("tests/test_metadata_handover.py", "tests/test_metadata.py", "tests/test_provenance_files.py"),
+        ("tests/test_metadata_handover.py", "tests/test_metadata.py"),
     ),
     "templates": Target(
         ("flux_nb/core/templates.py",), ("tests/test_templates.py", CLIENT_BOUNDS), CLIENT_BOUNDS_SERVERS

@@ -199,15 +199,14 @@ def parse_parameters(text: str) -> dict[str, Any]:
         prompt.append(line)
     fields: dict[str, Any] = {"prompt": "\n".join(prompt).strip()}
     for key, raw in _PARAM.findall(settings):
-        value = raw.strip()
-        if value.startswith('"') and value.endswith('"'):
-            value = json.loads(value)
-        _set_field(fields, key.strip(), value)
+        _set_field(fields, key.strip(), raw.strip())
     return fields
 
 
 def _set_field(fields: dict[str, Any], key: str, value: str) -> None:
     try:
+        if value.startswith('"') and value.endswith('"'):
+            value = json.loads(value)
         if key in _INTS:
             fields[_INTS[key]] = int(value)
         elif key == "Size":
@@ -228,7 +227,7 @@ def xmp_packet(document: Mapping[str, Any], *, describe: bool = True) -> str:
     the prompt again as ``dc:description``, for tools that show it."""
     prompt = str(document.get("request", {}).get("prompt") or document.get("kind", "")) if describe else ""
     prompt = _NOT_XML.sub("\ufffd", prompt)
-    # Such characters only occur inside JSON strings, where a \\u escape stands for them exactly.
+    # Such characters only occur inside JSON strings, where a \u escape stands for them exactly.
     payload = _NOT_XML.sub(_json_escape, json.dumps(document, ensure_ascii=False, sort_keys=True))
     description = f'<rdf:Alt><rdf:li xml:lang="x-default">{escape(prompt)}</rdf:li></rdf:Alt>'
     return (
