@@ -208,7 +208,8 @@ def _png_write(data: bytes, texts: dict[str, str]) -> bytes:
 
 def _jpeg_segments(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
     """The marker segments before the first scan as (marker, payload), and where the scan starts."""
-    segments, pos = [], 2
+    segments: list[tuple[int, bytes]] = []
+    pos = 2
     while pos < len(data):
         if data[pos] != 0xFF:
             raise ValueError(f"no JPEG marker at byte {pos}")
