@@ -9,7 +9,8 @@
     images/<sha[:2]>/<sha>.<ext>, inputs/<sha>.<ext>   as in a history folder
 
 ``open_bundle`` unpacks it into a new folder that is a history folder: ``HistoryStore(folder)`` (and
-``Flux(history_dir=folder)``) read the rows, and image paths resolve there.
+``Flux(history_dir=folder)``) read the rows, and image paths resolve there. A bundle comes from someone
+else: it is checked whole and streamed under limits, and nothing in it is ever polled, resumed or fetched.
 """
 
 from __future__ import annotations
