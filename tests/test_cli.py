@@ -25,12 +25,17 @@ def flux_nb(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 
 @contextmanager
 def serving(
-    *args: str, env: dict[str, str], output: dict[str, str] | None = None, announced: list[str] | None = None
+    *args: str,
+    env: dict[str, str],
+    output: dict[str, str] | None = None,
+    announced: list[str] | None = None,
+    pids: list[int] | None = None,
 ) -> Iterator[str]:
     """Run ``flux-nb serve --port 0 ARGS`` and yield its base URL; stopped on exit.
 
     ``output``, when given, receives the server's whole ``stdout`` and ``stderr`` once it has stopped;
-    ``announced``, the addresses it printed on starting (the polling listener's second, with --poll-port).
+    ``announced``, the addresses it printed on starting (the polling listener's second, with --poll-port);
+    ``pids``, the server process's pid.
     """
     base = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT", "FLUX_NB_SERVER_KEYS")}
     proc = subprocess.Popen(
@@ -41,6 +46,8 @@ def serving(
         env={**base, **env},
     )
     first = ""
+    if pids is not None:
+        pids.append(proc.pid)
     try:
         first = proc.stdout.readline() if proc.stdout else ""
         assert "http://127.0.0.1:" in first, first + (proc.stderr.read() if proc.stderr else "")

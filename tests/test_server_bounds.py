@@ -12,13 +12,10 @@ import ipaddress
 import os
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -30,6 +27,7 @@ from flux_nb.server import EmbeddedServer, ServerConfig
 from flux_nb.server.engines import RenderJob
 from flux_nb.server.engines.preview import PreviewEngine
 from flux_nb.server.outbound import OutboundPolicy, OutboundRefused
+from tests.test_cli import serving
 
 SAFETY = 30.0  # seconds before a test calls the server broken (never a timing assertion)
 SUBMIT = "/v1/flux-2-klein-4b"
@@ -190,31 +188,15 @@ def rss_peak_kb(pid: int) -> int:
         return int(next(line for line in status if line.startswith("VmHWM:")).split()[1])
 
 
-@contextmanager
-def serve_process(*options: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``flux-nb serve`` in a child process on a free loopback port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flux_nb", "serve", "--port", "0", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        yield proc, "http://127.0.0.1:" + line.split("http://127.0.0.1:", 1)[1].split()[0]
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=15)
-
-
 def heavy_submit_figures(side: int = 9000) -> dict[str, float]:
     """Four real ``side`` x ``side`` references (9000: a 1.26 MB body) against ``flux-nb serve``: status, peak RSS
     growth, and the longest answer to /v1/credits while the submit was handled (the event loop's stall)."""
     reference = base64.b64encode(black_png(side)).decode()
     body = {"prompt": "x", **{f"input_image{suffix}": reference for suffix in ("", "_2", "_3", "_4")}}
-    with serve_process() as (proc, url), httpx.Client(timeout=SAFETY) as http:
+    pids: list[int] = []
+    with serving(env={}, pids=pids) as url, httpx.Client(timeout=SAFETY) as http:
         assert http.get(f"{url}/v1/credits").status_code == 200
-        before, gaps, pinged, done = rss_peak_kb(proc.pid), [], threading.Event(), threading.Event()
+        before, gaps, pinged, done = rss_peak_kb(pids[0]), [], threading.Event(), threading.Event()
 
         def ping() -> None:
             with httpx.Client(timeout=SAFETY) as pinger:
@@ -232,7 +214,7 @@ def heavy_submit_figures(side: int = 9000) -> dict[str, float]:
         finally:
             done.set()
             pinging.join()
-        grown = (rss_peak_kb(proc.pid) - before) / 1024
+        grown = (rss_peak_kb(pids[0]) - before) / 1024
     return {"status": status, "body_mb": len(str(body)) / 1e6, "peak_rss_growth_mb": grown, "stall_s": max(gaps)}
 
 

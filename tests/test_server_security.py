@@ -310,22 +310,10 @@ def test_the_embedded_server_refuses_a_public_host_without_keys() -> None:
 def test_serve_fetches_from_loopback_only_when_allowed(
     image_site: tuple[EmbeddedServer, list[str]], flags: list[str], status: int
 ) -> None:
-    import subprocess
-    import sys
+    from tests.test_cli import serving
 
     site, seen = image_site
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flux_nb", "serve", "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        url = "http://" + line.split("http://", 1)[1].split()[0]
+    with serving(*flags, env={}) as url:
         body = {"prompt": "x", "input_image": f"{site.url}/ref.png"}
         assert httpx.post(f"{url}/v1/flux-2-klein-4b", json=body, timeout=30).status_code == status
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=15)
     assert len(seen) == (1 if status == 200 else 0)
