@@ -74,6 +74,11 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def url_sha256(url: str) -> str:
+    """How a URL reference is named in the history: the SHA-256 of ``"url:" + url``."""
+    return sha256_hex(f"url:{url}".encode())
+
+
 @dataclass(frozen=True)
 class ImageInput:
     """A reference image ready for the payload: a URL as given, or raw base64 of the image bytes.
@@ -189,7 +194,7 @@ def _from_url(url: str, name: str) -> ImageInput:
         _ = parts.port  # urlsplit checks the port only when asked
     except ValueError:
         raise ValidationError(f"{name}: URL {shown!r} has an invalid port") from None
-    return ImageInput(url, sha256_hex(f"url:{url}".encode()), is_url=True)
+    return ImageInput(url, url_sha256(url), is_url=True)
 
 
 def _from_path(path: Path, name: str) -> ImageInput:

@@ -4,7 +4,6 @@ a path a row names is read only when it stays inside the row's history folder.""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from flux_nb.errors import ValidationError
+from flux_nb.images import url_sha256
 
 # An image path a history row may hold: under images/, each part a plain name (no "..", no hidden or odd names).
 IMAGE_PATH = r"images(/[A-Za-z0-9_-][A-Za-z0-9._-]*)+"
@@ -38,7 +38,7 @@ def url_reference(text: str, sha256: str) -> str:
         web = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
     except ValueError:
         web = False
-    if not web or hashlib.sha256(f"url:{text}".encode()).hexdigest() != sha256:
+    if not web or url_sha256(text) != sha256:
         raise ValidationError(
             f"the stored reference {sha256[:12]}.url does not hold the http(s) URL it is named after; "
             "it is not read, fetched or sent"
