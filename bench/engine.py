@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from flux_nb.server.engines import RenderJob, get_engine
-from flux_nb.server.tasks import encode
+from flux_nb.server.task_table import encode
 
 
 def time_size(side: int, repeats: int) -> dict[str, Any]:

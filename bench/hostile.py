@@ -18,8 +18,8 @@ import sys
 import time
 
 from flux_nb.errors import FluxError
-from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy
+from flux_nb.http.read_limits import BodyLimits
 from flux_nb.protocol import FluxRequest
 from tests.hostile import MODES, HostileServer
 

@@ -81,7 +81,7 @@ TARGETS: dict[str, Target] = {
         CLIENT_SLOW,
     ),
     "retry": Target(
-        ("flux_nb/http/retry.py", "flux_nb/http/answers.py"),
+        ("flux_nb/http/retry.py", "flux_nb/http/responses.py"),
         # pure and in-process only: RetryPolicy.run is reached by every client test, so test_client.py's
         # local servers would rerun for each of its mutants
         (

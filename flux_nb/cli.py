@@ -115,8 +115,8 @@ def run_server(args: argparse.Namespace, config: ServerConfig, app: Any) -> int:
     """Serve ``app`` (and the polling listener, with --poll-port) until stopped."""
     import uvicorn
 
+    from flux_nb.server.connection_limits import uvicorn_options
     from flux_nb.server.embedded import start_poll_listener
-    from flux_nb.server.guard import uvicorn_options
 
     # The access log (one line per request: method, path with query, status) needs uvicorn's info level.
     log_level = "info" if args.access_log else "warning"
@@ -146,7 +146,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig | None:
     """The server's settings from the command line and the key variables; None (said why) when it must not start."""
     from flux_nb.server import ServerConfig
     from flux_nb.server.exposure import exposure_refusal
-    from flux_nb.server.faults import FaultPlan
+    from flux_nb.server.fault_injection import FaultPlan
 
     keys, admin_keys = (
         frozenset(k.strip() for k in os.environ.get(name, "").split(",") if k.strip())
@@ -242,7 +242,8 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument(
         "--faults",
         default="",
-        help="inject faults, e.g. 'submit_5xx=0.2,poll_5xx=0.2,drop_after=0.05,storm_429=#3|#4' (see server/faults.py)",
+        help="inject faults, e.g. 'submit_5xx=0.2,poll_5xx=0.2,drop_after=0.05,storm_429=#3|#4'"
+        " (see server/fault_injection.py)",
     )
     p.add_argument("--fault-seed", type=int, default=0, help="seed that makes injected faults repeatable")
     p.add_argument(

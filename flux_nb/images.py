@@ -8,7 +8,7 @@ before it is accepted, so no credits go to a request the API would refuse.
 References are held to the API's limits before anything is stored or sent: at most
 ``REFERENCE_MAX_BYTES`` (20 MB; BFL documents no byte limit, so flux_nb keeps one that every
 request body can carry) and ``REFERENCE_MAX_PIXELS`` (4 MP, the API's own pixel limit). A larger
-image is refused with the limit; wrapped in ``flux_nb.references.shrink(...)`` it is downscaled and
+image is refused with the limit; wrapped in ``flux_nb.shrink(...)`` it is downscaled and
 re-encoded instead.
 """
 
@@ -48,7 +48,7 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the empty IEND chunk with its fi
 _JPEG_END = b"\xff\xd9"  # the end-of-image marker (Pillow writes nothing after it)
 REFERENCE_MAX_BYTES = 20 * 1000 * 1000
 REFERENCE_MAX_PIXELS = MAX_PIXELS
-_SHRINK_FIX = "downscale it, or wrap it in flux_nb.references.shrink(...) to have it re-encoded within the limits"
+_SHRINK_FIX = "downscale it, or wrap it in flux_nb.shrink(...) to have it re-encoded within the limits"
 
 
 def check_reference_bytes(size: int, name: str, subject: str) -> None:
@@ -264,7 +264,7 @@ def prepare_image(obj: Any, name: str = "image") -> ImageInput:
     """
     if isinstance(obj, ImageInput):
         return obj
-    if hasattr(obj, "__flux_reference__"):  # e.g. flux_nb.references.shrink(image)
+    if hasattr(obj, "__flux_reference__"):  # e.g. flux_nb.shrink(image)
         return obj.__flux_reference__(name)
     if isinstance(obj, Image.Image):
         return from_pil(obj, name)

@@ -13,17 +13,17 @@ from flux_nb import experiments
 from flux_nb.core import batch as batches
 from flux_nb.core.events import BatchObserver
 from flux_nb.core.outcomes import prepared_from_record, settle_cut_off
-from flux_nb.core.relay import relay
 from flux_nb.core.results import Result
 from flux_nb.core.resuming import Resumed, plan, unsent_records
+from flux_nb.core.watching import relay
 from flux_nb.errors import ValidationError
 from flux_nb.history.store import HistoryStore, Record
 from flux_nb.images import ImageInput
 
 if TYPE_CHECKING:
     from flux_nb.core.batch import Defaults, PreparedRequest
+    from flux_nb.core.in_flight import Ledger
     from flux_nb.core.jobs import Executor
-    from flux_nb.core.ledger import Ledger
     from flux_nb.core.loop import LoopRunner
 
 

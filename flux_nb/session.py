@@ -19,25 +19,25 @@ from traitlets import observe
 
 from flux_nb import protocol
 from flux_nb.core import batch as batches
-from flux_nb.core import guard
+from flux_nb.core import spending
 from flux_nb.core.axes import Axis
 from flux_nb.core.backend import Backend, connect, resolve_backend
 from flux_nb.core.batch import Defaults, PreparedRequest, draw_seed
 from flux_nb.core.events import BatchObserver, Emit, ignore
+from flux_nb.core.in_flight import Ledger
 from flux_nb.core.jobs import Executor
-from flux_nb.core.ledger import Ledger
 from flux_nb.core.loop import LoopRunner
 from flux_nb.core.notebooks import notebook_name
 from flux_nb.core.outcomes import cache_hit
-from flux_nb.core.relay import guarded, relay
 from flux_nb.core.results import Result, SweepResult, presenter
+from flux_nb.core.watching import guarded, relay
 from flux_nb.errors import ValidationError
 from flux_nb.experiments import ExperimentMethods
 from flux_nb.history.store import HistoryStore, process_owner
 from flux_nb.http.auth import Secret
-from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.client import AsyncFluxClient
 from flux_nb.http.probe import ProbePolicy, ReferenceSizes
+from flux_nb.http.read_limits import BodyLimits
 from flux_nb.http.slots import SharedSlots
 from flux_nb.images import ImageInput
 from flux_nb.recovery import RecoveryMethods
@@ -238,14 +238,14 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
     def check_budget(self, batch: Sequence[PreparedRequest], *, confirm: bool = True) -> None:
         """Refuse, before anything is sent, a batch whose estimate would pass the budget, or (unless
         ``confirm``) the large-batch guard ``confirm_over``: BudgetError, LargeBatchError."""
-        guard.check_webhooks(batch, to_bfl=self.backend.label == "bfl")
-        threshold = None if confirm else guard.confirm_threshold(self.confirm_over, self.backend.billed)
+        spending.check_webhooks(batch, to_bfl=self.backend.label == "bfl")
+        threshold = None if confirm else spending.confirm_threshold(self.confirm_over, self.backend.billed)
         if self.budget is None and threshold is None:
             return
         label = self.backend.label
-        cost = guard.estimate(batch, lambda p: cache_hit(self.store, label, p, enabled=self.cache) is not None)
+        cost = spending.estimate(batch, lambda p: cache_hit(self.store, label, p, enabled=self.cache) is not None)
         at_most = any(p.estimate_is_bound for p in batch)
-        guard.check_spending(
+        spending.check_spending(
             len(batch),
             cost,
             spent=self._spent,

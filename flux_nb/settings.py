@@ -11,7 +11,7 @@ from traitlets import Bool, Enum, Float, Int, Unicode, validate
 from traitlets.config import Configurable
 
 from flux_nb import protocol
-from flux_nb.core import guard
+from flux_nb.core import spending
 
 LIMITS = {"thumbnail_size": 4096.0}
 
@@ -61,10 +61,10 @@ class FluxSettings(Configurable):
 
     @validate("budget", "confirm_over")
     def _credit_limit(self, proposal: Any) -> float | None:
-        return guard.credit_limit(proposal["trait"].name, proposal["value"])
+        return spending.credit_limit(proposal["trait"].name, proposal["value"])
 
     @validate("task_timeout", "download_stall", "max_concurrency", "thumbnail_size", "slots_say_after")
     def _positive(self, proposal: Any) -> float:
         name = proposal["trait"].name
         integer = name in ("max_concurrency", "thumbnail_size")
-        return guard.positive(name, proposal["value"], integer=integer, most=LIMITS.get(name))
+        return spending.positive(name, proposal["value"], integer=integer, most=LIMITS.get(name))

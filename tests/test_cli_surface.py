@@ -17,7 +17,7 @@ from PIL import Image
 from flux_nb.cli import build_parser
 from flux_nb.core import batch as batches
 from flux_nb.history.store import HistoryStore
-from flux_nb.server.faults import FaultPlan
+from flux_nb.server.fault_injection import FaultPlan
 from flux_nb.session import Flux
 from tests.test_cli import flux_nb
 

@@ -480,7 +480,7 @@ def test_errors_and_client_messages_speak_no_front_end() -> None:
 
 
 def test_an_http_error_carries_its_status_and_a_short_answer() -> None:
-    from flux_nb.http.answers import Answer, error_for_answer
+    from flux_nb.http.responses import Answer, error_for_answer
 
     long = {"detail": "x" * 5000, "echo": "key-123"}
     error = error_for_answer(

@@ -48,9 +48,9 @@ from flux_nb.core.templates import (
     with_replacements,
 )
 from flux_nb.errors import BudgetError, DeliveryError, FluxError, FluxTimeout, ValidationError
-from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy
 from flux_nb.http.probe import ProbePolicy, ReferenceSizes, measure
+from flux_nb.http.read_limits import BodyLimits
 from flux_nb.protocol import REFERENCE_MP_CAP, FluxRequest, estimate_cost
 from tests.hostile import HostileServer, png, png_header_only
 from tests.test_magic import html_of, run

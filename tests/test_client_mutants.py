@@ -25,10 +25,10 @@ from flux_nb.errors import (
     ValidationError,
 )
 from flux_nb.http import client as client_module
-from flux_nb.http import holds as holds_module
-from flux_nb.http.bodies import BodyLimits
+from flux_nb.http import slot_holding as holds_module
 from flux_nb.http.client import AsyncFluxClient, Task
-from flux_nb.http.holds import duration_key
+from flux_nb.http.read_limits import BodyLimits
+from flux_nb.http.slot_holding import duration_key
 from flux_nb.protocol import FluxRequest
 from tests.test_client_paths import FAST_RETRY, Leases, Rewriting, one_request
 

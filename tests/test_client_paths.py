@@ -24,8 +24,8 @@ from flux_nb.errors import (
     TransportError,
     UnknownOutcomeError,
 )
-from flux_nb.http.bodies import BodyLimits
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy, Task
+from flux_nb.http.read_limits import BodyLimits
 from flux_nb.protocol import FluxRequest
 from flux_nb.server import ServerConfig, create_app
 

@@ -21,7 +21,7 @@ from flux_nb.core.events import Finished
 from flux_nb.core.results import SweepResult
 from flux_nb.errors import ValidationError
 from flux_nb.server import EmbeddedServer
-from flux_nb.server.faults import Fault, FaultPlan
+from flux_nb.server.fault_injection import Fault, FaultPlan
 from flux_nb.session import Flux
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from flux_nb.http.client import AsyncFluxClient, RetryPolicy
 from flux_nb.metadata import source_sha256
 from flux_nb.notebook.hints import in_notebook_words
 from flux_nb.protocol import FluxRequest
-from flux_nb.server.faults import Fault, FaultPlan
+from flux_nb.server.fault_injection import Fault, FaultPlan
 from tests.scripted import ScriptedApi, Step
 
 FAST = RetryPolicy(attempts=8, rate_limit_attempts=80, base_delay=0.02, max_delay=0.2)

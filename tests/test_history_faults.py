@@ -17,7 +17,7 @@ import pytest
 from flux_nb.errors import FluxError
 from flux_nb.history import database as database_module
 from flux_nb.history import files as files_module
-from flux_nb.history.faults import HistoryError
+from flux_nb.history.storage_errors import HistoryError
 from flux_nb.history.store import HistoryStore, RecordStatus
 from tests.test_store import complete, create, jpeg, submit
 

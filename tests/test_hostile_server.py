@@ -12,8 +12,8 @@ import pytest
 from flux_nb.core.outcomes import is_final
 from flux_nb.errors import DeliveryError, FluxError, FluxTimeout, TransportError, UnknownOutcomeError, ValidationError
 from flux_nb.http.auth import ApiKey
-from flux_nb.http.bodies import MIB, BodyLimits
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy, Task
+from flux_nb.http.read_limits import MIB, BodyLimits
 from flux_nb.protocol import FluxRequest
 from tests.hostile import HostileServer
 

@@ -20,11 +20,11 @@ from PIL import Image
 from flux_nb.core.backend import Backend
 from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import BatchEvent, Finished, Progress
+from flux_nb.core.in_flight import Ledger
 from flux_nb.core.jobs import Executor
-from flux_nb.core.ledger import Ledger
 from flux_nb.core.outcomes import NOT_RECORDED_HINT, NOT_SENT_HINT, RESUME_HINT
 from flux_nb.errors import FluxError, ModeratedError, TransportError, UnknownOutcomeError
-from flux_nb.history.faults import HistoryError
+from flux_nb.history.storage_errors import HistoryError
 from flux_nb.history.store import HistoryStore
 from flux_nb.http.client import Task, TaskResult
 from flux_nb.protocol import FluxRequest

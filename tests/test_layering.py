@@ -23,7 +23,7 @@ LAYERS: dict[str, float] = {
     "flux_nb.group_commit": 2,  # work arriving together done in one call (the history's sending marks)
     "flux_nb.addresses": 2,  # which addresses are public: the rule for fetching user-given URLs
     "flux_nb.owners": 2,  # which process owns a row, and whether it still runs (history records)
-    "flux_nb.references": 2.2,  # shrink(image): references re-encoded to fit the API's limits, when asked
+    "flux_nb.reference_fitting": 2.2,  # shrink(image): references re-encoded to fit the API's limits, when asked
     "flux_nb.metadata": 2.5,
     "flux_nb.http": 3,
     "flux_nb.history": 3,

@@ -25,7 +25,7 @@ from flux_nb.http.client import RetryPolicy
 from flux_nb.images import sha256_hex
 from flux_nb.notebook.panel import MAX_SLOTS, Panel
 from flux_nb.notebook.panel.observer import PanelObserver
-from flux_nb.server.faults import Fault, FaultPlan
+from flux_nb.server.fault_injection import Fault, FaultPlan
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from flux_nb.server.engines import RenderJob, get_engine
-from flux_nb.server.tasks import encode
+from flux_nb.server.task_table import encode
 
 ENGINE = get_engine("preview")
 

@@ -13,7 +13,7 @@ from PIL import Image
 from flux_nb import Flux
 from flux_nb.errors import ValidationError
 from flux_nb.images import REFERENCE_MAX_BYTES, REFERENCE_MAX_PIXELS, prepare_image
-from flux_nb.references import shrink
+from flux_nb.reference_fitting import shrink
 
 
 def png(width: int, height: int, noise: bool = False) -> bytes:

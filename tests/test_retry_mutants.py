@@ -25,9 +25,9 @@ from flux_nb.errors import (
     TransportError,
     ValidationError,
 )
-from flux_nb.http import answers
+from flux_nb.http import responses
 from flux_nb.http import retry as retry_module
-from flux_nb.http.answers import Answer
+from flux_nb.http.responses import Answer
 from flux_nb.http.retry import RetryPolicy, Transient
 from flux_nb.protocol import Status
 
@@ -209,18 +209,20 @@ def answer(status: int, body: Any = b"", headers: dict[str, str] | None = None, 
     ],
 )
 def test_each_error_status_is_its_own_error_with_the_apis_words(status: int, kind: type, message: str) -> None:
-    error = answers.error_for_answer(answer(status, {"detail": "bad"}))
+    error = responses.error_for_answer(answer(status, {"detail": "bad"}))
     assert type(error) is kind and str(error) == message
     assert (error.status, error.answer) == (status, {"detail": "bad"})
 
 
 def test_a_413_says_how_to_make_the_request_smaller() -> None:
-    error = answers.error_for_answer(answer(413, {"detail": "bad"}))
+    error = responses.error_for_answer(answer(413, {"detail": "bad"}))
     assert error.hint == "downscale the reference images (or pass them as URLs) and send it again"
 
 
 def test_the_details_are_scrubbed_of_the_key() -> None:
-    error = answers.error_for_answer(answer(401, {"detail": "key KEY refused"}, scrub=lambda t: t.replace("KEY", "*")))
+    error = responses.error_for_answer(
+        answer(401, {"detail": "key KEY refused"}, scrub=lambda t: t.replace("KEY", "*"))
+    )
     assert str(error) == "the API refused the key (HTTP 401): key * refused"
     assert error.answer == {"detail": "key * refused"}
 
@@ -230,18 +232,18 @@ def test_an_answer_is_an_error_from_400() -> None:
 
 
 def test_the_detail_of_an_answer_in_its_every_shape() -> None:
-    assert answers.detail_text(answer(500, b"")) == "HTTP 500"
-    assert answers.detail_text(answer(500, b"x" * 400)) == "x" * 300
-    assert answers.detail_text(answer(500, {"message": "m"})) == "{'message': 'm'}"
-    assert answers.detail_text(answer(500, ["a"])) == "['a']"
+    assert responses.detail_text(answer(500, b"")) == "HTTP 500"
+    assert responses.detail_text(answer(500, b"x" * 400)) == "x" * 300
+    assert responses.detail_text(answer(500, {"message": "m"})) == "{'message': 'm'}"
+    assert responses.detail_text(answer(500, ["a"])) == "['a']"
     fields = [{"loc": ["body", "width", 0], "msg": "too big"}, {"msg": "no loc"}, "skip", {"loc": "x", "msg": "s"}]
-    assert answers.detail_text(answer(422, {"detail": fields})) == "width.0: too big; no loc; s"
-    assert answers.detail_text(answer(422, {"detail": [{"loc": ["body"]}]})) == "[{'loc': ['body']}]"
-    assert answers.detail_text(answer(422, {"detail": ["only text"]})) == "['only text']"
-    assert answers.detail_text(answer(422, {"detail": [{"msg": "m" * 400}]})) == "m" * 300
-    assert answers.detail_text(answer(422, {"detail": "d" * 400})) == "d" * 300
-    assert answers.detail_text(answer(422, {"detail": [{"loc": ["body", "w"]}, {"msg": "a"}, {}]})) == "w: ; a; "
-    assert answers.detail_text(answer(502, b"\xff bad gateway")) == "\ufffd bad gateway"
+    assert responses.detail_text(answer(422, {"detail": fields})) == "width.0: too big; no loc; s"
+    assert responses.detail_text(answer(422, {"detail": [{"loc": ["body"]}]})) == "[{'loc': ['body']}]"
+    assert responses.detail_text(answer(422, {"detail": ["only text"]})) == "['only text']"
+    assert responses.detail_text(answer(422, {"detail": [{"msg": "m" * 400}]})) == "m" * 300
+    assert responses.detail_text(answer(422, {"detail": "d" * 400})) == "d" * 300
+    assert responses.detail_text(answer(422, {"detail": [{"loc": ["body", "w"]}, {"msg": "a"}, {}]})) == "w: ; a; "
+    assert responses.detail_text(answer(502, b"\xff bad gateway")) == "\ufffd bad gateway"
 
 
 def test_an_excerpt_is_parsed_json_when_small_else_the_start_of_the_text() -> None:
@@ -263,55 +265,55 @@ def test_a_long_excerpt_is_scrubbed_within_its_first_1200_bytes() -> None:
 
 
 def test_retry_after_reads_finite_seconds_only() -> None:
-    assert answers.retry_after(httpx.Headers({"Retry-After": "2.5"})) == 2.5
-    assert answers.retry_after(httpx.Headers({"Retry-After": "-4"})) == 0.0
-    assert answers.retry_after(httpx.Headers({"Retry-After": "0"})) == 0.0
+    assert responses.retry_after(httpx.Headers({"Retry-After": "2.5"})) == 2.5
+    assert responses.retry_after(httpx.Headers({"Retry-After": "-4"})) == 0.0
+    assert responses.retry_after(httpx.Headers({"Retry-After": "0"})) == 0.0
     for text in ("soon", "inf", "nan"):
-        assert answers.retry_after(httpx.Headers({"Retry-After": text})) is None
-    assert answers.retry_after(httpx.Headers({})) is None
+        assert responses.retry_after(httpx.Headers({"Retry-After": text})) is None
+    assert responses.retry_after(httpx.Headers({})) is None
 
 
 def test_final_statuses_become_their_errors() -> None:
     reasons = {"details": {"Moderation Reasons": ["nudity", "x" * 150]}}
-    moderated = answers.error_for_status("t1", Status.REQUEST_MODERATED, reasons)
+    moderated = responses.error_for_status("t1", Status.REQUEST_MODERATED, reasons)
     assert isinstance(moderated, ModeratedError) and moderated.status == 200
     assert str(moderated) == f"the request was moderated: nudity, {'x' * 100} (not charged)"
     assert moderated.reasons == ["nudity", "x" * 100] and moderated.task_status == "Request Moderated"
-    image = answers.error_for_status("t1", Status.CONTENT_MODERATED, {"details": {"Moderation Reasons": "nope"}})
+    image = responses.error_for_status("t1", Status.CONTENT_MODERATED, {"details": {"Moderation Reasons": "nope"}})
     assert str(image) == "the generated image was moderated (not charged)" and image.reasons == []
     assert image.task_status == "Content Moderated"
-    assert str(answers.error_for_status("t1", Status.CONTENT_MODERATED, {"details": "x"})).startswith("the generated")
-    missing = answers.error_for_status("t9", Status.TASK_NOT_FOUND, {})
+    assert str(responses.error_for_status("t1", Status.CONTENT_MODERATED, {"details": "x"})).startswith("the generated")
+    missing = responses.error_for_status("t9", Status.TASK_NOT_FOUND, {})
     assert isinstance(missing, TaskNotFoundError) and missing.status == 200
     assert str(missing) == "task t9 is unknown to the API (expired or never created)"
-    failed = answers.error_for_status("t2", Status.ERROR, {"details": {"error": "e" * 400}})
+    failed = responses.error_for_status("t2", Status.ERROR, {"details": {"error": "e" * 400}})
     assert isinstance(failed, TaskFailedError) and failed.status == 200
     assert str(failed) == f"task t2 failed: {'e' * 300}"
-    assert str(answers.error_for_status("t2", Status.ERROR, {"details": None})) == "task t2 failed"
+    assert str(responses.error_for_status("t2", Status.ERROR, {"details": None})) == "task t2 failed"
 
 
 # -- answers: fields ---------------------------------------------------------------------------------
 
 
 def test_numbers_are_finite_and_not_negative() -> None:
-    assert [answers.number_or_none(v) for v in (0, 2, 1.5)] == [0.0, 2.0, 1.5]
+    assert [responses.number_or_none(v) for v in (0, 2, 1.5)] == [0.0, 2.0, 1.5]
     for value in (-0.5, True, "3", None, float("inf"), float("nan"), [1]):
-        assert answers.number_or_none(value) is None
+        assert responses.number_or_none(value) is None
 
 
 def test_a_task_id_is_printable_text_of_at_most_200_characters() -> None:
-    assert answers.task_id_of({"id": " abc "}) == "abc"
-    assert answers.task_id_of({"id": 42}) == "42"
-    assert answers.task_id_of({"id": "i" * 200}) == "i" * 200
+    assert responses.task_id_of({"id": " abc "}) == "abc"
+    assert responses.task_id_of({"id": 42}) == "42"
+    assert responses.task_id_of({"id": "i" * 200}) == "i" * 200
     for body in ({"id": "i" * 201}, {"id": True}, {"id": ""}, {"id": "  "}, {"id": "a\nb"}, {"id": 1.5}, ["id"]):
-        assert answers.task_id_of(body) is None
+        assert responses.task_id_of(body) is None
 
 
 def test_a_url_is_absolute_http_of_at_most_4096_characters() -> None:
-    assert answers.url_or_none("https://x.example/a") == "https://x.example/a"
-    assert answers.url_or_none("http://x.example/a") == "http://x.example/a"
+    assert responses.url_or_none("https://x.example/a") == "https://x.example/a"
+    assert responses.url_or_none("http://x.example/a") == "http://x.example/a"
     longest = "https://x.example/" + "a" * (4096 - 18)
-    assert answers.url_or_none(longest) == longest
+    assert responses.url_or_none(longest) == longest
     for value in (
         longest + "a",
         "ftp://x.example/a",
@@ -321,30 +323,32 @@ def test_a_url_is_absolute_http_of_at_most_4096_characters() -> None:
         "https://[::1/",
         "https://a\x00b/",
     ):
-        assert answers.url_or_none(value) is None
+        assert responses.url_or_none(value) is None
 
 
 def test_status_progress_and_result_fields() -> None:
-    assert answers.status_of({"status": "Ready"}) == (Status.READY, "Ready")
-    assert answers.status_of({"status": 3}) == (Status.PENDING, "Pending")
-    assert answers.status_of({"status": "s" * 80}) == (Status.PENDING, "s" * 60)
-    assert answers.progress_of({"progress": 0.25}) == 0.25
-    assert answers.progress_of({"progress": 1.0}) == 1.0
-    assert answers.progress_of({"progress": 7}) == 1.0
-    assert answers.progress_of({"progress": "half"}) is None and answers.progress_of({}) is None
-    assert answers.result_field({"result": {"sample": "u"}}, "sample") == "u"
-    assert answers.result_field({"result": "u"}, "sample") is None
-    assert answers.seed_of({"result": {"seed": 7}}) == 7
-    assert answers.seed_of({"result": {"seed": True}}) is None and answers.seed_of({"result": {"seed": "7"}}) is None
+    assert responses.status_of({"status": "Ready"}) == (Status.READY, "Ready")
+    assert responses.status_of({"status": 3}) == (Status.PENDING, "Pending")
+    assert responses.status_of({"status": "s" * 80}) == (Status.PENDING, "s" * 60)
+    assert responses.progress_of({"progress": 0.25}) == 0.25
+    assert responses.progress_of({"progress": 1.0}) == 1.0
+    assert responses.progress_of({"progress": 7}) == 1.0
+    assert responses.progress_of({"progress": "half"}) is None and responses.progress_of({}) is None
+    assert responses.result_field({"result": {"sample": "u"}}, "sample") == "u"
+    assert responses.result_field({"result": "u"}, "sample") is None
+    assert responses.seed_of({"result": {"seed": 7}}) == 7
+    assert (
+        responses.seed_of({"result": {"seed": True}}) is None and responses.seed_of({"result": {"seed": "7"}}) is None
+    )
 
 
 def test_details_are_kept_only_when_small_json() -> None:
     details = {"engine": "e", "n": 1, "f": 0.5, "b": True, "l": [1], "d": {}, "z": None, "k" * 150: "v", "o": object()}
-    kept = answers.details_of({"details": details})
+    kept = responses.details_of({"details": details})
     assert kept == {"engine": "e", "n": 1, "f": 0.5, "b": True, "l": [1], "d": {}, "z": None, "k" * 100: "v"}
     fifty = {str(n): n for n in range(50)}
-    assert answers.details_of({"details": fifty}) == fifty
-    assert answers.details_of({"details": {**fifty, "51": 51}}) == {}
-    assert answers.details_of({"details": ["engine"]}) == {}
-    assert answers.engine_of({"details": {"engine": "e" * 150}}) == "e" * 100
-    assert answers.engine_of({"details": {"engine": 5}}) is None and answers.engine_of({"details": "x"}) is None
+    assert responses.details_of({"details": fifty}) == fifty
+    assert responses.details_of({"details": {**fifty, "51": 51}}) == {}
+    assert responses.details_of({"details": ["engine"]}) == {}
+    assert responses.engine_of({"details": {"engine": "e" * 150}}) == "e" * 100
+    assert responses.engine_of({"details": {"engine": 5}}) is None and responses.engine_of({"details": "x"}) is None

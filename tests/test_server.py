@@ -20,7 +20,7 @@ from flux_nb.errors import DeliveryError
 from flux_nb.images import decode_output, md5_base64
 from flux_nb.protocol import MODELS
 from flux_nb.server import EmbeddedServer
-from flux_nb.server.faults import FaultPlan
+from flux_nb.server.fault_injection import FaultPlan
 from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook, verify_webhook
 
 

@@ -12,7 +12,7 @@ from flux_nb.errors import AuthError, CreditsError, RateLimitError, ValidationEr
 from flux_nb.http.client import AsyncFluxClient, RetryPolicy
 from flux_nb.protocol import MODELS, FluxRequest
 from flux_nb.server import ServerConfig, create_app
-from flux_nb.server.faults import FaultPlan
+from flux_nb.server.fault_injection import FaultPlan
 from tests import official_client
 
 ONCE = RetryPolicy(attempts=1, rate_limit_attempts=1, base_delay=0.0, max_delay=0.0)

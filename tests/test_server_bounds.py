@@ -82,7 +82,7 @@ def test_references_over_the_pixel_limit_are_refused_from_their_headers(
     server_factory: Callable[..., EmbeddedServer], http: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decoded: list[str] = []
-    monkeypatch.setattr("flux_nb.server.references.open_image", lambda data, name: decoded.append(name))
+    monkeypatch.setattr("flux_nb.server.reference_inputs.open_image", lambda data, name: decoded.append(name))
     server = server_factory()
     huge = header_only_png(9000)
     body = {"prompt": "x", **{f"input_image{suffix}": huge for suffix in ("", "_2", "_3", "_4")}}
@@ -108,16 +108,16 @@ def test_only_formats_the_api_takes_are_read(server_factory: Callable[..., Embed
 def test_references_are_decoded_off_the_event_loop(
     server_factory: Callable[..., EmbeddedServer], http: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flux_nb.server import references
+    from flux_nb.server import reference_inputs
 
     threads: list[str] = []
-    decode = references.open_image
+    decode = reference_inputs.open_image
 
     def recorded(data: bytes, name: str) -> Image.Image:
         threads.append(threading.current_thread().name)
         return decode(data, name)
 
-    monkeypatch.setattr(references, "open_image", recorded)
+    monkeypatch.setattr(reference_inputs, "open_image", recorded)
     server = server_factory()
     answer = http.post(f"{server.url}{SUBMIT}", json={"prompt": "x", "input_image": png((64, 64))})
     assert answer.status_code == 200

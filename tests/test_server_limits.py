@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from flux_nb.server import EmbeddedServer, ServerConfig
-from flux_nb.server.guard import evict_idle, uvicorn_options
+from flux_nb.server.connection_limits import evict_idle, uvicorn_options
 
 SAFETY = 30.0  # seconds a socket waits before the test calls the server broken
 

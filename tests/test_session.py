@@ -23,7 +23,7 @@ from flux_nb.core.results import SweepResult
 from flux_nb.errors import AuthError, BatchInterrupted, BudgetError, ValidationError
 from flux_nb.history.store import HistoryStore
 from flux_nb.http import client as client_module
-from flux_nb.server.faults import FaultPlan
+from flux_nb.server.fault_injection import FaultPlan
 
 
 def test_generate_returns_an_image_on_disk_with_its_metadata(flux: Flux, server: Any) -> None:

@@ -227,9 +227,9 @@ def test_the_wait_before_flux_nb_says_who_holds_the_slots_is_a_setting(server: A
 
 def test_a_slot_is_held_only_while_a_task_may_run_and_for_its_expected_rest() -> None:
     from flux_nb.errors import FluxTimeout, TaskFailedError, TransportError, UnknownOutcomeError
-    from flux_nb.http.holds import UNKNOWN_TASK_HOLD, duration_key, hold_seconds, may_run
     from flux_nb.http.polling import DurationModel
-    from flux_nb.http.tasks import Task
+    from flux_nb.http.slot_holding import UNKNOWN_TASK_HOLD, duration_key, hold_seconds, may_run
+    from flux_nb.http.task_types import Task
 
     task = Task(id="t", polling_url="http://127.0.0.1:9/p", model="flux-2-klein-4b", submitted_at=time.time() - 4.0)
     assert may_run(UnknownOutcomeError("lost answer"), True, None)  # the submit may have created a task

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from flux_nb.history import database as database_module
-from flux_nb.history import faults as history_faults
+from flux_nb.history import storage_errors as history_faults
 from flux_nb.history.database import Database
 from flux_nb.history.store import HistoryStore
 from flux_nb.sqlite import WriterLock

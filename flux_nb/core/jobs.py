@@ -16,7 +16,7 @@ from typing import Any
 from flux_nb.core.backend import Backend
 from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import Emit, Finished, Progress
-from flux_nb.core.ledger import CLAIMING, Ledger, is_retryable
+from flux_nb.core.in_flight import CLAIMING, Ledger, is_retryable
 from flux_nb.core.loop import settled_gather
 from flux_nb.core.outcomes import (
     NOT_RECORDED_HINT,

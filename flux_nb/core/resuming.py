@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flux_nb.core.ledger import CLAIMING, running_here
+from flux_nb.core.in_flight import CLAIMING, running_here
 from flux_nb.core.results import Result
 from flux_nb.history.store import HistoryStore, Record, RecordStatus
 from flux_nb.owners import may_take_over, process_owner

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from flux_nb.history import faults, schema
-from flux_nb.history.faults import HistoryError
+from flux_nb.history import schema, storage_errors
+from flux_nb.history.storage_errors import HistoryError
 from flux_nb.sqlite import WriterLock, in_immediate_transaction
 
 # SQLite's own wait for a lock; then, for the few cases where it answers "locked" at once, we retry this long.
@@ -43,7 +43,7 @@ def retrying(work: Callable[[], T]) -> T:
         try:
             return work()
         except sqlite3.OperationalError as exc:
-            if not faults.is_lock_error(exc) or time.monotonic() > deadline:
+            if not storage_errors.is_lock_error(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(delay * (1 + random.random()))
         delay = min(delay * 2, 0.25)
@@ -75,7 +75,7 @@ def _build_new(path: Path) -> None:
 
 
 class Database:
-    """``history.sqlite`` of one folder: per-thread connections, locked writes, explained faults."""
+    """``history.sqlite`` of one folder: per-thread connections, locked writes, explained storage_errors."""
 
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
@@ -99,10 +99,10 @@ class Database:
                     )
                 _build_new(self.path)
             if self.path.stat().st_size == 0:
-                raise faults.not_a_history(self.path, "the file is empty: 0 bytes")
+                raise storage_errors.not_a_history(self.path, "the file is empty: 0 bytes")
             self._check_and_migrate()
         except (sqlite3.Error, OSError) as exc:
-            raise faults.translate(exc, self.path, "open it") from exc
+            raise storage_errors.translate(exc, self.path, "open it") from exc
 
     def _check_and_migrate(self) -> None:
         """Refuse a foreign database before anything (even the WAL switch) writes to it; then migrate."""
@@ -113,7 +113,9 @@ class Database:
             if not self.readonly:
                 probe.close()
         if found and "records" not in found:
-            raise faults.not_a_history(self.path, f"an SQLite database without a records table: {sorted(found)}")
+            raise storage_errors.not_a_history(
+                self.path, f"an SQLite database without a records table: {sorted(found)}"
+            )
         db = self.connection()
         if not self.readonly and retrying(lambda: schema.needs_migration(db)):
             self.write(schema.create_schema, "bring it up to date")
@@ -181,7 +183,7 @@ class Database:
     def write(self, work: Callable[[sqlite3.Connection], T], doing: str) -> T:
         """Run ``work`` in one short IMMEDIATE transaction (write lock taken up front), retried when locked."""
         if self.readonly:
-            raise faults.read_only(self.path, doing)
+            raise storage_errors.read_only(self.path, doing)
 
         def attempt() -> T:
             with self._writing:
@@ -190,13 +192,13 @@ class Database:
         try:
             return retrying(attempt)
         except (sqlite3.Error, OSError) as exc:
-            raise faults.translate(exc, self.path, doing) from exc
+            raise storage_errors.translate(exc, self.path, doing) from exc
 
     def read(self, sql: str, params: Sequence[Any] = (), doing: str = "read it") -> list[tuple[Any, ...]]:
         try:
             return retrying(lambda: self.connection().execute(sql, params).fetchall())
         except (sqlite3.Error, OSError) as exc:
-            raise faults.translate(exc, self.path, doing) from exc
+            raise storage_errors.translate(exc, self.path, doing) from exc
 
     def has(self, table: str) -> bool:
         """True when the history has ``table`` (a read-only history of an older flux_nb may not)."""

@@ -26,11 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from flux_nb.errors import RecordTakenError
-from flux_nb.history import faults
+from flux_nb.history import storage_errors
 from flux_nb.history.database import BUSY_TIMEOUT_S, Database, next_seq
-from flux_nb.history.faults import HistoryError
 from flux_nb.history.files import url_reference, write_file
-from flux_nb.history.owners import owner_is_gone, process_owner
 from flux_nb.history.queries import Queries
 from flux_nb.history.records import (
     KEY_FIELDS,
@@ -45,7 +43,9 @@ from flux_nb.history.records import (
 )
 from flux_nb.history.review import Reviews
 from flux_nb.history.schema import COLUMNS, DATABASE, FRAME_COLUMNS, RECORD_FIELDS, select_list
+from flux_nb.history.storage_errors import HistoryError
 from flux_nb.images import ImageInput, sha256_hex
+from flux_nb.owners import owner_is_gone, process_owner
 from flux_nb.protocol import FluxRequest
 
 __all__ = [
@@ -96,7 +96,7 @@ class HistoryStore(Reviews, Queries):
                 self.root.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 if not self.root.is_dir():
-                    raise faults.translate(exc, self.root, "create the history folder") from exc
+                    raise storage_errors.translate(exc, self.root, "create the history folder") from exc
         self._db = Database(self.path, readonly=readonly)
 
     def __repr__(self) -> str:
@@ -146,7 +146,7 @@ class HistoryStore(Reviews, Queries):
         try:
             write_file(target, data)
         except OSError as exc:
-            raise faults.translate(exc, target, f"write {target.name}") from exc
+            raise storage_errors.translate(exc, target, f"write {target.name}") from exc
 
     def save_image(self, data: bytes, ext: str) -> tuple[str, str]:
         """Store a result image by content hash; returns (path relative to the folder, sha256)."""

@@ -26,7 +26,11 @@ from flux_nb.errors import (
     UnknownOutcomeError,
     ValidationError,
 )
-from flux_nb.http.answers import (
+from flux_nb.http.auth import ApiKey, Secret, is_loopback
+from flux_nb.http.exchange import Call, exchange
+from flux_nb.http.polling import DurationModel, PollPlan
+from flux_nb.http.read_limits import BodyLimits
+from flux_nb.http.responses import (
     Answer,
     details_of,
     engine_of,
@@ -40,14 +44,10 @@ from flux_nb.http.answers import (
     task_id_of,
     url_or_none,
 )
-from flux_nb.http.auth import ApiKey, Secret, is_loopback
-from flux_nb.http.bodies import BodyLimits
-from flux_nb.http.exchange import Call, exchange
-from flux_nb.http.holds import duration_key, hold_seconds, may_run
-from flux_nb.http.polling import DurationModel, PollPlan
 from flux_nb.http.retry import RetryPolicy, Transient
+from flux_nb.http.slot_holding import duration_key, hold_seconds, may_run
 from flux_nb.http.slots import Lease, SharedSlots
-from flux_nb.http.tasks import (
+from flux_nb.http.task_types import (
     ProgressCallback,
     SendingCallback,
     SubmittedCallback,

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from flux_nb.errors import FluxError, TransportError, UnknownOutcomeError
-from flux_nb.http.answers import Answer, error_for_answer, retry_after
-from flux_nb.http.bodies import Stalled, TooLarge, read_capped
+from flux_nb.http.read_limits import Stalled, TooLarge, read_capped
+from flux_nb.http.responses import Answer, error_for_answer, retry_after
 from flux_nb.http.retry import Transient
 
 # Faults where the request cannot have reached the server: always safe to retry.

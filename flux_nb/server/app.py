@@ -14,14 +14,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flux_nb.server.answers import APIError, api_error_handler
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.engines import Engine, get_engine
-from flux_nb.server.faults import FaultCounter, FaultMiddleware
+from flux_nb.server.fault_injection import FaultCounter, FaultMiddleware
 from flux_nb.server.outbound import Resolver, system_resolver
 from flux_nb.server.routes import include_routes
 from flux_nb.server.routes.meta import server_stats
-from flux_nb.server.tasks import TaskTable
+from flux_nb.server.schemas import APIError, api_error_handler
+from flux_nb.server.task_table import TaskTable
 
 __all__ = ["CountAndLimit", "PollListener", "create_app", "server_stats"]
 

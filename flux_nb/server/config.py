@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flux_nb.protocol import DELIVERY_TTL_SECONDS, MAX_ACTIVE_TASKS, MAX_PIXELS
-from flux_nb.server.faults import FaultPlan
+from flux_nb.server.fault_injection import FaultPlan
 from flux_nb.server.outbound import OutboundPolicy
 
 

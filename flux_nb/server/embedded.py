@@ -92,7 +92,7 @@ class EmbeddedServer:
 
     def start(self, timeout: float = 15.0) -> EmbeddedServer:
         """Start serving (both listeners with ``poll_port``); returns once they accept connections."""
-        from flux_nb.server.guard import uvicorn_options
+        from flux_nb.server.connection_limits import uvicorn_options
 
         limits = uvicorn_options(self.config)
         self._server, self._thread, self.port = serve_in_thread(self.app, self.host, timeout=timeout, **limits)

@@ -26,7 +26,7 @@ from flux_nb.notebook.panel.form import SIZE_PRESETS, Form
 from flux_nb.notebook.panel.gallery import CARD_THUMB, Gallery
 from flux_nb.notebook.panel.messages import Messages
 from flux_nb.notebook.panel.observer import PanelObserver
-from flux_nb.notebook.panel.references import MAX_SLOTS, References
+from flux_nb.notebook.panel.reference_slots import MAX_SLOTS, References
 
 if TYPE_CHECKING:
     from flux_nb.core.batch import PreparedRequest

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from flux_nb.server.routes import meta, results, submit
+from flux_nb.server.routes import delivery, meta, submit
 
 
 def include_routes(app: FastAPI) -> None:
     """Add every route to ``app`` (its state holds the config and the task table)."""
     app.include_router(submit.router())
-    app.include_router(results.router)
+    app.include_router(delivery.router)
     app.include_router(meta.router)

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
-from flux_nb.server.answers import error_responses
 from flux_nb.server.keys import Caller, caller
+from flux_nb.server.schemas import error_responses
 
 router = APIRouter()
 

@@ -11,11 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, mod
 
 from flux_nb import protocol
 from flux_nb.errors import ValidationError
-from flux_nb.server.answers import APIError, SubmitAnswer, error_responses
 from flux_nb.server.engines import JobRefused, RenderJob, review
 from flux_nb.server.keys import Caller, caller
-from flux_nb.server.references import field_error, load_references
-from flux_nb.server.tasks import ServerTask, TaskTable, TooManyActiveTasks
+from flux_nb.server.reference_inputs import field_error, load_references
+from flux_nb.server.schemas import APIError, SubmitAnswer, error_responses
+from flux_nb.server.task_table import ServerTask, TaskTable, TooManyActiveTasks
 
 
 class SubmitBody(BaseModel):

@@ -18,7 +18,7 @@ from PIL import Image
 from flux_nb import protocol
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.engines import DETAILS_KEY, Engine, RenderJob
-from flux_nb.server.faults import FaultCounter
+from flux_nb.server.fault_injection import FaultCounter
 from flux_nb.server.memory import ReferenceMemory
 from flux_nb.server.outbound import OutboundRefused, Resolver, checked_request, logger, system_resolver
 from flux_nb.server.webhooks import SIGNATURE_HEADER, sign_webhook

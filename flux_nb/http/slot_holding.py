@@ -12,7 +12,7 @@ import time
 
 from flux_nb.errors import ModeratedError, TaskFailedError, TaskNotFoundError, UnknownOutcomeError
 from flux_nb.http.polling import DurationModel
-from flux_nb.http.tasks import Task
+from flux_nb.http.task_types import Task
 
 # The hold: the task's expected remaining time, at least MIN_TASK_HOLD, UNKNOWN_TASK_HOLD when nothing is known.
 MIN_TASK_HOLD = 1.0

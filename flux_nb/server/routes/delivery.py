@@ -10,10 +10,10 @@ from fastapi.responses import JSONResponse, Response
 
 from flux_nb import protocol
 from flux_nb.images import md5_base64
-from flux_nb.server.answers import ResultAnswer, error_responses
 from flux_nb.server.keys import Caller, caller
 from flux_nb.server.routes.submit import base_url
-from flux_nb.server.tasks import MEDIA_TYPES
+from flux_nb.server.schemas import ResultAnswer, error_responses
+from flux_nb.server.task_table import MEDIA_TYPES
 
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 NOT_FOUND = {"model": ResultAnswer, "description": "no such task for this key (unknown, expired, or another key's)"}
