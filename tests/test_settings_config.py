@@ -54,8 +54,9 @@ def config_of(name: str, value: Any) -> Config:
 
 def test_every_checked_setting_is_listed() -> None:
     """A new check on a setting is tested here too: these are the traits whose validation is flux_nb's own."""
-    own = {name for name, trait in Flux.class_traits(config=True).items() if type(trait).__module__ == "flux_nb.settings"}
-    enums = {name for name, trait in Flux.class_traits(config=True).items() if type(trait).__name__ == "Enum"}
+    traits = Flux.class_traits(config=True).items()
+    own = {name for name, trait in traits if type(trait).__module__ == "flux_nb.settings"}
+    enums = {name for name, trait in traits if type(trait).__name__ == "Enum"}
     assert own | enums == set(CHECKED)
 
 
