@@ -19,25 +19,27 @@ from flux_nb.core import spending
 LIMITS = {"thumbnail_size": 4096.0}
 
 
-class CreditLimit(Float):
+class CreditLimit(Float[float | None, float | None]):
     """Credits: None (no limit), or a number of credits, 0 or more."""
 
     def validate(self, obj: Any, value: Any) -> float | None:
-        return spending.credit_limit(self.name, super().validate(obj, value))
+        return spending.credit_limit(str(self.name), super().validate(obj, value))
 
 
-class PositiveFloat(Float):
+class PositiveFloat(Float[float, float]):
     """A finite number above 0 (a duration)."""
 
     def validate(self, obj: Any, value: Any) -> float:
-        return spending.positive(self.name, super().validate(obj, value), most=LIMITS.get(self.name))
+        name = str(self.name)
+        return spending.positive(name, super().validate(obj, value), most=LIMITS.get(name))
 
 
-class PositiveInt(Int):
+class PositiveInt(Int[int, int]):
     """A whole number above 0 (a count, a size)."""
 
     def validate(self, obj: Any, value: Any) -> int:
-        return int(spending.positive(self.name, super().validate(obj, value), integer=True, most=LIMITS.get(self.name)))
+        name = str(self.name)
+        return int(spending.positive(name, super().validate(obj, value), integer=True, most=LIMITS.get(name)))
 
 
 class FluxSettings(Configurable):

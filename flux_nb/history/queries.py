@@ -1,7 +1,7 @@
 """Reading the history as frames: filters, the newest rows, changes since a token, credits by model.
 
 Filters and sums run in SQL; pandas is imported only when a frame is built, so
-importing the store stays light. ``HistoryStore`` takes these methods from ``Queries``.
+importing the store stays light. ``HistoryStore`` holds a ``Queries`` on its database.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ from flux_nb.history.records import RecordStatus
 if TYPE_CHECKING:
     import pandas as pd
 
-    from flux_nb.history.view import HistoryView
-
 
 class Queries:
-    """Frame-returning reads of a history (the part of ``HistoryStore`` that needs pandas)."""
+    """Frame-returning reads of a history (the part of ``HistoryStore`` that needs pandas).
 
-    _db: Database
-    root: Path
+    ``root`` is the history folder, against which stored image paths are made absolute.
+    """
+
+    def __init__(self, db: Database, root: Path) -> None:
+        self._db = db
+        self.root = root
 
     def to_frame(
         self, experiment: str | None = None, tag: str | None = None, notebook: str | None = None
@@ -88,12 +90,6 @@ class Queries:
         params = [token] * (3 if self._db.has("reviews") else 1)
         rows = self._db.read(f"SELECT record_id FROM records WHERE rowid IN ({self._changed_rowids()})", params)
         return [row[0] for row in rows]
-
-    def view(self, **equals: Any) -> HistoryView:
-        """A frame of the matching rows that ``refresh()`` keeps up to date cheaply."""
-        from flux_nb.history.view import HistoryView
-
-        return HistoryView(self, **equals)
 
     def _frame(self, where: str, params: Sequence[Any]) -> pd.DataFrame:
         from flux_nb.history import frame

@@ -113,9 +113,11 @@ REVIEWS_SQL = """
 
 
 class Reviews:
-    """The review methods of ``HistoryStore``: each takes one id or several and returns the records reviewed."""
+    """The reviews of one history database (a part of ``HistoryStore``): each method takes one id or several
+    and returns the records reviewed."""
 
-    _db: Database
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def rate(self, ids: str | Iterable[str], stars: int | None) -> list[str]:
         """Give records 0 to 5 stars (None clears); returns the ids of the records reviewed."""

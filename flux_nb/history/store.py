@@ -5,8 +5,8 @@ loses nothing. Several threads and several processes (two notebooks) may write t
 folder at once (see ``database``). A cache hit is written too, as a *use*: a row pointing at
 the record whose image it showed (``cached_from``), costing 0, so that a notebook's, a tag's
 or an experiment's rows list every image its cells displayed. Reviews (stars, notes, tags,
-favourites) live beside the records (see ``review``). Frames are read as Arrow (see ``frame``);
-pandas is imported only when a frame is built.
+favourites) live beside the records (see ``review``); frames are read by ``queries``, pandas imported
+only when a frame is built. The store holds both parts, on its one database.
 
     <folder>/history.sqlite                  records, reviews, change counter
     <folder>/images/<sha[:2]>/<sha>.<ext>    result images, named by their SHA-256
@@ -21,9 +21,9 @@ import socket as socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flux_nb.errors import RecordTakenError
 from flux_nb.history import storage_errors
@@ -47,6 +47,11 @@ from flux_nb.history.storage_errors import HistoryError
 from flux_nb.images import ImageInput, sha256_hex
 from flux_nb.owners import owner_is_gone, process_owner
 from flux_nb.protocol import FluxRequest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from flux_nb.history.view import HistoryView
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -77,7 +82,7 @@ def _taken(record_id: str, status: str) -> RecordTakenError:
     )
 
 
-class HistoryStore(Reviews, Queries):
+class HistoryStore:
     """The history folder: ``history.sqlite`` (WAL), ``images/`` (results) and ``inputs/`` (references).
 
     A folder this process cannot write is opened read-only: every read works, every write
@@ -98,6 +103,8 @@ class HistoryStore(Reviews, Queries):
                 if not self.root.is_dir():
                     raise storage_errors.translate(exc, self.root, "create the history folder") from exc
         self._db = Database(self.path, readonly=readonly)
+        self._queries = Queries(self._db, self.root)
+        self._reviews = Reviews(self._db)
 
     def __repr__(self) -> str:
         return f"HistoryStore({str(self.root)!r}{', readonly=True' if self.readonly else ''})"
@@ -110,6 +117,74 @@ class HistoryStore(Reviews, Queries):
     def readonly(self) -> bool:
         """True when this store only reads (its folder or file cannot be written here)."""
         return self._db.readonly
+
+    # -- frames and reviews (its parts) -------------------------------------------------------
+
+    def to_frame(
+        self, experiment: str | None = None, tag: str | None = None, notebook: str | None = None
+    ) -> pd.DataFrame:
+        """Every record (and use) as a typed DataFrame, oldest first (``Queries.to_frame``)."""
+        return self._queries.to_frame(experiment=experiment, tag=tag, notebook=notebook)
+
+    def query(self, **equals: Any) -> pd.DataFrame:
+        """The rows where each ``column == value`` (``Queries.query``).
+
+        >>> store.query(model="flux-2-pro", status="ready", tags="best")  # doctest: +SKIP
+        """
+        return self._queries.query(**equals)
+
+    def tail(self, n: int = 10, **equals: Any) -> pd.DataFrame:
+        """The newest ``n`` matching rows, oldest of them first (``Queries.tail``)."""
+        return self._queries.tail(n, **equals)
+
+    def change_token(self) -> int:
+        """The number of the newest change (``Queries.change_token``)."""
+        return self._queries.change_token()
+
+    def frame_since(self, token: int, **equals: Any) -> tuple[pd.DataFrame, int]:
+        """Rows added or changed after change ``token``, and the next token (``Queries.frame_since``)."""
+        return self._queries.frame_since(token, **equals)
+
+    def changed_ids(self, token: int) -> list[str]:
+        """Ids of the rows written or reviewed after change ``token`` (``Queries.changed_ids``)."""
+        return self._queries.changed_ids(token)
+
+    def spent(
+        self,
+        notebook: str | None = None,
+        *,
+        owner: str | None = None,
+        experiment: str | None = None,
+        tag: str | None = None,
+    ) -> pd.DataFrame:
+        """Credits by model and backend over ready records (``Queries.spent``)."""
+        return self._queries.spent(notebook, owner=owner, experiment=experiment, tag=tag)
+
+    def view(self, **equals: Any) -> HistoryView:
+        """A frame of the matching rows that ``refresh()`` keeps up to date cheaply."""
+        from flux_nb.history.view import HistoryView
+
+        return HistoryView(self, **equals)
+
+    def rate(self, ids: str | Iterable[str], stars: int | None) -> list[str]:
+        """Give records 0 to 5 stars (None clears); the ids of the records reviewed (``Reviews.rate``)."""
+        return self._reviews.rate(ids, stars)
+
+    def note(self, ids: str | Iterable[str], text: str | None) -> list[str]:
+        """Set a note on records (None or "" clears it); the ids of the records reviewed."""
+        return self._reviews.note(ids, text)
+
+    def tag(
+        self, ids: str | Iterable[str], add: Iterable[str] | str = (), remove: Iterable[str] | str = ()
+    ) -> list[str]:
+        """Add and remove review tags (words without commas); the ids of the records reviewed."""
+        return self._reviews.tag(ids, add=add, remove=remove)
+
+    def favourite(self, ids: str | Iterable[str], on: bool = True) -> list[str]:
+        """Mark records as favourites (``on=False`` unmarks); the ids of the records reviewed."""
+        return self._reviews.favourite(ids, on=on)
+
+    # -- writing -------------------------------------------------------------------------------
 
     def _update(self, record_id: str, values: dict[str, Any], keep: tuple[str, ...] = (), doing: str = "") -> None:
         """Set ``values`` on a record, unless its status is in ``keep``; KeyError if there is no such record."""

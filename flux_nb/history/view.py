@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 
-if TYPE_CHECKING:
-    from flux_nb.history.queries import Queries
+
+class Rows(Protocol):
+    """What a view reads from: a ``HistoryStore``."""
+
+    def query(self, **equals: Any) -> pd.DataFrame: ...
+    def change_token(self) -> int: ...
+    def frame_since(self, token: int, **equals: Any) -> tuple[pd.DataFrame, int]: ...
+    def changed_ids(self, token: int) -> list[str]: ...
 
 
 class HistoryView:
@@ -19,7 +25,7 @@ class HistoryView:
     >>> view.refresh().tail()  # doctest: +SKIP
     """
 
-    def __init__(self, store: Queries, **filters: Any) -> None:
+    def __init__(self, store: Rows, **filters: Any) -> None:
         self.store = store
         self.filters = filters
         self.token = store.change_token()  # taken first: a write during the read is read again next time
