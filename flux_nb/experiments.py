@@ -15,12 +15,11 @@ pixels. ``export_image`` copies carry the whole record (id, task, cost, times) a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +71,14 @@ def _collect(target: Any, found: list[str]) -> None:
             f"cannot review a {type(target).__name__}: give a record id, a Result, a SweepResult, "
             "a DataFrame of history rows, or a list of these"
         )
+
+
+def find_record(store: HistoryStore, record_id: str) -> Record:
+    """The record ``record_id`` of ``store``; a ValidationError when there is none."""
+    record = store.get(record_id)
+    if record is None:
+        raise ValidationError(f"no history record {record_id!r} in {store.root}")
+    return record
 
 
 def is_image_path(value: Any, store: HistoryStore) -> bool:
@@ -241,51 +248,20 @@ def bundle_folder(path_zip: str | os.PathLike[str], into: str | os.PathLike[str]
     return source.with_name(source.stem)
 
 
-class ExperimentMethods:
-    """The experiment methods of ``Flux``: naming an experiment, reviewing, restoring, handing over.
+class Experiments:
+    """An experiment's reviews, restored requests and hand-over, on one history (a part of ``Flux``).
 
-    A mixin of the session: it uses the session's ``store``, ``history_dir``, ``experiment`` trait,
-    ``record``, ``defaults`` and listeners.
+    ``defaults()`` gives what a restored request leaves out (the session's settings); ``reviewed()`` is
+    called after each review (the session tells its listeners).
     """
 
-    history_dir: str
-    experiment: str
-    _transport: Any
-    _api_key: Any
-    _key_given: bool
-    observer_factory: Any
-    notebook_detector: Any
-
-    if TYPE_CHECKING:  # the session's own, declared for type checkers only (never shadowing them)
-
-        @property
-        def store(self) -> HistoryStore: ...
-        def _notify(self) -> None: ...
-        def record(self, record_id: str) -> Record: ...
-        def defaults(self) -> Defaults: ...
-        def trait_names(self, **metadata: Any) -> list[str]: ...
-
-    @contextlib.contextmanager
-    def experimenting(self, name: str) -> Iterator[Any]:
-        """Record every row of the block under experiment ``name``, then restore the one before.
-
-        The ``experiment`` trait holds the name (a trait's value cannot also be called, hence this name).
-        Rows take the name current when they are written, as a batch starts: for a batch left running
-        in the background (``start``, the panel), set ``flux.experiment`` instead.
-
-        >>> with flux.experimenting("study-3"):  # doctest: +SKIP
-        ...     flux.sweep("a lighthouse", seed=[1, 2])
-        """
-        if not isinstance(name, str):
-            raise ValidationError(f"experiment name {name!r} is not text; give a name such as 'study-3'")
-        before, self.experiment = self.experiment, name
-        try:
-            yield self
-        finally:
-            self.experiment = before
+    def __init__(self, store: HistoryStore, defaults: Callable[[], Defaults], reviewed: Callable[[], None]) -> None:
+        self.store = store
+        self.defaults = defaults
+        self.reviewed = reviewed
 
     def _reviewed(self, reviewed: list[str]) -> list[str]:
-        self._notify()
+        self.reviewed()
         return reviewed
 
     def rate(self, target: Any, stars: int | None) -> list[str]:
@@ -310,7 +286,7 @@ class ExperimentMethods:
     def export_image(self, result_or_id: Result | str, path: str | os.PathLike[str]) -> Path:
         """Copy a result's image to ``path`` (a file, or a folder) with its request and review written in."""
         record_id = result_or_id.record_id if isinstance(result_or_id, Result) else str(result_or_id)
-        return copy_image(self.store, self.record(record_id), path)
+        return copy_image(self.store, find_record(self.store, record_id), path)
 
     def request_from(self, path: str | os.PathLike[str]) -> PreparedRequest:
         """The request that made an image file (flux_nb's provenance, or another tool's A1111 ``parameters``),
@@ -318,27 +294,12 @@ class ExperimentMethods:
         return restore_request(self.store, path, self.defaults())
 
     def export(self, frame_or_filter: Any = None, path: str | os.PathLike[str] | None = None, **filters: Any) -> Path:
-        """Write an experiment as one zip (rows as Parquet, CSV and SQLite, images, references, reviews).
-
-        >>> flux.export(experiment="study-3", path="study-3.zip")  # doctest: +SKIP
-        """
+        """Write an experiment as one zip (rows as Parquet, CSV and SQLite, images, references, reviews)."""
         from flux_nb.export import export_bundle
 
         frame_or_filter, path = split_path(frame_or_filter, path, "bundle")
-        frame = selected(self.store, str(self.history_dir), frame_or_filter, filters)
-        return export_bundle(frame, self.history_dir, path)
-
-    def open_bundle(self, path: str | os.PathLike[str], into: str | os.PathLike[str] | None = None) -> Any:
-        """Unpack a bundle into ``into`` (default: a folder named after the zip) and return a session on it."""
-        from flux_nb.export import open_bundle
-
-        folder = open_bundle(path, bundle_folder(path, into))
-        names = [n for n in self.trait_names(config=True) if n not in ("history_dir", "experiment")]
-        make_session: Callable[..., ExperimentMethods] = type(self)
-        session = make_session(history_dir=folder, transport=self._transport, **{n: getattr(self, n) for n in names})
-        session._api_key, session._key_given = self._api_key, self._key_given
-        session.observer_factory, session.notebook_detector = self.observer_factory, self.notebook_detector
-        return session
+        frame = selected(self.store, str(self.store.root), frame_or_filter, filters)
+        return export_bundle(frame, self.store.root, path)
 
     def report(
         self,
@@ -352,5 +313,5 @@ class ExperimentMethods:
         from flux_nb.export import write_report
 
         frame_or_filter, path = split_path(frame_or_filter, path, "report")
-        frame = selected(self.store, str(self.history_dir), frame_or_filter, filters)
-        return write_report(frame, self.history_dir, path, title=title)
+        frame = selected(self.store, str(self.store.root), frame_or_filter, filters)
+        return write_report(frame, self.store.root, path, title=title)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,19 +28,20 @@ from flux_nb.core.in_flight import Ledger
 from flux_nb.core.jobs import Executor
 from flux_nb.core.loop import LoopRunner
 from flux_nb.core.notebooks import notebook_name
-from flux_nb.core.outcomes import cache_hit
+from flux_nb.core.outcomes import cache_hit, prepared_from_record
 from flux_nb.core.results import Result, SweepResult, presenter
+from flux_nb.core.resuming import Resumed
 from flux_nb.core.watching import guarded, relay
 from flux_nb.errors import ValidationError
-from flux_nb.experiments import ExperimentMethods
-from flux_nb.history.store import HistoryStore, process_owner
+from flux_nb.experiments import Experiments, bundle_folder
+from flux_nb.history.store import HistoryStore, Record, process_owner
 from flux_nb.http.auth import Secret
 from flux_nb.http.client import AsyncFluxClient
 from flux_nb.http.probe import ProbePolicy, ReferenceSizes
 from flux_nb.http.read_limits import BodyLimits
 from flux_nb.http.slots import SharedSlots
 from flux_nb.images import ImageInput
-from flux_nb.recovery import RecoveryMethods
+from flux_nb.recovery import Recovery
 from flux_nb.settings import FluxSettings
 
 if TYPE_CHECKING:
@@ -55,8 +56,11 @@ if TYPE_CHECKING:
 ENDPOINT_KEY_ENV = "FLUX_NB_API_KEY"
 
 
-class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
+class Flux(FluxSettings):
     """A FLUX.2 session: defaults, backend, history, budget.
+
+    Its settings are traits declared on ``FluxSettings`` (so ``%config Flux.x`` and config files reach them);
+    its parts on the history, ``Recovery`` and ``Experiments``, are built on the current store when used.
 
     >>> flux = Flux()                                  # doctest: +SKIP
     >>> flux.generate("a lighthouse at dusk", seed=42)  # doctest: +SKIP
@@ -195,7 +199,7 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
 
     # -- building requests ---------------------------------------------------------------------
 
-    def defaults(self) -> Defaults:
+    def _defaults(self) -> Defaults:
         """What requests get for the fields they leave out: this session's settings."""
         return Defaults(
             model=self.model,
@@ -222,7 +226,7 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
         Takes the fields of ``generate``.
         """
         batches.one_request(fields)
-        return batches.prepare(prompt, self.defaults(), **fields)
+        return batches.prepare(prompt, self._defaults(), **fields)
 
     def batch(
         self,
@@ -233,7 +237,7 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
         **fields: Any,
     ) -> list[PreparedRequest]:
         """Every combination of the prompts, ``axes`` and list-valued fields, validated and priced (not sent)."""
-        return batches.build(prompt, self.defaults(), axes=axes, images=images, **fields)
+        return batches.build(prompt, self._defaults(), axes=axes, images=images, **fields)
 
     def check_budget(self, batch: Sequence[PreparedRequest], *, confirm: bool = True) -> None:
         """Refuse, before anything is sent, a batch whose estimate would pass the budget, or (unless
@@ -292,10 +296,6 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
         observer = self.observer_factory() if self.observer_factory else None
         return SweepResult(self.run(batch, observer, confirm=confirm))
 
-    def prepare_images(self, images: Any) -> tuple[ImageInput, ...]:
-        """Encode and check reference images once (e.g. for every request of a sweep)."""
-        return batches.reference_images(images, self.defaults().measure_url)
-
     def run(
         self, batch: Sequence[PreparedRequest], observer: BatchObserver | None = None, *, confirm: bool = False
     ) -> list[Result]:
@@ -344,6 +344,148 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
     def panel(self) -> Any:
         """The clickable panel on this session (ipywidgets); display it in a cell."""
         return presenter().panel(self)
+
+    # -- records back into requests (the Recovery part) -----------------------------------------
+
+    @property
+    def _recovery(self) -> Recovery:
+        return Recovery(self.store, self._defaults)
+
+    def record(self, record_id: str) -> Record:
+        """The history record ``record_id``."""
+        return self._recovery.record(record_id)
+
+    def result_of(self, record_id: str) -> Result:
+        """A stored record as a Result (its image from disk)."""
+        return self._ready_executor().result_from_record(self.record(record_id), cached=False)
+
+    def references_of(self, record: Record) -> tuple[ImageInput, ...]:
+        """The reference images of ``record`` from the history, ready to send as stored."""
+        return self._recovery.references_of(record)
+
+    def replay(self, record_id: str | os.PathLike[str], *, fresh: bool = True) -> Result:
+        """Run a recorded request again, exactly (a new record pointing back to the old one).
+
+        Takes a record id or an image file carrying its request (see ``request_from``).
+        """
+        return self.run([self._recovery.replayed(record_id, fresh=fresh)], confirm=True)[0]
+
+    def resume(self, observer: BatchObserver | None = None, *, unsent: bool = False) -> Resumed:
+        """Finish what a crash, a restart, an interrupt or a full disk left open; one result per record settled.
+
+        Submitted tasks are finished from their polling URLs while those still work. A submit cut off
+        mid-send is marked ``unknown`` (it may have created a task, so it is never resent on its own).
+        Requests never sent are sent only with ``unsent=True``. Only this process's own records (none that a
+        session here has queued or runs) and a dead local process's are taken up: submitted records another
+        running process follows (a second kernel) or another host owns are left alone and listed in the
+        result's ``elsewhere`` (``note()`` says so).
+        """
+        owed = self._ledger.flush()  # task ids and images a full disk kept in memory
+        if owed:
+            raise self._ledger.blocked
+        work = self._recovery.open_work(unsent=unsent)
+        executor = self._ready_executor()
+        settled = [executor.result_from_record(record, cached=False) for record in work.settled]
+        records, resend = work.finish, work.resend
+        if not records and not resend:
+            if settled:
+                self._notify()
+            return Resumed(settled, work.elsewhere)
+        self.check_budget(list(resend.values()))
+        if observer is not None:
+            observer.started([prepared_from_record(r) for r in records] + list(resend.values()))
+        size = len(records) + len(resend)
+        try:
+            results = relay(self._runner, lambda emit: executor.resume_batch(records, emit, resend), observer, size)
+        finally:
+            self._notify()
+        return Resumed(settled + results, work.elsewhere)
+
+    def unsent(self) -> list[Record]:
+        """Requests never sent (a crash, a restart, an interrupt): ``resume(unsent=True)`` sends them."""
+        return self._recovery.unsent()
+
+    # -- experiments: naming, reviewing, restoring, handing over (the Experiments part) ------------
+
+    @property
+    def _experiments(self) -> Experiments:
+        return Experiments(self.store, self._defaults, self._notify)
+
+    @contextlib.contextmanager
+    def experimenting(self, name: str) -> Iterator[Flux]:
+        """Record every row of the block under experiment ``name``, then restore the one before.
+
+        The ``experiment`` trait holds the name (a trait's value cannot also be called, hence this name).
+        Rows take the name current when they are written, as a batch starts: for a batch left running
+        in the background (``start``, the panel), set ``flux.experiment`` instead.
+
+        >>> with flux.experimenting("study-3"):  # doctest: +SKIP
+        ...     flux.sweep("a lighthouse", seed=[1, 2])
+        """
+        if not isinstance(name, str):
+            raise ValidationError(f"experiment name {name!r} is not text; give a name such as 'study-3'")
+        before, self.experiment = self.experiment, name
+        try:
+            yield self
+        finally:
+            self.experiment = before
+
+    def rate(self, target: Any, stars: int | None) -> list[str]:
+        """Give 0 to 5 stars (None clears) to records: ids, Results, a SweepResult, a frame or a list.
+
+        A use (a cache hit) reviews the image it showed; returns the ids of the records reviewed.
+        """
+        return self._experiments.rate(target, stars)
+
+    def note(self, target: Any, text: str | None) -> list[str]:
+        """Set a note on records (None or "" clears it); targets as for ``rate``."""
+        return self._experiments.note(target, text)
+
+    def tag(self, target: Any, add: Iterable[str] | str = (), remove: Iterable[str] | str = ()) -> list[str]:
+        """Add and remove review tags (words without commas) on records; targets as for ``rate``."""
+        return self._experiments.tag(target, add=add, remove=remove)
+
+    def favourite(self, target: Any, on: bool = True) -> list[str]:
+        """Mark records as favourites (``on=False`` unmarks); targets as for ``rate``."""
+        return self._experiments.favourite(target, on=on)
+
+    def export_image(self, result_or_id: Result | str, path: str | os.PathLike[str]) -> Path:
+        """Copy a result's image to ``path`` (a file, or a folder) with its request and review written in."""
+        return self._experiments.export_image(result_or_id, path)
+
+    def request_from(self, path: str | os.PathLike[str]) -> PreparedRequest:
+        """The request that made an image file (flux_nb's provenance, or another tool's A1111 ``parameters``),
+        validated and priced, with its reference images from this history (missing ones are named)."""
+        return self._experiments.request_from(path)
+
+    def export(self, frame_or_filter: Any = None, path: str | os.PathLike[str] | None = None, **filters: Any) -> Path:
+        """Write an experiment as one zip (rows as Parquet, CSV and SQLite, images, references, reviews).
+
+        >>> flux.export(experiment="study-3", path="study-3.zip")  # doctest: +SKIP
+        """
+        return self._experiments.export(frame_or_filter, path, **filters)
+
+    def report(
+        self,
+        frame_or_filter: Any = None,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        title: str = "flux_nb experiment",
+        **filters: Any,
+    ) -> Path:
+        """Write one self-contained HTML page (grids, a sortable table with thumbnails and reviews, the cost)."""
+        return self._experiments.report(frame_or_filter, path, title=title, **filters)
+
+    def open_bundle(self, path: str | os.PathLike[str], into: str | os.PathLike[str] | None = None) -> Flux:
+        """Unpack a bundle into ``into`` (default: a folder named after the zip) and return a session on it."""
+        from flux_nb.export import open_bundle
+
+        folder = open_bundle(path, bundle_folder(path, into))
+        names = [n for n in self.trait_names(config=True) if n not in ("history_dir", "experiment")]
+        session = type(self)(history_dir=folder, transport=self._transport, **{n: getattr(self, n) for n in names})
+        session._api_key, session._key_given = self._api_key, self._key_given
+        session.observer_factory, session.notebook_detector = self.observer_factory, self.notebook_detector
+        return session
 
     # -- history -------------------------------------------------------------------------------
 

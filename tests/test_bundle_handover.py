@@ -21,12 +21,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from flux_nb.core.batch import Defaults
 from flux_nb.errors import ValidationError
 from flux_nb.export import bundle as bundles
 from flux_nb.export.bundle import export_bundle, open_bundle
 from flux_nb.export.mlflow import _image as mlflow_image
 from flux_nb.export.report import write_report
 from flux_nb.history.store import HistoryStore
+from flux_nb.recovery import Recovery
 from flux_nb.server import EmbeddedServer
 from flux_nb.session import Flux
 from tests.experiments import make_experiment, picture
@@ -269,7 +271,7 @@ def test_a_url_input_from_a_bundle_replays_as_the_url_and_is_never_fetched(
     flux = Flux(endpoint=server.url, history_dir=tmp_path / "mine")
     opened = flux.open_bundle(bundle, into=tmp_path / "opened")
     try:
-        prepared = opened.rebuild(record_id)
+        prepared = Recovery(opened.store, Defaults).rebuild(record_id)  # priced without measuring the URL
         assert [(i.value, i.is_url) for i in prepared.inputs] == [(url, True)]
         assert prepared.request.images == (url,) and prepared.estimate_is_bound
         result = opened.replay(record_id)  # sent as the URL: the server (public addresses only) refuses it
@@ -293,7 +295,7 @@ def test_a_url_input_edited_into_a_local_path_is_never_read(
     flux = Flux(endpoint=server.url, history_dir=folder)
     try:
         with pytest.raises(ValidationError, match="not read, fetched or sent"):
-            flux.rebuild(record_id)
+            flux.replay(record_id)
     finally:
         flux.close()
 

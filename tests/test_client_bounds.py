@@ -281,7 +281,9 @@ def test_the_session_refuses_the_keys_in_its_environment_too(monkeypatch: pytest
     monkeypatch.setenv("FLUX_NB_API_KEY", KEY)
     flux = Flux(endpoint="http://127.0.0.1:9", history_dir=tmp_path)
     try:
-        assert flux.defaults().keys == (KEY,) and KEY not in repr(flux.defaults())
+        with pytest.raises(ValidationError, match="prompt holds an API key"):
+            flux.prepare(f"a {KEY}", seed=1)
+        assert KEY not in repr(Defaults(keys=(KEY,)))
         with pytest.raises(ValidationError, match="prompt holds an API key"):
             flux.batch("a dog", seed=1, vary={"animal": ["dog", KEY]})
     finally:
