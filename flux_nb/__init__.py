@@ -17,11 +17,14 @@ from flux_nb.core import backend as _backend
 from flux_nb.core import results as _results
 from flux_nb.errors import (
     AuthError,
+    BatchInterrupted,
     BudgetError,
     CreditsError,
     DeliveryError,
     FluxError,
     FluxTimeout,
+    HistoryError,
+    LargeBatchError,
     ModeratedError,
     RateLimitError,
     RecordTakenError,
@@ -79,12 +82,15 @@ _backend.use_local_starter(_start_embedded_server)
 
 __all__ = [
     "AuthError",
+    "BatchInterrupted",
     "BudgetError",
     "CreditsError",
     "DeliveryError",
     "Flux",
     "FluxError",
     "FluxTimeout",
+    "HistoryError",
+    "LargeBatchError",
     "ModeratedError",
     "RateLimitError",
     "RecordTakenError",

@@ -19,12 +19,16 @@ it as one clear line. The tree:
     │   └── UnknownOutcomeError  a submit may have reached the API: never resent blindly
     ├── DeliveryError .......... the finished image could not be downloaded or decoded
     ├── RecordTakenError ....... another request took the record up first: it is not sent twice
+    ├── HistoryError ........... the history folder cannot be read or written as asked (a full disk, a damaged file)
     └── BatchInterrupted ....... a batch was interrupted (also a KeyboardInterrupt): what was sent, what was not
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = [
     "AuthError",
@@ -34,6 +38,7 @@ __all__ = [
     "DeliveryError",
     "FluxError",
     "FluxTimeout",
+    "HistoryError",
     "LargeBatchError",
     "ModeratedError",
     "RateLimitError",
@@ -203,6 +208,19 @@ class RecordTakenError(FluxError):
     def __init__(self, message: str, *, record_status: str) -> None:
         super().__init__(message)
         self.record_status = record_status
+
+
+class HistoryError(FluxError):
+    """The history folder cannot be read or written as asked; the message names the file and the fix.
+
+    ``path`` is that file or folder; ``retryable`` says whether the same call can simply be made again once
+    the cause is gone (a full disk: free space, then resume).
+    """
+
+    def __init__(self, message: str, *, path: Path, retryable: bool = False, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.retryable = retryable
 
 
 class BatchInterrupted(FluxError, KeyboardInterrupt):

@@ -110,3 +110,107 @@ def test_every_documented_session_call_exists() -> None:
         shown.update(re.findall(r"(?<![.\w])flux\.([a-z_]+)", document.read_text()))
     assert {"generate", "sweep", "history", "rate", "replay", "export", "open_bundle", "request_from"} <= shown
     assert sorted(name for name in shown if not hasattr(Flux, name)) == []
+
+
+# -- every error a user can meet is in errors.py's tree and exported --------------------------------------
+
+# Exceptions that never reach a user of the client: each is caught where it is raised, or answered over HTTP
+# by the local server (whose clients meet the FluxError of that answer), or printed by flux-nb as one line.
+INTERNAL = {
+    "_TextTooLarge": "metadata/containers: stops inflating an oversized text chunk; caught in the same module",
+    "TooLarge": "http/read_limits: a body past its cap; http/exchange raises the call's FluxError instead",
+    "Stalled": "http/read_limits: a download stalled; http/exchange raises TransportError instead",
+    "Transient": "http/retry: marks an attempt to retry; RetryPolicy raises the FluxError it carries",
+    "ProbeRefused": "http/probe: a URL not measured; the request is priced at the largest size instead",
+    "APIError": "server: the local server's error answer, turned into an HTTP response by its handler",
+    "JobRefused": "server/engines: an engine refusing a job, answered 422 by the submit route",
+    "TooManyActiveTasks": "server/task_table: answered 429 by the submit route",
+    "BodyTooLarge": "server/app: a request body past the cap, answered 413",
+    "OutboundRefused": "server/outbound: a reference URL the server may not fetch; logged, the fetch fails",
+    "InjectedDrop": "server/fault_injection: a connection dropped on purpose by the test server",
+    "ReplicaLost": "server/ray_serve: a replica died twice; the task ends with status Error (TaskFailedError)",
+    "EngineUnavailable": "server/engines: flux-nb serve cannot start the engine; cli prints it as one line",
+    "RayUnavailable": "server/ray_serve: flux-nb serve --ray cannot start; cli prints it as one line",
+}
+
+
+def exception_classes(package: Path = PACKAGE) -> dict[str, str]:
+    """Every class ``package`` defines that derives from an exception (by its bases' names), with its module."""
+    import builtins
+
+    import flux_nb.errors
+
+    bases: dict[str, tuple[str, list[str]]] = {}
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                names = [
+                    b.id if isinstance(b, ast.Name) else b.attr
+                    for b in node.bases
+                    if isinstance(b, ast.Name | ast.Attribute)
+                ]
+                bases[node.name] = (".".join(path.relative_to(package.parent).with_suffix("").parts), names)
+    known = {
+        n
+        for n in dir(builtins)
+        if isinstance(getattr(builtins, n), type) and issubclass(getattr(builtins, n), BaseException)
+    }
+    known |= {n for n in vars(flux_nb.errors) if isinstance(getattr(flux_nb.errors, n), type)} | {"Error", "TraitError"}
+    found: dict[str, str] = {}
+    while True:
+        more = {
+            name: module
+            for name, (module, names) in bases.items()
+            if name not in found and set(names) & (known | set(found))
+        }
+        if not more:
+            return found
+        found.update(more)
+
+
+def raised_names(package: Path = PACKAGE) -> set[str]:
+    """The class names in ``raise Name(...)`` and ``raise Name`` anywhere in ``package``."""
+    names: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+                if isinstance(target, ast.Name) and target.id[:1].isupper():
+                    names.add(target.id)
+    return names
+
+
+def test_every_user_error_sits_in_errors_and_is_exported() -> None:
+    import flux_nb
+    import flux_nb.errors
+
+    classes = exception_classes()
+    assert {"HistoryError", "LargeBatchError", "BatchInterrupted", "Transient"} <= set(classes)
+    assert set(INTERNAL) <= set(classes), sorted(set(INTERNAL) - set(classes))  # no stale exemption
+    user = {name: module for name, module in classes.items() if name not in INTERNAL}
+    assert {name: module for name, module in user.items() if module != "flux_nb.errors"} == {}
+    assert sorted(set(user) - set(flux_nb.errors.__all__)) == []
+    assert sorted(set(flux_nb.errors.__all__) - set(flux_nb.__all__)) == []
+    assert all(getattr(flux_nb, name) is getattr(flux_nb.errors, name) for name in flux_nb.errors.__all__)
+
+
+def test_every_raised_class_is_a_user_error_or_listed_internal() -> None:
+    """What ``raise`` names is a builtin, starlette's HTTPException (the local server's answer), or one of ours:
+    exported, or listed internal."""
+    import builtins
+
+    import flux_nb.errors
+
+    ours = set(exception_classes())
+    raised = {name for name in raised_names() if not hasattr(builtins, name)}
+    assert sorted(raised - ours) == ["HTTPException"]
+    assert sorted((raised & ours) - set(flux_nb.errors.__all__) - set(INTERNAL)) == []
+
+
+def test_the_error_walk_sees_an_error_class_outside_errors(tmp_path: Path) -> None:
+    probe = tmp_path / "flux_nb"
+    probe.mkdir()
+    (probe / "store.py").write_text(
+        "from flux_nb.errors import FluxError\nclass HistoryError(FluxError): ...\nclass Nested(HistoryError): ...\n"
+    )
+    assert set(exception_classes(probe)) == {"HistoryError", "Nested"}

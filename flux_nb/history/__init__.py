@@ -4,8 +4,8 @@
 are ``HistoryError``. Importing the package does not import pandas: frames import it when built.
 """
 
+from flux_nb.errors import HistoryError
 from flux_nb.history.records import Record, RecordStatus, request_key
-from flux_nb.history.storage_errors import HistoryError
 from flux_nb.history.store import HistoryStore
 
 __all__ = ["HistoryError", "HistoryStore", "Record", "RecordStatus", "request_key"]

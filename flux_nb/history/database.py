@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from flux_nb.errors import HistoryError
 from flux_nb.history import schema, storage_errors
-from flux_nb.history.storage_errors import HistoryError
 from flux_nb.sqlite import WriterLock, in_immediate_transaction
 
 # SQLite's own wait for a lock; then, for the few cases where it answers "locked" at once, we retry this long.

@@ -12,17 +12,7 @@ import errno
 import sqlite3
 from pathlib import Path
 
-from flux_nb.errors import FluxError
-
-
-class HistoryError(FluxError):
-    """The history folder cannot be read or written as asked; the message names the file and the fix."""
-
-    def __init__(self, message: str, *, path: Path, retryable: bool = False, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.path = path
-        self.retryable = retryable
-
+from flux_nb.errors import HistoryError
 
 DISK_FULL_HINT = "free space on that disk, then resume: nothing already written was lost"
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flux_nb.errors import RecordTakenError
+from flux_nb.errors import HistoryError, RecordTakenError
 from flux_nb.history import storage_errors
 from flux_nb.history.database import BUSY_TIMEOUT_S, Database, next_seq
 from flux_nb.history.files import url_reference, write_file
@@ -43,7 +43,6 @@ from flux_nb.history.records import (
 )
 from flux_nb.history.review import Reviews
 from flux_nb.history.schema import COLUMNS, DATABASE, FRAME_COLUMNS, RECORD_FIELDS, select_list
-from flux_nb.history.storage_errors import HistoryError
 from flux_nb.images import ImageInput, sha256_hex
 from flux_nb.owners import owner_is_gone, process_owner
 from flux_nb.protocol import FluxRequest
