@@ -138,6 +138,7 @@ TARGETS: dict[str, Target] = {
     "addresses": Target(
         ("flux_nb/addresses.py",), ("tests/test_reference_probe.py", CLIENT_BOUNDS), CLIENT_BOUNDS_SERVERS
     ),
+    "settings": Target(("flux_nb/settings.py",), ("tests/test_settings_config.py", "tests/test_guard.py")),
     "outbound": Target(
         ("flux_nb/server/outbound.py",),
         ("tests/test_server_bounds.py", "tests/test_server_security.py"),

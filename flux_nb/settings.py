@@ -30,8 +30,7 @@ class PositiveFloat(Float[float, float]):
     """A finite number above 0 (a duration)."""
 
     def validate(self, obj: Any, value: Any) -> float:
-        name = str(self.name)
-        return spending.positive(name, super().validate(obj, value), most=LIMITS.get(name))
+        return spending.positive(str(self.name), super().validate(obj, value))
 
 
 class PositiveInt(Int[int, int]):
