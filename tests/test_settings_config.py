@@ -135,3 +135,22 @@ def test_the_error_says_what_the_setting_takes(tmp_path: Path, name: str, bad: A
         assert str(refused.value) == says
     finally:
         flux.close()
+
+
+def test_a_config_file_with_an_invalid_value_is_refused(tmp_path: Path) -> None:
+    """A traitlets config file (``c.Flux.budget = ...``), loaded as Jupyter loads one."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    (tmp_path / "good_config.py").write_text("c.Flux.budget = 20.0\nc.Flux.task_timeout = 90.0\n")
+    (tmp_path / "bad_config.py").write_text("c.Flux.budget = float('nan')\n")
+    good = PyFileConfigLoader("good_config.py", path=str(tmp_path)).load_config()
+    bad = PyFileConfigLoader("bad_config.py", path=str(tmp_path)).load_config()
+    flux = Flux(history_dir=tmp_path / "history", config=good)
+    try:
+        with pytest.raises(ValidationError, match=r"Flux\.budget must be a number, got nan"):
+            flux.update_config(bad)
+        assert (flux.budget, flux.task_timeout) == (20.0, 90.0)
+    finally:
+        flux.close()
+    with pytest.raises(ValidationError, match=r"Flux\.budget must be a number, got nan"):
+        Flux(history_dir=tmp_path / "history", config=bad)
