@@ -74,7 +74,7 @@ def resolve_image(value: str, namespace: dict[str, Any], keys: Sequence[str] = (
     return found
 
 
-class MagicError(Exception):
+class FluxMagicError(Exception):
     """A failed ``%flux``/``%%flux``: the cell fails (Run All stops) and IPython shows one line, not a traceback."""
 
     def __init__(self, error: FluxError) -> None:
@@ -85,13 +85,13 @@ class MagicError(Exception):
         return [f"flux_nb: {in_notebook_words(self.error)}"]
 
 
-class MagicUsageError(MagicError, UsageError):
+class FluxUsageError(FluxMagicError, UsageError):
     """Bad input to the magic (an option, a verb, a value): nothing was sent."""
 
 
-def failure(error: FluxError) -> MagicError:
+def failure(error: FluxError) -> FluxMagicError:
     """The exception a failed magic raises for ``error``."""
-    return MagicUsageError(error) if isinstance(error, ValidationError) else MagicError(error)
+    return FluxUsageError(error) if isinstance(error, ValidationError) else FluxMagicError(error)
 
 
 def cell_parser() -> CommandParser:
@@ -313,14 +313,14 @@ def _cell_line(label: str, result: Result) -> str:
 
 def _show_flux_error(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> None:
     """Show a FluxError raised in a cell (by the magics too) as one clear line, not a traceback."""
-    error = value.error if isinstance(value, MagicError) else value
+    error = value.error if isinstance(value, FluxMagicError) else value
     if isinstance(error, FluxError):
         show_error(error)
         return None
     return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
 
 
-CUSTOM_EXCEPTIONS = (FluxError, MagicError)
+CUSTOM_EXCEPTIONS = (FluxError, FluxMagicError)
 
 
 def load_ipython_extension(ipython: Any) -> None:

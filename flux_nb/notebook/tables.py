@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from flux_nb.notebook.render import thumb_img
+from flux_nb.notebook.render import shown_path, thumb_img
 
 HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")
 EMPTY_HISTORY = "no history yet: run a %%flux cell"
@@ -57,11 +57,14 @@ def history_html(frame: pd.DataFrame, limit: int = 20, thumbnail_size: int = 128
 
 
 def history_text(frame: pd.DataFrame, limit: int = 20, empty: str = EMPTY_HISTORY) -> str:
-    """The newest ``limit`` history rows as a plain text table, with each image's path (``empty`` if none)."""
+    """The newest ``limit`` history rows as a plain text table, with each image's path as captions show it
+    (relative to the working directory), or ``empty`` if none."""
     rows = _history_rows(frame, limit, prompt_width=40)
     if not rows:
         return empty
-    table = pd.DataFrame([[*values, path or ""] for path, values in rows], columns=[*HISTORY_COLUMNS, "image"])
+    table = pd.DataFrame(
+        [[*values, shown_path(path) if path else ""] for path, values in rows], columns=[*HISTORY_COLUMNS, "image"]
+    )
     return table.to_string(index=False)
 
 
