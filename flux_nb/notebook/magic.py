@@ -175,8 +175,12 @@ class FluxMagics(Magics):
         images = [resolve_image(unquote(v), ns, keys) for v in options.image or []]
         batch, varies = request_batch(session, prompts, options, images, vary)
         rich = render.is_rich()
-        observer = BatchProgress() if rich or not varies else GridOrderProgress()
-        results = session.run(batch, observer, confirm=options.yes)
+        observer = BatchProgress() if rich else GridOrderProgress() if varies else TerminalProgress()
+        try:
+            results = session.run(batch, observer, confirm=options.yes)
+        finally:
+            if isinstance(observer, TerminalProgress):
+                observer.stop()
         outcome: Result | SweepResult = results[0] if len(results) == 1 and not varies else SweepResult(results)
         if isinstance(outcome, SweepResult):
             if rich:
@@ -263,7 +267,15 @@ def _misplaced(words: list[str]) -> str:
     )
 
 
-class GridOrderProgress(BatchProgress):
+class TerminalProgress(BatchProgress):
+    """Terminal progress whose live line is cleared when the run stops, however it stops (Ctrl-C included), so
+    what is said next starts on its own line."""
+
+    def stop(self) -> None:
+        self._clear_terminal()
+
+
+class GridOrderProgress(TerminalProgress):
     """Terminal progress for a sweep: the live line only; the results are listed in grid order at the end."""
 
     def finished(self, event: Finished) -> None:
@@ -295,7 +307,7 @@ def print_sweep(sweep: SweepResult, progress: BatchProgress, history_dir: Path) 
     target = commands.free_path(history_dir / "grids", f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     saved = commands.save_grid(drawn, target)
     for path in saved if isinstance(saved, list) else [saved]:
-        print(f"flux_nb: grid saved to {path}")
+        print(f"flux_nb: grid saved to {shown_path(path)}")
 
 
 def _value_text(value: Any) -> str:
