@@ -81,15 +81,8 @@ class Verb:
 VERBS: dict[str, Verb] = {}
 
 
-def _no_options(parser: argparse.ArgumentParser) -> None:
-    return None
-
-
 def verb(
-    summary: str,
-    usage: str = "",
-    arguments: Callable[[argparse.ArgumentParser], None] = _no_options,
-    **flags: bool,
+    summary: str, usage: str = "", arguments: Callable[[argparse.ArgumentParser], None] = lambda _: None, **flags: bool
 ) -> Callable[[Run], Run]:
     """Register a verb under its function's name."""
 
@@ -105,13 +98,6 @@ def names(front: Front) -> list[str]:
     return [name for name, v in VERBS.items() if front.prog == MAGIC or not v.notebook_only]
 
 
-def parser_for(v: Verb, front: Front) -> CommandParser:
-    """The verb's options as ``front`` takes them (the CLI adds where the history is)."""
-    parser = CommandParser(f"{front.prog} {v.name}", f"{front.prog} {v.name} {v.usage}".strip())
-    v.arguments(parser)
-    return parser
-
-
 def settle(v: Verb, options: argparse.Namespace, extra: list[str], parser: KnownOptions) -> argparse.Namespace:
     """Words the parser left: a verb's own ``-word`` words, else a mistake naming the nearest option."""
     if v.minus_words:
@@ -124,7 +110,9 @@ def settle(v: Verb, options: argparse.Namespace, extra: list[str], parser: Known
 
 
 def parse(v: Verb, words: Sequence[str], front: Front) -> argparse.Namespace:
-    parser = parser_for(v, front)
+    """The verb's options in ``words``; a mistake is one ValidationError line with the verb's usage."""
+    parser = CommandParser(f"{front.prog} {v.name}", f"{front.prog} {v.name} {v.usage}".strip())
+    v.arguments(parser)
     try:
         options, extra = parser.parse_known_args(list(words))
     except argparse.ArgumentError as exc:
