@@ -178,3 +178,15 @@ def test_a_terminal_sweep_lists_relative_paths(ipython: InteractiveShell, tmp_pa
     listed = [line for line in captured.stdout.splitlines() if "saved" in line]
     assert len(listed) == 3 and str(tmp_path) not in captured.stdout
     assert all("saved .flux/images/" in line for line in listed[:2])
+
+
+def test_verbs_take_the_magics_words_in_the_shell_too(server: Any, here: Path, capsys: Any) -> None:
+    _, made, _ = flux_nb(capsys, "generate", "a cup", "--seed", "1", "--size", "64x64", "--endpoint", server.url)
+    record = record_of(made[0])
+    assert flux_nb(capsys, "tag", record, "+best", "+draft")[:2] == (0, ["tags +best +draft on 1 image"])
+    assert flux_nb(capsys, "tag", record, "-draft")[:2] == (0, ["tags -draft on 1 image"])
+    assert records(here).loc[record, "tags"] == "best"
+    with pytest.raises(SystemExit) as refused:
+        main(["tag", record, "--add", "x", "--bogus"])
+    assert refused.value.code == 2 and "unknown option --bogus" in capsys.readouterr().err
+    assert records(here).loc[record, "tags"] == "best"

@@ -101,7 +101,7 @@ def names(front: Front) -> list[str]:
 def settle(v: Verb, options: argparse.Namespace, extra: list[str], parser: KnownOptions) -> argparse.Namespace:
     """Words the parser left: a verb's own ``-word`` words, else a mistake naming the nearest option."""
     if v.minus_words:
-        minus = [w for w in extra if w.startswith("-") and w.split("=")[0] not in parser.known]
+        minus = [w for w in extra if w[:1] == "-" and w[1:2] not in ("-", "") and w not in parser.known]
         options.remove = [*options.remove, *(w[1:] for w in minus)]
         extra = [w for w in extra if w not in minus]
     if extra:
