@@ -169,12 +169,17 @@ def test_ctrl_c_in_terminal_ipython_clears_the_progress_line_first(
     assert terminal.getvalue() and screen(terminal.getvalue()) == []
 
 
-def test_a_terminal_sweep_lists_relative_paths(ipython: InteractiveShell, tmp_path: Path) -> None:
+def test_a_terminal_sweep_lists_relative_paths_and_leaves_no_progress_line(
+    ipython: InteractiveShell, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     ipython.run_cell(f"import os; os.chdir({str(tmp_path)!r})")
     ipython.user_ns["flux"].history_dir = str(tmp_path / ".flux")
     ipython.display_formatter.active_types = ["text/plain"]
-    with capture_output() as captured:
+    with capture_output(stderr=False) as captured:
         ipython.run_cell("%%flux --seed 1,2 --size 64x64\na cup")
+    assert terminal.getvalue() and screen(terminal.getvalue()) == []
     listed = [line for line in captured.stdout.splitlines() if "saved" in line]
     assert len(listed) == 3 and str(tmp_path) not in captured.stdout
     assert all("saved .flux/images/" in line for line in listed[:2])
