@@ -20,6 +20,12 @@ PUSHED = "experiment == 'exp-7' and seed % 3 == 0"
 NOT_PUSHED = "seed < 1000"
 
 
+def said(flux: Flux, name: str, *words: str) -> str:
+    """A verb's text, as ``%flux NAME WORDS`` prints it in a terminal."""
+    verb, front = commands.VERBS[name], commands.Front()
+    return repr(verb.run(flux, commands.parse(verb, words, front), front))
+
+
 def measure(rows: int) -> dict[str, Any]:
     """Seconds for each verb (the rows it reads plus its text table), and for the whole-frame way."""
     with tempfile.TemporaryDirectory() as folder:
@@ -31,11 +37,11 @@ def measure(rows: int) -> dict[str, Any]:
             figures: dict[str, Any] = {
                 "rows": rows,
                 "whole_frame_s": whole,
-                "history_20_s": best(lambda: repr(commands.history(flux, ["20"])))[0],
-                "history_20_tag_s": best(lambda: repr(commands.history(flux, ["20", "--tag", "tag3"])))[0],
-                "cost_s": best(lambda: repr(commands.cost(flux, [])))[0],
+                "history_20_s": best(lambda: said(flux, "history", "20"))[0],
+                "history_20_tag_s": best(lambda: said(flux, "history", "20", "--tag", "tag3"))[0],
+                "cost_s": best(lambda: said(flux, "cost"))[0],
                 "cost_experiment_s": best(lambda: tables.cost_text(flux.store.spent(experiment="exp-3")))[0],
-                "cost_tag_s": best(lambda: repr(commands.cost(flux, ["--tag", "tag3"])))[0],
+                "cost_tag_s": best(lambda: said(flux, "cost", "--tag", "tag3"))[0],
                 "where_pushed_s": best(lambda: selection.select(flux, PUSHED))[0],
                 "where_pushed_rows": len(selection.select(flux, PUSHED)),
                 "where_not_pushed_s": best(lambda: selection.select(flux, NOT_PUSHED), repeat=2)[0],

@@ -77,6 +77,13 @@ def load_ipython_extension(ipython: object) -> None:
     load(ipython)
 
 
+def unload_ipython_extension(ipython: object) -> None:
+    """``%unload_ext flux_nb`` (``%reload_ext`` too): the magics and their session go, leaving none behind."""
+    from flux_nb.notebook.magic import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 _results.use_presenter(_NotebookPresenter())
 _backend.use_local_starter(_start_embedded_server)
 
@@ -105,4 +112,5 @@ __all__ = [
     "__version__",
     "grid",
     "load_ipython_extension",
+    "unload_ipython_extension",
 ]

@@ -14,25 +14,14 @@ from flux_nb.cli_client import (
     EXIT_INPUT,
     Handler,
     add_generate_parser,
-    common_options,
-    cost,
+    add_verb_parsers,
     exit_code,
-    export,
-    favourite,
-    filter_options,
     generate,
-    grid,
-    history,
     in_cli_words,
-    note,
-    rate,
-    replay,
-    report,
-    resume,
-    tag,
 )
 from flux_nb.errors import FluxError
-from flux_nb.notebook.commands import unknown_words
+from flux_nb.notebook import commands
+from flux_nb.notebook.command_line import KnownOptions, unknown_words
 
 if TYPE_CHECKING:
     import socket
@@ -196,7 +185,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, object]:
 
 def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``serve`` sub-command's options."""
-    p = commands.add_parser("serve", help="run the local BFL-compatible server")
+    p = commands.add_parser("serve", help="run the local BFL-compatible server", formatter_class=DefaultsShown)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8800, help="port (0 picks a free one)")
     p.add_argument("--latency", type=float, default=0.0, help="simulated generation seconds")
@@ -292,89 +281,49 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
     ray.add_argument("--cpus-per-replica", type=float, help="CPUs per replica (default 1)")
 
 
-# -- client options --------------------------------------------------------------------------------------
+# -- the command line ------------------------------------------------------------------------------------
 
 
-def add_client_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
-    """The sub-commands that read the history or send through a session, and their handlers."""
-    add_generate_parser(commands)
-    h = commands.add_parser("history", help="show the newest requests", epilog=EXIT_CODES)
-    h.add_argument("rows", nargs="?", type=int, help="rows to show (default 20)")
-    h.add_argument("-n", type=int, default=20, help=argparse.SUPPRESS)
-    filter_options(h)
-    common_options(h, endpoint=False)
-    c = commands.add_parser("cost", help="credits by model and backend, billed and not billed apart", epilog=EXIT_CODES)
-    filter_options(c)
-    common_options(c, endpoint=False)
-    gr = commands.add_parser("grid", help="save a grid of history images as PNG", epilog=EXIT_CODES)
-    gr.add_argument("--x", help="field across (default seed)")
-    gr.add_argument("--y", help="field down (default prompt)")
-    gr.add_argument("--z", help="field that makes pages (one PNG each)")
-    gr.add_argument("--where", help="pandas query on the history, e.g. \"model == 'flux-2-pro' and seed > 3\"")
-    gr.add_argument("--save", help="PNG path (default: a new file in the history's grids folder)")
-    filter_options(gr)
-    common_options(gr, endpoint=False)
-    r = commands.add_parser("replay", help="send a recorded request again", epilog=EXIT_CODES)
-    r.add_argument("target", help="a record id (see history) or an image file flux_nb wrote")
-    r.add_argument("-o", "--out", help="copy the new image to this file or folder")
-    common_options(r)
-    rs = commands.add_parser("resume", help="finish tasks a stopped process left open", epilog=EXIT_CODES)
-    rs.add_argument("--unsent", action="store_true", help="also send requests that were never sent")
-    common_options(rs)
-    rt = commands.add_parser("rate", help="rate images 0-5 stars", epilog=EXIT_CODES)
-    rt.add_argument("ids", nargs="+", help="record ids")
-    rt.add_argument("stars", help="0 to 5, or none to clear")
-    common_options(rt, endpoint=False)
-    n = commands.add_parser("note", help="note on an image", epilog=EXIT_CODES)
-    n.add_argument("id", help="record id")
-    n.add_argument("text", nargs="*", help="the note")
-    n.add_argument("--clear", action="store_true", help="remove the note")
-    common_options(n, endpoint=False)
-    t = commands.add_parser("tag", help="add or remove review tags", epilog=EXIT_CODES)
-    t.add_argument("ids", nargs="+", help="record ids")
-    t.add_argument("--add", action="append", default=[], metavar="TAG", help="tag to add (repeatable)")
-    t.add_argument("--remove", action="append", default=[], metavar="TAG", help="tag to remove (repeatable)")
-    common_options(t, endpoint=False)
-    f = commands.add_parser("favourite", help="mark images as favourites", epilog=EXIT_CODES)
-    f.add_argument("ids", nargs="+", help="record ids")
-    f.add_argument("--off", action="store_true", help="unmark them")
-    common_options(f, endpoint=False)
-    for name, what in (("export", "a self-contained .zip bundle"), ("report", "one self-contained HTML page")):
-        e = commands.add_parser(name, help=f"write the history (or part of it) as {what}", epilog=EXIT_CODES)
-        e.add_argument("path", help="file to write")
-        filter_options(e)
-        if name == "report":
-            e.add_argument("--title", help="page title (default: the experiment or tag)")
-        common_options(e, endpoint=False)
-    return {
-        "generate": generate, "history": history, "cost": cost, "grid": grid, "replay": replay, "resume": resume,
-        "rate": rate, "note": note, "tag": tag, "favourite": favourite, "export": export, "report": report,
-    }  # fmt: skip
+class DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that ends each option with its default, where there is one to say and the text does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default in ([], "") or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
-    parser = argparse.ArgumentParser(
+def build_parser() -> tuple[KnownOptions, dict[str, Callable[[argparse.Namespace], int]]]:
+    parser = KnownOptions(
         prog="flux-nb",
         description="FLUX.2 image generation: server, client, history.",
         epilog=EXIT_CODES,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    add_serve_parser(commands)
-    handlers = add_client_parsers(commands)
-    return parser, {"serve": serve, **handlers}
+    subparsers: Any = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(subparsers)
+    add_generate_parser(subparsers)
+    handlers: dict[str, Handler] = {"serve": serve, "generate": generate, **add_verb_parsers(subparsers)}
+    parser.subcommands = subparsers.choices
+    return parser, handlers
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # say which option was meant, as the notebook magic does
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
-        sub.error(unknown_words(extra, list(sub._option_string_actions)))
     try:
+        args, extra = parser.parse_known_args(argv)
+        sub = parser.subcommands[args.command]
+        if verb := commands.VERBS.get(args.command):
+            args = commands.settle(verb, args, extra, sub)
+        elif extra:  # say which option was meant, as the notebook magic does
+            sub.error(unknown_words(extra, sub.known, f"flux-nb {args.command} --help"))
         return handlers[args.command](args)
     except FluxError as exc:
         print(f"flux-nb: {in_cli_words(exc)}", file=sys.stderr)
         return exit_code(exc)
+    except KeyboardInterrupt:
+        print("\nflux-nb: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -139,11 +139,9 @@ class ModeratedError(FluxError):
         *,
         task_status: str = "",
         reasons: list[str] | None = None,
-        status: int | str | None = None,
+        status: int | None = None,
         answer: Any = None,
     ) -> None:
-        if isinstance(status, str):  # the task status, as older callers name it
-            task_status, status = status, None
         super().__init__(message, status=status, answer=answer)
         self.task_status = task_status
         self.reasons = reasons or []

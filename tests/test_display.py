@@ -199,7 +199,7 @@ def test_a_single_requests_line_moves_on_ticks_and_learns_the_time_left(
 
 
 def test_failures_are_one_line_without_traceback(tmp_path: Path) -> None:
-    error = ModeratedError("the generated image was moderated (not charged)", status="Content Moderated")
+    error = ModeratedError("the generated image was moderated (not charged)", task_status="Content Moderated")
     failed = ready(tmp_path, status="moderated", path=None, error=error)
     text = html.unescape(display.result_html(failed))
     assert "moderated: the generated image was moderated" in text and "rephrase the prompt" in text

@@ -276,7 +276,7 @@ def test_from_results_using_their_labels(tmp_path: Path) -> None:
 def test_from_results_with_a_failure_and_attribute_axes(tmp_path: Path) -> None:
     ok = Result("r0", "ready", "p", "m", 1, 64, 64, path=Path(image_file(tmp_path, "0.png", (64, 64), COLOURS[0])))
     ok.engine = "preview"
-    moderated = ModeratedError("output moderated", status="Content Moderated")
+    moderated = ModeratedError("output moderated", task_status="Content Moderated")
     failed = Result("r1", "moderated", "p", "m", 2, 64, 64, error=moderated, engine="preview")
     page = grid([ok, failed], x="seed", y="engine", cell=100)
     assert page.cells == {(1, "preview"): "r0", (2, "preview"): "r1"}

@@ -631,7 +631,6 @@ def test_a_review_that_fails_is_shown_and_the_card_keeps_what_is_stored(
     assert review.heart.value is False and review.heart.button_style == ""
 
 
-@pytest.mark.skipif(not hasattr(Flux, "rate"), reason="needs the session's review API")
 def test_a_star_click_reaches_the_history(flux: Flux) -> None:
     panel, result = generated(flux, "a red kite over a hill")
     review = panel.gallery.reviews[result.record_id]

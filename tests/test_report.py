@@ -53,8 +53,8 @@ def test_the_summary_splits_billed_from_not_billed_credits(store: HistoryStore, 
     ready = frame[frame["status"] == "ready"]
     billed = ready[ready["backend"] == "bfl"]
     assert len(billed) == 6 and billed["cost"].sum() == pytest.approx(8.4)
-    assert "credits billed (BFL API)</span><br><b>8.4 over 6 images" in page
-    assert "credits not billed (local)</span><br><b>0 over 5 images" in page
+    assert "credits billed (BFL API)</span><br><b>8.40 over 6 images" in page
+    assert "credits not billed (local)</span><br><b>0.00 over 5 images" in page
     assert "not ready</span><br><b>1<" in page
 
 

@@ -129,7 +129,7 @@ def _cell(name: str, row: Mapping[str, Any]) -> tuple[str, str]:
         text = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
         return text, text
     if isinstance(value, float):
-        return f"{value:g}", repr(value)
+        return f"{value:.2f}" if name == "credits" else f"{value:g}", repr(value)
     return str(value), str(value).lower() if isinstance(value, str) else str(value)
 
 
@@ -143,8 +143,8 @@ def _summary(frame: pd.DataFrame) -> str:
         ("rows", f"{len(frame)}"),
         ("ready", f"{len(ready)}"),
         ("not ready", f"{len(frame) - len(ready)}"),
-        ("credits billed (BFL API)", f"{billed:g} over {sum(billed_mask)} images"),
-        ("credits not billed (local)", f"{not_billed:g} over {len(billed_mask) - sum(billed_mask)} images"),
+        ("credits billed (BFL API)", f"{billed:.2f} over {sum(billed_mask)} images"),
+        ("credits not billed (local)", f"{not_billed:.2f} over {len(billed_mask) - sum(billed_mask)} images"),
     ]
     items = "".join(
         f'<div><span class="muted">{html.escape(k)}</span><br><b>{html.escape(v)}</b></div>' for k, v in parts

@@ -1,34 +1,54 @@
-"""The ``%flux`` verbs: history, replay, resume, cost, grid, login, panel, experiment and the review verbs
-(rate, note, tag, favourite), export and report.
+"""Every ``%flux`` and ``flux-nb`` verb, defined once: its options, its checks and what it does.
 
-Each verb returns an object that shows itself: HTML in a notebook, text in a terminal (IPython
-asks for the form its front end renders, so thumbnails are never built for a terminal).
+``VERBS`` is the one table: the magic and the CLI only adapt (parse a line or argv with ``parser_for``, open
+the session, show the returned ``Shown``: HTML in a notebook, text in a terminal or a shell).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import getpass
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from flux_nb.core.results import Result
 from flux_nb.errors import ValidationError
 from flux_nb.notebook import render
+from flux_nb.notebook.command_line import CommandParser, KnownOptions, unknown_words
 from flux_nb.notebook.progress import BatchProgress
 from flux_nb.session import Flux
 
-GRID_USAGE = "[--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--experiment NAME] [--tag TAG] [--save PATH]"
+MAGIC, CLI = "%flux", "flux-nb"
+
+
+@dataclass(frozen=True)
+class Front:
+    """Where a verb runs: ``prog`` names it in messages (``%flux`` or ``flux-nb``); ``rich`` when HTML shows."""
+
+    prog: str = MAGIC
+    rich: bool = False
+    observer: Callable[[], Any] = BatchProgress
+
+    @property
+    def cli(self) -> bool:
+        return self.prog == CLI
+
+    def say(self, text: str) -> str:
+        """A message line: the magic says who speaks; the CLI's output is its own."""
+        return text if self.cli else f"flux_nb: {text}"
 
 
 class Shown:
-    """Something a ``%flux`` verb returns: ``html`` in a notebook, ``text`` in a terminal."""
+    """What a verb returns: ``html`` in a notebook, ``text`` in a terminal; ``results`` it sent, if any."""
 
-    def __init__(self, text: Callable[[], str], html: Callable[[], str] | None = None) -> None:
-        self._text, self._html = text, html
+    def __init__(
+        self, text: Callable[[], str], html: Callable[[], str] | None = None, results: Sequence[Result] = ()
+    ) -> None:
+        self._text, self._html, self.results = text, html, list(results)
 
     @property
     def has_html(self) -> bool:
@@ -41,140 +61,213 @@ class Shown:
         return self._text()
 
 
-class _Parser(argparse.ArgumentParser):
-    """Options of one verb; a mistake is one ValidationError line naming the verb and its usage."""
-
-    def __init__(self, verb: str, usage: str) -> None:
-        super().__init__(prog=f"%flux {verb}", add_help=False, exit_on_error=False, allow_abbrev=False)
-        self.verb_usage = f"%flux {verb} {usage}"
-
-    def error(self, message: str) -> NoReturn:
-        raise ValidationError(f"{self.prog}: {message} (usage: {self.verb_usage})")
-
-    def parse(self, rest: list[str]) -> argparse.Namespace:
-        try:
-            options, extra = self.parse_known_args(rest)
-        except argparse.ArgumentError as exc:
-            return self.error(str(exc))
-        if extra:
-            self.error(unknown_words(extra, list(self._option_string_actions)))
-        return options
+Run = Callable[[Flux, argparse.Namespace, Front], Any]
 
 
-def unknown_words(extra: list[str], known: list[str]) -> str:
-    """``unrecognized arguments: --sed (did you mean --seed?)``: the nearest known option, if any is near."""
-    text = f"unrecognized arguments: {' '.join(extra)}"
-    for word in extra:
-        if word.startswith("-") and (near := difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)):
-            return f"{text} (did you mean {near[0]}?)"
-    return text
+@dataclass(frozen=True)
+class Verb:
+    """One verb: its summary and usage, its options (``arguments``) and what it does (``run``)."""
+
+    name: str
+    summary: str
+    usage: str
+    run: Run
+    arguments: Callable[[argparse.ArgumentParser], None]
+    notebook_only: bool = False
+    sends: bool = False  # talks to a server (the CLI takes --endpoint)
+    minus_words: bool = False  # words like -draft are the verb's own (tags to remove), not options
 
 
-def _filtered(verb: str, usage: str, *positional: tuple[str, dict[str, Any]]) -> _Parser:
-    parser = _Parser(verb, usage)
-    for name, options in positional:
-        parser.add_argument(name, **options)
+VERBS: dict[str, Verb] = {}
+
+
+def verb(
+    summary: str, usage: str = "", arguments: Callable[[argparse.ArgumentParser], None] = lambda _: None, **flags: bool
+) -> Callable[[Run], Run]:
+    """Register a verb under its function's name."""
+
+    def register(run: Run) -> Run:
+        VERBS[run.__name__] = Verb(run.__name__, summary, usage, run, arguments, **flags)
+        return run
+
+    return register
+
+
+def names(front: Front) -> list[str]:
+    """The verbs a front end offers, in the table's order."""
+    return [name for name, v in VERBS.items() if front.prog == MAGIC or not v.notebook_only]
+
+
+def settle(v: Verb, options: argparse.Namespace, extra: list[str], parser: KnownOptions) -> argparse.Namespace:
+    """Words the parser left: a verb's own ``-word`` words, else a mistake naming the nearest option."""
+    if v.minus_words:
+        minus = [w for w in extra if w[:1] == "-" and w[1:2] not in ("-", "") and w not in parser.known]
+        options.remove = [*options.remove, *(w[1:] for w in minus)]
+        extra = [w for w in extra if w not in minus]
+    if extra:
+        parser.error(unknown_words(extra, parser.known))
+    return options
+
+
+def parse(v: Verb, words: Sequence[str], front: Front) -> argparse.Namespace:
+    """The verb's options in ``words``; a mistake is one ValidationError line with the verb's usage."""
+    parser = CommandParser(f"{front.prog} {v.name}", f"{front.prog} {v.name} {v.usage}".strip())
+    v.arguments(parser)
+    try:
+        options, extra = parser.parse_known_args(list(words))
+    except argparse.ArgumentError as exc:
+        parser.error(str(exc))
+    return settle(v, options, extra, parser)
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="only this experiment's rows")
     parser.add_argument("--tag", help="only rows with this tag")
-    return parser
 
 
-def history(session: Flux, rest: list[str]) -> Shown:
-    """``%flux history [N] [--experiment X] [--tag T]``: the newest N rows (read without the rest)."""
+# -- reading the history ----------------------------------------------------------------------------
+
+
+def _history_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rows", nargs="?", metavar="N", help="rows to show (default 20)")
+    parser.add_argument("-n", dest="n_rows", help=argparse.SUPPRESS)
+    _filters(parser)
+
+
+@verb("show the newest requests", "[N] [--experiment NAME] [--tag TAG]", _history_options)
+def history(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    """The newest N rows (read without the rest)."""
     from flux_nb.notebook import selection, tables  # pandas loads with the first table, not at %load_ext
 
-    usage = "[N] [--experiment NAME] [--tag TAG]"
-    options = _filtered("history", usage, ("n", {"nargs": "?", "default": "20"})).parse(rest)
-    if not options.n.isdigit():
-        raise ValidationError(f"%flux history takes one number of rows, got {options.n!r} (usage: {usage})")
-    limit = int(options.n)
-    frame = session.store.tail(limit, **selection.filters(options.experiment, options.tag))
-    return Shown(lambda: tables.history_text(frame, limit=limit), lambda: tables.history_html(frame, limit=limit))
-
-
-def replay(session: Flux, rest: list[str]) -> Shown:
-    """``%flux replay ID_OR_PATH``: a record again (shown beside the old one), or the request in an image file."""
-    if len(rest) != 1:
-        raise ValidationError("%flux replay takes one record id (see %flux history) or an image file's path")
-    if Path(rest[0]).is_file():
-        new = session.replay(rest[0])
-        title = f"replay of {rest[0]}: record {new.record_id}"
-        return Shown(
-            lambda: f"{title}\n{render.result_text(new)}",
-            lambda: f"<b>{html.escape(title)}</b><br/>{render.result_html(new)}",
+    rows = options.rows or options.n_rows or "20"
+    if not rows.isdigit():
+        raise ValidationError(
+            f"{front.prog} history takes one number of rows, got {rows!r} (usage: {front.prog} history "
+            f"{VERBS['history'].usage})"
         )
-    old = session.result_of(rest[0])
-    new = session.replay(rest[0])
-    titles = f"record {old.record_id}", f"replay {new.record_id}"
+    limit = int(rows)
+    frame = session.store.tail(limit, **selection.filters(options.experiment, options.tag))
+    empty = f"no matching rows in {session.history_dir}" if front.cli else tables.EMPTY_HISTORY
     return Shown(
-        lambda: render.side_by_side_text(old, new, *titles), lambda: render.side_by_side_html(old, new, *titles)
+        lambda: tables.history_text(frame, limit=limit, empty=empty), lambda: tables.history_html(frame, limit=limit)
     )
 
 
-def resume(session: Flux, rest: list[str]) -> Shown | None:
-    if rest not in ([], ["--unsent"]):
-        raise ValidationError(f"%flux resume takes no argument but --unsent, got {' '.join(rest)!r}")
-    results = session.resume(BatchProgress(), unsent=bool(rest))
-    unknown = sum(r.status == "unknown" for r in results)
-    unsent = len(session.unsent())
-    lines = []
-    if not results and not unsent and not results.elsewhere:
-        lines.append("flux_nb: nothing to resume: no task is pending")
-    if unknown:
-        lines.append(
-            f"flux_nb: {unknown} submit(s) were cut off mid-send: they may have created a task, "
-            "so they are marked unknown and not resent (%flux replay ID sends one again on purpose)"
-        )
-    if unsent:
-        lines.append(
-            f"flux_nb: {unsent} request(s) were never sent before their process stopped: %flux resume --unsent"
-        )
-    if note := results.note():
-        lines.append(f"flux_nb: {note}")
-    return Shown(lambda: "\n".join(lines)) if lines else None
+HERE_AND_ALL = "here: the requests of this notebook; all: every request in the history folder"
 
 
-def cost(session: Flux, rest: list[str]) -> Shown:
-    """``%flux cost [--experiment X] [--tag T]``: credits by model and backend, billed and not billed apart."""
+@verb("credits by model and backend, billed and not billed apart", "[--experiment NAME] [--tag TAG]", _filters)
+def cost(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    """Credits by model and backend (summed in SQL); in a notebook, its own share beside the whole history's."""
     from flux_nb.notebook import selection, tables  # pandas loads with the first table, not at %load_ext
 
-    options = _filtered("cost", "[--experiment NAME] [--tag TAG]").parse(rest)
-    summary = selection.cost_summary(session, options.experiment, options.tag)
-    return Shown(lambda: tables.cost_text(summary), lambda: tables.cost_html(summary))
+    summary = selection.cost_summary(session, options.experiment, options.tag, everywhere=front.cli)
+    note = HERE_AND_ALL if "notebook_requests" in summary.columns and len(summary) else ""
+    return Shown(
+        lambda: (f"{note}\n" if note else "") + tables.cost_text(summary),
+        lambda: (f'<div style="font-size:12px">{html.escape(note)}</div>' if note else "") + tables.cost_html(summary),
+    )
 
 
-def grid(session: Flux, rest: list[str]) -> Any:
+GRID_USAGE = "[--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--experiment NAME] [--tag TAG] [--save PATH]"
+
+
+def _grid_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--x", help="field across (default seed)")
+    parser.add_argument("--y", help="field down (default prompt)")
+    parser.add_argument("--z", help="field that makes pages (one PNG each)")
+    parser.add_argument("--where", help="pandas query on the history, e.g. \"model == 'flux-2-pro' and seed > 3\"")
+    parser.add_argument("--save", help="PNG path (default: a new file in the history's grids folder)")
+    _filters(parser)
+
+
+@verb("a grid of history images (saved as PNG outside a notebook)", GRID_USAGE, _grid_options)
+def grid(session: Flux, options: argparse.Namespace, front: Front) -> Any:
     """A grid of history records (seeds across, prompts down by default).
 
     ``--where`` is a pandas query expression; its ``column == value`` parts are filtered in SQL first
-    (see ``selection``). In a terminal the grid is saved as a PNG (``--save PATH``, else in the history
-    folder) and its path said.
+    (see ``selection``). Outside a notebook the grid is saved as a PNG (``--save PATH``, else in the
+    history folder) and its path said.
     """
     from flux_nb.grids import grid as draw
     from flux_nb.notebook import selection  # pandas loads with the first table, not at %load_ext
 
-    parser = _filtered("grid", GRID_USAGE)
-    for flag in ("--x", "--y", "--z", "--where", "--save"):
-        parser.add_argument(flag)
-    options = parser.parse(rest)
-    if options.x is None and options.y is None:
-        options.x, options.y = "seed", "prompt"
-    elif options.x is None:
+    if options.x is None and options.y is not None:
         raise ValidationError(
-            f"%flux grid --y {options.y} needs --x too (e.g. --x seed --y {options.y}); "
+            f"{front.prog} grid --y {options.y} needs --x too (e.g. --x seed --y {options.y}); "
             "with neither, the grid is --x seed --y prompt"
         )
+    x, y = (options.x, options.y) if options.x is not None else ("seed", "prompt")
     frame = selection.select(session, options.where, **selection.filters(options.experiment, options.tag))
-    result = draw(frame, x=options.x, y=options.y, z=options.z)
-    rich = render.is_rich()
+    result = draw(frame, x=x, y=y, z=options.z)
     target = options.save
-    if target is None and not rich:
+    if target is None and not front.rich:
         target = free_path(Path(session.history_dir) / "grids", f"grid-{time.strftime('%Y%m%d-%H%M%S')}")
     saved = save_grid(result, target) if target else None
-    if rich:
+    if front.rich:
         return result
     paths = saved if isinstance(saved, list) else [saved]
-    return Shown(lambda: "\n".join(f"flux_nb: grid saved to {p}" for p in paths))
+    return Shown(lambda: "\n".join(front.say(f"grid saved to {p}") for p in paths))
+
+
+# -- sending again ----------------------------------------------------------------------------------
+
+
+def _replay_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", help="a record id (see history) or an image file flux_nb wrote")
+
+
+@verb("send a recorded request again, and say whether the image matched", "ID_OR_IMAGE", _replay_options, sends=True)
+def replay(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    """A record again (shown beside the old one, saying whether the images match), or the request in an image."""
+    target = options.target
+    if Path(target).is_file():
+        new = session.replay(target)
+        title = f"replay of {target}: record {new.record_id}"
+        return Shown(
+            lambda: f"{title}\n{render.result_text(new)}",
+            lambda: f"<b>{html.escape(title)}</b><br/>{render.result_html(new)}",
+            [new],
+        )
+    old = session.result_of(target)
+    new = session.replay(target)
+    titles = f"record {old.record_id}", f"replay {new.record_id}"
+    return Shown(
+        lambda: render.side_by_side_text(old, new, *titles),
+        lambda: render.side_by_side_html(old, new, *titles),
+        [new],
+    )
+
+
+def _resume_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unsent", action="store_true", help="also send requests that were never sent")
+
+
+@verb("finish tasks a stopped process left open", "[--unsent]", _resume_options, sends=True)
+def resume(session: Flux, options: argparse.Namespace, front: Front) -> Shown | None:
+    results = session.resume(front.observer(), unsent=options.unsent)
+    unknown = sum(r.status == "unknown" for r in results)
+    unsent = len(session.unsent())
+    lines = [render.result_text(r) for r in results] if front.cli else []
+    if not results and not unsent and not results.elsewhere:
+        lines.append(front.say("nothing to resume: no task is pending"))
+    if unknown:
+        lines.append(
+            front.say(
+                f"{unknown} submit(s) were cut off mid-send: they may have created a task, so they are marked "
+                f"unknown and not resent ({front.prog} replay ID sends one again on purpose)"
+            )
+        )
+    if unsent:
+        lines.append(
+            front.say(f"{unsent} request(s) were never sent before their process stopped: {front.prog} resume --unsent")
+        )
+    if note := results.note():
+        lines.append(front.say(note))
+    return Shown(lambda: "\n".join(lines), results=results) if lines else None
+
+
+# -- review and hand-over ---------------------------------------------------------------------------
 
 
 def stars_of(text: str) -> int | None:
@@ -186,117 +279,160 @@ def stars_of(text: str) -> int | None:
     return int(text)
 
 
-def split_tags(words: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """Ids, tags to add (``+name``) and tags to remove (``-name``) from the words after ``tag``."""
-    ids = [w for w in words if w[:1] not in "+-"]
-    add = [w[1:] for w in words if w.startswith("+")]
-    remove = [w[1:] for w in words if w.startswith("-")]
-    return ids, add, remove
-
-
-def _done(text: str) -> Shown:
-    return Shown(lambda: f"flux_nb: {text}")
-
-
 def _count(ids: list[str]) -> str:
     return f"{len(ids)} image{'s' if len(ids) != 1 else ''}"
 
 
-def rate(session: Flux, rest: list[str]) -> Shown:
-    """``%flux rate ID [ID...] STARS``: 0 to 5 stars (``none`` clears)."""
-    if len(rest) < 2:
-        raise ValidationError("%flux rate takes record ids then stars: %flux rate ID [ID...] 0-5 (none clears)")
-    stars = stars_of(rest[-1])
-    session.rate(rest[:-1], stars)
-    return _done(f"rated {_count(rest[:-1])} {'(cleared)' if stars is None else f'{stars} stars'}")
+def _done(front: Front, text: str) -> Shown:
+    return Shown(lambda: front.say(text))
 
 
-def note(session: Flux, rest: list[str]) -> Shown:
-    """``%flux note ID TEXT...`` (``--clear`` removes the note)."""
-    if len(rest) < 2:
-        raise ValidationError("%flux note takes a record id then the text: %flux note ID TEXT (or --clear)")
-    text = None if rest[1:] == ["--clear"] else " ".join(rest[1:])
-    session.note(rest[0], text)
-    return _done(f"note {'cleared' if text is None else 'kept'} on {rest[0]}")
+def _words(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("words", nargs="*", help="record ids, then what the verb takes")
 
 
-def tag(session: Flux, rest: list[str]) -> Shown:
-    """``%flux tag ID [ID...] +add -remove ...``."""
-    ids, add, remove = split_tags(rest)
+@verb("rate images 0-5 stars", "ID [ID...] 0-5 (none clears)", _words)
+def rate(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    """``rate ID [ID...] STARS``: 0 to 5 stars (``none`` clears)."""
+    words = options.words
+    if len(words) < 2:
+        raise ValidationError(f"{front.prog} rate takes record ids then stars: {front.prog} rate ID [ID...] 0-5 "
+                              "(none clears)")  # fmt: skip
+    stars = stars_of(words[-1])
+    session.rate(words[:-1], stars)
+    return _done(front, f"rated {_count(words[:-1])} {'(cleared)' if stars is None else f'{stars} stars'}")
+
+
+def _note_options(parser: argparse.ArgumentParser) -> None:
+    _words(parser)
+    parser.add_argument("--clear", action="store_true", help="remove the note")
+
+
+@verb("a note on an image", "ID TEXT (or ID --clear)", _note_options)
+def note(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    words = options.words
+    if not words or (len(words) < 2 and not options.clear):
+        raise ValidationError(f"{front.prog} note takes a record id then the text: {front.prog} note ID TEXT "
+                              "(or --clear)")  # fmt: skip
+    text = None if options.clear else " ".join(words[1:])
+    session.note(words[0], text)
+    return _done(front, f"note {'cleared' if text is None else 'kept'} on {words[0]}")
+
+
+def _tag_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("words", nargs="*", help="record ids, then +TAG to add and -TAG to remove")
+    parser.add_argument("--add", action="append", default=[], metavar="TAG", help="tag to add (repeatable)")
+    parser.add_argument("--remove", action="append", default=[], metavar="TAG", help="tag to remove (repeatable)")
+
+
+@verb("add or remove review tags", "ID [ID...] +TAG -TAG", _tag_options, minus_words=True)
+def tag(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    """``tag ID [ID...] +add -remove`` (or ``--add TAG``, ``--remove TAG``)."""
+    ids = [w for w in options.words if not w.startswith("+")]
+    add = [*options.add, *(w[1:] for w in options.words if w.startswith("+"))]
+    remove = options.remove
     if not ids or not (add or remove):
-        raise ValidationError("%flux tag takes record ids then +tag to add, -tag to remove: %flux tag ID +best -draft")
+        raise ValidationError(f"{front.prog} tag takes record ids then +tag to add, -tag to remove: "
+                              f"{front.prog} tag ID +best -draft")  # fmt: skip
     session.tag(ids, add=add, remove=remove)
     changes = [f"+{t}" for t in add] + [f"-{t}" for t in remove]
-    return _done(f"tags {' '.join(changes)} on {_count(ids)}")
+    return _done(front, f"tags {' '.join(changes)} on {_count(ids)}")
 
 
-def favourite(session: Flux, rest: list[str]) -> Shown:
-    """``%flux favourite ID [ID...] [--off]``."""
-    on = "--off" not in rest
-    ids = [w for w in rest if w != "--off"]
+def _favourite_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("words", nargs="*", metavar="ID", help="record ids")
+    parser.add_argument("--off", action="store_true", help="unmark them")
+
+
+@verb("mark images as favourites", "ID [ID...] [--off]", _favourite_options)
+def favourite(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    ids = options.words
     if not ids:
-        raise ValidationError("%flux favourite takes record ids: %flux favourite ID [ID...] [--off]")
-    session.favourite(ids, on=on)
-    return _done(f"{_count(ids)} {'marked' if on else 'no longer'} favourite")
+        raise ValidationError(f"{front.prog} favourite takes record ids: {front.prog} favourite ID [ID...] [--off]")
+    session.favourite(ids, on=not options.off)
+    return _done(front, f"{_count(ids)} {'no longer' if options.off else 'marked'} favourite")
 
 
-def experiment(session: Flux, rest: list[str]) -> Shown:
-    """``%flux experiment [NAME|--off]``: show the experiment new rows are recorded in, or set it."""
-    if len(rest) > 1:
-        raise ValidationError(f"%flux experiment takes one name (or --off), got {' '.join(rest)!r}")
-    if rest:
-        session.experiment = "" if rest == ["--off"] else rest[0]
+def _experiment_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="the experiment new rows are recorded in")
+    parser.add_argument("--off", action="store_true", help="record new rows without one")
+
+
+@verb("show or set the experiment new rows are recorded in", "[NAME|--off]", _experiment_options, notebook_only=True)
+def experiment(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    if options.off or options.name is not None:
+        session.experiment = "" if options.off else options.name
     name = session.experiment
     if not name:
-        return _done("no experiment: new rows are recorded without one (%flux experiment NAME sets one)")
-    return _done(f"experiment {name!r}: every new row is recorded in it (%flux experiment --off ends it)")
+        return _done(front, f"no experiment: new rows are recorded without one ({front.prog} experiment NAME sets one)")
+    return _done(front, f"experiment {name!r}: every new row is recorded in it ({front.prog} experiment --off ends it)")
 
 
-def _export_options(verb: str, rest: list[str], title: bool = False) -> argparse.Namespace:
-    usage = "PATH [--experiment NAME] [--tag TAG]" + (" [--title TEXT]" if title else "")
-    parser = _filtered(verb, usage, ("path", {}))
-    if title:
-        parser.add_argument("--title")
-    return parser.parse(rest)
+def _export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="file to write")
+    _filters(parser)
 
 
-def export(session: Flux, rest: list[str]) -> Shown:
-    """``%flux export PATH [--experiment X] [--tag T]``: a self-contained bundle of those rows."""
-    options = _export_options("export", rest)
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    _export_options(parser)
+    parser.add_argument("--title", help="page title (default: the experiment or tag)")
+
+
+def _selected(session: Flux, options: argparse.Namespace, what: str) -> Any:
+    """The rows ``--experiment``/``--tag`` select; none is said in words, before anything is written."""
     frame = session.history(experiment=options.experiment, tag=options.tag)
+    if frame.empty:
+        chosen = " and ".join(f"{k} {v!r}" for k, v in (("experiment", options.experiment), ("tag", options.tag)) if v)
+        where = f"with {chosen}" if chosen else "at all"
+        raise ValidationError(f"nothing to {what}: the history in {session.history_dir} has no rows {where}")
+    return frame
+
+
+@verb("write history rows as a self-contained .zip bundle", "PATH [--experiment NAME] [--tag TAG]", _export_options)
+def export(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    frame = _selected(session, options, "export")
     written = session.export(frame, options.path)
-    return _done(f"exported {len(frame)} row(s) to {written or options.path}")
+    return _done(front, f"exported {len(frame)} row(s) to {written or options.path}")
 
 
-def report(session: Flux, rest: list[str]) -> Shown:
-    """``%flux report PATH [--experiment X] [--tag T] [--title TEXT]``: one self-contained HTML page."""
-    options = _export_options("report", rest, title=True)
-    frame = session.history(experiment=options.experiment, tag=options.tag)
+@verb(
+    "write history rows as one self-contained HTML page",
+    "PATH [--experiment NAME] [--tag TAG] [--title TEXT]",
+    _report_options,
+)
+def report(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    frame = _selected(session, options, "report")
     title = options.title or options.experiment or options.tag or "flux_nb report"
     written = session.report(frame, options.path, title=title)
-    return _done(f"report of {len(frame)} row(s) written to {written or options.path}")
+    return _done(front, f"report of {len(frame)} row(s) written to {written or options.path}")
+
+
+# -- the notebook's own -----------------------------------------------------------------------------
+
+
+@verb("ask for the API key (kept in memory only)", notebook_only=True)
+def login(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    key = getpass.getpass("BFL API key (kept in memory only): ")
+    session.login(key)
+    return Shown(lambda: front.say("key set for this session (not saved anywhere)"))
+
+
+@verb("the clickable panel (also flux.panel())", notebook_only=True)
+def panel(session: Flux, options: argparse.Namespace, front: Front) -> Any:
+    if not front.rich:
+        raise ValidationError(
+            "the panel needs a notebook front end (JupyterLab, Notebook 7, VS Code); in a terminal use %%flux cells"
+        )
+    return session.panel()
 
 
 def save_grid(result: Any, target: str | Path) -> Path | list[Path]:
     """Save a grid, turning an unwritable target into one clear line."""
     try:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
         return result.save(target)
     except OSError as exc:
         raise ValidationError(f"could not save the grid to {target}: {exc.strerror or exc}") from None
-
-
-def login(session: Flux, rest: list[str]) -> Shown:
-    key = getpass.getpass("BFL API key (kept in memory only): ")
-    session.login(key)
-    return Shown(lambda: "flux_nb: key set for this session (not saved anywhere)")
-
-
-def panel(session: Flux, rest: list[str]) -> Any:
-    if not render.is_rich():
-        raise ValidationError(
-            "the panel needs a notebook front end (JupyterLab, Notebook 7, VS Code); in a terminal use %%flux cells"
-        )
-    return session.panel()
 
 
 def free_path(folder: Path, stem: str) -> Path:
@@ -306,21 +442,3 @@ def free_path(folder: Path, stem: str) -> Path:
         n += 1
         path = folder / f"{stem}-{n}.png"
     return path
-
-
-COMMANDS: dict[str, Callable[[Flux, list[str]], Any]] = {
-    "history": history,
-    "replay": replay,
-    "resume": resume,
-    "cost": cost,
-    "grid": grid,
-    "login": login,
-    "panel": panel,
-    "experiment": experiment,
-    "rate": rate,
-    "note": note,
-    "tag": tag,
-    "favourite": favourite,
-    "export": export,
-    "report": report,
-}

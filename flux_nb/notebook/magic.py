@@ -1,13 +1,14 @@
-"""The ``%%flux`` cell magic, the ``%flux`` line magics, and ``load_ipython_extension``.
+"""The ``%%flux`` cell magic, the ``%flux`` line magics, and loading and unloading the extension.
 
-Thin on purpose: parse and check the input, call the session, hand results to display.
+Thin on purpose: read the line (options from ``command_line``, verbs from ``commands``), fill the prompt from
+the notebook, call the session, hand results to display. A failure fails its cell, shown as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
-import inspect
 import keyword
 import re
 import shlex
@@ -16,30 +17,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 from IPython.utils.process import arg_split
 
-from flux_nb import protocol
 from flux_nb.core import templates
-from flux_nb.core.axes import axes_of_options, split_prompts
+from flux_nb.core.axes import split_prompts
 from flux_nb.core.events import Finished
 from flux_nb.core.results import Result, SweepResult
 from flux_nb.core.templates import PromptTemplate
-from flux_nb.errors import FluxError, ValidationError
+from flux_nb.errors import BatchInterrupted, FluxError, ValidationError
 from flux_nb.notebook import commands, render
+from flux_nb.notebook.command_line import CommandParser, Once, add_request_options, request_batch, vary_of
+from flux_nb.notebook.hints import in_notebook_words
 from flux_nb.notebook.live_history import HISTORY_VARIABLE, HistoryVariable
 from flux_nb.notebook.progress import BatchProgress
-from flux_nb.notebook.render import caption, show_error
+from flux_nb.notebook.render import caption, show_error, shown_path
 from flux_nb.session import Flux, configured_keys, notebook_name
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
 SESSION_VARIABLE = "flux"
-#: A word on the %%flux line that reads as an option: -s, --seed, --seed=5 (not -5, a negative number).
-OPTION = re.compile(r"^--?[A-Za-z]")
 CELL_MAGIC = re.compile(r"^%%flux(\s|$)")
 
 
@@ -74,171 +74,121 @@ def resolve_image(value: str, namespace: dict[str, Any], keys: Sequence[str] = (
     return found
 
 
-def check_options(parser: argparse.ArgumentParser, line: str) -> None:
-    """Refuse unknown options (naming the nearest one) and value options given twice, before parsing."""
-    actions = parser._option_string_actions
-    seen: dict[str, str] = {}
-    words = arg_split(line, strict=False)
-    skip = False
-    for word in words:
-        if skip and not OPTION.match(word):
-            skip = False
-            continue
-        skip = False
-        if not OPTION.match(word):
-            continue
-        option, inline = (word.split("=", 1)[0], True) if word.startswith("--") and "=" in word else (word, False)
-        if option not in actions and not option.startswith("--") and option[:2] in actions:
-            option, inline = option[:2], True  # -s5
-        action = actions.get(option) or _abbreviation(actions, option)
-        if action is None:
-            longs = {o.lstrip("-"): o for o in actions if o.startswith("--")}
-            near = difflib.get_close_matches(option.lstrip("-"), list(longs), n=1, cutoff=0.6)
-            hint = f"did you mean {longs[near[0]]}?" if near else "see %%flux? for the options"
-            raise ValidationError(f"%%flux: unknown option {option}; {hint}")
-        takes_value = action.nargs != 0
-        skip = takes_value and not inline
-        if takes_value and not isinstance(action, argparse._AppendAction):
-            if action.dest in seen:
-                raise ValidationError(
-                    f"{seen[action.dest]} is given twice; give it once (several values go in one list, "
-                    "e.g. --size 512x512,1024x768)"
-                )
-            seen[action.dest] = "/".join(action.option_strings)
+class FluxMagicError(Exception):
+    """A failed ``%flux``/``%%flux``: the cell fails (Run All stops) and IPython shows one line, not a traceback."""
+
+    def __init__(self, error: FluxError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"flux_nb: {in_notebook_words(self.error)}"]
 
 
-def _abbreviation(actions: dict[str, argparse.Action], option: str) -> argparse.Action | None:
-    """The action an abbreviation names (``--asp`` for ``--aspect``, as argparse allows); ambiguous ones are refused."""
-    if not option.startswith("--"):
-        return None
-    matches = sorted(o for o in actions if o.startswith(option))
-    if len(matches) > 1:
-        raise ValidationError(f"%%flux: {option} could be {', '.join(matches)}; write the option in full")
-    return actions[matches[0]] if matches else None
+class FluxUsageError(FluxMagicError, UsageError):
+    """Bad input to the magic (an option, a verb, a value): nothing was sent."""
+
+
+def failure(error: FluxError) -> FluxMagicError:
+    """The exception a failed magic raises for ``error``."""
+    return FluxUsageError(error) if isinstance(error, ValidationError) else FluxMagicError(error)
+
+
+def cell_parser() -> CommandParser:
+    """The ``%%flux`` line: the request options ``flux-nb generate`` takes too, and ``-o`` for a variable."""
+    parser = CommandParser("%%flux", help_hint="%%flux?")
+    add_request_options(parser)
+    parser.add_argument("-o", "--out", action=Once, help="store the result (or the sweep) in this variable")
+    parser.add_argument("words", nargs="*", help=argparse.SUPPRESS)
+    return parser
+
+
+GUIDE = """Generate FLUX.2 images with the cell body as the prompt.
+
+The prompt goes on the lines below ``%%flux``; options go on the ``%%flux`` line. Several
+prompts in one cell are separated by a line holding only ---. ``{name}`` in the prompt is
+filled from the notebook's variables (plain names only): text and numbers are written in;
+a list, tuple, range or pandas Series sweeps, as an axis named after the variable.
+``{a|b|c}`` sweeps the alternatives (axes alt1, alt2, ... in order); ``{{`` and ``}}`` are
+literal braces. ``--vary NAME=FIND,REPLACEMENT,...`` replaces FIND in the prompt by each
+value in turn (an axis NAME). Any list or range of options sweeps too: every combination is
+generated concurrently and shown as a labelled grid (in a terminal: listed in grid order and
+saved as a PNG).
+
+The magics use the notebook's ``flux`` variable when it holds a Flux (for example
+``flux = Flux(endpoint=..., api_key=...)`` typed in a cell), else the session ``%load_ext`` made.
+"""
+
+
+def magic_help() -> str:
+    """``%%flux?`` and ``%flux?``: the guide, every option, and the verbs (the list a mistyped verb gets)."""
+    verbs = "\n".join(f"  %flux {v.name} {v.usage}".rstrip() + f"\n      {v.summary}" for v in commands.VERBS.values())
+    return f"{GUIDE}\n{cell_parser().format_help()}\nLine forms, %flux VERB:\n{verbs}\n"
+
+
+def verb_names() -> str:
+    return ", ".join(commands.names(commands.Front()))
 
 
 @magics_class
 class FluxMagics(Magics):
-    """``%%flux`` generates; ``%flux`` manages history, replay, resume, cost, grids and login."""
+    """``%%flux`` generates; ``%flux VERB`` runs a verb of ``commands.VERBS``."""
 
     shell: InteractiveShell  # always set: the magics are registered on a running shell
 
-    def __init__(self, shell: Any, session: Flux) -> None:
+    def __init__(self, shell: Any, session: Flux, history: HistoryVariable) -> None:
         super().__init__(shell)
-        self.session = session
+        self.session, self.history = session, history
 
-    @magic_arguments()
-    @argument("-s", "--seed", help="seed, or a sweep: 1,2,3 or 1:8 (inclusive) or 0:100:25")
-    @argument("-W", "--width", help="width in pixels (multiple of 16), or a list: 512,1024")
-    @argument("-H", "--height", help="height in pixels (multiple of 16), or a list")
-    @argument("--size", help="WIDTHxHEIGHT, or a list: 512x512,1024x768")
-    @argument("--aspect", help="aspect ratio like 16:9; picks a valid size near 1 megapixel")
-    @argument(
-        "-i",
-        "--image",
-        action="append",
-        help="reference image: path, URL, variable or an expression on one (s1[0], results.image); repeatable",
-    )
-    @argument("--safety", help="safety tolerance 0 (strict) to 5, or a list")
-    @argument("--format", choices=list(protocol.OUTPUT_FORMATS), help="output format")
-    @argument("-m", "--model", action="append", help="model, or several: flux-2-klein-4b,flux-2-pro")
-    @argument("--steps", help="flux-2-flex only: steps 1..50, or a list")
-    @argument("--guidance", help="flux-2-flex only: guidance 1.5..10 (the API's default 5), or a list")
-    @argument(
-        "--prompt-upsampling",
-        choices=["on", "off"],
-        help="flux-2-flex only: let BFL rewrite the prompt (the API's default is on)",
-    )
-    @argument(
-        "--vary",
-        action="append",
-        help="search and replace over the prompt: NAME=FIND,REPLACEMENT,... (the first value is the text to find; "
-        "repeatable)",
-    )
-    @argument("-o", "--out", help="store the result (or the sweep) in this variable")
-    @argument("-t", "--tag", help="free label stored in the history")
-    @argument("--fresh", action="store_true", help="send even if an identical request is in the history cache")
-    @argument("--yes", action="store_true", help="send a batch even if its estimate passes Flux.confirm_over")
-    @argument("--webhook", help="URL the API posts the finished task to")
-    @argument(
-        "command",
-        nargs="*",
-        help="line magic: history [N] | replay ID | resume [--unsent] | cost | grid | login | panel",
-    )
     @line_cell_magic
     def flux(self, line: str, cell: str | None = None) -> Any:
-        """Generate FLUX.2 images with the cell body as the prompt.
-
-        The prompt goes on the lines below ``%%flux``; options go on the ``%%flux`` line. Several
-        prompts in one cell are separated by a line holding only ---. ``{name}`` in the prompt is
-        filled from the notebook's variables (plain names only): text and numbers are written in;
-        a list, tuple, range or pandas Series sweeps, as an axis named after the variable.
-        ``{a|b|c}`` sweeps the alternatives (axes alt1, alt2, ... in order); ``{{`` and ``}}`` are
-        literal braces. ``--vary NAME=FIND,REPLACEMENT,...`` replaces FIND in the prompt by each
-        value in turn (an axis NAME). Any list or range of options sweeps too: every combination is
-        generated concurrently and shown as a labelled grid (in a terminal: listed in grid order and
-        saved as a PNG).
-
-        Line forms: ``%flux history [N]``, ``%flux replay ID``, ``%flux resume [--unsent]``,
-        ``%flux cost``, ``%flux grid [--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--save PATH]``
-        (default: --x seed --y prompt),
-        ``%flux login``, ``%flux panel``.
-        """
         try:
             if cell is None:
                 return self._line(line)
             return self._cell(line, cell)
+        except BatchInterrupted:
+            raise  # an interrupt stays a KeyboardInterrupt; the extension shows it as one line
         except FluxError as exc:
-            show_error(exc)
-            return None
+            raise failure(exc) from None
+
+    def current(self) -> Flux:
+        """The notebook's ``flux`` when it holds a Flux (one made in a cell included), else the extension's own."""
+        held = self.shell.user_ns.get(SESSION_VARIABLE)
+        return held if isinstance(held, Flux) else self.session
 
     # -- %%flux -------------------------------------------------------------------------------
 
     def _cell(self, line: str, cell: str) -> None:
-        check_options(self.flux.parser, line)
-        args = parse_argstring(self.flux, line)
-        if args.command:
-            raise ValidationError(_misplaced(args.command))
+        options = cell_parser().parse(arg_split(line, strict=False))
+        if options.words:
+            raise ValidationError(_misplaced(options.words))
         ns = self.shell.user_ns
-        if args.out is not None:
-            check_variable_name(args.out, ns)
+        if options.out is not None:
+            check_variable_name(options.out, ns)
         if not cell.strip():
             raise ValidationError("the cell holds no prompt: write it on the lines below %%flux")
-        keys = configured_keys(self.session)
-        vary = templates.parse_vary([unquote(v) for v in args.vary]) if args.vary else None
-        if vary:
-            templates.replacement_axes(vary, keys)
+        session = self.current()
+        keys = configured_keys(session)
+        options.vary = [unquote(v) for v in options.vary or []]
+        vary = vary_of(options, keys)
         prompts = [fill_template(p, ns, keys) for p in split_prompts(cell)]
-        axes = axes_of_options(args)
-        batch = self.session.batch(
-            prompts,
-            axes=axes,
-            images=[resolve_image(unquote(v), ns, keys) for v in args.image or []] or None,
-            output_format=args.format,
-            webhook_url=args.webhook,
-            tag=args.tag,
-            fresh=args.fresh,
-            vary=vary,
-            **({} if args.prompt_upsampling is None else {"prompt_upsampling": args.prompt_upsampling == "on"}),
-        )
-        varies = len(batch) > 1 or any(len(axis.values) > 1 for axis in axes)
+        images = [resolve_image(unquote(v), ns, keys) for v in options.image or []]
+        batch, varies = request_batch(session, prompts, options, images, vary)
         rich = render.is_rich()
-        observer = BatchProgress() if rich or not varies else GridOrderProgress()
-        results = self._run(batch, observer, confirm=args.yes)
+        observer = BatchProgress() if rich else GridOrderProgress() if varies else TerminalProgress()
+        try:
+            results = session.run(batch, observer, confirm=options.yes)
+        finally:
+            if isinstance(observer, TerminalProgress):
+                observer.stop()
         outcome: Result | SweepResult = results[0] if len(results) == 1 and not varies else SweepResult(results)
         if isinstance(outcome, SweepResult):
             if rich:
                 display(outcome)
             else:
-                print_sweep(outcome, observer, Path(self.session.history_dir))
-        if args.out:
-            ns[args.out] = outcome
-
-    def _run(self, batch: list[Any], observer: BatchProgress, *, confirm: bool) -> list[Result]:
-        """Run the batch; ``--yes`` goes ahead past ``Flux.confirm_over`` where the session has that guard."""
-        if "confirm" in inspect.signature(self.session.run).parameters:
-            return self.session.run(batch, observer, confirm=confirm)
-        return self.session.run(batch, observer)
+                print_sweep(outcome, observer, Path(session.history_dir))
+        if options.out:
+            ns[options.out] = outcome
 
     # -- %flux ... ----------------------------------------------------------------------------
 
@@ -248,20 +198,46 @@ class FluxMagics(Magics):
         except ValueError as exc:
             raise ValidationError(f"%flux {line}: {exc} (close the quote)") from None
         if not words:
-            raise ValidationError("%flux needs a command: history, replay, resume, cost, grid, login or panel")
+            raise ValidationError(f"%flux needs a command: {verb_names()} (%flux? says what each does)")
         command, rest = words[0], words[1:]
-        handler = commands.COMMANDS.get(command)
-        if handler is None:
+        verb = commands.VERBS.get(command)
+        if verb is None:
+            near = difflib.get_close_matches(command, list(commands.VERBS), n=1)
+            meant = f" (did you mean {near[0]}?)" if near else ""
             raise ValidationError(
-                f"unknown %flux command {command!r}: use {', '.join(commands.COMMANDS)}; to generate, "
+                f"unknown %flux command {command!r}{meant}: use {verb_names()}; to generate, "
                 "write the prompt on the lines below %%flux (two percent signs, options on that line)"
             )
-        shown = handler(self.session, rest)
-        if isinstance(shown, commands.Shown) and not (shown.has_html and render.is_rich()):
+        front = commands.Front(rich=render.is_rich())
+        shown = verb.run(self.current(), commands.parse(verb, rest, front), front)
+        if isinstance(shown, commands.Shown) and not (shown.has_html and front.rich):
             print(repr(shown))  # plain lines, and a terminal's text forms: never HTML
         elif shown is not None:
             display(shown)
         return None
+
+    def unload(self) -> None:
+        """Take back what loading added: the magics, the session (closed), ``flux``, ``flux_history``, hooks."""
+        shell = self.shell
+        for kind in ("line", "cell"):
+            shell.magics_manager.magics[kind].pop("flux", None)
+        shell.magics_manager.registry.pop(type(self).__name__, None)
+        configurables: list[Any] = shell.configurables
+        if self.session in configurables:
+            configurables.remove(self.session)
+        with contextlib.suppress(ValueError):
+            shell.events.unregister("pre_run_cell", self.history.before_cell)
+        if keep_empty_cells in shell.input_transformers_cleanup:
+            shell.input_transformers_cleanup.remove(keep_empty_cells)
+        if shell.custom_exceptions == CUSTOM_EXCEPTIONS:
+            shell.set_custom_exc((), None)
+        if shell.user_ns.get(SESSION_VARIABLE) is self.session:
+            del shell.user_ns[SESSION_VARIABLE]
+        shell.user_ns.pop(HISTORY_VARIABLE, None)
+        self.session.close()
+
+
+FluxMagics.flux.__doc__ = magic_help()
 
 
 def unquote(text: str) -> str:
@@ -283,7 +259,7 @@ def keep_empty_cells(lines: list[str]) -> list[str]:
 
 def _misplaced(words: list[str]) -> str:
     """Why words on the ``%%flux`` line are refused, and where they go."""
-    if words[0] in commands.COMMANDS:
+    if words[0] in commands.VERBS:
         return f"{words[0]} is a line magic: write %flux {' '.join(words)} (one percent sign) in a cell of its own"
     return (
         f"unexpected words on the %%flux line: {' '.join(words)!r}; the prompt goes on the lines below %%flux "
@@ -291,7 +267,15 @@ def _misplaced(words: list[str]) -> str:
     )
 
 
-class GridOrderProgress(BatchProgress):
+class TerminalProgress(BatchProgress):
+    """Terminal progress whose live line is cleared when the run stops, however it stops (Ctrl-C included), so
+    what is said next starts on its own line."""
+
+    def stop(self) -> None:
+        self._clear_terminal()
+
+
+class GridOrderProgress(TerminalProgress):
     """Terminal progress for a sweep: the live line only; the results are listed in grid order at the end."""
 
     def finished(self, event: Finished) -> None:
@@ -323,7 +307,7 @@ def print_sweep(sweep: SweepResult, progress: BatchProgress, history_dir: Path) 
     target = commands.free_path(history_dir / "grids", f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     saved = commands.save_grid(drawn, target)
     for path in saved if isinstance(saved, list) else [saved]:
-        print(f"flux_nb: grid saved to {path}")
+        print(f"flux_nb: grid saved to {shown_path(path)}")
 
 
 def _value_text(value: Any) -> str:
@@ -335,16 +319,20 @@ def _value_text(value: Any) -> str:
 
 def _cell_line(label: str, result: Result) -> str:
     if result.ok:
-        return f"{label}: saved {result.path} ({caption(result)})"
+        return f"{label}: saved {shown_path(result.path or '')} ({caption(result)})"
     return f"{label}: {result.status}: {result.error_message or 'no image'} (record {result.record_id})"
 
 
 def _show_flux_error(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> None:
-    """Show a FluxError raised in a cell as one clear line, not a traceback."""
-    if isinstance(value, FluxError):
-        show_error(value)
+    """Show a FluxError raised in a cell (by the magics too) as one clear line, not a traceback."""
+    error = value.error if isinstance(value, FluxMagicError) else value
+    if isinstance(error, FluxError):
+        show_error(error)
         return None
     return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+
+
+CUSTOM_EXCEPTIONS = (FluxError, FluxMagicError)
 
 
 def load_ipython_extension(ipython: Any) -> None:
@@ -353,21 +341,28 @@ def load_ipython_extension(ipython: Any) -> None:
     session.notebook_detector = lambda: notebook_name(ipython.user_ns)
     _follow_display_settings(session)
     ipython.configurables.append(session)
-    ipython.register_magics(FluxMagics(ipython, session))
+    history = HistoryVariable(ipython, session)
+    ipython.register_magics(FluxMagics(ipython, session, history))
     existing = ipython.user_ns.get(SESSION_VARIABLE)
     if existing is None or isinstance(existing, Flux):
         ipython.push({SESSION_VARIABLE: session})
-    ipython.set_custom_exc((FluxError,), _show_flux_error)
+    ipython.set_custom_exc(CUSTOM_EXCEPTIONS, _show_flux_error)
     if keep_empty_cells not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(keep_empty_cells)
     session.observer_factory = BatchProgress  # flux.sweep(...) shows live progress too
-    history = HistoryVariable(ipython, session)
     session.add_listener(history.after_request)
     ipython.events.register("pre_run_cell", history.before_cell)
     try:
         history.load()
     except FluxError as exc:  # the magics still load; flux_history follows once the history can be read
         show_error(exc)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext flux_nb`` (and the first half of ``%reload_ext``): the magics, hooks and session go."""
+    magics = ipython.magics_manager.registry.get(FluxMagics.__name__)
+    if isinstance(magics, FluxMagics):
+        magics.unload()
 
 
 def _follow_display_settings(session: Flux) -> None:

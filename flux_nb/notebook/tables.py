@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from flux_nb.notebook.render import thumb_img
+from flux_nb.notebook.render import shown_path, thumb_img
 
 HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")
 EMPTY_HISTORY = "no history yet: run a %%flux cell"
@@ -22,7 +22,9 @@ def _text(value: Any) -> str:
     return "" if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)) else str(value)
 
 
-def _history_rows(frame: pd.DataFrame, limit: int, prompt_width: int = 80) -> list[tuple[Any, list[str]]]:
+def _history_rows(
+    frame: pd.DataFrame, limit: int, prompt_width: int = 80, when: str = "%Y-%m-%d %H:%M:%S"
+) -> list[tuple[Any, list[str]]]:
     """The newest ``limit`` rows, newest first: (image path or None, one text cell per HISTORY_COLUMNS)."""
     rows = []
     for _, row in frame.tail(limit).iloc[::-1].iterrows():
@@ -31,7 +33,7 @@ def _history_rows(frame: pd.DataFrame, limit: int, prompt_width: int = 80) -> li
         prompt = " ".join(str(row["prompt"]).split())
         values = [
             row["record_id"],
-            row["created_at"].strftime("%Y-%m-%d %H:%M:%S") if not pd.isna(row["created_at"]) else "",
+            row["created_at"].strftime(when) if not pd.isna(row["created_at"]) else "",
             row["status"],
             prompt[:prompt_width] + ("…" if len(prompt) > prompt_width else ""),
             row["seed"],
@@ -57,11 +59,14 @@ def history_html(frame: pd.DataFrame, limit: int = 20, thumbnail_size: int = 128
 
 
 def history_text(frame: pd.DataFrame, limit: int = 20, empty: str = EMPTY_HISTORY) -> str:
-    """The newest ``limit`` history rows as a plain text table, with each image's path (``empty`` if none)."""
-    rows = _history_rows(frame, limit, prompt_width=40)
+    """The newest ``limit`` history rows as a plain text table, with each image's path as captions show it
+    (relative to the working directory), or ``empty`` if none."""
+    rows = _history_rows(frame, limit, prompt_width=32, when="%m-%d %H:%M")
     if not rows:
         return empty
-    table = pd.DataFrame([[*values, path or ""] for path, values in rows], columns=[*HISTORY_COLUMNS, "image"])
+    table = pd.DataFrame(
+        [[*values, shown_path(path) if path else ""] for path, values in rows], columns=[*HISTORY_COLUMNS, "image"]
+    )
     return table.to_string(index=False)
 
 
