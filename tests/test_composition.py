@@ -131,6 +131,8 @@ INTERNAL = {
     "ReplicaLost": "server/ray_serve: a replica died twice; the task ends with status Error (TaskFailedError)",
     "EngineUnavailable": "server/engines: flux-nb serve cannot start the engine; cli prints it as one line",
     "RayUnavailable": "server/ray_serve: flux-nb serve --ray cannot start; cli prints it as one line",
+    "FluxMagicError": "notebook/magic: fails a %flux cell with one line; the FluxError it shows is its .error",
+    "FluxUsageError": "notebook/magic: the same for bad input, as IPython's UsageError; .error is the ValidationError",
 }
 
 
