@@ -54,6 +54,28 @@ def test_a_failure_shows_one_line_even_without_the_extensions_error_handler(ipyt
     assert "Traceback" not in out
 
 
+def test_a_cell_whose_request_fails_fails_as_flux_generate_does(server_factory: Any, history_dir: Path) -> None:
+    from flux_nb.server.fault_injection import Fault, FaultPlan
+
+    server = server_factory(faults=FaultPlan(content_moderated=Fault(on=frozenset({1}))))
+    InteractiveShell.clear_instance()
+    shell = InteractiveShell.instance()
+    shell.config.Flux.history_dir = str(history_dir)
+    shell.run_line_magic("load_ext", "flux_nb")
+    shell.user_ns["flux"].endpoint = server.url
+    try:
+        outcome, out = run(shell, "%%flux --seed 1 --size 64x64 -o pic\na harbour")
+        assert not outcome.success and type(outcome.error_in_exec).__name__ == "FluxMagicError"
+        assert "Traceback" not in out and out.strip().splitlines()[-1].startswith("flux_nb: ")
+        assert "moderat" in out.strip().splitlines()[-1].lower()
+        assert shell.user_ns["pic"].status == "moderated"  # kept, as the record is
+        outcome, _ = run(shell, "%%flux --seed 2 --size 64x64\na harbour")
+        assert outcome.success and server.stats()["submits"] == 2
+    finally:
+        shell.user_ns["flux"].close()
+        InteractiveShell.clear_instance()
+
+
 @pytest.mark.slow
 def test_run_all_stops_at_a_failing_flux_cell(server: Any, tmp_path: Path) -> None:
     cells = [

@@ -189,6 +189,8 @@ class FluxMagics(Magics):
                 print_sweep(outcome, observer, Path(session.history_dir))
         if options.out:
             ns[options.out] = outcome
+        if isinstance(outcome, Result):
+            outcome.raise_for_error()  # as flux.generate does: the card shows it, and the cell fails (Run All stops)
 
     # -- %flux ... ----------------------------------------------------------------------------
 
