@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -310,8 +311,13 @@ def build_parser() -> tuple[KnownOptions, dict[str, Callable[[argparse.Namespace
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and not words[0].startswith("-") and words[0] not in parser.subcommands:
+        near = difflib.get_close_matches(words[0], parser.subcommands, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        parser.error(f"unknown command {words[0]!r}{hint}; flux-nb --help lists them")
     try:
-        args, extra = parser.parse_known_args(argv)
+        args, extra = parser.parse_known_args(words)
         sub = parser.subcommands[args.command]
         if verb := commands.VERBS.get(args.command):
             args = commands.settle(verb, args, extra, sub)

@@ -195,3 +195,10 @@ def test_verbs_take_the_magics_words_in_the_shell_too(server: Any, here: Path, c
         main(["tag", record, "--add", "x", "--bogus"])
     assert refused.value.code == 2 and "unknown option --bogus" in capsys.readouterr().err
     assert records(here).loc[record, "tags"] == "best"
+
+
+def test_a_mistyped_command_gets_the_nearest(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["histroy"])
+    assert exited.value.code == 2
+    assert "unknown command 'histroy' (did you mean history?)" in capsys.readouterr().err
