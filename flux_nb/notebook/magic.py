@@ -281,6 +281,10 @@ def keep_empty_cells(lines: list[str]) -> list[str]:
     return lines
 
 
+# IPython's check_complete skips such transformers: a terminal's ``%%flux`` line then waits for its prompt.
+keep_empty_cells.has_side_effects = True  # type: ignore[attr-defined]
+
+
 def _misplaced(words: list[str]) -> str:
     """Why words on the ``%%flux`` line are refused, and where they go."""
     if words[0] in commands.COMMANDS:
