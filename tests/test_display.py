@@ -178,8 +178,8 @@ def test_a_single_requests_line_moves_on_ticks_and_learns_the_time_left(
         clock.now += 1.5
         first.finished(Finished(0, ready(tmp_path)))
     texts = [html.unescape(o.data["text/html"]) for o in captured.outputs if "flux-progress" in o.data["text/html"]]
-    queued = [re.search(r"queued · [\d.]+ s", t).group(0) for t in texts[1:]]
-    assert queued == ["queued · 0.0 s", "queued · 1.3 s", "queued · 2.5 s"]
+    queued = [re.search(r"generating · [\d.]+ s", t).group(0) for t in texts[1:]]
+    assert queued == ["generating · 0.0 s", "generating · 1.3 s", "generating · 2.5 s"]
     assert "left" not in "".join(texts)  # nothing learned yet: no guess
     assert durations.expected(progress_module.kind_of(request)) == pytest.approx(4.0)
 
@@ -187,7 +187,7 @@ def test_a_single_requests_line_moves_on_ticks_and_learns_the_time_left(
     second.started([request])
     second.progress(Progress(0, "Submitted", 0.0))
     clock.now += 1.0
-    assert second.status_line() == "queued · 1.0 s · about 3 s left"
+    assert second.status_line() == "generating · 1.0 s · about 3 s left"
     batch = BatchProgress(rich=True)
     batch.started([request] * 3)
     batch.progress(Progress(0, "Submitted", 0.0))
@@ -265,7 +265,7 @@ def test_a_single_request_shows_its_state_then_the_result_in_its_place(
     assert len(first) == 1 and "sending" in first[0].data["text/html"]
     assert {o.transient["display_id"] for o in updates} == {first[0].transient["display_id"]}
     lines = [html.unescape(o.data["text/html"]) for o in updates]
-    assert "queued · " in lines[0] and "generating · 40% · " in lines[1] and "downloading · " in lines[2]
+    assert "generating · " in lines[0] and "generating · 40% · " in lines[1] and "downloading · " in lines[2]
     assert "flux-result" in lines[3] and "flux-progress" not in lines[3]
 
 

@@ -223,7 +223,8 @@ class FluxMagics(Magics):
         )
         varies = len(batch) > 1 or any(len(axis.values) > 1 for axis in axes)
         rich = render.is_rich()
-        observer = BatchProgress() if rich or not varies else GridOrderProgress()
+        progress = BatchProgress if rich or not varies else GridOrderProgress
+        observer = progress(server=self.session.endpoint)
         results = self._run(batch, observer, confirm=args.yes)
         outcome: Result | SweepResult = results[0] if len(results) == 1 and not varies else SweepResult(results)
         if isinstance(outcome, SweepResult):
@@ -364,7 +365,7 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.set_custom_exc((FluxError,), _show_flux_error)
     if keep_empty_cells not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(keep_empty_cells)
-    session.observer_factory = BatchProgress  # flux.sweep(...) shows live progress too
+    session.observer_factory = lambda: BatchProgress(server=session.endpoint)  # flux.sweep(...) shows it too
     history = HistoryVariable(ipython, session)
     session.add_listener(history.after_request)
     ipython.events.register("pre_run_cell", history.before_cell)

@@ -51,12 +51,27 @@ MARKS = {"failed": "!", "moderated": "×", "unknown": "?", "cancelled": "–", "
 WAITING = {"submitted", "pending", "sending", "queued"}
 
 
-def spinner() -> str:
-    """A small turning ring in the text's colour, drawn with CSS (no font or emoji needed)."""
+#: Seconds a live line's spinner turns after its last redraw: it stops when the kernel stops redrawing.
+SPIN_S = 2.0
+#: Seconds per turn of a spinner.
+TURN_S = 0.9
+
+
+def spinner(elapsed: float | None = None) -> str:
+    """A small turning ring in the text's colour, drawn with CSS (no font or emoji needed).
+
+    With ``elapsed`` (seconds since the wait began) it turns for ``SPIN_S`` only, from the angle it had reached:
+    a line the kernel keeps redrawing turns smoothly, and stops once the kernel is gone (restarted, interrupted).
+    """
+    if elapsed is None:
+        animation = f"flux-spin {TURN_S}s linear infinite"
+    else:
+        phase = elapsed % TURN_S
+        animation = f"flux-spin {TURN_S}s linear -{phase:.2f}s {(phase + SPIN_S) / TURN_S:.2f}"
     return (
         '<span class="flux-spinner" aria-hidden="true" style="display:inline-block;width:0.8em;height:0.8em;'
         "box-sizing:border-box;border:2px solid currentColor;border-right-color:transparent;border-radius:50%;"
-        'vertical-align:-0.1em;margin-right:0.4em;animation:flux-spin 0.9s linear infinite"></span>'
+        f'vertical-align:-0.1em;margin-right:0.4em;animation:{animation}"></span>'
     )
 
 
