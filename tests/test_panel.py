@@ -661,9 +661,9 @@ def test_the_status_line_keeps_time_between_events_and_stops_with_the_batch(
         watcher.tick()
         said.append(panel.status.value)
     assert [html.unescape(s).split(" · ")[:2] for s in said] == [
-        ["<span>queued", "0.0 s"],
-        ["<span>queued", "1.5 s"],
-        ["<span>queued", "3.0 s"],
+        ["<span>generating", "0.0 s"],
+        ["<span>generating", "1.5 s"],
+        ["<span>generating", "3.0 s"],
     ]
     watcher.stop_ticks()
     clock[0] += 1.0
