@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Coroutine
 from pathlib import Path
@@ -13,15 +14,17 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 from flux_nb.core import watching
-from flux_nb.core.events import Emit, Progress
+from flux_nb.core.events import Emit, Finished, Progress
 from flux_nb.core.loop import LoopRunner
-from flux_nb.core.results import Result
+from flux_nb.core.results import Result, SweepResult
 from flux_nb.errors import BatchInterrupted
+from flux_nb.grids import grid
 from flux_nb.notebook import progress as progress_module
 from flux_nb.notebook import render
 from flux_nb.notebook.progress import BatchProgress
 from flux_nb.server import EmbeddedServer
 
+ROOT = Path(__file__).resolve().parents[1]
 REQUEST = type("Request", (), {"model": "flux-2-klein-4b", "width": 512, "height": 512})()
 
 
@@ -63,6 +66,13 @@ def runner() -> Any:
     loop = LoopRunner()
     yield loop
     loop.close()
+
+
+@pytest.fixture
+def ready_result() -> Any:
+    from tests.test_display import ready
+
+    return ready
 
 
 def lines_of(captured: Any) -> list[str]:
@@ -171,3 +181,84 @@ def test_a_single_sent_request_says_it_is_generating_not_queued(tmp_path: Path) 
     live.started([REQUEST])
     live.progress(Progress(0, "Submitted", 0.0))
     assert live.status_line().startswith("generating · ")
+
+
+# -- grids -------------------------------------------------------------------------------------------------
+
+LONG_PROMPT = (
+    "a photo of a red fox sitting in deep fresh snow at dawn, golden rim light, shallow depth of field, "
+    "telephoto lens, national geographic style, highly detailed fur"
+)
+
+
+def rows(**columns: list[Any]) -> list[dict[str, Any]]:
+    count = len(next(iter(columns.values())))
+    made = [{"record_id": f"r{i}", "status": "ready", "image_path": None} for i in range(count)]
+    for name, values in columns.items():
+        for row, value in zip(made, values, strict=True):
+            row[name] = value
+    return made
+
+
+def test_grid_headers_name_their_axis() -> None:
+    page = grid(rows(seed=[1, 2], prompt=["a fox"] * 2, model=["flux-2-pro", "flux-2-klein-4b"]), x="seed", y="model")
+    assert page.label_text["x:1"] == ["seed 1"] and page.label_text["x:2"] == ["seed 2"]
+    assert page.label_text["y:flux-2-pro"] == ["model flux-2-pro"]
+    prompts = grid(rows(seed=[1, 1], prompt=["a fox", "a cat"]), x="prompt")
+    assert prompts.label_text["x:a fox"] == ["a fox"]  # a prompt reads as itself
+
+
+def test_a_shared_prompt_is_said_once_and_whole(tmp_path: Path) -> None:
+    page = grid(rows(seed=[1, 2, 3], prompt=[LONG_PROMPT] * 3), x="seed", cell=128)
+    title = " ".join(page.label_text["title"])
+    assert f"prompt: {LONG_PROMPT}" in title and "…" not in title
+    assert len(page.label_text["title"]) > 1  # wrapped across lines, not cut
+
+
+def test_a_grid_says_when_its_cells_differ_off_the_axes() -> None:
+    page = grid(rows(model=["flux-2-pro", "flux-2-klein-4b"], prompt=["a fox", "a cat"]), x="model")
+    assert "cells differ in prompt (2 values, not on an axis)" in " ".join(page.label_text["title"])
+    same = grid(rows(model=["flux-2-pro", "flux-2-klein-4b"], prompt=["a fox", "a fox"]), x="model")
+    assert "differ" not in " ".join(same.label_text["title"])
+
+
+def test_a_history_grid_keeps_the_order_the_models_were_typed(flux: Any) -> None:
+    small = {"width": 256, "height": 256, "prompt": "a red fox"}
+    flux.sweep(model=["flux-2-klein-9b", "flux-2-pro"], seed=2, **small)  # older rows of two of the models
+    flux.sweep(model=["flux-2-klein-4b", "flux-2-klein-9b", "flux-2-pro"], seed=1, **small)
+    page = grid(flux.history(), x="model")
+    headers = [key for key in page.label_text if key.startswith("x:")]
+    assert headers == ["x:flux-2-klein-4b", "x:flux-2-klein-9b", "x:flux-2-pro"]
+    assert set(page.cells.values()) == {r for r in flux.history().query("seed == 1").record_id}
+
+
+def test_notebook_02s_history_grid_draws_no_missing_cells(ipython: Any) -> None:
+    notebook = json.loads((ROOT / "notebooks" / "02_sweeps_and_grids.ipynb").read_text())
+    code = ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"]
+    [grid_cell] = [c for c in code if c.startswith("%flux grid")]
+    with capture_output():
+        for cell in code[1 : code.index(grid_cell)]:  # the extension is already loaded
+            assert ipython.run_cell(cell).success, cell
+        with capture_output() as shown:
+            assert ipython.run_cell(grid_cell).success
+    [drawn] = [o.data["text/plain"] for o in shown.outputs]
+    assert re.search(r"\d+×\d+ cells, 0 missing", drawn), drawn
+
+
+def test_a_finished_sweep_says_its_totals_once(tmp_path: Path, ready_result: Any) -> None:
+    live = BatchProgress(rich=True)
+    with capture_output() as captured:
+        live.started([REQUEST] * 2)
+        for index in range(2):
+            live.finished(Finished(index, ready_result(tmp_path, record_id=f"r{index}", seed=index)))
+    final = lines_of(captured)[-1]
+    assert "credits" not in final and "done" not in final and "finished in" in final
+    summary = render.sweep_bundle(SweepResult([ready_result(tmp_path, record_id=f"r{i}") for i in range(2)]))
+    assert html.unescape(summary["text/html"]).count("credits") == 1
+
+
+def test_a_result_card_shows_no_hash_path_under_its_image(tmp_path: Path, ready_result: Any) -> None:
+    result = ready_result(tmp_path)
+    card = render.result_html(result)
+    visible = re.sub(r"<[^>]+>", " ", card)  # text only, not attributes (the image's tooltip keeps the path)
+    assert str(result.path.name) not in visible and "img.jpeg" in card

@@ -250,6 +250,9 @@ class BatchProgress:
         turning = spinner(time.monotonic() - self.started_at) if waiting else ""
         if self.total == 1:
             return f'{STYLE}<div class="flux-progress" style="{style}">{turning}{text}</div>'
+        if len(self.results) == self.total:  # the sweep's own summary gives the totals: said once, below it
+            took = f"finished in {time.monotonic() - self.started_at:.1f} s"
+            return f'<div class="flux-progress" style="{style}">{took}</div>'
         done = self.done_fraction()
         bar = (
             f'<div style="width:240px;height:6px;background:{TRACK};display:inline-block;vertical-align:middle">'

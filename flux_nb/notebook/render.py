@@ -148,10 +148,9 @@ def result_html(result: Result) -> str:
         return failure_html(result)
     img = thumb_img(result.path, settings.thumbnail_size, settings.thumbnail_format, alt=result.prompt)
     text = html.escape(caption(result))
-    path = html.escape(shown_path(result.path))
-    return (
+    return (  # the image's path is its tooltip (and ``result.path``): no long hash path under every image
         f'<div class="flux-result">{img}<div class="flux-caption" style="font-size:12px;color:{TEXT}">'
-        f'{_badge(result)}{text}<br/><span class="flux-path" style="color:{MUTED}">{path}</span></div></div>'
+        f"{_badge(result)}{text}</div></div>"
     )
 
 
