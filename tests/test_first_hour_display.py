@@ -262,3 +262,58 @@ def test_a_result_card_shows_no_hash_path_under_its_image(tmp_path: Path, ready_
     card = render.result_html(result)
     visible = re.sub(r"<[^>]+>", " ", card)  # text only, not attributes (the image's tooltip keeps the path)
     assert str(result.path.name) not in visible and "img.jpeg" in card
+
+
+# -- panel -------------------------------------------------------------------------------------------------
+
+
+def test_rating_a_card_keeps_the_done_status(flux: Any) -> None:
+    from tests.test_panel import generated
+
+    panel, result = generated(flux, "a red kite over a hill")
+    assert panel.status.value.startswith("<span>done: 1 image")
+    review = panel.gallery.reviews[result.record_id]
+    review.stars[2].click()
+    review.heart.value = True
+    assert panel.status.value.startswith("<span>done: 1 image")
+    assert "as a favourite" in panel.status.value
+
+
+def test_lit_and_unlit_stars_differ_in_shape_not_only_background(flux: Any) -> None:
+    from tests.test_panel import generated
+
+    panel, result = generated(flux, "a red kite over a hill")
+    stars = panel.gallery.reviews[result.record_id].stars
+    stars[2].click()
+    assert [s.icon for s in stars] == ["star"] * 3 + ["star-o"] * 2
+    assert {s.button_style for s in stars} == {""}  # the glyph in the text's colour, not white on orange
+
+
+def test_a_cards_caption_is_two_short_lines(flux: Any) -> None:
+    from tests.test_panel import generated
+
+    panel, result = generated(flux, "a red kite over a hill")
+    card = panel.gallery.children[0].children[1].value
+    shown = html.unescape(re.sub(r"<[^>]+>", "\n", card)).strip().splitlines()
+    assert shown == [
+        f"seed {result.seed} · 512×512 · {result.model}",
+        f"{result.cost:.2f} credits · {result.elapsed:.2f} s",
+    ]
+    assert "-webkit-line-clamp:2" in card and str(result.record_id) in card  # the whole caption is the tooltip
+
+
+def test_the_panels_error_text_does_not_take_the_error_colour_variable(flux: Any) -> None:
+    from flux_nb.notebook.panel import Panel
+
+    panel = Panel(flux)
+    panel.submit()  # no prompt
+    text_colour = re.search(r'<div style="color:([^;]+);', panel.error.value).group(1)
+    assert "the prompt is empty" in panel.error.value and "--jp-error-color1" not in text_colour
+
+
+def test_the_format_toggle_and_size_boxes_are_compact(flux: Any) -> None:
+    from flux_nb.notebook.panel import Panel
+
+    panel = Panel(flux)
+    assert panel.format.style.button_width == "4.5em"
+    assert panel.width.style.description_width == panel.height.style.description_width == "1.5em"

@@ -590,7 +590,7 @@ def test_a_panel_opens_even_when_the_backend_cannot_be_chosen(
 
 def stars_shown(panel: Panel, result: Result) -> int:
     """How many stars a card shows lit."""
-    return sum(star.button_style == "warning" for star in panel.gallery.reviews[result.record_id].stars)
+    return sum(star.icon == "star" for star in panel.gallery.reviews[result.record_id].stars)
 
 
 def test_a_cards_stars_and_heart_call_the_sessions_review_api(flux: Flux, monkeypatch: pytest.MonkeyPatch) -> None:
