@@ -317,3 +317,11 @@ def test_the_format_toggle_and_size_boxes_are_compact(flux: Any) -> None:
     panel = Panel(flux)
     assert panel.format.style.button_width == "4.5em"
     assert panel.width.style.description_width == panel.height.style.description_width == "1.5em"
+
+
+def test_a_shown_waiting_result_has_no_endless_spinner(tmp_path: Path, ready_result: Any) -> None:
+    from flux_nb.errors import FluxError
+
+    still_running = ready_result(tmp_path, status="submitted", path=None, error=FluxError("interrupted"))
+    shown = render.result_html(still_running)
+    assert "flux-spinner" in shown and "infinite" not in shown

@@ -57,17 +57,14 @@ SPIN_S = 2.0
 TURN_S = 0.9
 
 
-def spinner(elapsed: float | None = None) -> str:
+def spinner(elapsed: float = 0.0) -> str:
     """A small turning ring in the text's colour, drawn with CSS (no font or emoji needed).
 
-    With ``elapsed`` (seconds since the wait began) it turns for ``SPIN_S`` only, from the angle it had reached:
-    a line the kernel keeps redrawing turns smoothly, and stops once the kernel is gone (restarted, interrupted).
+    It turns for ``SPIN_S`` only, from the angle ``elapsed`` seconds of waiting reached: a line the kernel keeps
+    redrawing turns smoothly, and stops once the kernel is gone (restarted, interrupted).
     """
-    if elapsed is None:
-        animation = f"flux-spin {TURN_S}s linear infinite"
-    else:
-        phase = elapsed % TURN_S
-        animation = f"flux-spin {TURN_S}s linear -{phase:.2f}s {(phase + SPIN_S) / TURN_S:.2f}"
+    phase = elapsed % TURN_S
+    animation = f"flux-spin {TURN_S}s linear -{phase:.2f}s {(phase + SPIN_S) / TURN_S:.2f}"
     return (
         '<span class="flux-spinner" aria-hidden="true" style="display:inline-block;width:0.8em;height:0.8em;'
         "box-sizing:border-box;border:2px solid currentColor;border-right-color:transparent;border-radius:50%;"
@@ -76,7 +73,10 @@ def spinner(elapsed: float | None = None) -> str:
 
 
 def icon(status: str) -> str:
-    """The mark for a status: a spinner while it waits, else an ASCII character in a CSS ring."""
+    """The mark for a status: a spinner while it waits, else an ASCII character in a CSS ring.
+
+    Nothing redraws a shown result: its spinner turns for ``SPIN_S`` only, never on after its kernel is gone.
+    """
     if status in WAITING:
         return spinner()
     mark = html.escape(MARKS.get(status, "!"))
