@@ -80,9 +80,12 @@ def luminance(rgb: tuple[float, float, float]) -> float:
     return 0.2126 * r + 0.7152 * g + 0.0722 * b
 
 
-def rgb(css: str) -> tuple[float, float, float]:
-    """ "rgb(1, 2, 3)" or "rgba(1, 2, 3, 1)" as three numbers."""
-    r, g, b = (float(v) for v in css[css.index("(") + 1 : -1].replace("/", ",").split(",")[:3])
+def rgb(css: str, over: str = "rgb(255, 255, 255)") -> tuple[float, float, float]:
+    """ "rgb(1, 2, 3)", or "rgba(1, 2, 3, 0.8)" painted over the opaque colour ``over``, as three numbers."""
+    parts = [float(v) for v in css[css.index("(") + 1 : -1].replace("/", ",").split(",")]
+    alpha = parts[3] if len(parts) > 3 else 1.0
+    below = rgb(over) if alpha < 1 else (0.0, 0.0, 0.0)
+    r, g, b = (top * alpha + under * (1 - alpha) for top, under in zip(parts[:3], below, strict=True))
     return r, g, b
 
 
@@ -136,7 +139,12 @@ def test_the_panel_reads_clearly_for_a_newcomer(lab: Lab, page: object, theme: s
     if (lit["glyph"], lit["drawn"], lit["fontWeight"]) == (unlit["glyph"], unlit["drawn"], unlit["fontWeight"]):
         problems.append(f"lit and unlit stars draw the same glyph: {lit}")
     for star in (lit, unlit):
-        ratio = contrast(rgb(star["color"]), rgb(star["background"]))
+        ratio = contrast(rgb(star["color"], star["background"]), rgb(star["background"]))
         if ratio < 3.0:
             problems.append(f"star glyph at {ratio:.2f}:1 on its button: {star}")
+    ratios = [f"{contrast(rgb(s['color'], s['background']), rgb(s['background'])):.2f}" for s in (lit, unlit)]
+    print(
+        f"\n{theme}: format buttons {formats} px (Generate {generate['w']} px); W/H text {fits[0]['text']:.1f} px"
+        f" in {fits[0]['room']:.0f} px; error line {error['ratio']:.2f}:1; caption lines {lines}; stars {ratios}:1"
+    )
     assert not problems, "\n".join(problems)
