@@ -39,7 +39,7 @@ THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
 #: Where each front end opens a notebook (both served by the one server).
 FRONT_ENDS = {"jupyterlab": "/lab/tree/{}", "notebook7": "/notebooks/{}"}
 #: flux_nb's own text; each must read at 4.5:1 or more (WCAG AA for normal text).
-OWN_TEXT = (".flux-caption", ".flux-path", ".flux-error", ".flux-summary", ".flux-credits")
+OWN_TEXT = (".flux-caption", ".flux-error", ".flux-summary", ".flux-credits")
 MIN_CONTRAST = 4.5
 # The contrast of each element's text against what is painted behind it (WCAG 2 relative luminance);
 # translucent colours are composited over the backgrounds below them, up to the page.

@@ -66,7 +66,8 @@ def problems(notebook: nbformat.NotebookNode) -> list[str]:
             if "flux-error" in markup or "flux-failure" in markup:  # a refused cell; a failed or moderated request
                 found.append(f"failure shown by {cell.source!r}: {markup[:300]}")
             done = re.search(r"(\d+)/(\d+) done", markup)
-            if 'class="flux-progress"' in markup and not (done and done.group(1) == done.group(2)):
+            over = "finished in " in markup or (done and done.group(1) == done.group(2))
+            if 'class="flux-progress"' in markup and not over:
                 found.append(f"stale progress line left by {cell.source!r}: {markup[:300]}")
     return found
 
@@ -79,6 +80,7 @@ def test_the_notebook_check_catches_failures_and_stale_progress() -> None:
     assert (
         problems(notebook('<div class="flux-result"><img/></div>', '<div class="flux-progress">3/3 done</div>')) == []
     )
+    assert problems(notebook('<div class="flux-progress">finished in 2.5 s</div>')) == []
     assert len(problems(notebook('<div class="flux-failure">⚠ failed: boom (record r1, seed 1)</div>'))) == 1
     assert len(problems(notebook('<div class="flux-error">⚠ ValidationError: bad</div>'))) == 1
     assert len(problems(notebook('<div class="flux-progress">⏳ generating · 3.1 s</div>'))) == 1

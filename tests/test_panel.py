@@ -590,7 +590,7 @@ def test_a_panel_opens_even_when_the_backend_cannot_be_chosen(
 
 def stars_shown(panel: Panel, result: Result) -> int:
     """How many stars a card shows lit."""
-    return sum(star.button_style == "warning" for star in panel.gallery.reviews[result.record_id].stars)
+    return sum(star.icon == "star" for star in panel.gallery.reviews[result.record_id].stars)
 
 
 def test_a_cards_stars_and_heart_call_the_sessions_review_api(flux: Flux, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -660,9 +660,9 @@ def test_the_status_line_keeps_time_between_events_and_stops_with_the_batch(
         watcher.tick()
         said.append(panel.status.value)
     assert [html.unescape(s).split(" · ")[:2] for s in said] == [
-        ["<span>queued", "0.0 s"],
-        ["<span>queued", "1.5 s"],
-        ["<span>queued", "3.0 s"],
+        ["<span>generating", "0.0 s"],
+        ["<span>generating", "1.5 s"],
+        ["<span>generating", "3.0 s"],
     ]
     watcher.stop_ticks()
     clock[0] += 1.0

@@ -120,9 +120,15 @@ def current_kernel_id() -> str:
         from ipykernel.kernelapp import IPKernelApp
     except ImportError:
         return ""
+    from traitlets.config import MultipleInstanceError
+
     if not IPKernelApp.initialized():
         return ""
-    return kernel_id(IPKernelApp.instance().connection_file)
+    try:
+        app = IPKernelApp.instance()
+    except MultipleInstanceError:  # terminal IPython: its own app holds the singleton
+        return ""
+    return kernel_id(app.connection_file)
 
 
 @lru_cache(maxsize=8)

@@ -4,6 +4,7 @@
 between events, so a live line's clock moves); ``guarded`` wraps an observer for callers that let
 events arrive on the loop thread (widgets). A failing observer is dropped, never raised into a request.
 
+However the batch ends, an observer with a ``stopped()`` method is told, so a live line can draw its final state.
 An interrupt (Ctrl-C, a kernel interrupt) cancels the batch, waits for its records to settle (never-sent
 ones stay pending, submitted ones stay submitted) and raises ``BatchInterrupted`` with what was sent.
 """
@@ -104,6 +105,15 @@ def relay(
             if (event := events.get()) is not None:
                 tally.note(event)
         raise tally.interrupted() from None
+    finally:
+        _safely(watcher, _stop)
+
+
+def _stop(observer: BatchObserver) -> None:
+    """Tell an observer that has a ``stopped`` method that the batch is over (however it ended)."""
+    stop = getattr(observer, "stopped", None)
+    if callable(stop):
+        stop()
 
 
 def _safely(observer: BatchObserver | None, call: Callable[[BatchObserver], None]) -> BatchObserver | None:

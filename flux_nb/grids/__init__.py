@@ -26,7 +26,7 @@ from flux_nb.core.axes import COMBINED
 from flux_nb.core.results import Result
 from flux_nb.errors import ValidationError
 from flux_nb.grids.draw import GAP, LABEL_FONT, LINE, Box, Row, Style, draw_cell, draw_lines, font_size, wrap_text
-from flux_nb.grids.labels import axis_label, cell_label, file_part, header, ordered, plain, varying
+from flux_nb.grids.labels import axis_label, cell_label, file_part, header, heading, label, ordered, plain, varying
 from flux_nb.grids.theme import DARK, LIGHT, Theme, notebook_theme, theme_named
 
 BACKGROUND, CELL_BACKGROUND, TEXT, MUTED, FAILED = LIGHT.background, LIGHT.cell, LIGHT.text, LIGHT.muted, LIGHT.failed
@@ -34,6 +34,10 @@ ROW_LABEL_MAX = 220
 DISPLAY_MAX_WIDTH = 1600
 # Columns every row needs besides the axes: identity, outcome and the size fallbacks.
 ROW_COLUMNS = ("record_id", "status", "error", "image_path", "width", "height", "out_width", "out_height")
+# Fields a page says something about when they are not on an axis: shared (once, in the title) or differing.
+DESCRIBED = ("prompt", "model", "width", "height", "steps", "guidance")
+#: Most lines a page's title wraps to (a shared prompt is said whole, never cut mid-phrase).
+TITLE_MAX_LINES = 12
 # Result attributes that are not fields of the request or its outcome.
 _RESULT_SKIP = ("error", "labels", "path", "thumbnail_size", "thumbnail_format")
 
@@ -41,7 +45,7 @@ _RESULT_SKIP = ("error", "labels", "path", "thumbnail_size", "thumbnail_format")
 def _rows(data: Any, names: set[str]) -> tuple[list[Row], set[str]]:
     """Rows of plain values from a DataFrame, a list of Results, or a list of dicts; and every field name."""
     if isinstance(data, pd.DataFrame):
-        wanted = [c for c in data.columns if c in names or c in ROW_COLUMNS]  # a long history has many columns
+        wanted = [c for c in data.columns if c in names or c in ROW_COLUMNS or c in DESCRIBED]  # of many
         frame = data[wanted].astype(object)
         return frame.where(frame.notna(), None).to_dict("records"), {str(c) for c in data.columns}
     rows = []
@@ -244,8 +248,12 @@ def _page(
     caption: str,
 ) -> Grid:
     """Lay out and draw one page; images are opened only for the cells that show them."""
-    # rows run oldest first: the newest wins
-    latest: dict[tuple[Any, Any], Row] = {(get_x(r), get_y(r)): r for r in rows}
+    # rows run oldest first: the newest wins, and values come in the order the newest rows were made (as typed)
+    latest: dict[tuple[Any, Any], Row] = {}
+    for made in rows:
+        key = (get_x(made), get_y(made))
+        latest.pop(key, None)
+        latest[key] = made
     xs, ys = ordered(k[0] for k in latest), ordered(k[1] for k in latest)
     if options.sort:
         xs = _best_first(xs, {v: [r for k, r in latest.items() if k[0] == v] for v in xs}, options.sort)
@@ -259,8 +267,10 @@ def _page(
     shared_x, own_x = varying(xs) if x else ("", {})
     shared_y, own_y = varying(ys) if y else ("", {})
     said = [f"{axis}: {shared}" for axis, shared in ((x, shared_x), (y, shared_y)) if shared]
-    caption_lines = wrap_text(_join(caption, *said), width - 2 * GAP, 3, style.size) if caption or said else []
-    headers = {xv: wrap_text(own_x.get(xv) or header(x, xv), cell, size=style.size) for xv in xs} if x else {}
+    said += _off_axes(list(latest.values()), {n for a in (x, y) if a for n in (a, *a.split(COMBINED))})
+    title_text = _join(caption, *said)
+    caption_lines = wrap_text(title_text, width - 2 * GAP, TITLE_MAX_LINES, style.size) if title_text else []
+    headers = {xv: wrap_text(own_x.get(xv) or heading(x, xv), cell, size=style.size) for xv in xs} if x else {}
     line, theme = style.line, options.theme
     title_h = len(caption_lines) * line + 2 * GAP if caption_lines else 0
     header_h = max(len(lines) for lines in headers.values()) * line + GAP if headers else 0
@@ -281,7 +291,7 @@ def _page(
     for row_index, yv in enumerate(ys):
         top = title_h + header_h + GAP + row_index * (cell + GAP)
         if y:
-            lines = wrap_text(own_y.get(yv) or header(y, yv), label_w - GAP, cell // line, style.size)
+            lines = wrap_text(own_y.get(yv) or heading(y, yv), label_w - GAP, cell // line, style.size)
             box = (GAP, top, label_w, top + cell)
             page.label_text[f"y:{header(y, yv)}"] = lines
             page.label_boxes[f"y:{header(y, yv)}"] = draw_lines(draw, lines, box, theme.text, style)
@@ -295,6 +305,22 @@ def _page(
                 page.cell_text[(xv, yv)] = words
             draw_cell(canvas, draw, box, row, style, words)
     return page
+
+
+def _off_axes(shown: list[Row], on_axes: set[str]) -> list[str]:
+    """What the shown cells share or not, off the axes: "prompt: <the whole prompt>" once, or that they differ."""
+    if "size" in on_axes:
+        on_axes |= {"width", "height"}
+    said = []
+    for name in DESCRIBED:
+        values = {plain(row.get(name)) for row in shown if name in row} - {None}
+        if name in on_axes or not values:
+            continue
+        if len(values) > 1:
+            said.append(f"cells differ in {name} ({len(values)} values, not on an axis)")
+        elif name == "prompt":
+            said.append(f"prompt: {label(values.pop())}")
+    return said
 
 
 def _combine(pages: GridPages, title: str, theme: Theme) -> Grid:

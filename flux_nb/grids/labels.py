@@ -53,6 +53,17 @@ def header(axis: str, value: Any) -> str:
     return axis_label(axis, value) if COMBINED in axis else label(value)
 
 
+def heading(axis: str, value: Any) -> str:
+    """A drawn header names its axis, as A1111's "Seed: 1" does: "seed 1", "model pro · steps 4".
+
+    A prompt is its own name: it reads as the text alone.
+    """
+    parts = axis.split(COMBINED)
+    if len(parts) > 1 and isinstance(value, tuple) and len(value) == len(parts):
+        return " · ".join(heading(n, v) for n, v in zip(parts, value, strict=True))
+    return label(value) if axis == "prompt" else f"{axis} {label(value)}"
+
+
 def plain(value: Any) -> Any:
     """A hashable cell key for a value: lists become tuples, NA becomes None, images their label."""
     if isinstance(value, (list, tuple)):

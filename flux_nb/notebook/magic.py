@@ -175,7 +175,8 @@ class FluxMagics(Magics):
         images = [resolve_image(unquote(v), ns, keys) for v in options.image or []]
         batch, varies = request_batch(session, prompts, options, images, vary)
         rich = render.is_rich()
-        observer = BatchProgress() if rich else GridOrderProgress() if varies else TerminalProgress()
+        progress = BatchProgress if rich else GridOrderProgress if varies else TerminalProgress
+        observer = progress(server=session.endpoint)
         try:
             results = session.run(batch, observer, confirm=options.yes)
         finally:
@@ -257,6 +258,10 @@ def keep_empty_cells(lines: list[str]) -> list[str]:
     if lines and CELL_MAGIC.match(lines[0]) and not "".join(lines[1:]).strip():
         return [lines[0].rstrip("\n") + "\n", "\n"]
     return lines
+
+
+# IPython's check_complete skips such transformers: a terminal's ``%%flux`` line then waits for its prompt.
+keep_empty_cells.has_side_effects = True  # type: ignore[attr-defined]
 
 
 def _misplaced(words: list[str]) -> str:
@@ -351,7 +356,7 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.set_custom_exc(CUSTOM_EXCEPTIONS, _show_flux_error)
     if keep_empty_cells not in ipython.input_transformers_cleanup:
         ipython.input_transformers_cleanup.append(keep_empty_cells)
-    session.observer_factory = BatchProgress  # flux.sweep(...) shows live progress too
+    session.observer_factory = lambda: BatchProgress(server=session.endpoint)  # flux.sweep(...) shows it too
     session.add_listener(history.after_request)
     ipython.events.register("pre_run_cell", history.before_cell)
     try:

@@ -2,8 +2,10 @@
 
 It is a ``BatchObserver``: the session hands it typed events on the caller's thread, and a
 ``tick`` between events so the elapsed time keeps moving while requests run. Once a few requests
-of a kind (model and size) have finished, the line also says about how long the rest will take:
-durations are learned from the events themselves, so no extra polls are made.
+of a kind (server, model and size) have finished, the line also says about how long the rest will take,
+and the bar fills by that expected time: durations are learned from the events themselves, so no extra
+polls are made. When the batch ends (finished, interrupted, failed) the line is drawn once more, in its
+final state; a spinner turns only while the kernel redraws it.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ UPDATE_INTERVAL = 0.1  # seconds between live progress redraws
 PROGRESS_THUMB = 128
 
 #: How a task status reads in the live line of a single request.
-STATES = {"Submitted": "queued", "Pending": "generating", "Downloading": "downloading"}
+STATES = {"Submitted": "generating", "Pending": "generating", "Downloading": "downloading"}
+#: The most a waiting request counts towards the bar, however long it has run: only a result fills it.
+WAITING_SHARE = 0.95
 
-Kind = tuple[str, int | None, int | None]  # model, width, height
+Kind = tuple[str, str, int | None, int | None]  # server, model, width, height
 
 
 class Durations:
@@ -64,10 +68,11 @@ class Durations:
 DURATIONS = Durations()
 
 
-def kind_of(prepared: Any) -> Kind:
-    """The kind of a prepared request: its model and requested size."""
+def kind_of(prepared: Any, server: str = "") -> Kind:
+    """The kind of a prepared request: the server it goes to, its model and requested size."""
     request = getattr(prepared, "request", prepared)
-    return (str(getattr(request, "model", "")), getattr(request, "width", None), getattr(request, "height", None))
+    model = str(getattr(request, "model", ""))
+    return (server, model, getattr(request, "width", None), getattr(request, "height", None))
 
 
 def remaining_words(seconds: float | None) -> str:
@@ -86,8 +91,11 @@ class BatchProgress:
     replaces it); in a terminal it is a ``\\r``-redrawn line on ``stream`` (stderr) when that is a tty.
     """
 
-    def __init__(self, show_results: bool = True, rich: bool | None = None, stream: TextIO | None = None) -> None:
+    def __init__(
+        self, show_results: bool = True, rich: bool | None = None, stream: TextIO | None = None, server: str = ""
+    ) -> None:
         self.show_results = show_results
+        self.server = server  # durations are learned per server: another one's never sets expectations here
         self.rich = is_rich() if rich is None else rich
         self.stream = stream
         self.total = 0
@@ -98,6 +106,7 @@ class BatchProgress:
         self.began: dict[int, float] = {}  # when each request was first reported submitted
         self.durations = DURATIONS
         self.started_at = time.monotonic()
+        self.stopped_at: float | None = None
         self._last_draw = 0.0
         self._line: Any = None
         self._gallery: Any = None
@@ -114,8 +123,11 @@ class BatchProgress:
     def status_line(self) -> str:
         """Counts, time, time left (when known) and credits; for a single request in flight, its state."""
         done = len(self.results)
-        now = time.monotonic()
+        now = time.monotonic() if self.stopped_at is None else self.stopped_at
         elapsed = f"{now - self.started_at:.1f} s"
+        if self.stopped_at is not None and done < self.total:
+            parts = [f"stopped: {done}/{self.total} done", f"{self.failed} failed" if self.failed else "", elapsed]
+            return " · ".join(p for p in [*parts, f"{self.credits:.2f} credits"] if p)
         left = remaining_words(self.remaining(now))
         if self.total == 1 and not done:
             state, fraction = self.states.get(0, ("sending", None))
@@ -149,10 +161,23 @@ class BatchProgress:
         lanes = max(1, len(ahead))  # queued requests wait for the slots the running ones hold
         return (max(ahead) if ahead else 0.0) + sum(queued) / lanes
 
+    def done_fraction(self, now: float | None = None) -> float:
+        """How far the batch is: each result counts 1, each running request its share of its expected time."""
+        if not self.total:
+            return 1.0
+        now = time.monotonic() if now is None else now
+        done = float(len(self.results))
+        for index, began in self.began.items():
+            expected = self.durations.expected(self.kinds[index]) if index < len(self.kinds) else None
+            if index not in self.results and expected:
+                done += min(WAITING_SHARE, (now - began) / expected)
+        return done / self.total
+
     def started(self, batch: Sequence[Any]) -> None:
         self.total = len(batch)
-        self.kinds = [kind_of(prepared) for prepared in batch]
+        self.kinds = [kind_of(prepared, self.server) for prepared in batch]
         self.started_at = time.monotonic()
+        self.stopped_at = None
         if not self.total:
             return
         if self.rich:
@@ -172,6 +197,21 @@ class BatchProgress:
         """Between events: redraw so the elapsed time moves."""
         if self.total and len(self.results) < self.total:
             self._redraw()
+
+    def stopped(self) -> None:
+        """The batch ended (all done, interrupted, or failed): draw the final line, with nothing left turning."""
+        if self.stopped_at is not None or not self.total or len(self.results) == self.total:
+            return
+        self.stopped_at = time.monotonic()
+        if not self.rich:
+            stream = self._terminal()
+            if stream is not None and self._drawn:  # the final line stays; what follows starts below it
+                self._draw_terminal()
+                stream.write("\n")
+                self._drawn = 0
+            return
+        if self._line is not None:
+            self._line.update(HTML(self._line_html()))
 
     def finished(self, event: Finished) -> None:
         index, result = event.index, event.result
@@ -206,14 +246,18 @@ class BatchProgress:
     def _line_html(self) -> str:
         style = f"font-size:12px;color:{TEXT}"
         text = html.escape(self.status_line())
+        waiting = self.stopped_at is None and len(self.results) < self.total
+        turning = spinner(time.monotonic() - self.started_at) if waiting else ""
         if self.total == 1:
-            return f'{STYLE}<div class="flux-progress" style="{style}">{spinner()}{text}</div>'
-        done = len(self.results) / self.total if self.total else 1.0
+            return f'{STYLE}<div class="flux-progress" style="{style}">{turning}{text}</div>'
+        if len(self.results) == self.total:  # the sweep's own summary gives the totals: said once, below it
+            took = f"finished in {time.monotonic() - self.started_at:.1f} s"
+            return f'<div class="flux-progress" style="{style}">{took}</div>'
+        done = self.done_fraction()
         bar = (
             f'<div style="width:240px;height:6px;background:{TRACK};display:inline-block;vertical-align:middle">'
             f'<div style="width:{done * 100:.0f}%;height:6px;background:{FILL}"></div></div>'
         )
-        turning = spinner() if done < 1.0 else ""
         return f'{STYLE}<div class="flux-progress" style="{style}">{turning}{bar} {text}</div>'
 
     def _gallery_html(self) -> str:

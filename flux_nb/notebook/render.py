@@ -51,17 +51,32 @@ MARKS = {"failed": "!", "moderated": "×", "unknown": "?", "cancelled": "–", "
 WAITING = {"submitted", "pending", "sending", "queued"}
 
 
-def spinner() -> str:
-    """A small turning ring in the text's colour, drawn with CSS (no font or emoji needed)."""
+#: Seconds a live line's spinner turns after its last redraw: it stops when the kernel stops redrawing.
+SPIN_S = 2.0
+#: Seconds per turn of a spinner.
+TURN_S = 0.9
+
+
+def spinner(elapsed: float = 0.0) -> str:
+    """A small turning ring in the text's colour, drawn with CSS (no font or emoji needed).
+
+    It turns for ``SPIN_S`` only, from the angle ``elapsed`` seconds of waiting reached: a line the kernel keeps
+    redrawing turns smoothly, and stops once the kernel is gone (restarted, interrupted).
+    """
+    phase = elapsed % TURN_S
+    animation = f"flux-spin {TURN_S}s linear -{phase:.2f}s {(phase + SPIN_S) / TURN_S:.2f}"
     return (
         '<span class="flux-spinner" aria-hidden="true" style="display:inline-block;width:0.8em;height:0.8em;'
         "box-sizing:border-box;border:2px solid currentColor;border-right-color:transparent;border-radius:50%;"
-        'vertical-align:-0.1em;margin-right:0.4em;animation:flux-spin 0.9s linear infinite"></span>'
+        f'vertical-align:-0.1em;margin-right:0.4em;animation:{animation}"></span>'
     )
 
 
 def icon(status: str) -> str:
-    """The mark for a status: a spinner while it waits, else an ASCII character in a CSS ring."""
+    """The mark for a status: a spinner while it waits, else an ASCII character in a CSS ring.
+
+    Nothing redraws a shown result: its spinner turns for ``SPIN_S`` only, never on after its kernel is gone.
+    """
     if status in WAITING:
         return spinner()
     mark = html.escape(MARKS.get(status, "!"))
@@ -133,10 +148,9 @@ def result_html(result: Result) -> str:
         return failure_html(result)
     img = thumb_img(result.path, settings.thumbnail_size, settings.thumbnail_format, alt=result.prompt)
     text = html.escape(caption(result))
-    path = html.escape(shown_path(result.path))
-    return (
+    return (  # the image's path is its tooltip (and ``result.path``): no long hash path under every image
         f'<div class="flux-result">{img}<div class="flux-caption" style="font-size:12px;color:{TEXT}">'
-        f'{_badge(result)}{text}<br/><span class="flux-path" style="color:{MUTED}">{path}</span></div></div>'
+        f"{_badge(result)}{text}</div></div>"
     )
 
 

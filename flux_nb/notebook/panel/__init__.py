@@ -202,13 +202,13 @@ class Panel(w.VBox):
         """Rate a result 1-5 stars in the session's history (its card's stars follow)."""
         self.messages.clear_error()
         self.session.rate(result, stars)
-        self.messages.say(f"rated {result.record_id} {stars} of 5")
+        self.messages.note(f"rated {result.record_id} {stars} of 5")
 
     def favourite(self, result: Result, on: bool = True) -> None:
         """Mark a result a favourite (or not) in the session's history."""
         self.messages.clear_error()
         self.session.favourite(result, on=on)
-        self.messages.say(f"{'marked' if on else 'unmarked'} {result.record_id} as a favourite")
+        self.messages.note(f"{'marked' if on else 'unmarked'} {result.record_id} as a favourite")
 
     # -- remix ---------------------------------------------------------------------------------
 

@@ -44,7 +44,16 @@ def preset_of(width: int, height: int) -> str:
 
 
 def _side(label: str) -> w.BoundedIntText:
-    return w.BoundedIntText(value=1024, min=16, max=8192, step=16, description=label, layout=w.Layout(width="140px"))
+    """A width or height box with room for four digits beside its one-letter label."""
+    return w.BoundedIntText(
+        value=1024,
+        min=16,
+        max=8192,
+        step=16,
+        description=label,
+        style={"description_width": "1.5em"},
+        layout=w.Layout(width="9em"),
+    )
 
 
 class Form:
@@ -65,7 +74,13 @@ class Form:
         self.width, self.height = _side("W"), _side("H")
         self.size_note = w.HTML()
         self.safety = w.IntSlider(value=session.safety_tolerance, min=0, max=5, description="Safety")
-        self.format = w.ToggleButtons(options=list(protocol.OUTPUT_FORMATS), value=session.output_format)
+        self.format = w.ToggleButtons(
+            options=list(protocol.OUTPUT_FORMATS),
+            value=session.output_format,
+            tooltips=[f"save as {name}" for name in protocol.OUTPUT_FORMATS],
+            style={"button_width": "4.5em"},  # a compact toggle, lighter than Generate
+        )
+        self.format.add_class("flux-format")
         self.count = w.IntSlider(value=1, min=1, max=MAX_COUNT, description="Images")
         #: Whether the size is one the API accepts (Generate waits for it).
         self.size_ok = False

@@ -17,11 +17,13 @@ from PIL import Image
 
 from flux_nb.core.results import Result
 from flux_nb.images import thumbnail
-from flux_nb.notebook.render import TEXT, caption
+from flux_nb.notebook.render import TEXT, caption, shown_path
 
 #: Width in pixels of a card's thumbnail (encoded at twice that, for sharp high-DPI screens).
 CARD_THUMB = 224
 STARS = 5
+#: The glyphs of a lit and an unlit star (Font Awesome's solid and outline stars).
+FILLED, EMPTY = "star", "star-o"
 #: Rate a card's result (1-5) and mark it a favourite (on/off); either may raise, the panel shows why.
 Rate = Callable[[Result, int], None]
 Favour = Callable[[Result, bool], None]
@@ -32,6 +34,22 @@ def card_thumbnail(path: Path | str) -> bytes:
     with Image.open(path) as image:
         image.draft("RGB", (CARD_THUMB * 2, CARD_THUMB * 2))
         return thumbnail(image, CARD_THUMB * 2, "jpeg")
+
+
+def card_caption(result: Result) -> str:
+    """A card's caption in two short lines (seed, size, model; credits, time); the whole caption is its tooltip."""
+    whole = caption(result) + (f" · {shown_path(result.path)}" if result.path else "")
+    size = f"{result.width}×{result.height}" if result.width and result.height else "auto size"
+    credits = result.cost if result.cost is not None else result.estimated_cost
+    spent = "0 credits · cached" if result.cached else f"{credits or 0:.2f} credits"
+    took = f" · {result.elapsed:.2f} s" if result.elapsed is not None and not result.cached else ""
+    lines = (f"seed {result.seed} · {size} · {result.model}", spent + took)
+    style = (
+        f"font-size:11px;line-height:1.3;color:{TEXT};display:-webkit-box;-webkit-line-clamp:2;"
+        "-webkit-box-orient:vertical;overflow:hidden"
+    )
+    body = "<br/>".join(html.escape(line) for line in lines)
+    return f'<div class="flux-caption" title="{html.escape(whole, quote=True)}" style="{style}">{body}</div>'
 
 
 class Review(w.HBox):
@@ -51,7 +69,7 @@ class Review(w.HBox):
         self.result, self._rate, self._favour = result, rate, favour
         self.stars = []
         for n in range(1, STARS + 1):
-            star = w.Button(icon="star", tooltip=f"Rate {n} of {STARS}", layout=w.Layout(width="30px", padding="0"))
+            star = w.Button(icon=EMPTY, tooltip=f"Rate {n} of {STARS}", layout=w.Layout(width="30px", padding="0"))
             star.add_class("flux-star")
             star.add_class(f"flux-star-{n}")
             star.on_click(lambda _, n=n: self.rate(n))
@@ -75,7 +93,7 @@ class Review(w.HBox):
     def _show(self, stars: int) -> None:
         self.rating = stars
         for n, star in enumerate(self.stars, start=1):
-            star.button_style = "warning" if n <= stars else ""
+            star.icon = FILLED if n <= stars else EMPTY  # a shape apart, in the text's own colour
             star.tooltip = f"Rated {stars} of {STARS}" if n == stars else f"Rate {n} of {STARS}"
 
     def _toggled(self, change: Any) -> None:
@@ -121,11 +139,7 @@ class Gallery(w.HBox):
     def _card(self, result: Result, path: Path, rating: int, favourite: bool) -> w.VBox:
         image = w.Image(value=card_thumbnail(path), format="jpeg", layout=w.Layout(max_width=f"{CARD_THUMB}px"))
         image.add_class("flux-result-image")
-        text = w.HTML(
-            f'<div class="flux-caption" style="font-size:11px;line-height:1.3;color:{TEXT}">'
-            f"{html.escape(caption(result))}</div>",
-            layout=w.Layout(width=f"{CARD_THUMB}px"),
-        )
+        text = w.HTML(card_caption(result), layout=w.Layout(width=f"{CARD_THUMB}px"))
         remix = w.Button(description="Remix", tooltip="Load these settings into the form", layout=w.Layout(width="48%"))
         remix.add_class("flux-remix")
         reuse = w.Button(description="Edit this", tooltip="Use as a reference image", layout=w.Layout(width="48%"))

@@ -12,7 +12,7 @@ import ipywidgets as w
 
 from flux_nb.errors import FluxError
 from flux_nb.notebook.hints import in_notebook_words
-from flux_nb.notebook.render import ERROR, MUTED, NOT_BILLED, icon
+from flux_nb.notebook.render import ERROR, MUTED, NOT_BILLED, TEXT, icon
 
 if TYPE_CHECKING:
     from flux_nb.session import Flux
@@ -24,6 +24,7 @@ class Messages:
     def __init__(self, session: Flux) -> None:
         self.session = session
         self.status = w.HTML(value="Ready.")
+        self._said = "Ready."  # the status line's own text, which a note (a rating) never replaces
         self.status.add_class("flux-status")
         self.error = w.HTML()
         self.error.add_class("flux-error")
@@ -32,12 +33,22 @@ class Messages:
 
     def say(self, text: str) -> None:
         """Replace the status line."""
+        self._said = text
         self.status.value = f"<span>{html.escape(text)}</span>"
+
+    def note(self, text: str) -> None:
+        """Add ``text`` after the status line (a review stored), keeping what the line said (e.g. "done: ...")."""
+        self.status.value = f"<span>{html.escape(f'{self._said} · {text}')}</span>"
 
     def report(self, exc: BaseException) -> None:
         """Show ``exc`` in the error area: a FluxError in the notebook's words, anything else as unexpected."""
         text = in_notebook_words(exc) if isinstance(exc, FluxError) else f"unexpected error: {exc}"
-        self.error.value = f'<div style="color:{ERROR}">{icon("error")}{html.escape(text)}</div>'
+        # The text in the page's text colour (a page stylesheet may set --jp-error-color1 too light to read),
+        # marked as an error by its red ring and rule.
+        self.error.value = (
+            f'<div style="color:{TEXT};border-left:3px solid {ERROR};padding-left:6px">'
+            f'<span style="color:{ERROR}">{icon("error")}</span>{html.escape(text)}</div>'
+        )
 
     def clear_error(self) -> None:
         self.error.value = ""
