@@ -155,6 +155,24 @@ def test_the_bar_fills_by_expected_time_while_requests_wait(
         assert live.done_fraction() == pytest.approx(progress_module.WAITING_SHARE)
 
 
+def test_time_left_neither_jumps_when_a_slot_frees_nor_vanishes_when_one_runs_late(
+    tmp_path: Path, clock: Clock, durations: progress_module.Durations, ready_result: Any
+) -> None:
+    durations.observe(progress_module.kind_of(REQUEST), 4.0)
+    live = BatchProgress(rich=False)
+    live.started([REQUEST] * 6)
+    for index in range(3):
+        live.progress(Progress(index, "Pending", 0.0))
+    clock.now += 1.0
+    assert live.remaining() == pytest.approx(3.0 + 3 * 4.0 / 3)  # 3 lanes: 3 s for those running, 4 s for the rest
+    with capture_output():  # a slot frees (a cached answer: nothing learned); the next request hasn't started yet
+        live.finished(Finished(0, ready_result(tmp_path, cached=True)))
+    assert live.remaining() == pytest.approx(3.0 + 3 * 4.0 / 3)  # still three lanes, not one
+    clock.now += 10.0  # the two running are late now
+    assert live.remaining() == pytest.approx(1.0 + 3 * 4.0 / 3)
+    assert "left" in live.status_line()
+
+
 def test_durations_are_learned_per_server(clock: Clock, durations: progress_module.Durations) -> None:
     durations.observe(progress_module.kind_of(REQUEST, "http://127.0.0.1:1"), 4.0)
     here = BatchProgress(rich=False, server="http://127.0.0.1:1")

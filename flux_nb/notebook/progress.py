@@ -68,6 +68,10 @@ class Durations:
 DURATIONS = Durations()
 
 
+#: A request past its expected time is given this share of it (at least a second) still to go.
+LATE_SHARE = 0.2
+
+
 def kind_of(prepared: Any, server: str = "") -> Kind:
     """The kind of a prepared request: the server it goes to, its model and requested size."""
     request = getattr(prepared, "request", prepared)
@@ -104,6 +108,7 @@ class BatchProgress:
         self.states: dict[int, tuple[str, float | None]] = {}
         self.kinds: list[Kind] = []
         self.began: dict[int, float] = {}  # when each request was first reported submitted
+        self.lanes = 0  # the most requests seen running at once
         self.durations = DURATIONS
         self.started_at = time.monotonic()
         self.stopped_at: float | None = None
@@ -154,12 +159,14 @@ class BatchProgress:
             expected = self.durations.expected(self.kinds[index]) if index < len(self.kinds) else None
             if expected is None:
                 return None
-            if index in self.began:
-                ahead.append(max(0.0, expected - (now - self.began[index])))
+            if index in self.began:  # one running late is taken to need a little longer, not to be done
+                ahead.append(max(expected - (now - self.began[index]), LATE_SHARE * expected, 1.0))
             else:
                 queued.append(expected)
-        lanes = max(1, len(ahead))  # queued requests wait for the slots the running ones hold
-        return (max(ahead) if ahead else 0.0) + sum(queued) / lanes
+        # queued requests wait for the slots the running ones hold: as many as ever ran at once in this batch,
+        # so the estimate does not jump when one slot frees before the next request starts
+        self.lanes = max(self.lanes, len(ahead))
+        return (max(ahead) if ahead else 0.0) + sum(queued) / max(1, self.lanes)
 
     def done_fraction(self, now: float | None = None) -> float:
         """How far the batch is: each result counts 1, each running request its share of its expected time."""
