@@ -76,7 +76,8 @@ class PreparedRequest:
     fresh: bool = False
     replay_of: str | None = None
     labels: dict[str, Any] = field(default_factory=dict)
-    #: True when the estimate is an upper bound ("at most"): a URL reference's size is not known before sending.
+    #: True when the estimate is an upper bound ("at most"): megapixels rounded up (BFL's rounding is not
+    #: published), or a URL reference's size not known before sending.
     estimate_is_bound: bool = False
 
     @property
@@ -188,9 +189,11 @@ def prepare(
     ).validate()
     first_size = inputs[0].size if inputs else None
     out_w, out_h = protocol.output_size(request, first_size)
-    estimate = protocol.estimate_cost(request.model, out_w, out_h, sum(_priced_megapixels(i) for i in inputs))
+    references = [_priced_megapixels(i) for i in inputs]
+    estimate = protocol.estimate_cost(request.model, out_w, out_h, references)
     prepared = PreparedRequest(request, inputs, estimate, tag=tag, fresh=fresh, labels=dict(labels or {}))
-    prepared.estimate_is_bound = any(i.size is None for i in inputs)
+    exact = all(i.size is not None for i in inputs) and protocol.estimate_is_exact(out_w, out_h, references)
+    prepared.estimate_is_bound = not exact
     return prepared
 
 

@@ -57,9 +57,10 @@ def check_spending(
 ) -> None:
     """Refuse a batch of ``count`` requests estimated at ``cost`` that passes the budget or, unconfirmed, the guard.
 
-    ``at_most``: the estimate is an upper bound (a URL reference, priced at the largest size the API takes).
+    ``at_most``: the estimate is an upper bound (megapixels rounded up, or a URL reference priced at the largest
+    size the API takes); else it is exact and said "about".
     """
-    bound = "at most " if at_most else ""
+    bound = "at most " if at_most else "about "
     if budget is not None and spent + cost > budget + 1e-9:
         raise BudgetError(
             f"estimated cost {bound}{cost:.2f} credits for {count} request(s) would pass the budget: "

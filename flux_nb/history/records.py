@@ -130,6 +130,17 @@ def as_float(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def seed_to_sql(seed: Any) -> Any:
+    """A seed as SQLite stores it: BFL seeds run to 2**64-1, SQLite's INTEGER is signed 64-bit, so a seed from
+    2**63 is kept as its two's complement (negative: no real seed is)."""
+    return seed - 2**64 if isinstance(seed, int) and not isinstance(seed, bool) and 2**63 <= seed < 2**64 else seed
+
+
+def seed_from_sql(value: Any) -> Any:
+    """The seed ``seed_to_sql`` stored."""
+    return value + 2**64 if isinstance(value, int) and not isinstance(value, bool) and value < 0 else value
+
+
 def as_int(value: object) -> int | None:
     """A whole number that fits SQLite's 64 bits; anything else as None."""
     if isinstance(value, bool):
