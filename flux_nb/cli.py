@@ -16,6 +16,7 @@ from flux_nb.cli_client import (
     add_generate_parser,
     common_options,
     cost,
+    credits,
     exit_code,
     export,
     favourite,
@@ -306,6 +307,8 @@ def add_client_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPar
     c = commands.add_parser("cost", help="credits by model and backend, billed and not billed apart", epilog=EXIT_CODES)
     filter_options(c)
     common_options(c, endpoint=False)
+    cr = commands.add_parser("credits", help="the account's balance (GET /v1/credits)", epilog=EXIT_CODES)
+    common_options(cr)
     gr = commands.add_parser("grid", help="save a grid of history images as PNG", epilog=EXIT_CODES)
     gr.add_argument("--x", help="field across (default seed)")
     gr.add_argument("--y", help="field down (default prompt)")
@@ -349,6 +352,7 @@ def add_client_parsers(commands: argparse._SubParsersAction[argparse.ArgumentPar
     return {
         "generate": generate, "history": history, "cost": cost, "grid": grid, "replay": replay, "resume": resume,
         "rate": rate, "note": note, "tag": tag, "favourite": favourite, "export": export, "report": report,
+        "credits": credits,
     }  # fmt: skip
 
 

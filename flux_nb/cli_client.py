@@ -225,6 +225,15 @@ def cost(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def credits(args: argparse.Namespace) -> int:
+    """The account's balance (``GET /v1/credits``)."""
+    from flux_nb.notebook.commands import credits_line
+
+    with session_of(args) as flux:
+        print(credits_line(flux).removeprefix("flux_nb: "))
+    return EXIT_OK
+
+
 def grid(args: argparse.Namespace) -> int:
     """A grid of history rows saved as PNG (``--save``, else in the history's grids folder)."""
     from flux_nb.grids import grid as draw

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flux_nb.core.backend import is_billed_label
 from flux_nb.history import review
 from flux_nb.history.database import Database
 from flux_nb.history.filters import where_clause
@@ -146,7 +147,7 @@ class Queries:
         rows = [(m, b, n or 0, c, r, t) for m, b, n, c, r, t in self._db.read(query, params)]
         names = ["model", "backend", "notebook_requests", "notebook_credits", "requests", "credits"]
         frame = pd.DataFrame(rows, columns=names)
-        frame["billed"] = frame["backend"] == "bfl"
+        frame["billed"] = frame["backend"].map(is_billed_label).astype(bool)
         if value is None:
             frame = frame.drop(columns=["notebook_requests", "notebook_credits"])
         return frame

@@ -291,6 +291,20 @@ def login(session: Flux, rest: list[str]) -> Shown:
     return Shown(lambda: "flux_nb: key set for this session (not saved anywhere)")
 
 
+def credits(session: Flux, rest: list[str]) -> Shown:
+    """``%flux credits``: the account's balance (``GET /v1/credits``)."""
+    _Parser("credits", "").parse(rest)
+    line = credits_line(session)
+    return Shown(lambda: line)
+
+
+def credits_line(session: Flux) -> str:
+    """The balance in one line, said "not billed" on a server that bills nothing."""
+    balance = session.credits()
+    where = "" if session.backend.billed else " (not billed: this server's own figure)"
+    return f"flux_nb: balance {balance:.2f} credits{where}"
+
+
 def panel(session: Flux, rest: list[str]) -> Any:
     if not render.is_rich():
         raise ValidationError(
@@ -313,6 +327,7 @@ COMMANDS: dict[str, Callable[[Flux, list[str]], Any]] = {
     "replay": replay,
     "resume": resume,
     "cost": cost,
+    "credits": credits,
     "grid": grid,
     "login": login,
     "panel": panel,

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from flux_nb.core.backend import BILLED_PREFIX, is_billed_label
 from flux_nb.notebook.render import thumb_img
 
 HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")
@@ -74,6 +75,8 @@ def backend_name(backend: Any) -> str:
         return f"local {label.removeprefix('local:')} server"
     if label.startswith("endpoint:"):
         return f"endpoint {label.removeprefix('endpoint:').rstrip(':')}"
+    if label.startswith(BILLED_PREFIX):
+        return f"endpoint {label.removeprefix(BILLED_PREFIX).rstrip(':')}"
     return label or "unknown backend"
 
 
@@ -92,7 +95,7 @@ def cost_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[l
     counts.append(("requests", "credits"))
     header = ["model", "backend"]
     header += ["here: requests", "here: credits", "all: requests", "all: credits"] if mine else ["requests", "credits"]
-    billed = summary["billed"].astype(bool) if "billed" in summary.columns else summary["backend"] == "bfl"
+    billed = summary["billed"].astype(bool) if "billed" in summary.columns else summary["backend"].map(is_billed_label)
     rows = []
     for (_, row), is_billed in zip(summary.iterrows(), billed, strict=True):
         where = f"{backend_name(row['backend'])} ({'billed' if is_billed else 'not billed'})"
