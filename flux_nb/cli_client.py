@@ -221,7 +221,8 @@ def cost(args: argparse.Namespace) -> int:
         return EXIT_OK
     with session_of(args) as flux:
         summary = selection.cost_summary(flux, args.experiment, args.tag, everywhere=True)
-    print(tables.cost_text(summary))
+        charged = flux.store.charged(experiment=args.experiment, tag=args.tag)
+    print("\n\n".join(filter(None, [tables.cost_text(summary), tables.charged_text(charged)])))
     return EXIT_OK
 
 

@@ -153,6 +153,17 @@ def rendered_side(value: int) -> int:
     return nearest_sides(value)[0]
 
 
+def size_note(width: int | None, height: int | None) -> str | None:
+    """What a size that is not in multiples of 16 comes back as, in words (None when it comes back as asked)."""
+    w, h = width or DEFAULT_SIDE, height or DEFAULT_SIDE
+    if (rendered_side(w), rendered_side(h)) == (w, h):
+        return None
+    return (
+        f"{w}x{h} comes back as {rendered_side(w)}x{rendered_side(h)}: the API renders sides in multiples of "
+        f"{SIDE_STEP} (the history records the size that came back)"
+    )
+
+
 def check_side(name: str, value: object) -> int:
     """Validate one of width/height (any whole number from 64, as BFL documents) and return it."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import secrets
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,6 +64,10 @@ class Defaults:
     measure_url: SizeOfUrl | None = field(default=None, compare=False)
     #: API keys no prompt, axis value or request field may carry (``refuse_secrets``).
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
+
+
+class SizeWarning(UserWarning):
+    """A size that the API renders otherwise (sides in multiples of 16): it says which size comes back."""
 
 
 @dataclass
@@ -187,6 +192,8 @@ def prepare(
         output_format=fields.pop("output_format", None) or defaults.output_format,
         **fields,
     ).validate()
+    if note := protocol.size_note(request.width, request.height):
+        warnings.warn(f"flux_nb: {note}", SizeWarning, stacklevel=2)
     first_size = inputs[0].size if inputs else None
     out_w, out_h = protocol.output_size(request, first_size)
     references = [_priced_megapixels(i) for i in inputs]

@@ -105,6 +105,22 @@ class Queries:
             reviews = self._db.read(review.REVIEWS_SQL)
         return frame.to_pandas(table, self.root, reviews)
 
+    def charged(self, *, experiment: str | None = None, tag: str | None = None) -> pd.DataFrame:
+        """Estimate against charge by model and backend: the ready requests whose answer said what they cost
+        (columns model, backend, requests, estimated, charged)."""
+        import pandas as pd
+
+        only = "".join(f" AND {name} IS ?" for name, v in (("experiment", experiment), ("tag", tag)) if v is not None)
+        query = f"""
+            SELECT model, backend, COUNT(*), TOTAL(estimated_cost), TOTAL(cost) FROM records
+            WHERE status = ? AND cached_from IS NULL AND typeof(cost) IN ('real', 'integer')
+                  AND typeof(estimated_cost) IN ('real', 'integer'){only}
+            GROUP BY model, backend ORDER BY model, backend
+        """
+        params = [RecordStatus.READY.value, *(v for v in (experiment, tag) if v is not None)]
+        rows = self._db.read(query, params)
+        return pd.DataFrame(rows, columns=["model", "backend", "requests", "estimated", "charged"])
+
     def spent(
         self,
         notebook: str | None = None,

@@ -140,7 +140,11 @@ def cost(session: Flux, rest: list[str]) -> Shown:
 
     options = _filtered("cost", "[--experiment NAME] [--tag TAG]").parse(rest)
     summary = selection.cost_summary(session, options.experiment, options.tag)
-    return Shown(lambda: tables.cost_text(summary), lambda: tables.cost_html(summary))
+    charged = session.store.charged(experiment=options.experiment, tag=options.tag)
+    return Shown(
+        lambda: "\n\n".join(filter(None, [tables.cost_text(summary), tables.charged_text(charged)])),
+        lambda: tables.cost_html(summary) + tables.charged_html(charged),
+    )
 
 
 def grid(session: Flux, rest: list[str]) -> Any:

@@ -114,6 +114,38 @@ def cost_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[l
     return header, rows, totals
 
 
+def charged_rows(charged: pd.DataFrame) -> list[list[str]]:
+    """One row per model and backend: requests, the estimate before sending, what the API said it charged."""
+    return [
+        [str(row["model"]), backend_name(row["backend"]), str(int(row["requests"])), _money(row["estimated"]),
+         _money(row["charged"])]
+        for _, row in charged.iterrows()
+    ]  # fmt: skip
+
+
+CHARGED_HEADER = ["model", "backend", "requests", "estimated", "charged"]
+
+
+def charged_text(charged: pd.DataFrame) -> str:
+    """Estimate against charge, as plain text ("" when no answer said what it cost)."""
+    rows = charged_rows(charged)
+    if not rows:
+        return ""
+    table = pd.DataFrame(rows, columns=CHARGED_HEADER).to_string(index=False)
+    return f"estimated before sending vs charged by the API (requests whose answer gave a cost):\n{table}"
+
+
+def charged_html(charged: pd.DataFrame) -> str:
+    """Estimate against charge, as an HTML table ("" when no answer said what it cost)."""
+    rows = charged_rows(charged)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in CHARGED_HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    caption = "<caption>estimated before sending vs charged by the API</caption>"
+    return f'<table class="flux-charged">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def cost_html(summary: pd.DataFrame) -> str:
     """Credits by model and backend, with billed and not-billed totals kept apart."""
     header, rows, totals = cost_rows(summary)
