@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from flux_nb.http.client import AsyncFluxClient
-from flux_nb.http.responses import rate_limit_wait
 from flux_nb.protocol import FluxRequest
 from flux_nb.server import EmbeddedServer
 from tests.scripted import ScriptedApi, Step
@@ -112,6 +111,8 @@ def test_pro_takes_prompt_upsampling_sent_only_when_set(server: EmbeddedServer, 
 
 
 def test_rate_limit_headers_read_as_seconds_to_wait() -> None:
+    from flux_nb.http.responses import rate_limit_wait
+
     now = 1_700_000_000.0
     assert rate_limit_wait(httpx.Headers({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(now + 3)}), now) == 3
     assert rate_limit_wait(httpx.Headers({"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "2"}), now) == 2
