@@ -119,9 +119,9 @@ def test_generate_copies_the_image_and_history_lists_it(server: Any, tmp_path: P
 
 
 def test_generate_with_bad_input_is_one_line_and_exit_2(server: Any, tmp_path: Path) -> None:
-    out = flux_nb("generate", "x", "-W", "100", "--endpoint", server.url, cwd=tmp_path)
+    out = flux_nb("generate", "x", "-W", "60", "--endpoint", server.url, cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip() == "flux-nb: width 100 is not a multiple of 16 (try 96 or 112)"
+    assert out.stderr.strip() == "flux-nb: width 60 is below the minimum of 64 pixels"
     assert server.stats()["http_requests"] == {}
 
 

@@ -111,7 +111,7 @@ def test_references_are_taken_from_paths_repeatably(server: Any, tmp_path: Path)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-W", "100", "-H", "64"], "width 100 is not a multiple of 16"),
+        (["-W", "60", "-H", "64"], "width 60 is below the minimum of 64 pixels"),
         (["-m", "flux-2-nope"], "flux-2-nope"),
         (["--size", "64x64", "-W", "64"], "give either --size/--aspect or --width/--height"),
         (["--seed", "1:x"], "--seed"),
