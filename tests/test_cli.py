@@ -65,9 +65,9 @@ def serving(
 def test_serve_checks_keys_whenever_they_are_given() -> None:
     with serving(env={"FLUX_NB_SERVER_KEYS": "cli-key-1, cli-key-2"}) as url:
         submit, body = f"{url}/v1/flux-2-klein-4b", {"prompt": "x", "width": 64, "height": 64}
-        assert httpx.post(submit, json=body).status_code == 401
-        assert httpx.post(submit, json=body, headers={"x-key": "cli-key-3"}).status_code == 401
-        assert httpx.get(f"{url}/v1/credits").status_code == 401
+        assert httpx.post(submit, json=body).status_code == 403
+        assert httpx.post(submit, json=body, headers={"x-key": "cli-key-3"}).status_code == 403
+        assert httpx.get(f"{url}/v1/credits").status_code == 403
         assert httpx.post(submit, json=body, headers={"x-key": "cli-key-1"}).status_code == 200
         assert httpx.get(f"{url}/v1/credits", headers={"x-key": "cli-key-2"}).status_code == 200
 
