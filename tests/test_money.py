@@ -43,6 +43,22 @@ def test_only_whole_megapixels_make_an_exact_estimate() -> None:
     assert not protocol.estimate_is_exact(1024, 1024, [0.25])
 
 
+def test_megapixels_round_up_to_whole_ones_and_sides_down_to_sixteens() -> None:
+    observed = (0.0, 0.25, 1.0, 1.0000001, 1.98, 2.0, 4.0)
+    assert [protocol.priced_megapixels(mp) for mp in observed] == [1, 1, 1, 2, 2, 2, 4]
+    assert protocol.priced_megapixels(1024 * 1024 * 3 / 2**20) == 3  # a float that is a whole number stays one
+    assert [protocol.rendered_side(s) for s in (64, 79, 80, 1080, 1088)] == [64, 64, 80, 1072, 1088]
+    assert protocol.size_note(1024, 1024) is None and protocol.size_note(None, None) is None
+    assert protocol.size_note(1920, 1080) == (
+        "1920x1080 comes back as 1920x1072: the API renders sides in multiples of 16 "
+        "(the history records the size that came back)"
+    )
+    assert protocol.size_note(None, 1000) is not None and protocol.size_note(1000, None) is not None
+    request = protocol.FluxRequest("x", width=1000, height=1080)
+    assert protocol.output_size(request) == (992, 1072)
+    assert protocol.output_size(protocol.FluxRequest("x", width=1000)) == (992, 1024)
+
+
 def test_a_rounded_estimate_is_said_at_most_and_an_exact_one_about(flux: Flux) -> None:
     rounded = flux.prepare("a fox", model="flux-2-pro", width=1024, height=1040, seed=1)
     exact = flux.prepare("a fox", width=1024, height=1024, seed=1)
