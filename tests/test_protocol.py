@@ -138,7 +138,8 @@ def test_sizes_together_at_four_megapixels() -> None:
     assert refused(check_size, 4112, None).startswith("size 4112x1024 is 4.21 megapixels")
     assert refused(check_size, 1232, 6944).startswith("size 1232x6944 is 8.56 megapixels")  # 8.555008 MP, in MB
     assert refused(check_size, 63, None) == "width 63 is below the minimum of 64 pixels"
-    check_size(None, 70)
+    check_size(None, 70)  # any side from 64: the API renders it in 16s
+    assert refused(check_size, None, 48) == "height 48 is below the minimum of 64 pixels"
 
 
 def test_aspect_ratios_give_valid_sizes_near_the_megapixels_asked() -> None:
