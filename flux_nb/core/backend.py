@@ -14,12 +14,11 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from flux_nb.errors import AuthError, ValidationError
+from flux_nb.history.records import BILLED_PREFIX
 from flux_nb.protocol import BFL_HOSTS, KEY_ENV, is_bfl_hostname
 
 ENDPOINT_ENV = "FLUX_NB_ENDPOINT"
 EMBEDDED_LABEL = "local:preview"
-#: The label of an endpoint that is not BFL's but bills (a gateway, ``Flux.billed = True``).
-BILLED_PREFIX = "billed:"
 
 #: Starts the embedded preview server and returns its base URL (wired in by ``flux_nb/__init__``).
 LocalStarter = Callable[[], str]
@@ -65,11 +64,6 @@ def check_endpoint(endpoint: str) -> str:
     if not usable:
         raise ValidationError(f"endpoint {endpoint!r} must be an http(s) URL such as http://127.0.0.1:8800")
     return endpoint.rstrip("/")
-
-
-def is_billed_label(label: object) -> bool:
-    """True for the history label of a billed backend: BFL's API, or an endpoint said to bill (``Flux.billed``)."""
-    return isinstance(label, str) and (label == "bfl" or label.startswith(BILLED_PREFIX))
 
 
 def resolve_backend(

@@ -10,11 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flux_nb.core.backend import is_billed_label
 from flux_nb.history import review
 from flux_nb.history.database import Database
 from flux_nb.history.filters import where_clause
-from flux_nb.history.records import RecordStatus
+from flux_nb.history.records import RecordStatus, is_billed_label
 
 if TYPE_CHECKING:
     import pandas as pd

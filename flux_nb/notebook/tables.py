@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from flux_nb.core.backend import BILLED_PREFIX, is_billed_label
+from flux_nb.history.records import BILLED_PREFIX, is_billed_label
 from flux_nb.notebook.render import thumb_img
 
 HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")
