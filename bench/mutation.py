@@ -67,7 +67,7 @@ CLIENT_BOUNDS_SERVERS = tuple(
 TARGETS: dict[str, Target] = {
     "protocol": Target(
         ("flux_nb/protocol.py",),
-        ("tests/test_protocol.py", "tests/test_money_guards.py"),
+        ("tests/test_protocol.py", "tests/test_money_guards.py", "tests/test_money.py"),
     ),
     "client": Target(
         ("flux_nb/http/client.py",),

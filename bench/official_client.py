@@ -1,7 +1,9 @@
 """BFL's official Python client (``blackforest`` on PyPI) in a venv of its own: it pins its own Pillow.
 
 The benchmarks race it, and the tests run it as an independent client against the local server. Its
-model registry has no klein entry; ``PREAMBLE`` adds one the way its documentation shows.
+model registry has no klein entry; ``PREAMBLE`` adds one the way its documentation shows: its own generic
+inputs (which send ``prompt_upsampling`` and ``safety_tolerance`` too) with a size. Like BFL's API, the
+local server ignores the fields a model does not take.
 """
 
 from __future__ import annotations
@@ -17,17 +19,14 @@ VENV = CACHE / f"blackforest-{VERSION}"
 
 PREAMBLE = """
 import sys, time, requests
-from pydantic import BaseModel
 from blackforest import BFLClient
 from blackforest.client import BFLError
 from blackforest.types.general.client_config import ClientConfig
+from blackforest.types.inputs.generic import GenericImageInput
 
-class Klein4bInputs(BaseModel):
-    prompt: str
-    seed: int | None = None
+class Klein4bInputs(GenericImageInput):
     width: int | None = None
     height: int | None = None
-    output_format: str = "jpeg"
 
 BFLClient.model_input_registry["flux-2-klein-4b"] = Klein4bInputs
 """

@@ -156,7 +156,10 @@ class TaskFailedError(FluxError):
 class TaskNotFoundError(FluxError):
     """The API does not know the task id (never existed, or expired)."""
 
-    hint = "it expired or was never created: send a new task"
+    hint = (
+        "the API no longer knows the task (it may have run, and been charged, on another cluster): check BFL's "
+        "dashboard (usage) or the balance (flux.credits()) before sending it again, which may be charged twice"
+    )
 
 
 class FluxTimeout(FluxError):

@@ -7,6 +7,7 @@ rule lives in one place. Adding a model is one entry in ``MODELS``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
@@ -44,8 +45,12 @@ DEFAULT_SAFETY = 2
 OUTPUT_FORMATS = ("jpeg", "png", "webp")
 DEFAULT_FORMAT: Final = "jpeg"
 WEBHOOK_URL_MAX = 2083
-SEED_RANGE = (0, 2**63 - 1)
-PROMPT_MAX = 32_000
+# BFL's schema sets no bound on seeds; ComfyUI's BFL nodes send any unsigned 64-bit value.
+SEED_RANGE = (0, 2**64 - 1)
+# BFL takes prompts of up to 32K tokens. A token is at least one character and rarely more than 16, so the
+# character cap (a guard on memory, not BFL's rule) sits far above any prompt BFL accepts.
+PROMPT_MAX_TOKENS = 32_000
+PROMPT_MAX = PROMPT_MAX_TOKENS * 16
 # The API's limit of tasks in flight per key; a task counts until it finishes.
 MAX_ACTIVE_TASKS = 24
 # Delivery URLs expire this long after the result is ready.
@@ -108,7 +113,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("flux-2-klein-4b", 4, 1.4, 0.1),
         ModelSpec("flux-2-klein-9b", 4, 1.5, 0.2),
         ModelSpec("flux-2-klein-9b-preview", 4, 1.5, 0.2),
-        ModelSpec("flux-2-pro", 8, 3.0, 1.5),
+        # BFL's skills docs say [pro] takes prompt_upsampling, though the schema lists it on flex only.
+        ModelSpec("flux-2-pro", 8, 3.0, 1.5, flag_fields=("prompt_upsampling",)),
         ModelSpec("flux-2-pro-preview", 8, 3.0, 1.5),
         ModelSpec("flux-2-max", 8, 7.0, 3.0),
         ModelSpec(
@@ -136,20 +142,34 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def nearest_sides(value: int) -> tuple[int, int]:
-    """The valid sides just below and just above ``value``."""
+    """The multiples of 16 just below and just above ``value``."""
     low = max(MIN_SIDE, value // SIDE_STEP * SIDE_STEP)
     return low, low + SIDE_STEP
 
 
+def rendered_side(value: int) -> int:
+    """The side an image asked ``value`` wide comes back: BFL renders multiples of 16 (the exact rounding is
+    unconfirmed; the local server takes the nearest lower multiple, and the history records what came back)."""
+    return nearest_sides(value)[0]
+
+
+def size_note(width: int | None, height: int | None) -> str | None:
+    """What a size that is not in multiples of 16 comes back as, in words (None when it comes back as asked)."""
+    w, h = width or DEFAULT_SIDE, height or DEFAULT_SIDE
+    if (rendered_side(w), rendered_side(h)) == (w, h):
+        return None
+    return (
+        f"{w}x{h} comes back as {rendered_side(w)}x{rendered_side(h)}: the API renders sides in multiples of "
+        f"{SIDE_STEP} (the history records the size that came back)"
+    )
+
+
 def check_side(name: str, value: object) -> int:
-    """Validate one of width/height and return it as an int."""
+    """Validate one of width/height (any whole number from 64, as BFL documents) and return it."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(f"{name} must be a whole number of pixels, got {value!r}")
     if value < MIN_SIDE:
         raise ValidationError(f"{name} {value} is below the minimum of {MIN_SIDE} pixels")
-    if value % SIDE_STEP:
-        low, high = nearest_sides(value)
-        raise ValidationError(f"{name} {value} is not a multiple of {SIDE_STEP} (try {low} or {high})")
     return value
 
 
@@ -201,16 +221,36 @@ def megapixels(width: int, height: int) -> float:
     return width * height / PIXELS_PER_MP
 
 
-def estimate_cost(model: str, width: int, height: int, input_megapixels: float = 0.0) -> float:
-    """Credits a request should cost: first MP + further output MP + input MP.
+def priced_megapixels(mp: float) -> int:
+    """Megapixels as the estimate prices them: rounded up, at least 1.
+
+    BFL's rounding is not published. An observed flux-2-pro answer charged 4.5 credits for 1.98 MP (so the
+    output is rounded up), and ComfyUI's BFL nodes price ``max(1, ceil(MP))`` for the output and for each
+    reference: rounding every image up to whole megapixels, at least one each, keeps an estimate from being
+    lower than the bill. Where every image is a whole number of megapixels the estimate is exact.
+    """
+    return max(1, math.ceil(mp - 1e-9))
+
+
+def estimate_cost(model: str, width: int, height: int, reference_megapixels: Sequence[float] = ()) -> float:
+    """Credits a request costs at most: first MP + further output MP + each reference's MP, all rounded up.
 
     >>> estimate_cost("flux-2-klein-4b", 1024, 1024)
     1.4
+    >>> estimate_cost("flux-2-pro", 1024, 1040)
+    4.5
     """
     spec = model_spec(model)
-    out_mp = megapixels(width, height)
-    credits = spec.first_mp_credits + (max(0.0, out_mp - 1.0) + input_megapixels) * spec.extra_mp_credits
-    return round(credits, 4)
+    further = (
+        priced_megapixels(megapixels(width, height)) - 1 + sum(priced_megapixels(mp) for mp in reference_megapixels)
+    )
+    return round(spec.first_mp_credits + further * spec.extra_mp_credits, 4)
+
+
+def estimate_is_exact(width: int, height: int, reference_megapixels: Sequence[float] = ()) -> bool:
+    """True when rounding cannot matter: the output and every reference are whole megapixels (the output at
+    least 1)."""
+    return all(mp >= 1 and float(mp).is_integer() for mp in (megapixels(width, height), *reference_megapixels))
 
 
 @dataclass(frozen=True)
@@ -251,7 +291,10 @@ class FluxRequest:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ValidationError("prompt is empty: describe the image you want")
         if len(self.prompt) > PROMPT_MAX:
-            raise ValidationError(f"prompt is {len(self.prompt)} characters; at most {PROMPT_MAX} are accepted")
+            raise ValidationError(
+                f"prompt is {len(self.prompt):,} characters; BFL takes up to {PROMPT_MAX_TOKENS:,} tokens, "
+                f"and flux_nb sends at most {PROMPT_MAX:,} characters"
+            )
         if len(self.images) > spec.max_images:
             raise ValidationError(
                 f"{len(self.images)} reference images given; {self.model} takes at most {spec.max_images}"
@@ -260,7 +303,7 @@ class FluxRequest:
             if isinstance(self.seed, bool) or not isinstance(self.seed, int):
                 raise ValidationError(f"seed must be a whole number, got {self.seed!r}")
             if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
-                raise ValidationError(f"seed {self.seed} is out of range ({SEED_RANGE[0]} to 2**63-1)")
+                raise ValidationError(f"seed {self.seed} is out of range ({SEED_RANGE[0]} to 2**64-1)")
         check_size(self.width, self.height)
         low, high = SAFETY_RANGE
         if isinstance(self.safety_tolerance, bool) or not isinstance(self.safety_tolerance, int):
@@ -336,9 +379,10 @@ class FluxRequest:
 
 
 def output_size(request: FluxRequest, first_input_size: tuple[int, int] | None = None) -> tuple[int, int]:
-    """The size the API will render: as asked, else the first reference's size, else 1024x1024."""
+    """The size the API will render: as asked (each side down to a multiple of 16), else the first
+    reference's size, else 1024x1024."""
     if request.width is not None and request.height is not None:
-        return request.width, request.height
+        return rendered_side(request.width), rendered_side(request.height)
     if first_input_size is not None and request.width is None and request.height is None:
         w, h = first_input_size
         scale = min(1.0, math.sqrt(PIXELS_PER_MP / max(1, w * h)))
@@ -346,4 +390,4 @@ def output_size(request: FluxRequest, first_input_size: tuple[int, int] | None =
             max(MIN_SIDE, int(w * scale) // SIDE_STEP * SIDE_STEP),
             max(MIN_SIDE, int(h * scale) // SIDE_STEP * SIDE_STEP),
         )
-    return request.width or DEFAULT_SIDE, request.height or DEFAULT_SIDE
+    return rendered_side(request.width or DEFAULT_SIDE), rendered_side(request.height or DEFAULT_SIDE)

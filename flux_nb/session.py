@@ -88,6 +88,7 @@ class Flux(FluxSettings):
         self._backend: Backend | None = None
         self._store: HistoryStore | None = None
         self._spent = 0.0
+        self._balance: float | None = None  # the last balance the API gave, less what was spent here since
         self._url_sizes: dict[ProbePolicy, ReferenceSizes] = {}
         self._ledger = Ledger()  # records in flight here; writes a full disk refused, made at the next chance
         self._listeners: list[Callable[[], None]] = []
@@ -109,7 +110,14 @@ class Flux(FluxSettings):
     # -- configuration changes drop what depended on them --------------------------------------
 
     @observe(
-        "endpoint", "region", "max_concurrency", "task_timeout", "download_stall", "share_slots", "slots_say_after"
+        "endpoint",
+        "region",
+        "billed",
+        "max_concurrency",
+        "task_timeout",
+        "download_stall",
+        "share_slots",
+        "slots_say_after",
     )
     def _connection_changed(self, change: dict[str, Any]) -> None:
         self._reset(backend=True)
@@ -145,7 +153,7 @@ class Flux(FluxSettings):
     def backend(self) -> Backend:
         """Where requests go. Resolving starts nothing: the embedded server starts on the first request."""
         if self._backend is None:
-            self._backend = resolve_backend(self.endpoint or None, self._api_key, self.region)
+            self._backend = resolve_backend(self.endpoint or None, self._api_key, self.region, self.billed)
         return self._backend
 
     @property
@@ -196,6 +204,28 @@ class Flux(FluxSettings):
 
     def _add_spent(self, credits: float) -> None:
         self._spent += credits
+        if self._balance is not None and self.backend.billed:
+            self._balance -= credits
+
+    # -- the balance ---------------------------------------------------------------------------
+
+    def credits(self) -> float:
+        """The account's balance in credits (``GET /v1/credits``). Once known, a batch whose estimate passes
+        it is refused before anything is sent."""
+        return self._runner.run(self._fetch_balance(self._ready_executor()))
+
+    def fetch_credits(self) -> Future[float]:
+        """``credits`` without blocking (for widgets, from any thread): a future of the balance."""
+        return self._runner.submit(self._fetch_balance(self._ready_executor()))
+
+    async def _fetch_balance(self, executor: Executor) -> float:
+        self._balance = await executor.client.credits()
+        return self._balance
+
+    @property
+    def balance(self) -> float | None:
+        """The balance the API last gave (``credits()``) less what this session spent since; None until asked."""
+        return self._balance
 
     # -- building requests ---------------------------------------------------------------------
 
@@ -243,8 +273,10 @@ class Flux(FluxSettings):
         """Refuse, before anything is sent, a batch whose estimate would pass the budget, or (unless
         ``confirm``) the large-batch guard ``confirm_over``: BudgetError, LargeBatchError."""
         spending.check_webhooks(batch, to_bfl=self.backend.label == "bfl")
-        threshold = None if confirm else spending.confirm_threshold(self.confirm_over, self.backend.billed)
-        if self.budget is None and threshold is None:
+        billed = self.backend.billed
+        threshold = None if confirm else spending.confirm_threshold(self.confirm_over, billed)
+        balance = self._balance if billed else None
+        if self.budget is None and threshold is None and balance is None:
             return
         label = self.backend.label
         cost = spending.estimate(batch, lambda p: cache_hit(self.store, label, p, enabled=self.cache) is not None)
@@ -257,6 +289,7 @@ class Flux(FluxSettings):
             threshold=threshold,
             confirm=confirm,
             at_most=at_most,
+            balance=balance,
         )
 
     # -- running -------------------------------------------------------------------------------

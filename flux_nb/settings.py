@@ -86,6 +86,12 @@ class FluxSettings(Configurable):
         True,
         help="Learn a URL reference's size (a ranged GET of its first bytes) to price it; off: priced as the largest.",
     ).tag(config=True)
+    billed = Bool(
+        None,
+        allow_none=True,
+        help="Whether the endpoint bills: None (auto) for BFL's hosts yes, other endpoints no; True for a gateway "
+        "that bills (budget, confirm_over and billed totals apply).",
+    ).tag(config=True)
     confirm_over = CreditLimit(
         None, allow_none=True, help="Credits above which a batch needs confirming; None: 50 when billed, else off."
     ).tag(config=True)

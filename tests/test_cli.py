@@ -65,9 +65,9 @@ def serving(
 def test_serve_checks_keys_whenever_they_are_given() -> None:
     with serving(env={"FLUX_NB_SERVER_KEYS": "cli-key-1, cli-key-2"}) as url:
         submit, body = f"{url}/v1/flux-2-klein-4b", {"prompt": "x", "width": 64, "height": 64}
-        assert httpx.post(submit, json=body).status_code == 401
-        assert httpx.post(submit, json=body, headers={"x-key": "cli-key-3"}).status_code == 401
-        assert httpx.get(f"{url}/v1/credits").status_code == 401
+        assert httpx.post(submit, json=body).status_code == 403
+        assert httpx.post(submit, json=body, headers={"x-key": "cli-key-3"}).status_code == 403
+        assert httpx.get(f"{url}/v1/credits").status_code == 403
         assert httpx.post(submit, json=body, headers={"x-key": "cli-key-1"}).status_code == 200
         assert httpx.get(f"{url}/v1/credits", headers={"x-key": "cli-key-2"}).status_code == 200
 
@@ -119,9 +119,9 @@ def test_generate_copies_the_image_and_history_lists_it(server: Any, tmp_path: P
 
 
 def test_generate_with_bad_input_is_one_line_and_exit_2(server: Any, tmp_path: Path) -> None:
-    out = flux_nb("generate", "x", "-W", "100", "--endpoint", server.url, cwd=tmp_path)
+    out = flux_nb("generate", "x", "-W", "60", "--endpoint", server.url, cwd=tmp_path)
     assert out.returncode == 2
-    assert out.stderr.strip() == "flux-nb: width 100 is not a multiple of 16 (try 96 or 112)"
+    assert out.stderr.strip() == "flux-nb: width 60 is below the minimum of 64 pixels"
     assert server.stats()["http_requests"] == {}
 
 

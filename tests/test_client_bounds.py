@@ -152,7 +152,7 @@ def test_an_absurd_claim_is_priced_at_the_cap_and_said_at_most(site: Site, tmp_p
     try:
         prepared = flux.prepare("an edit", images=[url], model="flux-2-pro", seed=1, size="1024x1024")
         assert prepared.estimate_is_bound
-        assert prepared.estimated_cost == pytest.approx(estimate_cost("flux-2-pro", 1024, 1024, REFERENCE_MP_CAP))
+        assert prepared.estimated_cost == pytest.approx(estimate_cost("flux-2-pro", 1024, 1024, [REFERENCE_MP_CAP]))
         with pytest.raises(BudgetError, match="at most"):
             flux.check_budget([prepared])
     finally:

@@ -372,13 +372,14 @@ async def test_a_delivery_far_larger_than_the_size_asked_is_cut_off_before_decod
             await client.generate(FluxRequest("h", seed=1, width=64, height=64))
 
 
-async def test_polling_an_unknown_task_is_task_not_found_with_its_404() -> None:
+async def test_polling_an_unknown_task_is_task_not_found_as_bfl_answers_it() -> None:
     task = Task(id="nope", polling_url=f"{IN_PROCESS}/v1/get_result?id=nope", model="flux-2-klein-4b", submitted_at=0)
     async with AsyncFluxClient(None, IN_PROCESS, transport=Rewriting()) as client:
+        assert (await client.poll(task))["status"] == "Task not found"  # 200 with the status, as at BFL
         with pytest.raises(TaskNotFoundError) as caught:
-            await client.poll(task)
+            await client.wait(task)  # submitted long ago: past the grace window
     assert str(caught.value) == "task nope is unknown to the API (expired or never created)"
-    assert caught.value.status == 404
+    assert caught.value.status == 200
 
 
 async def test_a_poll_answered_with_no_json_is_retried_then_named() -> None:

@@ -94,9 +94,11 @@ def test_cost_names_the_backend_keeps_totals_apart_and_filters_by_tag(
     text = run(ipython, "%flux cost")
     assert "(not billed)" in text and "total not billed" in text and "total billed" not in text
     assert "True" not in text and "False" not in text
-    assert text.splitlines()[-1].split()[-2:] == ["5", "7.00"]  # all 5 requests, at 1.40 each
+    total = next(line for line in text.splitlines() if line.startswith("total not billed"))
+    assert total.split()[-2:] == ["5", "7.00"]  # all 5 requests, at 1.40 each
+    assert text.splitlines()[-1].split()[-3:] == ["5", "7.00", "7.00"]  # estimated, then charged
     tagged = run(ipython, "%flux cost --tag late")
-    assert tagged.splitlines()[-1].split()[-2:] == ["1", "1.40"]
+    assert tagged.splitlines()[-1].split()[-3:] == ["1", "1.40", "1.40"]
     assert no_full_reads == []  # summed in SQL, no frame of rows
 
 

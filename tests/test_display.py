@@ -298,7 +298,7 @@ def test_a_terminal_gets_a_status_line_redrawn_in_place(
     ("error", "hint"),
     [
         (TaskFailedError("task t1 failed"), "run the cell again"),
-        (TaskNotFoundError("task t1 is unknown to the API"), "run the cell again"),
+        (TaskNotFoundError("task t1 is unknown to the API"), "may be charged twice"),
         (TransportError("could not reach http://x"), "check the network and Flux.endpoint"),
         (DeliveryError("downloading the image failed"), "run the cell again"),
         (RejectedError("the API rejected the request: width: too small"), "fix the field the API names"),

@@ -87,7 +87,7 @@ def test_the_zip_holds_tables_images_references_and_a_manifest(experiment: Histo
         len(references) == 1 and {n.split("/")[1].split(".")[0] for n in names if n.startswith("inputs/")} == references
     )
     assert list(parquet["record_id"]) == list(csv["record_id"]) == list(frame["record_id"])
-    assert list(parquet["rating"]) == list(range(10)) and parquet["seed"].dtype == "Int64"
+    assert list(parquet["rating"]) == list(range(10)) and parquet["seed"].dtype == "UInt64"
     assert parquet["image_path"].iloc[0] == str(Path(frame["image_path"].iloc[0]).relative_to(experiment.root))
     assert json.loads(csv["input_hashes"].iloc[0]) == list(frame["input_hashes"].iloc[0])
 

@@ -242,7 +242,7 @@ def test_a_bad_value_in_a_row_is_shown_as_missing_never_fatal(history_dir: Path)
     assert pd.isna(row["cost"]) and pd.isna(row["input_mp"]) and pd.isna(row["out_width"]) and pd.isna(row["seed"])
     assert pd.isna(row["finished_at"]) and row["input_hashes"] == [] and row["prompt"] == "7"
     assert frame.loc[good, "cost"] == 2.0 and frame.loc[good, "out_width"] == 32
-    assert str(frame["cost"].dtype) == "Float64" and str(frame["seed"].dtype) == "Int64"
+    assert str(frame["cost"].dtype) == "Float64" and str(frame["seed"].dtype) == "UInt64"
     record = reopened.get(bad)
     assert record is not None and record.cost is None and record.out_width is None and record.input_hashes == []
     spent = reopened.spent().set_index("model")

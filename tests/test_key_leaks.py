@@ -172,16 +172,16 @@ def test_the_serve_command_never_logs_the_key() -> None:
         body = {"prompt": "a canary", "width": 64, "height": 64, "seed": 1}
         polling_url = http.post(f"{url}/v1/flux-2-klein-4b", json=body, headers=good).json()["polling_url"]
         assert http.get(ready(polling_url)["result"]["sample"]).status_code == 200
-        assert http.post(f"{url}/v1/flux-2-klein-4b", json=body, headers=wrong).status_code == 401
-        assert http.get(polling_url, headers=wrong).status_code == 401
-        assert http.get(f"{url}/v1/credits", headers=wrong).status_code == 401
+        assert http.post(f"{url}/v1/flux-2-klein-4b", json=body, headers=wrong).status_code == 403
+        assert http.get(polling_url, headers=wrong).status_code == 403
+        assert http.get(f"{url}/v1/credits", headers=wrong).status_code == 403
         assert http.post(f"{url}/v1/flux-2-klein-4b", json={"prompt": ""}, headers=good).status_code == 422
         hook = {**body, "webhook_url": "http://127.0.0.1:9/hook", "webhook_secret": KEY}  # nobody listens there
         hooked = http.post(f"{url}/v1/flux-2-klein-4b", json=hook, headers=good).json()["id"]
         assert ready(f"{url}/v1/get_result?id={hooked}")["status"] == "Ready"
     logged = output["stdout"] + output["stderr"]
-    assert '"POST /v1/flux-2-klein-4b HTTP/1.1" 401' in logged, logged  # the access log was on
-    assert '"GET /v1/credits HTTP/1.1" 401' in logged and "/delivery/" in logged, logged
+    assert '"POST /v1/flux-2-klein-4b HTTP/1.1" 403' in logged, logged  # the access log was on
+    assert '"GET /v1/credits HTTP/1.1" 403' in logged and "/delivery/" in logged, logged
     assert KEY not in logged
 
 

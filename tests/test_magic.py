@@ -118,7 +118,7 @@ def test_template_errors_name_the_template_once(ipython: InteractiveShell, body:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("--width 1000", "not a multiple of 16"),
+        ("--width 1000 --height 4200", "megapixels"),
         ("--width 32", "below the minimum"),
         ("--size 4096x2048", "megapixels"),
         ("--size big", "WIDTHxHEIGHT"),
@@ -342,9 +342,9 @@ def test_config_changes_reach_the_session(ipython: InteractiveShell) -> None:
 
 
 def test_python_api_errors_show_as_one_line(ipython: InteractiveShell) -> None:
-    _outcome, captured = run(ipython, "flux.generate('a tree', width=1001)")
+    _outcome, captured = run(ipython, "flux.generate('a tree', width=63)")
     text = html_of(captured) + captured.stdout + captured.stderr
-    assert "width 1001 is not a multiple of 16 (try 992 or 1008)" in text
+    assert "width 63 is below the minimum of 64 pixels" in text
     assert "Traceback" not in text
 
 
@@ -368,8 +368,8 @@ def test_terminal_ipython_prints_saved_paths(ipython: InteractiveShell) -> None:
     ipython.display_formatter.active_types = ["text/plain"]
     _, captured = run(ipython, "%%flux --seed 4 --size 64x64 -o pic\na terminal picture")
     assert captured.stdout.startswith(f"saved {ipython.user_ns['pic'].path} (seed 4 · 64×64")
-    _, captured = run(ipython, "%%flux --width 99\nbad")
-    assert captured.stdout.strip() == "flux_nb: width 99 is not a multiple of 16 (try 96 or 112)"
+    _, captured = run(ipython, "%%flux --width 50\nbad")
+    assert captured.stdout.strip() == "flux_nb: width 50 is below the minimum of 64 pixels"
 
 
 def test_resume_settles_what_a_dead_process_left_open(ipython: InteractiveShell, server: Any) -> None:

@@ -110,8 +110,8 @@ def test_a_double_click_submits_once(flux: Flux) -> None:
 def test_invalid_custom_size_disables_generate_with_the_reason(flux: Flux) -> None:
     panel = Panel(flux)
     panel.size.value = "custom"
-    panel.width.value = 1000
-    assert panel.generate.disabled and "not a multiple of 16" in panel.size_note.value
+    panel.width.value = 63
+    assert panel.generate.disabled and "below the minimum" in panel.size_note.value
     panel.width.value = 1008
     assert not panel.generate.disabled and "MP" in panel.size_note.value
 

@@ -20,7 +20,7 @@ from PIL import Image
 from flux_nb import Flux
 from flux_nb.errors import BudgetError
 from flux_nb.http.probe import PROBE_BYTES, ProbePolicy, ProbeRefused, ReferenceSizes, measure
-from flux_nb.protocol import estimate_cost
+from flux_nb.protocol import REFERENCE_MP_CAP, estimate_cost
 from flux_nb.server import EmbeddedServer, ServerConfig
 
 SIZE = (1500, 900)  # 1.287 MP: neither a round figure nor the 4 MP cap
@@ -215,13 +215,13 @@ def fetching_server() -> Iterator[EmbeddedServer]:
 def test_a_measured_url_reference_is_priced_as_the_server_bills_it(
     site: Site, fetching_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    """The estimate uses the measured size (no "at most"), and equals the cost the server records."""
+    """The estimate uses the measured size (not the largest the API takes), and equals the cost the server records."""
     flux = Flux(endpoint=fetching_server.url, history_dir=tmp_path)
     try:
         url = site.url("/ranged/edit.jpeg")
         prepared = flux.prepare("an edit", images=[url], model="flux-2-pro", seed=3, width=512, height=512)
-        expected = estimate_cost("flux-2-pro", 512, 512, SIZE[0] * SIZE[1] / 2**20)
-        assert not prepared.estimate_is_bound
+        expected = estimate_cost("flux-2-pro", 512, 512, [SIZE[0] * SIZE[1] / 2**20])
+        assert expected < estimate_cost("flux-2-pro", 512, 512, [REFERENCE_MP_CAP])
         assert prepared.estimated_cost == pytest.approx(expected)
         result = flux.generate("an edit", images=[url], model="flux-2-pro", seed=3, width=512, height=512)
         assert result.ok, result.error
@@ -232,17 +232,16 @@ def test_a_measured_url_reference_is_priced_as_the_server_bills_it(
         flux.close()
 
 
-def test_a_budget_message_is_exact_when_the_url_was_measured(site: Site, tmp_path: Path) -> None:
+def test_a_budget_message_uses_the_measured_url(site: Site, tmp_path: Path) -> None:
     flux = Flux(endpoint="http://127.0.0.1:9", history_dir=tmp_path, budget=3.5)
     try:
         prepared = flux.prepare(
             "an edit", images=[site.url("/whole/b.png")], model="flux-2-pro", seed=1, size="1024x1024"
         )
-        cost = estimate_cost("flux-2-pro", 1024, 1024, SIZE[0] * SIZE[1] / 2**20)
-        assert prepared.estimated_cost == pytest.approx(cost)
-        with pytest.raises(BudgetError, match=rf"estimated cost {cost:.2f} credits") as refused:
+        cost = estimate_cost("flux-2-pro", 1024, 1024, [SIZE[0] * SIZE[1] / 2**20])
+        assert prepared.estimated_cost == pytest.approx(cost) == 6.0  # a 1.29 MP reference counts 2 MP
+        with pytest.raises(BudgetError, match=rf"estimated cost at most {cost:.2f} credits"):
             flux.check_budget([prepared])
-        assert "at most" not in str(refused.value)
         flux.measure_references = False
         unmeasured = flux.prepare("an edit", images=[site.url("/whole/b.png")], model="flux-2-pro", seed=1)
         assert unmeasured.estimate_is_bound

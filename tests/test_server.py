@@ -75,7 +75,7 @@ def test_cost_and_megapixels_follow_the_pricing_formula(server: EmbeddedServer, 
 
 def test_unknown_task_is_task_not_found(server: EmbeddedServer, http: httpx.Client) -> None:
     answer = http.get(f"{server.url}/v1/get_result", params={"id": "no-such-task"})
-    assert answer.status_code == 404
+    assert answer.status_code == 200  # BFL's schema: 200 with the status
     assert answer.json() == {
         "id": "no-such-task",
         "status": "Task not found",
@@ -89,17 +89,14 @@ def test_unknown_task_is_task_not_found(server: EmbeddedServer, http: httpx.Clie
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({"prompt": "x", "width": 1000}, "width"),
         ({"prompt": "x", "width": 32}, "width"),
-        ({"prompt": "x", "width": 3000, "height": 3000}, "width"),
+        ({"prompt": "x", "width": 3000, "height": 3000}, None),
         ({"prompt": "x", "width": 3008, "height": 3008}, None),
         ({"prompt": "x", "safety_tolerance": 9}, "safety_tolerance"),
         ({"prompt": "x", "output_format": "gif"}, "output_format"),
         ({"prompt": ""}, "prompt"),
         ({"seed": 3}, "prompt"),
-        ({"prompt": "x", "input_image_5": png_b64()}, "input_image_5"),
         ({"prompt": "x", "webhook_url": "ftp://nowhere"}, "webhook_url"),
-        ({"prompt": "x", "steps": 4}, "steps"),
         ({"prompt": "x", "input_image": "%%% not base64"}, "input_image"),
         ({"prompt": "x", "input_image": base64.b64encode(b"plain text, no image").decode()}, "input_image"),
     ],
@@ -128,18 +125,18 @@ def test_flex_takes_steps_and_guidance_in_range(server: EmbeddedServer, http: ht
 def test_keys_are_required_when_configured(server_factory: Any, http: httpx.Client) -> None:
     server = server_factory(api_keys=frozenset({"k1"}))
     url = f"{server.url}/v1/flux-2-klein-4b"
-    missing = {"error": "invalid_api_key", "message": "missing x-key header", "detail": "missing x-key header"}
-    invalid = {"error": "invalid_api_key", "message": "invalid key", "detail": "invalid key"}
-    assert http.post(url, json={"prompt": "x"}).json() == missing
+    text = "Not authenticated - Invalid Authentication"  # BFL's 403 body, with its message beside it
+    invalid = {"error": "invalid_api_key", "message": text, "detail": text}
+    assert http.post(url, json={"prompt": "x"}).json() == invalid
     wrong = http.post(url, json={"prompt": "x"}, headers={"x-key": "nope"})
-    assert (wrong.status_code, wrong.json()) == (401, invalid)
+    assert (wrong.status_code, wrong.json()) == (403, invalid)
     assert http.post(url, json={"prompt": "x"}, headers={"x-key": "k1"}).status_code == 200
-    assert http.get(f"{server.url}/v1/credits").status_code == 401
+    assert http.get(f"{server.url}/v1/credits").status_code == 403
     poll = f"{server.url}/v1/get_result?id=x"
-    assert http.get(poll).status_code == 401
-    assert http.get(poll, headers={"x-key": "nope"}).status_code == 401
+    assert http.get(poll).status_code == 403
+    assert http.get(poll, headers={"x-key": "nope"}).status_code == 403
     refused = http.get(f"{server.url}/v1/credits", headers={"x-key": "not-the-key-123"})
-    assert refused.status_code == 401 and "not-the-key-123" not in refused.text
+    assert refused.status_code == 403 and "not-the-key-123" not in refused.text
     assert http.get(f"{server.url}/v1/credits", headers={"x-key": "k1"}).json()["credits"] > 0
 
 
@@ -291,7 +288,7 @@ def test_openapi_schema_lists_every_model_route(server: EmbeddedServer, http: ht
         assert spec.path in schema["paths"]
     klein = schema["components"]["schemas"]["Flux2Klein4bRequest"]["properties"]
     assert "input_image_4" in klein and "input_image_5" not in klein
-    assert klein["width"]["anyOf"][0]["multipleOf"] == 16
+    assert klein["width"]["anyOf"][0] == {"type": "integer", "minimum": 64}  # any side from 64, as BFL's
 
 
 def test_cli_serve_binds_loopback_and_serves(tmp_path: Any) -> None:

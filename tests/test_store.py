@@ -302,8 +302,8 @@ def test_cache_lookup_needs_a_ready_record_whose_file_exists(history_dir: Path) 
 
 EXPECTED_DTYPES = {
     **{c: "datetime64[ns, UTC]" for c in ("created_at", "updated_at", "submitted_at", "ready_at", "finished_at")},
-    **{c: "Int64" for c in ("seed", "width", "height", "safety_tolerance", "steps", "out_width", "out_height")},
-    "result_seed": "Int64",
+    **{c: "Int64" for c in ("width", "height", "safety_tolerance", "steps", "out_width", "out_height")},
+    **{c: "UInt64" for c in ("seed", "result_seed")},  # seeds run to 2**64-1
     **{c: "Float64" for c in ("guidance", "estimated_cost", "cost", "input_mp", "output_mp", "duration_s")},
     "input_hashes": "object",
     "cached": "bool",
@@ -317,7 +317,7 @@ def test_frame_columns_and_every_dtype(history_dir: Path) -> None:
     ready = create(store, tag="t", input_hashes=["a" * 64])
     submit(store, ready)
     complete(store, ready, cost=1.5)
-    moderated = create(store, seed=2**63 - 1)  # the largest seed survives next to a NULL result_seed
+    moderated = create(store, seed=2**64 - 1)  # the largest seed survives next to a NULL result_seed
     store.mark_failed(moderated, status=RecordStatus.MODERATED, error_kind="ModeratedError", error="no", finished_at=4)
     frame = store.to_frame()
     assert list(frame.columns) == FRAME_COLUMNS and FRAME_COLUMNS[: len(COLUMNS)] == list(COLUMNS)
@@ -331,7 +331,7 @@ def test_frame_columns_and_every_dtype(history_dir: Path) -> None:
     assert Path(first["image_path"]).is_file()
     assert first["input_hashes"] == ["a" * 64] and second["input_hashes"] == []
     assert first["cost"] == 1.5 and first["submitted_at"] == pd.Timestamp(1.0, unit="s", tz="UTC")
-    assert second["seed"] == 2**63 - 1 and pd.isna(second["result_seed"]) and pd.isna(second["steps"])
+    assert second["seed"] == 2**64 - 1 and pd.isna(second["result_seed"]) and pd.isna(second["steps"])
     assert pd.isna(second["image_path"]) and pd.isna(second["ready_at"]) and pd.isna(second["cost"])
     assert second["status"] == "moderated"
 

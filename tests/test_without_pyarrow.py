@@ -50,7 +50,7 @@ def make_history(folder: Path) -> HistoryStore:
     store = HistoryStore(folder)
     first = create(store, tag="t", input_hashes=["a" * 64])
     complete(store, first, cost=1.5)
-    moderated = create(store, seed=2**63 - 1)
+    moderated = create(store, seed=2**64 - 1)
     store.mark_failed(moderated, status=RecordStatus.MODERATED, error_kind="M", error="no", finished_at=4)
     store.record_use(first, notebook="b.ipynb")
     store.rate(first, 4)
@@ -81,4 +81,4 @@ def test_history_reads_refreshes_and_bundles_without_pyarrow(tmp_path: Path) -> 
     assert {c: str(t) for c, t in plain.dtypes.items()} == {c: str(t) for c, t in frame.dtypes.items()}
     # Text is stored as Python strings there, in Arrow here (pandas labels its columns the same way).
     pd.testing.assert_frame_equal(plain, frame, check_dtype=False, check_column_type=False)
-    assert plain["seed"].tolist()[1] == 2**63 - 1 and plain["tags"].tolist() == ["best,keep", pd.NA, "best,keep"]
+    assert plain["seed"].tolist()[1] == 2**64 - 1 and plain["tags"].tolist() == ["best,keep", pd.NA, "best,keep"]

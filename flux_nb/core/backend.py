@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from flux_nb.errors import AuthError, ValidationError
+from flux_nb.history.records import BILLED_PREFIX
 from flux_nb.protocol import BFL_HOSTS, KEY_ENV, is_bfl_hostname
 
 ENDPOINT_ENV = "FLUX_NB_ENDPOINT"
@@ -65,9 +66,12 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
-def resolve_backend(endpoint: str | None, api_key: object | None, region: str = "global") -> Backend:
+def resolve_backend(
+    endpoint: str | None, api_key: object | None, region: str = "global", billed: bool | None = None
+) -> Backend:
     """Pick the backend: an explicit endpoint, else the BFL cloud with a key, else the embedded server.
 
+    ``billed``: None (auto) bills BFL's hosts only; True says another endpoint (a gateway) bills too.
     Pure: the embedded server is not started here (its URL is filled in by ``connect``).
     """
     endpoint = endpoint or os.environ.get(ENDPOINT_ENV) or None
@@ -76,15 +80,24 @@ def resolve_backend(endpoint: str | None, api_key: object | None, region: str = 
         if is_bfl_host(url):
             if not api_key:
                 raise AuthError(f"{url} needs an API key and none is set")
-            return Backend(url, "bfl", billed=True)
+            return _bfl(url, billed)
         parts = urlsplit(url)
-        return Backend(url, f"endpoint:{parts.hostname}:{parts.port or ''}", billed=False)
+        where = f"{parts.hostname}:{parts.port or ''}"
+        if billed:
+            return Backend(url, f"{BILLED_PREFIX}{where}", billed=True)
+        return Backend(url, f"endpoint:{where}", billed=False)
     if api_key:
         if region not in BFL_HOSTS:
             raise ValidationError(f"region {region!r} is not one of {', '.join(BFL_HOSTS)}")
-        return Backend(BFL_HOSTS[region], "bfl", billed=True)
+        return _bfl(BFL_HOSTS[region], billed)
     with _lock:
         return Backend(_embedded_url or "", EMBEDDED_LABEL, billed=False)
+
+
+def _bfl(url: str, billed: bool | None) -> Backend:
+    if billed is False:
+        raise ValidationError("Flux.billed = False, but BFL's API bills every task: leave it None (auto)")
+    return Backend(url, "bfl", billed=True)
 
 
 def use_local_starter(starter: LocalStarter) -> None:

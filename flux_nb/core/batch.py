@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import secrets
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -65,6 +66,10 @@ class Defaults:
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
 
+class SizeWarning(UserWarning):
+    """A size that the API renders otherwise (sides in multiples of 16): it says which size comes back."""
+
+
 @dataclass
 class PreparedRequest:
     """A validated, priced request with its encoded inputs, ready to send."""
@@ -76,7 +81,8 @@ class PreparedRequest:
     fresh: bool = False
     replay_of: str | None = None
     labels: dict[str, Any] = field(default_factory=dict)
-    #: True when the estimate is an upper bound ("at most"): a URL reference's size is not known before sending.
+    #: True when the estimate is an upper bound ("at most"): megapixels rounded up (BFL's rounding is not
+    #: published), or a URL reference's size not known before sending.
     estimate_is_bound: bool = False
 
     @property
@@ -186,11 +192,15 @@ def prepare(
         output_format=fields.pop("output_format", None) or defaults.output_format,
         **fields,
     ).validate()
+    if note := protocol.size_note(request.width, request.height):
+        warnings.warn(f"flux_nb: {note}", SizeWarning, stacklevel=2)
     first_size = inputs[0].size if inputs else None
     out_w, out_h = protocol.output_size(request, first_size)
-    estimate = protocol.estimate_cost(request.model, out_w, out_h, sum(_priced_megapixels(i) for i in inputs))
+    references = [_priced_megapixels(i) for i in inputs]
+    estimate = protocol.estimate_cost(request.model, out_w, out_h, references)
     prepared = PreparedRequest(request, inputs, estimate, tag=tag, fresh=fresh, labels=dict(labels or {}))
-    prepared.estimate_is_bound = any(i.size is None for i in inputs)
+    exact = all(i.size is not None for i in inputs) and protocol.estimate_is_exact(out_w, out_h, references)
+    prepared.estimate_is_bound = not exact
     return prepared
 
 

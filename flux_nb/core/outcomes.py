@@ -98,7 +98,7 @@ def with_resume_hint(exc: FluxError) -> FluxError:
 def record_status_for(exc: FluxError) -> RecordStatus:
     if isinstance(exc, ModeratedError):
         return RecordStatus.MODERATED
-    if isinstance(exc, UnknownOutcomeError):
+    if isinstance(exc, UnknownOutcomeError | TaskNotFoundError):  # a lost task may have run, and been charged
         return RecordStatus.UNKNOWN
     return RecordStatus.FAILED
 

@@ -54,16 +54,24 @@ def check_spending(
     threshold: float | None,
     confirm: bool,
     at_most: bool = False,
+    balance: float | None = None,
 ) -> None:
-    """Refuse a batch of ``count`` requests estimated at ``cost`` that passes the budget or, unconfirmed, the guard.
+    """Refuse a batch of ``count`` requests estimated at ``cost`` that passes the budget, the account's
+    ``balance`` (when known) or, unconfirmed, the guard.
 
-    ``at_most``: the estimate is an upper bound (a URL reference, priced at the largest size the API takes).
+    ``at_most``: the estimate is an upper bound (megapixels rounded up, or a URL reference priced at the largest
+    size the API takes); else it is exact and said "about".
     """
-    bound = "at most " if at_most else ""
+    bound = "at most " if at_most else "about "
     if budget is not None and spent + cost > budget + 1e-9:
         raise BudgetError(
             f"estimated cost {bound}{cost:.2f} credits for {count} request(s) would pass the budget: "
             f"{spent:.2f} of {budget:.2f} spent"
+        )
+    if balance is not None and cost > balance + 1e-9:
+        raise BudgetError(
+            f"estimated cost {bound}{cost:.2f} credits for {count} request(s) passes the account's balance of "
+            f"{balance:.2f} credits: nothing was sent"
         )
     if not confirm and threshold is not None and cost > threshold + 1e-9:
         raise LargeBatchError(

@@ -22,6 +22,7 @@ import pandas as pd
 
 from flux_nb.errors import ValidationError
 from flux_nb.history.files import image_file
+from flux_nb.history.records import is_billed_label
 from flux_nb.metadata.provenance import REQUEST_FIELDS, embed_provenance, version
 
 PARAM_MAX = 6000  # MLflow's limit on a param value
@@ -80,7 +81,7 @@ def _params(row: Mapping[str, Any]) -> dict[str, str]:
 
 def _metrics(row: Mapping[str, Any]) -> dict[str, float]:
     metrics: dict[str, Any] = {"credits": _credits(row), "duration_s": row.get("duration_s")}
-    metrics["billed"] = 1.0 if str(row.get("backend")) == "bfl" and row.get("status") == "ready" else 0.0
+    metrics["billed"] = 1.0 if is_billed_label(str(row.get("backend"))) and row.get("status") == "ready" else 0.0
     return {k: float(v) for k, v in metrics.items() if not _missing(v)}
 
 
@@ -153,8 +154,8 @@ def to_mlflow(
     with tempfile.TemporaryDirectory(prefix="flux-mlflow-") as scratch:
         run_ids = [_log_row(client, experiment_id, parent, row, root, Path(scratch)) for row in rows]
     ready = [r for r in rows if r.get("status") == "ready"]
-    billed = sum(_credits(r) or 0.0 for r in ready if str(r.get("backend")) == "bfl")
-    unbilled = sum(_credits(r) or 0.0 for r in ready if str(r.get("backend")) != "bfl")
+    billed = sum(_credits(r) or 0.0 for r in ready if is_billed_label(str(r.get("backend"))))
+    unbilled = sum(_credits(r) or 0.0 for r in ready if not is_billed_label(str(r.get("backend"))))
     from mlflow.entities import Metric, Param
 
     stamp = client.get_run(parent).info.start_time

@@ -23,6 +23,7 @@ from PIL import Image
 from flux_nb.errors import ValidationError
 from flux_nb.grids import Grid, GridPages, grid
 from flux_nb.history.files import image_file
+from flux_nb.history.records import is_billed_label
 from flux_nb.images import thumbnail
 from flux_nb.metadata.provenance import version
 
@@ -136,7 +137,7 @@ def _cell(name: str, row: Mapping[str, Any]) -> tuple[str, str]:
 def _summary(frame: pd.DataFrame) -> str:
     ready = frame[frame["status"] == "ready"] if "status" in frame.columns else frame
     credits = [_credits(row) or 0.0 for row in ready.to_dict("records")]
-    billed_mask = [str(b) == "bfl" for b in ready.get("backend", pd.Series([""] * len(ready)))]
+    billed_mask = [is_billed_label(str(b)) for b in ready.get("backend", pd.Series([""] * len(ready)))]
     billed = sum(c for c, b in zip(credits, billed_mask, strict=True) if b)
     not_billed = sum(c for c, b in zip(credits, billed_mask, strict=True) if not b)
     parts = [

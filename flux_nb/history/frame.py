@@ -21,9 +21,11 @@ import pandas as pd
 
 from flux_nb.history.database import Database
 from flux_nb.history.files import IMAGE_PATH
+from flux_nb.history.records import seed_from_sql
 from flux_nb.history.schema import COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, TIME_COLUMNS, select_list
 
 STRING = pd.StringDtype()
+SEED_COLUMNS = ("seed", "result_seed")
 NAMES = ["_rowid", *COLUMNS]
 Columns = dict[str, Sequence[Any]]
 
@@ -88,6 +90,8 @@ def _hash_lists(values: Sequence[Any]) -> np.ndarray:
 def _column(name: str, values: Sequence[Any]) -> Any:
     if name in TIME_COLUMNS:
         return _times(values)
+    if name in SEED_COLUMNS:  # stored signed (``seed_to_sql``): shown as the unsigned seeds they are
+        return pd.array([seed_from_sql(v) for v in values], dtype="UInt64")
     if name in INT_COLUMNS:
         return pd.array(values, dtype="Int64")
     if name in FLOAT_COLUMNS:

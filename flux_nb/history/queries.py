@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from flux_nb.history import review
 from flux_nb.history.database import Database
 from flux_nb.history.filters import where_clause
-from flux_nb.history.records import RecordStatus
+from flux_nb.history.records import RecordStatus, is_billed_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,6 +100,22 @@ class Queries:
             reviews = self._db.read(review.REVIEWS_SQL)
         return frame.to_pandas(table, self.root, reviews)
 
+    def charged(self, *, experiment: str | None = None, tag: str | None = None) -> pd.DataFrame:
+        """Estimate against charge by model and backend: the ready requests whose answer said what they cost
+        (columns model, backend, requests, estimated, charged)."""
+        import pandas as pd
+
+        only = "".join(f" AND {name} IS ?" for name, v in (("experiment", experiment), ("tag", tag)) if v is not None)
+        query = f"""
+            SELECT model, backend, COUNT(*), TOTAL(estimated_cost), TOTAL(cost) FROM records
+            WHERE status = ? AND cached_from IS NULL AND typeof(cost) IN ('real', 'integer')
+                  AND typeof(estimated_cost) IN ('real', 'integer'){only}
+            GROUP BY model, backend ORDER BY model, backend
+        """
+        params = [RecordStatus.READY.value, *(v for v in (experiment, tag) if v is not None)]
+        rows = self._db.read(query, params)
+        return pd.DataFrame(rows, columns=["model", "backend", "requests", "estimated", "charged"])
+
     def spent(
         self,
         notebook: str | None = None,
@@ -142,7 +158,7 @@ class Queries:
         rows = [(m, b, n or 0, c, r, t) for m, b, n, c, r, t in self._db.read(query, params)]
         names = ["model", "backend", "notebook_requests", "notebook_credits", "requests", "credits"]
         frame = pd.DataFrame(rows, columns=names)
-        frame["billed"] = frame["backend"] == "bfl"
+        frame["billed"] = frame["backend"].map(is_billed_label).astype(bool)
         if value is None:
             frame = frame.drop(columns=["notebook_requests", "notebook_credits"])
         return frame

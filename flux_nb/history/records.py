@@ -130,6 +130,26 @@ def as_float(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+#: The backend label of an endpoint that is not BFL's but bills (a gateway, ``Flux.billed = True``).
+BILLED_PREFIX = "billed:"
+
+
+def is_billed_label(label: object) -> bool:
+    """True for the history label of a billed backend: BFL's API, or an endpoint said to bill (``Flux.billed``)."""
+    return isinstance(label, str) and (label == "bfl" or label.startswith(BILLED_PREFIX))
+
+
+def seed_to_sql(seed: Any) -> Any:
+    """A seed as SQLite stores it: BFL seeds run to 2**64-1, SQLite's INTEGER is signed 64-bit, so a seed from
+    2**63 is kept as its two's complement (negative: no real seed is)."""
+    return seed - 2**64 if isinstance(seed, int) and not isinstance(seed, bool) and 2**63 <= seed < 2**64 else seed
+
+
+def seed_from_sql(value: Any) -> Any:
+    """The seed ``seed_to_sql`` stored."""
+    return value + 2**64 if isinstance(value, int) and not isinstance(value, bool) and value < 0 else value
+
+
 def as_int(value: object) -> int | None:
     """A whole number that fits SQLite's 64 bits; anything else as None."""
     if isinstance(value, bool):

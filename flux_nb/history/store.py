@@ -40,6 +40,8 @@ from flux_nb.history.records import (
     as_text,
     labels_json,
     request_key,
+    seed_from_sql,
+    seed_to_sql,
 )
 from flux_nb.history.review import Reviews
 from flux_nb.history.schema import COLUMNS, DATABASE, FRAME_COLUMNS, RECORD_FIELDS, select_list
@@ -135,6 +137,10 @@ class HistoryStore:
     def tail(self, n: int = 10, **equals: Any) -> pd.DataFrame:
         """The newest ``n`` matching rows, oldest of them first (``Queries.tail``)."""
         return self._queries.tail(n, **equals)
+
+    def charged(self, *, experiment: str | None = None, tag: str | None = None) -> pd.DataFrame:
+        """Estimate against charge by model and backend (``Queries.charged``)."""
+        return self._queries.charged(experiment=experiment, tag=tag)
 
     def change_token(self) -> int:
         """The number of the newest change (``Queries.change_token``)."""
@@ -291,6 +297,7 @@ class HistoryStore:
         """The row of a request about to be sent (``fields``: the arguments of ``create``)."""
         request: FluxRequest = fields["request"]
         row: dict[str, Any] = {name: getattr(request, name) for name in KEY_FIELDS}
+        row["seed"] = seed_to_sql(row["seed"])
         row.update(
             record_id=uuid.uuid4().hex[:12],
             created_at=now,
@@ -414,7 +421,7 @@ class HistoryStore:
         values: dict[str, Any] = dict(status=RecordStatus.READY.value, image_path=relative, image_sha256=digest)
         values.update(out_width=as_int(width), out_height=as_int(height), ready_at=as_float(ready_at))
         values.update(finished_at=as_float(finished_at), duration_s=as_float(duration_s), engine=as_text(engine))
-        values.update(result_seed=as_int(result_seed), error_kind=None, error=None)
+        values.update(result_seed=as_int(seed_to_sql(result_seed)), error_kind=None, error=None)
         if as_float(cost) is not None:
             values["cost"] = as_float(cost)
         self._update(record_id, values, doing="complete a record")
@@ -446,6 +453,7 @@ class HistoryStore:
             except ValueError:
                 hashes = []
             values["input_hashes"] = hashes if isinstance(hashes, list) else []
+            values["seed"], values["result_seed"] = seed_from_sql(values["seed"]), seed_from_sql(values["result_seed"])
             records.append(Record(**values, root=self.root))
         return records
 

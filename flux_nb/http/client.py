@@ -38,6 +38,7 @@ from flux_nb.http.responses import (
     error_for_status,
     number_or_none,
     progress_of,
+    rate_limit_wait,
     result_field,
     seed_of,
     status_of,
@@ -66,6 +67,12 @@ IDLE_CONNECTIONS = 8
 KEEPALIVE_EXPIRY = 4.0
 # Longest sleep between polls that keep failing, while the task's deadline allows.
 FAILED_POLL_PAUSE = 10.0
+# "Task not found" this soon after the submit may be transient (a task lives on one of BFL's clusters):
+# polled again, backing off from the first pause to the longest, until the grace window has passed.
+NOT_FOUND_GRACE = 30.0
+NOT_FOUND_PAUSES = (1.0, 8.0)
+# The longest pause before a submit that X-RateLimit-Remaining/Reset ask for (a far-off reset is not trusted).
+RATE_LIMIT_PAUSE_MAX = 60.0
 
 
 class AsyncFluxClient:
@@ -106,6 +113,9 @@ class AsyncFluxClient:
         self.retry = retry or RetryPolicy()
         self.limits = limits or BodyLimits()
         self.durations = DurationModel()
+        #: Seconds after the submit within which "Task not found" is polled again.
+        self.not_found_grace = NOT_FOUND_GRACE
+        self._submit_after = 0.0  # time.monotonic() before which no submit goes out (X-RateLimit-Reset)
         self._auth = ApiKey(api_key, self.base_url)
         self._slots = asyncio.Semaphore(max_active)
         #: The key's slots shared with every flux_nb process on this machine (None: this process counts alone).
@@ -253,14 +263,22 @@ class AsyncFluxClient:
             json=request.to_payload(),
         )
         deadline = time.monotonic() + self.task_timeout
+        await asyncio.sleep(max(0.0, min(self._submit_after, deadline) - time.monotonic()))
         answer = await self.retry.run(
             lambda: self._exchange(call),
             deadline=deadline,
             rate_limit_attempts=self.retry.rate_limit_attempts,
         )
+        self._pace(answer.headers)
         if answer.is_error:
             raise error_for_answer(answer)
         return self._task_from_answer(answer, request)
+
+    def _pace(self, headers: httpx.Headers) -> None:
+        """Hold the next submits until the reset when the API says no submit is left (``X-RateLimit-*``)."""
+        wait = rate_limit_wait(headers, time.time())
+        if wait is not None:
+            self._submit_after = max(self._submit_after, time.monotonic() + min(wait, RATE_LIMIT_PAUSE_MAX))
 
     def _task_from_answer(self, answer: Answer, request: FluxRequest) -> Task:
         """The Task of a submit answer: the id is required, every other field is taken only when sound."""
@@ -331,6 +349,7 @@ class AsyncFluxClient:
         start = time.monotonic() if since is None else since
         deadline = start + self.task_timeout
         await asyncio.sleep(max(0.0, min(plan.first_delay(), self.task_timeout) - (time.monotonic() - start)))
+        not_found_pause = NOT_FOUND_PAUSES[0]
         while True:
             try:
                 answer = await self.poll(task, deadline=deadline)
@@ -339,8 +358,14 @@ class AsyncFluxClient:
                     raise
                 await asyncio.sleep(min(FAILED_POLL_PAUSE, max(0.0, deadline - time.monotonic())))
                 continue
+            except TaskNotFoundError:
+                answer = {"status": Status.TASK_NOT_FOUND.value}
             elapsed = time.monotonic() - start
             status, text = status_of(answer)
+            if status is Status.TASK_NOT_FOUND and time.time() - task.submitted_at < self.not_found_grace:
+                await asyncio.sleep(min(not_found_pause, max(0.0, deadline - time.monotonic())))
+                not_found_pause = min(not_found_pause * 2, NOT_FOUND_PAUSES[1])
+                continue
             if status is Status.READY:
                 self.durations.observe(key, plan.finished_estimate(elapsed), upper_bound=plan.bound_only)
                 return answer, plan.polls + 1

@@ -117,6 +117,21 @@ def retry_after(headers: httpx.Headers) -> float | None:
     return max(0.0, seconds) if seconds is not None and math.isfinite(seconds) else None
 
 
+def rate_limit_wait(headers: httpx.Headers, now: float) -> float | None:
+    """Seconds until the key may submit again, when ``X-RateLimit-Remaining`` says none is left and
+    ``X-RateLimit-Reset`` says when (BFL's notes show epoch seconds; a small number is read as seconds
+    from now); else None."""
+    try:
+        remaining = float(headers.get("x-ratelimit-remaining", "nan"))
+        reset = float(headers.get("x-ratelimit-reset", "nan"))
+    except ValueError:
+        return None
+    if not (math.isfinite(remaining) and math.isfinite(reset)) or remaining > 0:
+        return None
+    seconds = reset - now if reset > 1e9 else reset
+    return max(0.0, seconds)
+
+
 def error_for_status(task_id: str, status: Status, answer: dict[str, Any]) -> FluxError:
     """The typed error for a final status other than Ready."""
     details = answer.get("details")

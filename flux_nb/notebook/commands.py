@@ -162,10 +162,17 @@ def cost(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
     from flux_nb.notebook import selection, tables  # pandas loads with the first table, not at %load_ext
 
     summary = selection.cost_summary(session, options.experiment, options.tag, everywhere=front.cli)
+    charged = session.store.charged(experiment=options.experiment, tag=options.tag)
     note = HERE_AND_ALL if "notebook_requests" in summary.columns and len(summary) else ""
     return Shown(
-        lambda: (f"{note}\n" if note else "") + tables.cost_text(summary),
-        lambda: (f'<div style="font-size:12px">{html.escape(note)}</div>' if note else "") + tables.cost_html(summary),
+        lambda: "\n\n".join(
+            filter(None, [(f"{note}\n" if note else "") + tables.cost_text(summary), tables.charged_text(charged)])
+        ),
+        lambda: (
+            (f'<div style="font-size:12px">{html.escape(note)}</div>' if note else "")
+            + tables.cost_html(summary)
+            + tables.charged_html(charged)
+        ),
     )
 
 
@@ -433,6 +440,15 @@ def save_grid(result: Any, target: str | Path) -> Path | list[Path]:
         return result.save(target)
     except OSError as exc:
         raise ValidationError(f"could not save the grid to {target}: {exc.strerror or exc}") from None
+
+
+@verb("the account's balance (GET /v1/credits)", sends=True)
+def credits(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+    """The balance in one line, said "not billed" on a server that bills nothing."""
+    balance = session.credits()
+    where = "" if session.backend.billed else " (not billed: this server's own figure)"
+    line = f"balance {balance:.2f} credits{where}"
+    return Shown(lambda: front.say(line))
 
 
 def free_path(folder: Path, stem: str) -> Path:

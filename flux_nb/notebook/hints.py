@@ -34,7 +34,11 @@ HINTS: tuple[tuple[type[FluxError], str], ...] = (
     (FluxTimeout, "the record is kept: %flux resume (or flux.resume()) finishes it"),
     (TransportError, "check the network and Flux.endpoint, then run the cell again"),
     (TaskFailedError, "run the cell again; if it keeps failing, change the prompt, size or reference images"),
-    (TaskNotFoundError, "it expired or was never created: run the cell again to send a new task"),
+    (
+        TaskNotFoundError,
+        "it may have run (and been charged) on another cluster: check BFL's dashboard (usage) or %flux credits "
+        "before --fresh sends it again, which may be charged twice",
+    ),
     (DeliveryError, "run the cell again: the same seed gives the same image"),
 )
 #: The hint for a request the API accepted but that did not finish here.

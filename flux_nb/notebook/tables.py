@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from flux_nb.history.records import BILLED_PREFIX, is_billed_label
 from flux_nb.notebook.render import shown_path, thumb_img
 
 HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")
@@ -79,6 +80,8 @@ def backend_name(backend: Any) -> str:
         return f"local {label.removeprefix('local:')} server"
     if label.startswith("endpoint:"):
         return f"endpoint {label.removeprefix('endpoint:').rstrip(':')}"
+    if label.startswith(BILLED_PREFIX):
+        return f"endpoint {label.removeprefix(BILLED_PREFIX).rstrip(':')}"
     return label or "unknown backend"
 
 
@@ -97,7 +100,7 @@ def cost_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[l
     counts.append(("requests", "credits"))
     header = ["model", "backend"]
     header += ["here: requests", "here: credits", "all: requests", "all: credits"] if mine else ["requests", "credits"]
-    billed = summary["billed"].astype(bool) if "billed" in summary.columns else summary["backend"] == "bfl"
+    billed = summary["billed"].astype(bool) if "billed" in summary.columns else summary["backend"].map(is_billed_label)
     rows = []
     for (_, row), is_billed in zip(summary.iterrows(), billed, strict=True):
         where = f"{backend_name(row['backend'])} ({'billed' if is_billed else 'not billed'})"
@@ -114,6 +117,38 @@ def cost_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], list[l
             values += [str(int(part[n].sum())), _money(part[c].sum())]
         totals.append(values)
     return header, rows, totals
+
+
+def charged_rows(charged: pd.DataFrame) -> list[list[str]]:
+    """One row per model and backend: requests, the estimate before sending, what the API said it charged."""
+    return [
+        [str(row["model"]), backend_name(row["backend"]), str(int(row["requests"])), _money(row["estimated"]),
+         _money(row["charged"])]
+        for _, row in charged.iterrows()
+    ]  # fmt: skip
+
+
+CHARGED_HEADER = ["model", "backend", "requests", "estimated", "charged"]
+
+
+def charged_text(charged: pd.DataFrame) -> str:
+    """Estimate against charge, as plain text ("" when no answer said what it cost)."""
+    rows = charged_rows(charged)
+    if not rows:
+        return ""
+    table = pd.DataFrame(rows, columns=CHARGED_HEADER).to_string(index=False)
+    return f"estimated before sending vs charged by the API (requests whose answer gave a cost):\n{table}"
+
+
+def charged_html(charged: pd.DataFrame) -> str:
+    """Estimate against charge, as an HTML table ("" when no answer said what it cost)."""
+    rows = charged_rows(charged)
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in CHARGED_HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    caption = "<caption>estimated before sending vs charged by the API</caption>"
+    return f'<table class="flux-charged">{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def cost_html(summary: pd.DataFrame) -> str:

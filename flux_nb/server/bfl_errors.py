@@ -1,7 +1,8 @@
 """Errors in BFL's documented shape: ``{"error": "<code>", "message": "<text>"}``.
 
-401 ``invalid_api_key``, 402 ``insufficient_credits``, 429 ``rate_limit_exceeded``; ``detail``
-carries the same text beside them, for clients written against FastAPI's ``{"detail": ...}``.
+403 ``invalid_api_key`` (the live API answers a bad key 403 ``{"detail": "Not authenticated - Invalid
+Authentication"}``), 402 ``insufficient_credits``, 429 ``rate_limit_exceeded``; ``detail`` carries the same
+text beside them, for clients written against FastAPI's ``{"detail": ...}``.
 Free of FastAPI, so the fault middleware can use it without loading the app.
 """
 
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import json
 
-ERROR_CODES = {401: "invalid_api_key", 402: "insufficient_credits", 429: "rate_limit_exceeded"}
+#: What BFL answers a missing or wrong key (HTTP 403).
+NOT_AUTHENTICATED = "Not authenticated - Invalid Authentication"
+ERROR_CODES = {401: "invalid_api_key", 403: "invalid_api_key", 402: "insufficient_credits", 429: "rate_limit_exceeded"}
 
 
 class APIError(Exception):

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import Header, Request
 
-from flux_nb.server.bfl_errors import APIError
+from flux_nb.server.bfl_errors import NOT_AUTHENTICATED, APIError
 from flux_nb.server.config import ServerConfig
 
 
@@ -40,14 +40,14 @@ def _listed(key: str, keys: frozenset[str]) -> bool:
 
 
 def identify(config: ServerConfig, key: str | None) -> Caller:
-    """The caller behind ``key``; APIError 401 (``invalid_api_key``) when keys are required and it is wrong."""
+    """The caller behind ``key``; APIError 403 (BFL's answer) when keys are required and it is missing or wrong."""
     if not config.keys_required:
         return Caller()
     if not key:
-        raise APIError(401, "missing x-key header")
+        raise APIError(403, NOT_AUTHENTICATED)
     admin = _listed(key, config.admin_keys)
     if not admin and not _listed(key, config.api_keys):
-        raise APIError(401, "invalid key")
+        raise APIError(403, NOT_AUTHENTICATED)
     return Caller(owner_of(key), admin)
 
 

@@ -33,7 +33,7 @@ class ResultAnswer(BaseModel):
 
 
 class ErrorAnswer(BaseModel):
-    """The body of every error but 422: ``detail``, and for 401/402/429 also BFL's ``error`` and ``message``."""
+    """The body of every error but 422: ``detail``, and for 403/402/429 also BFL's ``error`` and ``message``."""
 
     detail: str
     error: str | None = None
@@ -50,6 +50,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         400: "the body could not be read (e.g. JSON that is not UTF-8)",
         401: "missing or invalid x-key header (when the server has keys): error invalid_api_key",
+        403: "missing or invalid x-key header (when the server has keys): BFL's 403, error invalid_api_key",
         402: "out of credits (injected): error insufficient_credits",
         404: "the delivery URL has expired or never existed",
         413: "request body over the server's limit",

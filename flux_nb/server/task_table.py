@@ -9,6 +9,7 @@ import secrets
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -122,7 +123,7 @@ class TaskTable:
         job: RenderJob,
         *,
         output_format: str,
-        input_mp: float,
+        reference_mp: Sequence[float] = (),
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         base_url: str = "",
@@ -148,8 +149,8 @@ class TaskTable:
             model=model,
             job=job,
             output_format=output_format,
-            cost=protocol.estimate_cost(model, job.width, job.height, input_mp),
-            input_mp=round(input_mp, 4),
+            cost=protocol.estimate_cost(model, job.width, job.height, reference_mp),
+            input_mp=round(sum(reference_mp), 4),
             output_mp=output_mp,
             submitted_at=time.monotonic(),
             webhook_url=webhook_url,

@@ -6,6 +6,7 @@ Errors read as one line with the notebook's hint (``%flux resume``, ``%config ..
 from __future__ import annotations
 
 import html
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import ipywidgets as w
@@ -62,9 +63,26 @@ class Messages:
         return "" if billed else NOT_BILLED
 
     def refresh_cost(self) -> None:
-        """Show the credits this session has spent, against its budget if it has one."""
+        """Show the credits this session has spent, against its budget if it has one; on a billed endpoint
+        the account's balance too, asked for again (in the background) each time."""
         budget = self.session.budget
         limit = f" of {budget:.2f} budget" if budget is not None else ""
         note = html.escape(self.not_billed())
         spent = f"Credits spent: {self.session.spent():.2f}{limit}{note}"
         self.cost.value = f'<span class="flux-credits" style="color:{MUTED}">{spent}</span>'
+        if not note and self.billed():
+            self.session.fetch_credits().add_done_callback(lambda f: self._show_balance(spent, f))
+
+    def billed(self) -> bool:
+        try:
+            return self.session.backend.billed
+        except FluxError:
+            return False
+
+    def _show_balance(self, spent: str, balance: Future[float]) -> None:
+        """Add the balance (or that it could not be read) after the spent credits."""
+        try:
+            told = f" · balance {balance.result():.2f} credits"
+        except Exception as exc:  # a gateway without /v1/credits: the panel still works
+            told = f" · balance unknown ({exc})" if isinstance(exc, FluxError) else " · balance unknown"
+        self.cost.value = f'<span class="flux-credits" style="color:{MUTED}">{spent}{html.escape(told)}</span>'

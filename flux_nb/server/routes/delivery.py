@@ -16,7 +16,6 @@ from flux_nb.server.schemas import ResultAnswer, error_responses
 from flux_nb.server.task_table import MEDIA_TYPES
 
 TOKEN_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
-NOT_FOUND = {"model": ResultAnswer, "description": "no such task for this key (unknown, expired, or another key's)"}
 
 router = APIRouter()
 
@@ -24,15 +23,14 @@ router = APIRouter()
 @router.get(
     "/v1/get_result",
     response_model=ResultAnswer,
-    responses={404: NOT_FOUND, **error_responses(401, 429)},
+    responses=error_responses(403, 429),
 )
 async def get_result(id: str, request: Request, who: Annotated[Caller, Depends(caller)]) -> Response:
-    """The task's state; a task of another key is answered exactly like one that does not exist."""
+    """The task's state; as at BFL, an unknown task (or another key's) is answered 200 "Task not found"."""
     state = request.app.state
     task = state.table.get(id, who.owner)
     if task is None:
-        missing = ResultAnswer(id=id, status=protocol.Status.TASK_NOT_FOUND.value)
-        return JSONResponse(missing.model_dump(), status_code=404)
+        return JSONResponse(ResultAnswer(id=id, status=protocol.Status.TASK_NOT_FOUND.value).model_dump())
     # Polled on the polling listener, delivery URLs still point where the task was submitted.
     delivery_base = (task.base_url or base_url(request)) if state.poll_url else base_url(request)
     # The hottest route: answered as JSON directly, without re-validating our own answer.

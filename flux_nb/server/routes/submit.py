@@ -3,6 +3,7 @@
 No ``from __future__ import annotations`` here: FastAPI reads each route's body model from its signature.
 """
 
+import logging
 import secrets
 from typing import Annotated, Any, Literal
 
@@ -17,16 +18,21 @@ from flux_nb.server.reference_inputs import field_error, load_references
 from flux_nb.server.schemas import APIError, SubmitAnswer, error_responses
 from flux_nb.server.task_table import ServerTask, TaskTable, TooManyActiveTasks
 
+log = logging.getLogger("flux_nb.server")
+
 
 class SubmitBody(BaseModel):
-    """Fields every FLUX.2 endpoint shares; per-model subclasses add images and extras."""
+    """Fields every FLUX.2 endpoint shares; per-model subclasses add images and extras.
 
-    model_config = ConfigDict(extra="forbid")
+    Like BFL's request models, unknown fields are accepted and ignored (and logged).
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     prompt: str = Field(min_length=1, max_length=protocol.PROMPT_MAX)
     seed: int | None = Field(None, ge=protocol.SEED_RANGE[0], le=protocol.SEED_RANGE[1])
-    width: int | None = Field(None, ge=protocol.MIN_SIDE, multiple_of=protocol.SIDE_STEP)
-    height: int | None = Field(None, ge=protocol.MIN_SIDE, multiple_of=protocol.SIDE_STEP)
+    width: int | None = Field(None, ge=protocol.MIN_SIDE)
+    height: int | None = Field(None, ge=protocol.MIN_SIDE)
     safety_tolerance: int = Field(protocol.DEFAULT_SAFETY, ge=protocol.SAFETY_RANGE[0], le=protocol.SAFETY_RANGE[1])
     output_format: Literal["jpeg", "png", "webp"] = protocol.DEFAULT_FORMAT
     webhook_url: str | None = Field(None, min_length=1, max_length=protocol.WEBHOOK_URL_MAX, pattern=r"^https?://.+")
@@ -41,6 +47,10 @@ class SubmitBody(BaseModel):
         return self
 
 
+# The endpoints whose BFL schema takes ``input_image_blob_path`` (a path in BFL's own blob store).
+BLOB_PATH_MODELS = ("flux-2-flex",)
+
+
 def body_model(spec: protocol.ModelSpec) -> type[SubmitBody]:
     """The request body model of one endpoint."""
     fields: dict[str, Any] = {name: (str | None, None) for name in spec.image_fields()}
@@ -49,15 +59,19 @@ def body_model(spec: protocol.ModelSpec) -> type[SubmitBody]:
         fields[extra.name] = (kind | None, Field(None, ge=extra.minimum, le=extra.maximum))
     for flag in spec.flag_fields:
         fields[flag] = (StrictBool | None, None)  # true or false only: "yes" and 1 are refused
+    if spec.name in BLOB_PATH_MODELS:
+        fields["input_image_blob_path"] = (str | None, None)  # in BFL's flex schema; this server has no blob store
     name = "".join(part.capitalize() for part in spec.name.split("-")) + "Request"
     return create_model(name, __base__=SubmitBody, **fields)
 
 
-async def build_job(spec: protocol.ModelSpec, body: SubmitBody, request: Request) -> tuple[RenderJob, float, int]:
-    """The render job of a submit (reference images loaded), the input megapixels it is charged for, and the
-    bytes its references hold in the table's reference memory."""
+async def build_job(spec: protocol.ModelSpec, body: SubmitBody, request: Request) -> tuple[RenderJob, list[float], int]:
+    """The render job of a submit (reference images loaded; each side down to a multiple of 16), each
+    reference's megapixels, and the bytes its references hold in the table's reference memory."""
     state = request.app.state
     given = [(name, value) for name in spec.image_fields() if (value := getattr(body, name)) is not None]
+    if body.model_extra:
+        log.info("ignored unknown field(s) of a %s submit: %s", spec.name, ", ".join(sorted(body.model_extra)))
     references, reserved = await load_references(given, state.config, state.table.reference_memory, state.resolver)
     width, height = protocol.output_size(
         protocol.FluxRequest(body.prompt, width=body.width, height=body.height),
@@ -68,7 +82,7 @@ async def build_job(spec: protocol.ModelSpec, body: SubmitBody, request: Request
     # Like BFL, a request without a seed gets a random one, reported in the result.
     seed = body.seed if body.seed is not None else secrets.randbelow(2**32)
     job = RenderJob(body.prompt, seed, width, height, spec.name, tuple(references), extra)
-    return job, sum(protocol.megapixels(*r.size) for r in references), reserved
+    return job, [protocol.megapixels(*r.size) for r in references], reserved
 
 
 def base_url(request: Request) -> str:
@@ -78,7 +92,7 @@ def base_url(request: Request) -> str:
 async def accept(spec: protocol.ModelSpec, body: SubmitBody, request: Request, who: Caller) -> SubmitAnswer:
     """Check, create and start the task of one submit; its BFL-shaped answer."""
     state = request.app.state
-    job, input_mp, reserved = await build_job(spec, body, request)
+    job, reference_mp, reserved = await build_job(spec, body, request)
     table: TaskTable = state.table
     task: ServerTask | None = None
     try:
@@ -87,7 +101,7 @@ async def accept(spec: protocol.ModelSpec, body: SubmitBody, request: Request, w
             spec.name,
             job,
             output_format=body.output_format,
-            input_mp=input_mp,
+            reference_mp=reference_mp,
             webhook_url=body.webhook_url,
             webhook_secret=body.webhook_secret,
             base_url=base_url(request),
@@ -128,7 +142,7 @@ def router() -> APIRouter:
             spec.path,
             response_model=SubmitAnswer,
             response_model_exclude_none=True,
-            responses=error_responses(400, 401, 402, 413, 429),
+            responses=error_responses(400, 403, 402, 413, 429),
             name=f"submit_{spec.name}",
             summary=f"Submit a {spec.name} request",
         )(submit_route(spec))
