@@ -107,17 +107,23 @@ def test_the_balance_refuses_a_batch_that_passes_it_before_anything_is_sent(
         flux.close()
 
 
+def credits_verb(session: Flux, words: list[str]) -> commands.Shown:
+    """``%flux credits WORDS`` as the magic runs it."""
+    verb, front = commands.VERBS["credits"], commands.Front()
+    return verb.run(session, commands.parse(verb, words, front), front)
+
+
 def test_credits_are_shown_by_the_magic_the_cli_and_the_panel(
     gateway: ScriptedApi, server: EmbeddedServer, history_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     local = Flux(endpoint=server.url, history_dir=history_dir)
     billed = Flux(endpoint=gateway.url, history_dir=history_dir, billed=True)
     try:
-        said = repr(commands.COMMANDS["credits"](local, []))
+        said = repr(credits_verb(local, []))
         assert said == "flux_nb: balance 1000000.00 credits (not billed: this server's own figure)"
-        assert repr(commands.COMMANDS["credits"](billed, [])) == "flux_nb: balance 2.00 credits"
-        with pytest.raises(ValidationError, match="%flux credits: unrecognized arguments: --now"):
-            commands.COMMANDS["credits"](billed, ["--now"])
+        assert repr(credits_verb(billed, [])) == "flux_nb: balance 2.00 credits"
+        with pytest.raises(ValidationError, match="%flux credits: unknown option --now"):
+            credits_verb(billed, ["--now"])
         assert cli_main(["credits", "--endpoint", server.url, "--history-dir", str(history_dir)]) == 0
         assert capsys.readouterr().out.strip() == "balance 1000000.00 credits (not billed: this server's own figure)"
         asked = gateway.balance_asks  # type: ignore[attr-defined]
