@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from flux_nb.server.engines.base import Engine, JobRefused, RenderJob, review
+from flux_nb.server.engines.base import Engine, JobRefused, RenderJob, review, served_routes, unserved
 
-__all__ = ["DETAILS_KEY", "ENGINES", "Engine", "JobRefused", "RenderJob", "get_engine", "review"]
+__all__ = [
+    "DETAILS_KEY",
+    "ENGINES",
+    "Engine",
+    "JobRefused",
+    "RenderJob",
+    "get_engine",
+    "review",
+    "served_routes",
+    "unserved",
+]
 
 
 ENGINES = ("preview", "diffusers")
