@@ -28,7 +28,6 @@ MAX_REFERENCE_ASPECT = 8  # ... and those more elongated than 8:1
 MAX_PROMPT_TOKENS = 512  # the text encoder's window; the pipeline cuts longer prompts
 TEXT_ENCODER_LAYERS = (9, 18, 27)  # the encoder's hidden states the pipeline stacks
 DEFAULT_MODEL = "black-forest-labs/FLUX.2-klein-4B"
-DEFAULT_SIDE = 1024  # the pipeline's size without a size or references: what --compile warms up on
 DISTILLED_SAMPLING = (4, 1.0)  # step-distilled klein: 4 steps, no guidance pass
 BASE_SAMPLING = (50, 4.0)  # undistilled (base) klein: the pipeline's own defaults, with CFG
 INSTALL_HINT = (
@@ -138,10 +137,19 @@ class DiffusersEngine:
         return pipeline
 
     def warm_up(self) -> None:
-        """Render once per set of weights at the default size, so compiling happens now, not on a request."""
-        for weights in {self.options.model, *self._others}:
-            route = next(route for route, held in self.routes.items() if held == weights)
-            self.render(RenderJob("warm-up", 0, DEFAULT_SIDE, DEFAULT_SIDE, route))
+        """One pass per set of weights at the pipeline's default size (1024x1024 for klein), to latents: the
+        transformer compiles now, not on the first request."""
+        for pipeline in (self.pipeline, *self._others.values()):
+            steps, guidance = self.defaults(pipeline)
+            generator = self._torch.Generator("cpu").manual_seed(0)
+            with self._torch.inference_mode():
+                pipeline(
+                    prompt="warm-up",
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=generator,
+                    output_type="latent",
+                )
 
     def pipeline_for(self, route: str) -> Any:
         """The pipeline of the weights that serve ``route``; JobRefused when none here do."""
@@ -150,13 +158,17 @@ class DiffusersEngine:
         weights = self.routes[route]
         return self.pipeline if weights == self.options.model else self._others[weights]
 
+    def defaults(self, pipeline: Any) -> tuple[int, float]:
+        """Steps and guidance for ``pipeline``'s weights: the options', else what distilled or base weights want."""
+        steps, guidance = DISTILLED_SAMPLING if distilled(pipeline) else BASE_SAMPLING
+        steps = self.options.steps if self.options.steps is not None else steps
+        return steps, self.options.guidance if self.options.guidance is not None else guidance
+
     def sampling(self, job: RenderJob) -> tuple[int, float]:
         """Steps and guidance for ``job``: fixed for distilled weights; base weights take the request's."""
-        distilled = bool(getattr(self.pipeline_for(job.model).config, "is_distilled", True))
-        steps, guidance = DISTILLED_SAMPLING if distilled else BASE_SAMPLING
-        steps = self.options.steps if self.options.steps is not None else steps
-        guidance = self.options.guidance if self.options.guidance is not None else guidance
-        if distilled:
+        pipeline = self.pipeline_for(job.model)
+        steps, guidance = self.defaults(pipeline)
+        if distilled(pipeline):
             return steps, guidance
         return int(job.extra.get("steps", steps)), float(job.extra.get("guidance", guidance))
 
@@ -217,13 +229,18 @@ class DiffusersEngine:
         with torch.inference_mode():
             if self.prompts.size:
                 kwargs["prompt_embeds"] = self.encoded(weights, pipeline, job.prompt)
-                if guidance > 1 and not pipeline.config.is_distilled:  # the pipeline's guidance pass: prompt ""
+                if guidance > 1 and not distilled(pipeline):  # the pipeline's guidance pass: prompt ""
                     kwargs["negative_prompt_embeds"] = self.encoded(weights, pipeline, "")
             else:
                 kwargs["prompt"] = job.prompt
             image = pipeline(**kwargs).images[0]
         image.info[DETAILS_KEY] = {"weights": weights}
         return image
+
+
+def distilled(pipeline: Any) -> bool:
+    """Whether ``pipeline`` holds step-distilled weights (its config says; base weights run many steps with CFG)."""
+    return bool(getattr(pipeline.config, "is_distilled", True))
 
 
 def check_references(references: tuple[Image.Image, ...]) -> None:
