@@ -240,3 +240,15 @@ def test_attention_picks_an_installed_backend_or_is_refused_clearly(attention_re
         DiffusersEngine(DiffusersOptions(model="t", device="cpu", attention="nonsense"), pipeline=tiny_pipeline())
     with pytest.raises(EngineUnavailable, match=r"flash cannot run here: .*flash-attn"):
         DiffusersEngine(DiffusersOptions(model="t", device="cpu", attention="flash"), pipeline=tiny_pipeline())
+
+
+def test_gpu_bench_skips_with_the_reason_when_the_weights_cannot_be_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import gpu_engine
+
+    monkeypatch.setattr(gpu_engine, "skip_reason", lambda: None)  # as on a GPU box with the packages
+    assert gpu_engine.main(["--model", str(tmp_path / "no-weights-here"), "--json", str(tmp_path / "out.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("bench.gpu_engine: skipping: could not load FLUX.2 klein weights from"), out
+    assert "Download them first" in out and not (tmp_path / "out.json").exists()
