@@ -252,3 +252,23 @@ def test_gpu_bench_skips_with_the_reason_when_the_weights_cannot_be_loaded(
     out = capsys.readouterr().out
     assert out.startswith("bench.gpu_engine: skipping: could not load FLUX.2 klein weights from"), out
     assert "Download them first" in out and not (tmp_path / "out.json").exists()
+
+
+def test_the_ray_front_refuses_routes_its_replicas_hold_no_weights_for() -> None:
+    from flux_nb.server.engines import unserved
+    from flux_nb.server.engines.checkpoints import configured_routes
+    from flux_nb.server.ray_serve import RayEngine
+
+    options = {"model": "/models/four", "model_for": {"flux-2-klein-9b": "/models/nine"}}
+    routes = configured_routes("diffusers", options)
+    assert routes == {"flux-2-klein-4b": "/models/four", "flux-2-klein-9b": "/models/nine"}
+    assert configured_routes("diffusers", {}) == {"flux-2-klein-4b": "black-forest-labs/FLUX.2-klein-4B"}
+    assert configured_routes("preview", options) is None  # the preview serves every route
+    front = RayEngine(None, "diffusers", concurrency=1, routes=routes)
+    try:
+        assert unserved(front, "flux-2-klein-9b") is None
+        assert "holds no weights for flux-2-pro: it serves flux-2-klein-4b (/models/four)" in (
+            unserved(front, "flux-2-pro") or ""
+        )
+    finally:
+        front.close()

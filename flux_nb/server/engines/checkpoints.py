@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from flux_nb import protocol
 from flux_nb.errors import ValidationError
 
 DEFAULT_ROUTE = "flux-2-klein-4b"
+DEFAULT_WEIGHTS = "black-forest-labs/FLUX.2-klein-4B"
 
 
 def route_weights(model: str, model_for: Mapping[str, str]) -> dict[str, str]:
@@ -23,6 +25,13 @@ def route_weights(model: str, model_for: Mapping[str, str]) -> dict[str, str]:
     if unknown:
         raise ValidationError(f"no route called {', '.join(unknown)} (routes: {', '.join(protocol.MODELS)})")
     return {DEFAULT_ROUTE: model, **model_for}
+
+
+def configured_routes(engine: str, options: Mapping[str, Any]) -> dict[str, str] | None:
+    """The routes the engine ``engine`` built with ``options`` serves; None: every route (the preview)."""
+    if engine != "diffusers":
+        return None
+    return route_weights(options.get("model") or DEFAULT_WEIGHTS, options.get("model_for") or {})
 
 
 def parse_model_for(pairs: Iterable[str], mapping_file: str | None = None) -> dict[str, str]:
