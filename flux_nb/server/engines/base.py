@@ -10,6 +10,10 @@ from PIL import Image
 from flux_nb import protocol
 from flux_nb.server.engines.checkpoints import unserved_message
 
+# An engine may leave a dict under this key in the image's ``info``: it joins the task's details
+# (e.g. which Ray Serve replica rendered it) and is removed before the image is encoded.
+DETAILS_KEY = "flux_nb.details"
+
 
 @dataclass(frozen=True)
 class RenderJob:

@@ -15,8 +15,8 @@ from typing import Any
 
 from PIL import Image
 
-from flux_nb.server.engines import DETAILS_KEY, checkpoints
-from flux_nb.server.engines.base import JobRefused, RenderJob, unserved
+from flux_nb.server.engines import checkpoints
+from flux_nb.server.engines.base import DETAILS_KEY, JobRefused, RenderJob, unserved
 from flux_nb.server.engines.placement import EngineUnavailable, place, set_attention
 from flux_nb.server.engines.prompt_cache import PromptCache
 
