@@ -172,9 +172,9 @@ class DiffusersEngine:
             return steps, guidance
         return int(job.extra.get("steps", steps)), float(job.extra.get("guidance", guidance))
 
-    def prompt_tokens(self, prompt: str) -> int:
-        """How many tokens the text encoder would be given for ``prompt`` (before it cuts at 512)."""
-        tokenizer = self.pipeline.tokenizer
+    def prompt_tokens(self, prompt: str, route: str = checkpoints.DEFAULT_ROUTE) -> int:
+        """How many tokens ``route``'s text encoder would be given for ``prompt`` (before it cuts at 512)."""
+        tokenizer = self.pipeline_for(route).tokenizer
         messages = [{"role": "user", "content": prompt}]
         text = tokenizer.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
@@ -191,7 +191,7 @@ class DiffusersEngine:
         if asked and (asked.get("steps", steps), asked.get("guidance", guidance)) != (steps, guidance):
             given = ", ".join(f"{name} {value:g}" for name, value in asked.items())
             warnings.append(f"klein runs {steps} steps at guidance {guidance:g}; the request's {given} not used")
-        if self.prompt_tokens(job.prompt) > MAX_PROMPT_TOKENS:
+        if self.prompt_tokens(job.prompt, job.model) > MAX_PROMPT_TOKENS:
             warnings.append(f"prompt truncated to {MAX_PROMPT_TOKENS} tokens")
         return warnings
 
