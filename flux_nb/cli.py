@@ -191,6 +191,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, object]:
     from flux_nb.server.engines.checkpoints import parse_model_for
 
     model_for = parse_model_for(args.model_for, args.model_map)
+    if args.prompt_cache is not None and args.prompt_cache < 0:
+        raise ValidationError(f"--prompt-cache must be 0 (no cache) or more, not {args.prompt_cache}")
     options = {
         "model": args.model,
         "model_for": model_for or None,

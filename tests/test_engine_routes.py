@@ -117,26 +117,19 @@ def test_model_for_pairs_and_mapping_files_are_read_and_checked(tmp_path: Path) 
         parse_model_for([], str(mapping))
 
 
-def test_serve_refuses_a_bad_model_for_before_loading_anything() -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flux_nb",
-            "serve",
-            "--port",
-            "0",
-            "--engine",
-            "diffusers",
-            "--model-for",
-            "flux-2-klein-99b=/models/x",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert proc.returncode != 0 and "no route called flux-2-klein-99b" in proc.stderr
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--model-for", "flux-2-klein-99b=/models/x"], "no route called flux-2-klein-99b"),
+        (["--model-for", "flux-2-klein-9b"], "--model-for takes ROUTE=PATH"),
+        (["--prompt-cache", "-1"], "--prompt-cache must be 0 (no cache) or more"),
+    ],
+)
+def test_serve_refuses_bad_engine_options_before_loading_anything(options: list[str], message: str) -> None:
+    command = [sys.executable, "-m", "flux_nb", "serve", "--port", "0", "--engine", "diffusers", *options]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "loading" not in proc.stderr
 
 

@@ -94,6 +94,7 @@ class DiffusersEngine:
     def __init__(self, options: DiffusersOptions | None = None, *, pipeline: Any = None) -> None:
         self.options = options or DiffusersOptions()
         self.routes = checkpoints.route_weights(self.options.model, self.options.model_for)
+        self.prompts = PromptCache(self.options.prompt_cache)
         self._torch, pipeline_class = _import_stack()
         self.device = _device(self._torch, self.options.device)
         self.dtype = _dtype(self._torch, self.options.dtype, self.device)
@@ -104,7 +105,6 @@ class DiffusersEngine:
             loaded[weights] = self._prepare(given if given is not None else self._load(pipeline_class, weights))
         self.pipeline = loaded.pop(self.options.model)  # klein-4B's
         self._others = loaded
-        self.prompts = PromptCache(self.options.prompt_cache)
         if self.options.compile:
             self.warm_up()
         self.load_seconds = time.perf_counter() - started
