@@ -1,12 +1,16 @@
-"""FLUX.2 [klein] on a GPU: the diffusers pipeline called directly beside the same through flux_nb.
+"""FLUX.2 [klein] 4B on a GPU at 1024x1024: cold and warm, eager and compiled, the prompt cache, and flux_nb's overhead.
 
 Needs a CUDA GPU, the [local] extra and the weights (``huggingface-cli download
-black-forest-labs/FLUX.2-klein-4B``); anywhere else it says it is skipping and exits 0.
+black-forest-labs/FLUX.2-klein-4B``); anywhere else, or when the weights cannot be loaded, it says
+why it is skipping and exits 0. One run prints, for the eager engine and then the compiled one,
+cold (load, plus compile warm-up; then the first image) and warm figures (s/image and images/s),
+the prompt cache's effect on a seed sweep, and the pipeline called directly beside the same
+through flux_nb's server and client.
 
 With two GPUs and the [ray] extra it also measures images per second through one front with 1 and
 with 2 Ray Serve replicas of the engine (one GPU each), side by side.
 
-    python -m bench.gpu_engine [--model ID_OR_FOLDER] [--images 8] [--compile]
+    python -m bench.gpu_engine [--model ID_OR_FOLDER] [--images 8] [--no-compile]
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def direct(engine: Any, count: int) -> list[float]:
     """Seconds per image calling the pipeline directly, one after another."""
     import torch
 
+    steps, guidance = engine.defaults(engine.pipeline)
     times = []
     for seed in range(count):
         started = time.perf_counter()
@@ -46,13 +51,34 @@ def direct(engine: Any, count: int) -> list[float]:
             prompt="a lighthouse on a cliff at dusk",
             height=SIZE,
             width=SIZE,
-            num_inference_steps=engine.options.steps,
-            guidance_scale=engine.options.guidance,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
             generator=torch.Generator("cpu").manual_seed(seed),
         )
         torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return times
+
+
+def load(model: str, compile: bool) -> tuple[Any, str | None]:
+    """The engine (None and the reason when the weights cannot be loaded)."""
+    from flux_nb.server.engines.diffusers import DiffusersEngine, DiffusersOptions, EngineUnavailable
+
+    try:
+        return DiffusersEngine(DiffusersOptions(model=model, compile=compile)), None
+    except EngineUnavailable as exc:
+        return None, str(exc)
+
+
+def cold_and_warm(engine: Any, label: str, count: int) -> dict[str, float]:
+    """Load (with compile warm-up) seconds, the first image's seconds, then warm seconds per image."""
+    first = direct(engine, 1)[0]
+    warm = statistics.median(direct(engine, count))
+    print(
+        f"{label:9} cold: load {engine.load_seconds:.1f} s, first image {first:.3f} s; "
+        f"warm: {warm:.3f} s/image = {1 / warm:.2f} images/s"
+    )
+    return {"load_s": engine.load_seconds, "first_image_s": first, "s_per_image": warm, "images_per_s": 1 / warm}
 
 
 def through_flux_nb(engine: Any, count: int) -> tuple[list[float], float]:
@@ -99,46 +125,56 @@ def ray_replicas(args: argparse.Namespace) -> dict[str, Any]:
     return {"ray_" + key: value for key, value in results.items()}
 
 
+def free_gpu_memory() -> None:
+    """Give back the memory of an engine no longer referenced (the next one loads its own copy)."""
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="black-forest-labs/FLUX.2-klein-4B")
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the compiled engine")
     parser.add_argument("--json", type=Path, default=Path(__file__).with_name("gpu_results.json"))
     args = parser.parse_args(argv)
     reason = skip_reason()
-    if reason:
+    engine = None
+    if reason is None:
+        engine, reason = load(args.model, compile=False)
+    if engine is None:
         print(f"bench.gpu_engine: skipping: {reason}")
         return 0
     import torch
 
-    from flux_nb.server.engines.diffusers import DiffusersEngine, DiffusersOptions
+    from bench.prompt_cache import compare, report
 
-    engine = DiffusersEngine(DiffusersOptions(model=args.model, compile=args.compile))
-    direct(engine, 2)  # warm up (and compile)
-    plain = direct(engine, args.images)
+    print(f"FLUX.2 [klein] {args.model} at {SIZE}x{SIZE} on {torch.cuda.get_device_name()}, {args.images} images")
+    results: dict[str, Any] = {"size": SIZE, "model": args.model, "eager": cold_and_warm(engine, "eager", args.images)}
+    results["prompt_cache"] = compare(engine, args.images, SIZE)
+    print(report(results["prompt_cache"]))
     singles, sweep_wall = through_flux_nb(engine, args.images)
-    results: dict[str, Any] = {
-        "size": SIZE,
-        "compile": args.compile,
-        "direct_s_per_image": statistics.median(plain),
-        "flux_nb_s_per_image": statistics.median(singles),
-        "flux_nb_sweep_images_per_s": args.images / sweep_wall,
-        "direct_images_per_s": 1 / statistics.median(plain),
-    }
-    results["single_overhead_ratio"] = results["flux_nb_s_per_image"] / results["direct_s_per_image"]
-    print(f"direct pipeline       {results['direct_s_per_image']:.3f} s/image")
+    direct_s = results["eager"]["s_per_image"]
+    results["flux_nb_s_per_image"] = statistics.median(singles)
+    results["flux_nb_sweep_images_per_s"] = args.images / sweep_wall
+    results["single_overhead_ratio"] = results["flux_nb_s_per_image"] / direct_s
     print(
-        f"through flux_nb       {results['flux_nb_s_per_image']:.3f} s/image "
-        f"({results['single_overhead_ratio']:.3f}x, goal <= 1.05x)"
+        f"through flux_nb: {results['flux_nb_s_per_image']:.3f} s/image "
+        f"({results['single_overhead_ratio']:.3f}x direct, goal <= 1.05x); "
+        f"sweep {results['flux_nb_sweep_images_per_s']:.2f} images/s (direct {1 / direct_s:.2f})"
     )
-    print(
-        f"sweep through flux_nb {results['flux_nb_sweep_images_per_s']:.2f} images/s "
-        f"(direct {results['direct_images_per_s']:.2f})"
-    )
-    del engine  # the replicas load their own copies, one per GPU
-    gc.collect()
-    torch.cuda.empty_cache()
+    engine = None
+    free_gpu_memory()
+    if args.compile:
+        compiled, reason = load(args.model, compile=True)
+        if compiled is None:
+            print(f"compiled: skipping: {reason}")
+        else:
+            results["compiled"] = cold_and_warm(compiled, "compiled", args.images)
+            compiled = None
+            free_gpu_memory()
     results.update(ray_replicas(args))
     args.json.write_text(json.dumps(results, indent=2))
     return 0

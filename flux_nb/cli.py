@@ -20,7 +20,7 @@ from flux_nb.cli_client import (
     generate,
     in_cli_words,
 )
-from flux_nb.errors import FluxError
+from flux_nb.errors import FluxError, ValidationError
 from flux_nb.notebook import commands
 from flux_nb.notebook.command_line import KnownOptions, unknown_words
 
@@ -151,6 +151,11 @@ def serve_config(args: argparse.Namespace) -> ServerConfig | None:
         return None
     if args.insecure_open and not (keys or admin_keys):
         print(f"flux-nb serve: warning: listening on {args.host} without keys", file=sys.stderr)
+    try:
+        options = engine_options(args)
+    except ValidationError as exc:
+        print(f"flux-nb serve: {exc}", file=sys.stderr)
+        return None
     return ServerConfig(
         latency=args.latency,
         max_active=args.max_active,
@@ -158,7 +163,7 @@ def serve_config(args: argparse.Namespace) -> ServerConfig | None:
         delivery_ttl=args.delivery_ttl,
         api_keys=keys,  # keys given are always checked; --require-key only insists that there are some
         engine=args.engine,
-        engine_options=engine_options(args),
+        engine_options=options,
         public_url=args.public_url,
         poll_port=args.poll_port,
         faults=FaultPlan.parse(args.faults, args.fault_seed),
@@ -172,9 +177,17 @@ def serve_config(args: argparse.Namespace) -> ServerConfig | None:
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, object]:
-    """The diffusers options given on the command line."""
+    """The diffusers options given on the command line; ValidationError for a malformed route mapping."""
+    from flux_nb.server.engines.checkpoints import parse_model_for
+
+    model_for = parse_model_for(args.model_for, args.model_map)
+    if args.prompt_cache is not None and args.prompt_cache < 0:
+        raise ValidationError(f"--prompt-cache must be 0 (no cache) or more, not {args.prompt_cache}")
     options = {
         "model": args.model,
+        "model_for": model_for or None,
+        "attention": args.attention,
+        "prompt_cache": args.prompt_cache,
         "device": args.device,
         "dtype": args.dtype,
         "cpu_offload": args.cpu_offload or None,
@@ -212,8 +225,29 @@ def add_serve_parser(commands: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--device", help="diffusers engine: cuda, cuda:1, cpu (default: cuda when available)")
     p.add_argument("--dtype", help="diffusers engine: bfloat16 (default on GPU), float16, float32")
     p.add_argument("--cpu-offload", action="store_true", help="diffusers engine: one component on the GPU at a time")
-    p.add_argument("--compile", action="store_true", help="diffusers engine: torch.compile the transformer blocks")
-    p.add_argument("--steps", type=int, help="diffusers engine: inference steps (default 4, for distilled klein)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="diffusers engine: torch.compile the transformer blocks (dynamic shapes), warmed up at start",
+    )
+    p.add_argument(
+        "--model-for",
+        action="append",
+        default=[],
+        metavar="ROUTE=PATH",
+        help="diffusers engine: weights for one more route, e.g. flux-2-klein-9b=/models/klein-9b (repeatable); "
+        "routes without weights are refused",
+    )
+    p.add_argument(
+        "--model-map", metavar="FILE", help='diffusers engine: JSON {"route": "weights", ...} for more routes'
+    )
+    p.add_argument("--attention", help="diffusers engine: attention backend, e.g. flash, _flash_3, sage, _native_cudnn")
+    p.add_argument(
+        "--prompt-cache", type=int, help="diffusers engine: prompt encodings kept (default 32; 0 encodes every time)"
+    )
+    p.add_argument(
+        "--steps", type=int, help="diffusers engine: inference steps (default 4 for distilled klein, 50 for base)"
+    )
     p.add_argument(
         "--require-key",
         action="store_true",

@@ -50,7 +50,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> DiffusersEngine:
-    return DiffusersEngine(DiffusersOptions(model=str(tiny_model), device="cpu"))
+    # The pro and flex routes are served by the tiny weights too, so the tests below can reach them.
+    routes = {"flux-2-pro": str(tiny_model), "flux-2-flex": str(tiny_model)}
+    return DiffusersEngine(DiffusersOptions(model=str(tiny_model), model_for=routes, device="cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from PIL import Image
 
 from flux_nb.server.config import ServerConfig
 from flux_nb.server.engines import DETAILS_KEY, Engine, RenderJob, get_engine
+from flux_nb.server.engines.checkpoints import configured_routes
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -72,7 +73,7 @@ class EngineReplica:
             remaining = started + self.latency - time.monotonic()
             if remaining > 0:
                 await asyncio.sleep(remaining)
-        image.info[DETAILS_KEY] = {"replica": serve.get_replica_context().replica_id.to_full_id_str()}
+        image.info.setdefault(DETAILS_KEY, {})["replica"] = serve.get_replica_context().replica_id.to_full_id_str()
         return image
 
 
@@ -111,9 +112,18 @@ class RayEngine:
     twice: the task table charges a task once, when it turns Ready.
     """
 
-    def __init__(self, handle: Any, name: str, *, concurrency: int, timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        handle: Any,
+        name: str,
+        *,
+        concurrency: int,
+        timeout: float = 600.0,
+        routes: dict[str, str] | None = None,
+    ) -> None:
         self.handle = handle
         self.name = name
+        self.routes = routes  # route -> the weights the replicas hold for it; None: every route
         self.timeout = timeout
         self.reruns = 0
         # Each in-flight render waits for its replica on a thread of its own.
@@ -248,7 +258,8 @@ def serve_with_ray(
         reason = failure_reason(app_name) or str(exc)
         disconnect(started, connected)
         raise RayUnavailable(f"the {config.engine} deployment did not start: {reason}") from exc
-    engine = RayEngine(handle, config.engine, concurrency=config.max_active, timeout=timeout)
+    routes = configured_routes(config.engine, config.engine_options)
+    engine = RayEngine(handle, config.engine, concurrency=config.max_active, timeout=timeout, routes=routes)
     count = f"{replicas} to {max_replicas}" if max_replicas else f"{replicas}"
     note = (
         f"Ray: {where}; {count} replica{'s' if most > 1 else ''} of {config.engine} "

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from flux_nb.server.engines.base import Engine, JobRefused, RenderJob, review
+from flux_nb.server.engines.base import DETAILS_KEY, Engine, JobRefused, RenderJob, review, served_routes, unserved
 
-__all__ = ["DETAILS_KEY", "ENGINES", "Engine", "JobRefused", "RenderJob", "get_engine", "review"]
+__all__ = [
+    "DETAILS_KEY",
+    "ENGINES",
+    "Engine",
+    "JobRefused",
+    "RenderJob",
+    "get_engine",
+    "review",
+    "served_routes",
+    "unserved",
+]
 
 
 ENGINES = ("preview", "diffusers")
-
-# An engine may leave a dict under this key in the image's ``info``: it joins the task's details
-# (e.g. which Ray Serve replica rendered it) and is removed before the image is encoded.
-DETAILS_KEY = "flux_nb.details"
 
 
 def get_engine(name: str, options: dict[str, Any] | None = None) -> Engine:

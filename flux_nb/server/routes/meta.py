@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 
+from flux_nb.server.engines import served_routes
 from flux_nb.server.keys import Caller, caller
 from flux_nb.server.schemas import error_responses
 
@@ -29,8 +30,11 @@ def public_stats(stats: dict[str, Any], who: Caller) -> dict[str, Any]:
 
 
 def server_stats(app: FastAPI) -> dict[str, Any]:
-    """The server's counters: the task table's, and the requests that arrived on the polling listener."""
-    return {**app.state.table.snapshot(), "poll_listener_requests": dict(app.state.poll_listener_requests)}
+    """The server's counters: the task table's, the requests that arrived on the polling listener, and the
+    routes served (route -> the weights that render it)."""
+    table = app.state.table
+    polls = dict(app.state.poll_listener_requests)
+    return {**table.snapshot(), "poll_listener_requests": polls, "routes": served_routes(table.engine)}
 
 
 @router.get("/_flux/stats", responses=error_responses(401))

@@ -7,12 +7,12 @@ import logging
 import secrets
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
 from flux_nb import protocol
 from flux_nb.errors import ValidationError
-from flux_nb.server.engines import JobRefused, RenderJob, review
+from flux_nb.server.engines import JobRefused, RenderJob, review, unserved
 from flux_nb.server.keys import Caller, caller
 from flux_nb.server.reference_inputs import field_error, load_references
 from flux_nb.server.schemas import APIError, SubmitAnswer, error_responses
@@ -92,6 +92,8 @@ def base_url(request: Request) -> str:
 async def accept(spec: protocol.ModelSpec, body: SubmitBody, request: Request, who: Caller) -> SubmitAnswer:
     """Check, create and start the task of one submit; its BFL-shaped answer."""
     state = request.app.state
+    if refusal := unserved(state.table.engine, spec.name):  # no weights of this model: refused before any fetch
+        raise HTTPException(422, detail=[{"loc": ["path", "model"], "msg": refusal, "type": "value_error"}])
     job, reference_mp, reserved = await build_job(spec, body, request)
     table: TaskTable = state.table
     task: ServerTask | None = None
