@@ -8,19 +8,41 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import httpx
 from PIL import Image
 
+from flux_nb import cli
 
-def flux_nb(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+
+def flux_nb(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, own_process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``flux-nb ARGS`` in ``cwd``: through ``cli.main(argv)`` in this process, as the console script calls it
+    (``own_process``: ``python -m flux_nb`` in a child process), with its output and exit code."""
     base = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT")}
-    return subprocess.run(
-        [sys.executable, "-m", "flux_nb", *args], cwd=cwd, capture_output=True, text=True, env={**base, **(env or {})}
-    )
+    if own_process:
+        command = [sys.executable, "-m", "flux_nb", *args]
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**base, **(env or {})})
+    saved_env, saved_cwd = dict(os.environ), Path.cwd()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update({**base, **(env or {})})
+        os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:  # argparse's usage errors and --help
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["flux-nb", *args], code, out.getvalue(), err.getvalue())
 
 
 @contextmanager
