@@ -132,6 +132,7 @@ def test_generate_copies_the_image_and_history_lists_it(server: Any, tmp_path: P
         "--endpoint",
         server.url,
         cwd=tmp_path,
+        own_process=True,  # once as the command really runs: python -m flux_nb in a process of its own
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("kite.jpeg  (seed 3 · 128×96 · flux-2-klein-4b")
