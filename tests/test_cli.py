@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 
 from flux_nb import cli
@@ -84,6 +85,7 @@ def serving(
             output.update(stdout=first + rest, stderr=errors)
 
 
+@pytest.mark.slow
 def test_serve_checks_keys_whenever_they_are_given() -> None:
     with serving(env={"FLUX_NB_SERVER_KEYS": "cli-key-1, cli-key-2"}) as url:
         submit, body = f"{url}/v1/flux-2-klein-4b", {"prompt": "x", "width": 64, "height": 64}
@@ -94,11 +96,13 @@ def test_serve_checks_keys_whenever_they_are_given() -> None:
         assert httpx.get(f"{url}/v1/credits", headers={"x-key": "cli-key-2"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_serve_without_keys_accepts_any_request() -> None:
     with serving(env={"FLUX_NB_SERVER_KEYS": ""}) as url:
         assert httpx.get(f"{url}/v1/credits").status_code == 200
 
 
+@pytest.mark.slow
 def test_serve_with_a_poll_port_points_polling_urls_at_a_second_listener() -> None:
     announced: list[str] = []
     with serving("--poll-port", "0", env={"FLUX_NB_SERVER_KEYS": ""}, announced=announced) as url:
@@ -158,6 +162,7 @@ def test_serve_require_key_refuses_to_start_without_keys(tmp_path: Path) -> None
     assert out.returncode == 2 and "FLUX_NB_SERVER_KEYS" in out.stderr
 
 
+@pytest.mark.slow
 def test_serve_with_an_unavailable_engine_says_why(tmp_path: Path) -> None:
     out = flux_nb(
         "serve",

@@ -154,6 +154,7 @@ def test_backend_choice() -> None:
     assert resolve_backend("http://127.0.0.1:8800", None).label == "endpoint:127.0.0.1:8800"
 
 
+@pytest.mark.slow
 def test_without_a_key_the_embedded_server_starts_once(history_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT")}
     code = textwrap.dedent(f"""
@@ -182,6 +183,7 @@ flux.sweep("a long sweep", seed=list(range(30)), width=64, height=64)
 """
 
 
+@pytest.mark.slow
 def test_resume_finishes_every_task_after_a_kill_9(server_factory: Any, history_dir: Path) -> None:
     # Submits 21 and 22 are held by the server for a minute: the kill lands while they are mid-send.
     server = server_factory(latency=1.5, max_active=24, faults=FaultPlan.parse("slow_submit=#21|#22,slow_seconds=60"))

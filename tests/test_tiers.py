@@ -4,6 +4,8 @@ and the races that made tests fail only under load."""
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -111,3 +113,32 @@ def test_a_batch_cancelled_while_its_records_are_written_never_puts_them_in_flig
 
     asyncio.run(scenario())  # ends once the write's thread has ended
     assert store.count() == 2 and entered_in_flight == [] and runner.ledger.in_flight == set()
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "code", "said"),
+    [
+        ("flux_nb.__main__", ["history", "--history-dir", "empty"], 0, "no history in empty"),
+        ("flux_nb.server.__main__", ["--port", "0", "--require-key"], 2, "FLUX_NB_SERVER_KEYS"),
+    ],
+)
+def test_the_python_dash_m_entry_points_run_the_cli_in_process(
+    module: str,
+    argv: list[str],
+    code: int,
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``python -m flux_nb`` and ``python -m flux_nb.server``, imported here as they run (the quick tier imports
+    every module; child processes elsewhere run them for real)."""
+    exits: list[object] = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FLUX_NB_SERVER_KEYS", raising=False)
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    monkeypatch.setattr(sys, "exit", exits.append)
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    importlib.import_module(module)
+    out = capsys.readouterr()
+    assert exits == [code] and said in out.out + out.err
