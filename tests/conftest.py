@@ -120,10 +120,13 @@ SLOW_WITH = ("browser", "ray", "local")
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``slow`` what needs a browser, Ray or torch, before ``-m`` selects."""
+    """Mark ``slow`` what needs a browser, Ray or torch, before ``-m`` selects; under pytest-xdist
+    (``--dist loadgroup``) a file's tests run in one worker, and every test that starts Ray in the same one."""
     for item in items:
         if any(item.get_closest_marker(name) for name in SLOW_WITH):
             item.add_marker(pytest.mark.slow)
+        group = "ray" if item.get_closest_marker("ray") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")

@@ -23,19 +23,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class FakeItem:
     def __init__(self, *markers: str) -> None:
+        self.nodeid = f"tests/test_{'_'.join(markers) or 'plain'}.py::test_it"
         self.markers = set(markers)
+        self.group = ""
 
     def get_closest_marker(self, name: str) -> object | None:
         return name if name in self.markers else None
 
     def add_marker(self, marker: pytest.MarkDecorator) -> None:
         self.markers.add(marker.name)
+        if marker.name == "xdist_group":
+            self.group = marker.args[0]
 
 
-def test_browser_ray_and_local_tests_are_slow_too() -> None:
+def test_browser_ray_and_local_tests_are_slow_too_and_ray_ones_share_a_worker() -> None:
     items = [FakeItem("browser"), FakeItem("ray"), FakeItem("local"), FakeItem("asyncio"), FakeItem()]
     pytest_collection_modifyitems(items)  # type: ignore[arg-type]
     assert ["slow" in item.markers for item in items] == [True, True, True, False, False]
+    assert [item.group for item in items] == [
+        "tests/test_browser.py", "ray", "tests/test_local.py", "tests/test_asyncio.py", "tests/test_plain.py"
+    ]  # fmt: skip
 
 
 def test_the_check_lists_every_module_of_the_package_and_names_the_ones_not_imported() -> None:
