@@ -1,4 +1,8 @@
-"""Shared fixtures: local servers on free loopback ports, and temporary history folders."""
+"""Shared fixtures: local servers on free loopback ports, and temporary history folders; the suite's two tiers.
+
+``pytest -m "not slow"`` is the quick tier. Tests marked ``browser``, ``ray`` or ``local`` are ``slow`` as well,
+and a quick-tier run of the whole folder fails when it left a module of ``flux_nb`` unimported.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ import gc
 import ipaddress
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import flux_nb
 from flux_nb.server import EmbeddedServer, ServerConfig
 from flux_nb.session import Flux
 
@@ -109,8 +114,23 @@ def history_dir(tmp_path: Path) -> Path:
     return tmp_path / "history"
 
 
-@pytest.hookimpl(trylast=True)
+#: Markers that make a test slow too: it needs a browser, a Ray instance, or torch and a model.
+SLOW_WITH = ("browser", "ray", "local")
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` what needs a browser, Ray or torch, before ``-m`` selects; under pytest-xdist
+    (``--dist loadgroup``) a file's tests run in one worker, and every test that starts Ray in the same one."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in SLOW_WITH):
+            item.add_marker(pytest.mark.slow)
+        group = "ray" if item.get_closest_marker("ray") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True, specname="pytest_collection_modifyitems")
+def order_ray_tests(items: list[pytest.Item]) -> None:
     """The Ray tests share one Ray instance whose replicas some of them kill: they keep their written order
     (the rest of the suite stays shuffled)."""
     positions = [i for i, item in enumerate(items) if item.nodeid.startswith("tests/test_ray.py::")]
@@ -119,7 +139,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items[position] = item
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+def forget_shells() -> None:
     """Drop the exit cleanups of the IPython shells the tests made and threw away.
 
     IPython registers one per shell, each ending in a ``gc.collect()``: after a whole run, with hundreds of
@@ -131,3 +151,64 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for found in gc.get_objects():
         if issubclass(type(found), shells.InteractiveShell):  # type(), not isinstance: no __class__ lookups
             atexit.unregister(found.atexit_operations)
+
+
+# -- the quick tier imports every module ------------------------------------------------------------
+
+
+def package_modules(root: Path = Path(flux_nb.__file__).parent) -> set[str]:
+    """Every module of the package under ``root``, by its dotted name."""
+    names = set()
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        names.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def imported_modules() -> set[str]:
+    """The modules of ``flux_nb`` this process has imported."""
+    return {name for name in sys.modules if name == "flux_nb" or name.startswith("flux_nb.")}
+
+
+def unimported(imported: Iterable[str], modules: set[str] | None = None) -> list[str]:
+    """The package's modules missing from ``imported``."""
+    return sorted((package_modules() if modules is None else modules) - set(imported))
+
+
+def is_whole_quick_tier(config: pytest.Config) -> bool:
+    """A run of the quick tier over the whole suite: ``-m "not slow"``, no ``-k``, no narrower paths."""
+    paths = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    whole = not paths or paths == [Path(config.rootpath, "tests").resolve()] or paths == [config.rootpath.resolve()]
+    return config.option.markexpr.strip() == "not slow" and not config.option.keyword and whole
+
+
+_WORKER_IMPORTS: set[str] = set()
+MISSING = pytest.StashKey[list[str]]()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Under pytest-xdist: gather what each worker imported."""
+    _WORKER_IMPORTS.update(getattr(node, "workeroutput", {}).get("flux_nb_modules", ()))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the IPython shells' exit cleanups; report modules the quick tier never imported."""
+    forget_shells()
+    config = session.config
+    if hasattr(config, "workeroutput"):  # an xdist worker: the controller decides
+        config.workeroutput["flux_nb_modules"] = sorted(imported_modules())
+        return
+    if not is_whole_quick_tier(config) or session.testscollected == 0:
+        return
+    imported = _WORKER_IMPORTS if config.pluginmanager.hasplugin("dsession") else imported_modules()
+    missing = unimported(imported)
+    if missing:
+        config.stash[MISSING] = missing
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if missing := config.stash.get(MISSING, None):
+        terminalreporter.section("quick tier", sep="=", red=True)
+        terminalreporter.write_line(f"no quick-tier test imports {len(missing)} module(s): {', '.join(missing)}")

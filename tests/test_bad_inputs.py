@@ -4,6 +4,7 @@ naming the problem, sends nothing, and leaves the history as it was."""
 from __future__ import annotations
 
 import html
+import io
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +21,22 @@ from flux_nb.errors import FluxError
 from flux_nb.notebook.panel import Panel
 
 
+@pytest.fixture(scope="module")
+def bomb_png() -> bytes:
+    """A 300 MP PNG, over Pillow's decompression-bomb limit (36 KB, but a second to encode: made once)."""
+    out = io.BytesIO()
+    Image.new("1", (20_000, 15_000)).save(out, format="PNG")
+    return out.getvalue()
+
+
 @pytest.fixture
-def setup(server: Any, history_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+def setup(server: Any, history_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bomb_png: bytes) -> Any:
     """A session with one record already in its history, files to point at, and the server."""
     monkeypatch.chdir(tmp_path)
     Image.new("RGB", (64, 64), "red").save(tmp_path / "ok.png")
     (tmp_path / "notes.png").write_text("this is text, not a picture")
     (tmp_path / "folder").mkdir()
-    bomb = tmp_path / "bomb.png"
-    Image.new("1", (20_000, 15_000)).save(bomb)  # 300 MP, over Pillow's decompression-bomb limit
+    (tmp_path / "bomb.png").write_bytes(bomb_png)
     flux = Flux(endpoint=server.url, history_dir=history_dir)
     flux.generate("already recorded", seed=1, width=64, height=64)
     before = (server.stats()["http_requests"].copy(), flux.history())

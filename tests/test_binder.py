@@ -10,11 +10,13 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_binder_requirements_install_this_package() -> None:
     lines = [line.strip() for line in (ROOT / "binder" / "requirements.txt").read_text().splitlines()]
     assert [line for line in lines if line and not line.startswith("#")] == ["-e ."]

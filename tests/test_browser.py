@@ -279,8 +279,10 @@ def error_text(page: object) -> str:
 
 
 def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Path, screenshots: Path) -> None:
-    setup = "from PIL import Image\nsketch = Image.new('RGB', (64, 64), 'navy')\npanel = flux.panel()\npanel"
-    write_notebook(lab, "panel.ipynb", "%load_ext flux_nb", setup)
+    from playwright.sync_api import expect
+
+    sketch = "from PIL import Image\nsketch = Image.new('RGB', (64, 64), 'navy')  # a variable to take as a reference"
+    write_notebook(lab, "panel.ipynb", "%load_ext flux_nb", "panel = flux.panel()\npanel", sketch)
     started = time.monotonic()
     open_and_run_all(page, lab, "panel.ipynb")
     page.wait_for_selector(".flux-panel .flux-prompt textarea", state="visible", timeout=90_000)
@@ -304,8 +306,8 @@ def test_panel_generates_remixes_and_edits(lab: Lab, page: object, tmp_path: Pat
     page.wait_for_function(
         "() => document.querySelector('.flux-panel .flux-prompt textarea').value.includes('lighthouse')"
     )
-    seed_value = page.input_value(".flux-panel .widget-inline-hbox:has(label:text('Seed')) input")
-    assert int(seed_value) == seed
+    seed_box = page.locator(".flux-panel .widget-inline-hbox:has(label:text('Seed')) input")
+    expect(seed_box).to_have_value(str(seed))  # the form's fields arrive one by one: wait for the seed's
 
     reference = tmp_path / "reference.png"
     Image.new("RGB", (320, 240), (230, 40, 40)).save(reference)

@@ -8,19 +8,42 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 
+from flux_nb import cli
 
-def flux_nb(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+
+def flux_nb(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, own_process: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``flux-nb ARGS`` in ``cwd``: through ``cli.main(argv)`` in this process, as the console script calls it
+    (``own_process``: ``python -m flux_nb`` in a child process), with its output and exit code."""
     base = {k: v for k, v in os.environ.items() if k not in ("BFL_API_KEY", "FLUX_NB_ENDPOINT")}
-    return subprocess.run(
-        [sys.executable, "-m", "flux_nb", *args], cwd=cwd, capture_output=True, text=True, env={**base, **(env or {})}
-    )
+    if own_process:
+        command = [sys.executable, "-m", "flux_nb", *args]
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env={**base, **(env or {})})
+    saved_env, saved_cwd = dict(os.environ), Path.cwd()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        os.environ.clear()
+        os.environ.update({**base, **(env or {})})
+        os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:  # argparse's usage errors and --help
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["flux-nb", *args], code, out.getvalue(), err.getvalue())
 
 
 @contextmanager
@@ -62,6 +85,7 @@ def serving(
             output.update(stdout=first + rest, stderr=errors)
 
 
+@pytest.mark.slow
 def test_serve_checks_keys_whenever_they_are_given() -> None:
     with serving(env={"FLUX_NB_SERVER_KEYS": "cli-key-1, cli-key-2"}) as url:
         submit, body = f"{url}/v1/flux-2-klein-4b", {"prompt": "x", "width": 64, "height": 64}
@@ -72,11 +96,13 @@ def test_serve_checks_keys_whenever_they_are_given() -> None:
         assert httpx.get(f"{url}/v1/credits", headers={"x-key": "cli-key-2"}).status_code == 200
 
 
+@pytest.mark.slow
 def test_serve_without_keys_accepts_any_request() -> None:
     with serving(env={"FLUX_NB_SERVER_KEYS": ""}) as url:
         assert httpx.get(f"{url}/v1/credits").status_code == 200
 
 
+@pytest.mark.slow
 def test_serve_with_a_poll_port_points_polling_urls_at_a_second_listener() -> None:
     announced: list[str] = []
     with serving("--poll-port", "0", env={"FLUX_NB_SERVER_KEYS": ""}, announced=announced) as url:
@@ -110,6 +136,7 @@ def test_generate_copies_the_image_and_history_lists_it(server: Any, tmp_path: P
         "--endpoint",
         server.url,
         cwd=tmp_path,
+        own_process=True,  # once as the command really runs: python -m flux_nb in a process of its own
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("kite.jpeg  (seed 3 · 128×96 · flux-2-klein-4b")
@@ -135,6 +162,7 @@ def test_serve_require_key_refuses_to_start_without_keys(tmp_path: Path) -> None
     assert out.returncode == 2 and "FLUX_NB_SERVER_KEYS" in out.stderr
 
 
+@pytest.mark.slow
 def test_serve_with_an_unavailable_engine_says_why(tmp_path: Path) -> None:
     out = flux_nb(
         "serve",

@@ -222,6 +222,7 @@ def test_ray_options_need_ray(tmp_path: Path) -> None:
     assert out.returncode == 2 and "--replicas configure Ray Serve: add --ray" in out.stderr
 
 
+@pytest.mark.slow
 def test_serve_ray_without_ray_installed_exits_2(tmp_path: Path) -> None:
     code = "import sys; sys.modules['ray'] = None; from flux_nb.cli import main; sys.exit(main(sys.argv[1:]))"
     out = subprocess.run(

@@ -109,6 +109,7 @@ def _small_tmpfs(where: Path) -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_real_small_tmpfs_fills_up_mid_sweep(server_factory: Any, tmp_path: Path) -> None:
     mount = tmp_path / "small"
     if not _small_tmpfs(mount):

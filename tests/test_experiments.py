@@ -47,6 +47,7 @@ class Recorder:
         pass
 
 
+@pytest.mark.slow
 def test_cache_hits_from_an_earlier_study_join_the_model_comparison(flux: Flux, server: EmbeddedServer) -> None:
     flux.sweep("a harbour", seed=[1, 2], model="flux-2-klein-4b", tag="earlier", **SIZE)
     assert server.stats()["submits"] == 2
@@ -199,6 +200,7 @@ def test_an_exported_experiment_opens_in_a_fresh_folder_with_its_reviews(flux: F
     assert len(second.history()) == 4
 
 
+@pytest.mark.slow
 def test_a_bundle_rebuilds_a_byte_identical_grid_in_a_fresh_process(flux: Flux, tmp_path: Path) -> None:
     _study(flux)
     study = flux.history(experiment="handover")

@@ -55,6 +55,7 @@ def test_plan_parsing_from_the_command_line_form() -> None:
         FaultPlan.parse("poll_5xx=3")
 
 
+@pytest.mark.slow
 def test_a_300_request_sweep_under_mixed_faults_loses_nothing(server_factory: Any, history_dir: Path) -> None:
     # The server would take 1000 at once: staying within 24 in flight is the client's own doing.
     server = server_factory(latency=0.05, max_active=1000, max_active_per_key=1000, faults=MIXED)

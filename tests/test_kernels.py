@@ -14,6 +14,8 @@ from jupyter_client.manager import KernelManager
 
 from flux_nb.history.store import HistoryStore
 
+pytestmark = pytest.mark.slow  # real kernels, started and interrupted
+
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 180.0  # bound on how long a kernel may take to start or a state to show up (not a speed check)
 

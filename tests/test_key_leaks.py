@@ -119,6 +119,7 @@ async def test_a_wrong_key_error_does_not_echo_the_key(keyed_server: Any) -> Non
     assert "client.py" in text and KEY not in text and "refused the key" in text
 
 
+@pytest.mark.slow
 def test_a_saved_notebook_never_holds_the_key(keyed_server: Any, tmp_path: Path, logs: Collect) -> None:
     spec = importlib.util.spec_from_file_location("notebook_runner", ROOT / "notebooks" / "run.py")
     runner = importlib.util.module_from_spec(spec)
@@ -157,6 +158,7 @@ def test_a_saved_notebook_never_holds_the_key(keyed_server: Any, tmp_path: Path,
     assert all(KEY not in line for line in logs.lines)
 
 
+@pytest.mark.slow
 def test_the_serve_command_never_logs_the_key() -> None:
     output: dict[str, str] = {}
     with serving("--access-log", env={"FLUX_NB_SERVER_KEYS": KEY}, output=output) as url, httpx.Client() as http:

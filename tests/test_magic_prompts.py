@@ -194,6 +194,7 @@ def test_a_terminal_sweep_lists_results_in_grid_order_and_saves_the_grid(
     assert Image.open(saved).size == sweep.grid().image.size
 
 
+@pytest.mark.slow
 def test_a_terminal_sweep_over_sizes_and_pages(ipython: InteractiveShell, history_dir: Path) -> None:
     ipython.display_formatter.active_types = ["text/plain"]
     _, captured = run(ipython, "%%flux --seed 1,2 --size 64x64,128x64 -m flux-2-klein-4b,flux-2-klein-9b\na kite")

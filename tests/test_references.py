@@ -55,6 +55,7 @@ def test_references_over_4_megapixels_are_refused_and_4_megapixels_pass() -> Non
     assert REFERENCE_MAX_PIXELS == 2048 * 2048
 
 
+@pytest.mark.slow
 def test_shrink_downscales_and_reencodes_only_when_asked(flux: Flux, server: Any) -> None:
     big = png(4000, 3000)
     reference = prepare_image(shrink(big))

@@ -291,6 +291,7 @@ def test_openapi_schema_lists_every_model_route(server: EmbeddedServer, http: ht
     assert klein["width"]["anyOf"][0] == {"type": "integer", "minimum": 64}  # any side from 64, as BFL's
 
 
+@pytest.mark.slow
 def test_cli_serve_binds_loopback_and_serves(tmp_path: Any) -> None:
     import subprocess
     import sys

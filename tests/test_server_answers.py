@@ -132,6 +132,7 @@ async def test_the_server_takes_records_and_checks_prompt_upsampling() -> None:
     assert elsewhere.status_code == 200  # max does not take it: an unknown field, ignored as BFL does
 
 
+@pytest.mark.slow
 def test_the_official_client_generates_and_reads_an_invalid_key_the_way_bfl_documents_it(
     server_factory: Any,
 ) -> None:

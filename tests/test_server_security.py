@@ -307,6 +307,7 @@ def test_the_embedded_server_refuses_a_public_host_without_keys() -> None:
         EmbeddedServer(ServerConfig(), host="0.0.0.0")  # refused when made, before anything binds
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("flags", "status"), [([], 422), (["--allow-fetch", "127.0.0.1"], 200)])
 def test_serve_fetches_from_loopback_only_when_allowed(
     image_site: tuple[EmbeddedServer, list[str]], flags: list[str], status: int

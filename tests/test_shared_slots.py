@@ -104,6 +104,7 @@ def sweep_in_processes(url: str, tmp_path: Path, processes: int, count: int, *, 
     return [json.loads(out.strip().splitlines()[-1]) for out in outs]
 
 
+@pytest.mark.slow
 def test_three_processes_sweeping_48_each_get_no_429_and_lose_nothing(tmp_path: Path) -> None:
     with serve("--max-active", "24", "--latency", "0.5") as url:
         statuses = sweep_in_processes(url, tmp_path, 3, 48)
@@ -127,6 +128,7 @@ KILLED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_slots_of_a_killed_process_come_back_and_the_next_sweep_runs(
     server_factory: Any, tmp_path: Path, slots_dir: Path
 ) -> None:

@@ -343,6 +343,7 @@ def test_an_empty_history_gives_an_empty_typed_frame(history_dir: Path) -> None:
     assert {c: str(t) for c, t in frame.dtypes.items()} == expected
 
 
+@pytest.mark.slow
 def test_a_100k_row_history_becomes_a_whole_frame_in_order(history_dir: Path) -> None:
     """Every row, in order (its speed is measured in bench/history_scale.py, not here)."""
     store = HistoryStore(history_dir)

@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from flux_nb.export.bundle import export_bundle
 from flux_nb.history.store import HistoryStore, RecordStatus
@@ -58,6 +59,7 @@ def make_history(folder: Path) -> HistoryStore:
     return store
 
 
+@pytest.mark.slow
 def test_history_reads_refreshes_and_bundles_without_pyarrow(tmp_path: Path) -> None:
     store = make_history(tmp_path / "history")
     frame = store.to_frame()

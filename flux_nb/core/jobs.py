@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -157,12 +158,14 @@ class Executor:
         fresh = {index: prepared for index, prepared in batch.items() if index not in begun}
         if not fresh:
             return begun
-        writing = asyncio.ensure_future(asyncio.to_thread(self._record_after_owed, list(fresh.values())))
+        given_up = threading.Event()
+        writing = asyncio.ensure_future(asyncio.to_thread(self._record_after_owed, list(fresh.values()), given_up))
         try:
             ids = await asyncio.shield(writing)
         except HistoryError as exc:
             return {**begun, **dict.fromkeys(fresh, exc)}
         except asyncio.CancelledError:  # the rows are written all the same: never sent, they stay resumable
+            given_up.set()
             writing.add_done_callback(self._not_in_flight)
             raise
         return {**begun, **dict(zip(fresh, ids, strict=True))}
@@ -188,12 +191,14 @@ class Executor:
         exc.hint = NOT_RECORDED_HINT if exc.retryable else exc.hint
         return self._finished(emit, index, self.result("", prepared, "failed", error=exc))
 
-    def _record_after_owed(self, batch: list[PreparedRequest]) -> list[str]:
-        """Make what the history owes first, then write the records (in flight from their first moment)."""
+    def _record_after_owed(self, batch: list[PreparedRequest], given_up: threading.Event) -> list[str]:
+        """Make what the history owes first, then write the records (in flight from their first moment, unless
+        the batch was ``given_up`` meanwhile: then they are never in flight)."""
         self.ledger.flush()
         with CLAIMING:  # no ``resume`` of this process sees them written but not yet in flight
             record_ids = self._record(batch)
-            self.ledger.in_flight.update(record_ids)
+            if not given_up.is_set():
+                self.ledger.in_flight.update(record_ids)
         return record_ids
 
     async def _send(self, index: int, prepared: PreparedRequest, emit: Emit, record_id: str) -> Result:
