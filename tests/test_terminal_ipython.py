@@ -11,6 +11,8 @@ import pytest
 
 from flux_nb.server import EmbeddedServer
 
+pytestmark = pytest.mark.slow  # the real ipython app in a child process, and in a pty
+
 pytest.importorskip("ipykernel")  # its IPKernelApp class is what the terminal app clashed with
 pexpect = pytest.importorskip("pexpect")
 
