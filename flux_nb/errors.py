@@ -44,6 +44,7 @@ __all__ = [
     "RateLimitError",
     "RecordTakenError",
     "RejectedError",
+    "SizeWarning",
     "TaskFailedError",
     "TaskNotFoundError",
     "TransportError",
@@ -238,3 +239,7 @@ class BatchInterrupted(FluxError, KeyboardInterrupt):
         self.finished = finished
         self.running = running
         self.unsent = unsent
+
+
+class SizeWarning(UserWarning):
+    """A size that the API renders otherwise (sides in multiples of 16): it says which size comes back."""

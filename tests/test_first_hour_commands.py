@@ -35,9 +35,9 @@ def sessions(shell: InteractiveShell) -> list[Flux]:
 
 
 def test_a_failing_cell_fails_and_shows_one_line(ipython: InteractiveShell, server: Any) -> None:
-    outcome, out = run(ipython, "%%flux --width 99\na harbour")
+    outcome, out = run(ipython, "%%flux --width 40 --height 64\na harbour")
     assert not outcome.success and isinstance(outcome.error_in_exec, UsageError)
-    assert out.strip() == "flux_nb: width 99 is not a multiple of 16 (try 96 or 112)"
+    assert out.strip() == "flux_nb: width 40 is below the minimum of 64 pixels"
     outcome, out = run(ipython, "%%flux --sead 4\na harbour")
     assert isinstance(outcome.error_in_exec, UsageError)
     assert out.strip() == "flux_nb: %%flux: unknown option --sead; did you mean --seed?"
@@ -48,9 +48,9 @@ def test_a_failing_cell_fails_and_shows_one_line(ipython: InteractiveShell, serv
 
 def test_a_failure_shows_one_line_even_without_the_extensions_error_handler(ipython: InteractiveShell) -> None:
     ipython.set_custom_exc((), None)  # as when another extension takes IPython's one custom handler
-    outcome, out = run(ipython, "%%flux --width 99\na harbour")
+    outcome, out = run(ipython, "%%flux --width 40 --height 64\na harbour")
     assert not outcome.success
-    assert out.strip() == "flux_nb: width 99 is not a multiple of 16 (try 96 or 112)"
+    assert out.strip() == "flux_nb: width 40 is below the minimum of 64 pixels"
     assert "Traceback" not in out
 
 
@@ -80,7 +80,7 @@ def test_a_cell_whose_request_fails_fails_as_flux_generate_does(server_factory: 
 def test_run_all_stops_at_a_failing_flux_cell(server: Any, tmp_path: Path) -> None:
     cells = [
         f"%load_ext flux_nb\nflux.endpoint = {server.url!r}",
-        "%%flux --width 99\na harbour",
+        "%%flux --width 40 --height 64\na harbour",
         "after = 1",
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
@@ -90,7 +90,7 @@ def test_run_all_stops_at_a_failing_flux_cell(server: Any, tmp_path: Path) -> No
     with pytest.raises(CellExecutionError) as caught:
         client.execute(cwd=str(tmp_path), env=env)
     assert caught.value.ename == "FluxUsageError"
-    assert caught.value.evalue == "width 99 is not a multiple of 16 (try 96 or 112)"
+    assert caught.value.evalue == "width 40 is below the minimum of 64 pixels"
     assert notebook.cells[1].execution_count is not None and notebook.cells[2].execution_count is None
     assert server.stats()["submits"] == 0
 

@@ -107,9 +107,9 @@ def test_the_balance_refuses_a_batch_that_passes_it_before_anything_is_sent(
         flux.close()
 
 
-def credits_verb(session: Flux, words: list[str]) -> commands.Shown:
-    """``%flux credits WORDS`` as the magic runs it."""
-    verb, front = commands.VERBS["credits"], commands.Front()
+def run_verb(session: Flux, words: list[str], name: str = "credits") -> commands.Shown:
+    """``%flux NAME WORDS`` as the magic runs it."""
+    verb, front = commands.VERBS[name], commands.Front()
     return verb.run(session, commands.parse(verb, words, front), front)
 
 
@@ -119,11 +119,11 @@ def test_credits_are_shown_by_the_magic_the_cli_and_the_panel(
     local = Flux(endpoint=server.url, history_dir=history_dir)
     billed = Flux(endpoint=gateway.url, history_dir=history_dir, billed=True)
     try:
-        said = repr(credits_verb(local, []))
+        said = repr(run_verb(local, []))
         assert said == "flux_nb: balance 1000000.00 credits (not billed: this server's own figure)"
-        assert repr(credits_verb(billed, [])) == "flux_nb: balance 2.00 credits"
+        assert repr(run_verb(billed, [])) == "flux_nb: balance 2.00 credits"
         with pytest.raises(ValidationError, match="%flux credits: unknown option --now"):
-            credits_verb(billed, ["--now"])
+            run_verb(billed, ["--now"])
         assert cli_main(["credits", "--endpoint", server.url, "--history-dir", str(history_dir)]) == 0
         assert capsys.readouterr().out.strip() == "balance 1000000.00 credits (not billed: this server's own figure)"
         asked = gateway.balance_asks  # type: ignore[attr-defined]
@@ -165,7 +165,7 @@ def test_a_billed_gateway_gets_the_large_batch_guard_and_billed_totals(gateway: 
         assert flux.generate("a fox", seed=1).billed
         summary = flux.store.spent()
         assert summary["billed"].tolist() == [True]
-        assert "total billed" in repr(commands.COMMANDS["cost"](flux, []))
+        assert "total billed" in repr(run_verb(flux, [], "cost"))
     finally:
         flux.close()
 
@@ -179,7 +179,7 @@ def test_flux_cost_shows_the_estimate_against_what_the_api_charged(gateway: Scri
     try:
         for seed in (1, 2):  # estimated 1.5 each (1.02 MP rounds up); the stand-in charges 1.4
             assert flux.generate("a fox", seed=seed, width=1024, height=1040).ok
-        text = repr(commands.COMMANDS["cost"](flux, []))
+        text = repr(run_verb(flux, [], "cost"))
     finally:
         flux.close()
     assert "estimated before sending vs charged by the API" in text

@@ -170,6 +170,8 @@ def check_without_running(words: list[str]) -> None:
             assert any(d.startswith("pytest-xdist") for d in PYPROJECT["project"]["optional-dependencies"]["dev"])
         case ["python", "-m", "bench", *_]:
             assert (ROOT / "bench" / "__main__.py").is_file()
+        case ["python", "-m", module] if module.startswith("bench."):
+            assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
         case ["flux-nb", "serve", *options]:
             build_parser()[0].parse_args(["serve", *options])  # exits (2) on an unknown option or a bad value
             assert set(env) <= {"FLUX_NB_SERVER_KEYS"}

@@ -20,7 +20,7 @@ from flux_nb import protocol
 from flux_nb.core.axes import MAX_COMBINATIONS, Axis, expand, is_list_like, listed
 from flux_nb.core.results import Result
 from flux_nb.core.templates import PromptTemplate, choices, refuse_keys, replacement_axes, with_replacements
-from flux_nb.errors import ValidationError
+from flux_nb.errors import SizeWarning, ValidationError
 from flux_nb.images import ImageInput, prepare_images
 from flux_nb.protocol import FluxRequest
 
@@ -64,10 +64,6 @@ class Defaults:
     measure_url: SizeOfUrl | None = field(default=None, compare=False)
     #: API keys no prompt, axis value or request field may carry (``refuse_secrets``).
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
-
-
-class SizeWarning(UserWarning):
-    """A size that the API renders otherwise (sides in multiples of 16): it says which size comes back."""
 
 
 @dataclass
