@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import getpass
-import html
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,17 +91,17 @@ def history(session: Flux, rest: list[str]) -> Shown:
     return Shown(lambda: tables.history_text(frame, limit=limit), lambda: tables.history_html(frame, limit=limit))
 
 
-def replay(session: Flux, rest: list[str]) -> Shown:
+def replay(session: Flux, rest: list[str]) -> Any:
     """``%flux replay ID_OR_PATH``: a record again (shown beside the old one), or the request in an image file."""
     if len(rest) != 1:
         raise ValidationError("%flux replay takes one record id (see %flux history) or an image file's path")
     if Path(rest[0]).is_file():
         new = session.replay(rest[0])
-        title = f"replay of {rest[0]}: record {new.record_id}"
-        return Shown(
-            lambda: f"{title}\n{render.result_text(new)}",
-            lambda: f"<b>{html.escape(title)}</b><br/>{render.result_html(new)}",
-        )
+        if not new.ok:
+            return Shown(lambda: render.result_text(new), lambda: render.result_html(new))
+        from flux_nb.notebook.compare import file_replay
+
+        return file_replay(Path(rest[0]), new)
     old = session.result_of(rest[0])
     new = session.replay(rest[0])
     titles = f"record {old.record_id}", f"replay {new.record_id}"
@@ -291,6 +290,20 @@ def login(session: Flux, rest: list[str]) -> Shown:
     return Shown(lambda: "flux_nb: key set for this session (not saved anywhere)")
 
 
+def compare(session: Flux, rest: list[str]) -> Any:
+    """``%flux compare ID ID [ID...]``: two or more records with a slider, a flip, side by side and a difference."""
+    if len(rest) < 2:
+        raise ValidationError("%flux compare takes two or more record ids (see %flux history)")
+    return session.compare(*rest)
+
+
+def browse(session: Flux, rest: list[str]) -> Any:
+    """``%flux browse``: the whole history as pages of thumbnails, with filters and reviews."""
+    if rest:
+        raise ValidationError("%flux browse takes no arguments (filter in the browser)")
+    return session.browse()
+
+
 def panel(session: Flux, rest: list[str]) -> Any:
     if not render.is_rich():
         raise ValidationError(
@@ -323,4 +336,6 @@ COMMANDS: dict[str, Callable[[Flux, list[str]], Any]] = {
     "favourite": favourite,
     "export": export,
     "report": report,
+    "compare": compare,
+    "browse": browse,
 }
