@@ -176,17 +176,20 @@ class Browser:
     >>> flux.browse(experiment="lighting")  # doctest: +SKIP
     """
 
-    def __init__(self, session: Flux, **filters: Any) -> None:
+    def __init__(self, session: Flux, *, page_size: int = PAGE_SIZE, **filters: Any) -> None:
         import ipywidgets as widgets
 
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or not 1 <= page_size <= 200:
+            raise ValidationError(f"page_size {page_size!r} is not a whole number from 1 to 200")
         where_clause(filters)  # a bad filter is refused here, before anything is drawn
         self.session = session
         root = Path(session.history_dir).expanduser().resolve()
-        self.pages = Pages(root)
+        self.pages = Pages(root, page_size)
         self.thumbnails = Thumbnails(root)
         self.page = 0
         self.total = 0
         self.rows: list[dict[str, Any]] = []
+        self.shown: Any = None  # what the last action on the selection drew
         chosen = filters.pop("experiment", ANY)
         self.fixed = dict(filters)
         menu = list(dict.fromkeys([ANY, *self.pages.distinct("experiment"), chosen]))
@@ -285,9 +288,11 @@ class Browser:
         self.output.clear_output()
         with self.output:
             try:
-                display(action())
+                self.shown = action()
             except ValidationError as exc:
                 print(f"flux_nb: {exc}")
+            else:
+                display(self.shown)
 
     def compare(self) -> Any:
         """The selected images in a comparison (two or more)."""
