@@ -37,6 +37,22 @@ class _experiment:
         self.flux.experiment = self.before
 
 
+@pytest.fixture(autouse=True)
+def closed(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every browser a test opens is closed after it (its widgets, its reader)."""
+    made: list[Browser] = []
+    original = Browser.__init__
+
+    def init(self: Browser, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Browser, "__init__", init)
+    yield
+    for browser in made:
+        browser.close()
+
+
 def _shown(browser: Browser) -> list[str]:
     return [c.record_id for c in browser.cards if c.record_id]
 
