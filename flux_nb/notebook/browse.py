@@ -316,4 +316,5 @@ class Browser:
         while stack:
             widget = stack.pop()
             stack.extend(getattr(widget, "children", ()))
+            stack.extend(w for w in (getattr(widget, "layout", None), getattr(widget, "style", None)) if w is not None)
             widget.close()
