@@ -19,14 +19,12 @@ browser_requirements, lab, browser, page = shared.browser_requirements, shared.l
 ACTIVE_STARS = (
     "() => [...document.querySelectorAll('.flux-browse-card')][0].querySelector('button.mod-active')?.innerText === '4'"
 )
-TWO_ROWS = (
-    "() => [...document.querySelectorAll('.flux-browse .widget-label')].some(e => e.innerText.startsWith('1-2 of 2'))"
-)
+TWO_ROWS = "() => document.querySelector('.flux-browse .flux-browse-status').innerText.startsWith('1-2 of 2')"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
 CELLS = (
-    "%load_ext flux_nb",
+    "%load_ext flux_nb\nflux.history_dir = {history!r}  # a history of its own for each test",
     "a = flux.generate('an owl at night', seed=1, size=(256, 256))\n"
     "b = flux.generate('an owl at night', seed=2, size=(256, 256))\n"
     "c = flux.generate('a fox in snow', seed=3, size=(256, 256))",
@@ -50,7 +48,7 @@ def test_compare_slider_browse_filter_and_rating_reach_flux_history(
 ) -> None:
     lab.theme(theme)
     name = f"judging-{front_end}-{theme}.ipynb"
-    write_notebook(lab, name, *CELLS)
+    write_notebook(lab, name, CELLS[0].format(history=f".flux-{front_end}-{theme}"), *CELLS[1:])
     open_and_run_all(page, lab, name, front_end)
     page.wait_for_selector(".flux-compare .fc-range", state="visible", timeout=120_000)
     page.wait_for_function("() => document.querySelector('.flux-compare .fc-under').naturalWidth > 0")
@@ -69,7 +67,7 @@ def test_compare_slider_browse_filter_and_rating_reach_flux_history(
     assert page.locator(".flux-compare .fc-range").is_hidden()
 
     page.wait_for_selector(".flux-browse .flux-browse-card img", state="visible", timeout=60_000)
-    status = page.locator(".flux-browse .widget-label").first
+    status = page.locator(".flux-browse .flux-browse-status")
     assert re.match(r"1-3 of 3 rows", status.inner_text()), status.inner_text()
     prompt = page.get_by_placeholder("words in the prompt")
     prompt.fill("owl")

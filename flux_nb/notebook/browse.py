@@ -205,6 +205,7 @@ class Browser:
         self.previous = widgets.Button(description="◀ newer")
         self.next = widgets.Button(description="older ▶")
         self.status = widgets.Label()
+        self.status.add_class("flux-browse-status")
         self.compare_button = widgets.Button(description="compare selected")
         self.grid_button = widgets.Button(description="grid selected")
         self.export_path = widgets.Text(placeholder="selection.zip", layout=widgets.Layout(width="160px"))
