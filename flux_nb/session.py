@@ -366,15 +366,11 @@ class Flux(RecoveryMethods, ExperimentMethods, FluxSettings):
 
     def compare(self, *items: Any) -> Comparison:
         """Two or more results, record ids or history rows with a slider, a flip, side by side and a difference."""
-        from flux_nb.notebook.compare import compare
-
-        return compare(*items, store=self.store)
+        return presenter().compare(self, items)
 
     def browse(self, **filters: Any) -> Browser:
         """The history as pages of thumbnails: filter, rate, favourite, note, compare two, grid or export many."""
-        from flux_nb.notebook.browse import Browser
-
-        return Browser(self, **filters)
+        return presenter().browse(self, filters)
 
     def cost(self, experiment: str | None = None) -> pd.DataFrame:
         """Credits by model: in this notebook (this kernel, where its name is not known) and in all.

@@ -17,8 +17,9 @@ from traitlets import TraitError
 
 from flux_nb import Flux
 from flux_nb.errors import ValidationError
-from flux_nb.notebook.compare import Comparison, compare, difference, slider_view
+from flux_nb.notebook.compare import Comparison, compare
 from flux_nb.notebook.compare_fallback import fallback_widget
+from flux_nb.notebook.compare_images import difference, slider_view
 from flux_nb.notebook.compare_widget import CompareWidget
 
 WIDGET = "application/vnd.jupyter.widget-view+json"

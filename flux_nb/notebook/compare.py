@@ -9,26 +9,22 @@ side, and for two their difference); a terminal shows the labels and the caption
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageChops, ImageDraw
+from PIL import Image
 
 from flux_nb.errors import ValidationError
 from flux_nb.history.files import image_file
+from flux_nb.notebook.compare_images import STATIC_HEIGHT, data_url, difference, png, side_by_side
 
 if TYPE_CHECKING:
     from flux_nb.history.store import HistoryStore
 
-MODES = ("slider", "flip", "side by side", "difference")
 #: Request fields a label names when they differ between the images.
 LABELLED = ("prompt", "model", "seed", "width", "height", "steps", "guidance", "experiment")
-STATIC_HEIGHT = 256  # px of each image in the static view
-DIFFERENCE_GAIN = 4  # small differences made visible
 
 
 @dataclass(frozen=True)
@@ -94,47 +90,6 @@ def labels(items: Sequence[Shown]) -> list[str]:
     """A short label per image: its id and the request fields that differ between the images."""
     differing = [k for k in LABELLED if len({str(s.fields.get(k)) for s in items}) > 1]
     return [_label(s, differing) for s in items]
-
-
-def _fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
-
-
-def difference(a: Image.Image, b: Image.Image) -> Image.Image:
-    """|a - b| per channel, brightened (b fitted to a's size first): black where the images agree."""
-    return ImageChops.difference(a, _fit(b, a.size)).point(lambda v: min(255, v * DIFFERENCE_GAIN))
-
-
-def slider_view(a: Image.Image, b: Image.Image, position: float) -> Image.Image:
-    """``a`` left of ``position`` (0 to 100 % of the width), ``b`` right of it, split by a line."""
-    b = _fit(b, a.size)
-    split = round(a.width * min(100.0, max(0.0, position)) / 100)
-    out = b.copy()
-    out.paste(a.crop((0, 0, split, a.height)), (0, 0))
-    ImageDraw.Draw(out).line([(split, 0), (split, a.height)], fill=(255, 255, 255), width=max(1, a.width // 256))
-    return out
-
-
-def side_by_side(images: Sequence[Image.Image], height: int) -> Image.Image:
-    """The images scaled to one height, in a row with a small gap."""
-    scaled = [_fit(i, (max(1, round(i.width * height / i.height)), height)) for i in images]
-    gap = 8
-    out = Image.new("RGB", (sum(i.width for i in scaled) + gap * (len(scaled) - 1), height), (128, 128, 128))
-    x = 0
-    for image in scaled:
-        out.paste(image, (x, 0))
-        x += image.width + gap
-    return out
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def data_url(image: Image.Image) -> str:
-    return "data:image/png;base64," + base64.b64encode(png(image)).decode()
 
 
 class Comparison:

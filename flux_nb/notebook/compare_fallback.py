@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from flux_nb.notebook.compare import MODES, STATIC_HEIGHT, difference, png, side_by_side, slider_view
+from flux_nb.notebook.compare_images import MODES, STATIC_HEIGHT, difference, png, side_by_side, slider_view
 
 if TYPE_CHECKING:
     from flux_nb.notebook.compare import Comparison

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import anywidget
 import traitlets
 
-from flux_nb.notebook.compare import MODES, data_url, difference
+from flux_nb.notebook.compare_images import MODES, data_url, difference
 
 if TYPE_CHECKING:
     from flux_nb.notebook.compare import Comparison
