@@ -717,7 +717,7 @@ def test_messages_name_the_file_or_the_bytes(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as refused:
         request_from_file(plain)
     assert str(refused.value) == (
-        f"{plain} carries neither flux_nb provenance nor A1111-style parameters; "
+        f"{plain} carries neither flux_nb provenance nor A1111-style parameters nor a ComfyUI graph; "
         "use an image exported by flux_nb or one whose tool wrote its settings"
     )
     with pytest.raises(ValidationError, match=r"^the image bytes carries neither"):
