@@ -119,6 +119,19 @@ def test_the_plain_ipywidgets_view_redraws_each_mode(flux: Flux, pair: list[Any]
     assert _decoded(view.value).shape[1] > 2 * 96
 
 
+def test_without_anywidget_the_comparison_uses_plain_ipywidgets(
+    flux: Flux, pair: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    import ipywidgets
+
+    monkeypatch.setitem(sys.modules, "flux_nb.notebook.compare_widget", None)  # as if anywidget were missing
+    shown = flux.compare(*pair)
+    assert isinstance(shown.widget(), ipywidgets.VBox)
+    assert WIDGET in shown._repr_mimebundle_()
+
+
 def test_percent_flux_compare_takes_ids(ipython: InteractiveShell) -> None:
     ipython.run_cell(
         "a = flux.generate('a kite', seed=1, size=(64, 64)); b = flux.generate('a kite', seed=2, size=(64, 64))"

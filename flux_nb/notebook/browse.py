@@ -18,6 +18,7 @@ from PIL import Image
 
 from flux_nb.errors import ValidationError
 from flux_nb.history.filters import where_clause
+from flux_nb.history.schema import DATABASE
 from flux_nb.protocol import MODELS
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class Pages:
     """The history's rows as pages, newest first, for ``equals`` filters (as ``store.query``) and prompt text."""
 
     def __init__(self, history: Path, size: int = PAGE_SIZE) -> None:
-        self.path = history / "history.sqlite"
+        self.path = history / DATABASE
         self.size = size
         self._db: sqlite3.Connection | None = None
 
