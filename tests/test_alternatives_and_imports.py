@@ -132,3 +132,58 @@ def test_a_comfyui_graph_that_does_not_name_them_is_refused_clearly(flux: Flux, 
         with pytest.raises(ValidationError, match=message):
             flux.request_from(_png(tmp_path / name, **texts))
     assert server.stats()["submits"] == 0 and len(flux.history()) == 0
+
+
+def test_a_comfyui_graph_is_read_field_by_field() -> None:
+    from flux_nb.metadata.comfyui import GRAPH_MAX, parse_comfyui
+
+    assert parse_comfyui(json.dumps(_comfy_graph()), "g.png") == {
+        "prompt": "a heron in the reeds",
+        "seed": 77,
+        "width": 768,
+        "height": 512,
+        "steps": 28,
+        "guidance": 3.5,
+        "negative_prompt": "blurry",
+        "model": "flux1-dev.safetensors",
+    }
+    flux = {  # Flux's own nodes: a UNET loader, a random-noise seed, a guider, an SDXL-style text_g encoder
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": "flux2-dev.safetensors"}},
+        "2": {"class_type": "RandomNoise", "inputs": {"noise_seed": 5}},
+        "3": {"class_type": "CLIPTextEncodeSDXL", "inputs": {"text_g": "a quiet harbour", "clip": ["9", 0]}},
+        "4": {"class_type": "BasicGuider", "inputs": {"conditioning": ["3", 0], "model": ["1", 0]}},
+        "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 1024, "height": 640}},
+        "6": {"class_type": "SamplerCustomAdvanced", "inputs": {"guider": ["4", 0], "noise": ["2", 0]}},
+        "7": "not a node",
+    }
+    assert parse_comfyui(json.dumps(flux), "f.png") == {
+        "prompt": "a quiet harbour",
+        "seed": 5,
+        "width": 1024,
+        "height": 640,
+        "model": "flux2-dev.safetensors",
+    }
+    lone = {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lone tree"}}, **{k: flux[k] for k in "25"}}
+    assert parse_comfyui(json.dumps(lone), "l.png")["prompt"] == "a lone tree"
+    loop = {  # links that run in a circle end after a few hops, naming no prompt
+        "1": {"class_type": "KSampler", "inputs": {"seed": 1, "positive": ["2", 0]}},
+        "2": {"class_type": "Reroute", "inputs": {"x": ["3", 0]}},
+        "3": {"class_type": "Reroute", "inputs": {"x": ["2", 0]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64}},
+    }
+    with pytest.raises(ValidationError) as refused:
+        parse_comfyui(json.dumps(loop), "loop.png")
+    assert str(refused.value) == (
+        "loop.png is a ComfyUI image whose graph does not name one prompt (several, or wired from other nodes); "
+        "read its workflow in ComfyUI and give the request yourself"
+    )
+    with pytest.raises(ValidationError, match="does not name one prompt or one seed or one image size"):
+        parse_comfyui("{}", "empty.png")
+    with pytest.raises(ValidationError, match=r"^x.png's ComfyUI prompt chunk is not a graph of nodes$"):
+        parse_comfyui("[1, 2]", "x.png")
+    with pytest.raises(ValidationError, match=r"^x.png's ComfyUI prompt chunk is not valid JSON$"):
+        parse_comfyui("[" * 100_000, "x.png")
+    with pytest.raises(ValidationError, match=f"^big.png's ComfyUI graph is {GRAPH_MAX + 1:,} characters"):
+        parse_comfyui(" " * (GRAPH_MAX + 1), "big.png")
+    text = json.dumps(_comfy_graph())
+    assert parse_comfyui(" " * (GRAPH_MAX - len(text)) + text, "edge.png")["seed"] == 77
