@@ -127,6 +127,7 @@ TARGETS: dict[str, Target] = {
         ("flux_nb/metadata/__init__.py", "flux_nb/metadata/containers.py", "flux_nb/metadata/provenance.py"),
         ("tests/test_metadata_handover.py", "tests/test_metadata.py"),
     ),
+    "comfyui": Target(("flux_nb/metadata/comfyui.py",), ("tests/test_alternatives_and_imports.py",)),
     "templates": Target(
         ("flux_nb/core/templates.py",), ("tests/test_templates.py", CLIENT_BOUNDS), CLIENT_BOUNDS_SERVERS
     ),

@@ -1,4 +1,4 @@
-"""``frame.flux``: grids, bundles, reports and MLflow runs straight from a history DataFrame.
+"""``frame.flux``: grids, bundles, reports, MLflow runs and W&B tables straight from a history DataFrame.
 
 Registered when a session hands out a history frame (``Flux.history()``, ``flux_history``).
 """
@@ -31,6 +31,12 @@ class FluxAccessor:
         from flux_nb.export.mlflow import to_mlflow
 
         return to_mlflow(self._obj, _history_dir(self._obj, history_dir), experiment=experiment, **options)
+
+    def to_wandb(self, project: str = "flux_nb", *, history_dir: str | Path | None = None, **options: Any) -> Any:
+        """Log the rows (images, request, cost, review) as a Weights & Biases table. Needs ``flux-nb[wandb]``."""
+        from flux_nb.export.wandb import to_wandb
+
+        return to_wandb(self._obj, _history_dir(self._obj, history_dir), project=project, **options)
 
 
 def _history_dir(frame: pd.DataFrame, given: str | Path | None) -> Path:

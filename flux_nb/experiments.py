@@ -143,6 +143,7 @@ def restore_request(store: HistoryStore, source: str | os.PathLike[str], default
     tag, a cache switch) is left out and named in one line on stderr.
     """
     from flux_nb.metadata import read_provenance, read_request
+    from flux_nb.metadata.provenance import foreign_fields, import_note
 
     path = Path(source).expanduser()
     fields, ignored = read_request(path)
@@ -162,7 +163,10 @@ def restore_request(store: HistoryStore, source: str | os.PathLike[str], default
             f"{listed}; open the bundle it came from (or copy those inputs into its inputs/ folder) first"
         )
     fields, dropped = _mapped(fields, defaults, ours=document is not None)
-    _tell_ignored(path, ignored + dropped)
+    if document is None and ignored + dropped:
+        print(import_note(path.name, foreign_fields(path), ignored + dropped, defaults.model), file=sys.stderr)
+    else:
+        _tell_ignored(path, ignored + dropped)
     prompt = fields.pop("prompt", None) or ""
     prepared = batches.prepare(prompt, defaults, images=tuple(images) or None, **fields)
     prepared.replay_of = _origin(store, path, document)

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from flux_nb.core.templates import PromptTemplate
+    from flux_nb.notebook.browse import Browser
+    from flux_nb.notebook.compare import Comparison
 
 #: Upper bounds of settings that have one (a thumbnail is a preview; more than 4096 px is no thumbnail).
 
@@ -536,6 +538,14 @@ class Flux(FluxSettings):
         frame = self.store.to_frame(experiment=experiment, tag=tag, notebook=notebook)
         frame.attrs["history_dir"] = str(self.history_dir)
         return frame
+
+    def compare(self, *items: Any) -> Comparison:
+        """Two or more results, record ids or history rows with a slider, a flip, side by side and a difference."""
+        return presenter().compare(self, items)
+
+    def browse(self, **filters: Any) -> Browser:
+        """The history as pages of thumbnails: filter, rate, favourite, note, compare two, grid or export many."""
+        return presenter().browse(self, filters)
 
     def cost(self, experiment: str | None = None) -> pd.DataFrame:
         """Credits by model: in this notebook (this kernel, where its name is not known) and in all.

@@ -190,6 +190,7 @@ A1111 = (
 def test_parse_parameters_reads_a1111_text() -> None:
     assert parse_parameters(A1111) == {
         "prompt": "masterpiece, a castle on a hill,\nsunset",
+        "negative_prompt": "blurry, lowres",
         "steps": 28,
         "guidance": 6.5,
         "seed": 1234567890,

@@ -194,7 +194,10 @@ def test_a1111_settings_that_do_not_map_are_named(
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     request = flux.request_from(path).request
     assert (request.model, request.steps, request.guidance, request.seed) == (flux.model, None, None, 12)
-    assert capsys.readouterr().err == "flux_nb: ignored from the file a1111.png: guidance, model, steps\n"
+    assert capsys.readouterr().err == (
+        "flux_nb: a1111.png was made by another tool; left out: model sd_xl_base_1.0 "
+        f"(not a FLUX.2 model: {flux.model} is used), steps 20, CFG scale 7\n"
+    )
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", "a barn\nSteps: 30, CFG scale: 4.5, Seed: 9, Size: 512x512, Model: flux-2-flex")
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
@@ -714,7 +717,7 @@ def test_messages_name_the_file_or_the_bytes(tmp_path: Path) -> None:
     with pytest.raises(ValidationError) as refused:
         request_from_file(plain)
     assert str(refused.value) == (
-        f"{plain} carries neither flux_nb provenance nor A1111-style parameters; "
+        f"{plain} carries neither flux_nb provenance nor A1111-style parameters nor a ComfyUI graph; "
         "use an image exported by flux_nb or one whose tool wrote its settings"
     )
     with pytest.raises(ValidationError, match=r"^the image bytes carries neither"):

@@ -5,7 +5,8 @@ Pure: no I/O and no ``eval``. Templates take plain names only: ``{name}``, never
 an API key included). A name holding a scalar (text, a number, a NumPy scalar) is written in;
 a list, tuple, range, NumPy vector or pandas Series becomes a sweep axis named after the variable;
 anything else (objects, dicts, sets, None) is refused. ``{a|b|c}`` is an axis of alternatives
-(Dynamic Prompts' syntax) named ``alt1``, ``alt2``... in order of appearance. ``vary={"dog":
+(Dynamic Prompts' syntax) named ``alt1``, ``alt2``... by its place among the groups, or by the name
+before ``=``: ``{light=golden hour|blue hour}`` is the axis ``light``. ``vary={"dog":
 ["dog", "cat"]}`` searches the prompt for the first value and replaces it by each value in turn
 (A1111's Prompt S/R); the axis is named by its key.
 
@@ -28,7 +29,7 @@ from typing import Any
 from flux_nb.core.axes import PromptAxis, is_list_like, listed
 from flux_nb.errors import FluxError, ValidationError
 
-#: Inline alternatives are named ALTERNATIVES_NAME + their number in the prompt: alt1, alt2...
+#: Unnamed inline alternatives are named ALTERNATIVES_NAME + their number in the prompt: alt1, alt2...
 ALTERNATIVES_NAME = "alt"
 #: A key shorter than this is refused only when a value equals it (not when a value contains it).
 MIN_KEY_LENGTH = 8
@@ -177,6 +178,20 @@ def _shown(text: str) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def alternative(values: tuple[str, ...], number: int) -> PromptAxis:
+    """The axis of ``{a|b}`` group ``number``: ``{name=a|b}`` names it ``name``, else it is ``alt<number>``.
+
+    >>> alternative(("light=golden hour", "blue hour"), 1)
+    PromptAxis(name='light', values=('golden hour', 'blue hour'))
+    """
+    head, equals, first = values[0].partition("=")
+    if equals and head.isidentifier() and not keyword.iskeyword(head):
+        if head.startswith(ALTERNATIVES_NAME) and head[len(ALTERNATIVES_NAME) :].isdigit():
+            raise ValidationError(f"prompt template: {{{head}=...}}: {head} is a name kept for unnamed alternatives")
+        return PromptAxis(head, (first, *values[1:]))
+    return PromptAxis(f"{ALTERNATIVES_NAME}{number}", values)
+
+
 def fill(body: str, namespace: Mapping[str, Any], *, keys: Sequence[str] = ()) -> PromptTemplate:
     """A cell's prompt as a template: scalars written in, list-likes and ``{a|b}`` as axes.
 
@@ -191,14 +206,14 @@ def fill(body: str, namespace: Mapping[str, Any], *, keys: Sequence[str] = ()) -
     for part in parse(body):
         if isinstance(part, tuple):
             alternatives += 1
-            name = f"{ALTERNATIVES_NAME}{alternatives}"
-            if name in axes:
+            axis = alternative(part, alternatives)
+            if axis.name in axes:
                 raise ValidationError(
-                    f"prompt template: {{{name}}} is both a variable and the name of {{a|b}} number "
-                    f"{alternatives}; rename the variable"
+                    f"prompt template: {{{axis.name}}} is both a variable (or another group's name) and the name "
+                    f"of {{a|b}} number {alternatives}; rename one of them"
                 )
-            axes[name] = PromptAxis(name, part)
-            parts.append(Slot(name))
+            axes[axis.name] = axis
+            parts.append(Slot(axis.name))
         elif isinstance(part, Slot):
             parts.append(_fill_slot(part.name, namespace, axes, keys))
         else:
@@ -249,7 +264,9 @@ def choices(prompt: str) -> PromptTemplate:
     axes: list[PromptAxis] = []
     position = 0
     for match in _CHOICES.finditer(prompt):
-        axis = PromptAxis(f"{ALTERNATIVES_NAME}{len(axes) + 1}", tuple(match.group(1).split("|")))
+        axis = alternative(tuple(match.group(1).split("|")), len(axes) + 1)
+        if axis.name in {a.name for a in axes}:
+            raise ValidationError(f"prompt: two {{a|b}} groups are named {axis.name}; give each its own name")
         axes.append(axis)
         parts += [prompt[position : match.start()], Slot(axis.name)]
         position = match.end()

@@ -66,6 +66,9 @@ _PARAM = re.compile(r'(\w[\w \-/]{1,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 # Characters XML 1.0 cannot hold, even escaped.
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _INTS = {"Seed": "seed", "Steps": "steps", "Safety tolerance": "safety_tolerance"}
+# A1111's extra networks in a prompt (``<lora:name:0.8>``): settings of that tool, not words for the model.
+_EXTRA_NETWORK = re.compile(r"<(?:lora|lyco|hypernet):[^<>\n]{1,200}>", re.IGNORECASE)
+_NOTE_VALUE_MAX = 40
 
 Source = str | Path | bytes
 
@@ -177,8 +180,10 @@ def parameters_text(document: Mapping[str, Any]) -> str:
 def parse_parameters(text: str) -> dict[str, Any]:
     """Request fields from A1111-style ``parameters`` text (ours or another tool's).
 
-    Reads the prompt (the negative prompt is dropped), ``Seed``, ``Size``, ``Model``, ``Steps``,
-    ``CFG scale`` (as guidance), ``Safety tolerance`` and ``Output format``; other settings are ignored.
+    Reads the prompt, ``Seed``, ``Size``, ``Model``, ``Steps``, ``CFG scale`` (as guidance), ``Safety
+    tolerance`` and ``Output format``; other settings are ignored. The negative prompt comes back as
+    ``negative_prompt`` and extra networks (``<lora:...>``), taken out of the prompt, as ``extra_networks``:
+    neither is a request field, so a restored request leaves them out and says so.
 
     >>> parse_parameters("a cat\\nSteps: 4, Seed: 42, Size: 512x768, Model: flux-2-klein-4b")["height"]
     768
@@ -193,11 +198,19 @@ def parse_parameters(text: str) -> dict[str, Any]:
     if settings:
         lines = lines[:-1]
     prompt: list[str] = []
+    negative: list[str] = []
     for line in lines:
-        if line.startswith("Negative prompt:"):
-            break
-        prompt.append(line)
-    fields: dict[str, Any] = {"prompt": "\n".join(prompt).strip()}
+        if negative or line.startswith("Negative prompt:"):
+            negative.append(line.removeprefix("Negative prompt:"))
+        else:
+            prompt.append(line)
+    text = "\n".join(prompt).strip()
+    fields: dict[str, Any] = {"prompt": text}
+    if _EXTRA_NETWORK.search(text):
+        fields["prompt"] = re.sub(r"[ \t]{2,}", " ", _EXTRA_NETWORK.sub("", text)).strip(" ,\n")
+        fields["extra_networks"] = _EXTRA_NETWORK.findall(text)
+    if "\n".join(negative).strip():
+        fields["negative_prompt"] = "\n".join(negative).strip()
     for key, raw in _PARAM.findall(settings):
         _set_field(fields, key.strip(), raw.strip())
     return fields
@@ -388,15 +401,59 @@ def read_request(source: Source) -> tuple[dict[str, Any], list[str]]:
         if not isinstance(fields.get("input_hashes") or [], list):
             raise ValidationError(f"{name}'s provenance names its reference images as something other than a list")
     else:
-        parameters = read_parameters(data)
-        fields = parse_parameters(parameters) if parameters else {}
-        if not fields.get("prompt"):
-            raise ValidationError(
-                f"{name} carries neither flux_nb provenance nor A1111-style parameters; "
-                "use an image exported by flux_nb or one whose tool wrote its settings"
-            )
+        fields = foreign_fields(data, name)
     kept = {k: v for k, v in fields.items() if k in RESTORED_FIELDS}
     return {**dict.fromkeys(REQUEST_FIELDS), "input_hashes": [], **kept}, sorted(set(fields) - set(kept))
+
+
+def foreign_fields(source: Source, name: str = "") -> dict[str, Any]:
+    """The fields another tool's file names: A1111-style ``parameters``, else ComfyUI's ``prompt`` graph
+    (see ``parse_parameters`` and ``comfyui.parse_comfyui``); ValidationError when it names no prompt."""
+    data, found_name = _read_bytes(source)
+    name = name or found_name
+    parameters = read_parameters(data)
+    fields = parse_parameters(parameters) if parameters else {}
+    texts = read_embedded(data).texts
+    if not fields.get("prompt") and "prompt" in texts:
+        from flux_nb.metadata.comfyui import parse_comfyui
+
+        return parse_comfyui(texts["prompt"], name)
+    if not fields.get("prompt") and "workflow" in texts:
+        raise ValidationError(
+            f"{name} carries a ComfyUI workflow but not its prompt graph (the 'prompt' chunk ComfyUI's Save Image "
+            "writes); flux_nb reads only that graph: save the image from ComfyUI again, or give the request yourself"
+        )
+    if not fields.get("prompt"):
+        raise ValidationError(
+            f"{name} carries neither flux_nb provenance nor A1111-style parameters nor a ComfyUI graph; "
+            "use an image exported by flux_nb or one whose tool wrote its settings"
+        )
+    return fields
+
+
+def _note_value(value: Any) -> str:
+    text = _label(value)
+    text = text if len(text) <= _NOTE_VALUE_MAX else text[: _NOTE_VALUE_MAX - 3] + "..."
+    return text if re.fullmatch(r"[\w.:<>/ -]*", text, re.ASCII) else json.dumps(text)
+
+
+def import_note(name: str, fields: Mapping[str, Any], left_out: Sequence[str], model: str) -> str:
+    """One line naming what a request restored from another tool's file left out, with the file's values.
+
+    >>> import_note("a.png", {"steps": 20}, ["negative_prompt", "steps"], "flux-2-klein-4b")
+    'flux_nb: a.png was made by another tool; left out: steps 20, the negative prompt'
+    """
+    said = {
+        "model": f"model {_note_value(fields.get('model'))} (not a FLUX.2 model: {model} is used)",
+        "steps": f"steps {_note_value(fields.get('steps'))}",
+        "guidance": f"CFG scale {_note_value(fields.get('guidance'))}",
+        "negative_prompt": "the negative prompt",
+        "extra_networks": ", ".join(_note_value(n) for n in fields.get("extra_networks", ()))
+        + " (taken out of the prompt)",
+    }
+    order = [*said, *sorted(set(left_out) - set(said))]
+    parts = [said.get(k) or _note_value(k) for k in order if k in left_out]
+    return f"flux_nb: {name} was made by another tool; left out: {', '.join(parts)}"
 
 
 def source_sha256(source: Source) -> str:

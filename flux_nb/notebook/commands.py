@@ -225,11 +225,15 @@ def _replay_options(parser: argparse.ArgumentParser) -> None:
 
 
 @verb("send a recorded request again, and say whether the image matched", "ID_OR_IMAGE", _replay_options, sends=True)
-def replay(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
+def replay(session: Flux, options: argparse.Namespace, front: Front) -> Any:
     """A record again (shown beside the old one, saying whether the images match), or the request in an image."""
     target = options.target
     if Path(target).is_file():
         new = session.replay(target)
+        if new.ok and front.rich:  # the file and its replay side by side, with the byte-identity line
+            from flux_nb.notebook.compare import file_replay
+
+            return file_replay(Path(target), new)
         title = f"replay of {target}: record {new.record_id}"
         return Shown(
             lambda: f"{title}\n{render.result_text(new)}",
@@ -449,6 +453,23 @@ def credits(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
     where = "" if session.backend.billed else " (not billed: this server's own figure)"
     line = f"balance {balance:.2f} credits{where}"
     return Shown(lambda: front.say(line))
+
+
+def _compare_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ids", nargs="+", help="two or more record ids")
+
+
+@verb("two or more images with a slider, a flip, side by side and a difference", "ID ID [ID...]", _compare_options,
+      notebook_only=True)  # fmt: skip
+def compare(session: Flux, options: argparse.Namespace, front: Front) -> Any:
+    if len(options.ids) < 2:
+        raise ValidationError(f"{front.prog} compare takes two or more record ids (see {front.prog} history)")
+    return session.compare(*options.ids)
+
+
+@verb("the whole history as pages of thumbnails, with filters and reviews", notebook_only=True)
+def browse(session: Flux, options: argparse.Namespace, front: Front) -> Any:
+    return session.browse()
 
 
 def free_path(folder: Path, stem: str) -> Path:

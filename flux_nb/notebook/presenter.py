@@ -34,3 +34,13 @@ class NotebookPresenter:
         from flux_nb.notebook.panel import Panel
 
         return Panel(session)
+
+    def compare(self, session: Any, items: tuple[Any, ...]) -> Any:
+        from flux_nb.notebook.compare import compare
+
+        return compare(*items, store=session.store)
+
+    def browse(self, session: Any, filters: dict[str, Any]) -> Any:
+        from flux_nb.notebook.browse import Browser
+
+        return Browser(session, **filters)
