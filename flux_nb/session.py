@@ -49,8 +49,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from flux_nb.core.templates import PromptTemplate
-    from flux_nb.notebook.browse import Browser
-    from flux_nb.notebook.compare import Comparison
 
 #: Upper bounds of settings that have one (a thumbnail is a preview; more than 4096 px is no thumbnail).
 
@@ -539,11 +537,11 @@ class Flux(FluxSettings):
         frame.attrs["history_dir"] = str(self.history_dir)
         return frame
 
-    def compare(self, *items: Any) -> Comparison:
+    def compare(self, *items: Any) -> Any:
         """Two or more results, record ids or history rows with a slider, a flip, side by side and a difference."""
         return presenter().compare(self, items)
 
-    def browse(self, **filters: Any) -> Browser:
+    def browse(self, **filters: Any) -> Any:
         """The history as pages of thumbnails: filter, rate, favourite, note, compare two, grid or export many."""
         return presenter().browse(self, filters)
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as widgets
 
 from flux_nb.notebook.compare_images import MODES, STATIC_HEIGHT, difference, png, side_by_side, slider_view
 
-if TYPE_CHECKING:
-    from flux_nb.notebook.compare import Comparison
 
-
-def fallback_widget(comparison: Comparison) -> Any:
+def fallback_widget(comparison: Any) -> Any:
     """Mode buttons, a pair to compare (for more than two), a position slider, and the drawn view."""
     images = comparison.images()
     options = list(zip(comparison.labels, range(len(images)), strict=True))

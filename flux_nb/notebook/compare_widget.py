@@ -7,15 +7,12 @@ image when the pair changes. Works in JupyterLab, Notebook 7 and VS Code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anywidget
 import traitlets
 
 from flux_nb.notebook.compare_images import MODES, data_url, difference
-
-if TYPE_CHECKING:
-    from flux_nb.notebook.compare import Comparison
 
 ESM = Path(__file__).with_name("compare.js")
 
@@ -36,7 +33,7 @@ class CompareWidget(anywidget.AnyWidget):
     caption = traitlets.Unicode("").tag(sync=True)
 
     @classmethod
-    def of(cls, comparison: Comparison) -> CompareWidget:
+    def of(cls, comparison: Any) -> CompareWidget:
         images = [data_url(i) for i in comparison.images()]
         widget = cls(images=images, labels=comparison.labels, caption=comparison.caption)
         widget._comparison = comparison
