@@ -15,9 +15,7 @@ from flux_nb.errors import ValidationError
 from flux_nb.history.schema import COLUMNS, REVIEW_EXPERIMENT, REVIEW_IMAGE
 
 # A row's review: the one of its experiment and the image it shows.
-_OF_ROW = (
-    f"v.experiment = {REVIEW_EXPERIMENT.format(r='records')} AND v.image = {REVIEW_IMAGE.format(r='records')}"
-)
+_OF_ROW = f"v.experiment = {REVIEW_EXPERIMENT.format(r='records')} AND v.image = {REVIEW_IMAGE.format(r='records')}"
 _REVIEW = {
     "rating": f"(SELECT rating FROM reviews v WHERE {_OF_ROW})",
     "note": f"(SELECT note FROM reviews v WHERE {_OF_ROW})",
