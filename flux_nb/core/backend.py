@@ -27,6 +27,17 @@ _starter: LocalStarter | None = None
 _embedded_url: str | None = None
 
 
+def label_in_words(label: str) -> str:
+    """A backend label in words: ``BFL API``, ``local preview server``, ``endpoint HOST:PORT``."""
+    if label == "bfl":
+        return "BFL API"
+    if label.startswith("local:"):
+        return f"local {label.removeprefix('local:')} server"
+    if label.startswith("endpoint:"):
+        return f"endpoint {label.removeprefix('endpoint:').rstrip(':')}"
+    return label or "unknown backend"
+
+
 @dataclass(frozen=True)
 class Backend:
     """Where requests go, and how history labels them (the label is part of the cache key).

@@ -21,7 +21,10 @@ from flux_nb.notebook import render
 from flux_nb.notebook.progress import BatchProgress
 from flux_nb.session import Flux
 
-GRID_USAGE = "[--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--experiment NAME] [--tag TAG] [--save PATH]"
+GRID_USAGE = (
+    "[--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--experiment NAME] [--tag TAG] [--label FIELD[,FIELD]] "
+    "[--sort FIELD] [--save PATH]"
+)
 
 
 class Shown:
@@ -154,7 +157,7 @@ def grid(session: Flux, rest: list[str]) -> Any:
     from flux_nb.notebook import selection  # pandas loads with the first table, not at %load_ext
 
     parser = _filtered("grid", GRID_USAGE)
-    for flag in ("--x", "--y", "--z", "--where", "--save"):
+    for flag in ("--x", "--y", "--z", "--where", "--save", "--label", "--sort"):
         parser.add_argument(flag)
     options = parser.parse(rest)
     if options.x is None and options.y is None:
@@ -165,12 +168,13 @@ def grid(session: Flux, rest: list[str]) -> Any:
             "with neither, the grid is --x seed --y prompt"
         )
     frame = selection.select(session, options.where, **selection.filters(options.experiment, options.tag))
-    result = draw(frame, x=options.x, y=options.y, z=options.z)
+    label = [name for name in (options.label or "").split(",") if name]
+    result = draw(frame, x=options.x, y=options.y, z=options.z, label=label, sort=options.sort)
     rich = render.is_rich()
     target = options.save
     if target is None and not rich:
         target = free_path(Path(session.history_dir) / "grids", f"grid-{time.strftime('%Y%m%d-%H%M%S')}")
-    saved = save_grid(result, target) if target else None
+    saved = save_grid(result, target, frame) if target else None
     if rich:
         return result
     paths = saved if isinstance(saved, list) else [saved]
@@ -253,10 +257,11 @@ def experiment(session: Flux, rest: list[str]) -> Shown:
 
 
 def _export_options(verb: str, rest: list[str], title: bool = False) -> argparse.Namespace:
-    usage = "PATH [--experiment NAME] [--tag TAG]" + (" [--title TEXT]" if title else "")
+    usage = "PATH [--experiment NAME] [--tag TAG]" + (" [--title TEXT] [--grids batches|none|ID,ID]" if title else "")
     parser = _filtered(verb, usage, ("path", {}))
     if title:
         parser.add_argument("--title")
+        parser.add_argument("--grids", default="batches")
     return parser.parse(rest)
 
 
@@ -269,17 +274,25 @@ def export(session: Flux, rest: list[str]) -> Shown:
 
 
 def report(session: Flux, rest: list[str]) -> Shown:
-    """``%flux report PATH [--experiment X] [--tag T] [--title TEXT]``: one self-contained HTML page."""
+    """``%flux report PATH [--experiment X] [--tag T] [--title TEXT] [--grids batches|none|ID,ID]``: one
+    self-contained HTML page (by default one grid per batch)."""
     options = _export_options("report", rest, title=True)
     frame = session.history(experiment=options.experiment, tag=options.tag)
     title = options.title or options.experiment or options.tag or "flux_nb report"
-    written = session.report(frame, options.path, title=title)
+    grids: str | list[str] = options.grids if options.grids in ("batches", "none") else options.grids.split(",")
+    written = session.report(frame, options.path, title=title, grids=grids)
     return _done(f"report of {len(frame)} row(s) written to {written or options.path}")
 
 
-def save_grid(result: Any, target: str | Path) -> Path | list[Path]:
-    """Save a grid, turning an unwritable target into one clear line."""
+def save_grid(result: Any, target: str | Path, frame: Any = None) -> Path | list[Path]:
+    """Save a grid (with ``frame``, the rows it was drawn from: each cell's request written into the PNG),
+    turning an unwritable target into one clear line."""
+    from flux_nb.export.grids import save_grid as save_with_requests
+
     try:
+        if frame is not None:
+            saved = save_with_requests(result, frame, target)
+            return saved if isinstance(result, list) else saved[0]
         return result.save(target)
     except OSError as exc:
         raise ValidationError(f"could not save the grid to {target}: {exc.strerror or exc}") from None

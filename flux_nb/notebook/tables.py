@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from flux_nb.core.backend import label_in_words
 from flux_nb.notebook.render import thumb_img
 
 HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")
@@ -67,14 +68,7 @@ def history_text(frame: pd.DataFrame, limit: int = 20, empty: str = EMPTY_HISTOR
 
 def backend_name(backend: Any) -> str:
     """A backend label in words: ``BFL API``, ``local preview server``, ``endpoint HOST:PORT``."""
-    label = _text(backend)
-    if label == "bfl":
-        return "BFL API"
-    if label.startswith("local:"):
-        return f"local {label.removeprefix('local:')} server"
-    if label.startswith("endpoint:"):
-        return f"endpoint {label.removeprefix('endpoint:').rstrip(':')}"
-    return label or "unknown backend"
+    return label_in_words(_text(backend))
 
 
 def _money(value: Any) -> str:
