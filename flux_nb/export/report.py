@@ -136,7 +136,7 @@ def _cell(name: str, row: Mapping[str, Any]) -> tuple[str, str]:
         return f"{width}×{height}", str(int(width) * int(height))
     value = _credits(row) if name == "credits" else row.get(name)
     if name == "backend" and not _missing(value):
-        return label_in_words(str(value)), str(value)
+        return label_in_words(str(value)), label_in_words(str(value)).lower()
     if name == "favourite":
         return ("★", "1") if not _missing(value) and bool(value) else ("", "0")
     if _missing(value):

@@ -438,7 +438,10 @@ class HistoryStore:
         result_seed: int | None,
         cost: float | None = None,
     ) -> Path:
-        """Store the image by hash, then complete the record; returns the image's absolute path."""
+        """Store the image by hash, then complete the record; returns the image's absolute path.
+
+        A request that left its size to the API (an edit without one) records the output's size as its own.
+        """
         relative, digest = self.save_image(image, ext)
         values: dict[str, Any] = dict(status=RecordStatus.READY.value, image_path=relative, image_sha256=digest)
         values.update(out_width=as_int(width), out_height=as_int(height), ready_at=as_float(ready_at))
@@ -446,6 +449,9 @@ class HistoryStore:
         values.update(result_seed=as_int(result_seed), error_kind=None, error=None)
         if as_float(cost) is not None:
             values["cost"] = as_float(cost)
+        record = self.get(record_id)
+        if record is not None and record.width is None and record.height is None:
+            values.update(width=values["out_width"], height=values["out_height"])
         self._update(record_id, values, doing="complete a record")
         return self.root / relative
 

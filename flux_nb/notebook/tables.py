@@ -15,12 +15,20 @@ import pandas as pd
 from flux_nb.core.backend import label_in_words
 from flux_nb.notebook.render import thumb_img
 
-HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")
+HISTORY_COLUMNS = (
+    *("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag"),
+    *("rating", "fav", "note"),
+)
 EMPTY_HISTORY = "no history yet: run a %%flux cell"
 
 
 def _text(value: Any) -> str:
     return "" if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)) else str(value)
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text[:width] + ("…" if len(text) > width else "")
 
 
 def _history_rows(frame: pd.DataFrame, limit: int, prompt_width: int = 80) -> list[tuple[Any, list[str]]]:
@@ -41,6 +49,9 @@ def _history_rows(frame: pd.DataFrame, limit: int, prompt_width: int = 80) -> li
             "" if pd.isna(row["cost"]) else f"{row['cost']:.2f}",
             "" if pd.isna(row["duration_s"]) else f"{row['duration_s']:.2f}",
             _text(row["tag"]),
+            _text(row.get("rating")),
+            "★" if bool(row.get("favourite", False)) else "",
+            _short(_text(row.get("note")), prompt_width // 2),
         ]
         rows.append((path if isinstance(path, str) else None, [str(v) for v in values]))
     return rows
