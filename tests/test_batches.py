@@ -103,7 +103,9 @@ def test_report_numbers_read_as_in_the_notebook_and_backends_in_words(flux: Flux
 
 
 def test_the_report_follows_dark_mode_and_fits_a_narrow_screen(
-    flux: Flux, tmp_path: Path, browser: Any  # noqa: F811
+    flux: Flux,
+    tmp_path: Path,
+    browser: Any,  # noqa: F811
 ) -> None:
     flux.sweep(["a fox with a very long description " * 4, "a hare"], seed=[1, 2, 3, 4, 5, 6], **SIZE)
     path = flux.report(experiment=None, path=tmp_path / "r.html")
@@ -161,4 +163,5 @@ def test_batch_values_read_safely() -> None:
     assert labels_of('{"seed": 1}') == {"seed": 1} and labels_of("[1]") == labels_of("x") == labels_of(None) == {}
     assert grid_axes_of([]) == (None, None, None) and grid_axes_of(["seed"]) == ("seed", None, None)
     assert grid_axes_of(["a", "b", "c", "d"]) == ("a", "b", "c+d")
-    assert [label_in_words(b) for b in ("local:preview", "bfl", "")] == ["local preview server", "BFL API", "unknown backend"]
+    words = [label_in_words(b) for b in ("local:preview", "bfl", "endpoint:h:1:", "")]
+    assert words == ["local preview server", "BFL API", "endpoint h:1", "unknown backend"]
