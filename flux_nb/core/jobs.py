@@ -265,7 +265,7 @@ class Executor:
             elapsed = time.time() - started
             return self.result(record_id, prepared, "submitted", error=exc, elapsed=elapsed, task_id=outcome.task.id)
 
-    def _record(self, batch: list[PreparedRequest], marks: Batch) -> list[str]:
+    def _record(self, batch: list[PreparedRequest], marks: Batch | None = None) -> list[str]:
         """Keep the inputs and write the pending records: before anything is sent."""
         for prepared in batch:
             for image in prepared.inputs:
