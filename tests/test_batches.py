@@ -165,3 +165,49 @@ def test_batch_values_read_safely() -> None:
     assert grid_axes_of(["a", "b", "c", "d"]) == ("a", "b", "c+d")
     words = [label_in_words(b) for b in ("local:preview", "bfl", "endpoint:h:1:", "")]
     assert words == ["local preview server", "BFL API", "endpoint h:1", "unknown backend"]
+
+
+def _row(batch: str | None, seed: int, image: str, cached: bool, axes: str = '["seed"]', **more: Any) -> dict[str, Any]:
+    labels = json.dumps({"seed": seed}) if batch else None
+    return dict(batch=batch, batch_axes=axes if batch else None, labels=labels, image_sha256=image, cached=cached,
+                seed=seed, prompt=more.get("prompt", "p"))  # fmt: skip
+
+
+def test_batch_frames_fold_only_cached_repeats_and_keep_every_batch_in_order() -> None:
+    rows = [
+        _row("zz", 1, "x", False),
+        _row("zz", 2, "x", True),  # the same image at another place: kept
+        _row("zz", 2, "x", True),  # the same image at the same place, cached: folded
+        _row("zz", 3, "y", False),
+        _row("bb", 1, "x", True),  # a whole batch of cached repeats of zz: folded
+        _row("bb", 2, "x", True),
+        _row("cc", 1, "z", True),  # cached, but images zz never showed: kept
+        _row("cc", 2, "z", True),
+        _row("dd", 1, "x", False, axes="[]"),  # no axis: no grid
+        _row(None, 7, "v", False, prompt="p"),  # rows of no batch: one batch varying seed and prompt
+        _row(None, 8, "w", False, prompt="q"),
+        _row("aa", 1, "x", False),  # sent again (not cached), showing an image zz showed: kept
+    ]
+    frame = pd.DataFrame(rows, index=range(100, 100 + len(rows)))
+    found = [(batch_id, axes, rows["seed"].tolist()) for batch_id, axes, rows in batch_frames(frame)]
+    assert found == [
+        ("zz", ["seed"], [1, 2, 3]),
+        ("cc", ["seed"], [1, 2]),
+        ("", ["seed", "prompt"], [7, 8]),
+        ("aa", ["seed"], [1]),
+    ]
+    assert all(list(rows.index) == list(range(len(rows))) for _, _, rows in batch_frames(frame))
+    old = frame[frame["batch"].isna()].drop(columns=["batch", "batch_axes", "labels"])
+    assert [(b, a, r["prompt"].tolist()) for b, a, r in batch_frames(old)] == [("", ["seed", "prompt"], ["p", "q"])]
+    assert batch_frames(frame.iloc[:0]) == []
+
+
+def test_a_batch_axis_is_read_from_the_labels_where_the_row_has_no_such_column() -> None:
+    rows = [_row("b", 1, "x", False), _row("b", 2, "y", False)]
+    for row, light in zip(rows, ("dawn", "dusk"), strict=True):
+        row.update(labels=json.dumps({"seed": 1, "light": light}), batch_axes='["light"]')
+    [(_, axes, frame)] = batch_frames(pd.DataFrame(rows))
+    assert axes == ["light"] and frame["light"].tolist() == ["dawn", "dusk"]
+    rows[1]["labels"] = None  # no labels: the axis reads as missing
+    [(_, _, frame)] = batch_frames(pd.DataFrame(rows))
+    assert frame["light"].tolist() == ["dawn", None]

@@ -7,12 +7,18 @@ Sessions run against a real local server on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from flux_nb.errors import HistoryError, ValidationError
+from flux_nb.history.review import MAX_NOTE, MAX_TAG
 from flux_nb.history.store import HistoryStore
+from flux_nb.history.view import HistoryView
+from flux_nb.protocol import FluxRequest
 from flux_nb.session import Flux
 from tests.test_store import complete, create
 
@@ -154,3 +160,108 @@ def test_an_empty_list_filter_matches_no_row(history_dir: Path) -> None:
         complete(store, create(store, seed=seed), color="red" if seed == 1 else "blue")
     assert len(store.query(seed=[])) == 0 and len(store.query(seed=[1])) == 1
     assert len(store.query(rating=[])) == 0
+
+
+def _same(view: HistoryView, store: HistoryStore) -> None:
+    pd.testing.assert_frame_equal(view.refresh(), store.to_frame())
+
+
+def test_a_row_written_out_of_order_is_put_in_its_place(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    first = create(store, seed=1)
+    view = store.view()
+    late = create(store, seed=2)
+    store._update(late, {"created_at": 1.0})  # another process's row, made earlier, written later
+    _same(view, store)
+    assert view.frame["record_id"].tolist() == [late, first]
+    store._update(first, {"created_at": 0.5})  # a held row that moved
+    _same(view, store)
+    assert view.frame["record_id"].tolist() == [first, late]
+    pair = [create(store, seed=3), create(store, seed=4)]  # two rows appended by one refresh
+    _same(view, store)
+    frame = view.frame
+    store.rate(pair[1], 2)  # then updated in place, where they were appended
+    store._update(pair[0], {"input_hashes": json.dumps(["a" * 64])})
+    _same(view, store)
+    assert view.frame is frame and view.frame["input_hashes"].iloc[2] == ["a" * 64]
+
+
+def test_a_filtered_view_drops_rows_that_stop_matching_and_rereads_after_many_appends(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    kept, leaving = create(store, seed=1), create(store, seed=2)
+    view = store.view(status="pending")
+    view.REREAD_AFTER = 2
+    store.mark_failed(leaving, status="failed", error_kind="X", error="e", finished_at=1.0)  # type: ignore[arg-type]
+    pd.testing.assert_frame_equal(view.refresh(), store.query(status="pending"))
+    assert view.frame["record_id"].tolist() == [kept]
+    for seed in range(3, 7):  # appended one refresh at a time, then read afresh
+        create(store, seed=seed)
+        pd.testing.assert_frame_equal(view.refresh(), store.query(status="pending"))
+    assert len(view.frame) == 5 and view._at == {r: i for i, r in enumerate(view.frame["record_id"])}
+    assert view._appends == 1  # three appends, a fresh read, one more append
+    assert "5 rows" in repr(view) and "'status': 'pending'" in repr(view)
+
+
+def test_a_view_sees_reviews_of_its_rows_and_nothing_when_nothing_changed(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    record_id = create(store, seed=1)
+    complete(store, record_id)
+    use = store.record_use(record_id, notebook="n.ipynb")
+    view = store.view(cached=True)
+    frame = view.refresh()
+    assert view.refresh() is frame  # nothing written: the same frame
+    store.favourite(use)
+    store.note(use, "soft")
+    assert view.refresh() is frame  # updated in place
+    pd.testing.assert_frame_equal(frame, store.query(cached=True))
+    assert view.frame["favourite"].tolist() == [True] and view.frame["note"].tolist() == ["soft"]
+
+
+def test_review_writes_on_a_read_only_history_say_what_they_tried(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    record_id = create(store, seed=1)
+    store.close()
+    readonly = HistoryStore(history_dir, readonly=True)
+    for call, doing in (
+        (lambda: readonly.rate(record_id, 3), "rate records"),
+        (lambda: readonly.note(record_id, "x"), "note records"),
+        (lambda: readonly.tag(record_id, add="x"), "change tags"),
+        (lambda: readonly.favourite(record_id), "mark favourites"),
+    ):
+        with pytest.raises(HistoryError, match=f"could not {doing}"):
+            call()
+
+
+def test_review_values_are_checked_at_their_limits(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    record_id = create(store, seed=1)
+    assert store.note(record_id, "n" * MAX_NOTE) == [record_id]
+    with pytest.raises(ValidationError, match=f"note of {MAX_NOTE + 1} characters is longer than {MAX_NOTE}"):
+        store.note(record_id, "n" * (MAX_NOTE + 1))
+    assert store.tag(record_id, add="t" * MAX_TAG) == [record_id]
+    for bad in ("t" * (MAX_TAG + 1), 5, " ", "a,b"):
+        with pytest.raises(ValidationError, match="is not a tag"):
+            store.tag(record_id, add=[bad])  # type: ignore[list-item]
+    assert store.to_frame()["tags"].tolist() == ["t" * MAX_TAG]
+    assert store.to_frame()["note"].tolist() == ["n" * MAX_NOTE]
+
+
+def test_a_review_of_more_rows_than_one_sql_chunk_reaches_every_row(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    base = {"backend": "local:preview", "endpoint": "http://127.0.0.1:1", "notebook": "n.ipynb", "input_hashes": []}
+    ids = store.create_many(
+        [{"request": FluxRequest("a cat", seed=seed), "estimated_cost": 0.0, **base} for seed in range(501)]
+    )
+    assert store.rate(ids, 3) == ids
+    assert store.to_frame()["rating"].tolist() == [3] * 501
+
+
+def test_reviewing_unknown_ids_names_the_first_five(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    record_id = create(store, seed=1)
+    five = [f"nope{i}" for i in range(5)]
+    with pytest.raises(ValidationError, match=r"no record with id nope0, nope1, nope2, nope3, nope4 in this history"):
+        store.rate([record_id, *five], 3)
+    with pytest.raises(ValidationError, match=r"id nope0, nope1, nope2, nope3, nope4 and 2 more in this history"):
+        store.rate([*five, "nope5", "nope6"], 3)
+    assert store.to_frame()["rating"].isna().all()  # nothing reviewed when one id is unknown
