@@ -21,7 +21,7 @@ from IPython.utils.capture import capture_output
 from flux_nb.core.backend import label_in_words
 from flux_nb.errors import ValidationError
 from flux_nb.export.report import batch_grids
-from flux_nb.history.batches import axes_of, batch_frames, grid_axes_of, labels_of, varying_axes
+from flux_nb.history.batches import axes_of, batch_frames, grid_axes_of, labels_of, new_batch, varying_axes
 from flux_nb.metadata import read_provenance
 from flux_nb.session import Flux
 from tests.test_report import browser  # noqa: F401  (the fixture)
@@ -158,6 +158,7 @@ def test_batch_values_read_safely() -> None:
         "prompt",
     ]
     assert varying_axes([{"seed": 1}]) == [] and varying_axes([]) == []
+    assert re.fullmatch(r"[0-9a-f]{12}", new_batch([{"seed": 1}, {"seed": 2}]).id)
     assert axes_of('["seed", 3, "prompt"]') == ["seed", "prompt"]
     assert axes_of("{bad") == axes_of('{"a": 1}') == axes_of(None) == []
     assert labels_of('{"seed": 1}') == {"seed": 1} and labels_of("[1]") == labels_of("x") == labels_of(None) == {}
@@ -210,4 +211,4 @@ def test_a_batch_axis_is_read_from_the_labels_where_the_row_has_no_such_column()
     assert axes == ["light"] and frame["light"].tolist() == ["dawn", "dusk"]
     rows[1]["labels"] = None  # no labels: the axis reads as missing
     [(_, _, frame)] = batch_frames(pd.DataFrame(rows))
-    assert frame["light"].tolist() == ["dawn", None]
+    assert frame["light"].iloc[0] == "dawn" and pd.isna(frame["light"].iloc[1])

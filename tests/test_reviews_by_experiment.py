@@ -8,6 +8,7 @@ Sessions run against a real local server on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 
 from flux_nb.errors import HistoryError, ValidationError
+from flux_nb.history.filters import FILTERABLE
 from flux_nb.history.review import MAX_NOTE, MAX_TAG
 from flux_nb.history.store import HistoryStore
 from flux_nb.history.view import HistoryView
@@ -265,3 +267,27 @@ def test_reviewing_unknown_ids_names_the_first_five(history_dir: Path) -> None:
     with pytest.raises(ValidationError, match=r"id nope0, nope1, nope2, nope3, nope4 and 2 more in this history"):
         store.rate([*five, "nope5", "nope6"], 3)
     assert store.to_frame()["rating"].isna().all()  # nothing reviewed when one id is unknown
+
+
+def test_filters_combine_review_columns_tags_and_uses(history_dir: Path) -> None:
+    store = HistoryStore(history_dir)
+    ids = [create(store, seed=seed) for seed in (1, 2)]
+    for record_id, color in zip(ids, ("red", "blue"), strict=True):
+        complete(store, record_id, color=color)
+    use = store.record_use(ids[0], notebook="n.ipynb")
+    store.tag(ids, add="a")
+    store.tag(ids[1], add="b")
+    store.favourite(ids[1])
+    store.rate(ids[0], 0)  # zero stars is a rating
+    assert store.query(tags=["a", "b"])["record_id"].tolist() == [ids[1]]
+    assert store.query(tags="a", seed=2)["record_id"].tolist() == [ids[1]]
+    assert store.query(cached=True, seed=2).empty and store.query(cached=True, seed=1)["record_id"].tolist() == [use]
+    assert store.query(favourite=2)["record_id"].tolist() == [ids[1]]  # any true value: a favourite
+    assert store.query(favourite=False)["record_id"].tolist() == [ids[0], use]
+    assert store.query(rating=0)["record_id"].tolist() == [ids[0], use]
+    with pytest.raises(ValidationError, match=re.escape(f"(try one of {', '.join(FILTERABLE)})")):
+        store.query(colour="red")
+    with pytest.raises(ValidationError, match=re.escape("filter seed={'$gt': 1}: give text")):
+        store.query(seed={"$gt": 1})
+    with pytest.raises(ValidationError, match=re.escape("record ids must be non-empty strings, got ['']")):
+        store.rate([ids[0], ""], 3)
