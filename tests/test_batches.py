@@ -197,7 +197,8 @@ def test_batch_frames_fold_only_cached_repeats_and_keep_every_batch_in_order() -
         ("", ["seed", "prompt"], [7, 8]),
         ("aa", ["seed"], [1]),
     ]
-    assert all(list(rows.index) == list(range(len(rows))) for _, _, rows in batch_frames(frame))
+    for _, _, rows in batch_frames(frame):
+        assert list(rows.index) == list(range(len(rows))) and list(rows.columns) == list(frame.columns)
     old = frame[frame["batch"].isna()].drop(columns=["batch", "batch_axes", "labels"])
     assert [(b, a, r["prompt"].tolist()) for b, a, r in batch_frames(old)] == [("", ["seed", "prompt"], ["p", "q"])]
     assert batch_frames(frame.iloc[:0]) == []

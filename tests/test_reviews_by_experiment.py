@@ -266,6 +266,8 @@ def test_reviewing_unknown_ids_names_the_first_five(history_dir: Path) -> None:
         store.rate([record_id, *five], 3)
     with pytest.raises(ValidationError, match=r"id nope0, nope1, nope2, nope3, nope4 and 2 more in this history"):
         store.rate([*five, "nope5", "nope6"], 3)
+    with pytest.raises(ValidationError, match=r"id nope0, nope1, nope2, nope3, nope4 and 1 more in this history"):
+        store.rate([*five, "nope5"], 3)
     assert store.to_frame()["rating"].isna().all()  # nothing reviewed when one id is unknown
 
 
