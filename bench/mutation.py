@@ -140,6 +140,22 @@ TARGETS: dict[str, Target] = {
         ("flux_nb/addresses.py",), ("tests/test_reference_probe.py", CLIENT_BOUNDS), CLIENT_BOUNDS_SERVERS
     ),
     "settings": Target(("flux_nb/settings.py",), ("tests/test_settings_config.py", "tests/test_guard.py")),
+    "judging": Target(
+        (
+            "flux_nb/history/review.py",
+            "flux_nb/history/view.py",
+            "flux_nb/history/filters.py",
+            "flux_nb/history/batches.py",
+        ),
+        ("tests/test_reviews_by_experiment.py", "tests/test_history_experiments.py", "tests/test_batches.py"),
+        (  # kernels and a browser: seconds each, and the same code is reached by the in-process tests
+            "tests/test_batches.py::test_the_report_follows_dark_mode_and_fits_a_narrow_screen",
+            "tests/test_batches.py::test_every_row_records_its_batch_and_that_batchs_axes",
+            "tests/test_batches.py::test_an_edit_without_a_size_records_its_output_size",
+            "tests/test_batches.py::test_flux_history_shows_the_review_columns",
+            "tests/test_batches.py::test_flux_grid_takes_label_and_sort_and_saves_each_cells_request",
+        ),
+    ),
     "outbound": Target(
         ("flux_nb/server/outbound.py",),
         ("tests/test_server_bounds.py", "tests/test_server_security.py"),

@@ -311,11 +311,13 @@ class Experiments:
         path: str | os.PathLike[str] | None = None,
         *,
         title: str = "flux_nb experiment",
+        grids: Any = None,
         **filters: Any,
     ) -> Path:
-        """Write one self-contained HTML page (grids, a sortable table with thumbnails and reviews, the cost)."""
+        """Write one self-contained HTML page (grids, a sortable table with thumbnails and reviews, the cost);
+        ``grids`` as for ``write_report`` (default: one grid per batch)."""
         from flux_nb.export import write_report
 
         frame_or_filter, path = split_path(frame_or_filter, path, "report")
         frame = selected(self.store, str(self.store.root), frame_or_filter, filters)
-        return write_report(frame, self.store.root, path, title=title)
+        return write_report(frame, self.store.root, path, title=title, grids=grids)

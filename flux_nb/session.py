@@ -504,10 +504,16 @@ class Flux(FluxSettings):
         path: str | os.PathLike[str] | None = None,
         *,
         title: str = "flux_nb experiment",
+        grids: Any = None,
         **filters: Any,
     ) -> Path:
-        """Write one self-contained HTML page (grids, a sortable table with thumbnails and reviews, the cost)."""
-        return self._experiments.report(frame_or_filter, path, title=title, **filters)
+        """Write one self-contained HTML page (grids, a sortable table with thumbnails and reviews, the cost).
+
+        ``grids``: None or "batches" (one grid per batch, on its own axes), "none", batch ids, or grids.
+
+        >>> flux.report(experiment="study-3", path="study-3.html", grids="batches")  # doctest: +SKIP
+        """
+        return self._experiments.report(frame_or_filter, path, title=title, grids=grids, **filters)
 
     def open_bundle(self, path: str | os.PathLike[str], into: str | os.PathLike[str] | None = None) -> Flux:
         """Unpack a bundle into ``into`` (default: a folder named after the zip) and return a session on it."""

@@ -568,16 +568,18 @@ def test_duplicate_members_and_odd_compression_are_refused(good: Path, tmp_path:
 def test_an_export_carries_only_the_reviews_of_the_records_it_exports(source: HistoryStore, tmp_path: Path) -> None:
     frame = source.to_frame()
     first, second = list(frame["record_id"].iloc[:2])
+    image = dict(zip(frame["record_id"], frame["image_sha256"], strict=True))  # a review is of an image
+    assert image[first] != image[second]
     for chosen in (first, second):
         bundle = export_bundle(frame[frame["record_id"] == chosen], source.root, tmp_path / f"{chosen}.zip")
         with zipfile.ZipFile(bundle) as archive:
             (tmp_path / "h.sqlite").write_bytes(archive.read("history.sqlite"))
         db = sqlite3.connect(tmp_path / "h.sqlite")
-        reviews = db.execute("SELECT record_id, rating, note FROM reviews").fetchall()
-        tags = db.execute("SELECT record_id, tag FROM review_tags").fetchall()
+        reviews = db.execute("SELECT image, rating, note FROM reviews").fetchall()
+        tags = db.execute("SELECT image, tag FROM review_tags").fetchall()
         db.close()
         (tmp_path / "h.sqlite").unlink()
-        assert {r[0] for r in reviews} == {chosen} and tags == [(chosen, "keep")]
+        assert {r[0] for r in reviews} == {image[chosen]} and tags == [(image[chosen], "keep")]
     opened = HistoryStore(open_bundle(tmp_path / f"{first}.zip", tmp_path / "opened")).to_frame()
     assert opened["note"].isna().all() and list(opened["rating"]) == [5]  # the other record's note stayed home
 

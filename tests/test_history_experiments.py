@@ -149,7 +149,8 @@ def test_reviews_of_unknown_ids_name_them_and_change_nothing(history_dir: Path) 
 
 def test_query_filters_by_column_values_and_never_runs_user_text(history_dir: Path) -> None:
     store = HistoryStore(history_dir)
-    ids = [ready(store, seed, notebook=f"{seed % 2}.ipynb") for seed in range(4)]
+    colors = ["red", "green", "blue", "white"]  # four images: a review follows the image
+    ids = [ready(store, seed, colors[seed], notebook=f"{seed % 2}.ipynb") for seed in range(4)]
     failed = create(store, seed=9)
     store.mark_failed(failed, status=RecordStatus.FAILED, error_kind="X", error="e", finished_at=1)
     store.tag(ids[1], add="best")

@@ -121,7 +121,7 @@ def test_an_identical_answer_is_one_file_and_a_file_replays(flux: Flux, server: 
 
 def test_export_image_writes_a_clean_copy_with_the_request_and_review(flux: Flux, tmp_path: Path) -> None:
     result = flux.generate("a paper boat", seed=11, **SIZE)  # JPEG by default
-    again = flux.generate("a paper boat", seed=11, **SIZE)  # a use
+    again = flux.generate("a paper boat", seed=11, tag="again", **SIZE)  # a use (under another tag: a row)
     flux.rate(again, 4)
     flux.note(result, "keep this one")
     copy = flux.export_image(again, tmp_path / "exports")  # a folder: named after the record

@@ -122,7 +122,7 @@ def test_in_chromium_images_load_and_headers_sort_the_table(
     assert [int(v) if v else None for v in column(page, rating)] == [5, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, None]
 
     page.get_by_role("button", name="seconds").click()  # numbers sort as numbers: 9 before 10, 10 before 100
-    expected = ["", "0.5", "1", "2", "3", "7", "9", "10", "11", "30", "100", "200"]
+    expected = ["", "0.50", "1.00", "2.00", "3.00", "7.00", "9.00", "10.00", "11.00", "30.00", "100.00", "200.00"]
     assert column(page, headers.index("seconds")) == expected
 
     page.get_by_role("button", name="prompt").click()

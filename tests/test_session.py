@@ -93,7 +93,7 @@ def test_sweep_expands_every_axis_and_labels_results(flux: Flux, server: Any) ->
 
 def test_cache_answers_identical_requests_for_free(flux: Flux, server: Any) -> None:
     first = flux.generate("cached", seed=5, width=64, height=64)
-    again = flux.generate("cached", seed=5, width=64, height=64)
+    again = flux.generate("cached", seed=5, width=64, height=64, tag="again")  # another tag: a row of its own
     fresh = flux.generate("cached", seed=5, width=64, height=64, fresh=True)
     assert again.cached and again.path == first.path and again.cost == 0
     assert not fresh.cached and fresh.record_id != first.record_id

@@ -28,6 +28,18 @@ _starter: LocalStarter | None = None
 _embedded_url: str | None = None
 
 
+def label_in_words(label: str) -> str:
+    """A backend label in words: ``BFL API``, ``local preview server``, ``endpoint HOST:PORT``."""
+    if label == "bfl":
+        return "BFL API"
+    if label.startswith("local:"):
+        return f"local {label.removeprefix('local:')} server"
+    for prefix in ("endpoint:", BILLED_PREFIX):
+        if label.startswith(prefix):
+            return f"endpoint {label.removeprefix(prefix).rstrip(':')}"
+    return label or "unknown backend"
+
+
 @dataclass(frozen=True)
 class Backend:
     """Where requests go, and how history labels them (the label is part of the cache key).

@@ -38,6 +38,7 @@ from flux_nb.errors import (
     UnknownOutcomeError,
 )
 from flux_nb.group_commit import GroupCommit
+from flux_nb.history.batches import Batch, new_batch
 from flux_nb.history.store import HistoryError, HistoryStore, Record, RecordStatus
 from flux_nb.http.client import AsyncFluxClient, Task, TaskResult
 
@@ -76,8 +77,10 @@ class Executor:
         """Run every request of ``batch`` at once; identical requests are sent once and shared.
 
         Each further index showing a shared result is a *use* of it (a row of its own, cost 0), so a
-        tag's or an experiment's rows match what the batch showed, one row per index.
+        tag's or an experiment's rows match what the batch showed, one row per index. Every row written
+        keeps the batch's id and axes; a cache hit this notebook already shows (a re-run) writes no row.
         """
+        marks = new_batch(p.labels for p in batch)
         first: dict[tuple[Any, ...], int] = {}
         copies: dict[int, list[int]] = {}
         for index, prepared in enumerate(batch):
@@ -88,12 +91,12 @@ class Executor:
             for index in copies[event.index] if isinstance(event, Progress) else [event.index]:
                 emit(replace(event, index=index))
 
-        begun = await self._begin({owner: batch[owner] for owner in copies})
+        begun = await self._begin({owner: batch[owner] for owner in copies}, marks)
 
         async def run_one(owner: int) -> dict[int, Result]:
-            result = await self._run_begun(owner, batch[owner], fan_out, begun[owner])
+            result = await self._run_begun(owner, batch[owner], fan_out, begun[owner], marks)
             extra = copies[owner][1:]
-            uses = await asyncio.to_thread(self._shared, result, [batch[i] for i in extra]) if extra else []
+            uses = await asyncio.to_thread(self._shared, result, [batch[i] for i in extra], marks) if extra else []
             for index, use in zip(extra, uses, strict=True):
                 emit(Finished(index, use))
             return {owner: result, **dict(zip(extra, uses, strict=True))}
@@ -106,18 +109,19 @@ class Executor:
             self.ledger.in_flight.difference_update(b for b in begun.values() if isinstance(b, str))
         return [shown[index] for index in range(len(batch))]
 
-    def _shared(self, result: Result, copies: list[PreparedRequest]) -> list[Result]:
+    def _shared(self, result: Result, copies: list[PreparedRequest], marks: Batch) -> list[Result]:
         """Results for the further indexes of a shared request: uses of its image when it has one."""
         if not result.ok:
             return [result for _ in copies]
         original = result.record_id
         return [
-            replace(result, record_id=self._use(original, p), cached=True, cost=0.0, tag=p.tag, labels=p.labels)
+            replace(result, record_id=self._use(original, p, marks), cached=True, cost=0.0, tag=p.tag, labels=p.labels)
             for p in copies
         ]
 
-    def _use(self, original_id: str, prepared: PreparedRequest) -> str:
-        """Record that ``prepared`` showed the image of ``original_id`` again; the use's id.
+    def _use(self, original_id: str, prepared: PreparedRequest, marks: Batch) -> str:
+        """Record that ``prepared`` showed the image of ``original_id`` again; the use's id (or the id of the
+        row of an earlier batch that already showed it here: a re-run adds no row).
 
         A history that cannot be written (opened read-only) keeps no use: the original's id is returned.
         """
@@ -129,6 +133,7 @@ class Executor:
             tag=prepared.tag,
             experiment=self.experiment() or None,
             labels=prepared.labels or None,
+            batch=marks,
         )
 
     async def execute(self, index: int, prepared: PreparedRequest, emit: Emit, record_id: str | None = None) -> Result:
@@ -137,9 +142,10 @@ class Executor:
         ``record_id`` sends an existing, never-sent record (left pending by a crash) instead of a new one.
         """
         if record_id is None:
-            begun = (await self._begin({index: prepared}))[index]
+            marks = new_batch([prepared.labels])
+            begun = (await self._begin({index: prepared}, marks))[index]
             if not isinstance(begun, str):
-                return await self._run_begun(index, prepared, emit, begun)
+                return await self._run_begun(index, prepared, emit, begun, marks)
             record_id = begun
         self.ledger.in_flight.add(record_id)
         try:
@@ -147,7 +153,7 @@ class Executor:
         finally:
             self.ledger.in_flight.discard(record_id)
 
-    async def _begin(self, batch: dict[int, PreparedRequest]) -> dict[int, Record | str | HistoryError]:
+    async def _begin(self, batch: dict[int, PreparedRequest], marks: Batch) -> dict[int, Record | str | HistoryError]:
         """How each request begins: the stored record that answers it (a cache hit), else the id of its new
         pending record, all written in one transaction before anything is sent (the first submit does not
         wait behind the others' rows), or the history's refusal to write them."""
@@ -159,7 +165,9 @@ class Executor:
         if not fresh:
             return begun
         given_up = threading.Event()
-        writing = asyncio.ensure_future(asyncio.to_thread(self._record_after_owed, list(fresh.values()), given_up))
+        writing = asyncio.ensure_future(
+            asyncio.to_thread(self._record_after_owed, list(fresh.values()), marks, given_up)
+        )
         try:
             ids = await asyncio.shield(writing)
         except HistoryError as exc:
@@ -175,13 +183,13 @@ class Executor:
             self.ledger.in_flight.difference_update(writing.result())
 
     async def _run_begun(
-        self, index: int, prepared: PreparedRequest, emit: Emit, begun: Record | str | HistoryError
+        self, index: int, prepared: PreparedRequest, emit: Emit, begun: Record | str | HistoryError, marks: Batch
     ) -> Result:
         """Show a cache hit (as a use of it), fail a request the history refused, or send a new record."""
         if isinstance(begun, HistoryError):
             return self._not_recorded(emit, index, prepared, begun)
         if isinstance(begun, Record):
-            use_id = await asyncio.to_thread(self._use, begun.record_id, prepared)
+            use_id = await asyncio.to_thread(self._use, begun.record_id, prepared, marks)
             shown = replace(self.result_from_record(begun, prepared, cached=True), record_id=use_id)
             return self._finished(emit, index, shown)
         return await self.execute(index, prepared, emit, record_id=begun)
@@ -191,12 +199,12 @@ class Executor:
         exc.hint = NOT_RECORDED_HINT if exc.retryable else exc.hint
         return self._finished(emit, index, self.result("", prepared, "failed", error=exc))
 
-    def _record_after_owed(self, batch: list[PreparedRequest], given_up: threading.Event) -> list[str]:
+    def _record_after_owed(self, batch: list[PreparedRequest], marks: Batch, given_up: threading.Event) -> list[str]:
         """Make what the history owes first, then write the records (in flight from their first moment, unless
         the batch was ``given_up`` meanwhile: then they are never in flight)."""
         self.ledger.flush()
         with CLAIMING:  # no ``resume`` of this process sees them written but not yet in flight
-            record_ids = self._record(batch)
+            record_ids = self._record(batch, marks)
             if not given_up.is_set():
                 self.ledger.in_flight.update(record_ids)
         return record_ids
@@ -264,7 +272,7 @@ class Executor:
             elapsed = time.time() - started
             return self.result(record_id, prepared, "submitted", error=exc, elapsed=elapsed, task_id=outcome.task.id)
 
-    def _record(self, batch: list[PreparedRequest]) -> list[str]:
+    def _record(self, batch: list[PreparedRequest], marks: Batch | None = None) -> list[str]:
         """Keep the inputs and write the pending records: before anything is sent."""
         for prepared in batch:
             for image in prepared.inputs:
@@ -283,6 +291,7 @@ class Executor:
                     "replay_of": prepared.replay_of,
                     "experiment": experiment,
                     "labels": prepared.labels or None,
+                    "batch": marks,
                 }
                 for prepared in batch
             ]

@@ -42,7 +42,7 @@ import pandas as pd
 from flux_nb.errors import ValidationError
 from flux_nb.history.files import IMAGE_PATH, image_file, url_reference
 from flux_nb.history.records import SHA256, RecordStatus
-from flux_nb.history.schema import DATABASE, create_schema, table_columns
+from flux_nb.history.schema import DATABASE, REVIEW_KEY, create_schema, table_columns
 from flux_nb.metadata.provenance import version as flux_nb_version
 from flux_nb.sqlite import in_immediate_transaction
 
@@ -110,7 +110,7 @@ def _copy_records(source: Path, target: Path, ids: list[str]) -> list[str]:
 def _copy_reviews(db: sqlite3.Connection) -> None:
     """Copy the reviews (stars, notes, favourites, tags) of the images the copied rows show."""
     tables = {row[0] for row in db.execute("SELECT name FROM src.sqlite_master WHERE type = 'table'")}
-    shown = "SELECT COALESCE(cached_from, record_id) FROM records"
+    shown = f"SELECT {REVIEW_KEY.format(r='records')} FROM records"
     for table in ("reviews", "review_tags"):
         if table not in tables:
             continue
@@ -118,7 +118,7 @@ def _copy_reviews(db: sqlite3.Connection) -> None:
             "SELECT sql FROM src.sqlite_master WHERE type = 'table' AND name = ?", (table,)
         ).fetchone()
         db.execute(schema)
-        db.execute(f"INSERT INTO {table} SELECT * FROM src.{table} WHERE record_id IN ({shown})")
+        db.execute(f"INSERT INTO {table} SELECT * FROM src.{table} WHERE (experiment, image) IN ({shown})")
 
 
 def _relative_image(path: Any, root: Path) -> str | None:

@@ -2,7 +2,10 @@
 
 Every image is inline (a data URI: thumbnails of about 256 px, grids at display size); the page
 loads nothing from anywhere, so it can be mailed, archived or opened offline. Sorting is a few
-lines of inline script: click a column header, click again to reverse.
+lines of inline script: click a column header, click again to reverse. By default it draws one grid
+per batch (a ``%%flux`` cell, a ``sweep`` call, a panel click) on that batch's own axes, with cached
+repeats folded; numbers read as in the notebook, backends in words; the page follows the reader's
+light or dark preference and fits a narrow screen.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from flux_nb.core.backend import label_in_words
 from flux_nb.errors import ValidationError
 from flux_nb.grids import Grid, GridPages, grid
+from flux_nb.history.batches import batch_frames, grid_axes_of
 from flux_nb.history.files import image_file
 from flux_nb.history.records import is_billed_label
 from flux_nb.images import thumbnail
@@ -47,8 +52,11 @@ SHOWN = (
     ("tags", "tags", False),
     ("tag", "tag", False),
 )
+# Shown with two decimals, as the notebook's history table shows them.
+TWO_DECIMALS = ("credits", "duration_s", "cost", "estimated_cost")
 STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#141414}
+:root{color-scheme:light dark}
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#141414;background:#fff}
 h1{font-size:22px;margin:0 0 4px}.muted{color:#666}
 .summary{display:flex;gap:24px;flex-wrap:wrap;margin:12px 0 20px}
 .summary div{background:#f3f3f3;border-radius:6px;padding:8px 12px}
@@ -58,6 +66,12 @@ vertical-align:top}th button{font:inherit;font-weight:600;background:none;border
 th[aria-sort=ascending] button::after{content:" ▲"}th[aria-sort=descending] button::after{content:" ▼"}
 img.thumb{max-width:128px;height:auto}td.prompt{max-width:360px}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.failed,td.moderated,td.unknown,td.cancelled{color:#b00020}
+.rows{overflow-x:auto}
+@media (prefers-color-scheme: dark){body{color:#e8e8e8;background:#161616}.muted{color:#a0a0a0}
+.summary div{background:#262626}figure img{border-color:#3a3a3a}th,td{border-bottom-color:#333}
+td.failed,td.moderated,td.unknown,td.cancelled{color:#ff6b81}}
+@media (max-width: 640px){body{margin:8px}td.prompt{max-width:180px}img.thumb{max-width:72px}
+.summary{gap:8px}}
 """
 SCRIPT = """
 document.querySelectorAll("table.records th button").forEach((button) => {
@@ -122,6 +136,8 @@ def _cell(name: str, row: Mapping[str, Any]) -> tuple[str, str]:
             return "", ""
         return f"{width}×{height}", str(int(width) * int(height))
     value = _credits(row) if name == "credits" else row.get(name)
+    if name == "backend" and not _missing(value):
+        return label_in_words(str(value)), label_in_words(str(value)).lower()
     if name == "favourite":
         return ("★", "1") if not _missing(value) and bool(value) else ("", "0")
     if _missing(value):
@@ -130,7 +146,7 @@ def _cell(name: str, row: Mapping[str, Any]) -> tuple[str, str]:
         text = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
         return text, text
     if isinstance(value, float):
-        return f"{value:.2f}" if name == "credits" else f"{value:g}", repr(value)
+        return (f"{value:.2f}" if name in TWO_DECIMALS else f"{value:.4g}"), repr(value)
     return str(value), str(value).lower() if isinstance(value, str) else str(value)
 
 
@@ -153,14 +169,39 @@ def _summary(frame: pd.DataFrame) -> str:
     return f'<section class="summary" aria-label="summary">{items}</section>'
 
 
-def _grids(frame: pd.DataFrame, grids: Iterable[Grid | GridPages | Mapping[str, Any]] | None) -> list[Grid]:
-    """The grid pages to show: those given, built from dicts of ``grid`` arguments, or seed × prompt."""
-    if grids is None:
-        ready = frame["status"] == "ready" if "status" in frame.columns else pd.Series(True, index=frame.index)
-        has_axes = {"seed", "prompt"} <= set(frame.columns)
-        grids = [{"x": "seed", "y": "prompt"}] if has_axes and ready.any() else []
+Grids = str | Iterable[Grid | GridPages | Mapping[str, Any] | str] | None
+
+
+def batch_grids(frame: pd.DataFrame, only: Iterable[str] | None = None) -> list[Grid]:
+    """One grid per batch of ``frame`` (or per batch id in ``only``, in that order) on the batch's own axes."""
+    batches = {batch_id: (axes, rows) for batch_id, axes, rows in batch_frames(frame)}
+    wanted = list(batches) if only is None else list(only)
+    unknown = [b for b in wanted if b not in batches]
+    if unknown:
+        known = ", ".join(b for b in batches if b) or "none"
+        raise ValidationError(f"no batch {unknown[0]!r} with axes in these rows (batches: {known})")
     pages: list[Grid] = []
-    for item in grids:
+    for batch_id in wanted:
+        axes, rows = batches[batch_id]
+        title = f"batch {batch_id} · {len(rows)} images" if batch_id else f"{len(rows)} images"
+        built = grid(rows, *grid_axes_of(axes), title=title)
+        pages.extend(built if isinstance(built, GridPages) else [built])
+    return pages
+
+
+def _grids(frame: pd.DataFrame, grids: Grids) -> list[Grid]:
+    """The grid pages to show: one per batch (None or "batches"), those of the batch ids given, grids given,
+    or grids built from dicts of ``grid`` arguments; "none" (or an empty list) draws none."""
+    if grids is None or grids == "batches":
+        return batch_grids(frame)
+    if grids == "none":
+        return []
+    items = [grids] if isinstance(grids, str | Mapping | Grid) else list(grids)
+    pages: list[Grid] = []
+    for item in items:
+        if isinstance(item, str):
+            pages.extend(batch_grids(frame, [item]))
+            continue
         built = grid(frame, **item) if isinstance(item, Mapping) else item
         pages.extend(built if isinstance(built, GridPages) else [built])
     return pages
@@ -202,13 +243,14 @@ def write_report(
     path_html: str | os.PathLike[str],
     *,
     title: str = "flux_nb experiment",
-    grids: Iterable[Grid | GridPages | Mapping[str, Any]] | None = None,
+    grids: Grids = None,
     thumbnail_size: int = THUMBNAIL,
 ) -> Path:
     """Write one self-contained HTML page for ``frame``'s rows; returns its path.
 
-    ``grids``: grids to show (``Grid``, ``GridPages``, or dicts of ``grid`` arguments such as
-    ``{"x": "seed", "y": "prompt"}``); by default a seed × prompt grid when the frame has both.
+    ``grids``: None or "batches" draws one grid per batch on its own axes (see ``history.batches``);
+    "none" draws none; else grids to show: batch ids, ``Grid``, ``GridPages``, or dicts of ``grid``
+    arguments such as ``{"x": "seed", "y": "prompt"}``.
     Relative ``image_path`` values (a bundle's tables) are read from ``history_dir``.
 
     >>> write_report(flux.history().tail(40), ".flux", "sweep.html", title="Fox sweep")  # doctest: +SKIP
@@ -226,7 +268,8 @@ def write_report(
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f'<h1>{html.escape(title)}</h1><p class="muted">{len(frame)} rows · written {stamp} by flux_nb '
         f"{html.escape(version())}</p>{_summary(frame)}"
-        f"{'<h2>Grids</h2>' + figures if figures else ''}<h2>Rows</h2>{_table(frame, root, thumbnail_size)}"
+        f"{'<h2>Grids</h2>' + figures if figures else ''}<h2>Rows</h2>"
+        f'<div class="rows">{_table(frame, root, thumbnail_size)}</div>'
         f"<script>{SCRIPT}</script></body></html>"
     )
     target = Path(path_html).expanduser()

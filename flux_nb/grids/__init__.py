@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -180,7 +181,8 @@ def grid(
     """A labelled grid: ``x`` values across, ``y`` values down, one page per ``z`` value.
 
     ``data`` is a history DataFrame (any column can be an axis) or a sweep's Results
-    (their labels, then their attributes). Several records for one cell: the last wins.
+    (their labels, then their attributes). Several records for one cell: the last wins, and the
+    cell says how many met there ("2 rows: newest shown").
     ``theme``: "light" or "dark" (None: the notebook's theme when known, else light);
     ``combined``: every Z page in one image; ``label``: column(s) written on each cell
     (``label="rating"``); ``sort``: rows and columns ordered by their best value of a column,
@@ -248,12 +250,14 @@ def _page(
     caption: str,
 ) -> Grid:
     """Lay out and draw one page; images are opened only for the cells that show them."""
-    # rows run oldest first: the newest wins, and values come in the order the newest rows were made (as typed)
+    # rows run oldest first: the newest wins, values come in the order the newest rows were made (as typed),
+    # and a cell several rows met in says so
+    keys = [(get_x(r), get_y(r)) for r in rows]
     latest: dict[tuple[Any, Any], Row] = {}
-    for made in rows:
-        key = (get_x(made), get_y(made))
+    for key, made in zip(keys, rows, strict=True):
         latest.pop(key, None)
         latest[key] = made
+    met = Counter(keys)
     xs, ys = ordered(k[0] for k in latest), ordered(k[1] for k in latest)
     if options.sort:
         xs = _best_first(xs, {v: [r for k, r in latest.items() if k[0] == v] for v in xs}, options.sort)
@@ -301,6 +305,8 @@ def _page(
             page.cell_boxes[(xv, yv)] = box
             page.cells[(xv, yv)] = row.get("record_id") if row else None
             words = " · ".join(cell_label(n, plain(row.get(n))) for n in options.labels) if row else ""
+            if met[(xv, yv)] > 1:
+                words = _join(words, f"{met[(xv, yv)]} rows: newest shown")
             if words:
                 page.cell_text[(xv, yv)] = words
             draw_cell(canvas, draw, box, row, style, words)

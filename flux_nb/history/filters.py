@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from flux_nb.errors import ValidationError
-from flux_nb.history.schema import COLUMNS
+from flux_nb.history.schema import COLUMNS, REVIEW_EXPERIMENT, REVIEW_IMAGE
 
-SHOWN = "COALESCE(records.cached_from, records.record_id)"
+# A row's review: the one of its experiment and the image it shows.
+_OF_ROW = f"v.experiment = {REVIEW_EXPERIMENT.format(r='records')} AND v.image = {REVIEW_IMAGE.format(r='records')}"
 _REVIEW = {
-    "rating": f"(SELECT rating FROM reviews v WHERE v.record_id = {SHOWN})",
-    "note": f"(SELECT note FROM reviews v WHERE v.record_id = {SHOWN})",
-    "favourite": f"COALESCE((SELECT favourite FROM reviews v WHERE v.record_id = {SHOWN}), 0)",
+    "rating": f"(SELECT rating FROM reviews v WHERE {_OF_ROW})",
+    "note": f"(SELECT note FROM reviews v WHERE {_OF_ROW})",
+    "favourite": f"COALESCE((SELECT favourite FROM reviews v WHERE {_OF_ROW}), 0)",
 }
 FILTERABLE = sorted([*COLUMNS, "cached", "tags", *_REVIEW])
 
@@ -55,7 +56,7 @@ def where_clause(equals: Mapping[str, Any]) -> tuple[str, list[Any]]:
             continue
         if name == "tags":
             for tag in [value] if isinstance(value, str) else list(value or []):
-                parts.append(f"EXISTS (SELECT 1 FROM review_tags t WHERE t.record_id = {SHOWN} AND t.tag = ?)")
+                parts.append(f"EXISTS (SELECT 1 FROM review_tags v WHERE {_OF_ROW} AND v.tag = ?)")
                 params.append(tag)
             continue
         if name == "favourite":

@@ -116,14 +116,15 @@ def to_pandas(table: Columns, root: Path, reviews: list[tuple[Any, ...]] | None)
 
 
 def _review_columns(table: Columns, reviews: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """Each row's review, found by the record it shows (a use shares its original's review).
+    """Each row's review, found by its experiment and the image it shows (see ``schema.REVIEW_KEY``).
 
-    ``reviews`` are rows of (record_id, rating, note, favourite, comma-joined tags).
+    ``reviews`` are rows of (experiment, image, rating, note, favourite, comma-joined tags).
     """
-    by_id = {row[0]: row[1:] for row in reviews}
+    by_key = {(row[0], row[1]): row[2:] for row in reviews}
     none = (None, None, 0, None)
-    ids = zip(table["cached_from"], table["record_id"], strict=True)
-    shown = [by_id.get(cached if cached is not None else record, none) for cached, record in ids]
+    columns = ("experiment", "image_sha256", "cached_from", "record_id")
+    keys = zip(*(table[name] for name in columns), strict=True)
+    shown = [by_key.get((e or "", sha or cached or record), none) for e, sha, cached, record in keys]
     rating, note, favourite, tags = zip(*shown, strict=True) if shown else ((), (), (), ())
     return {
         "rating": pd.array(rating, dtype="Int64"),

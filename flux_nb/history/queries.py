@@ -71,7 +71,7 @@ class Queries:
             return self._frame("0", []), token
         where, params = where_clause(equals)
         changed = f"records.rowid IN ({self._changed_rowids()})"
-        params = [token] * (3 if self._db.has("reviews") else 1) + params
+        params = [token] * (4 if self._db.has("reviews") else 1) + params
         changed_rows = self._frame(f"{changed}{' AND ' + where if where else ''}", params)
         return changed_rows, new_token
 
@@ -80,14 +80,15 @@ class Queries:
         each part is an indexed lookup, so asking costs little however long the history is."""
         sql = "SELECT rowid FROM records WHERE seq > ?"
         if self._db.has("reviews"):
-            reviewed = "SELECT record_id FROM reviews WHERE seq > ?"
+            reviewed = "SELECT image FROM reviews WHERE seq > ?"
+            sql += f" UNION SELECT rowid FROM records WHERE image_sha256 IN ({reviewed})"
             sql += f" UNION SELECT rowid FROM records WHERE record_id IN ({reviewed})"
             sql += f" UNION SELECT rowid FROM records WHERE cached_from IN ({reviewed})"
         return sql
 
     def changed_ids(self, token: int) -> list[str]:
         """Ids of the rows written (or whose image was reviewed) after change ``token``, whatever their values."""
-        params = [token] * (3 if self._db.has("reviews") else 1)
+        params = [token] * (4 if self._db.has("reviews") else 1)
         rows = self._db.read(f"SELECT record_id FROM records WHERE rowid IN ({self._changed_rowids()})", params)
         return [row[0] for row in rows]
 

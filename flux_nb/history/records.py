@@ -102,6 +102,8 @@ class Record:
     experiment: str | None = None
     cached_from: str | None = None  # a use: the record whose image a cache hit showed
     labels: str | None = None  # a sweep point's axis values, as JSON text
+    batch: str | None = None  # the batch it came from: one %%flux cell, one sweep/generate call, one panel click
+    batch_axes: str | None = None  # the names of the axes that batch varied, as a JSON list
     root: Path | None = None
 
     def request_fields(self) -> dict[str, Any]:

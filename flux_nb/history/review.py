@@ -1,8 +1,10 @@
 """A person's review of records: stars, a note, tags, a favourite mark, kept beside the records.
 
-A review belongs to the image a row shows: reviewing a use (a cache hit shown again) reviews
-the original record, so every row showing that image shows the same review. The records
-themselves never change; each review write takes a change number, so refreshes see it.
+A review belongs to the experiment it was made in and the image a row shows: reviewing a row reviews
+its image in its experiment, so every row of that experiment showing that image (the original, a cache
+hit, a replay that made the same bytes, a bundle's copy) shows the same review, and another experiment's
+review of the same image stays its own. The records themselves never change; each review write takes a
+change number, so refreshes see it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from flux_nb.errors import ValidationError
 from flux_nb.history.database import Database, next_seq
+from flux_nb.history.schema import REVIEW_KEY
 
 MAX_TAG = 64
 MAX_NOTE = 10_000
@@ -70,22 +73,34 @@ def originals(db: sqlite3.Connection, ids: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(found[i] for i in ids))
 
 
-def _touch(db: sqlite3.Connection, record_id: str, seq: int) -> None:
+def review_keys(db: sqlite3.Connection, ids: Sequence[str]) -> list[tuple[str, str]]:
+    """The (experiment, image) reviews the rows ``ids`` show, in order, without repeats."""
+    keys: list[tuple[str, str]] = []
+    for chunk in range(0, len(ids), 500):
+        part = ids[chunk : chunk + 500]
+        sql = f"SELECT {REVIEW_KEY.format(r='records')} FROM records WHERE record_id IN ({', '.join('?' * len(part))})"
+        keys.extend(db.execute(sql, part).fetchall())
+    return list(dict.fromkeys(keys))
+
+
+def _touch(db: sqlite3.Connection, key: tuple[str, str], seq: int) -> None:
     db.execute(
-        "INSERT INTO reviews (record_id, seq) VALUES (?, ?) ON CONFLICT (record_id) DO UPDATE SET seq = excluded.seq",
-        (record_id, seq),
+        "INSERT INTO reviews (experiment, image, seq) VALUES (?, ?, ?) "
+        "ON CONFLICT (experiment, image) DO UPDATE SET seq = excluded.seq",
+        (*key, seq),
     )
 
 
 def set_field(database: Database, ids: Sequence[str], column: str, value: object, doing: str) -> list[str]:
-    """Set one review column (rating, note or favourite) on the records ``ids`` show; returns those records."""
+    """Set one review column (rating, note or favourite) on the images the rows ``ids`` show, each in its
+    row's experiment; returns the records those rows show."""
 
     def work(db: sqlite3.Connection) -> list[str]:
         targets = originals(db, ids)
         seq = next_seq(db)
-        for record_id in targets:
-            _touch(db, record_id, seq)
-            db.execute(f"UPDATE reviews SET {column} = ? WHERE record_id = ?", (value, record_id))
+        for key in review_keys(db, ids):
+            _touch(db, key, seq)
+            db.execute(f"UPDATE reviews SET {column} = ? WHERE experiment = ? AND image = ?", (value, *key))
         return targets
 
     return database.write(work, doing)
@@ -95,19 +110,21 @@ def change_tags(database: Database, ids: Sequence[str], add: Sequence[str], remo
     def work(db: sqlite3.Connection) -> list[str]:
         targets = originals(db, ids)
         seq = next_seq(db)
-        for record_id in targets:
-            _touch(db, record_id, seq)
-            db.executemany("INSERT OR IGNORE INTO review_tags VALUES (?, ?)", [(record_id, t) for t in add])
-            db.executemany("DELETE FROM review_tags WHERE record_id = ? AND tag = ?", [(record_id, t) for t in remove])
+        for key in review_keys(db, ids):
+            _touch(db, key, seq)
+            db.executemany("INSERT OR IGNORE INTO review_tags VALUES (?, ?, ?)", [(*key, t) for t in add])
+            db.executemany(
+                "DELETE FROM review_tags WHERE experiment = ? AND image = ? AND tag = ?", [(*key, t) for t in remove]
+            )
         return targets
 
     return database.write(work, "change tags")
 
 
 REVIEWS_SQL = """
-    SELECT r.record_id, r.rating, r.note, r.favourite,
-           (SELECT group_concat(tag, ',') FROM (SELECT tag FROM review_tags t WHERE t.record_id = r.record_id
-                                                ORDER BY tag))
+    SELECT r.experiment, r.image, r.rating, r.note, r.favourite,
+           (SELECT group_concat(tag, ',') FROM (SELECT tag FROM review_tags t
+                                                WHERE t.experiment = r.experiment AND t.image = r.image ORDER BY tag))
     FROM reviews r
 """
 

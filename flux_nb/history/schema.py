@@ -2,8 +2,10 @@
 
 records       one row per request (or per use of an earlier image), mirroring ``Record``;
               ``seq`` is the change number of its last write (see ``changes``)
-reviews       a person's rating, note and favourite mark on a record (the record stays as it was)
-review_tags   a person's tags on a record, one row per tag
+reviews       a person's rating, note and favourite mark on an image within one experiment, keyed by
+              (experiment, image): ``experiment`` is "" for none, ``image`` the image's SHA-256 (a row without
+              an image: the record it shows); the records stay as they were
+review_tags   a person's tags on an image within one experiment, one row per tag
 changes       one counter: every write takes the next number, so a reader asks "what changed since n?"
 """
 
@@ -29,7 +31,7 @@ _SQL_TYPES = {
 RECORD_FIELDS = [f.name for f in fields(Record) if f.name != "root"]
 COLUMNS: dict[str, str] = {f.name: _SQL_TYPES[str(f.type)] for f in fields(Record) if f.name != "root"}
 COLUMNS["record_id"] = "TEXT PRIMARY KEY"
-INDEXED = ("request_key", "status", "created_at", "seq", "cached_from")
+INDEXED = ("request_key", "status", "created_at", "seq", "cached_from", "image_sha256")
 # Filters that read the newest rows first (``%flux history 20 --tag T``): an index on (column, created_at)
 # hands over the newest matches without sorting every match.
 NEWEST_FIRST = ("notebook", "tag", "experiment")
@@ -41,11 +43,16 @@ TEXT_COLUMNS = [name for name, kind in COLUMNS.items() if kind.startswith("TEXT"
 REVIEW_COLUMNS = ["rating", "note", "tags", "favourite"]
 FRAME_COLUMNS = [*COLUMNS, "cached", *REVIEW_COLUMNS]
 
+# The review a row shows: the one of its experiment and its image.
+REVIEW_EXPERIMENT = "IFNULL({r}.experiment, '')"
+REVIEW_IMAGE = "COALESCE({r}.image_sha256, {r}.cached_from, {r}.record_id)"
+REVIEW_KEY = f"{REVIEW_EXPERIMENT}, {REVIEW_IMAGE}"
+
 _TABLES = [
-    "CREATE TABLE IF NOT EXISTS reviews (record_id TEXT PRIMARY KEY, rating INTEGER, note TEXT, "
-    "favourite INTEGER NOT NULL DEFAULT 0, seq INTEGER)",
-    "CREATE TABLE IF NOT EXISTS review_tags (record_id TEXT NOT NULL, tag TEXT NOT NULL, "
-    "PRIMARY KEY (record_id, tag)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS reviews (experiment TEXT NOT NULL, image TEXT NOT NULL, rating INTEGER, "
+    "note TEXT, favourite INTEGER NOT NULL DEFAULT 0, seq INTEGER, PRIMARY KEY (experiment, image))",
+    "CREATE TABLE IF NOT EXISTS review_tags (experiment TEXT NOT NULL, image TEXT NOT NULL, tag TEXT NOT NULL, "
+    "PRIMARY KEY (experiment, image, tag)) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS reviews_seq ON reviews (seq)",
     "CREATE INDEX IF NOT EXISTS review_tags_tag ON review_tags (tag)",
     "CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL)",
@@ -65,9 +72,31 @@ def create_schema(db: sqlite3.Connection) -> None:
         db.execute(f"CREATE INDEX IF NOT EXISTS records_{column} ON records ({column})")
     for column in NEWEST_FIRST:
         db.execute(f"CREATE INDEX IF NOT EXISTS records_{column}_newest ON records ({column}, created_at)")
+    old_reviews = "reviews" in tables(db) and "record_id" in table_columns(db, "reviews")
+    if old_reviews:
+        for name in ("reviews_seq", "review_tags_tag"):
+            db.execute(f"DROP INDEX IF EXISTS {name}")
+        db.execute("ALTER TABLE reviews RENAME TO reviews_by_record")
+        db.execute("ALTER TABLE review_tags RENAME TO review_tags_by_record")
     for statement in _TABLES:
         db.execute(statement)
+    if old_reviews:
+        _move_reviews(db)
     create_spent_totals(db)
+
+
+def _move_reviews(db: sqlite3.Connection) -> None:
+    """Give every (experiment, image) that showed a reviewed record the record's review (the newest
+    review wins where two records showed one image), then drop the old tables keyed by record."""
+    shown = "JOIN records r ON (r.record_id = o.record_id OR r.cached_from = o.record_id)"
+    key = REVIEW_KEY.format(r="r")
+    db.execute(
+        f"INSERT OR REPLACE INTO reviews SELECT DISTINCT {key}, o.rating, o.note, o.favourite, o.seq "
+        f"FROM reviews_by_record o {shown} ORDER BY o.seq"
+    )
+    db.execute(f"INSERT OR IGNORE INTO review_tags SELECT DISTINCT {key}, o.tag FROM review_tags_by_record o {shown}")
+    db.execute("DROP TABLE reviews_by_record")
+    db.execute("DROP TABLE review_tags_by_record")
 
 
 # A ready record that is not a use is a billed (or would-be billed) request; its credits are the cost
@@ -130,6 +159,7 @@ def needs_migration(db: sqlite3.Connection) -> bool:
     return (
         not {"records", "reviews", "review_tags", "changes"} <= tables(db)
         or not {*COLUMNS, "seq"} <= table_columns(db, "records")
+        or "record_id" in table_columns(db, "reviews")
         or not {f"records_{c}" for c in INDEXED} | {f"records_{c}_newest" for c in NEWEST_FIRST} <= indexes
         or "spent_update" not in {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     )

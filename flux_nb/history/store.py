@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from flux_nb.errors import HistoryError, RecordTakenError
 from flux_nb.history import storage_errors
+from flux_nb.history.batches import Batch
 from flux_nb.history.database import BUSY_TIMEOUT_S, Database, next_seq
 from flux_nb.history.files import url_reference, write_file
 from flux_nb.history.queries import Queries
@@ -72,8 +73,14 @@ _FINAL = tuple(s for s in RecordStatus if s != RecordStatus.PENDING)
 # A use copies its original's request and result; these columns say what is new about it.
 _USE_OWN = ("record_id", "created_at", "updated_at", "notebook", "tag", "experiment", "owner", "labels",
             "cached_from", "cost", "estimated_cost", "ready_at", "finished_at", "duration_s", "seq")  # fmt: skip
+# The row of an earlier batch that already shows an image here (same notebook, experiment, tag and labels).
+_SHOWN_HERE = (
+    "SELECT record_id FROM records WHERE image_sha256 = ? AND request_key IS ? AND status = 'ready' "
+    "AND notebook IS ? AND experiment IS ? AND tag IS ? AND labels IS ? AND batch IS NOT ? "
+    "ORDER BY created_at, rowid"
+)
 _USE_EMPTY = ("webhook_url", "replay_of", "task_id", "polling_url", "submitted_at", "input_mp", "output_mp",
-              "error_kind", "error")  # fmt: skip
+              "error_kind", "error", "batch", "batch_axes")  # fmt: skip
 
 
 def _taken(record_id: str, status: str) -> RecordTakenError:
@@ -272,10 +279,12 @@ class HistoryStore:
         replay_of: str | None = None,
         experiment: str | None = None,
         labels: dict[str, Any] | None = None,
+        batch: Batch | None = None,
     ) -> str:
         """Write a pending record before the request is sent; returns its id (12 hex digits)."""
         fields: dict[str, Any] = dict(backend=backend, endpoint=endpoint, notebook=notebook, input_hashes=input_hashes)
         fields.update(estimated_cost=estimated_cost, tag=tag, replay_of=replay_of, experiment=experiment, labels=labels)
+        fields.update(batch=batch)
         return self.create_many([{"request": request, **fields}])[0]
 
     def create_many(self, requests: list[dict[str, Any]]) -> list[str]:
@@ -316,6 +325,8 @@ class HistoryStore:
             experiment=as_text(fields.get("experiment")),
             labels=labels_json(fields.get("labels")),
         )
+        if (batch := fields.get("batch")) is not None:
+            row.update(batch=batch.id, batch_axes=batch.axes_json)
         return row
 
     def _insert(self, row: dict[str, Any], doing: str, copy_of: str | None = None) -> str:
@@ -345,12 +356,17 @@ class HistoryStore:
         experiment: str | None = None,
         owner: str | None = None,
         labels: dict[str, Any] | None = None,
+        batch: Batch | None = None,
     ) -> str:
         """Record that a cell showed a ready record's image again (a cache hit); returns the use's id.
 
         The use copies the request and the result, costs 0, and points at the original in
         ``cached_from`` (a use of a use points at the first original). KeyError for an unknown
         record, ValueError for one without an image.
+
+        With ``batch``, a row of an earlier batch that already shows this image here (same notebook,
+        experiment, tag and labels; one not shown again by this batch yet) is returned instead and
+        nothing is written: re-running a notebook leaves its history as it was.
         """
         original = self.get(original_record_id)
         if original is None or original.record_id != original_record_id:
@@ -363,7 +379,20 @@ class HistoryStore:
         row.update(tag=as_text(tag), experiment=as_text(experiment), owner=as_text(owner) or process_owner())
         row.update(labels=labels_json(labels), cached_from=original.cached_from or original.record_id, cost=0.0)
         row.update(estimated_cost=0.0, ready_at=now, finished_at=now, duration_s=0.0)
-        return self._insert(row, "record a cached image's use", copy_of=original.record_id)
+        if batch is None:
+            return self._insert(row, "record a cached image's use", copy_of=original.record_id)
+        row.update(batch=batch.id, batch_axes=batch.axes_json)
+        same = (original.image_sha256, original.request_key, row["notebook"], row["experiment"], row["tag"])
+
+        def show(db: sqlite3.Connection) -> str:
+            for (earlier,) in db.execute(_SHOWN_HERE, (*same, row["labels"], batch.id)).fetchall():
+                if earlier not in batch.shown_again:
+                    batch.shown_again.add(earlier)
+                    return str(earlier)
+            self._insert_row(db, row, original.record_id)
+            return str(row["record_id"])
+
+        return self._db.write(show, "record a cached image's use")
 
     def mark_sending(self, record_id: str) -> None:
         """The submit is about to go out: from now on a crash leaves its outcome unknown.
@@ -416,7 +445,10 @@ class HistoryStore:
         result_seed: int | None,
         cost: float | None = None,
     ) -> Path:
-        """Store the image by hash, then complete the record; returns the image's absolute path."""
+        """Store the image by hash, then complete the record; returns the image's absolute path.
+
+        A request that left its size to the API (an edit without one) records the output's size as its own.
+        """
         relative, digest = self.save_image(image, ext)
         values: dict[str, Any] = dict(status=RecordStatus.READY.value, image_path=relative, image_sha256=digest)
         values.update(out_width=as_int(width), out_height=as_int(height), ready_at=as_float(ready_at))
@@ -424,6 +456,9 @@ class HistoryStore:
         values.update(result_seed=as_int(seed_to_sql(result_seed)), error_kind=None, error=None)
         if as_float(cost) is not None:
             values["cost"] = as_float(cost)
+        record = self.get(record_id)
+        if record is not None and record.width is None and record.height is None:
+            values.update(width=values["out_width"], height=values["out_height"])
         self._update(record_id, values, doing="complete a record")
         return self.root / relative
 

@@ -176,7 +176,10 @@ def cost(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
     )
 
 
-GRID_USAGE = "[--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--experiment NAME] [--tag TAG] [--save PATH]"
+GRID_USAGE = (
+    "[--x FIELD [--y FIELD]] [--z FIELD] [--where EXPR] [--experiment NAME] [--tag TAG] [--label FIELD[,FIELD]] "
+    "[--sort FIELD] [--save PATH]"
+)
 
 
 def _grid_options(parser: argparse.ArgumentParser) -> None:
@@ -185,6 +188,8 @@ def _grid_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--z", help="field that makes pages (one PNG each)")
     parser.add_argument("--where", help="pandas query on the history, e.g. \"model == 'flux-2-pro' and seed > 3\"")
     parser.add_argument("--save", help="PNG path (default: a new file in the history's grids folder)")
+    parser.add_argument("--label", help="fields written under each image, e.g. model,seed")
+    parser.add_argument("--sort", help="field the values of each axis are sorted by")
     _filters(parser)
 
 
@@ -206,11 +211,12 @@ def grid(session: Flux, options: argparse.Namespace, front: Front) -> Any:
         )
     x, y = (options.x, options.y) if options.x is not None else ("seed", "prompt")
     frame = selection.select(session, options.where, **selection.filters(options.experiment, options.tag))
-    result = draw(frame, x=x, y=y, z=options.z)
+    label = [name for name in (options.label or "").split(",") if name]
+    result = draw(frame, x=x, y=y, z=options.z, label=label, sort=options.sort)
     target = options.save
     if target is None and not front.rich:
         target = free_path(Path(session.history_dir) / "grids", f"grid-{time.strftime('%Y%m%d-%H%M%S')}")
-    saved = save_grid(result, target) if target else None
+    saved = save_grid(result, target, frame) if target else None
     if front.rich:
         return result
     paths = saved if isinstance(saved, list) else [saved]
@@ -387,6 +393,7 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
 def _report_options(parser: argparse.ArgumentParser) -> None:
     _export_options(parser)
     parser.add_argument("--title", help="page title (default: the experiment or tag)")
+    parser.add_argument("--grids", default="batches", help="batches (one grid each), none, or record ids ID,ID")
 
 
 def _selected(session: Flux, options: argparse.Namespace, what: str) -> Any:
@@ -408,13 +415,14 @@ def export(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
 
 @verb(
     "write history rows as one self-contained HTML page",
-    "PATH [--experiment NAME] [--tag TAG] [--title TEXT]",
+    "PATH [--experiment NAME] [--tag TAG] [--title TEXT] [--grids batches|none|ID,ID]",
     _report_options,
 )
 def report(session: Flux, options: argparse.Namespace, front: Front) -> Shown:
     frame = _selected(session, options, "report")
     title = options.title or options.experiment or options.tag or "flux_nb report"
-    written = session.report(frame, options.path, title=title)
+    grids: str | list[str] = options.grids if options.grids in ("batches", "none") else options.grids.split(",")
+    written = session.report(frame, options.path, title=title, grids=grids)
     return _done(front, f"report of {len(frame)} row(s) written to {written or options.path}")
 
 
@@ -437,10 +445,16 @@ def panel(session: Flux, options: argparse.Namespace, front: Front) -> Any:
     return session.panel()
 
 
-def save_grid(result: Any, target: str | Path) -> Path | list[Path]:
-    """Save a grid, turning an unwritable target into one clear line."""
+def save_grid(result: Any, target: str | Path, frame: Any = None) -> Path | list[Path]:
+    """Save a grid (with ``frame``, the rows it was drawn from: each cell's request written into the PNG),
+    turning an unwritable target into one clear line."""
+    from flux_nb.export.grids import save_grid as save_with_requests
+
     try:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
+        if frame is not None:
+            saved = save_with_requests(result, frame, target)
+            return saved if isinstance(result, list) else saved[0]
         return result.save(target)
     except OSError as exc:
         raise ValidationError(f"could not save the grid to {target}: {exc.strerror or exc}") from None

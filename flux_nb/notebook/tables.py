@@ -12,15 +12,24 @@ from typing import Any
 
 import pandas as pd
 
-from flux_nb.history.records import BILLED_PREFIX, is_billed_label
+from flux_nb.core.backend import label_in_words
+from flux_nb.history.records import is_billed_label
 from flux_nb.notebook.render import shown_path, thumb_img
 
-HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag")
+HISTORY_COLUMNS = (
+    *("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag"),
+    *("rating", "fav", "note"),
+)
 EMPTY_HISTORY = "no history yet: run a %%flux cell"
 
 
 def _text(value: Any) -> str:
     return "" if value is None or (not isinstance(value, (list, tuple)) and pd.isna(value)) else str(value)
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text[:width] + ("…" if len(text) > width else "")
 
 
 def _history_rows(
@@ -43,6 +52,9 @@ def _history_rows(
             "" if pd.isna(row["cost"]) else f"{row['cost']:.2f}",
             "" if pd.isna(row["duration_s"]) else f"{row['duration_s']:.2f}",
             _text(row["tag"]),
+            _text(row.get("rating")),
+            "★" if bool(row.get("favourite", False)) else "",
+            _short(_text(row.get("note")), prompt_width // 2),
         ]
         rows.append((path if isinstance(path, str) else None, [str(v) for v in values]))
     return rows
@@ -73,16 +85,7 @@ def history_text(frame: pd.DataFrame, limit: int = 20, empty: str = EMPTY_HISTOR
 
 def backend_name(backend: Any) -> str:
     """A backend label in words: ``BFL API``, ``local preview server``, ``endpoint HOST:PORT``."""
-    label = _text(backend)
-    if label == "bfl":
-        return "BFL API"
-    if label.startswith("local:"):
-        return f"local {label.removeprefix('local:')} server"
-    if label.startswith("endpoint:"):
-        return f"endpoint {label.removeprefix('endpoint:').rstrip(':')}"
-    if label.startswith(BILLED_PREFIX):
-        return f"endpoint {label.removeprefix(BILLED_PREFIX).rstrip(':')}"
-    return label or "unknown backend"
+    return label_in_words(_text(backend))
 
 
 def _money(value: Any) -> str:
