@@ -111,9 +111,9 @@ filled from the notebook's variables (plain names only): text and numbers are wr
 a list, tuple, range or pandas Series sweeps, as an axis named after the variable.
 ``{a|b|c}`` sweeps the alternatives (axes alt1, alt2, ... in order; ``{light=dawn|dusk}``
 names the axis light); ``{{`` and ``}}`` are literal braces. ``--vary NAME=FIND,REPLACEMENT,...``
-replaces FIND in the prompt by each value in turn (an axis NAME). Any list or range of options sweeps too: every combination is
-generated concurrently and shown as a labelled grid (in a terminal: listed in grid order and
-saved as a PNG).
+replaces FIND in the prompt by each value in turn (an axis NAME). Any list or range of options
+sweeps too: every combination is generated concurrently and shown as a labelled grid (in a
+terminal: listed in grid order and saved as a PNG).
 
 The magics use the notebook's ``flux`` variable when it holds a Flux (for example
 ``flux = Flux(endpoint=..., api_key=...)`` typed in a cell), else the session ``%load_ext`` made.
