@@ -16,10 +16,8 @@ from flux_nb.core.backend import label_in_words
 from flux_nb.history.records import is_billed_label
 from flux_nb.notebook.render import shown_path, thumb_img
 
-HISTORY_COLUMNS = (
-    *("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag"),
-    *("rating", "fav", "note"),
-)
+REVIEW_COLUMNS = ("rating", "fav", "note")
+HISTORY_COLUMNS = ("id", "time", "status", "prompt", "seed", "size", "model", "credits", "s", "tag", *REVIEW_COLUMNS)
 EMPTY_HISTORY = "no history yet: run a %%flux cell"
 
 
@@ -80,7 +78,8 @@ def history_text(frame: pd.DataFrame, limit: int = 20, empty: str = EMPTY_HISTOR
     table = pd.DataFrame(
         [[*values, shown_path(path) if path else ""] for path, values in rows], columns=[*HISTORY_COLUMNS, "image"]
     )
-    return table.to_string(index=False)
+    unreviewed = [c for c in REVIEW_COLUMNS if (table[c] == "").all()]  # a terminal line has no room to spare
+    return table.drop(columns=unreviewed).to_string(index=False)
 
 
 def backend_name(backend: Any) -> str:
