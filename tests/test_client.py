@@ -325,6 +325,7 @@ async def test_the_key_goes_to_the_api_but_never_to_delivery_urls(scripted: Scri
     assert scripted.seen_keys[-1] is None
 
 
+@pytest.mark.slow  # seconds of real waiting; the full suite runs it
 async def test_sixty_tasks_against_a_24_task_limit_all_finish(server_factory: Any) -> None:
     server = server_factory(latency=0.3, max_active=24)
     async with AsyncFluxClient(None, server.url, max_active=60, retry=FAST_RETRY) as client:

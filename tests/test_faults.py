@@ -224,6 +224,7 @@ def flux_for(url: str, history_dir: Path, **options: Any) -> Flux:
     return flux
 
 
+@pytest.mark.slow  # seconds of real waiting; the full suite runs it
 async def test_a_poll_429_storm_is_waited_out(server_factory: Any) -> None:
     # More 429s than FAST.attempts: a poll is a GET, so it is repeated until the task's deadline.
     server = server_factory(faults=FaultPlan(poll_429=Fault(on=frozenset(range(1, 15)))))
@@ -246,6 +247,7 @@ def test_rate_limited_polls_never_fail_a_paid_task(server_factory: Any, history_
     assert list(flux.history()["status"]) == ["ready"]
 
 
+@pytest.mark.slow  # seconds of real waiting; the full suite runs it
 def test_polls_rate_limited_past_the_deadline_stay_submitted_then_resume(
     server_factory: Any, history_dir: Path
 ) -> None:

@@ -86,6 +86,7 @@ async def test_an_image_trickling_a_byte_a_second_meets_one_overall_deadline(hos
     assert server.streamed <= 3  # a per-read timeout alone would have waited for every byte
 
 
+@pytest.mark.slow  # seconds of real waiting; the full suite runs it
 async def test_a_poll_answer_trickling_ends_in_a_timeout(hostile: Any) -> None:
     server = hostile("trickle_json")
     submitted, error = await run(server, task_timeout=1.5)

@@ -129,6 +129,7 @@ def test_errors_show_in_the_panel_and_send_nothing(flux: Flux) -> None:
     assert panel._future is None and not panel.generate.disabled
 
 
+@pytest.mark.slow  # seconds of real waiting; the full suite runs it
 def test_cancel_stops_waiting_and_keeps_the_record_for_resume(server_factory: Any, history_dir: Path) -> None:
     server = server_factory(latency=3.0)
     flux = Flux(endpoint=server.url, history_dir=history_dir)

@@ -150,6 +150,7 @@ def test_the_active_limit_answers_429_with_retry_after(server_factory: Any, http
     assert stats["active"] == 3 and stats["peak_active"] == 3 and stats["rejected"] == 2
 
 
+@pytest.mark.slow  # seconds of real waiting; the full suite runs it
 def test_progress_rises_while_pending(server_factory: Any, http: httpx.Client) -> None:
     server = server_factory(latency=3.0)
     body = http.post(f"{server.url}/v1/flux-2-klein-4b", json={"prompt": "x", "width": 64, "height": 64}).json()
@@ -163,6 +164,7 @@ def test_progress_rises_while_pending(server_factory: Any, http: httpx.Client) -
     assert wait_ready(http, body["polling_url"])["progress"] == 1.0
 
 
+@pytest.mark.slow  # seconds of real waiting; the full suite runs it
 def test_delivery_urls_expire_and_reject_traversal(server_factory: Any, http: httpx.Client) -> None:
     ttl = 2.0  # the first download, right after Ready, lands well inside it even on a loaded machine
     server = server_factory(delivery_ttl=ttl)

@@ -379,6 +379,7 @@ def test_every_interface_only_when_asked(grpc_binds: list[str]) -> None:
     assert grpc_binds == ["[::]:0"]
 
 
+@pytest.mark.slow  # seconds of real waiting; the full suite runs it
 def test_serve_with_ray_builds_replicas_that_listen_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     serve = pytest.importorskip("ray.serve")
     from flux_nb.server import ray_serve

@@ -233,6 +233,7 @@ def test_resume_finishes_every_task_after_a_kill_9(server_factory: Any, history_
     assert server.stats()["most_tasks_for_one_request"] == 1
 
 
+@pytest.mark.slow  # seconds of real waiting; the full suite runs it
 def test_cancelling_a_batch_tells_never_sent_requests_from_submitted_ones(
     server_factory: Any, history_dir: Path
 ) -> None:
