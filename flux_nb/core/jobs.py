@@ -19,6 +19,7 @@ from flux_nb.core.batch import PreparedRequest
 from flux_nb.core.events import Emit, Finished, Progress
 from flux_nb.core.in_flight import CLAIMING, Ledger, is_retryable
 from flux_nb.core.loop import settled_gather
+from flux_nb.core.made_from import made_from
 from flux_nb.core.outcomes import (
     NOT_RECORDED_HINT,
     NOT_SENT_HINT,
@@ -410,8 +411,20 @@ class Executor:
                 raise
 
     def result(self, record_id: str, prepared: PreparedRequest, status: str, **fields: Any) -> Result:
-        return result_of(record_id, prepared, status, billed=self.backend.billed, **fields)
+        result = result_of(record_id, prepared, status, billed=self.backend.billed, **fields)
+        return self._made_from(result, [image.sha256 for image in prepared.inputs])
 
     def result_from_record(self, record: Record, prepared: PreparedRequest | None = None, *, cached: bool) -> Result:
         """A Result for a stored record (a cache hit, or an old record shown beside its replay)."""
-        return result_of_record(record, prepared, cached=cached, billed=self.backend.billed)
+        result = result_of_record(record, prepared, cached=cached, billed=self.backend.billed)
+        return self._made_from(result, record.input_hashes)
+
+    def _made_from(self, result: Result, digests: list[str]) -> Result:
+        """``result`` naming the reference images it was made from (a ready edit's; a history that cannot be read
+        leaves them unnamed)."""
+        if not digests or result.status != "ready":
+            return result
+        try:
+            return replace(result, references=made_from(self.store, digests))
+        except HistoryError:
+            return result

@@ -45,6 +45,15 @@ def presenter() -> Presenter:
     return _presenter
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A reference image a result was made from: its name (the record id of the result it came from, else a short
+    name) and its file, to show small (None where only a URL is known)."""
+
+    name: str
+    path: Path | None = None
+
+
 @dataclass
 class Result:
     """One request's outcome: its image on disk and everything needed to replay it.
@@ -73,6 +82,8 @@ class Result:
     tag: str | None = None
     error: FluxError | None = field(default=None, repr=False)
     labels: dict[str, Any] = field(default_factory=dict)
+    #: The reference images of an edit, in the order they were sent.
+    references: tuple[Reference, ...] = ()
 
     @property
     def ok(self) -> bool:

@@ -305,6 +305,8 @@ def _page(
             page.cell_boxes[(xv, yv)] = box
             page.cells[(xv, yv)] = row.get("record_id") if row else None
             words = " · ".join(cell_label(n, plain(row.get(n))) for n in options.labels) if row else ""
+            if row and row.get("references"):
+                words = _join(words, "made from " + ", ".join(r.name for r in row["references"]))
             if met[(xv, yv)] > 1:
                 words = _join(words, f"{met[(xv, yv)]} rows: newest shown")
             if words:

@@ -7,6 +7,7 @@ sixth of a cell (a header still fits several words).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +132,7 @@ def draw_cell(
         offset = (left + (cell - image.width) // 2, top + (cell - image.height) // 2)
         canvas.paste(image, offset, image if image.mode == "RGBA" else None)
         image.close()
+        draw_references(canvas, box, row.get("references") or ())
     else:
         reason = row.get("error") or ("image file not found" if status in ("ready", None) else "no image")
         lines = wrap_text(f"{status or 'failed'}: {reason}", cell - 2 * GAP, (cell - 2 * GAP) // line, style.size)
@@ -140,3 +142,18 @@ def draw_cell(
         draw.rectangle(band, fill=theme.background)
         text = wrap_text(caption, cell - 2 * GAP, 1, style.size)
         draw_lines(draw, text, (left + GAP, band[1] + GAP // 2, right - GAP, bottom), theme.text, style)
+
+
+def draw_references(canvas: Image.Image, box: Box, references: Sequence[Any]) -> None:
+    """Small thumbnails of an edit's reference images along the top of its cell (a ``Reference``'s ``path``)."""
+    left, top, right, _ = box
+    side = max(16, (right - left) // 5)
+    for index, reference in enumerate(references):
+        x = left + GAP + index * (side + GAP)
+        path = getattr(reference, "path", None)
+        if x + side > right or path is None:
+            continue
+        thumb = load_cell(str(path), side)
+        if thumb is not None:
+            canvas.paste(thumb.convert("RGB"), (x, top + GAP))
+            thumb.close()

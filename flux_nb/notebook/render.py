@@ -49,6 +49,8 @@ STYLE = "<style>@keyframes flux-spin{to{transform:rotate(360deg)}}</style>"
 #: A failure's mark: one ASCII character in a ring drawn with CSS (emoji glyphs are missing on many systems).
 MARKS = {"failed": "!", "moderated": "×", "unknown": "?", "cancelled": "–", "error": "!"}
 WAITING = {"submitted", "pending", "sending", "queued"}
+#: Pixels of the longer side of a reference image's thumbnail under an edit's result.
+REFERENCE_THUMB = 64
 
 
 #: Seconds a live line's spinner turns after its last redraw: it stops when the kernel stops redrawing.
@@ -130,6 +132,8 @@ def caption(result: Result) -> str:
     parts = [f"seed {result.seed}", size, result.model, cost, took, f"id {result.record_id}"]
     if result.tag:
         parts.append(f"tag {result.tag}")
+    if result.references:
+        parts.append("made from " + ", ".join(reference.name for reference in result.references))
     warnings = result.details.get("warnings") if isinstance(result.details, dict) else None
     if isinstance(warnings, list) and warnings:
         parts.append("note: " + "; ".join(str(w) for w in warnings))  # e.g. "prompt truncated to 512 tokens"
@@ -150,8 +154,19 @@ def result_html(result: Result) -> str:
     text = html.escape(caption(result))
     return (  # the image's path is its tooltip (and ``result.path``): no long hash path under every image
         f'<div class="flux-result">{img}<div class="flux-caption" style="font-size:12px;color:{TEXT}">'
-        f"{_badge(result)}{text}</div></div>"
+        f"{_badge(result)}{text}</div>{references_html(result)}</div>"
     )
+
+
+def references_html(result: Result) -> str:
+    """Small thumbnails of the reference images an edit was made from ("" for a result made without any)."""
+    css = "margin:2px 4px 0 0;vertical-align:middle"
+    thumbs = [
+        thumb_img(r.path, REFERENCE_THUMB, settings.thumbnail_format, r.name, css)
+        for r in result.references
+        if r.path is not None and Path(r.path).exists()
+    ]
+    return f'<div class="flux-references">{"".join(thumbs)}</div>' if thumbs else ""
 
 
 def failure_html(result: Result) -> str:

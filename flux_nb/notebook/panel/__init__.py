@@ -6,7 +6,8 @@ the kernel stays responsive meanwhile. Its parts, one job each:
 
 - ``form``: the request's fields (prompt, model, seed, size, safety, format, count);
 - ``references``: reference image slots (uploads, a notebook variable, a result);
-- ``gallery``: a card per image made, with Remix, Edit this, stars and a favourite toggle;
+- ``gallery``: a card per image made, with Remix, Edit this, stars and a favourite toggle, and a
+  "Whole history" toggle that opens ``flux.browse()`` below it;
 - ``messages``: the status line, the error area, the running cost;
 - ``observer``: how a running batch reads on the status line.
 """
@@ -23,7 +24,7 @@ import ipywidgets as w
 from flux_nb.core.results import Result
 from flux_nb.errors import FluxError, LargeBatchError
 from flux_nb.notebook.panel.form import SIZE_PRESETS, Form
-from flux_nb.notebook.panel.gallery import CARD_THUMB, Gallery
+from flux_nb.notebook.panel.gallery import CARD_THUMB, Gallery, WholeHistory
 from flux_nb.notebook.panel.messages import Messages
 from flux_nb.notebook.panel.observer import PanelObserver
 from flux_nb.notebook.panel.reference_slots import MAX_SLOTS, References
@@ -68,6 +69,7 @@ class Panel(w.VBox):
             on_favourite=self.favourite,
             on_error=self.messages.report,
         )
+        self.whole_history = WholeHistory(session.browse, self.messages.report)
         self._expose_widgets()
         self.generate.on_click(lambda _: self.submit())
         self.cancel.on_click(lambda _: self.stop())
@@ -98,6 +100,7 @@ class Panel(w.VBox):
             self.error,
             self.cost,
             self.gallery,
+            self.whole_history,
         ]
 
     # -- references ----------------------------------------------------------------------------

@@ -95,7 +95,8 @@ class Form:
         self._on_change()
 
     def refresh_size(self) -> bool:
-        """Follow the size preset, check the size, and say why it is refused (or its megapixels)."""
+        """Follow the size preset, check the size, and say why it is refused (or its megapixels, and the size that
+        comes back where a side is not a multiple of 16)."""
         preset = SIZE_PRESETS[self.size.value]
         self.width.disabled = self.height.disabled = preset is not None
         if preset is not None and (self.width.value, self.height.value) != preset:
@@ -107,7 +108,12 @@ class Form:
             self.size_ok = False
             return False
         mp = protocol.megapixels(self.width.value, self.height.value)
-        self.size_note.value = f'<span class="flux-size-note" style="color:{MUTED}">{mp:.2f} MP</span>'
+        words = f"{mp:.2f} MP"
+        asked = (self.width.value, self.height.value)
+        back = tuple(protocol.rendered_side(side) for side in asked)
+        if back != asked:
+            words += f" · {asked[0]}x{asked[1]} comes back as {back[0]}x{back[1]}"
+        self.size_note.value = f'<span class="flux-size-note" style="color:{MUTED}">{html.escape(words)}</span>'
         self.size_ok = True
         return True
 

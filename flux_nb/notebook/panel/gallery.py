@@ -2,7 +2,8 @@
 
 A card holds a thumbnail (the full image stays on disk), the caption every notebook view uses,
 two buttons: Remix (load the settings into the form) and Edit this (use it as a reference), and a
-review row: five stars and a favourite heart, showing the result's current rating.
+review row: five stars and a favourite heart, showing the result's current rating. Below the cards,
+"Whole history" opens the history browser (``flux.browse()``): every image, not only the panel's.
 """
 
 from __future__ import annotations
@@ -168,3 +169,40 @@ class Gallery(w.HBox):
             return True
 
         return call
+
+
+class WholeHistory(w.VBox):
+    """A "Whole history" toggle: on, the browser ``browse()`` returns opens below it; off, it closes.
+
+    A browser that cannot open goes to ``on_error`` and the toggle goes back off.
+    """
+
+    children: tuple[w.Widget, ...]  # the widget's trait, declared for type checkers
+
+    def __init__(self, browse: Callable[[], Any], on_error: Callable[[BaseException], None]) -> None:
+        self._browse, self._on_error = browse, on_error
+        self.button = w.ToggleButton(
+            value=False, description="Whole history", icon="history", tooltip="Browse every image in the history"
+        )
+        self.button.add_class("flux-whole-history")
+        self.browser: Any = None
+        self.button.observe(self._toggled, names="value")
+        super().__init__([self.button])
+
+    def _toggled(self, change: Any) -> None:
+        if not change["new"]:
+            self._close()
+            return
+        try:
+            self.browser = self._browse()
+        except Exception as exc:
+            self._on_error(exc)
+            self.button.value = False
+            return
+        self.children = (self.button, self.browser.widget)
+
+    def _close(self) -> None:
+        browser, self.browser = self.browser, None
+        self.children = (self.button,)
+        if browser is not None:
+            browser.close()
