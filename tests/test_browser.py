@@ -247,15 +247,25 @@ def open_and_run_all(page: object, lab: Lab, notebook: str, front_end: str = "ju
     page.wait_for_selector(".jp-Notebook .jp-Cell", state="visible")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
     for _ in range(3):
-        page.click(".jp-Notebook .jp-Cell >> nth=0")
-        page.get_by_role("menuitem", name="Run", exact=True).click()  # the menu bar's Run, not a cell's text
-        page.locator("li[data-command='runmenu:run-all']").click()
         try:
+            accept_dialogs(page)
+            page.click(".jp-Notebook .jp-Cell >> nth=0", timeout=20_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click(timeout=20_000)  # the menu bar's, not a cell's
+            page.locator("li[data-command='runmenu:run-all']").click(timeout=20_000)
             page.wait_for_function(FIRST_CELL_STARTED, timeout=20_000)
             return
         except PlaywrightTimeoutError:
-            page.keyboard.press("Escape")  # a menu left open
+            if not accept_dialogs(page):
+                page.keyboard.press("Escape")  # a menu left open
     raise AssertionError(f"Run All never started the cells of {notebook}")
+
+
+def accept_dialogs(page: object) -> bool:
+    """Accept what a slow page put over the notebook (JupyterLab's kernel choice: its default kernel)."""
+    buttons = page.locator(".jp-Dialog .jp-mod-accept").all()
+    for button in buttons:
+        button.click()
+    return bool(buttons)
 
 
 def loaded_images(page: object, selector: str) -> list[dict[str, int]]:
