@@ -217,7 +217,7 @@ def test_task_not_found_soon_after_the_submit_is_polled_again(
 def test_task_not_found_after_the_grace_window_ends_unknown_never_failed(
     scripted: ScriptedApi, history_dir: Path, quick_grace: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "NOT_FOUND_GRACE", 0.2, raising=False)
+    monkeypatch.setattr(client_module, "NOT_FOUND_GRACE", 1.0, raising=False)
     lost = {"id": "task-1", "status": "Task not found", "result": None}
     scripted.polls.extend([Step(body=lost)] * 200)
     flux = Flux(endpoint=scripted.url, history_dir=history_dir)
