@@ -411,8 +411,8 @@ def test_a_record_the_history_refuses_is_a_failure_with_nothing_sent(
     assert [(e.index, e.result) for e in events if isinstance(e, Finished)] == [(2, result)]
 
 
-def test_a_batch_cancelled_while_its_records_are_written_leaves_them_resumable(history_dir: Path) -> None:
-    """The rows are written all the same; none is sent, and none stays "in flight" here (resume would skip it)."""
+def store_held_mid_write(history_dir: Path) -> tuple[HistoryStore, threading.Event, threading.Event]:
+    """A store whose record writes wait (``entered`` set) until ``release`` is set."""
     store = HistoryStore(history_dir)
     entered, release = threading.Event(), threading.Event()
     create_many = store.create_many
@@ -423,6 +423,12 @@ def test_a_batch_cancelled_while_its_records_are_written_leaves_them_resumable(h
         return create_many(requests)
 
     store.create_many = slow_create_many  # type: ignore[method-assign]
+    return store, entered, release
+
+
+def test_a_batch_cancelled_while_its_records_are_written_leaves_them_resumable(history_dir: Path) -> None:
+    """The rows are written all the same; none is sent, and none stays "in flight" here (resume would skip it)."""
+    store, entered, release = store_held_mid_write(history_dir)
     client = ScriptedClient(lambda: None)
     runner = executor(store, client)
 
@@ -641,3 +647,28 @@ def test_a_request_without_a_seed_shows_seed_0(history_dir: Path) -> None:
     unseeded = PreparedRequest(FluxRequest("a cat", width=64, height=48), (), 1.5)
     assert unseeded.request.seed is None and runner.result("r", unseeded, "failed").seed == 0
     assert runner.result("r", prepared(seed=7), "failed").seed == 7
+
+
+def test_a_batch_cancelled_while_its_records_are_written_never_puts_them_in_flight(history_dir: Path) -> None:
+    """Rows committed after the cancel stay out of the in-flight set: nobody sees them written, then in flight."""
+    store, entered, release = store_held_mid_write(history_dir)
+    runner = executor(store, ScriptedClient(lambda: None))
+    entered_in_flight: list[set[str]] = []
+
+    class Watched(set[str]):
+        def update(self, *others: Any) -> None:
+            entered_in_flight.append(set().union(*others))
+            super().update(*others)
+
+    runner.ledger.in_flight = Watched()
+
+    async def scenario() -> None:
+        batch = asyncio.ensure_future(runner.run_batch([prepared(seed=1), prepared(seed=2)], lambda e: None))
+        assert await asyncio.to_thread(entered.wait, 30)
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+        release.set()
+
+    asyncio.run(scenario())  # ends once the write's thread has ended
+    assert store.count() == 2 and entered_in_flight == [] and runner.ledger.in_flight == set()

@@ -3,20 +3,15 @@ and the races that made tests fail only under load."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import sys
-import threading
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from flux_nb.history.store import HistoryStore
 from tests.conftest import is_whole_quick_tier, package_modules, pytest_collection_modifyitems, unimported
-from tests.test_jobs_mutants import ScriptedClient, executor, prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,40 +81,6 @@ def test_third_party_deprecations_stay_out_of_the_log_but_ours_do_not(message: s
         for where in (module, "flux_nb.history.frame"):
             warnings.warn_explicit(message, DeprecationWarning, f"{where}.py", 1, module=where, registry={})
     assert [w.filename for w in seen] == ["flux_nb.history.frame.py"]
-
-
-def test_a_batch_cancelled_while_its_records_are_written_never_puts_them_in_flight(history_dir: Path) -> None:
-    """Rows committed after the cancel stay out of the in-flight set: nobody sees them written, then in flight."""
-    store = HistoryStore(history_dir)
-    entered, release = threading.Event(), threading.Event()
-    create_many = store.create_many
-
-    def slow_create_many(requests: list[dict[str, Any]]) -> list[str]:
-        entered.set()
-        release.wait(30)
-        return create_many(requests)
-
-    store.create_many = slow_create_many  # type: ignore[method-assign]
-    runner = executor(store, ScriptedClient(lambda: None))
-    entered_in_flight: list[set[str]] = []
-
-    class Watched(set[str]):
-        def update(self, *others: Any) -> None:
-            entered_in_flight.append(set().union(*others))
-            super().update(*others)
-
-    runner.ledger.in_flight = Watched()
-
-    async def scenario() -> None:
-        batch = asyncio.ensure_future(runner.run_batch([prepared(seed=1), prepared(seed=2)], lambda e: None))
-        assert await asyncio.to_thread(entered.wait, 30)
-        batch.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await batch
-        release.set()
-
-    asyncio.run(scenario())  # ends once the write's thread has ended
-    assert store.count() == 2 and entered_in_flight == [] and runner.ledger.in_flight == set()
 
 
 @pytest.mark.parametrize(
