@@ -80,7 +80,12 @@ def serving(
         yield "http://" + first.split("http://", 1)[1].split()[0]
     finally:
         proc.terminate()
-        rest, errors = proc.communicate(timeout=15)
+        try:  # a bound, not a measure: on a loaded machine Ray Serve alone can take tens of seconds to stop
+            rest, errors = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest, errors = proc.communicate()
+            raise AssertionError(f"flux-nb serve {' '.join(args)} did not stop within 120 s of SIGTERM") from None
         if output is not None:
             output.update(stdout=first + rest, stderr=errors)
 

@@ -672,3 +672,32 @@ def test_a_batch_cancelled_while_its_records_are_written_never_puts_them_in_flig
 
     asyncio.run(scenario())  # ends once the write's thread has ended
     assert store.count() == 2 and entered_in_flight == [] and runner.ledger.in_flight == set()
+
+
+def test_a_batch_cancelled_while_a_task_id_is_written_still_counts_that_request_sent(history_dir: Path) -> None:
+    """The API answered with a task: the request is sent, even when the cancel lands while its id is written
+    (an interrupt's report must not call it never sent)."""
+    store = HistoryStore(history_dir)
+    entered, release = threading.Event(), threading.Event()
+    mark_submitted = store.mark_submitted
+
+    def held_mark_submitted(record_id: str, **fields: Any) -> None:
+        mark_submitted(record_id, **fields)
+        entered.set()
+        release.wait(30)
+
+    store.mark_submitted = held_mark_submitted  # type: ignore[method-assign]
+    events: list[BatchEvent] = []
+    runner = executor(store, ScriptedClient(lambda: None))
+
+    async def scenario() -> None:
+        batch = asyncio.ensure_future(runner.run_batch([prepared(seed=1)], events.append))
+        assert await asyncio.to_thread(entered.wait, 30)
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+        release.set()
+
+    asyncio.run(scenario())
+    assert [(e.index, e.status) for e in events if isinstance(e, Progress)][:1] == [(0, "Submitted")]
+    assert list(store.query()["status"]) == ["submitted"]

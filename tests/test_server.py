@@ -312,7 +312,7 @@ def test_cli_serve_binds_loopback_and_serves(tmp_path: Any) -> None:
         assert answer.status_code == 200
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=60)
 
 
 def test_reference_fetches_are_limited(server_factory: Any, http: httpx.Client) -> None:

@@ -144,4 +144,4 @@ def test_flux_nb_serve_closes_silent_sockets() -> None:
             assert all(closed_by_server(sock) for sock in silent)
     finally:
         proc.terminate()
-        proc.communicate(timeout=15)
+        proc.communicate(timeout=60)

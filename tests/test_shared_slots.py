@@ -61,7 +61,7 @@ def serve(*args: str, key: str = KEY) -> Iterator[str]:
         yield "http://" + first.split("http://", 1)[1].split()[0]
     finally:
         proc.terminate()
-        proc.communicate(timeout=15)
+        proc.communicate(timeout=60)
 
 
 def stats(url: str) -> dict[str, Any]:

@@ -222,6 +222,7 @@ class Executor:
 
         async def on_submitted(task: Task) -> None:
             submitted.append(task)
+            emit(Progress(index, "Submitted", 0.0))  # sent from now on, even if a cancel lands in the write below
             write = functools.partial(
                 self.store.mark_submitted,
                 record_id,
@@ -237,7 +238,6 @@ class Executor:
             except HistoryError as exc:
                 if not exc.retryable:
                     raise  # a full disk: the task id is kept in memory (the ledger) and the task followed to its end
-            emit(Progress(index, "Submitted", 0.0))
 
         def on_progress(task: Task, status: str, fraction: float | None) -> None:
             emit(Progress(index, status, fraction))
