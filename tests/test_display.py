@@ -112,6 +112,10 @@ def test_captions_show_paths_relative_to_the_working_directory(tmp_path: Path, m
     assert str(tmp_path) not in shown.split("title=")[1].split('"')[2]
     monkeypatch.chdir(tmp_path.parent)
     assert display.result_text(result).endswith(f" · {tmp_path.name}/img.jpeg")
+    # a saved notebook carries no folder of the machine it ran on: the tooltip and the plain text are relative too
+    bundle = display.result_bundle(result)
+    assert f'title="{tmp_path.name}/img.jpeg"' in html.unescape(bundle["text/html"])
+    assert bundle["text/plain"] == display.result_text(result) and str(tmp_path) not in bundle["text/plain"]
 
 
 EMOJI = ("⏳", "⚠", "⛔", "❓", "✋")

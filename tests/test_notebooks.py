@@ -75,6 +75,16 @@ def problems(notebook: nbformat.NotebookNode) -> list[str]:
     return found
 
 
+def test_the_committed_notebooks_show_final_lines_and_name_no_folder_of_a_machine() -> None:
+    """What a reader sees on GitHub before running anything: finished lines (no spinner), relative paths."""
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        text = "".join(str(o) for c in notebook.cells for o in c.get("outputs", []))
+        assert problems(notebook) == [], path.name
+        assert "flux-spin" not in text, path.name
+        assert re.findall(r"(?:/tmp/|/home/|/root/|/Users/)[^'\"\\ ]*", text) == [], path.name
+
+
 def test_the_notebook_check_catches_failures_and_stale_progress() -> None:
     def notebook(*markups: str) -> nbformat.NotebookNode:
         outputs = [nbformat.v4.new_output("display_data", data={"text/html": m}) for m in markups]
@@ -107,6 +117,7 @@ def test_notebook_runs_cleanly_shows_images_and_records_every_request(source: Pa
     assert set(history["notebook"]) == {source.name}
     text = "".join(str(o) for c in notebook.cells for o in c.get("outputs", []))
     assert [promise for promise in PROMISED.get(source.name, []) if promise not in text] == []
+    assert str(tmp_path) not in text  # a saved notebook names no folder of the machine it ran on
 
 
 def test_a_notebook_with_fifty_1024px_images_stays_small(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def thumb_img(path: Path | str, size: int, fmt: str = "jpeg", alt: str = "", css
     uri, w, h = _thumb_uri(path, Path(path).stat().st_mtime, size, fmt)
     return (
         f'<img src="{uri}" width="{w}" height="{h}" alt="{html.escape(alt, quote=True)}" '
-        f'title="{html.escape(path, quote=True)}" style="{css}"/>'
+        f'title="{html.escape(shown_path(path), quote=True)}" style="{css}"/>'
     )
 
 
@@ -176,7 +176,7 @@ def failure_html(result: Result) -> str:
 
 
 def result_bundle(result: Result) -> dict[str, Any]:
-    return {"text/plain": repr(result), "text/html": result_html(result)}
+    return {"text/plain": result_text(result), "text/html": result_html(result)}
 
 
 def sweep_bundle(sweep: SweepResult) -> dict[str, Any]:
