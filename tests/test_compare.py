@@ -19,7 +19,7 @@ from flux_nb import Flux
 from flux_nb.errors import ValidationError
 from flux_nb.notebook.compare import Comparison, compare
 from flux_nb.notebook.compare_fallback import fallback_widget
-from flux_nb.notebook.compare_images import difference, slider_view
+from flux_nb.notebook.compare_images import difference, png, slider_view
 from flux_nb.notebook.compare_widget import CompareWidget
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
@@ -44,13 +44,20 @@ def test_two_results_compare_with_labels_that_name_what_differs(flux: Flux, pair
     shown = flux.compare(*pair)
     assert isinstance(shown, Comparison)
     assert shown.labels == [f"{pair[0].record_id[:8]} · seed 1", f"{pair[1].record_id[:8]} · seed 2"]
-    static = _decoded(shown._repr_png_())
+    static = _decoded(png(shown.static()))
     assert static.shape == (256, 3 * round(96 * 256 / 64) + 2 * 8, 3)  # both, and their difference
     bundle = shown._repr_mimebundle_()
     assert {"text/plain", "text/html", WIDGET} <= set(bundle)
     assert np.array_equal(_html_image(bundle["text/html"]), static)
     assert "seed 1" in bundle["text/plain"] and "seed 2" in bundle["text/plain"]
     assert "<img" in shown._repr_html_()
+
+
+def test_a_shown_comparison_carries_its_static_image_once(flux: Flux, pair: list[Any]) -> None:
+    """A saved notebook holds the static view in its HTML only, not again as a PNG output."""
+    data, _ = InteractiveShell.instance().display_formatter.format(flux.compare(*pair))
+    assert "image/png" not in data
+    assert "".join(str(v) for v in data.values()).count("base64,") == 1
 
 
 def test_record_ids_rows_and_frames_name_the_same_images(flux: Flux, pair: list[Any]) -> None:
@@ -62,7 +69,7 @@ def test_record_ids_rows_and_frames_name_the_same_images(flux: Flux, pair: list[
         assert [s.record_id for s in shown.items] == [r.record_id for r in pair]
         assert [s.path for s in shown.items] == [Path(r.path) for r in pair]
     three = flux.compare(*pair, flux.generate("a lighthouse", seed=3, size=(96, 64)))
-    assert len(three.items) == 3 and len(_decoded(three._repr_png_())[0]) == 3 * round(96 * 256 / 64) + 2 * 8
+    assert len(three.items) == 3 and len(_decoded(png(three.static()))[0]) == 3 * round(96 * 256 / 64) + 2 * 8
 
 
 def test_what_cannot_be_compared_is_refused_before_anything_is_drawn(flux: Flux, pair: list[Any]) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from flux_nb.errors import ValidationError
 from flux_nb.history.files import image_file
-from flux_nb.notebook.compare_images import STATIC_HEIGHT, data_url, difference, png, side_by_side
+from flux_nb.notebook.compare_images import STATIC_HEIGHT, data_url, difference, side_by_side
 
 if TYPE_CHECKING:
     from flux_nb.history.store import HistoryStore
@@ -93,7 +93,7 @@ def labels(items: Sequence[Shown]) -> list[str]:
 
 
 class Comparison:
-    """Two or more images to compare; shows as a widget in a notebook and as a static PNG elsewhere.
+    """Two or more images to compare; shows as a widget in a notebook and as a static image (in HTML) elsewhere.
 
     >>> flux.compare(a, b)  # doctest: +SKIP
     """
@@ -119,9 +119,6 @@ class Comparison:
         if len(images) == 2:
             images.append(difference(images[0], images[1]))
         return side_by_side(images, STATIC_HEIGHT)
-
-    def _repr_png_(self) -> bytes:
-        return png(self.static())
 
     def _repr_html_(self) -> str:
         from html import escape
