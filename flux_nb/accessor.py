@@ -23,8 +23,11 @@ class FluxAccessor:
     def grid(
         self, x: str | None = None, y: str | None = None, z: str | None = None, **options: Any
     ) -> Grid | GridPages:
-        """A labelled comparison grid of this frame's rows; see ``flux_nb.grids.grid``."""
-        return grid(self._obj, x=x, y=y, z=z, **options)
+        """A labelled comparison grid of this frame's rows (an edit's cell shows its references); see
+        ``flux_nb.grids.grid``."""
+        from flux_nb.core.made_from import with_references
+
+        return grid(with_references(self._obj), x=x, y=y, z=z, **options)
 
     def to_mlflow(self, experiment: str = "flux_nb", *, history_dir: str | Path | None = None, **options: Any) -> str:
         """Log each row (parameters, cost, image) to MLflow; the parent run's id. Needs ``flux-nb[mlflow]``."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import ipywidgets as w
+import pytest
 from PIL import Image
 
-from flux_nb import Flux
+from flux_nb import Flux, grids
+from flux_nb.export import report
 from flux_nb.notebook.browse import Browser
 from flux_nb.notebook.panel import Panel
 from flux_nb.notebook.render import result_html, result_text
@@ -48,6 +51,37 @@ def test_a_grid_cell_of_an_edit_shows_its_references(flux: Flux, tmp_path: Path)
     r, g, b = page.image.convert("RGB").getpixel((left + 10, top + 10))
     assert r > 200 and g < 60 and b < 60  # the red reference, small, in the cell's corner
     plain = flux.sweep("the harbour, plain", seed=[5, 6], size=SMALL).grid(x="seed")
+    assert not any("made from" in text for text in plain.cell_text.values())
+
+
+def test_a_grid_drawn_from_the_history_shows_the_references_too(
+    ipython: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``flux_history.flux.grid`` and ``%flux grid`` draw the cells as the sweep's own grid does."""
+    flux = ipython.user_ns["flux"]
+    base = flux.generate("a harbour at dawn", seed=1, size=SMALL)
+    flux.sweep("the harbour, repainted", seed=[5, 6], size=SMALL, images=[base, red_png(tmp_path / "red.png")])
+    frame = ipython.user_ns["flux_history"]
+    drawn: list[Any] = []
+    draw = grids.grid
+    monkeypatch.setattr(grids, "grid", lambda *args, **kwargs: drawn.append(draw(*args, **kwargs)) or drawn[-1])
+    ipython.run_line_magic("flux", "grid --x seed --where \"prompt == 'the harbour, repainted'\"")
+    assert len(drawn) == 1
+    for page in (frame[frame.prompt == "the harbour, repainted"].flux.grid(x="seed"), *drawn):
+        texts = list(page.cell_text.values())
+        assert len(texts) == 2 and all(t.startswith(f"made from {base.record_id}, image ") for t in texts), texts
+        left, top, _, _ = next(iter(page.cell_boxes.values()))
+        assert page.image.convert("RGB").getpixel((left + 10, top + 10)) != (255, 255, 255)  # a thumbnail there
+    in_report: list[Any] = []
+    monkeypatch.setattr(
+        report, "grid", lambda *args, **kwargs: in_report.append(draw(*args, **kwargs)) or in_report[-1]
+    )
+    flux.report(tmp_path / "report.html")  # a grid per batch: the sweep's has the two edits
+    assert any(
+        all(t.startswith("made from ") for t in p.cell_text.values()) and len(p.cell_text) == 2 for p in in_report
+    )
+    plain = flux.history()
+    plain = plain[plain.record_id == base.record_id].flux.grid(x="seed")
     assert not any("made from" in text for text in plain.cell_text.values())
 
 

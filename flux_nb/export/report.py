@@ -24,6 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from flux_nb.core.backend import label_in_words
+from flux_nb.core.made_from import with_references
 from flux_nb.errors import ValidationError
 from flux_nb.grids import Grid, GridPages, grid
 from flux_nb.history.batches import batch_frames, grid_axes_of
@@ -261,7 +262,7 @@ def write_report(
         raise ValidationError(f"thumbnail_size {thumbnail_size} is too small; use 16 pixels or more (default 256)")
     root = Path(history_dir).expanduser().resolve()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    figures = "".join(_figure(page) for page in _grids(frame, grids))
+    figures = "".join(_figure(page) for page in _grids(with_references(frame, history_dir), grids))
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -34,7 +34,7 @@ BACKGROUND, CELL_BACKGROUND, TEXT, MUTED, FAILED = LIGHT.background, LIGHT.cell,
 ROW_LABEL_MAX = 220
 DISPLAY_MAX_WIDTH = 1600
 # Columns every row needs besides the axes: identity, outcome and the size fallbacks.
-ROW_COLUMNS = ("record_id", "status", "error", "image_path", "width", "height", "out_width", "out_height")
+ROW_COLUMNS = ("record_id", "status", "error", "image_path", "width", "height", "out_width", "out_height", "references")
 # Fields a page says something about when they are not on an axis: shared (once, in the title) or differing.
 DESCRIBED = ("prompt", "model", "width", "height", "steps", "guidance")
 #: Most lines a page's title wraps to (a shared prompt is said whole, never cut mid-phrase).

@@ -201,6 +201,7 @@ def grid(session: Flux, options: argparse.Namespace, front: Front) -> Any:
     (see ``selection``). Outside a notebook the grid is saved as a PNG (``--save PATH``, else in the
     history folder) and its path said.
     """
+    from flux_nb.core.made_from import with_references
     from flux_nb.grids import grid as draw
     from flux_nb.notebook import selection  # pandas loads with the first table, not at %load_ext
 
@@ -212,7 +213,7 @@ def grid(session: Flux, options: argparse.Namespace, front: Front) -> Any:
     x, y = (options.x, options.y) if options.x is not None else ("seed", "prompt")
     frame = selection.select(session, options.where, **selection.filters(options.experiment, options.tag))
     label = [name for name in (options.label or "").split(",") if name]
-    result = draw(frame, x=x, y=y, z=options.z, label=label, sort=options.sort)
+    result = draw(with_references(frame), x=x, y=y, z=options.z, label=label, sort=options.sort)
     target = options.save
     if target is None and not front.rich:
         target = free_path(Path(session.history_dir) / "grids", f"grid-{time.strftime('%Y%m%d-%H%M%S')}")
