@@ -173,6 +173,16 @@ def check_side(name: str, value: object) -> int:
     return value
 
 
+def check_safety(name: str, value: object) -> int:
+    """Validate a moderation strictness (a whole number in ``SAFETY_RANGE``) and return it."""
+    low, high = SAFETY_RANGE
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    if not low <= value <= high:
+        raise ValidationError(f"{name} {value} is out of range ({low} strictest to {high} most permissive)")
+    return value
+
+
 def check_size(width: int | None, height: int | None) -> None:
     """Validate width and height, alone and together (at most 4 MP)."""
     if width is not None:
@@ -305,13 +315,7 @@ class FluxRequest:
             if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
                 raise ValidationError(f"seed {self.seed} is out of range ({SEED_RANGE[0]} to 2**64-1)")
         check_size(self.width, self.height)
-        low, high = SAFETY_RANGE
-        if isinstance(self.safety_tolerance, bool) or not isinstance(self.safety_tolerance, int):
-            raise ValidationError(f"safety_tolerance must be a whole number from {low} to {high}")
-        if not low <= self.safety_tolerance <= high:
-            raise ValidationError(
-                f"safety_tolerance {self.safety_tolerance} is out of range ({low} strictest to {high} most permissive)"
-            )
+        check_safety("safety_tolerance", self.safety_tolerance)
         if self.output_format not in OUTPUT_FORMATS:
             raise ValidationError(f"output_format {self.output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
         self._validate_webhook()

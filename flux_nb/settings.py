@@ -41,17 +41,32 @@ class PositiveInt(Int[int, int]):
         return int(spending.positive(name, super().validate(obj, value), integer=True, most=LIMITS.get(name)))
 
 
+class Side(Int[int | None, int | None]):
+    """A default width or height: None (the API chooses), or whole pixels from 64."""
+
+    def validate(self, obj: Any, value: Any) -> int | None:
+        value = super().validate(obj, value)
+        return None if value is None else protocol.check_side(f"Flux.{self.name}", value)
+
+
+class Safety(Int[int, int]):
+    """Moderation strictness, a whole number in ``protocol.SAFETY_RANGE``."""
+
+    def validate(self, obj: Any, value: Any) -> int:
+        return protocol.check_safety(f"Flux.{self.name}", super().validate(obj, value))
+
+
 class FluxSettings(Configurable):
     """Defaults for requests, where they go, what they may spend, how results show."""
 
     model = Unicode(protocol.DEFAULT_MODEL, help="FLUX.2 model used when none is given.").tag(config=True)
-    default_width = Int(None, allow_none=True, help="Width when none is given (None lets the API choose).").tag(
+    default_width = Side(None, allow_none=True, help="Width when none is given (None lets the API choose).").tag(
         config=True
     )
-    default_height = Int(None, allow_none=True, help="Height when none is given (None lets the API choose).").tag(
+    default_height = Side(None, allow_none=True, help="Height when none is given (None lets the API choose).").tag(
         config=True
     )
-    safety_tolerance = Int(protocol.DEFAULT_SAFETY, help="Moderation strictness, 0 (strict) to 5.").tag(config=True)
+    safety_tolerance = Safety(protocol.DEFAULT_SAFETY, help="Moderation strictness, 0 (strict) to 5.").tag(config=True)
     output_format = Enum(
         list(protocol.OUTPUT_FORMATS), protocol.DEFAULT_FORMAT, help="Image format the API returns."
     ).tag(config=True)

@@ -218,8 +218,8 @@ def test_each_broken_rule_is_named() -> None:
     assert invalid(seed=-1) == "seed -1 is out of range (0 to 2**64-1)"
     assert invalid(seed=2**64) == f"seed {2**64} is out of range (0 to 2**64-1)"
     assert invalid(width=2048, height=2064).startswith("size 2048x2064 is 4.23 megapixels")
-    assert invalid(safety_tolerance=True) == "safety_tolerance must be a whole number from 0 to 5"
-    assert invalid(safety_tolerance=2.0) == "safety_tolerance must be a whole number from 0 to 5"
+    assert invalid(safety_tolerance=True) == "safety_tolerance must be a whole number from 0 to 5, got True"
+    assert invalid(safety_tolerance=2.0) == "safety_tolerance must be a whole number from 0 to 5, got 2.0"
     assert invalid(safety_tolerance=6) == "safety_tolerance 6 is out of range (0 strictest to 5 most permissive)"
     assert invalid(safety_tolerance=-1) == "safety_tolerance -1 is out of range (0 strictest to 5 most permissive)"
     assert invalid(output_format="gif") == "output_format 'gif' is not one of jpeg, png, webp"
