@@ -122,6 +122,27 @@ def test_an_interrupted_or_failed_batch_leaves_its_line_in_a_final_state(runner:
     assert "stopped: 0/3 done" in final
 
 
+def test_an_interrupt_that_lands_as_an_event_is_taken_still_counts_that_request_sent(
+    runner: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C arrives just after the caller's thread took a "sent" event off the queue, before it noted it: the
+    report still says the request was sent (it exists at the API), not that it was never sent."""
+
+    interrupts = [KeyboardInterrupt()]
+
+    class InterruptedAsTaken(watching.queue.SimpleQueue):  # type: ignore[type-arg]
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            event = super().get(block, timeout)
+            if isinstance(event, Progress) and interrupts:
+                raise interrupts.pop()  # once, as a signal handled at the next bytecode would
+            return event
+
+    monkeypatch.setattr(watching.queue, "SimpleQueue", InterruptedAsTaken)
+    with pytest.raises(BatchInterrupted) as interrupted:
+        watching.relay(runner, sent_then(None), None, 3)
+    assert (interrupted.value.running, interrupted.value.unsent) == (2, 1), str(interrupted.value)
+
+
 def test_the_spinner_stops_by_itself_when_the_kernel_stops_redrawing(clock: Clock) -> None:
     live = BatchProgress(rich=True)
     with capture_output():

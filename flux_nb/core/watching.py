@@ -70,13 +70,20 @@ def relay(
     An interrupt raises ``BatchInterrupted`` once the cancelled requests have settled their records.
     """
     events: queue.SimpleQueue[BatchEvent | None] = queue.SimpleQueue()
-    tally = Tally(size)
+    tally, noted = Tally(size), threading.Lock()
     begun, settled = threading.Event(), threading.Event()
+
+    def emit(event: BatchEvent) -> None:
+        # Noted here, on the loop's thread, which no Ctrl-C reaches: an interrupt landing on the caller's thread
+        # just as it takes an event off the queue must not lose that event from the report.
+        with noted:
+            tally.note(event)
+        events.put(event)
 
     async def watched() -> list[Result]:
         begun.set()
         try:
-            return await start(events.put)
+            return await start(emit)
         finally:
             settled.set()
 
@@ -93,7 +100,6 @@ def relay(
                 continue
             if event is None:
                 break
-            tally.note(event)
             watcher = _safely(watcher, partial(deliver, event=event))
         return future.result()
     except KeyboardInterrupt:
@@ -101,10 +107,8 @@ def relay(
             return future.result()  # it had just ended: nothing was interrupted
         if begun.is_set():
             settled.wait(SETTLE_S)
-        while not events.empty():
-            if (event := events.get()) is not None:
-                tally.note(event)
-        raise tally.interrupted() from None
+        with noted:
+            raise tally.interrupted() from None
     finally:
         _safely(watcher, _stop)
 
