@@ -10,6 +10,7 @@ import atexit
 import contextlib
 import gc
 import ipaddress
+import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -112,6 +113,15 @@ def ipython(server: EmbeddedServer, history_dir: Path) -> Iterator[Any]:
 @pytest.fixture
 def history_dir(tmp_path: Path) -> Path:
     return tmp_path / "history"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised FLUX.2 [klein] saved to a folder, offline (needs the [local] extra)."""
+    from tests.tiny_klein import save_tiny_pipeline
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-klein"))
 
 
 #: Markers that make a test slow too: it needs a browser, a Ray instance, or torch and a model.

@@ -37,15 +37,8 @@ pytest.importorskip("torch", reason="the [local] extra is not installed (pip ins
 pytest.importorskip("diffusers", reason="the [local] extra is not installed (pip install 'flux-nb[local]')")
 
 from flux_nb.server.engines.diffusers import DiffusersEngine, DiffusersOptions, EngineUnavailable  # noqa: E402
-from tests.tiny_klein import save_tiny_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.local
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-klein"))
 
 
 @pytest.fixture(scope="module")

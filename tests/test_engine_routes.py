@@ -31,15 +31,9 @@ import torch
 from flux_nb.server.engines.diffusers import DiffusersEngine, DiffusersOptions, EngineUnavailable
 from flux_nb.server.engines.placement import place
 from tests.test_diffusers_engine import count_image_tokens, submit_and_wait
-from tests.tiny_klein import save_tiny_pipeline, tiny_pipeline
+from tests.tiny_klein import tiny_pipeline
 
 pytestmark = pytest.mark.local
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny-klein"))
 
 
 @pytest.fixture(scope="module")

@@ -411,34 +411,39 @@ def test_a_record_the_history_refuses_is_a_failure_with_nothing_sent(
     assert [(e.index, e.result) for e in events if isinstance(e, Finished)] == [(2, result)]
 
 
-def store_held_mid_write(history_dir: Path) -> tuple[HistoryStore, threading.Event, threading.Event]:
-    """A store whose record writes wait (``entered`` set) until ``release`` is set."""
-    store = HistoryStore(history_dir)
+def held_mid_write(store: HistoryStore, method: str = "create_many") -> tuple[threading.Event, threading.Event]:
+    """Make ``store.<method>`` wait (``entered`` set) until ``release`` is set, then write."""
     entered, release = threading.Event(), threading.Event()
-    create_many = store.create_many
+    write = getattr(store, method)
 
-    def slow_create_many(requests: list[dict[str, Any]]) -> list[str]:
+    def held(*args: Any, **kwargs: Any) -> Any:
         entered.set()
         release.wait(30)
-        return create_many(requests)
+        return write(*args, **kwargs)
 
-    store.create_many = slow_create_many  # type: ignore[method-assign]
-    return store, entered, release
+    setattr(store, method, held)
+    return entered, release
+
+
+async def cancel_mid_write(batch: Any, entered: threading.Event, release: threading.Event) -> None:
+    """Run ``batch``, cancel it while a held write waits, see it end cancelled, then let the write go on."""
+    running = asyncio.ensure_future(batch)
+    assert await asyncio.to_thread(entered.wait, 30)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    release.set()
 
 
 def test_a_batch_cancelled_while_its_records_are_written_leaves_them_resumable(history_dir: Path) -> None:
     """The rows are written all the same; none is sent, and none stays "in flight" here (resume would skip it)."""
-    store, entered, release = store_held_mid_write(history_dir)
+    store = HistoryStore(history_dir)
+    entered, release = held_mid_write(store)
     client = ScriptedClient(lambda: None)
     runner = executor(store, client)
 
     async def scenario() -> None:
-        batch = asyncio.ensure_future(runner.run_batch([prepared(seed=1), prepared(seed=2)], lambda e: None))
-        assert await asyncio.to_thread(entered.wait, 30)
-        batch.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await batch
-        release.set()
+        await cancel_mid_write(runner.run_batch([prepared(seed=1), prepared(seed=2)], lambda e: None), entered, release)
         for _ in range(3000):  # the write ends in its thread; its ids must then leave the in-flight set
             if store.count() == 2 and not runner.ledger.in_flight:
                 return
@@ -651,7 +656,8 @@ def test_a_request_without_a_seed_shows_seed_0(history_dir: Path) -> None:
 
 def test_a_batch_cancelled_while_its_records_are_written_never_puts_them_in_flight(history_dir: Path) -> None:
     """Rows committed after the cancel stay out of the in-flight set: nobody sees them written, then in flight."""
-    store, entered, release = store_held_mid_write(history_dir)
+    store = HistoryStore(history_dir)
+    entered, release = held_mid_write(store)
     runner = executor(store, ScriptedClient(lambda: None))
     entered_in_flight: list[set[str]] = []
 
@@ -661,16 +667,8 @@ def test_a_batch_cancelled_while_its_records_are_written_never_puts_them_in_flig
             super().update(*others)
 
     runner.ledger.in_flight = Watched()
-
-    async def scenario() -> None:
-        batch = asyncio.ensure_future(runner.run_batch([prepared(seed=1), prepared(seed=2)], lambda e: None))
-        assert await asyncio.to_thread(entered.wait, 30)
-        batch.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await batch
-        release.set()
-
-    asyncio.run(scenario())  # ends once the write's thread has ended
+    batch = runner.run_batch([prepared(seed=1), prepared(seed=2)], lambda e: None)
+    asyncio.run(cancel_mid_write(batch, entered, release))  # ends once the write's thread has ended
     assert store.count() == 2 and entered_in_flight == [] and runner.ledger.in_flight == set()
 
 
@@ -678,26 +676,9 @@ def test_a_batch_cancelled_while_a_task_id_is_written_still_counts_that_request_
     """The API answered with a task: the request is sent, even when the cancel lands while its id is written
     (an interrupt's report must not call it never sent)."""
     store = HistoryStore(history_dir)
-    entered, release = threading.Event(), threading.Event()
-    mark_submitted = store.mark_submitted
-
-    def held_mark_submitted(record_id: str, **fields: Any) -> None:
-        mark_submitted(record_id, **fields)
-        entered.set()
-        release.wait(30)
-
-    store.mark_submitted = held_mark_submitted  # type: ignore[method-assign]
+    entered, release = held_mid_write(store, "mark_submitted")
     events: list[BatchEvent] = []
     runner = executor(store, ScriptedClient(lambda: None))
-
-    async def scenario() -> None:
-        batch = asyncio.ensure_future(runner.run_batch([prepared(seed=1)], events.append))
-        assert await asyncio.to_thread(entered.wait, 30)
-        batch.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await batch
-        release.set()
-
-    asyncio.run(scenario())
+    asyncio.run(cancel_mid_write(runner.run_batch([prepared(seed=1)], events.append), entered, release))
     assert [(e.index, e.status) for e in events if isinstance(e, Progress)][:1] == [(0, "Submitted")]
     assert list(store.query()["status"]) == ["submitted"]
