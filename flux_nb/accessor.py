@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from flux_nb.core.made_from import with_references
 from flux_nb.grids import Grid, GridPages, grid
 
 
@@ -25,8 +26,6 @@ class FluxAccessor:
     ) -> Grid | GridPages:
         """A labelled comparison grid of this frame's rows (an edit's cell shows its references); see
         ``flux_nb.grids.grid``."""
-        from flux_nb.core.made_from import with_references
-
         return grid(with_references(self._obj), x=x, y=y, z=z, **options)
 
     def to_mlflow(self, experiment: str = "flux_nb", *, history_dir: str | Path | None = None, **options: Any) -> str:

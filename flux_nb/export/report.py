@@ -190,13 +190,15 @@ def batch_grids(frame: pd.DataFrame, only: Iterable[str] | None = None) -> list[
     return pages
 
 
-def _grids(frame: pd.DataFrame, grids: Grids) -> list[Grid]:
+def _grids(frame: pd.DataFrame, grids: Grids, root: Path) -> list[Grid]:
     """The grid pages to show: one per batch (None or "batches"), those of the batch ids given, grids given,
-    or grids built from dicts of ``grid`` arguments; "none" (or an empty list) draws none."""
-    if grids is None or grids == "batches":
-        return batch_grids(frame)
+    or grids built from dicts of ``grid`` arguments; "none" (or an empty list) draws none. An edit's cell shows
+    its references (found in the history at ``root``)."""
     if grids == "none":
         return []
+    frame = with_references(frame, root)
+    if grids is None or grids == "batches":
+        return batch_grids(frame)
     items = [grids] if isinstance(grids, str | Mapping | Grid) else list(grids)
     pages: list[Grid] = []
     for item in items:
@@ -262,7 +264,7 @@ def write_report(
         raise ValidationError(f"thumbnail_size {thumbnail_size} is too small; use 16 pixels or more (default 256)")
     root = Path(history_dir).expanduser().resolve()
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    figures = "".join(_figure(page) for page in _grids(with_references(frame, history_dir), grids))
+    figures = "".join(_figure(page) for page in _grids(frame, grids, root))
     page = (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -33,7 +33,7 @@ from flux_nb.grids.theme import DARK, LIGHT, Theme, notebook_theme, theme_named
 BACKGROUND, CELL_BACKGROUND, TEXT, MUTED, FAILED = LIGHT.background, LIGHT.cell, LIGHT.text, LIGHT.muted, LIGHT.failed
 ROW_LABEL_MAX = 220
 DISPLAY_MAX_WIDTH = 1600
-# Columns every row needs besides the axes: identity, outcome and the size fallbacks.
+# Columns every row needs besides the axes: identity, outcome, the size fallbacks and an edit's references.
 ROW_COLUMNS = ("record_id", "status", "error", "image_path", "width", "height", "out_width", "out_height", "references")
 # Fields a page says something about when they are not on an axis: shared (once, in the title) or differing.
 DESCRIBED = ("prompt", "model", "width", "height", "steps", "guidance")
